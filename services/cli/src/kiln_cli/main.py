@@ -1,0 +1,229 @@
+"""kiln: the thin command-line client. Every failure is one readable line
+(never a traceback) and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_cli import stack
+from kiln_cli.storage_client import ClientError, Progress, StorageClient
+from kiln_common.proc import ProcessError
+
+
+class UsageError(Exception):
+    pass
+
+
+def parse_labels(values: list[str] | None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def parse_duration(text: str) -> int:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return int(text[:-1]) * units[text[-1]]
+    if text.isdigit():
+        return int(text)
+    raise UsageError(f"{text!r} is not a duration like 90s, 15m, 1h or 7d")
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def progress_bar(total: int, what: str) -> tuple[Progress | None, Callable[[], None]]:
+    """A one-line progress meter on stderr, only when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    done = [0]
+    start = time.monotonic()
+
+    def update(n: int) -> None:
+        done[0] += n
+        rate = done[0] / max(time.monotonic() - start, 1e-6)
+        pct = 100 * done[0] / total if total else 100
+        print(f"\r{what} {pct:5.1f}% {human(done[0])}/{human(total)} {human(rate)}/s",
+              end="", file=sys.stderr, flush=True)
+
+    return update, lambda: print(file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> StorageClient:
+    home = stack.kiln_home()
+    return StorageClient(stack.storage_address(home), state_dir=home / "state")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    s = stack.up(stack.kiln_home())
+    print(f"kiln is up (state in {s.home})")
+    print(f"  storage  {s.storage}  downloads {s.storage_http}")
+    print(f"  nats     {s.nats_url}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    print("kiln is down" if stack.down(stack.kiln_home()) else "kiln was not running")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    labels = parse_labels(args.label)
+    labels.setdefault("name", path.name)
+    sha256 = "" if args.no_verify else _sha256(path)
+    client = _client(args)
+    update, finish = progress_bar(path.stat().st_size, "push")
+    try:
+        artifact = client.push(path, labels, sha256=sha256, progress=update,
+                               part_size=args.part_size * 1024 * 1024)
+    finally:
+        finish()
+        client.close()
+    print(artifact.id)
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    client = _client(args)
+    token = ""
+    rows = []
+    while True:
+        page = client.stub.ListArtifacts(
+            pb.ListArtifactsRequest(label_selector=parse_labels(args.label), page_token=token)
+        )
+        rows.extend(page.artifacts)
+        token = page.next_page_token
+        if not token:
+            break
+    client.close()
+    for a in rows:
+        created = a.created_at.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        labels = ",".join(f"{k}={v}" for k, v in sorted(a.labels.items()))
+        print(f"{a.id}  {a.size:>12}  {created}  {a.checksums.sha256[:16]}  {labels}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    a = client.stub.StatArtifact(pb.StatArtifactRequest(id=args.id))
+    client.close()
+    print(f"id        {a.id}\nsize      {a.size}\ncreated   {a.created_at.ToJsonString()}")
+    for alg in ("sha256", "sha512", "sha1", "md5"):
+        print(f"{alg:<9} {getattr(a.checksums, alg)}")
+    for k, v in sorted(a.labels.items()):
+        print(f"label     {k}={v}")
+    return 0
+
+
+def cmd_url(args: argparse.Namespace) -> int:
+    client = _client(args)
+    reply = client.stub.GetDownloadUrl(
+        pb.GetDownloadUrlRequest(id=args.id, expires_in=Duration(seconds=parse_duration(args.expires)))
+    )
+    client.close()
+    print(reply.url)
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    client = _client(args)
+    dest = Path(args.output)
+    size = client.stub.StatArtifact(pb.StatArtifactRequest(id=args.id)).size
+    update, finish = progress_bar(size, "get")
+    try:
+        client.get(args.id, dest, progress=update)
+    finally:
+        finish()
+        client.close()
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for artifact_id in args.id:
+        client.stub.DeleteArtifact(pb.DeleteArtifactRequest(id=artifact_id))
+        print(f"deleted {artifact_id}")
+    client.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Kiln: build, store and publish VM images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Kiln on loopback; returns when healthy").set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop what `kiln up` started").set_defaults(fn=cmd_down)
+
+    art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(dest="verb", required=True)
+    p = art.add_parser("push", help="upload a file; prints the artifact id")
+    p.add_argument("file")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE")
+    p.add_argument("--part-size", type=int, default=16, metavar="MiB")
+    p.add_argument("--no-verify", action="store_true", help="do not declare the file's SHA-256 first")
+    p.set_defaults(fn=cmd_push)
+    p = art.add_parser("ls", help="list artifacts")
+    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="only those with this label")
+    p.set_defaults(fn=cmd_ls)
+    p = art.add_parser("show", help="one artifact's size, checksums and labels")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_show)
+    p = art.add_parser("url", help="print an expiring HTTP download URL")
+    p.add_argument("id")
+    p.add_argument("--expires", default="1h", help="lifetime, e.g. 15m, 1h, 7d")
+    p.set_defaults(fn=cmd_url)
+    p = art.add_parser("get", help="download (resumes a partial download)")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(fn=cmd_get)
+    p = art.add_parser("rm", help="delete artifacts")
+    p.add_argument("id", nargs="+")
+    p.set_defaults(fn=cmd_rm)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except grpc.RpcError as exc:
+        print(f"kiln: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except (UsageError, ClientError, stack.StackError, ProcessError, OSError) as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""A blocking client of the storage API: resumable uploads in parts and
+resumable, verified downloads. Used by the CLI and the benchmark."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
+from kiln_common.grpc_server import CHANNEL_OPTIONS
+
+CHUNK = 1024 * 1024
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+Progress = Callable[[int], None]
+
+
+class ClientError(Exception):
+    """A failure the CLI prints as it is."""
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    path: Path
+    size: int
+    part_size: int
+
+    @property
+    def count(self) -> int:
+        return max(1, -(-self.size // self.part_size))
+
+    def part(self, number: int) -> tuple[int, int]:
+        offset = (number - 1) * self.part_size
+        return offset, min(self.part_size, self.size - offset)
+
+
+class StorageClient:
+    def __init__(self, address: str, *, retries: int = 5, state_dir: Path | None = None) -> None:
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.StorageStub(self.channel)
+        self.retries = retries
+        self.state_dir = state_dir
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _retrying(self, what: str, call: Callable[[], object]) -> object:
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:  # type: ignore[attr-defined]
+                    raise
+                time.sleep(min(0.5 * 2**attempt, 10))
+        raise AssertionError(what)
+
+    # ---- upload --------------------------------------------------------------
+
+    def _state_file(self, path: Path, size: int) -> Path | None:
+        if self.state_dir is None:
+            return None
+        st = path.stat()
+        ident = f"{path.resolve()}\0{size}\0{st.st_mtime_ns}".encode()
+        return self.state_dir / f"upload-{hashlib.sha256(ident).hexdigest()[:32]}.json"
+
+    def _resume_or_create(
+        self, plan: UploadPlan, labels: dict[str, str], sha256: str, state: Path | None
+    ) -> pb.UploadSession:
+        if state is not None and state.exists():
+            upload_id = json.loads(state.read_text())["upload_id"]
+            try:
+                return self.stub.GetUpload(pb.GetUploadRequest(upload_id=upload_id))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    raise
+        session: pb.UploadSession = self._retrying(  # type: ignore[assignment]
+            "create upload",
+            lambda: self.stub.CreateUpload(
+                pb.CreateUploadRequest(
+                    labels=labels,
+                    size=plan.size,
+                    part_size=plan.part_size,
+                    expected=pb.Checksums(sha256=sha256),
+                )
+            ),
+        )
+        if state is not None:
+            state.parent.mkdir(parents=True, exist_ok=True)
+            state.write_text(json.dumps({"upload_id": session.upload_id}))
+        return session
+
+    def _send_part(self, upload_id: str, plan: UploadPlan, number: int) -> int:
+        offset, length = plan.part(number)
+
+        def requests() -> Iterator[pb.UploadPartRequest]:
+            yield pb.UploadPartRequest(header=pb.PartHeader(upload_id=upload_id, number=number))
+            with open(plan.path, "rb") as f:
+                f.seek(offset)
+                left = length
+                while left:
+                    data = f.read(min(CHUNK, left))
+                    if not data:
+                        raise ClientError(f"{plan.path} shrank while it was uploaded")
+                    left -= len(data)
+                    yield pb.UploadPartRequest(chunk=data)
+
+        self._retrying(f"part {number}", lambda: self.stub.UploadPart(requests()))
+        return length
+
+    def push(
+        self,
+        path: Path,
+        labels: dict[str, str],
+        *,
+        part_size: int = 16 * 1024 * 1024,
+        concurrency: int = 4,
+        sha256: str = "",
+        progress: Progress | None = None,
+    ) -> pb.Artifact:
+        """Uploads path in parts, several at once. A part that fails on a
+        dropped connection is sent again; a push interrupted entirely resumes
+        from the parts the service has when run again (state in state_dir)."""
+        size = path.stat().st_size
+        if size == 0:
+            raise ClientError(f"{path} is empty: there is nothing to store")
+        plan = UploadPlan(path, size, part_size)
+        state = self._state_file(path, size)
+        session = self._resume_or_create(plan, labels, sha256, state)
+        have = {p.number for p in session.parts if p.size == plan.part(p.number)[1]}
+        if progress:
+            progress(sum(plan.part(n)[1] for n in have))
+        todo = [n for n in range(1, plan.count + 1) if n not in have]
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures: list[Future[int]] = [
+                pool.submit(self._send_part, session.upload_id, plan, n) for n in todo
+            ]
+            for fut in futures:
+                fut.add_done_callback(lambda f: progress and not f.exception() and progress(f.result()))
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception():
+                    for other in futures:
+                        other.cancel()
+                    raise fut.exception()  # type: ignore[misc]
+        try:
+            artifact: pb.Artifact = self._retrying(  # type: ignore[assignment]
+                "complete",
+                lambda: self.stub.CompleteUpload(
+                    pb.CompleteUploadRequest(upload_id=session.upload_id)
+                ),
+            )
+        finally:
+            if state is not None:
+                state.unlink(missing_ok=True)
+        return artifact
+
+    # ---- download ------------------------------------------------------------
+
+    def get(self, artifact_id: str, dest: Path, progress: Progress | None = None) -> pb.Artifact:
+        """Downloads into dest.part, resuming from its size, checks the SHA-256
+        and renames to dest only when the whole file is right."""
+        artifact: pb.Artifact = self.stub.StatArtifact(pb.StatArtifactRequest(id=artifact_id))
+        partial = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
+        have = partial.stat().st_size if partial.exists() else 0
+        if have > artifact.size:
+            partial.unlink()
+            have = 0
+        with open(partial, "ab") as out:
+            if have:
+                with open(partial, "rb") as old:
+                    for block in iter(lambda: old.read(CHUNK), b""):
+                        digest.update(block)
+            if progress:
+                progress(have)
+            for attempt in range(self.retries + 1):
+                try:
+                    for chunk in self.stub.Download(
+                        pb.DownloadRequest(id=artifact_id, offset=have)
+                    ) if have < artifact.size else ():
+                        out.write(chunk.data)
+                        digest.update(chunk.data)
+                        have += len(chunk.data)
+                        if progress:
+                            progress(len(chunk.data))
+                    break
+                except grpc.RpcError as exc:
+                    if exc.code() not in RETRYABLE or attempt == self.retries:  # type: ignore[attr-defined]
+                        raise
+                    out.flush()
+                    time.sleep(min(0.5 * 2**attempt, 10))
+            out.flush()
+            os.fsync(out.fileno())
+        if have != artifact.size or digest.hexdigest() != artifact.checksums.sha256:
+            partial.unlink(missing_ok=True)
+            raise ClientError(
+                f"download of {artifact_id} is corrupt (sha256 {digest.hexdigest()}, "
+                f"expected {artifact.checksums.sha256}); removed the partial file, run again"
+            )
+        os.replace(partial, dest)
+        return artifact

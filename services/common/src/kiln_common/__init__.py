@@ -1,0 +1,1 @@
+"""Kiln's shared runtime: settings, logging, processes, gRPC serving, events."""

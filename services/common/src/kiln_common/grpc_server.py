@@ -1,0 +1,81 @@
+"""gRPC server bootstrap shared by every Kiln service: standard health,
+graceful shutdown on SIGTERM/SIGINT, and large-message options."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+log = logging.getLogger(__name__)
+
+# Chunks are up to 4 MiB of payload; leave room for framing.
+MAX_MESSAGE = 8 * 1024 * 1024
+CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+)
+
+Register = Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """A started grpc.aio server with health; stop() is graceful."""
+
+    def __init__(self, bind: str, service_names: Sequence[str], register: Register) -> None:
+        self._bind = bind
+        self._names = list(service_names)
+        self._register = register
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self.health = HealthServicer()
+        self.port = 0
+
+    async def start(self) -> int:
+        self._register(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(self._bind)
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC to {self._bind}")
+        await self.server.start()
+        for name in ["", *self._names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("gRPC serving on port %d: %s", self.port, ", ".join(self._names))
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        # Tell load balancers first, then let in-flight calls finish.
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def serve_until_signalled(
+    server: GrpcServer,
+    grace: float,
+    on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Runs until SIGTERM or SIGINT, then shuts down gracefully and runs on_stop
+    callbacks (closing NATS, HTTP servers) in order."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await server.start()
+        await stopping.wait()
+        log.info("signal received: shutting down (grace %.0fs)", grace)
+    finally:
+        with contextlib.suppress(Exception):
+            await server.stop(grace)
+        for callback in on_stop:
+            try:
+                await callback()
+            except Exception:  # noqa: BLE001 - keep shutting down the rest
+                log.exception("error during shutdown")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,191 @@
+"""The one helper every external process goes through.
+
+Each command is an argv list (never a shell), runs with a scrubbed environment
+and stdin from /dev/null, is logged as a shell-quoted line, is terminated (then
+killed) if its caller is cancelled, and fails with a readable error that names
+the command, its exit status and the tail of its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Variables a child may inherit; everything else is dropped so a build does not
+# depend on whoever started the service.
+_KEPT = ("PATH", "HOME", "TMPDIR", "USER", "LOGNAME", "TERM", "http_proxy", "https_proxy",
+         "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+TAIL_LINES = 20
+
+
+class ProcessError(Exception):
+    """A command failed; the message is readable as it is."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, output: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.rstrip().splitlines()[-TAIL_LINES:])
+        what = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
+        super().__init__(f"{shlex.join(argv)} failed ({what})" + (f":\n{tail}" if tail else ""))
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _KEPT}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env["LANG"] = env["LC_ALL"] = "C.UTF-8"
+    env.update(extra or {})
+    return env
+
+
+def _announce(argv: Sequence[str], cwd: Path | None) -> list[str]:
+    argv = [str(a) for a in argv]
+    if not argv:
+        raise ValueError("empty command")
+    log.info("run: %s%s", shlex.join(argv), f" (in {cwd})" if cwd else "")
+    return argv
+
+
+async def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    terminate_timeout: float = 10.0,
+) -> Result:
+    """Runs a command to completion; stdout and stderr are captured together."""
+    args = _announce([os.fspath(a) for a in argv], cwd)
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=scrubbed_env(env),
+        cwd=cwd,
+        start_new_session=True,  # so cancel can signal the whole process group
+    )
+    try:
+        out, _ = await proc.communicate()
+    except BaseException:
+        await _stop(proc, terminate_timeout)
+        raise
+    text = out.decode(errors="replace")
+    assert proc.returncode is not None
+    if check and proc.returncode != 0:
+        raise ProcessError(args, proc.returncode, text)
+    return Result(args, proc.returncode, text)
+
+
+async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, 15)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 9)
+        await proc.wait()
+
+
+def run_sync(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+) -> Result:
+    """The blocking twin of run(), for command-line tools and set-up code."""
+    args = _announce([os.fspath(a) for a in argv], cwd)
+    try:
+        done = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=scrubbed_env(env),
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    text = done.stdout.decode(errors="replace")
+    if check and done.returncode != 0:
+        raise ProcessError(args, done.returncode, text)
+    return Result(args, done.returncode, text)
+
+
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Starts a long-running daemon detached from the caller's session, its
+    output appended to log_file. The caller owns stopping it (see stop_pid)."""
+    args = _announce([os.fspath(a) for a in argv], cwd)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        try:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=scrubbed_env(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still answers kill(0): reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, wait up to timeout, then SIGKILL: for daemons started by spawn()."""
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 15)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)

@@ -1,0 +1,46 @@
+"""Typed settings: one class per service, read from the environment and an
+optional YAML file named by <PREFIX>CONFIG_FILE. Environment wins over the file."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class KilnSettings(BaseSettings):
+    """Base for each service's settings. Subclasses set env_prefix."""
+
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
+        extra="forbid", frozen=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        prefix = str(settings_cls.model_config.get("env_prefix", ""))
+        config_file = os.environ.get(f"{prefix}CONFIG_FILE")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    def public(self) -> dict[str, Any]:
+        """The settings as a dict safe to log (secrets masked)."""
+        out = self.model_dump()
+        for key in out:
+            if any(word in key for word in ("secret", "password", "key")):
+                out[key] = "***" if out[key] else out[key]
+        return out

@@ -1,0 +1,151 @@
+"""Domain types of the storage core, free of any transport."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kiln_common.errors import InvalidArgument
+
+ALGORITHMS = ("sha256", "sha512", "sha1", "md5")
+_HEX_LEN = {"sha256": 64, "sha512": 128, "sha1": 40, "md5": 32}
+
+LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+WELL_KNOWN_LABELS = ("name", "version", "format", "build-id")
+MAX_LABELS = 64
+MAX_LABEL_VALUE = 256
+MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class Checksums:
+    sha256: str = ""
+    sha512: str = ""
+    sha1: str = ""
+    md5: str = ""
+
+    def given(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v}
+
+    def validated(self) -> Checksums:
+        """Lower-cases and checks each declared digest is hex of the right length."""
+        out = {}
+        for alg, value in self.given().items():
+            value = value.strip().lower()
+            if len(value) != _HEX_LEN[alg] or not re.fullmatch(r"[0-9a-f]+", value):
+                raise InvalidArgument(
+                    f"checksums.{alg}: expected {_HEX_LEN[alg]} hex digits, got {value[:140]!r}"
+                )
+            out[alg] = value
+        return Checksums(**out)
+
+    def mismatches(self, actual: Checksums) -> list[str]:
+        return [
+            f"{alg}: declared {want}, got {getattr(actual, alg)}"
+            for alg, want in self.given().items()
+            if getattr(actual, alg) != want
+        ]
+
+
+class Hashers:
+    """The four digests of a byte stream, updated part by part."""
+
+    def __init__(self) -> None:
+        self.by_alg = {alg: hashlib.new(alg) for alg in ALGORITHMS}
+
+    def update(self, data: bytes | memoryview) -> None:
+        for h in self.by_alg.values():
+            h.update(data)
+
+    def result(self) -> Checksums:
+        return Checksums(**{alg: h.hexdigest() for alg, h in self.by_alg.items()})
+
+
+def validate_labels(labels: dict[str, str], field_name: str = "labels") -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"{field_name}: at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        if not LABEL_KEY_RE.match(key):
+            raise InvalidArgument(
+                f"{field_name}: key {key[:80]!r} must be 1-63 of a-z 0-9 . _ - "
+                "starting with a letter or digit"
+            )
+        limit = MAX_NAME if key == "name" else MAX_LABEL_VALUE
+        if len(value) > limit:
+            raise InvalidArgument(
+                f"{field_name}.{key}: at most {limit} characters, got {len(value)}"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InvalidArgument(f"{field_name}.{key}: control characters are not allowed")
+    return dict(sorted(labels.items()))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: str
+    size: int
+    checksums: Checksums
+    labels: dict[str, str]
+    created_at: datetime
+    blob: str  # the object key holding the bytes (shared by identical artifacts)
+
+    def to_record(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_at"] = self.created_at.isoformat()
+        return out
+
+    @classmethod
+    def from_record(cls, raw: dict[str, Any]) -> Artifact:
+        return cls(
+            id=raw["id"],
+            size=raw["size"],
+            checksums=Checksums(**raw["checksums"]),
+            labels=raw["labels"],
+            created_at=datetime.fromisoformat(raw["created_at"]),
+            blob=raw["blob"],
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What events and clients see: no internal object keys."""
+        out = self.to_record()
+        del out["blob"]
+        return out
+
+    def matches(self, selector: dict[str, str]) -> bool:
+        return all(self.labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    size: int
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class UploadSession:
+    upload_id: str
+    labels: dict[str, str]
+    expected: Checksums
+    size: int | None
+    part_size: int
+    blob: str
+    backend_upload_id: str
+    created_at: datetime
+    parts: list[Part] = field(default_factory=list)
+
+    def to_record(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["created_at"] = self.created_at.isoformat()
+        del out["parts"]
+        return out
+
+    @classmethod
+    def from_record(cls, raw: dict[str, Any]) -> UploadSession:
+        raw = dict(raw)
+        raw["expected"] = Checksums(**raw["expected"])
+        raw["created_at"] = datetime.fromisoformat(raw["created_at"])
+        return cls(**raw)

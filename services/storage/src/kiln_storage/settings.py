@@ -1,0 +1,67 @@
+"""Storage service settings: env KILN_STORAGE_<FIELD>, or a YAML file named by
+KILN_STORAGE_CONFIG_FILE (environment wins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from kiln_common.settings import KilnSettings
+
+
+class StorageSettings(KilnSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_STORAGE_", use_attribute_docstrings=True)
+
+    grpc_bind: str = "127.0.0.1:50051"
+    """host:port the gRPC API listens on (port 0 picks a free one)."""
+    backend: Literal["fs", "s3"] = "fs"
+    """fs: files under fs_root, served by the built-in HTTP server; s3: an S3 bucket."""
+    log_level: str = "INFO"
+    """Python log level name."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight calls get to finish after SIGTERM."""
+
+    fs_root: Path = Path("/var/lib/kiln/storage")
+    """Directory of the filesystem backend."""
+    http_host: str = "127.0.0.1"
+    """Address the download HTTP server (filesystem backend) binds to."""
+    http_port: int = 8081
+    """Port of the download HTTP server (0 picks a free one)."""
+    public_url: str = ""
+    """Base URL clients reach the HTTP server at; default http://http_host:port."""
+    url_signing_key: SecretStr | None = None
+    """HMAC key for download URLs; default: a random key kept in fs_root/.url-signing-key."""
+
+    s3_endpoint: str = "127.0.0.1:8333"
+    """host:port of the S3 API."""
+    s3_secure: bool = False
+    """Use HTTPS to reach S3."""
+    s3_access_key: str = ""
+    """S3 access key id."""
+    s3_secret_key: SecretStr = SecretStr("")
+    """S3 secret key."""
+    s3_region: str = "us-east-1"
+    """S3 region (set, so presigning never has to ask the server)."""
+    s3_bucket: str = "kiln"
+    """Bucket used by Kiln alone; created if missing."""
+    s3_public_endpoint: str = ""
+    """host:port that presigned URLs name, if clients reach S3 by another address."""
+    s3_retries: int = 3
+    """Retries (with backoff) of a failed S3 request before UNAVAILABLE."""
+    s3_timeout: float = 5.0
+    """Seconds to connect to S3."""
+
+    nats_url: str = ""
+    """NATS server for events (artifact.stored, artifact.deleted); empty: no events."""
+
+    part_size: int = 16 * 1024 * 1024
+    """Default part size of uploads, bytes (5 MiB to 64 MiB)."""
+    upload_concurrency: int = 4
+    """Parts of one upload stored at the same time."""
+    upload_ttl_seconds: int = 24 * 3600
+    """An upload not completed within this time is aborted and its parts removed."""
+    janitor_interval_seconds: int = 600
+    """How often abandoned uploads are looked for."""
