@@ -6,6 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/services/common/src}
 py=${PYTHON:-$root/.venv/bin/python}
+# protoc finds the mypy plugins (protoc-gen-mypy) on PATH, beside the Python.
+export PATH="$(dirname "$py"):$PATH"
 cd "$root/proto"
 mapfile -t protos < <(find kiln_api -name '*.proto' | LC_ALL=C sort)
 "$py" -m grpc_tools.protoc -I . \

@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli import stack
 from kiln_cli.storage_client import ClientError, Progress, StorageClient
+from kiln_common.devservers import ServerError
 from kiln_common.proc import ProcessError
 
 
@@ -62,8 +63,12 @@ def progress_bar(total: int, what: str) -> tuple[Progress | None, Callable[[], N
         done[0] += n
         rate = done[0] / max(time.monotonic() - start, 1e-6)
         pct = 100 * done[0] / total if total else 100
-        print(f"\r{what} {pct:5.1f}% {human(done[0])}/{human(total)} {human(rate)}/s",
-              end="", file=sys.stderr, flush=True)
+        print(
+            f"\r{what} {pct:5.1f}% {human(done[0])}/{human(total)} {human(rate)}/s",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     return update, lambda: print(file=sys.stderr)
 
@@ -96,8 +101,9 @@ def cmd_push(args: argparse.Namespace) -> int:
     client = _client(args)
     update, finish = progress_bar(path.stat().st_size, "push")
     try:
-        artifact = client.push(path, labels, sha256=sha256, progress=update,
-                               part_size=args.part_size * 1024 * 1024)
+        artifact = client.push(
+            path, labels, sha256=sha256, progress=update, part_size=args.part_size * 1024 * 1024
+        )
     finally:
         finish()
         client.close()
@@ -116,7 +122,7 @@ def _sha256(path: Path) -> str:
 def cmd_ls(args: argparse.Namespace) -> int:
     client = _client(args)
     token = ""
-    rows = []
+    rows: list[pb.Artifact] = []
     while True:
         page = client.stub.ListArtifacts(
             pb.ListArtifactsRequest(label_selector=parse_labels(args.label), page_token=token)
@@ -148,7 +154,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_url(args: argparse.Namespace) -> int:
     client = _client(args)
     reply = client.stub.GetDownloadUrl(
-        pb.GetDownloadUrlRequest(id=args.id, expires_in=Duration(seconds=parse_duration(args.expires)))
+        pb.GetDownloadUrlRequest(
+            id=args.id, expires_in=Duration(seconds=parse_duration(args.expires))
+        )
     )
     client.close()
     print(reply.url)
@@ -178,20 +186,30 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiln", description="Kiln: build, store and publish VM images")
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Kiln: build, store and publish VM images"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start Kiln on loopback; returns when healthy").set_defaults(fn=cmd_up)
+    sub.add_parser("up", help="start Kiln on loopback; returns when healthy").set_defaults(
+        fn=cmd_up
+    )
     sub.add_parser("down", help="stop what `kiln up` started").set_defaults(fn=cmd_down)
 
-    art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(dest="verb", required=True)
+    art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(
+        dest="verb", required=True
+    )
     p = art.add_parser("push", help="upload a file; prints the artifact id")
     p.add_argument("file")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
     p.add_argument("--part-size", type=int, default=16, metavar="MiB")
-    p.add_argument("--no-verify", action="store_true", help="do not declare the file's SHA-256 first")
+    p.add_argument(
+        "--no-verify", action="store_true", help="do not declare the file's SHA-256 first"
+    )
     p.set_defaults(fn=cmd_push)
     p = art.add_parser("ls", help="list artifacts")
-    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="only those with this label")
+    p.add_argument(
+        "--label", action="append", metavar="KEY=VALUE", help="only those with this label"
+    )
     p.set_defaults(fn=cmd_ls)
     p = art.add_parser("show", help="one artifact's size, checksums and labels")
     p.add_argument("id")
@@ -215,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except grpc.RpcError as exc:
-        print(f"kiln: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"kiln: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (UsageError, ClientError, stack.StackError, ProcessError, OSError) as exc:
+    except (UsageError, ClientError, ServerError, ProcessError, OSError) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt:

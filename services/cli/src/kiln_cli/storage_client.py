@@ -57,7 +57,7 @@ class StorageClient:
             try:
                 return call()
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.retries:  # type: ignore[attr-defined]
+                if exc.code() not in RETRYABLE or attempt == self.retries:
                     raise
                 time.sleep(min(0.5 * 2**attempt, 10))
         raise AssertionError(what)
@@ -79,7 +79,7 @@ class StorageClient:
             try:
                 return self.stub.GetUpload(pb.GetUploadRequest(upload_id=upload_id))
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
                     raise
         session: pb.UploadSession = self._retrying(  # type: ignore[assignment]
             "create upload",
@@ -143,7 +143,9 @@ class StorageClient:
                 pool.submit(self._send_part, session.upload_id, plan, n) for n in todo
             ]
             for fut in futures:
-                fut.add_done_callback(lambda f: progress and not f.exception() and progress(f.result()))
+                fut.add_done_callback(
+                    lambda f: progress and not f.exception() and progress(f.result())
+                )
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in done:
                 if fut.exception():
@@ -183,9 +185,11 @@ class StorageClient:
                 progress(have)
             for attempt in range(self.retries + 1):
                 try:
-                    for chunk in self.stub.Download(
-                        pb.DownloadRequest(id=artifact_id, offset=have)
-                    ) if have < artifact.size else ():
+                    for chunk in (
+                        self.stub.Download(pb.DownloadRequest(id=artifact_id, offset=have))
+                        if have < artifact.size
+                        else ()
+                    ):
                         out.write(chunk.data)
                         digest.update(chunk.data)
                         have += len(chunk.data)
@@ -193,7 +197,7 @@ class StorageClient:
                             progress(len(chunk.data))
                     break
                 except grpc.RpcError as exc:
-                    if exc.code() not in RETRYABLE or attempt == self.retries:  # type: ignore[attr-defined]
+                    if exc.code() not in RETRYABLE or attempt == self.retries:
                         raise
                     out.flush()
                     time.sleep(min(0.5 * 2**attempt, 10))

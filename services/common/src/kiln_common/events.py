@@ -93,9 +93,7 @@ class JetStreamPublisher:
 
     @classmethod
     async def connect(cls, url: str, source: str) -> JetStreamPublisher:
-        nc = await nats.connect(
-            url, connect_timeout=5, max_reconnect_attempts=-1, name=source
-        )
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=-1, name=source)
         js = nc.jetstream()
         await ensure_stream(js)
         return cls(nc, js, source)
@@ -112,8 +110,13 @@ class JetStreamPublisher:
             except Exception as exc:  # noqa: BLE001 - any NATS failure is retried
                 if attempt == PUBLISH_ATTEMPTS:
                     # The fact happened whatever NATS says; do not fail the caller.
-                    log.error("event %s lost after %d attempts: %s: %s",
-                              json.loads(body)["type"], attempt, exc, body.decode())
+                    log.error(
+                        "event %s lost after %d attempts: %s: %s",
+                        json.loads(body)["type"],
+                        attempt,
+                        exc,
+                        body.decode(),
+                    )
                     return
                 await asyncio.sleep(0.2 * 2**attempt)
 

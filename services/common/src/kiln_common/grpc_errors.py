@@ -29,7 +29,7 @@ STATUS_OF: dict[type[errors.KilnError], grpc.StatusCode] = {
 def status_for(exc: errors.KilnError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -55,7 +55,7 @@ def maps_errors(method: F) -> F:
             try:
                 async for item in method(self, request, context):
                     yield item
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if _is_abort(exc):
                     raise
                 await _abort(context, exc)
@@ -66,7 +66,7 @@ def maps_errors(method: F) -> F:
     async def unary(self: Any, request: Any, context: Any) -> Any:
         try:
             return await method(self, request, context)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_abort(exc):
                 raise
             await _abort(context, exc)

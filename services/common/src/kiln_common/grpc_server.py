@@ -75,7 +75,7 @@ async def serve_until_signalled(
         for callback in on_stop:
             try:
                 await callback()
-            except Exception:  # noqa: BLE001 - keep shutting down the rest
+            except Exception:
                 log.exception("error during shutdown")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -22,8 +22,20 @@ log = logging.getLogger(__name__)
 
 # Variables a child may inherit; everything else is dropped so a build does not
 # depend on whoever started the service.
-_KEPT = ("PATH", "HOME", "TMPDIR", "USER", "LOGNAME", "TERM", "http_proxy", "https_proxy",
-         "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+_KEPT = (
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "USER",
+    "LOGNAME",
+    "TERM",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 TAIL_LINES = 20
 
 
@@ -93,13 +105,13 @@ async def run(
     return Result(args, proc.returncode, text)
 
 
-async def _stop(proc: asyncio.subprocess.Process, timeout: float) -> None:
+async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
     if proc.returncode is not None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, 15)
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
+        await asyncio.wait_for(proc.wait(), grace)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)

@@ -17,9 +17,7 @@ from pydantic_settings import (
 class KilnSettings(BaseSettings):
     """Base for each service's settings. Subclasses set env_prefix."""
 
-    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(
-        extra="forbid", frozen=True
-    )
+    model_config: ClassVar[SettingsConfigDict] = SettingsConfigDict(extra="forbid", frozen=True)
 
     @classmethod
     def settings_customise_sources(

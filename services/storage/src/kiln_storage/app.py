@@ -66,7 +66,7 @@ async def _janitor(core: StorageCore, every: float) -> None:
     while True:
         try:
             await core.sweep()
-        except Exception:  # noqa: BLE001 - a failed sweep is retried next time
+        except Exception:
             log.exception("janitor sweep failed")
         await asyncio.sleep(every)
 

@@ -102,8 +102,10 @@ class _Digest:
     def feed(self, number: int, data: bytes) -> None:
         if not self._valid:
             return
-        if number < self._next or number in self._held or (
-            number > self._next and len(self._held) >= self.HOLD_PARTS
+        if (
+            number < self._next
+            or number in self._held
+            or (number > self._next and len(self._held) >= self.HOLD_PARTS)
         ):
             self._valid = False
             self._held.clear()
@@ -413,7 +415,7 @@ class StorageCore:
 
     # ---- artifacts -----------------------------------------------------------
 
-    async def list(
+    async def list_artifacts(
         self, selector: dict[str, str], page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Artifact], str]:
         selector = validate_labels(selector, "label_selector")
@@ -425,7 +427,7 @@ class StorageCore:
         after = _artifact_key(page_token) if page_token else ""
         found: list[Artifact] = []
         while len(found) < page_size:
-            keys = await self.store.list("artifacts/", start_after=after, limit=LIST_BATCH)
+            keys = await self.store.list_keys("artifacts/", start_after=after, limit=LIST_BATCH)
             if not keys:
                 return found, ""
             after = keys[-1]
@@ -458,7 +460,7 @@ class StorageCore:
 
     async def _blob_shared(self, artifact: Artifact) -> bool:
         prefix = _ref_prefix(artifact.checksums.sha256)
-        for key in await self.store.list(prefix):
+        for key in await self.store.list_keys(prefix):
             other = await self._maybe_record(_artifact_key(key[len(prefix) :]))
             # A ref without a record is an upload committing right now: keep the blob.
             if other is None or other.blob == artifact.blob:
@@ -503,7 +505,7 @@ class StorageCore:
         cutoff = (now or datetime.now(UTC)) - self.config.upload_ttl
         live: set[str] = set()
         removed = 0
-        for key in await self.store.list("uploads/"):
+        for key in await self.store.list_keys("uploads/"):
             try:
                 raw = await self._get_json(key)
             except NotFound:

@@ -71,7 +71,9 @@ class StorageServicer(pb_grpc.StorageServicer):
     def __init__(self, core: StorageCore) -> None:
         self.core = core
 
-    async def Upload(self, request_iterator: AsyncIterator[pb.UploadRequest], context: Context) -> pb.Artifact:
+    async def Upload(
+        self, request_iterator: AsyncIterator[pb.UploadRequest], context: Context
+    ) -> pb.Artifact:
         header, chunks = await _split(request_iterator, "upload header")
         size = header.size if header.HasField("size") else None
         artifact = await self.core.upload(
@@ -79,14 +81,18 @@ class StorageServicer(pb_grpc.StorageServicer):
         )
         return artifact_to(artifact)
 
-    async def CreateUpload(self, request: pb.CreateUploadRequest, context: Context) -> pb.UploadSession:
+    async def CreateUpload(
+        self, request: pb.CreateUploadRequest, context: Context
+    ) -> pb.UploadSession:
         size = request.size if request.HasField("size") else None
         session = await self.core.create_upload(
             dict(request.labels), checksums_from(request.expected), size, request.part_size
         )
         return session_to(session)
 
-    async def UploadPart(self, request_iterator: AsyncIterator[pb.UploadPartRequest], context: Context) -> pb.Part:
+    async def UploadPart(
+        self, request_iterator: AsyncIterator[pb.UploadPartRequest], context: Context
+    ) -> pb.Part:
         header, chunks = await _split(request_iterator, "part header")
         part = await self.core.put_part(header.upload_id, header.number, chunks, header.sha256)
         return part_to(part)
@@ -94,34 +100,46 @@ class StorageServicer(pb_grpc.StorageServicer):
     async def GetUpload(self, request: pb.GetUploadRequest, context: Context) -> pb.UploadSession:
         return session_to(await self.core.get_upload(request.upload_id))
 
-    async def CompleteUpload(self, request: pb.CompleteUploadRequest, context: Context) -> pb.Artifact:
+    async def CompleteUpload(
+        self, request: pb.CompleteUploadRequest, context: Context
+    ) -> pb.Artifact:
         return artifact_to(await self.core.complete_upload(request.upload_id))
 
-    async def AbortUpload(self, request: pb.AbortUploadRequest, context: Context) -> pb.AbortUploadResponse:
+    async def AbortUpload(
+        self, request: pb.AbortUploadRequest, context: Context
+    ) -> pb.AbortUploadResponse:
         await self.core.abort_upload(request.upload_id)
         return pb.AbortUploadResponse()
 
     async def StatArtifact(self, request: pb.StatArtifactRequest, context: Context) -> pb.Artifact:
         return artifact_to(await self.core.stat(request.id))
 
-    async def ListArtifacts(self, request: pb.ListArtifactsRequest, context: Context) -> pb.ListArtifactsResponse:
-        found, token = await self.core.list(
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: Context
+    ) -> pb.ListArtifactsResponse:
+        found, token = await self.core.list_artifacts(
             dict(request.label_selector), request.page_size, request.page_token
         )
         return pb.ListArtifactsResponse(
             artifacts=[artifact_to(a) for a in found], next_page_token=token
         )
 
-    async def DeleteArtifact(self, request: pb.DeleteArtifactRequest, context: Context) -> pb.DeleteArtifactResponse:
+    async def DeleteArtifact(
+        self, request: pb.DeleteArtifactRequest, context: Context
+    ) -> pb.DeleteArtifactResponse:
         await self.core.delete(request.id)
         return pb.DeleteArtifactResponse()
 
-    async def Download(self, request: pb.DownloadRequest, context: Context) -> AsyncIterator[pb.DownloadChunk]:
+    async def Download(
+        self, request: pb.DownloadRequest, context: Context
+    ) -> AsyncIterator[pb.DownloadChunk]:
         _, chunks = await self.core.read(request.id, request.offset, request.length)
         async for data in chunks:
             yield pb.DownloadChunk(data=data)
 
-    async def GetDownloadUrl(self, request: pb.GetDownloadUrlRequest, context: Context) -> pb.DownloadUrl:
+    async def GetDownloadUrl(
+        self, request: pb.GetDownloadUrlRequest, context: Context
+    ) -> pb.DownloadUrl:
         expires = request.expires_in.ToTimedelta() if request.HasField("expires_in") else None
         if expires == timedelta(0):
             expires = None

@@ -43,7 +43,7 @@ class ObjectStore(Protocol):
     async def delete(self, key: str) -> None:
         """Removes the object; a missing object is not an error."""
 
-    async def list(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+    async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         """Keys directly under prefix (which ends with '/'), sorted, after start_after."""
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:

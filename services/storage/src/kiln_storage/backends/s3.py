@@ -10,6 +10,7 @@ pinned below 7.3 for that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -102,7 +103,7 @@ class S3Store:
         check_key(key)
         await self._call(self._client.remove_object, self.bucket, key)
 
-    async def list(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
+    async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         def names() -> list[str]:
             out: list[str] = []
             for obj in self._client.list_objects(
@@ -144,9 +145,7 @@ class S3Store:
         )
 
     async def mp_put(self, key: str, upload_id: str, number: int, data: bytes) -> None:
-        await self._call(
-            self._client._upload_part, self.bucket, key, data, None, upload_id, number
-        )
+        await self._call(self._client._upload_part, self.bucket, key, data, None, upload_id, number)
 
     async def _s3_parts(self, key: str, upload_id: str) -> list[S3Part]:
         def fetch() -> list[S3Part]:
@@ -164,7 +163,7 @@ class S3Store:
         return await self._call(fetch)
 
     async def mp_parts(self, key: str, upload_id: str) -> dict[int, int]:
-        return {p.part_number: p.size for p in await self._s3_parts(key, upload_id)}
+        return {p.part_number: p.size or 0 for p in await self._s3_parts(key, upload_id)}
 
     async def mp_complete(self, key: str, upload_id: str, count: int, total: int) -> None:
         parts = sorted(await self._s3_parts(key, upload_id), key=lambda p: p.part_number)
@@ -173,10 +172,8 @@ class S3Store:
         )
 
     async def mp_abort(self, key: str, upload_id: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             await self._call(self._client._abort_multipart_upload, self.bucket, key, upload_id)
-        except NotFound:
-            pass
 
     async def mp_list(self) -> list[MultipartInfo]:
         def fetch() -> list[MultipartInfo]:

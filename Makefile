@@ -1,0 +1,39 @@
+# Entry points named in README.md. `make test` runs every tier.
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage demo clean
+
+setup:
+	scripts/setup.sh
+
+proto: setup
+	scripts/gen-proto.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-integration: setup
+	$(PYTEST) tests/integration
+
+test-e2e: setup
+	$(PYTEST) tests/e2e
+
+# One pytest run for the tiers, so CI gets one summary line.
+test: lint
+	$(PYTEST) tests
+
+bench-storage: setup
+	$(PY) bench/storage/bench.py
+
+demo: setup
+	scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

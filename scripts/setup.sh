@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set-up on a clean Debian 12 machine, as root (idempotent; quick when done):
+#   apt packages -> .venv at the repository root -> pinned pip dependencies
+#   -> the workspace packages (editable), which put `kiln` on .venv/bin.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+apt_packages=(python3 python3-venv python3-dev gcc make curl git ca-certificates)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' || {
+  echo "setup: Kiln needs Python 3.11 or newer ($python is older)" >&2
+  exit 1
+}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# Reinstall only when the pins or the packages' metadata changed.
+stamp=.venv/.kiln-setup
+want=$(cat requirements/constraints.txt requirements/dev.in services/*/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check \
+    -c requirements/constraints.txt -r requirements/dev.in
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    -e services/common -e services/storage -e services/cli
+  echo "$want" >"$stamp"
+fi
+echo "setup: ready (.venv/bin/kiln)"

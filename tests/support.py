@@ -1,0 +1,54 @@
+"""Helpers for tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from minio import Minio
+
+from kiln_api.storage.v1 import storage_pb2_grpc
+from kiln_common.devservers import Seaweed
+from kiln_common.grpc_server import CHANNEL_OPTIONS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def s3_client(server: Seaweed) -> Minio:
+    return Minio(
+        server.endpoint,
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+        secure=False,
+        region="us-east-1",
+    )
+
+
+def s3_settings(server: Seaweed, bucket: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "backend": "s3",
+        "s3_endpoint": server.endpoint,
+        "s3_access_key": server.access_key,
+        "s3_secret_key": server.secret_key,
+        "s3_bucket": bucket,
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def storage_stub(address: str) -> AsyncIterator[storage_pb2_grpc.StorageStub]:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        yield storage_pb2_grpc.StorageStub(channel)
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic, incompressible-looking test bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+async def gather_bytes(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in chunks])

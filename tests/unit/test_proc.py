@@ -1,0 +1,71 @@
+"""The one external-process helper: argv, scrubbed env, readable errors, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from kiln_common.proc import ProcessError, run, run_sync, spawn, stop_pid
+
+
+def running(pid: int) -> bool:
+    """True unless pid is gone or a zombie (init here may not reap orphans)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+async def test_run_captures_output_with_a_scrubbed_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KILN_SECRET_TOKEN", "do-not-leak")
+    result = await run(["sh", "-c", "echo hello; env"])
+    assert result.returncode == 0
+    assert result.stdout.startswith("hello\n")
+    assert "KILN_SECRET_TOKEN" not in result.stdout
+    assert "LANG=C.UTF-8" in result.stdout
+
+
+async def test_a_failing_command_gives_a_readable_error() -> None:
+    with pytest.raises(ProcessError) as caught:
+        await run(["sh", "-c", "echo first; echo 'disk full' >&2; exit 3"])
+    message = str(caught.value)
+    assert "sh -c" in message and "exit status 3" in message and "disk full" in message
+
+
+def test_a_missing_command_is_reported_not_raised_as_oserror() -> None:
+    with pytest.raises(ProcessError, match="command not found"):
+        run_sync(["kiln-no-such-command-here"])
+
+
+async def test_cancelling_run_kills_the_whole_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    task = asyncio.create_task(
+        run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], terminate_timeout=2)
+    )
+    for _ in range(100):
+        if marker.exists() and marker.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    child = int(marker.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.2)
+    assert not running(child)
+
+
+def test_spawned_daemons_log_to_a_file_and_stop(tmp_path: Path) -> None:
+    log = tmp_path / "d.log"
+    proc = spawn(["sh", "-c", "echo started; exec sleep 300"], log_file=log)
+    deadline = time.monotonic() + 5
+    while "started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "started" in log.read_text()
+    stop_pid(proc.pid, timeout=5)
+    assert not running(proc.pid)
