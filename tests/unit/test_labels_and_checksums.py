@@ -40,7 +40,7 @@ def test_too_many_labels_are_rejected() -> None:
 def test_declared_checksums_are_normalised_and_checked() -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     assert Checksums(sha256=digest.upper()).validated().sha256 == digest
-    with pytest.raises(InvalidArgument, match="checksums.md5: expected 32 hex"):
+    with pytest.raises(InvalidArgument, match=r"checksums\.md5: expected 32 hex"):
         Checksums(md5="zz").validated()
 
 

@@ -64,7 +64,9 @@ def test_spawned_daemons_log_to_a_file_and_stop(tmp_path: Path) -> None:
     log = tmp_path / "d.log"
     proc = spawn(["sh", "-c", "echo started; exec sleep 300"], log_file=log)
     deadline = time.monotonic() + 5
-    while "started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+    while (
+        "started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     assert "started" in log.read_text()
     stop_pid(proc.pid, timeout=5)

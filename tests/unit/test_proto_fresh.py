@@ -26,6 +26,8 @@ def test_generated_stubs_match_the_protos(tmp_path: Path) -> None:
     extra = sorted(
         str(p.relative_to(committed))
         for p in committed.rglob("*.py*")
-        if p.is_file() and "__pycache__" not in p.parts and p.relative_to(committed) not in generated
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and p.relative_to(committed) not in generated
     )
     assert not extra, f"generated files with no .proto behind them: {extra}"

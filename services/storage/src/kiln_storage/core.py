@@ -142,18 +142,19 @@ class _Digest:
 
 
 async def _rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroups a stream of chunks into pieces of exactly size bytes (the last shorter)."""
-    held: list[bytes] = []
+    """Regroups a stream of chunks into pieces of exactly size bytes (the last
+    shorter), copying each byte once."""
+    held: list[memoryview] = []
     have = 0
     async for chunk in chunks:
         view = memoryview(chunk)
         while view:
             take = min(len(view), size - have)
-            held.append(bytes(view[:take]) if take < len(view) or held else chunk)
+            held.append(view[:take])
             have += take
             view = view[take:]
             if have == size:
-                yield b"".join(held) if len(held) > 1 else held[0]
+                yield b"".join(held)
                 held, have = [], 0
     if have:
         yield b"".join(held)
