@@ -1,0 +1,309 @@
+"""Offline checks of the Kubernetes manifests under deploy/k8s.
+
+The tree is rendered by a small reader of kustomization.yaml `resources:` (no
+kubectl needed); when kubectl is on PATH, `kubectl kustomize` must render the
+same documents. Every document is validated in strict mode (unknown fields
+fail) against one fixed Kubernetes version with kubernetes-validate, and a few
+properties no schema expresses are asserted: resources and probes on every
+container, gRPC probes on the port the storage settings bind, pinned image
+tags, selectors that select something.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kv  # type: ignore[import-untyped]
+
+from kiln_api.storage.v1 import storage_pb2
+from kiln_storage.settings import StorageSettings
+
+REPO = Path(__file__).resolve().parents[2]
+K8S_DIR = REPO / "deploy" / "k8s"
+# The oldest Kubernetes release the manifests promise to work on.
+KUBERNETES_VERSION = "1.30"
+# What the reader below implements; anything else needs real kustomize.
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources"}
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+
+Doc = dict[str, Any]
+
+
+def render(directory: Path) -> list[Doc]:
+    """The documents of a kustomization that uses only `resources:` (files or
+    directories holding their own kustomization.yaml), in order."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - KUSTOMIZATION_KEYS
+    if unsupported:
+        raise ValueError(
+            f"{directory / 'kustomization.yaml'}: {sorted(unsupported)} need kustomize;"
+            " extend render() in this test or keep them in an overlay"
+        )
+    docs: list[Doc] = []
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            docs.extend(render(path))
+        else:
+            docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def doc_id(doc: Doc) -> str:
+    meta = doc["metadata"]
+    return f"{doc['kind']}/{meta.get('namespace', '-')}/{meta['name']}"
+
+
+DOCS = render(K8S_DIR)
+
+
+def find(kind: str, name: str) -> Doc:
+    matches = [d for d in DOCS if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind}/{name}, found {len(matches)}"
+    return matches[0]
+
+
+def workloads() -> Iterator[Doc]:
+    return (d for d in DOCS if d["kind"] in WORKLOAD_KINDS)
+
+
+def pod_spec(workload: Doc) -> Doc:
+    spec: Doc = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(workload: Doc) -> list[Doc]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def container_env(workload: Doc, container: Doc) -> dict[str, str]:
+    """The container's environment as the kubelet would set it (envFrom first,
+    then env), resolving ConfigMaps and Secrets from the render."""
+    namespace = workload["metadata"].get("namespace")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            cm = find("ConfigMap", source["configMapRef"]["name"])
+            assert cm["metadata"].get("namespace") == namespace
+            env.update({k: str(v) for k, v in cm.get("data", {}).items()})
+        else:
+            secret = find("Secret", source["secretRef"]["name"])
+            assert secret["metadata"].get("namespace") == namespace
+            data = secret.get("data", {})
+            env.update({k: base64.b64decode(v).decode() for k, v in data.items()})
+            env.update({k: str(v) for k, v in secret.get("stringData", {}).items()})
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = str(var["value"])
+    return env
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_kubernetes_validate_ships_the_pinned_version() -> None:
+    assert f"{KUBERNETES_VERSION}.0" in kv.all_versions()
+
+
+def test_documents_are_unique_and_namespaced() -> None:
+    ids = [doc_id(d) for d in DOCS]
+    assert len(ids) == len(set(ids)), ids
+    for doc in DOCS:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "kiln", doc_id(doc)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=doc_id)
+def test_document_is_valid_in_strict_mode(doc: Doc) -> None:
+    try:
+        checked = kv.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kv.ValidationError as exc:
+        path = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{doc_id(doc)}: {path}: {exc.message}")
+    except kv.SchemaNotFoundError as exc:
+        pytest.fail(exc.message)
+    assert checked == KUBERNETES_VERSION
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not on PATH")
+def test_kubectl_kustomize_renders_the_same_documents() -> None:
+    kubectl = shutil.which("kubectl")
+    assert kubectl is not None
+    out = subprocess.run(
+        [kubectl, "kustomize", str(K8S_DIR)], check=True, capture_output=True, text=True
+    ).stdout
+    rendered = [d for d in yaml.safe_load_all(out) if d]
+    assert sorted(rendered, key=doc_id) == sorted(DOCS, key=doc_id)
+
+
+def test_every_container_has_resources_probes_and_a_pinned_image() -> None:
+    seen = 0
+    for workload in workloads():
+        for c in containers(workload):
+            where = f"{doc_id(workload)} container {c['name']}"
+            requests = c.get("resources", {}).get("requests", {})
+            limits = c.get("resources", {}).get("limits", {})
+            assert {"cpu", "memory"} <= set(requests), f"{where}: requests"
+            assert "memory" in limits, f"{where}: memory limit"
+            assert "readinessProbe" in c and "livenessProbe" in c, f"{where}: probes"
+            image: str = c["image"]
+            tag = image.rpartition("/")[2].partition(":")[2]
+            assert "@sha256:" in image or (tag and tag != "latest"), f"{where}: {image}"
+            seen += 1
+    assert seen >= 2
+
+
+def test_pods_run_unprivileged() -> None:
+    # The builder (privileged, /dev/kvm) will need an explicit exemption here.
+    for workload in workloads():
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True, doc_id(workload)
+        assert pod["securityContext"]["runAsUser"] > 0, doc_id(workload)
+        for c in containers(workload):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+
+
+def test_services_and_budgets_select_pods_and_named_ports() -> None:
+    pods = [(w["spec"]["template"]["metadata"]["labels"], containers(w)) for w in workloads()]
+    for doc in DOCS:
+        if doc["kind"] == "Service":
+            selected = [cs for labels, cs in pods if matches(doc["spec"]["selector"], labels)]
+            assert selected, f"{doc_id(doc)} selects no pods"
+            for port in doc["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                for cs in selected:
+                    known = {p.get("name") for c in cs for p in c.get("ports", [])}
+                    known |= {p["containerPort"] for c in cs for p in c.get("ports", [])}
+                    assert target in known, f"{doc_id(doc)}: port {target}"
+        if doc["kind"] == "PodDisruptionBudget":
+            selector = doc["spec"]["selector"]["matchLabels"]
+            assert any(matches(selector, labels) for labels, _ in pods), doc_id(doc)
+    for workload in workloads():
+        template_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert matches(workload["spec"]["selector"]["matchLabels"], template_labels)
+
+
+def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = find("Deployment", "storage")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    unknown = {
+        key
+        for key in env
+        if key.startswith("KILN_STORAGE_")
+        and key.removeprefix("KILN_STORAGE_").lower() not in StorageSettings.model_fields
+    }
+    assert not unknown, f"not storage settings (typo?): {sorted(unknown)}"
+    for key in [k for k in os.environ if k.startswith("KILN_STORAGE_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = StorageSettings()
+    assert settings.backend == "s3"
+    assert settings.s3_endpoint
+    assert settings.s3_secret_key.get_secret_value()
+
+    nats = urlsplit(settings.nats_url)
+    service = find("Service", str(nats.hostname))
+    assert nats.port in {p["port"] for p in service["spec"]["ports"]}
+    assert (
+        service["spec"]["selector"]
+        == find("StatefulSet", "nats")["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_storage_probes_use_grpc_health_on_the_bound_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deployment = find("Deployment", "storage")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    host, _, port = env["KILN_STORAGE_GRPC_BIND"].rpartition(":")
+    # The kubelet probes the pod IP: a loopback bind would never answer.
+    assert host in {"0.0.0.0", "[::]"}, host
+    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = container[probe]["grpc"]
+        assert grpc["port"] == int(port), probe
+        assert grpc.get("service", "") in {"", STORAGE_SERVICE}, probe
+    service = find("Service", "storage")
+    assert {"name": "grpc", "port": 50051, "targetPort": "grpc"}.items() <= next(
+        p for p in service["spec"]["ports"] if p["name"] == "grpc"
+    ).items()
+
+
+def test_storage_shuts_down_within_the_grace_period() -> None:
+    deployment = find("Deployment", "storage")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    default = StorageSettings.model_fields["shutdown_grace"].default
+    shutdown_grace = float(env.get("KILN_STORAGE_SHUTDOWN_GRACE", default))
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+    command = pre_stop.get("command", [])
+    pre_stop_seconds = float(command[1]) if command[:1] == ["sleep"] else 0.0
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace > pre_stop_seconds + shutdown_grace
+
+
+def test_storage_root_fs_is_read_only_with_a_tmp_volume() -> None:
+    deployment = find("Deployment", "storage")
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    (container,) = pod_spec(deployment)["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]]
+
+
+def test_storage_image_tag_is_the_package_version() -> None:
+    pyproject = tomllib.loads((REPO / "services/storage/pyproject.toml").read_text())
+    (container,) = pod_spec(find("Deployment", "storage"))["containers"]
+    assert container["image"] == f"kiln/storage:{pyproject['project']['version']}"
+
+
+def test_storage_scales_on_cpu_and_keeps_a_pod_through_disruptions() -> None:
+    deployment = find("Deployment", "storage")
+    hpa = find("HorizontalPodAutoscaler", "storage")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "storage")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    pdb = find("PodDisruptionBudget", "storage")
+    assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_nats_runs_jetstream_on_a_persistent_volume() -> None:
+    nats = find("StatefulSet", "nats")
+    (container,) = pod_spec(nats)["containers"]
+    assert container["image"].split(":")[0] == "nats"
+    config = find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert "jetstream" in config and "store_dir: /data" in config
+    (claim,) = nats["spec"]["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == "/data"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["port"] == "monitor" and get["path"].startswith("/healthz"), probe
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["client"] == 4222 and ports["monitor"] == 8222
+    service = find("Service", "nats")
+    assert {p["port"] for p in service["spec"]["ports"]} == {4222, 8222}
