@@ -1,0 +1,130 @@
+"""The commands the storage issue promises, run exactly as a user would,
+against a real `kiln up` stack (nats-server and the storage service as processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import REPO, payload
+
+from kiln_common.proc import pid_alive
+
+pytestmark = pytest.mark.e2e
+
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+def kiln(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [KILN, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} failed: {done.stderr}")
+    assert "Traceback" not in done.stderr
+    return done
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    home = tmp_path / "kiln-home"
+    environ = {**os.environ, "KILN_HOME": str(home)}
+    environ.pop("KILN_STORAGE", None)
+    try:
+        yield environ
+    finally:
+        kiln(environ, "down", check=False)
+
+
+def test_the_storage_commands_from_the_issue(env: dict[str, str], tmp_path: Path) -> None:
+    up = kiln(env, "up")
+    assert "kiln is up" in up.stdout
+    stack = json.loads((Path(env["KILN_HOME"]) / "stack.json").read_text())
+    kiln(env, "up")  # a second `up` finds the running stack and starts nothing
+    assert json.loads((Path(env["KILN_HOME"]) / "stack.json").read_text())["pids"] == stack["pids"]
+
+    data = payload(40 * 1024 * 1024 + 77, seed=41)
+    src = tmp_path / "disk.img"
+    src.write_bytes(data)
+    artifact_id = kiln(env, "artifact", "push", str(src), "--label", "name=demo").stdout.strip()
+    assert len(artifact_id) == 26
+
+    listed = kiln(env, "artifact", "ls", "--label", "name=demo").stdout
+    assert artifact_id in listed and str(len(data)) in listed
+    assert kiln(env, "artifact", "ls", "--label", "name=nothing").stdout == ""
+
+    url = kiln(env, "artifact", "url", artifact_id).stdout.strip()
+    head = tmp_path / "head"
+    curl = subprocess.run(
+        ["curl", "-sS", "-r", "0-1023", "-o", str(head), "-w", "%{http_code}", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert curl.stdout == "206" and head.read_bytes() == data[:1024]
+
+    dest = tmp_path / "copy.img"
+    kiln(env, "artifact", "get", artifact_id, "-o", str(dest))
+    assert dest.read_bytes() == data
+
+    # A partial download resumes from where it stopped.
+    dest.unlink()
+    partial = tmp_path / "copy.img.part"
+    partial.write_bytes(data[: 7 * 1024 * 1024 + 3])
+    kiln(env, "artifact", "get", artifact_id, "-o", str(dest))
+    assert dest.read_bytes() == data and not partial.exists()
+
+    # A corrupt partial file is detected, removed, and the next run succeeds.
+    partial.write_bytes(b"garbage" * 1000)
+    bad = kiln(env, "artifact", "get", artifact_id, "-o", str(dest), check=False)
+    assert bad.returncode == 1 and "corrupt" in bad.stderr and not partial.exists()
+    kiln(env, "artifact", "get", artifact_id, "-o", str(dest))
+    assert dest.read_bytes() == data
+
+    shown = kiln(env, "artifact", "show", artifact_id).stdout
+    assert "sha512" in shown and "label     name=demo" in shown
+
+    assert f"deleted {artifact_id}" in kiln(env, "artifact", "rm", artifact_id).stdout
+    gone = kiln(env, "artifact", "rm", artifact_id, check=False)
+    assert gone.returncode == 1 and gone.stderr.startswith("kiln: NOT_FOUND")
+
+    assert "kiln is down" in kiln(env, "down").stdout
+    assert not any(pid_alive(pid) for pid in stack["pids"].values())
+
+
+def test_user_errors_are_one_line_never_a_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    down = kiln(env, "artifact", "ls", check=False)
+    assert down.returncode == 1 and "kiln up" in down.stderr
+    kiln(env, "up")
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert "is empty" in kiln(env, "artifact", "push", str(empty), check=False).stderr
+    missing = kiln(env, "artifact", "push", str(tmp_path / "nope"), check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    badlabel = kiln(
+        env, "artifact", "push", str(REPO / "pyproject.toml"), "--label", "x", check=False
+    )
+    assert badlabel.returncode == 2 and "KEY=VALUE" in badlabel.stderr
+    badid = kiln(env, "artifact", "url", "../../etc/passwd", check=False)
+    assert badid.returncode == 1 and "INVALID_ARGUMENT" in badid.stderr
+    for result in (down, missing, badlabel, badid):
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_readme_demo_runs(tmp_path: Path) -> None:
+    environ = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [str(REPO / "scripts/demo.sh")],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "HTTP 206" in done.stdout and done.stdout.rstrip().endswith("demo: OK")
