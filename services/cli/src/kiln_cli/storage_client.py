@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
-from kiln_common.grpc_server import CHANNEL_OPTIONS
+from kiln_common.grpc_server import CHANNEL_OPTIONS, CHUNK_SIZE
 
-CHUNK = 1024 * 1024
+log = logging.getLogger(__name__)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 Progress = Callable[[int], None]
 
@@ -106,7 +110,7 @@ class StorageClient:
                 f.seek(offset)
                 left = length
                 while left:
-                    data = f.read(min(CHUNK, left))
+                    data = f.read(min(CHUNK_SIZE, left))
                     if not data:
                         raise ClientError(f"{plan.path} shrank while it was uploaded")
                     left -= len(data)
@@ -166,48 +170,136 @@ class StorageClient:
 
     # ---- download ------------------------------------------------------------
 
-    def get(self, artifact_id: str, dest: Path, progress: Progress | None = None) -> pb.Artifact:
+    def get(
+        self,
+        artifact_id: str,
+        dest: Path,
+        progress: Progress | None = None,
+        *,
+        via_url: bool = True,
+    ) -> pb.Artifact:
         """Downloads into dest.part, resuming from its size, checks the SHA-256
-        and renames to dest only when the whole file is right."""
+        and renames to dest only when the whole file is right. The check at the
+        end is what makes resuming safe, so the partial file needs no fsync.
+
+        Bytes come from the artifact's download URL (S3 presigned, or the
+        service's own HTTP server) with a Range request, so they do not pass
+        through the service; if the URL cannot be used, from the gRPC stream."""
         artifact: pb.Artifact = self.stub.StatArtifact(pb.StatArtifactRequest(id=artifact_id))
         partial = dest.with_name(dest.name + ".part")
-        digest = hashlib.sha256()
         have = partial.stat().st_size if partial.exists() else 0
         if have > artifact.size:
             partial.unlink()
             have = 0
-        with open(partial, "ab") as out:
-            if have:
-                with open(partial, "rb") as old:
-                    for block in iter(lambda: old.read(CHUNK), b""):
-                        digest.update(block)
+        with _Sink(partial, hash_existing=have > 0) as sink:
             if progress:
                 progress(have)
-            for attempt in range(self.retries + 1):
+            counted = _Counter(have, progress)
+            if via_url and have < artifact.size:
                 try:
-                    for chunk in (
-                        self.stub.Download(pb.DownloadRequest(id=artifact_id, offset=have))
-                        if have < artifact.size
-                        else ()
-                    ):
-                        out.write(chunk.data)
-                        digest.update(chunk.data)
-                        have += len(chunk.data)
-                        if progress:
-                            progress(len(chunk.data))
-                    break
-                except grpc.RpcError as exc:
-                    if exc.code() not in RETRYABLE or attempt == self.retries:
-                        raise
-                    out.flush()
-                    time.sleep(min(0.5 * 2**attempt, 10))
-            out.flush()
-            os.fsync(out.fileno())
-        if have != artifact.size or digest.hexdigest() != artifact.checksums.sha256:
+                    self._fetch_url(artifact_id, sink, counted)
+                except (ClientError, OSError, grpc.RpcError) as exc:
+                    log.warning("download URL failed (%s); streaming through the service", exc)
+            if counted.have < artifact.size:
+                self._fetch_stream(artifact_id, sink, counted)
+            sha256 = sink.finish()
+        if counted.have != artifact.size or sha256 != artifact.checksums.sha256:
             partial.unlink(missing_ok=True)
             raise ClientError(
-                f"download of {artifact_id} is corrupt (sha256 {digest.hexdigest()}, "
+                f"download of {artifact_id} is corrupt (sha256 {sha256}, "
                 f"expected {artifact.checksums.sha256}); removed the partial file, run again"
             )
         os.replace(partial, dest)
         return artifact
+
+    def _fetch_url(self, artifact_id: str, sink: _Sink, counted: _Counter) -> None:
+        url = self.stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact_id)).url
+        for attempt in range(self.retries + 1):
+            start = counted.have
+            headers = {"Range": f"bytes={start}-"} if start else {}
+            try:
+                with urllib.request.urlopen(
+                    urllib.request.Request(url, headers=headers), timeout=60
+                ) as response:
+                    if start and response.status != 206:
+                        raise ClientError(f"{urlsplit(url).netloc} ignored the Range request")
+                    while block := response.read(CHUNK_SIZE):
+                        sink.add(block)
+                        counted.add(len(block))
+                return
+            except urllib.error.HTTPError:
+                raise  # refused (expired, forbidden): retrying will not help
+            except OSError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(min(0.5 * 2**attempt, 10))
+
+    def _fetch_stream(self, artifact_id: str, sink: _Sink, counted: _Counter) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                request = pb.DownloadRequest(id=artifact_id, offset=counted.have)
+                for chunk in self.stub.Download(request):
+                    sink.add(chunk.data)
+                    counted.add(len(chunk.data))
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                time.sleep(min(0.5 * 2**attempt, 10))
+
+
+class _Counter:
+    """Bytes received so far, reported to the progress callback."""
+
+    def __init__(self, have: int, progress: Progress | None) -> None:
+        self.have = have
+        self._progress = progress
+
+    def add(self, n: int) -> None:
+        self.have += n
+        if self._progress:
+            self._progress(n)
+
+
+class _Sink:
+    """Appends chunks to a file and hashes them on two worker threads, so
+    receiving, writing and hashing overlap (each releases the GIL)."""
+
+    IN_FLIGHT = 8
+
+    def __init__(self, path: Path, hash_existing: bool) -> None:
+        self._file = open(path, "ab")  # noqa: SIM115 - closed in __exit__
+        self._digest = hashlib.sha256()
+        self._writer = ThreadPoolExecutor(1)
+        self._hasher = ThreadPoolExecutor(1)
+        self._pending: list[Future[object]] = []
+        if hash_existing:
+            with open(path, "rb") as old:
+                for block in iter(lambda: old.read(CHUNK_SIZE), b""):
+                    self._digest.update(block)
+
+    def add(self, data: bytes) -> None:
+        self._pending.append(self._writer.submit(self._file.write, data))
+        self._pending.append(self._hasher.submit(self._digest.update, data))
+        if len(self._pending) > 2 * self.IN_FLIGHT:
+            for fut in self._pending[:2]:
+                fut.result()
+            del self._pending[:2]
+
+    def finish(self) -> str:
+        for fut in self._pending:
+            fut.result()
+        self._pending.clear()
+        self._file.flush()
+        return self._digest.hexdigest()
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Whatever happened, what was received is on disk for the next resume.
+        for fut in self._pending:
+            fut.exception()
+        self._writer.shutdown()
+        self._hasher.shutdown()
+        self._file.close()

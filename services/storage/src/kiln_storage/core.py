@@ -479,7 +479,7 @@ class StorageCore:
         count = min(length or artifact.size, artifact.size - offset)
         if count == 0:
             return artifact, _empty()
-        return artifact, self.store.read(artifact.blob, offset, count)
+        return artifact, _read_ahead(self.store.read(artifact.blob, offset, count))
 
     async def download_url(
         self, artifact_id: str, expires: timedelta | None = None
@@ -530,6 +530,31 @@ class StorageCore:
                 await self.store.mp_abort(mp.key, mp.upload_id)
                 removed += 1
         return removed
+
+
+async def _read_ahead(chunks: AsyncIterator[bytes], depth: int = 4) -> AsyncIterator[bytes]:
+    """Keeps reading from the backend while the caller sends what it has, so
+    storage reads and network writes overlap instead of taking turns."""
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+            await queue.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
+            await queue.put(exc)
+
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -20,9 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kiln_common.errors import InvalidArgument, NotFound
+from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_storage.backends.base import MultipartInfo, check_key
-
-READ_CHUNK = 1024 * 1024
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -108,7 +107,7 @@ class FilesystemStore:
             f.seek(offset)
             left = length
             while left is None or left > 0:
-                want = READ_CHUNK if left is None else min(READ_CHUNK, left)
+                want = CHUNK_SIZE if left is None else min(CHUNK_SIZE, left)
                 chunk = await asyncio.to_thread(f.read, want)
                 if not chunk:
                     break

@@ -23,9 +23,9 @@ from minio.error import S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from kiln_common.errors import NotFound, Unavailable
+from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_storage.backends.base import MultipartInfo, check_key
 
-READ_CHUNK = 1024 * 1024
 _MISSING = {"NoSuchKey", "NoSuchUpload", "NoSuchObject", "ResourceNotFound"}
 
 T = TypeVar("T")
@@ -125,7 +125,7 @@ class S3Store:
             self._client.get_object, self.bucket, key, offset=offset, length=length or 0
         )
         try:
-            stream = response.stream(READ_CHUNK)
+            stream = response.stream(CHUNK_SIZE)
             while True:
                 chunk = await self._call(next, stream, b"")
                 if not chunk:
