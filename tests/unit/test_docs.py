@@ -1,0 +1,13 @@
+"""The documentation names every setting the service reads."""
+
+from __future__ import annotations
+
+from support import REPO
+
+from kiln_storage.settings import StorageSettings
+
+
+def test_every_storage_setting_is_documented() -> None:
+    text = (REPO / "docs/storage.md").read_text()
+    missing = [n for n in StorageSettings.model_fields if f"`{n.upper()}`" not in text]
+    assert not missing, f"docs/storage.md does not document: {missing}"
