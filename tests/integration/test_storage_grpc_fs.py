@@ -14,6 +14,7 @@ import pytest
 from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_cli.storage_client import StorageClient, UploadPlan
 from kiln_common.devservers import Nats
 from kiln_common.events import STREAM, from_json
 
@@ -167,3 +168,46 @@ async def test_a_resumable_upload_survives_a_dropped_part_stream(storage_service
             assert artifact.checksums.sha256 == hashlib.sha256(data).hexdigest()
             err = await _status(stub.GetUpload(pb.GetUploadRequest(upload_id=session.upload_id)))
             assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+class CountingClient(StorageClient):
+    """Records which parts it sends: resuming must send only the missing ones."""
+
+    sent: list[int]
+
+    def _send_part(self, upload_id: str, plan: UploadPlan, number: int) -> int:
+        self.sent.append(number)
+        return super()._send_part(upload_id, plan, number)
+
+
+async def test_an_interrupted_push_resumes_from_the_parts_the_service_has(  # type: ignore[no-untyped-def]
+    storage_service, tmp_path
+) -> None:
+    part = 5 * CHUNK
+    data = payload(3 * part + 1, seed=12)
+    source = tmp_path / "image.raw"
+    source.write_bytes(data)
+    async with storage_service() as (_, address):
+        client = CountingClient(address, state_dir=tmp_path / "state")
+        client.sent = []
+        try:
+            # The first run stored parts 1 and 3, then died.
+            plan = UploadPlan(source, len(data), part)
+            session = await asyncio.to_thread(
+                client._resume_or_create,
+                plan,
+                {"name": "resumed"},
+                "",
+                client._state_file(source, len(data)),
+            )
+            for n in (1, 3):
+                await asyncio.to_thread(client._send_part, session.upload_id, plan, n)
+            client.sent.clear()
+            artifact = await asyncio.to_thread(
+                lambda: client.push(source, {"name": "resumed"}, part_size=part)
+            )
+        finally:
+            client.close()
+        assert sorted(client.sent) == [2, 4]
+        assert artifact.checksums.sha256 == hashlib.sha256(data).hexdigest()
+        assert list((tmp_path / "state").iterdir()) == []

@@ -243,9 +243,7 @@ class StorageCore:
         return session
 
     async def _store_part(self, session: UploadSession, number: int, data: bytes) -> None:
-        self._digests.setdefault(session.upload_id, _Digest())
-        digest = self._digests[session.upload_id]
-        digest.feed(number, data)
+        self._digests.setdefault(session.upload_id, _Digest()).feed(number, data)
         await self.store.mp_put(session.blob, session.backend_upload_id, number, data)
 
     async def put_part(
@@ -504,7 +502,8 @@ class StorageCore:
         """Aborts upload sessions older than the TTL and backend multipart
         uploads no session knows of. Returns how many uploads it removed."""
         cutoff = (now or datetime.now(UTC)) - self.config.upload_ttl
-        live: set[str] = set()
+        live: set[str] = set()  # backend upload ids of sessions still in time
+        live_sessions: set[str] = set()
         removed = 0
         for key in await self.store.list_keys("uploads/"):
             try:
@@ -516,6 +515,7 @@ class StorageCore:
             )
             if session.created_at >= cutoff:
                 live.add(session.backend_upload_id)
+                live_sessions.add(session.upload_id)
                 continue
             committed = raw.get("artifact_id")
             if committed and await self.store.size(_artifact_key(committed)) is not None:
@@ -529,6 +529,10 @@ class StorageCore:
                 log.info("janitor: aborting orphaned multipart upload of %s", mp.key)
                 await self.store.mp_abort(mp.key, mp.upload_id)
                 removed += 1
+        # Digests of sessions that ended elsewhere (another replica's janitor or
+        # completion) would otherwise keep their held parts in memory.
+        for upload_id in set(self._digests) - live_sessions:
+            self._digests.pop(upload_id).cancel()
         return removed
 
 
