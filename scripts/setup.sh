@@ -6,7 +6,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-apt_packages=(python3 python3-venv python3-dev gcc make curl git ca-certificates)
+apt_packages=(
+  python3 python3-venv python3-dev gcc make curl git ca-certificates pkg-config
+  # the builder: bootstrap, sandbox, disks, bootloader, conversion, compression
+  mmdebstrap bubblewrap fdisk gdisk e2fsprogs xfsprogs dosfstools grub-pc-bin grub2-common
+  qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
+)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -36,7 +41,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check \
     -c requirements/constraints.txt -r requirements/dev.in
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    -e services/common -e services/storage -e services/cli
+    -e services/common -e services/storage -e services/cli -e services/builder
   echo "$want" >"$stamp"
 fi
 echo "setup: ready (.venv/bin/kiln)"

@@ -1,0 +1,1 @@
+"""Kiln builder: recipes and the image build engine."""
