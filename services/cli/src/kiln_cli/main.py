@@ -17,6 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli import stack
+from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.storage_client import ClientError, Progress, StorageClient
 from kiln_common.devservers import ServerError
 from kiln_common.proc import ProcessError
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = art.add_parser("rm", help="delete artifacts")
     p.add_argument("id", nargs="+")
     p.set_defaults(fn=cmd_rm)
+    add_recipe_parser(sub)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""kiln-builder: the build engine without the other services.
+
+kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
+from kiln_builder.recipe import RecipeError, load_recipe
+from kiln_builder.resources import reclaim
+from kiln_common.errors import KilnError
+from kiln_common.ids import new_id
+from kiln_common.logs import setup_logging
+from kiln_common.proc import ProcessError
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("KILN_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "kiln" if base else Path.home() / ".cache/kiln"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln-builder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    bake = sub.add_parser("bake", help="build a recipe into image files")
+    bake.add_argument("recipe", type=Path)
+    bake.add_argument("--out", type=Path, required=True, help="directory for the outputs")
+    bake.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    bake.add_argument("--keep-workspace", action="store_true", help="keep a failed build's files")
+    bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
+    bake.add_argument("--cache-dir", type=Path, default=_default_cache())
+    bake.add_argument("--work-root", type=Path, default=Path("/var/tmp/kiln"))
+    return parser
+
+
+def _progress(step: StepRecord, what: str) -> None:
+    if what == "start":
+        print(f"==> {step.name}", file=sys.stderr, flush=True)
+    else:
+        note = " (cached layer)" if step.cached else ""
+        print(f"    {step.name} done in {step.seconds:.1f}s{note}", file=sys.stderr, flush=True)
+
+
+async def _bake(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    await reclaim(args.work_root)  # the janitor: what a killed build left behind
+    options = BakeOptions(
+        out_dir=args.out,
+        work_root=args.work_root,
+        cache_dir=args.cache_dir,
+        build_id=new_id(),
+        no_cache=args.no_cache,
+        keep_workspace=args.keep_workspace,
+        boot_test=not args.no_boot_test,
+    )
+    result = await Bake(recipe, options, _progress).run()
+    print(f"steps: {summary(result.steps)}", file=sys.stderr)
+    for output in result.outputs:
+        print(f"{output.path}  {output.size}  sha256:{output.sha256}")
+    print(f"{result.sbom}  (SPDX SBOM)")
+    if result.console_log:
+        print(f"{result.console_log}  (boot console: {result.boot})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(os.environ.get("KILN_LOG_LEVEL", "WARNING"), "kiln-builder")
+    try:
+        return asyncio.run(_bake(args))
+    except RecipeError as exc:
+        print(f"kiln-builder: {args.recipe}: invalid recipe:\n{exc}", file=sys.stderr)
+        return 2
+    except (KilnError, ProcessError, OSError) as exc:
+        print(f"kiln-builder: build failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kiln-builder: interrupted; resources released", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The bootstrap layer: mmdebstrap into a tarball, keyed by everything that
+decides its content (distro, release, arch, mirror, package set, epoch)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kiln_common.proc import run
+
+BOOTSTRAP_VERSION = "kiln-bootstrap-1"  # bump when the recipe below changes
+DEFAULT_MIRRORS = {
+    "debian": "http://deb.debian.org/debian",
+    "ubuntu": "http://archive.ubuntu.com/ubuntu",
+}
+KERNELS = {"debian": "linux-image-amd64", "ubuntu": "linux-image-virtual"}
+# What every image needs to boot and be prepared: kernel, init, udev, an
+# initramfs compressed with zstd (built once), tools to grow the root on first boot.
+BASE_PACKAGES = (
+    "systemd-sysv", "udev", "initramfs-tools", "zstd", "e2fsprogs", "cloud-guest-utils",
+    "apt", "ca-certificates", "iproute2", "kmod",
+)  # fmt: skip
+COMPONENTS = {"debian": "main", "ubuntu": "main,universe"}
+# Set before the kernel is installed, so its initramfs is built once, with zstd.
+ESSENTIAL_HOOK = (
+    'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
+    'echo COMPRESS=zstd > "$1/etc/initramfs-tools/conf.d/kiln-compress"'
+)
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    distro: str
+    release: str
+    arch: str
+    mirror: str
+    packages: tuple[str, ...]
+    source_date_epoch: int
+
+    def key(self) -> str:
+        canon = json.dumps({"v": BOOTSTRAP_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def host_mirror(distro: str) -> str:
+    """The mirror the build host's apt uses for this distro, else the default."""
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for url in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
+            found = str(url).rstrip("/")
+            if found.endswith(f"/{distro}"):
+                return found
+    return DEFAULT_MIRRORS[distro]
+
+
+def spec_for(distro: str, release: str, arch: str, mirror: str | None, epoch: int) -> BootstrapSpec:
+    packages = tuple(sorted({KERNELS[distro], *BASE_PACKAGES}))
+    return BootstrapSpec(distro, release, arch, mirror or host_mirror(distro), packages, epoch)
+
+
+async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
+    """mmdebstrap into dest (a .tar), through a temporary name."""
+    tmp = dest.with_name(dest.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        await run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--format=tar",  # not guessed from the (temporary) file name
+                f"--architectures={spec.arch}",
+                f"--components={COMPONENTS[spec.distro]}",
+                f"--include={','.join(spec.packages)}",
+                f"--essential-hook={ESSENTIAL_HOOK}",
+                spec.release,
+                tmp,
+                spec.mirror,
+            ],
+            env={"SOURCE_DATE_EPOCH": str(spec.source_date_epoch)},
+        )
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)

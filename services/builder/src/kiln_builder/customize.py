@@ -1,0 +1,159 @@
+"""Customisation steps on an image's root filesystem (a directory): packages,
+files, scripts and sysprep. Commands run in the sandbox, never on the host."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from kiln_builder.sandbox import run_in, services_held
+from kiln_common.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SYSPREP_ALL = (
+    "ssh-host-keys", "machine-id", "udev-persistent-net", "root-password",
+    "logs", "shell-history", "apt-lists", "resolv-conf",
+)  # fmt: skip
+
+
+async def install_packages(root: Path, packages: Sequence[str]) -> None:
+    if not packages:
+        return
+    with services_held(root):
+        await run_in(root, ["apt-get", "update", "-q"])
+        await run_in(
+            root,
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+        )
+        await run_in(root, ["apt-get", "clean"])
+
+
+def _inside(root: Path, path: str) -> Path:
+    """The host path of an absolute image path, refusing any way out of root
+    (.. or a symlink in the image pointing elsewhere)."""
+    relative = PurePosixPath(path).relative_to("/")
+    target = root.joinpath(*relative.parts)
+    parent = target.parent.resolve()
+    if not parent.is_relative_to(root.resolve()):
+        raise InvalidArgument(f"files: {path} leads outside the image")
+    return target
+
+
+def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
+    """Owner and group are looked up in the IMAGE's passwd and group files."""
+    users = _id_table(root / "etc/passwd")
+    groups = _id_table(root / "etc/group")
+    try:
+        uid = int(owner) if owner.isdigit() else users[owner]
+        gid = int(group) if group.isdigit() else groups[group]
+    except KeyError as exc:
+        raise InvalidArgument(f"files: no user or group {exc.args[0]!r} in the image") from None
+    return uid, gid
+
+
+def _id_table(path: Path) -> dict[str, int]:
+    table = {}
+    for line in path.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            table[fields[0]] = int(fields[2])
+    return table
+
+
+def write_file(
+    root: Path, path: str, data: bytes, mode: int, owner: str = "root", group: str = "root"
+) -> None:
+    target = _inside(root, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_dir():
+        raise InvalidArgument(f"files: {path} is a symlink or directory in the image")
+    tmp = target.with_name(f".{target.name}.kiln-tmp")
+    tmp.write_bytes(data)
+    uid, gid = _ids(root, owner, group)
+    os.chown(tmp, uid, gid)
+    os.chmod(tmp, mode)
+    tmp.replace(target)
+
+
+async def run_script(root: Path, script: Path | None, inline: str | None, workdir: Path) -> None:
+    """Runs a recipe script inside the image (with network, for apt or curl)."""
+    if script is None:
+        script = workdir / "inline-script.sh"
+        script.write_text(inline or "")
+    with services_held(root):
+        await run_in(
+            root,
+            ["/bin/sh", "-e", "/tmp/kiln-script"],
+            ro_binds=[(script, "/tmp/kiln-script")],
+        )
+
+
+def _truncate_logs(root: Path) -> None:
+    for path in (root / "var/log").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            if path.suffix in (".gz", ".xz") or path.name[-1:].isdigit():
+                path.unlink()
+            else:
+                path.write_bytes(b"")
+
+
+def _clear_dir(path: Path, keep: Sequence[str] = ()) -> None:
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def sysprep(root: Path, operations: Sequence[str]) -> list[str]:
+    """Removes what must not be shared by every copy of the image. Returns the
+    operations done, for the build log."""
+    for op in operations:
+        if op == "ssh-host-keys":
+            for key in (root / "etc/ssh").glob("ssh_host_*"):
+                key.unlink()
+        elif op == "machine-id":
+            # Empty, not absent: systemd then treats the next boot as the first.
+            if (root / "etc/machine-id").exists():
+                (root / "etc/machine-id").write_text("")
+            (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+        elif op == "udev-persistent-net":
+            (root / "etc/udev/rules.d/70-persistent-net.rules").unlink(missing_ok=True)
+        elif op == "root-password":
+            _lock_root(root / "etc/shadow")
+        elif op == "logs":
+            _truncate_logs(root)
+        elif op == "shell-history":
+            for history in [root / "root", *(root / "home").glob("*")]:
+                (history / ".bash_history").unlink(missing_ok=True)
+        elif op == "apt-lists":
+            _clear_dir(root / "var/lib/apt/lists", keep=("lock", "partial", "auxfiles"))
+            _clear_dir(root / "var/cache/apt/archives", keep=("lock", "partial"))
+            for cache in (root / "var/cache/apt").glob("*.bin"):
+                cache.unlink()
+        elif op == "resolv-conf":
+            resolv = root / "etc/resolv.conf"
+            if resolv.is_file() and not resolv.is_symlink():
+                resolv.write_text("")
+        else:
+            raise InvalidArgument(f"sysprep: unknown operation {op!r}")
+    return list(operations)
+
+
+def _lock_root(shadow: Path) -> None:
+    lines = shadow.read_text().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split(":")
+        if fields[0] == "root" and len(fields) > 1:
+            fields[1] = "*"
+        out.append(":".join(fields))
+    shadow.write_text("\n".join(out) + "\n")

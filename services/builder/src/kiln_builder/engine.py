@@ -1,0 +1,251 @@
+"""The build engine: a recipe becomes checked, bootable image files.
+
+Steps, each timed and reported: bootstrap -> packages -> files -> run ->
+sysprep (each a layer keyed by its inputs and its parent, reused when cached)
+-> disk -> outputs -> boot test. Every privileged resource is held by a
+context manager on one AsyncExitStack-like path, so a failure or a cancel
+releases it; a failed workspace is kept only when asked for."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln_builder import customize, disk, layers
+from kiln_builder.bootstrap import bootstrap, spec_for
+from kiln_builder.outputs import OutputFile, write_outputs
+from kiln_builder.pkgmap import map_packages
+from kiln_builder.recipe import Recipe
+from kiln_builder.resources import reclaim
+from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
+from kiln_common.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH when a recipe names none
+
+
+@dataclass
+class StepRecord:
+    name: str
+    key: str = ""
+    cached: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    out_dir: Path
+    work_root: Path
+    cache_dir: Path
+    build_id: str
+    no_cache: bool = False
+    keep_workspace: bool = False
+    boot_test: bool = True
+    epoch: int = DEFAULT_EPOCH
+
+
+@dataclass
+class BakeResult:
+    outputs: list[OutputFile]
+    sbom: Path
+    steps: list[StepRecord] = field(default_factory=list)
+    console_log: Path | None = None
+    boot: Any = None  # the VM runner's BootResult, when the boot test ran
+
+
+Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
+
+
+def _file_inputs(recipe: Recipe) -> list[dict[str, Any]]:
+    out = []
+    for spec in recipe.files:
+        data = spec.content if spec.content is not None else _read_source(recipe, spec.source)
+        out.append({"path": spec.path, "data": data, "mode": spec.mode,
+                    "owner": spec.owner, "group": spec.group})  # fmt: skip
+    return out
+
+
+def _read_source(recipe: Recipe, source: str | None) -> str:
+    assert source is not None
+    return (recipe.base_dir / source).read_bytes().hex()
+
+
+def _run_inputs(recipe: Recipe) -> list[str]:
+    return [
+        (recipe.base_dir / step.script).read_text() if step.script else (step.inline or "")
+        for step in recipe.run
+    ]
+
+
+def _sysprep_ops(recipe: Recipe) -> list[str]:
+    if recipe.sysprep == "default":
+        return list(customize.SYSPREP_ALL)
+    if recipe.sysprep == "none":
+        return []
+    return list(recipe.sysprep)
+
+
+class Bake:
+    def __init__(self, recipe: Recipe, options: BakeOptions, progress: Progress | None = None):
+        if recipe.from_.bootstrap is None:
+            raise FailedPrecondition("from.image (customising an existing image) is not built yet")
+        self.recipe = recipe
+        self.opts = options
+        self.progress = progress or (lambda step, what: None)
+        self.steps: list[StepRecord] = []
+        self.work = options.work_root / options.build_id
+        self.rootdir = self.work / "root"
+        self.layers = layers.LocalLayers(options.cache_dir / "layers")
+        # Disk and filesystem UUIDs derive from this: the same image gets the
+        # same ids whatever its publish or test settings say.
+        self.seed = f"{recipe.name}/{recipe.version}"
+
+    @contextlib.asynccontextmanager
+    async def _step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
+        record = StepRecord(name, key)
+        self.steps.append(record)
+        self.progress(record, "start")
+        started = time.monotonic()
+        yield record
+        record.seconds = round(time.monotonic() - started, 2)
+        self.progress(record, "done")
+
+    def _layer_plan(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        """(step, key, action) for each cached step, keys chained."""
+        boot = self.recipe.from_.bootstrap
+        assert boot is not None
+        spec = spec_for(boot.distro, boot.release, boot.arch, boot.mirror, self.opts.epoch)
+        packages = map_packages(list(self.recipe.packages), boot.distro)
+        if self.recipe.disk.filesystem == "xfs":
+            packages = sorted({*packages, "xfsprogs"})
+        plan: list[tuple[str, Any, Callable[[], Any]]] = [
+            ("packages", packages, lambda: customize.install_packages(self.rootdir, packages)),
+            ("files", _file_inputs(self.recipe), self._write_files),
+            ("run", _run_inputs(self.recipe), self._run_scripts),
+            ("sysprep", _sysprep_ops(self.recipe), self._sysprep),
+        ]
+        target = self.layers.path("bootstrap", spec.key())
+        out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
+        key = spec.key()
+        for name, inputs, action in plan:
+            key = layers.chain_key(key, name, inputs)
+            out.append((name, key, action))
+        return out
+
+    async def _write_files(self) -> None:
+        for spec in self.recipe.files:
+            data = (
+                spec.content.encode()
+                if spec.content is not None
+                else (self.recipe.base_dir / str(spec.source)).read_bytes()
+            )
+            customize.write_file(self.rootdir, spec.path, data, int(spec.mode, 8),
+                                 spec.owner, spec.group)  # fmt: skip
+
+    async def _run_scripts(self) -> None:
+        for step in self.recipe.run:
+            script = self.recipe.base_dir / step.script if step.script else None
+            await customize.run_script(self.rootdir, script, step.inline, self.work)
+
+    async def _sysprep(self) -> None:
+        customize.sysprep(self.rootdir, _sysprep_ops(self.recipe))
+
+    async def _layers(self) -> None:
+        plan = self._layer_plan()
+        # Start from the deepest step whose layer is cached (all of them, unless --no-cache).
+        start = 0
+        if not self.opts.no_cache:
+            for index, (name, key, _) in enumerate(plan):
+                if self.layers.has(name, key):
+                    start = index + 1
+        for index, (name, key, action) in enumerate(plan):
+            async with self._step(name, key) as record:
+                if index < start:
+                    record.cached = True
+                    if index == start - 1:
+                        await layers.extract(self.layers.path(name, key), self.rootdir)
+                    continue
+                if name == "bootstrap":
+                    await action()
+                    await layers.extract(self.layers.path(name, key), self.rootdir)
+                    continue
+                await action()
+                await self.layers.save(name, key, self.rootdir, self.opts.epoch)
+
+    async def _disk(self) -> Path:
+        recipe = self.recipe
+        fs_uuid = disk.derived_uuid(self.seed, "rootfs")
+        image = self.work / "disk.raw"
+        async with self._step("disk"):
+            disk.configure_boot(
+                self.rootdir,
+                fs_type=recipe.disk.filesystem,
+                fs_uuid=fs_uuid,
+                title=f"{recipe.name} {recipe.version}",
+                partitioning=recipe.disk.partitioning,
+            )
+            disk.stage_grub(self.rootdir)
+            layout = await disk.partition(
+                image, recipe.disk.size, recipe.disk.partitioning, self.seed
+            )
+            await disk.make_root_fs(image, layout, self.rootdir, recipe.disk.filesystem,
+                                    fs_uuid, self.opts.epoch)  # fmt: skip
+            await disk.install_grub(image, layout, recipe.disk.filesystem, fs_uuid, self.work)
+        return image
+
+    async def run(self) -> BakeResult:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.opts.out_dir.mkdir(parents=True, exist_ok=True)
+        ok = False
+        try:
+            await self._layers()
+            image = await self._disk()
+            stem = f"{self.recipe.name}-{self.recipe.version}"
+            async with self._step("outputs"):
+                outputs = await write_outputs(
+                    disk=image, rootfs=self.rootdir, specs=self.recipe.outputs,
+                    out_dir=self.opts.out_dir, stem=stem, source_date_epoch=self.opts.epoch,
+                    fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
+                )  # fmt: skip
+                sbom = self.opts.out_dir / f"{stem}.spdx.json"
+                write_sbom(sbom, spdx_document(package_manifest(self.rootdir), name=stem,
+                                               namespace_seed=self.recipe.digest(),
+                                               created_epoch=self.opts.epoch))  # fmt: skip
+            result = BakeResult(outputs, sbom, self.steps)
+            if self.opts.boot_test and self.recipe.test.boot is not None:
+                await self._boot_test(image, result)
+            ok = True
+            return result
+        finally:
+            await reclaim(self.work)  # whatever a failure left mounted or attached
+            if ok or not (self.opts.keep_workspace or self.recipe.keep_workspace):
+                shutil.rmtree(self.work, ignore_errors=True)
+            else:
+                log.warning("keeping the failed build's workspace: %s", self.work)
+
+    async def _boot_test(self, image: Path, result: BakeResult) -> None:
+        from kiln_builder import vm
+
+        assert self.recipe.test.boot is not None
+        console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
+        async with self._step("boot-test"):
+            result.boot = await vm.boot_test(
+                image,
+                name=self.opts.build_id,
+                console_log=console,
+                timeout=self.recipe.test.boot.timeout,
+                kernel_dir=self.rootdir / "boot",
+                cache_dir=self.opts.cache_dir,
+            )
+        result.console_log = console
+
+
+def summary(steps: Sequence[StepRecord]) -> str:
+    return ", ".join(f"{s.name} {'(cached) ' if s.cached else ''}{s.seconds:.1f}s" for s in steps)

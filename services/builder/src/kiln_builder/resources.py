@@ -1,0 +1,139 @@
+"""Context managers for every privileged resource a build holds: loop devices,
+their partition devices, and mounts. Each is released on every path, in reverse
+order when composed with an AsyncExitStack; reclaim() removes what a killed
+builder left behind under its workspace root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from kiln_common.proc import ProcessError, run
+
+log = logging.getLogger(__name__)
+
+RETRIES = 10
+
+
+@contextlib.asynccontextmanager
+async def loop_device(image: Path) -> AsyncIterator[str]:
+    """Attaches image to a free loop device; detaches it afterwards."""
+    device = (await run(["losetup", "--find", "--show", image])).stdout.strip()
+    try:
+        yield device
+    finally:
+        await detach(device)
+
+
+async def detach(device: str) -> None:
+    await run(["sync"])
+    for attempt in range(RETRIES):
+        try:
+            await run(["losetup", "-d", device])
+        except ProcessError as exc:
+            if "No such device" in exc.output or "No such device or address" in exc.output:
+                return
+            if attempt == RETRIES - 1:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+            continue
+        # The kernel detaches lazily; wait until the device is really free.
+        backing = Path(f"/sys/block/{Path(device).name}/loop/backing_file")
+        for _ in range(50):
+            if not backing.exists():
+                return
+            await asyncio.sleep(0.05)
+        return
+
+
+@contextlib.asynccontextmanager
+async def partition_devices(device: str, count: int) -> AsyncIterator[list[str]]:
+    """The kernel here parses no partition tables by itself: `partx -a` adds
+    /dev/loopNpM devices, and `partx -d` removes them again."""
+    await run(["partx", "-a", device], check=False)
+    names = [f"{device}p{n}" for n in range(1, count + 1)]
+    try:
+        for _ in range(100):
+            if all(Path(n).exists() for n in names):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise FileNotFoundError(f"partition devices of {device} did not appear: {names}")
+        yield names
+    finally:
+        await run(["partx", "-d", device], check=False)
+
+
+def is_mounted(target: Path) -> bool:
+    real = os.path.realpath(target)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == real for line in f)
+
+
+@contextlib.asynccontextmanager
+async def mounted(source: str, target: Path, *options: str) -> AsyncIterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    await run(["mount", *options, source, target])
+    try:
+        yield target
+    finally:
+        await unmount(target)
+
+
+async def unmount(target: Path) -> None:
+    """Unmounts defensively: only if mounted, after a sync, retrying while busy."""
+    for attempt in range(RETRIES):
+        if not is_mounted(target):
+            return
+        await run(["sync"])
+        try:
+            await run(["umount", target])
+            return
+        except ProcessError as exc:
+            if attempt == RETRIES - 1:
+                log.warning("%s stays busy; detaching it lazily: %s", target, exc)
+                await run(["umount", "-l", target])
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+def _mounts_under(root: Path) -> list[Path]:
+    real = os.path.realpath(root)
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    # Deepest first, so nested mounts go before their parents.
+    return [Path(p) for p in sorted(points, key=len, reverse=True) if p.startswith(real + "/")]
+
+
+def _loops_under(root: Path) -> list[str]:
+    real = os.path.realpath(root)
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            path = backing.read_text().strip().removesuffix(" (deleted)")
+        except OSError:
+            continue
+        if path.startswith(real + "/"):
+            found.append(f"/dev/{backing.parent.parent.name}")
+    return sorted(found)
+
+
+async def reclaim(root: Path) -> list[str]:
+    """The janitor: unmounts everything mounted under root and detaches every
+    loop device whose backing file is under root (a builder killed mid-build
+    leaves them). Returns what it released."""
+    released: list[str] = []
+    for point in _mounts_under(root):
+        await unmount(point)
+        released.append(f"mount {point}")
+    for device in _loops_under(root):
+        await run(["partx", "-d", device], check=False)
+        await detach(device)
+        released.append(f"loop {device}")
+    for item in released:
+        log.warning("janitor: released %s", item)
+    return released

@@ -1,0 +1,43 @@
+"""`kiln recipe check RECIPE...`: validate recipes locally, before submitting
+them, with the same checks the builder runs. Problems print one per line as
+`FILE:LINE: field.path: message`, like a compiler's, so editors can jump to them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_recipe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Registers the `recipe` command group on the kiln command line."""
+    group = subparsers.add_parser("recipe", help="image recipes").add_subparsers(
+        dest="verb", required=True
+    )
+    check = group.add_parser(
+        "check", help="validate recipes; prints each problem as FILE:LINE: field: message"
+    )
+    check.add_argument("recipe", nargs="+", help="recipe YAML file(s)")
+    check.set_defaults(fn=cmd_recipe_check)
+
+
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    """0 if every recipe is valid, 1 if any has a problem, 2 if the checker is missing."""
+    try:
+        # Imported here: the recipe schema ships with kiln-builder, and every
+        # other kiln command works without it.
+        from kiln_builder.recipe import RecipeError, load_recipe
+    except ImportError:
+        print("kiln: `recipe check` needs the kiln-builder package", file=sys.stderr)
+        return 2
+    status = 0
+    for name in args.recipe:
+        try:
+            recipe = load_recipe(Path(name))
+        except RecipeError as exc:
+            status = 1
+            for issue in exc.issues:
+                print(issue.render(name))
+            continue
+        print(f"{name}: OK ({recipe.name} {recipe.version})")
+    return status
