@@ -8,16 +8,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
 from kiln_builder.recipe import RecipeError, load_recipe
-from kiln_builder.resources import reclaim
+from kiln_builder.resources import janitor
 from kiln_common.errors import KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
 from kiln_common.proc import ProcessError
+
+WORK_ROOT = Path("/var/tmp/kiln")
 
 
 def _default_cache() -> Path:
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--keep-workspace", action="store_true", help="keep a failed build's files")
     bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
     bake.add_argument("--cache-dir", type=Path, default=_default_cache())
-    bake.add_argument("--work-root", type=Path, default=Path("/var/tmp/kiln"))
+    bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
+    clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
+    clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
     return parser
 
 
@@ -49,7 +54,11 @@ def _progress(step: StepRecord, what: str) -> None:
 
 async def _bake(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
-    await reclaim(args.work_root)  # the janitor: what a killed build left behind
+    await janitor(args.work_root)  # what a killed build left behind
+    # SIGTERM cancels like Ctrl-C does, so every resource is released.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     options = BakeOptions(
         out_dir=args.out,
         work_root=args.work_root,
@@ -69,18 +78,24 @@ async def _bake(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _janitor(args: argparse.Namespace) -> int:
+    for item in await janitor(args.work_root):
+        print(f"released {item}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("KILN_LOG_LEVEL", "WARNING"), "kiln-builder")
     try:
-        return asyncio.run(_bake(args))
+        return asyncio.run(_bake(args) if args.command == "bake" else _janitor(args))
     except RecipeError as exc:
         print(f"kiln-builder: {args.recipe}: invalid recipe:\n{exc}", file=sys.stderr)
         return 2
     except (KilnError, ProcessError, OSError) as exc:
         print(f"kiln-builder: build failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("kiln-builder: interrupted; resources released", file=sys.stderr)
         return 130
 

@@ -22,7 +22,7 @@ from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.outputs import OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.recipe import Recipe
-from kiln_builder.resources import reclaim
+from kiln_builder.resources import claim, reclaim
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
 from kiln_common.errors import FailedPrecondition
 
@@ -201,7 +201,7 @@ class Bake:
         return image
 
     async def run(self) -> BakeResult:
-        self.work.mkdir(parents=True, exist_ok=True)
+        claim(self.work)
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
         try:

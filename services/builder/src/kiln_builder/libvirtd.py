@@ -3,7 +3,8 @@
 In production the builder's container starts libvirtd; on a development machine
 without systemd nobody does. ensure_libvirtd() opens the system URI and, only if
 that fails, starts virtlogd (which libvirt's QEMU driver needs for console and
-domain logs) and libvirtd by hand, then waits until the URI answers.
+domain logs) and libvirtd by hand, then waits until the URI answers. Without udev
+it also gives /dev/kvm the group and mode udev would (see kvm_device_as_udev_would).
 """
 
 from __future__ import annotations

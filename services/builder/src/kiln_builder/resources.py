@@ -9,10 +9,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from kiln_common.proc import ProcessError, run
+from kiln_common.proc import ProcessError, process_start, run
 
 log = logging.getLogger(__name__)
 
@@ -136,4 +137,38 @@ async def reclaim(root: Path) -> list[str]:
         released.append(f"loop {device}")
     for item in released:
         log.warning("janitor: released %s", item)
+    return released
+
+
+OWNER_FILE = "kiln-owner"
+
+
+def claim(workspace: Path) -> None:
+    """Marks a workspace as this process's, so a janitor leaves it alone while
+    the process lives and reclaims it once it does not."""
+    workspace.mkdir(parents=True, exist_ok=True)
+    (workspace / OWNER_FILE).write_text(f"{os.getpid()} {process_start(os.getpid())}\n")
+
+
+def _owner_alive(workspace: Path) -> bool:
+    try:
+        pid, started = (workspace / OWNER_FILE).read_text().split()
+    except (OSError, ValueError):
+        return False
+    return str(process_start(int(pid))) == started
+
+
+async def janitor(work_root: Path) -> list[str]:
+    """Reclaims the workspaces of builds whose process died (kill -9, a lost
+    node): their mounts, loop devices and files. Live builds are untouched."""
+    released: list[str] = []
+    if not work_root.is_dir():
+        return released
+    for workspace in sorted(p for p in work_root.iterdir() if p.is_dir()):
+        if _owner_alive(workspace):
+            continue
+        released += await reclaim(workspace)
+        shutil.rmtree(workspace, ignore_errors=True)
+        released.append(f"workspace {workspace}")
+        log.warning("janitor: removed the workspace of a dead build: %s", workspace)
     return released

@@ -201,3 +201,13 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
+
+
+def process_start(pid: int) -> int | None:
+    """A process's start time (clock ticks after boot) from /proc, or None if it
+    is gone or a zombie. With the pid it names a process even after pid reuse."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[19])

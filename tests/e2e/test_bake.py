@@ -1,0 +1,189 @@
+"""kiln-builder bake, for real: mmdebstrap, the sandbox, a partitioned disk,
+GRUB, outputs, a boot test under QEMU; and no loop device, mount or VM left
+behind, whether the build succeeds, is interrupted, or is killed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import REPO
+
+from kiln_common.proc import run_sync
+
+pytestmark = [pytest.mark.e2e, pytest.mark.build]
+
+BUILDER = str(Path(sys.executable).parent / "kiln-builder")
+CACHE = REPO / ".cache/kiln"  # shared by every build test (and kept between runs)
+
+RECIPE = """\
+name: web
+version: "1.0"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+packages: [openssh-server]
+files:
+  - {path: /var/www/html/cloud.txt, content: "CONTENT", mode: "0640"}
+run:
+  - inline: "echo built-by-kiln > /etc/kiln-release"
+disk: {size: 2GiB, filesystem: FS, partitioning: gpt}
+outputs: [qcow2, raw]
+test:
+  boot: {timeout: 300s}
+"""
+
+
+def write_recipe(where: Path, content: str = "Cloudy Weather Expected", fs: str = "ext4") -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "recipe.yaml"
+    path.write_text(RECIPE.replace("CONTENT", content).replace("FS", fs))
+    return path
+
+
+def bake(recipe: Path, out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BUILDER, "bake", str(recipe), "--out", str(out), "--cache-dir", str(CACHE),
+         "--work-root", str(work), *extra],
+        capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+
+
+def loops_under(root: Path) -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if backing.read_text().strip().startswith(str(root.resolve())):
+            found.append(backing.parent.parent.name)
+    return found
+
+
+def mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(str(root.resolve()))]
+
+
+def kiln_domains() -> list[str]:
+    done = run_sync(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False)
+    return [n for n in done.stdout.split() if n.startswith("kiln-") and "test" not in n]
+
+
+def debugfs(raw: Path, offset: int, request: str) -> str:
+    """Runs a debugfs request on the ext4 root inside the disk image, unmounted."""
+    fs = raw.with_suffix(".rootfs")
+    subprocess.run(["dd", f"if={raw}", f"of={fs}", "bs=1M", f"skip={offset // 2**20}",
+                    "status=none"], check=True)  # fmt: skip
+    try:
+        return subprocess.run(
+            ["debugfs", "-R", request, str(fs)], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        fs.unlink()
+
+
+@pytest.fixture(scope="module")
+def first_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    base = tmp_path_factory.mktemp("bake")
+    done = bake(write_recipe(base), base / "out", base / "work")
+    assert done.returncode == 0, done.stderr
+    return base, done
+
+
+def test_a_recipe_builds_boots_and_leaves_nothing_behind(first_build) -> None:  # type: ignore[no-untyped-def]
+    base, done = first_build
+    out = base / "out"
+    assert "==> boot-test" in done.stderr
+    sums = dict(reversed(line.split()) for line in (out / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {"web-1.0.qcow2", "web-1.0.raw"}
+    info = json.loads(run_sync(["qemu-img", "info", "--output=json", out / "web-1.0.qcow2"]).stdout)
+    assert info["format"] == "qcow2" and info["virtual-size"] == 2 * 2**30
+    console = (out / "web-1.0.console.log").read_text(errors="replace")
+    assert "login:" in console and "Linux version" in console
+    sbom = json.loads((out / "web-1.0.spdx.json").read_text())
+    names = {p["name"] for p in sbom["packages"]}
+    assert {"openssh-server", "systemd", "linux-image-amd64"} <= names
+
+    raw = out / "web-1.0.raw"
+    root_offset = 4096 * 512
+    assert debugfs(raw, root_offset, "cat /var/www/html/cloud.txt") == "Cloudy Weather Expected"
+    assert debugfs(raw, root_offset, "cat /etc/kiln-release") == "built-by-kiln\n"
+    assert debugfs(raw, root_offset, "cat /etc/machine-id") == ""
+    assert debugfs(raw, root_offset, "cat /etc/fstab").startswith("UUID=")
+    listing = debugfs(raw, root_offset, "ls /etc/ssh")
+    assert "sshd_config" in listing and "ssh_host_" not in listing
+
+    work = base / "work"
+    assert loops_under(work) == [] and mounts_under(work) == []
+    assert not any(work.iterdir())
+    assert kiln_domains() == []
+
+
+def test_a_late_change_rebuilds_only_the_steps_after_it(first_build) -> None:  # type: ignore[no-untyped-def]
+    base, _ = first_build
+    recipe = write_recipe(base / "changed", content="Sunny Spells Expected")
+    done = bake(recipe, base / "changed-out", base / "work", "--no-boot-test")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    for step in ("bootstrap", "packages"):
+        assert any(
+            line.strip().startswith(f"{step} done") and "cached" in line for line in lines
+        ), step
+    for step in ("files", "run", "sysprep"):
+        assert any(
+            line.strip().startswith(f"{step} done") and "cached" not in line for line in lines
+        ), step
+
+
+def _start_and_wait_for_a_loop(recipe: Path, base: Path) -> subprocess.Popen[str]:
+    work = base / "work"
+    proc = subprocess.Popen(
+        [BUILDER, "bake", str(recipe), "--out", str(base / "out"), "--cache-dir", str(CACHE),
+         "--work-root", str(work), "--no-boot-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not mounts_under(work) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    return proc
+
+
+def test_a_killed_bake_is_cleaned_up_by_the_janitor(first_build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # xfs is filled through a loop device and a mount: kill the build right then.
+    proc = _start_and_wait_for_a_loop(write_recipe(tmp_path, fs="xfs"), tmp_path)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    work = tmp_path / "work"
+    assert mounts_under(work) or loops_under(work), "the kill should have left something"
+    done = subprocess.run([BUILDER, "janitor", "--work-root", str(work)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "released" in done.stdout
+    assert loops_under(work) == [] and mounts_under(work) == [] and not any(work.iterdir())
+
+
+def test_an_interrupted_bake_releases_everything_itself(first_build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    proc = _start_and_wait_for_a_loop(write_recipe(tmp_path, fs="xfs"), tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; resources released" in err and "Traceback" not in err
+    work = tmp_path / "work"
+    assert loops_under(work) == [] and mounts_under(work) == [] and not any(work.iterdir())
+    assert not list((tmp_path / "out").glob("web-1.0.*")), "no output may look whole"
+
+
+def test_a_bad_recipe_fails_before_any_work(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(
+        "name: web\nversion: '1'\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n"
+        "disk: {size: 4GB}\n"
+    )
+    done = bake(recipe, tmp_path / "out", tmp_path / "work")
+    assert done.returncode == 2
+    assert "5: disk.size" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
