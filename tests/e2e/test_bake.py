@@ -5,6 +5,7 @@ behind, whether the build succeeds, is interrupted, or is killed."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -187,3 +188,56 @@ def test_a_bad_recipe_fails_before_any_work(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "5: disk.size" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def _step_line(stderr: str, step: str) -> str:
+    return next(line for line in stderr.splitlines() if line.strip().startswith(f"{step} done"))
+
+
+def test_a_corrupt_layer_is_discarded_and_rebuilt(first_build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, _ = first_build
+    recipe = write_recipe(tmp_path, content=f"corrupt test {time.time_ns()}")
+    done = bake(recipe, tmp_path / "out", base / "work", "--no-boot-test")
+    assert done.returncode == 0, done.stderr
+    newest = max(
+        CACHE.joinpath("layers").glob("sysprep-*.tar.zst"), key=lambda p: p.stat().st_mtime
+    )
+    with open(newest, "r+b") as layer:  # flip bytes in the middle: same size, wrong sum
+        layer.seek(newest.stat().st_size // 2)
+        layer.write(b"\0corrupt\0" * 64)
+    again = bake(recipe, tmp_path / "out2", base / "work", "--no-boot-test")
+    assert again.returncode == 0, again.stderr
+    assert "corrupt: discarded" in again.stderr
+    assert "cached" not in _step_line(again.stderr, "sysprep")
+    assert "cached" in _step_line(again.stderr, "run")
+
+
+def test_layers_are_shared_through_the_storage_service(first_build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, _ = first_build
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    kiln = str(Path(sys.executable).parent / "kiln")
+    subprocess.run([kiln, "up"], env=env, check=True, capture_output=True)
+    try:
+        stack = json.loads((tmp_path / "home/stack.json").read_text())
+        recipe = write_recipe(tmp_path, content=f"shared {time.time_ns()}")
+        # One builder builds the late steps and shares them ...
+        first = bake(recipe, tmp_path / "out1", base / "work", "--no-boot-test",
+                     "--storage", stack["storage"])  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        listed = subprocess.run([kiln, "artifact", "ls", "--label", "name=layer-sysprep"],
+                                env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        assert len(listed.stdout.splitlines()) == 1
+        # ... another, with an empty cache of its own, starts from the shared layer.
+        other = subprocess.run(
+            [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out2"),
+             "--cache-dir", str(tmp_path / "empty-cache"), "--work-root", str(base / "work"),
+             "--no-boot-test", "--storage", stack["storage"]],
+            capture_output=True, text=True, timeout=1200, check=False,
+        )  # fmt: skip
+        assert other.returncode == 0, other.stderr
+        for step in ("bootstrap", "packages", "files", "run", "sysprep"):
+            assert "cached" in _step_line(other.stderr, step), step
+        sums = [(tmp_path / out / "SHA256SUMS").read_text() for out in ("out1", "out2")]
+        assert sums[0] == sums[1], "the same layers must give the same image"
+    finally:
+        subprocess.run([kiln, "down"], env=env, check=False, capture_output=True)

@@ -21,7 +21,7 @@ import pytest
 
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.engine import DEFAULT_EPOCH
-from kiln_builder.layers import LocalLayers, extract
+from kiln_builder.layers import LayerStore, extract
 from kiln_common.proc import run_sync
 
 if TYPE_CHECKING:
@@ -72,16 +72,22 @@ def _one(pattern: str, root: Path) -> Path:
     return found[0]
 
 
+async def _bootstrap_into(root: Path) -> None:
+    store = LayerStore(LAYERS)
+    layer = await store.fetch("bootstrap", BOOTSTRAP.key())
+    if layer is None:
+        layer = store.path("bootstrap", BOOTSTRAP.key())
+        await bootstrap(BOOTSTRAP, layer)
+        await store.adopt("bootstrap", BOOTSTRAP.key())
+    await extract(layer, root)
+
+
 def _build_rootfs(work: Path, inputs: dict[str, object]) -> None:
     """Unpacks the bootstrap layer (made first if missing) into work/root, then
     packs it into work/rootfs.ext4 beside the kernel and initrd. Runs as root:
     mkfs.ext4 -d keeps owners and device nodes."""
     root = work / "root"
-    layers = LocalLayers(LAYERS)
-    layer = layers.path("bootstrap", BOOTSTRAP.key())
-    if not layer.exists():
-        asyncio.run(bootstrap(BOOTSTRAP, layer))
-    asyncio.run(extract(layer, root))
+    asyncio.run(_bootstrap_into(root))
     size = str(inputs["size"])
     shutil.copy2(_one("vmlinuz-*", root / "boot"), work / "vmlinuz")
     shutil.copy2(_one("initrd.img-*", root / "boot"), work / "initrd.img")

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
     bake.add_argument("--cache-dir", type=Path, default=_default_cache())
     bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
+    bake.add_argument(
+        "--storage",
+        default=os.environ.get("KILN_STORAGE"),
+        help="storage service (host:port) sharing layers; default: the `kiln up` stack if running",
+    )
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
     clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
     return parser
@@ -59,7 +64,12 @@ async def _bake(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    storage = args.storage or _running_storage()
+    if storage is None:
+        print("kiln-builder: no storage service: layers are cached on this machine only",
+              file=sys.stderr)  # fmt: skip
     options = BakeOptions(
+        storage=storage,
         out_dir=args.out,
         work_root=args.work_root,
         cache_dir=args.cache_dir,
@@ -76,6 +86,15 @@ async def _bake(args: argparse.Namespace) -> int:
     if result.console_log:
         print(f"{result.console_log}  (boot console: {result.boot})")
     return 0
+
+
+def _running_storage() -> str | None:
+    from kiln_cli.stack import StackError, kiln_home, storage_address
+
+    try:
+        return storage_address(kiln_home())
+    except StackError:
+        return None
 
 
 async def _janitor(args: argparse.Namespace) -> int:

@@ -66,8 +66,9 @@ def spec_for(distro: str, release: str, arch: str, mirror: str | None, epoch: in
 
 
 async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
-    """mmdebstrap into dest (a .tar), through a temporary name."""
-    tmp = dest.with_name(dest.name + ".partial")
+    """mmdebstrap into dest (a .tar.zst: mmdebstrap compresses by the name),
+    through a temporary name."""
+    tmp = dest.with_name("partial-" + dest.name)
     tmp.unlink(missing_ok=True)
     try:
         await run(

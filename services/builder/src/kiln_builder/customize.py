@@ -20,16 +20,23 @@ SYSPREP_ALL = (
 )  # fmt: skip
 
 
-async def install_packages(root: Path, packages: Sequence[str]) -> None:
+def _epoch_env(epoch: int) -> dict[str, str]:
+    # Tools that stamp times (useradd's last password change, gzip, python) honour it.
+    return {"SOURCE_DATE_EPOCH": str(epoch)}
+
+
+async def install_packages(root: Path, packages: Sequence[str], epoch: int) -> None:
     if not packages:
         return
+    env = _epoch_env(epoch)
     with services_held(root):
-        await run_in(root, ["apt-get", "update", "-q"])
+        await run_in(root, ["apt-get", "update", "-q"], env=env)
         await run_in(
             root,
             ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            env=env,
         )
-        await run_in(root, ["apt-get", "clean"])
+        await run_in(root, ["apt-get", "clean"], env=env)
 
 
 def _inside(root: Path, path: str) -> Path:
@@ -79,7 +86,9 @@ def write_file(
     tmp.replace(target)
 
 
-async def run_script(root: Path, script: Path | None, inline: str | None, workdir: Path) -> None:
+async def run_script(
+    root: Path, script: Path | None, inline: str | None, workdir: Path, epoch: int
+) -> None:
     """Runs a recipe script inside the image (with network, for apt or curl)."""
     if script is None:
         script = workdir / "inline-script.sh"
@@ -89,6 +98,7 @@ async def run_script(root: Path, script: Path | None, inline: str | None, workdi
             root,
             ["/bin/sh", "-e", "/tmp/kiln-script"],
             ro_binds=[(script, "/tmp/kiln-script")],
+            env=_epoch_env(epoch),
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import uuid
@@ -17,6 +18,8 @@ from pathlib import Path
 from kiln_builder.resources import loop_device, mounted, partition_devices
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
+
+log = logging.getLogger(__name__)
 
 SECTOR = 512
 MiB = 1024 * 1024
@@ -62,6 +65,18 @@ Name=en* eth*
 [Network]
 DHCP=yes
 """
+
+
+def clamp_mtimes(root: Path, epoch: int) -> None:
+    """Like tar's --clamp-mtime: nothing in the image is newer than the epoch,
+    so files written at build time do not make two builds differ."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in [*filenames, *dirnames]:
+            path = os.path.join(dirpath, name)
+            if os.lstat(path).st_mtime > epoch:
+                os.utime(path, (epoch, epoch), follow_symlinks=False)
+    if os.lstat(root).st_mtime > epoch:
+        os.utime(root, (epoch, epoch))
 
 
 def derived_uuid(seed: str, what: str) -> str:
@@ -172,6 +187,7 @@ async def make_root_fs(
             ],
             env=env,
         )  # fmt: skip
+        await _settle_inode_times(f"{image}?offset={layout.root_offset}", rootdir, epoch)
         return
     async with contextlib.AsyncExitStack() as stack:
         device = await stack.enter_async_context(loop_device(image))
@@ -202,6 +218,35 @@ def stage_grub(rootdir: Path) -> None:
     for module in GRUB_DIR.iterdir():
         if module.suffix in (".mod", ".lst", ".o") or module.name == "modinfo.sh":
             (target / module.name).write_bytes(module.read_bytes())
+
+
+def _inode_time_commands(rootdir: Path, epoch: int) -> str:
+    """debugfs commands setting every inode's atime and ctime to the epoch:
+    mkfs -d copies them from the build host (ctime is the time of extraction),
+    and they would make every build differ."""
+    lines = []
+    for dirpath, dirnames, filenames in os.walk(rootdir):
+        for name in (
+            ["", *dirnames, *filenames] if dirpath == str(rootdir) else [*dirnames, *filenames]
+        ):
+            inside = "/" + os.path.relpath(os.path.join(dirpath, name), rootdir).removeprefix(".")
+            if '"' in inside or "\n" in inside:
+                log.warning("cannot settle the times of %r: left as the host had them", inside)
+                continue
+            for field in ("ctime", "atime"):
+                lines.append(f'sif "{inside}" {field} {epoch}')
+    return "\n".join(lines) + "\n"
+
+
+async def _settle_inode_times(device: str, rootdir: Path, epoch: int) -> None:
+    commands = rootdir.parent / "debugfs-times.cmd"
+    commands.write_text(await asyncio.to_thread(_inode_time_commands, rootdir, epoch))
+    try:
+        await run(
+            ["debugfs", "-w", "-f", commands, device], env={"E2FSPROGS_FAKE_TIME": str(epoch)}
+        )
+    finally:
+        commands.unlink(missing_ok=True)
 
 
 async def install_grub(image: Path, layout: Layout, fs_type: str, fs_uuid: str, work: Path) -> None:

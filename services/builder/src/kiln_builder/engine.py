@@ -8,6 +8,7 @@ releases it; a failed workspace is kept only when asked for."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -45,6 +46,7 @@ class BakeOptions:
     work_root: Path
     cache_dir: Path
     build_id: str
+    storage: str | None = None  # the storage service sharing layers between builders
     no_cache: bool = False
     keep_workspace: bool = False
     boot_test: bool = True
@@ -102,7 +104,8 @@ class Bake:
         self.steps: list[StepRecord] = []
         self.work = options.work_root / options.build_id
         self.rootdir = self.work / "root"
-        self.layers = layers.LocalLayers(options.cache_dir / "layers")
+        remote = layers.RemoteLayers(options.storage) if options.storage else None
+        self.layers = layers.LayerStore(options.cache_dir / "layers", remote)
         # Disk and filesystem UUIDs derive from this: the same image gets the
         # same ids whatever its publish or test settings say.
         self.seed = f"{recipe.name}/{recipe.version}"
@@ -126,7 +129,11 @@ class Bake:
         if self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
         plan: list[tuple[str, Any, Callable[[], Any]]] = [
-            ("packages", packages, lambda: customize.install_packages(self.rootdir, packages)),
+            (
+                "packages",
+                packages,
+                lambda: customize.install_packages(self.rootdir, packages, self.opts.epoch),
+            ),
             ("files", _file_inputs(self.recipe), self._write_files),
             ("run", _run_inputs(self.recipe), self._run_scripts),
             ("sysprep", _sysprep_ops(self.recipe), self._sysprep),
@@ -152,32 +159,41 @@ class Bake:
     async def _run_scripts(self) -> None:
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
-            await customize.run_script(self.rootdir, script, step.inline, self.work)
+            await customize.run_script(
+                self.rootdir, script, step.inline, self.work, self.opts.epoch
+            )
 
     async def _sysprep(self) -> None:
         customize.sysprep(self.rootdir, _sysprep_ops(self.recipe))
 
+    async def _deepest_cached(self, plan: list[tuple[str, str, Any]]) -> tuple[int, Path | None]:
+        """How many steps a cached layer covers, and that layer (verified)."""
+        if self.opts.no_cache:
+            return 0, None
+        for index in reversed(range(len(plan))):
+            name, key, _ = plan[index]
+            if await self.layers.available(name, key):
+                layer = await self.layers.fetch(name, key)
+                if layer is not None:
+                    return index + 1, layer
+        return 0, None
+
     async def _layers(self) -> None:
         plan = self._layer_plan()
-        # Start from the deepest step whose layer is cached (all of them, unless --no-cache).
-        start = 0
-        if not self.opts.no_cache:
-            for index, (name, key, _) in enumerate(plan):
-                if self.layers.has(name, key):
-                    start = index + 1
+        start, cached = await self._deepest_cached(plan)
         for index, (name, key, action) in enumerate(plan):
             async with self._step(name, key) as record:
                 if index < start:
                     record.cached = True
-                    if index == start - 1:
-                        await layers.extract(self.layers.path(name, key), self.rootdir)
-                    continue
-                if name == "bootstrap":
-                    await action()
-                    await layers.extract(self.layers.path(name, key), self.rootdir)
+                    if index == start - 1 and cached is not None:
+                        await layers.extract(cached, self.rootdir)
                     continue
                 await action()
-                await self.layers.save(name, key, self.rootdir, self.opts.epoch)
+                if name == "bootstrap":  # mmdebstrap wrote the layer itself
+                    await self.layers.adopt(name, key)
+                    await layers.extract(self.layers.path(name, key), self.rootdir)
+                else:
+                    await self.layers.save(name, key, self.rootdir, self.opts.epoch)
 
     async def _disk(self) -> Path:
         recipe = self.recipe
@@ -192,6 +208,7 @@ class Bake:
                 partitioning=recipe.disk.partitioning,
             )
             disk.stage_grub(self.rootdir)
+            await asyncio.to_thread(disk.clamp_mtimes, self.rootdir, self.opts.epoch)
             layout = await disk.partition(
                 image, recipe.disk.size, recipe.disk.partitioning, self.seed
             )
@@ -200,7 +217,20 @@ class Bake:
             await disk.install_grub(image, layout, recipe.disk.filesystem, fs_uuid, self.work)
         return image
 
+    def _not_yet(self) -> list[str]:
+        """Recipe parts this engine validates but does not act on yet."""
+        later = []
+        if self.recipe.checks:
+            later.append("checks (requirement profiles)")
+        if self.recipe.publish:
+            later.append("publish")
+        if self.recipe.test.commands:
+            later.append("test.commands")
+        return later
+
     async def run(self) -> BakeResult:
+        for part in self._not_yet():
+            log.warning("the recipe's %s are not run by this version of the builder", part)
         claim(self.work)
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
