@@ -83,8 +83,10 @@ async def _bake(args: argparse.Namespace) -> int:
     for output in result.outputs:
         print(f"{output.path}  {output.size}  sha256:{output.sha256}")
     print(f"{result.sbom}  (SPDX SBOM)")
-    if result.console_log:
-        print(f"{result.console_log}  (boot console: {result.boot})")
+    if result.console_log and result.boot is not None:
+        boot = result.boot
+        print(f"{result.console_log}  (boot test: login prompt after {boot.seconds:.0f}s "
+              f"under {boot.accel.kind}: {boot.accel.reason})")  # fmt: skip
     return 0
 
 

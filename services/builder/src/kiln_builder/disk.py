@@ -67,9 +67,17 @@ DHCP=yes
 """
 
 
-def clamp_mtimes(root: Path, epoch: int) -> None:
-    """Like tar's --clamp-mtime: nothing in the image is newer than the epoch,
-    so files written at build time do not make two builds differ."""
+# Caches that record build-host facts (ldconfig's holds inode numbers and ctimes)
+# and are rebuilt on demand: dropped so that two builds give the same bytes.
+HOST_CACHES = ("var/cache/ldconfig/aux-cache",)
+
+
+def normalise_tree(root: Path, epoch: int) -> None:
+    """Drops host-specific caches and, like tar's --clamp-mtime, makes nothing
+    in the image newer than the epoch, so files written at build time do not
+    make two builds differ."""
+    for cache in HOST_CACHES:
+        (root / cache).unlink(missing_ok=True)
     for dirpath, dirnames, filenames in os.walk(root, topdown=False):
         for name in [*filenames, *dirnames]:
             path = os.path.join(dirpath, name)

@@ -208,7 +208,7 @@ class Bake:
                 partitioning=recipe.disk.partitioning,
             )
             disk.stage_grub(self.rootdir)
-            await asyncio.to_thread(disk.clamp_mtimes, self.rootdir, self.opts.epoch)
+            await asyncio.to_thread(disk.normalise_tree, self.rootdir, self.opts.epoch)
             layout = await disk.partition(
                 image, recipe.disk.size, recipe.disk.partitioning, self.seed
             )
