@@ -32,17 +32,24 @@ files:
   - {path: /var/www/html/cloud.txt, content: "CONTENT", mode: "0640"}
 run:
   - inline: "echo built-by-kiln > /etc/kiln-release"
-disk: {size: 2GiB, filesystem: FS, partitioning: gpt}
+disk: {size: 2GiB, filesystem: FS, partitioning: PART}
 outputs: [qcow2, raw]
 test:
   boot: {timeout: 300s}
 """
 
 
-def write_recipe(where: Path, content: str = "Cloudy Weather Expected", fs: str = "ext4") -> Path:
+def write_recipe(
+    where: Path,
+    content: str = "Cloudy Weather Expected",
+    fs: str = "ext4",
+    partitioning: str = "gpt",
+    script: str = "echo built-by-kiln > /etc/kiln-release",
+) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     path = where / "recipe.yaml"
-    path.write_text(RECIPE.replace("CONTENT", content).replace("FS", fs))
+    text = RECIPE.replace("CONTENT", content).replace("FS", fs).replace("PART", partitioning)
+    path.write_text(text.replace("echo built-by-kiln > /etc/kiln-release", script))
     return path
 
 
@@ -275,3 +282,33 @@ def test_trixie_builds_and_boots(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     console = (tmp_path / "out/trixie-1.console.log").read_text(errors="replace")
     assert "login:" in console and "Debian GNU/Linux 13" in console
+
+
+@pytest.mark.parametrize(("partitioning", "fs"), [("mbr", "xfs"), ("gpt", "ext3")])
+def test_other_disk_layouts_boot(first_build, tmp_path: Path, partitioning: str, fs: str) -> None:  # type: ignore[no-untyped-def]
+    recipe = write_recipe(tmp_path, fs=fs, partitioning=partitioning)
+    done = bake(recipe, tmp_path / "out", tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    console = (tmp_path / "out/web-1.0.console.log").read_text(errors="replace")
+    assert "login:" in console
+    table = json.loads(run_sync(["sfdisk", "--json", tmp_path / "out/web-1.0.raw"]).stdout)
+    assert table["partitiontable"]["label"] == ("dos" if partitioning == "mbr" else "gpt")
+
+
+def test_a_failing_script_names_its_step_and_the_workspace_can_be_kept(
+    first_build, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    recipe = write_recipe(tmp_path, script="echo about to fail; exit 3")
+    work = tmp_path / "work"
+    done = bake(recipe, tmp_path / "out", work, "--no-boot-test", "--keep-workspace")
+    assert done.returncode == 1
+    assert "build failed: step run failed" in done.stderr
+    assert "exit status 3" in done.stderr and "about to fail" in done.stderr
+    assert "Traceback" not in done.stderr
+    kept = [p for p in work.iterdir() if p.is_dir()]
+    assert len(kept) == 1 and (kept[0] / "root/etc/os-release").exists()
+    assert loops_under(work) == [] and mounts_under(work) == []
+    subprocess.run([BUILDER, "janitor", "--work-root", str(work)], check=True, capture_output=True)
+    assert kept[0].exists(), "the janitor leaves a workspace kept for inspection"
+    again = bake(recipe, tmp_path / "out", tmp_path / "work2", "--no-boot-test")
+    assert again.returncode == 1 and not any((tmp_path / "work2").iterdir())

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
+from kiln_builder.libvirtd import SYSTEM_URI, answers
 from kiln_builder.recipe import RecipeError, load_recipe
 from kiln_builder.resources import janitor
+from kiln_builder.vm import reap_orphans
 from kiln_common.errors import KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
@@ -59,7 +61,7 @@ def _progress(step: StepRecord, what: str) -> None:
 
 async def _bake(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
-    await janitor(args.work_root)  # what a killed build left behind
+    await _reclaim_all(args.work_root)  # what a killed build left behind
     # SIGTERM cancels like Ctrl-C does, so every resource is released.
     task = asyncio.current_task()
     assert task is not None
@@ -99,8 +101,17 @@ def _running_storage() -> str | None:
         return None
 
 
+async def _reclaim_all(work_root: Path) -> list[str]:
+    """Workspaces of dead builds, and their VMs if libvirt is running (it is not
+    started just for this: with no libvirtd there is no domain to reap)."""
+    released = await janitor(work_root)
+    if answers(SYSTEM_URI) is None:  # None: libvirtd answers
+        released += [f"VM {name}" for name in await reap_orphans(SYSTEM_URI)]
+    return released
+
+
 async def _janitor(args: argparse.Namespace) -> int:
-    for item in await janitor(args.work_root):
+    for item in await _reclaim_all(args.work_root):
         print(f"released {item}")
     return 0
 

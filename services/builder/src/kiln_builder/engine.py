@@ -23,13 +23,29 @@ from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.outputs import OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.recipe import Recipe
-from kiln_builder.resources import claim, reclaim
+from kiln_builder.resources import claim, keep, reclaim
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
-from kiln_common.errors import FailedPrecondition
+from kiln_common.errors import FailedPrecondition, KilnError
+from kiln_common.proc import ProcessError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH when a recipe names none
+
+
+class StepFailed(FailedPrecondition):
+    """A command of a build step failed; the message names the step."""
+
+
+def _in_step(name: str, exc: Exception) -> Exception:
+    """The same kind of error (retryable or not), its message naming the step."""
+    message = f"step {name} failed: {exc}"
+    if isinstance(exc, KilnError):
+        try:
+            return type(exc)(message)
+        except TypeError:  # an error class with a constructor of its own
+            pass
+    return StepFailed(message)
 
 
 @dataclass
@@ -116,7 +132,10 @@ class Bake:
         self.steps.append(record)
         self.progress(record, "start")
         started = time.monotonic()
-        yield record
+        try:
+            yield record
+        except (KilnError, ProcessError) as exc:
+            raise _in_step(name, exc) from exc
         record.seconds = round(time.monotonic() - started, 2)
         self.progress(record, "done")
 
@@ -258,6 +277,7 @@ class Bake:
             if ok or not (self.opts.keep_workspace or self.recipe.keep_workspace):
                 shutil.rmtree(self.work, ignore_errors=True)
             else:
+                keep(self.work, f"build {self.opts.build_id} failed")
                 log.warning("keeping the failed build's workspace: %s", self.work)
 
     async def _boot_test(self, image: Path, result: BakeResult) -> None:

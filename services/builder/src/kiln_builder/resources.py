@@ -141,6 +141,7 @@ async def reclaim(root: Path) -> list[str]:
 
 
 OWNER_FILE = "kiln-owner"
+KEPT_FILE = "kiln-kept"
 
 
 def claim(workspace: Path) -> None:
@@ -165,10 +166,16 @@ async def janitor(work_root: Path) -> list[str]:
     if not work_root.is_dir():
         return released
     for workspace in sorted(p for p in work_root.iterdir() if p.is_dir()):
-        if _owner_alive(workspace):
+        if _owner_alive(workspace) or (workspace / KEPT_FILE).exists():
             continue
         released += await reclaim(workspace)
         shutil.rmtree(workspace, ignore_errors=True)
         released.append(f"workspace {workspace}")
         log.warning("janitor: removed the workspace of a dead build: %s", workspace)
     return released
+
+
+def keep(workspace: Path, why: str) -> None:
+    """Marks a failed build's workspace as kept for inspection: the janitor
+    leaves it (its mounts and loop devices are released all the same)."""
+    (workspace / KEPT_FILE).write_text(why + "\n")
