@@ -112,6 +112,8 @@ def test_a_recipe_builds_boots_and_leaves_nothing_behind(first_build) -> None:  
     assert info["format"] == "qcow2" and info["virtual-size"] == 2 * 2**30
     console = (out / "web-1.0.console.log").read_text(errors="replace")
     assert "login:" in console and "Linux version" in console
+    # The boot test's disk is 1 GiB bigger than the image: the root grew into it.
+    assert "CHANGED: partition=2" in console
     sbom = json.loads((out / "web-1.0.spdx.json").read_text())
     names = {p["name"] for p in sbom["packages"]}
     assert {"openssh-server", "systemd", "linux-image-amd64"} <= names
@@ -290,7 +292,7 @@ def test_other_disk_layouts_boot(first_build, tmp_path: Path, partitioning: str,
     done = bake(recipe, tmp_path / "out", tmp_path / "work")
     assert done.returncode == 0, done.stderr
     console = (tmp_path / "out/web-1.0.console.log").read_text(errors="replace")
-    assert "login:" in console
+    assert "login:" in console and "CHANGED: partition=" in console
     table = json.loads(run_sync(["sfdisk", "--json", tmp_path / "out/web-1.0.raw"]).stdout)
     assert table["partitiontable"]["label"] == ("dos" if partitioning == "mbr" else "gpt")
 

@@ -28,12 +28,13 @@ LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 KILN_NS = uuid.UUID("6b696c6e-0000-4000-8000-6b696c6e0001")  # names derived UUIDs
 
 GROWROOT_SH = """#!/bin/sh
-# Kiln: grow the root partition and filesystem to the whole disk, once.
+# Kiln: grow the root partition and filesystem to the whole disk. Idempotent:
+# it runs at every boot, so a disk enlarged later is used too.
 set -eu
 dev=$(findmnt -no SOURCE /)
 disk=/dev/$(lsblk -no PKNAME "$dev")
 part=$(cat /sys/class/block/$(basename "$dev")/partition)
-growpart "$disk" "$part" || true
+growpart "$disk" "$part" || true  # NOCHANGE (exit 1) when there is no room
 case $(findmnt -no FSTYPE /) in
   xfs) xfs_growfs / ;;
   *) resize2fs "$dev" ;;
@@ -41,11 +42,11 @@ esac
 """
 GROWROOT_UNIT = """[Unit]
 Description=Grow the root filesystem to the disk (Kiln)
-ConditionFirstBoot=yes
 After=local-fs.target
 [Service]
 Type=oneshot
 ExecStart=/usr/local/sbin/kiln-growroot
+StandardOutput=journal+console
 [Install]
 WantedBy=multi-user.target
 """

@@ -208,9 +208,12 @@ def _last_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class DiskBoot:
-    """A whole-disk image (qcow2 or raw) booted through the BIOS, as a cloud would."""
+    """A whole-disk image (qcow2 or raw) booted through the BIOS, as a cloud would.
+    grow_by enlarges the guest's disk (the overlay) beyond the image, as a cloud
+    flavour with a bigger disk does, so that growing the root is exercised."""
 
     image: Path
+    grow_by: int = 0
 
 
 @dataclass(frozen=True)
@@ -487,7 +490,8 @@ class VmRunner:
         async with contextlib.AsyncExitStack() as stack:
             tmp = stack.enter_context(_scratch_dir(scratch))
             machine = await _staged(machine, tmp)
-            overlay = await _overlay(machine.image, tmp / "overlay.qcow2")
+            grow_by = machine.grow_by if isinstance(machine, DiskBoot) else 0
+            overlay = await _overlay(machine.image, tmp / "overlay.qcow2", grow_by)
             conn = await stack.enter_async_context(_connection(self.uri))
             console_log = _console_file(console_log)
             spec = DomainSpec(
@@ -561,10 +565,14 @@ def _base_image(image: Path) -> Path:
     return base
 
 
-async def _overlay(image: Path, overlay: Path) -> Path:
+async def _overlay(image: Path, overlay: Path, grow_by: int = 0) -> Path:
     base = _base_image(image)
     fmt = disk_format(base)
-    await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay])
+    size = []
+    if grow_by:
+        info = json.loads((await run(["qemu-img", "info", "--output=json", base])).stdout)
+        size = [str(int(info["virtual-size"]) + grow_by)]
+    await run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", base, overlay, *size])
     return overlay
 
 
@@ -628,6 +636,9 @@ async def _to_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
 # --- the builder's boot test ------------------------------------------------------
 
 
+GROW_TEST_BYTES = 1024**3  # the boot test's disk is this much bigger than the image
+
+
 async def boot_test(
     image: Path,
     *,
@@ -643,7 +654,8 @@ async def boot_test(
     the image's /boot, once per host), the console kept in console_log."""
     uri = await asyncio.to_thread(ensure_libvirtd)
     accel = await host_accel(kernel_dir, cache_dir / "accel.json")
-    async with VmRunner(uri, accel).boot(name, DiskBoot(image), console_log, network=network) as vm:
+    machine = DiskBoot(image, grow_by=GROW_TEST_BYTES)
+    async with VmRunner(uri, accel).boot(name, machine, console_log, network=network) as vm:
         return await vm.wait_for_login(timeout)
 
 
