@@ -135,7 +135,8 @@ def test_a_recipe_builds_boots_and_leaves_nothing_behind(first_build) -> None:  
 
 def test_a_late_change_rebuilds_only_the_steps_after_it(first_build) -> None:  # type: ignore[no-untyped-def]
     base, _ = first_build
-    recipe = write_recipe(base / "changed", content="Sunny Spells Expected")
+    # Unique content: the cache outlives test runs, and this change must be new.
+    recipe = write_recipe(base / "changed", content=f"Sunny Spells Expected {time.time_ns()}")
     done = bake(recipe, base / "changed-out", base / "work", "--no-boot-test")
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
