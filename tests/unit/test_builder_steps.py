@@ -137,3 +137,18 @@ def test_the_sandbox_never_runs_against_the_host_root(tmp_path: Path) -> None:
     assert argv[:4] == ["bwrap", "--bind", str(tmp_path), "/"]
     assert "--unshare-net" in argv and "--die-with-parent" in argv
     assert argv[-3:] == ["--", "apt-get", "update"]
+
+
+def test_the_layer_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> None:
+    import os
+
+    store = layers.LayerStore(tmp_path / "layers")
+    for age, name in enumerate(["newest", "middle", "oldest"]):
+        layer = store.path(name, "k")
+        layer.write_bytes(b"x" * 1000)
+        store._sidecar(name, "k").write_text("sum\n")
+        os.utime(layer, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    removed = store.prune(2000)
+    assert [p.name for p in removed] == ["oldest-k.tar.zst"]
+    assert not store._sidecar("oldest", "k").exists()
+    assert store.path("newest", "k").exists() and store.path("middle", "k").exists()

@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--cache-dir", type=Path, default=_default_cache())
     bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
     bake.add_argument(
+        "--cache-max-gib",
+        type=float,
+        default=16.0,
+        help="prune local layers beyond this size, least recently used first",
+    )
+    bake.add_argument(
         "--storage",
         default=os.environ.get("KILN_STORAGE"),
         help="storage service (host:port) sharing layers; default: the `kiln up` stack if running",
@@ -77,6 +83,7 @@ async def _bake(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         build_id=new_id(),
         no_cache=args.no_cache,
+        cache_max_bytes=int(args.cache_max_gib * 1024**3),
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
     )

@@ -64,6 +64,7 @@ class BakeOptions:
     build_id: str
     storage: str | None = None  # the storage service sharing layers between builders
     no_cache: bool = False
+    cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first
     keep_workspace: bool = False
     boot_test: bool = True
     epoch: int = DEFAULT_EPOCH
@@ -271,6 +272,8 @@ class Bake:
             if self.opts.boot_test and self.recipe.test.boot is not None:
                 await self._boot_test(image, result)
             ok = True
+            for layer in self.layers.prune(self.opts.cache_max_bytes):
+                log.info("pruned layer %s", layer.name)
             return result
         finally:
             await reclaim(self.work)  # whatever a failure left mounted or attached

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ class LayerStore:
         path, sidecar = self.path(step, key), self._sidecar(step, key)
         if path.is_file() and sidecar.is_file():
             if await asyncio.to_thread(_sha256, path) == sidecar.read_text().strip():
+                os.utime(path)  # recently used: pruned last
                 return path
             log.warning("layer %s %s is corrupt: discarded", step, key[:12])
             self.discard(step, key)
@@ -137,6 +139,20 @@ class LayerStore:
         partial.rename(path)
         sidecar.write_text(sha256 + "\n")
         return path
+
+    def prune(self, max_bytes: int) -> list[Path]:
+        """Removes the least recently used layers until the cache fits."""
+        layers = sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in layers)
+        removed = []
+        for layer in layers:
+            if total <= max_bytes:
+                break
+            total -= layer.stat().st_size
+            layer.unlink()
+            layer.with_name(layer.name.removesuffix(SUFFIX) + ".sha256").unlink(missing_ok=True)
+            removed.append(layer)
+        return removed
 
     def discard(self, step: str, key: str) -> None:
         self.path(step, key).unlink(missing_ok=True)
