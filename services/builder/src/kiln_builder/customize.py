@@ -9,15 +9,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from kiln_builder.recipe import SYSPREP_OPERATIONS
 from kiln_builder.sandbox import run_in, services_held
 from kiln_common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
-SYSPREP_ALL = (
-    "ssh-host-keys", "machine-id", "udev-persistent-net", "root-password",
-    "logs", "shell-history", "apt-lists", "resolv-conf",
-)  # fmt: skip
+# The operation names are the recipe schema's (one source of truth).
+SYSPREP_ALL = SYSPREP_OPERATIONS
 
 
 def _epoch_env(epoch: int) -> dict[str, str]:

@@ -103,14 +103,6 @@ def _run_inputs(recipe: Recipe) -> list[str]:
     ]
 
 
-def _sysprep_ops(recipe: Recipe) -> list[str]:
-    if recipe.sysprep == "default":
-        return list(customize.SYSPREP_ALL)
-    if recipe.sysprep == "none":
-        return []
-    return list(recipe.sysprep)
-
-
 class Bake:
     def __init__(self, recipe: Recipe, options: BakeOptions, progress: Progress | None = None):
         if recipe.from_.bootstrap is None:
@@ -156,7 +148,7 @@ class Bake:
             ),
             ("files", _file_inputs(self.recipe), self._write_files),
             ("run", _run_inputs(self.recipe), self._run_scripts),
-            ("sysprep", _sysprep_ops(self.recipe), self._sysprep),
+            ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
         ]
         target = self.layers.path("bootstrap", spec.key())
         out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
@@ -184,7 +176,7 @@ class Bake:
             )
 
     async def _sysprep(self) -> None:
-        customize.sysprep(self.rootdir, _sysprep_ops(self.recipe))
+        customize.sysprep(self.rootdir, self.recipe.sysprep_operations())
 
     async def _deepest_cached(self, plan: list[tuple[str, str, Any]]) -> tuple[int, Path | None]:
         """How many steps a cached layer covers, and that layer (verified)."""
