@@ -123,11 +123,48 @@ def _loops_under(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _users_of(root: Path) -> list[int]:
+    """Processes whose working directory, root or an open file is under root."""
+    real = os.path.realpath(root)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            links = [proc / "cwd", proc / "root", *(proc / "fd").iterdir()]
+        except OSError:
+            continue
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            if target == real or target.startswith(real + "/"):
+                found.append(int(proc.name))
+                break
+    return found
+
+
+async def _kill_users(root: Path) -> list[str]:
+    """A builder killed with -9 leaves its children (cp into a mount, mkfs, a
+    sandboxed script) running in their own sessions: they hold the mounts and
+    loop devices, so they go first."""
+    pids = _users_of(root)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    for _ in range(100):
+        if not any(process_start(pid) is not None for pid in pids):
+            break
+        await asyncio.sleep(0.05)
+    return [f"process {pid}" for pid in pids]
+
+
 async def reclaim(root: Path) -> list[str]:
-    """The janitor: unmounts everything mounted under root and detaches every
-    loop device whose backing file is under root (a builder killed mid-build
-    leaves them). Returns what it released."""
-    released: list[str] = []
+    """The janitor: kills the processes still using root, unmounts everything
+    mounted under it and detaches every loop device whose backing file is under
+    it (a builder killed mid-build leaves them). Returns what it released."""
+    released: list[str] = await _kill_users(root)
     for point in _mounts_under(root):
         await unmount(point)
         released.append(f"mount {point}")

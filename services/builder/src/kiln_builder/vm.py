@@ -489,8 +489,8 @@ class VmRunner:
         where the temporary overlay lives (default: the system's temp dir)."""
         async with contextlib.AsyncExitStack() as stack:
             tmp = stack.enter_context(_scratch_dir(scratch))
-            machine = await _staged(machine, tmp)
             grow_by = machine.grow_by if isinstance(machine, DiskBoot) else 0
+            machine = await _staged(machine, tmp)
             overlay = await _overlay(machine.image, tmp / "overlay.qcow2", grow_by)
             conn = await stack.enter_async_context(_connection(self.uri))
             console_log = _console_file(console_log)
