@@ -140,7 +140,7 @@ class Bake:
         packages = map_packages(list(self.recipe.packages), boot.distro)
         if self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
-        plan: list[tuple[str, Any, Callable[[], Any]]] = [
+        steps: list[tuple[str, Any, Callable[[], Any]]] = [
             (
                 "packages",
                 packages,
@@ -150,6 +150,8 @@ class Bake:
             ("run", _run_inputs(self.recipe), self._run_scripts),
             ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
         ]
+        # A step with nothing to do would only copy its parent's layer: left out.
+        plan = [step for step in steps if step[1]]
         target = self.layers.path("bootstrap", spec.key())
         out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
         key = spec.key()
