@@ -55,10 +55,11 @@ async def detach(device: str) -> None:
 async def partition_devices(device: str, count: int) -> AsyncIterator[list[str]]:
     """The kernel here parses no partition tables by itself: `partx -a` adds
     /dev/loopNpM devices, and `partx -d` removes them again."""
-    await run(["partx", "-a", device], check=False)
     names = [f"{device}p{n}" for n in range(1, count + 1)]
     try:
-        for _ in range(100):
+        for attempt in range(200):
+            if attempt % 20 == 0:  # ask again every second: a first try can race
+                await run(["partx", "-a", device], check=False)
             if all(Path(n).exists() for n in names):
                 break
             await asyncio.sleep(0.05)
