@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import REPO
 
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.engine import DEFAULT_EPOCH
@@ -27,7 +28,6 @@ from kiln_common.proc import run_sync
 if TYPE_CHECKING:
     from kiln_builder.vm import Accel
 
-REPO = Path(__file__).resolve().parents[2]
 TEST_IMAGES = REPO / ".cache" / "test-images"
 
 # The build engine's own bootstrap layer for bookworm, shared with the bake tests

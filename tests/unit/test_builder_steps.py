@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from kiln_builder import customize, disk, layers
+from kiln_builder.recipe import SYSPREP_OPERATIONS
 from kiln_builder.sandbox import sandbox_argv
 from kiln_common.errors import InvalidArgument
 from kiln_common.proc import run
@@ -55,7 +56,7 @@ def test_layer_keys_chain_so_a_change_invalidates_only_later_steps() -> None:
 
 def test_sysprep_default_removes_what_copies_must_not_share(tmp_path: Path) -> None:
     root = fake_root(tmp_path)
-    customize.sysprep(root, customize.SYSPREP_ALL)
+    customize.sysprep(root, SYSPREP_OPERATIONS)
     assert not list((root / "etc/ssh").glob("ssh_host_*"))
     assert (root / "etc/ssh/sshd_config").exists()
     assert (root / "etc/machine-id").read_text() == ""

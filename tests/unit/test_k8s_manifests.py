@@ -24,11 +24,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from kubernetes_validate import utils as kv  # type: ignore[import-untyped]
+from support import REPO
 
 from kiln_api.storage.v1 import storage_pb2
 from kiln_storage.settings import StorageSettings
 
-REPO = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO / "deploy" / "k8s"
 # The oldest Kubernetes release the manifests promise to work on.
 KUBERNETES_VERSION = "1.30"

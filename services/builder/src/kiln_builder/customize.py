@@ -9,14 +9,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from kiln_builder.recipe import SYSPREP_OPERATIONS
 from kiln_builder.sandbox import run_in, services_held
 from kiln_common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
-
-# The operation names are the recipe schema's (one source of truth).
-SYSPREP_ALL = SYSPREP_OPERATIONS
 
 
 def _epoch_env(epoch: int) -> dict[str, str]:

@@ -25,6 +25,7 @@ from kiln_builder.pkgmap import map_packages
 from kiln_builder.recipe import Recipe
 from kiln_builder.resources import claim, keep, reclaim
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
+from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 
@@ -93,7 +94,7 @@ def _file_inputs(recipe: Recipe) -> list[dict[str, Any]]:
 
 def _read_source(recipe: Recipe, source: str | None) -> str:
     assert source is not None
-    return (recipe.base_dir / source).read_bytes().hex()
+    return "sha256:" + file_sha256(recipe.base_dir / source)  # the key needs its digest only
 
 
 def _run_inputs(recipe: Recipe) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli.storage_client import StorageClient
+from kiln_common.digests import file_sha256
 from kiln_common.errors import NotFound
 from kiln_common.proc import run
 
@@ -36,19 +37,12 @@ def chain_key(parent: str, step: str, inputs: Any) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * 1024 * 1024):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class RemoteLayers:
     """Layers as artifacts in the storage service, labelled kiln-layer=STEP-KEY."""
 
     def __init__(self, address: str) -> None:
         self.address = address
+        self._found: dict[str, pb.Artifact] = {}  # has() remembers, fetch() reuses
 
     def _client(self) -> StorageClient:
         return StorageClient(self.address, retries=2)
@@ -61,13 +55,15 @@ class RemoteLayers:
             )
         finally:
             client.close()
+        if page.artifacts:
+            self._found[f"{step}-{key}"] = page.artifacts[0]
         return page.artifacts[0] if page.artifacts else None
 
     async def has(self, step: str, key: str) -> bool:
         return await asyncio.to_thread(self._find, step, key) is not None
 
     def _fetch(self, step: str, key: str, dest: Path) -> str:
-        found = self._find(step, key)
+        found = self._found.get(f"{step}-{key}") or self._find(step, key)
         if found is None:
             raise NotFound(f"layer {step} {key[:12]} is not in storage")
         client = self._client()
@@ -122,7 +118,7 @@ class LayerStore:
         None if there is no good copy anywhere (a corrupt one is discarded)."""
         path, sidecar = self.path(step, key), self._sidecar(step, key)
         if path.is_file() and sidecar.is_file():
-            if await asyncio.to_thread(_sha256, path) == sidecar.read_text().strip():
+            if await asyncio.to_thread(file_sha256, path) == sidecar.read_text().strip():
                 os.utime(path)  # recently used: pruned last
                 return path
             log.warning("layer %s %s is corrupt: discarded", step, key[:12])
@@ -175,7 +171,7 @@ class LayerStore:
     async def adopt(self, step: str, key: str) -> None:
         """Records the checksum of a layer just written, and shares it."""
         path = self.path(step, key)
-        sha256 = await asyncio.to_thread(_sha256, path)
+        sha256 = await asyncio.to_thread(file_sha256, path)
         self._sidecar(step, key).write_text(sha256 + "\n")
         if self.remote is not None:
             try:

@@ -38,6 +38,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from kiln_common.digests import file_sha256
 from kiln_common.errors import InvalidArgument
 from kiln_common.ids import ID_RE
 
@@ -597,22 +598,14 @@ class Recipe(Model):
         doc = self.model_dump(mode="json", by_alias=True, exclude={"keep_workspace"})
         for index, spec in enumerate(self.files):
             if spec.source is not None:
-                doc["files"][index]["source_sha256"] = _sha256_file(self.base_dir / spec.source)
+                doc["files"][index]["source_sha256"] = file_sha256(self.base_dir / spec.source)
         for index, step in enumerate(self.run):
             if step.script is not None:
-                doc["run"][index]["script_sha256"] = _sha256_file(self.base_dir / step.script)
+                doc["run"][index]["script_sha256"] = file_sha256(self.base_dir / step.script)
         canonical = json.dumps(
             {"kiln-recipe": 1, "recipe": doc}, sort_keys=True, separators=(",", ":")
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import sys
 import time
@@ -20,6 +19,7 @@ from kiln_cli import stack
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.storage_client import ClientError, Progress, StorageClient
 from kiln_common.devservers import ServerError
+from kiln_common.digests import file_sha256
 from kiln_common.proc import ProcessError
 
 
@@ -99,7 +99,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: no such file")
     labels = parse_labels(args.label)
     labels.setdefault("name", path.name)
-    sha256 = "" if args.no_verify else _sha256(path)
+    sha256 = "" if args.no_verify else file_sha256(path)
     client = _client(args)
     update, finish = progress_bar(path.stat().st_size, "push")
     try:
@@ -111,14 +111,6 @@ def cmd_push(args: argparse.Namespace) -> int:
         client.close()
     print(artifact.id)
     return 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
