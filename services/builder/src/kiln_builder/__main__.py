@@ -1,33 +1,30 @@
-"""kiln-builder: the build engine without the other services.
+"""kiln-builder: the Builder service, and its build engine without the other services.
 
+kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
 kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
+kiln-builder janitor                release what dead builds left
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+from kiln_builder.cleanup import reclaim_all
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
-from kiln_builder.libvirtd import SYSTEM_URI, answers
 from kiln_builder.recipe import RecipeError, load_recipe
-from kiln_builder.resources import janitor
-from kiln_builder.vm import reap_orphans
 from kiln_common.errors import KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
 from kiln_common.proc import ProcessError
+from kiln_common.settings import default_cache_dir
 
 WORK_ROOT = Path("/var/tmp/kiln")
-
-
-def _default_cache() -> Path:
-    base = os.environ.get("KILN_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    return Path(base) / "kiln" if base else Path.home() / ".cache/kiln"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     bake.add_argument("--keep-workspace", action="store_true", help="keep a failed build's files")
     bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
-    bake.add_argument("--cache-dir", type=Path, default=_default_cache())
+    bake.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
     bake.add_argument(
         "--cache-max-gib",
@@ -52,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KILN_STORAGE"),
         help="storage service (host:port) sharing layers; default: the `kiln up` stack if running",
     )
+    sub.add_parser("serve", help="run the Builder service (settings from KILN_BUILDER_*)")
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
     clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
     return parser
@@ -67,7 +65,7 @@ def _progress(step: StepRecord, what: str) -> None:
 
 async def _bake(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
-    await _reclaim_all(args.work_root)  # what a killed build left behind
+    await reclaim_all(args.work_root)  # what a killed build left behind
     # SIGTERM cancels like Ctrl-C does, so every resource is released.
     task = asyncio.current_task()
     assert task is not None
@@ -108,26 +106,44 @@ def _running_storage() -> str | None:
         return None
 
 
-async def _reclaim_all(work_root: Path) -> list[str]:
-    """Workspaces of dead builds, and their VMs if libvirt is running (it is not
-    started just for this: with no libvirtd there is no domain to reap)."""
-    released = await janitor(work_root)
-    if answers(SYSTEM_URI) is None:  # None: libvirtd answers
-        released += [f"VM {name}" for name in await reap_orphans(SYSTEM_URI)]
-    return released
-
-
 async def _janitor(args: argparse.Namespace) -> int:
-    for item in await _reclaim_all(args.work_root):
+    for item in await reclaim_all(args.work_root):
         print(f"released {item}")
+    return 0
+
+
+async def _serve() -> int:
+    from nats.errors import Error as NatsError
+    from pydantic import ValidationError
+
+    from kiln_builder.service.app import build
+    from kiln_builder.service.settings import BuilderSettings
+    from kiln_common.grpc_server import serve_until_signalled
+
+    try:
+        settings = BuilderSettings()
+    except ValidationError as exc:
+        print(f"kiln-builder: bad settings:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, "kiln-builder")
+    log = logging.getLogger("kiln_builder")
+    log.info("settings: %s", settings.public())
+    try:
+        app = await build(settings)
+    except (KilnError, OSError, NatsError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    app.start_worker()
+    await serve_until_signalled(app.grpc, settings.shutdown_grace, [app.stop])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("KILN_LOG_LEVEL", "WARNING"), "kiln-builder")
+    commands = {"bake": lambda: _bake(args), "janitor": lambda: _janitor(args), "serve": _serve}
     try:
-        return asyncio.run(_bake(args) if args.command == "bake" else _janitor(args))
+        return asyncio.run(commands[args.command]())
     except RecipeError as exc:
         print(f"kiln-builder: {args.recipe}: invalid recipe:\n{exc}", file=sys.stderr)
         return 2

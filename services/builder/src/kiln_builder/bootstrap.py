@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,15 @@ ESSENTIAL_HOOK = (
     'mkdir -p "$1/etc/initramfs-tools/conf.d" && '
     'echo COMPRESS=zstd > "$1/etc/initramfs-tools/conf.d/kiln-compress"'
 )
+# mmdebstrap's own hook: dpkg runs under eatmydata (no fsync), which makes a
+# bootstrap markedly faster; the hook removes itself, so the layer is the same.
+EATMYDATA_HOOK = Path("/usr/share/mmdebstrap/hooks/eatmydata")
+
+
+def _speed_hooks() -> list[str]:
+    if EATMYDATA_HOOK.is_dir() and shutil.which("eatmydata"):
+        return [f"--hook-dir={EATMYDATA_HOOK}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
                 f"--components={COMPONENTS[spec.distro]}",
                 f"--include={','.join(spec.packages)}",
                 f"--essential-hook={ESSENTIAL_HOOK}",
+                *_speed_hooks(),
                 spec.release,
                 tmp,
                 spec.mirror,

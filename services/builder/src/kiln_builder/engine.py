@@ -20,7 +20,7 @@ from typing import Any
 
 from kiln_builder import customize, disk, layers
 from kiln_builder.bootstrap import bootstrap, spec_for
-from kiln_builder.outputs import OutputFile, write_outputs
+from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.recipe import Recipe
 from kiln_builder.resources import claim, keep, reclaim
@@ -210,20 +210,40 @@ class Bake:
                 else:
                     await self.layers.save(name, key, self.rootdir, self.opts.epoch)
 
+    def _needs_disk(self) -> bool:
+        """Only tree outputs (tar, bare filesystems) and no boot test: no disk."""
+        booting = self.opts.boot_test and self.recipe.test.boot is not None
+        return booting or any(o.format not in TREE_FORMATS for o in self.recipe.outputs)
+
+    def plan(self) -> list[str]:
+        """The names of the steps this bake will run, in order."""
+        names = [name for name, _, _ in self._layer_plan()]
+        names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
+        if self.opts.boot_test and self.recipe.test.boot is not None:
+            names.append("boot-test")
+        return names
+
+    async def _prepare_tree(self) -> None:
+        """fstab, kernel command line and GRUB configuration, and normalised
+        timestamps: the same tree whether a disk is made of it or not."""
+        recipe = self.recipe
+        disk.configure_boot(
+            self.rootdir,
+            fs_type=recipe.disk.filesystem,
+            fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
+            title=f"{recipe.name} {recipe.version}",
+            partitioning=recipe.disk.partitioning,
+        )
+        if self._needs_disk():
+            disk.stage_grub(self.rootdir)
+        await asyncio.to_thread(disk.normalise_tree, self.rootdir, self.opts.epoch)
+
     async def _disk(self) -> Path:
         recipe = self.recipe
         fs_uuid = disk.derived_uuid(self.seed, "rootfs")
         image = self.work / "disk.raw"
         async with self._step("disk"):
-            disk.configure_boot(
-                self.rootdir,
-                fs_type=recipe.disk.filesystem,
-                fs_uuid=fs_uuid,
-                title=f"{recipe.name} {recipe.version}",
-                partitioning=recipe.disk.partitioning,
-            )
-            disk.stage_grub(self.rootdir)
-            await asyncio.to_thread(disk.normalise_tree, self.rootdir, self.opts.epoch)
+            await self._prepare_tree()
             layout = await disk.partition(
                 image, recipe.disk.size, recipe.disk.partitioning, self.seed
             )
@@ -251,9 +271,11 @@ class Bake:
         ok = False
         try:
             await self._layers()
-            image = await self._disk()
+            image = await self._disk() if self._needs_disk() else self.work / "no-disk"
             stem = f"{self.recipe.name}-{self.recipe.version}"
             async with self._step("outputs"):
+                if not self._needs_disk():
+                    await self._prepare_tree()
                 outputs = await write_outputs(
                     disk=image, rootfs=self.rootdir, specs=self.recipe.outputs,
                     out_dir=self.opts.out_dir, stem=stem, source_date_epoch=self.opts.epoch,

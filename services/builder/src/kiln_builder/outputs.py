@@ -29,7 +29,7 @@ from kiln_common.proc import run
 log = logging.getLogger(__name__)
 
 FORMATS = frozenset({"qcow2", "qcow2c", "raw", "vmdk", "ext3", "ext4", "tar"})
-_TREE_FORMATS = frozenset({"ext3", "ext4", "tar"})  # made from the root tree, not the disk
+TREE_FORMATS = frozenset({"ext3", "ext4", "tar"})  # made from the root tree, not the disk
 
 # The compressor for each suffix, run in place: it writes FILE.SUFFIX and removes
 # FILE only once that is complete. -f because a raw disk is compressed through a
@@ -143,9 +143,9 @@ def _validate(specs: Sequence[OutputSpecLike], sources: _Sources, stem: str) -> 
         uuid.UUID(sources.fs_uuid)
     except ValueError as exc:
         raise InvalidArgument(f"filesystem UUID {sources.fs_uuid!r} is not a UUID") from exc
-    if any(spec.format in _TREE_FORMATS for spec in specs) and not sources.rootfs.is_dir():
+    if any(spec.format in TREE_FORMATS for spec in specs) and not sources.rootfs.is_dir():
         raise FailedPrecondition(f"root tree {sources.rootfs} is not a directory")
-    if any(spec.format not in _TREE_FORMATS for spec in specs) and not sources.disk.is_file():
+    if any(spec.format not in TREE_FORMATS for spec in specs) and not sources.disk.is_file():
         raise FailedPrecondition(f"disk image {sources.disk} does not exist")
 
 

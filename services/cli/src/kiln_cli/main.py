@@ -16,6 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli import stack
+from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.storage_client import ClientError, Progress, StorageClient
 from kiln_common.devservers import ServerError
@@ -84,6 +85,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     s = stack.up(stack.kiln_home())
     print(f"kiln is up (state in {s.home})")
     print(f"  storage  {s.storage}  downloads {s.storage_http}")
+    print(f"  builder  {s.builder}")
     print(f"  nats     {s.nats_url}")
     return 0
 
@@ -220,20 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="+")
     p.set_defaults(fn=cmd_rm)
     add_recipe_parser(sub)
+    add_build_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
     except grpc.RpcError as exc:
         print(f"kiln: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (UsageError, ClientError, ServerError, ProcessError, OSError) as exc:
+    except (UsageError, BuildUsageError, ClientError, ServerError, ProcessError, OSError) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        return 2 if isinstance(exc, (UsageError, BuildUsageError)) else 1
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130

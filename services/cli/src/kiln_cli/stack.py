@@ -11,8 +11,9 @@ from pathlib import Path
 
 from kiln_common.devservers import ServerError, free_port, start_nats, wait_grpc_health
 from kiln_common.proc import pid_alive, spawn, stop_pid
+from kiln_common.settings import default_cache_dir
 
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
 
 
 class StackError(ServerError):
@@ -29,6 +30,7 @@ class Stack:
     nats_url: str
     storage: str
     storage_http: str
+    builder: str = ""
     pids: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
@@ -50,8 +52,9 @@ class Stack:
 
 
 def up(home: Path) -> Stack:
-    """Starts nats-server and the storage service; returns once both are healthy.
-    A half-started stack is stopped again before the error is raised."""
+    """Starts nats-server, the storage service and the builder (service and
+    one worker); returns once all are healthy. A half-started stack is
+    stopped again before the error is raised."""
     current = Stack.load(home)
     if current is not None and current.alive():
         return current
@@ -65,6 +68,7 @@ def up(home: Path) -> Stack:
         nats_url="",
         storage=f"127.0.0.1:{grpc_port}",
         storage_http=f"http://127.0.0.1:{http_port}",
+        builder=f"127.0.0.1:{free_port()}",
     )
     try:
         nats = start_nats(home / "nats", logs / "nats.log")
@@ -85,10 +89,30 @@ def up(home: Path) -> Stack:
         stack.pids["storage"] = storage.pid
         stack.save()
         wait_grpc_health(stack.storage, storage.pid, logs / "storage.log", READY_TIMEOUT)
+        builder = spawn([sys.executable, "-m", "kiln_builder", "serve"],
+                        log_file=logs / "builder.log", env=builder_env(stack))  # fmt: skip
+        stack.pids["builder"] = builder.pid
+        stack.save()
+        wait_grpc_health(stack.builder, builder.pid, logs / "builder.log", READY_TIMEOUT)
     except BaseException:
         down(home)
         raise
     return stack
+
+
+def builder_env(stack: Stack) -> dict[str, str]:
+    """The builder of a local stack: one worker, workspaces under KILN_HOME,
+    the machine's layer cache (shared with `kiln-builder bake`)."""
+    env = {
+        "KILN_BUILDER_GRPC_BIND": stack.builder,
+        "KILN_BUILDER_NATS_URL": stack.nats_url,
+        "KILN_BUILDER_STORAGE": stack.storage,
+        "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
+        "KILN_BUILDER_CACHE_DIR": str(default_cache_dir()),
+    }
+    # The builder's own settings, given to `kiln up`, pass through.
+    env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})
+    return env
 
 
 def down(home: Path) -> bool:
@@ -104,9 +128,19 @@ def down(home: Path) -> bool:
 
 def storage_address(home: Path) -> str:
     """Where the storage service is: KILN_STORAGE, else the running stack."""
-    if os.environ.get("KILN_STORAGE"):
-        return os.environ["KILN_STORAGE"]
+    return _address(home, "storage")
+
+
+def builder_address(home: Path) -> str:
+    """Where the builder service is: KILN_BUILDER, else the running stack."""
+    return _address(home, "builder")
+
+
+def _address(home: Path, service: str) -> str:
+    variable = f"KILN_{service.upper()}"
+    if os.environ.get(variable):
+        return os.environ[variable]
     stack = Stack.load(home)
     if stack is None or not stack.alive():
-        raise StackError("Kiln is not running: start it with `kiln up` (or set KILN_STORAGE)")
-    return stack.storage
+        raise StackError(f"Kiln is not running: start it with `kiln up` (or set {variable})")
+    return str(getattr(stack, service))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +30,10 @@ Progress = Callable[[int], None]
 
 class ClientError(Exception):
     """A failure the CLI prints as it is."""
+
+
+class UploadStopped(ClientError):
+    """push() was asked to stop; the upload was aborted, nothing is stored."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,9 @@ class StorageClient:
             state.write_text(json.dumps({"upload_id": session.upload_id}))
         return session
 
-    def _send_part(self, upload_id: str, plan: UploadPlan, number: int) -> int:
+    def _send_part(
+        self, upload_id: str, plan: UploadPlan, number: int, stop: threading.Event | None = None
+    ) -> int:
         offset, length = plan.part(number)
 
         def requests() -> Iterator[pb.UploadPartRequest]:
@@ -110,6 +117,8 @@ class StorageClient:
                 f.seek(offset)
                 left = length
                 while left:
+                    if stop is not None and stop.is_set():
+                        raise UploadStopped(f"upload of {plan.path} stopped")
                     data = f.read(min(CHUNK_SIZE, left))
                     if not data:
                         raise ClientError(f"{plan.path} shrank while it was uploaded")
@@ -128,10 +137,12 @@ class StorageClient:
         concurrency: int = 4,
         sha256: str = "",
         progress: Progress | None = None,
+        stop: threading.Event | None = None,
     ) -> pb.Artifact:
         """Uploads path in parts, several at once. A part that fails on a
         dropped connection is sent again; a push interrupted entirely resumes
-        from the parts the service has when run again (state in state_dir)."""
+        from the parts the service has when run again (state in state_dir).
+        Setting stop aborts the upload: its parts are removed."""
         size = path.stat().st_size
         if size == 0:
             raise ClientError(f"{path} is empty: there is nothing to store")
@@ -142,20 +153,15 @@ class StorageClient:
         if progress:
             progress(sum(plan.part(n)[1] for n in have))
         todo = [n for n in range(1, plan.count + 1) if n not in have]
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures: list[Future[int]] = [
-                pool.submit(self._send_part, session.upload_id, plan, n) for n in todo
-            ]
-            for fut in futures:
-                fut.add_done_callback(
-                    lambda f: progress and not f.exception() and progress(f.result())
-                )
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                if fut.exception():
-                    for other in futures:
-                        other.cancel()
-                    raise fut.exception()  # type: ignore[misc]
+        try:
+            self._send_parts(session.upload_id, plan, todo, concurrency, progress, stop)
+        except BaseException:
+            if stop is not None and stop.is_set():
+                self.stub.AbortUpload(pb.AbortUploadRequest(upload_id=session.upload_id))
+                if state is not None:
+                    state.unlink(missing_ok=True)
+                raise UploadStopped(f"upload of {path} stopped and aborted") from None
+            raise
         try:
             artifact: pb.Artifact = self._retrying(  # type: ignore[assignment]
                 "complete",
@@ -167,6 +173,30 @@ class StorageClient:
             if state is not None:
                 state.unlink(missing_ok=True)
         return artifact
+
+    def _send_parts(
+        self,
+        upload_id: str,
+        plan: UploadPlan,
+        todo: list[int],
+        concurrency: int,
+        progress: Progress | None,
+        stop: threading.Event | None,
+    ) -> None:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures: list[Future[int]] = [
+                pool.submit(self._send_part, upload_id, plan, n, stop) for n in todo
+            ]
+            for fut in futures:
+                fut.add_done_callback(
+                    lambda f: progress and not f.exception() and progress(f.result())
+                )
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                if fut.exception():
+                    for other in futures:
+                        other.cancel()
+                    raise fut.exception()  # type: ignore[misc]
 
     # ---- download ------------------------------------------------------------
 

@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Each line a command prints, as it prints it. Not propagated: a service's own
+# log would drown in apt's output; the builder attaches it to the build's log.
+OUTPUT_LOG = logging.getLogger("kiln.process-output")
+OUTPUT_LOG.propagate = False
 
 # Variables a child may inherit; everything else is dropped so a build does not
 # depend on whoever started the service.
@@ -94,15 +98,34 @@ async def run(
         start_new_session=True,  # so cancel can signal the whole process group
     )
     try:
-        out, _ = await proc.communicate()
+        text = await _read_output(proc)
+        await proc.wait()
     except BaseException:
         await _stop(proc, terminate_timeout)
         raise
-    text = out.decode(errors="replace")
     assert proc.returncode is not None
     if check and proc.returncode != 0:
         raise ProcessError(args, proc.returncode, text)
     return Result(args, proc.returncode, text)
+
+
+async def _read_output(proc: asyncio.subprocess.Process) -> str:
+    """All the output, each complete line logged to OUTPUT_LOG as it arrives."""
+    assert proc.stdout is not None
+    chunks: list[bytes] = []
+    partial = b""
+    while chunk := await proc.stdout.read(65536):
+        chunks.append(chunk)
+        *lines, partial = (partial + chunk).split(b"\n")
+        for line in lines:
+            # A progress meter redraws with \r: only its last state is a line.
+            OUTPUT_LOG.info("%s", line.rsplit(b"\r", 1)[-1].decode(errors="replace"))
+        if len(partial) > 65536:  # no newline in sight: log what there is
+            OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+            partial = b""
+    if partial:
+        OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+    return b"".join(chunks).decode(errors="replace")
 
 
 async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:

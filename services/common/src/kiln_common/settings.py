@@ -4,6 +4,7 @@ optional YAML file named by <PREFIX>CONFIG_FILE. Environment wins over the file.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic_settings import (
@@ -42,3 +43,10 @@ class KilnSettings(BaseSettings):
             if any(word in key for word in ("secret", "password", "key")):
                 out[key] = "***" if out[key] else out[key]
         return out
+
+
+def default_cache_dir() -> Path:
+    """Where a builder on this machine caches layers: $KILN_CACHE/kiln, else
+    $XDG_CACHE_HOME/kiln, else ~/.cache/kiln."""
+    base = os.environ.get("KILN_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base) / "kiln" if base else Path.home() / ".cache/kiln"

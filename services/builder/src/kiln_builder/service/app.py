@@ -1,0 +1,85 @@
+"""Assembles the builder service from its settings: NATS (queue, records,
+updates, events), the core, the gRPC API and, unless turned off, a worker.
+Before the worker takes a build, the janitor reclaims what dead builds left."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+import nats
+
+from kiln_api.builder.v1 import builder_pb2, builder_pb2_grpc
+from kiln_builder.cleanup import reclaim_all
+from kiln_builder.service.core import BuilderCore, Nats
+from kiln_builder.service.queue import QueuePolicy
+from kiln_builder.service.reporter import install_log_capture
+from kiln_builder.service.servicer import BuilderServicer
+from kiln_builder.service.settings import BuilderSettings
+from kiln_builder.service.worker import Worker
+from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
+from kiln_common.grpc_server import GrpcServer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
+
+
+@dataclass
+class BuilderApp:
+    settings: BuilderSettings
+    core: BuilderCore
+    grpc: GrpcServer
+    worker: Worker | None = None
+    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def start_worker(self) -> None:
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        """Hands running builds back to the queue, then closes everything."""
+        await self.grpc.stop(self.settings.shutdown_grace)
+        if self.worker is not None:
+            await self.worker.shutdown()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker_task
+        with contextlib.suppress(Exception):
+            await self.core.nats.nc.drain()
+
+
+async def build(settings: BuilderSettings) -> BuilderApp:
+    nc = await nats.connect(
+        settings.nats_url, connect_timeout=5, max_reconnect_attempts=-1, name=settings.name()
+    )
+    policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
+    shared = await Nats.open(nc, policy)
+    await ensure_stream(shared.js)
+    events = JetStreamPublisher(nc, shared.js, default_source("kiln-builder"))
+    core = BuilderCore(shared, events)
+
+    def register(server: grpc.aio.Server) -> None:
+        builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
+
+    app = BuilderApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
+    if settings.worker:
+        await _prepare_worker(settings)
+        app.worker = Worker(core, settings)
+    return app
+
+
+async def _prepare_worker(settings: BuilderSettings) -> None:
+    install_log_capture()
+    settings.work_root.mkdir(parents=True, exist_ok=True)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    if settings.boot_test and settings.start_libvirtd:
+        from kiln_builder.libvirtd import ensure_libvirtd
+
+        await asyncio.to_thread(ensure_libvirtd)
+    for item in await reclaim_all(settings.work_root):
+        log.warning("janitor released %s", item)

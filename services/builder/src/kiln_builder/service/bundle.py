@@ -1,0 +1,123 @@
+"""A submitted recipe: its text (or structure) and the files it names by
+relative path, checked the same way a recipe file on disk is."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_builder.recipe import Recipe, RecipeError, RecipeIssue, parse_recipe
+
+MAX_FILES = 256
+MAX_FILES_BYTES = 6 * 1024 * 1024  # under the gRPC message limit, with room for the rest
+RECIPE_NAME = "recipe.yaml"  # what the materialised recipe is called
+
+
+def _integral(value: Any) -> Any:
+    """A Struct holds every number as a double: give whole ones back as ints,
+    so `size: 4294967296` means what it says."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def recipe_text(source: pb.RecipeSource) -> str:
+    which = source.WhichOneof("recipe")
+    if which == "yaml":
+        return source.yaml
+    if which == "structured":
+        doc = _integral(json_format.MessageToDict(source.structured))
+        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+    raise RecipeError(
+        [RecipeIssue("", None, "no recipe given (yaml or structured)")], _filename(source)
+    )
+
+
+def _filename(source: pb.RecipeSource) -> str:
+    return source.filename or "<recipe>"
+
+
+def _relative(name: str) -> PurePosixPath:
+    """A file key must be a plain relative path that stays in the bundle."""
+    path = PurePosixPath(name)
+    if not name or "\0" in name or path.is_absolute() or ".." in path.parts:
+        raise RecipeError(
+            [
+                RecipeIssue(
+                    "",
+                    None,
+                    f"attached file {name[:100]!r}: "
+                    "expected a relative path inside the recipe's directory",
+                )
+            ]
+        )
+    return path
+
+
+def _check_sizes(source: pb.RecipeSource) -> None:
+    total = sum(len(data) for data in source.files.values())
+    if len(source.files) > MAX_FILES or total > MAX_FILES_BYTES:
+        raise RecipeError(
+            [
+                RecipeIssue(
+                    "",
+                    None,
+                    f"attached files: at most {MAX_FILES} files "
+                    f"and {MAX_FILES_BYTES >> 20} MiB in all",
+                )
+            ]
+        )
+
+
+def materialise(source: pb.RecipeSource, directory: Path) -> Path:
+    """Writes the recipe and its files into directory; returns the recipe's path."""
+    _check_sizes(source)
+    text = recipe_text(source)
+    for name, data in sorted(source.files.items()):
+        target = directory / _relative(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        os.chmod(target, 0o644)
+    recipe = directory / RECIPE_NAME
+    recipe.write_text(text)
+    return recipe
+
+
+def load(source: pb.RecipeSource, directory: Path) -> Recipe:
+    """The checked recipe, its files materialised in directory (kept)."""
+    recipe_path = materialise(source, directory)
+    return parse_recipe(recipe_path.read_text(), directory, _filename(source))
+
+
+def check(source: pb.RecipeSource) -> tuple[Recipe, str]:
+    """The checked recipe and its digest, worked out in a scratch directory
+    that is removed afterwards (the digest reads the attached files)."""
+    with tempfile.TemporaryDirectory(prefix="kiln-recipe-") as scratch:
+        recipe = load(source, Path(scratch))
+        return recipe, recipe.digest()
+
+
+def problems(error: RecipeError) -> list[pb.RecipeProblem]:
+    return [
+        pb.RecipeProblem(field=issue.path, line=issue.line or 0, message=issue.message)
+        for issue in error.issues
+    ]
+
+
+def normalised(source: pb.RecipeSource) -> pb.RecipeSource:
+    """The form a build keeps: YAML text, whatever was submitted."""
+    kept = pb.RecipeSource(yaml=recipe_text(source), filename=source.filename)
+    for name, data in source.files.items():
+        kept.files[name] = data
+    return kept

@@ -1,0 +1,215 @@
+"""The Builder's transport-free core: submit, read, list, watch and cancel
+builds, and check recipes. Records, updates and the queue live in NATS
+JetStream, so every pod gives the same answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BadRequestError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_builder.recipe import RecipeError
+from kiln_builder.service import bundle, queue, updates
+from kiln_builder.service.records import TERMINAL, BuildRecords, now, same_recipe, state_name
+from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.events import Publisher
+from kiln_common.ids import check_id, new_id
+
+log = logging.getLogger(__name__)
+
+RECIPES_BUCKET = "kiln_recipes"
+RECIPE_TTL_SECONDS = 90 * 24 * 3600
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+_KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+async def _object_store(js: JetStreamContext) -> ObjectStore:
+    try:
+        return await js.object_store(RECIPES_BUCKET)
+    except Exception:  # noqa: BLE001 - missing: create it (racing pods both may)
+        config = ObjectStoreConfig(
+            bucket=RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS, storage=StorageType.FILE
+        )
+        try:
+            return await js.create_object_store(RECIPES_BUCKET, config=config)
+        except BadRequestError:
+            return await js.object_store(RECIPES_BUCKET)
+
+
+def event_data(build: pb.Build, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": build.id,
+        "name": build.name,
+        "version": build.version,
+        "state": state_name(build.state),
+        **extra,
+    }
+
+
+@dataclass
+class Nats:
+    """The NATS pieces a core and its workers share."""
+
+    nc: NatsClient
+    js: JetStreamContext
+    records: BuildRecords
+    recipes: ObjectStore
+
+    @classmethod
+    async def open(cls, nc: NatsClient, policy: queue.QueuePolicy) -> Nats:
+        js = nc.jetstream()
+        await queue.ensure(js, policy)
+        await updates.ensure_stream(js)
+        return cls(nc, js, await BuildRecords.open(js), await _object_store(js))
+
+
+class BuilderCore:
+    def __init__(self, nats: Nats, events: Publisher) -> None:
+        self.nats = nats
+        self.records = nats.records
+        self.events = events
+
+    # ---- recipes ---------------------------------------------------------------------
+
+    def validate(self, source: pb.RecipeSource) -> pb.ValidateRecipeResponse:
+        try:
+            recipe, digest = bundle.check(source)
+        except RecipeError as exc:
+            return pb.ValidateRecipeResponse(valid=False, problems=bundle.problems(exc))
+        return pb.ValidateRecipeResponse(
+            valid=True, name=recipe.name, version=recipe.version, digest=digest
+        )
+
+    async def recipe_of(self, build_id: str) -> pb.RecipeSource:
+        try:
+            found = await self.nats.recipes.get(build_id)
+        except ObjectNotFoundError:
+            raise NotFound(f"the recipe of build {build_id} is no longer kept") from None
+        source = pb.RecipeSource()
+        source.ParseFromString(found.data or b"")
+        return source
+
+    # ---- builds ----------------------------------------------------------------------
+
+    async def submit(self, request: pb.SubmitBuildRequest) -> pb.Build:
+        key = request.idempotency_key
+        if key and not _KEY_RE.match(key):
+            raise InvalidArgument("idempotency_key: 1 to 128 printable ASCII characters")
+        recipe, digest = bundle.check(request.recipe)  # RecipeError: INVALID_ARGUMENT
+        build = pb.Build(
+            id=new_id(),
+            state=pb.BUILD_STATE_QUEUED,
+            name=recipe.name,
+            version=recipe.version,
+            recipe_digest=digest,
+            idempotency_key=key,
+            created=now(),
+            no_cache=request.no_cache,
+            skip_boot_test=request.skip_boot_test,
+        )
+        if key:
+            existing = await self.records.claim_key(key, build.id)
+            if existing is not None:
+                return same_recipe(await self._wait_created(existing), digest)
+        # Recipe first, record second, queue last: a worker never sees a build
+        # id whose record or recipe is missing.
+        kept = bundle.normalised(request.recipe)
+        await self.nats.recipes.put(build.id, kept.SerializeToString())
+        await self.records.create(build)
+        await self._announce(build)
+        await queue.enqueue(self.nats.js, build.id)
+        await self.events.publish(
+            "build.queued", f"builds/{build.id}", event_data(build, recipe_digest=digest)
+        )
+        log.info("build %s queued: %s %s", build.id, build.name, build.version)
+        return build
+
+    async def _wait_created(self, build_id: str) -> pb.Build:
+        """The build a key is bound to; the first submitter may still be
+        writing its record, so a missing one is waited for a moment."""
+        for _ in range(50):
+            try:
+                return await self.records.get(build_id)
+            except NotFound:
+                await asyncio.sleep(0.1)
+        raise FailedPrecondition(
+            f"idempotency key is bound to build {build_id}, which was never recorded; "
+            "submit with another key"
+        )
+
+    async def _announce(self, build: pb.Build) -> None:
+        update = pb.BuildUpdate(build_id=build.id, time=now(), state=build.state)
+        update.build.CopyFrom(build)
+        await updates.publish(self.nats.js, update)
+
+    async def get(self, build_id: str) -> pb.Build:
+        return await self.records.get(build_id)
+
+    async def list(self, request: pb.ListBuildsRequest) -> pb.ListBuildsResponse:
+        size = request.page_size or DEFAULT_PAGE
+        if size > MAX_PAGE:
+            raise InvalidArgument(f"page_size: at most {MAX_PAGE}")
+        token = request.page_token
+        if token:
+            check_id(token, "page_token")
+        out = pb.ListBuildsResponse()
+        for build_id in await self.records.ids():
+            if token and build_id >= token:
+                continue
+            try:
+                build = await self.records.get(build_id)
+            except NotFound:
+                continue  # removed while we listed
+            if request.state and build.state != request.state:
+                continue
+            if request.name and build.name != request.name:
+                continue
+            if len(out.builds) == size:
+                out.next_page_token = out.builds[-1].id
+                break
+            out.builds.append(build)
+        return out
+
+    async def watch(
+        self, build_id: str, after_seq: int, stored_only: bool = False
+    ) -> AsyncIterator[pb.BuildUpdate]:
+        await self.records.get(build_id)  # NOT_FOUND before the stream starts
+
+        async def ended() -> bool:
+            return (await self.records.get(build_id)).state in TERMINAL
+
+        async for update in updates.watch(self.nats.js, build_id, after_seq, ended, stored_only):
+            yield update
+
+    async def cancel(self, build_id: str) -> pb.Build:
+        def request(build: pb.Build) -> bool:
+            if build.state in TERMINAL:
+                raise FailedPrecondition(
+                    f"build {build_id} has already ended ({state_name(build.state)})"
+                )
+            build.cancel_requested = True
+            if build.state == pb.BUILD_STATE_QUEUED:
+                # No worker holds it: cancelled now. The queue message stays,
+                # and the worker that takes it sees the record and drops it.
+                build.state = pb.BUILD_STATE_CANCELLED
+                build.finished.CopyFrom(now())
+            return True
+
+        build = await self.records.mutate(build_id, request)
+        if build.state == pb.BUILD_STATE_CANCELLED:
+            await self._announce(build)
+            await self.events.publish("build.cancelled", f"builds/{build.id}", event_data(build))
+        else:
+            await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")
+        return build

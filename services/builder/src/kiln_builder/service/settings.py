@@ -1,0 +1,57 @@
+"""Builder service settings: env KILN_BUILDER_<FIELD>, or a YAML file named by
+KILN_BUILDER_CONFIG_FILE (environment wins)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from kiln_common.settings import KilnSettings
+
+
+class BuilderSettings(KilnSettings):
+    model_config = SettingsConfigDict(env_prefix="KILN_BUILDER_", use_attribute_docstrings=True)
+
+    grpc_bind: str = "127.0.0.1:50052"
+    """host:port the gRPC API listens on (port 0 picks a free one)."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server with JetStream: queue, records, updates and events."""
+    storage: str = "127.0.0.1:50051"
+    """host:port of the storage service: artifacts and the shared layer cache."""
+    log_level: str = "INFO"
+    """Python log level name."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight calls get to finish after SIGTERM."""
+
+    worker: bool = True
+    """Run builds here (false: this pod only answers the API)."""
+    concurrency: int = Field(default=1, ge=1, le=64)
+    """Builds this pod runs at the same time."""
+    worker_name: str = ""
+    """How this worker names itself in build records; default host:pid."""
+    work_root: Path = Path("/var/tmp/kiln")
+    """Workspaces of running builds (a janitor reclaims dead ones at start)."""
+    cache_dir: Path = Path("/var/cache/kiln")
+    """Local layer cache and the KVM probe's verdict."""
+    cache_max_gib: float = 16.0
+    """Local layers beyond this size are pruned, least recently used first."""
+    boot_test: bool = True
+    """Boot-test images whose recipe asks for it (a build may still skip it)."""
+    start_libvirtd: bool = True
+    """Start libvirtd (and virtlogd) if none answers, for boot tests."""
+
+    ack_wait_seconds: float = Field(default=60.0, ge=1.0)
+    """A worker that has not heartbeated this long is presumed dead; its build
+    is delivered to another."""
+    max_deliver: int = Field(default=4, ge=1, le=100)
+    """Deliveries of one build (the first run included) before it fails."""
+    retry_backoff_seconds: list[float] = [10.0, 30.0, 90.0]
+    """Delay before each retry of a build that failed for a passing reason
+    (storage or NATS unavailable); the last value repeats."""
+
+    def name(self) -> str:
+        return self.worker_name or f"{socket.gethostname()}:{os.getpid()}"

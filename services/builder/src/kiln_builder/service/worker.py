@@ -1,0 +1,433 @@
+"""A builder worker: takes builds from the queue, runs the engine, stores
+the outputs, and records the outcome.
+
+A build's message is acked only once the build has ended. While it runs the
+worker heartbeats (in_progress), so a slow build is not redelivered but a
+dead worker's is. A new attempt first removes what earlier attempts stored,
+and an attempt that finds it was overtaken removes its own: a build never
+ends with two sets of artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
+from kiln_builder.recipe import RecipeError
+from kiln_builder.resources import claim
+from kiln_builder.service import bundle, queue
+from kiln_builder.service.artifacts import BuildArtifacts, Upload
+from kiln_builder.service.core import BuilderCore, event_data
+from kiln_builder.service.records import TERMINAL, now
+from kiln_builder.service.reporter import BuildReporter
+from kiln_builder.service.settings import BuilderSettings
+from kiln_common.errors import KilnError, Unavailable
+from kiln_common.proc import ProcessError
+
+log = logging.getLogger(__name__)
+
+FETCH_SECONDS = 2.0
+
+
+@dataclass
+class Job:
+    build_id: str
+    attempt: int
+    msg: Msg
+    task: asyncio.Task[list[pb.BuildArtifact]] | None = None
+    why_stopped: str = ""  # "cancel" or "shutdown" once asked to stop
+    artifacts: BuildArtifacts | None = None
+    reporter: BuildReporter | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    accel: str = ""  # kvm or tcg, once a boot test ran
+
+
+class Worker:
+    def __init__(self, core: BuilderCore, settings: BuilderSettings) -> None:
+        self.core = core
+        self.nats = core.nats
+        self.settings = settings
+        self.name = settings.name()
+        self.jobs: dict[str, Job] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        js, nc = self.nats.js, self.nats.nc
+        sub = await js.pull_subscribe_bind(queue.CONSUMER, queue.STREAM)
+        cancels = await nc.subscribe(queue.CANCEL_PREFIX + "*", cb=self._on_cancel)
+        exhausted = await nc.subscribe(queue.MAX_DELIVERIES_ADVISORY, cb=self._on_exhausted)
+        slots = asyncio.Semaphore(self.settings.concurrency)
+        log.info("worker %s takes up to %d builds at once", self.name, self.settings.concurrency)
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                try:
+                    msgs = await sub.fetch(1, timeout=FETCH_SECONDS)
+                except (TimeoutError, NatsTimeout):
+                    slots.release()
+                    continue
+                task = asyncio.create_task(self._take(msgs[0]))
+                self._tasks.add(task)
+                task.add_done_callback(self._done(slots))
+        finally:
+            for sub_ in (cancels, exhausted):
+                with contextlib.suppress(Exception):
+                    await sub_.unsubscribe()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _done(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            slots.release()
+
+        return done
+
+    async def shutdown(self) -> None:
+        """Stops taking builds; running ones are stopped and handed back to
+        the queue for another worker (their records say queued again)."""
+        self._stopping.set()
+        for job in list(self.jobs.values()):
+            self._stop(job, "shutdown")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _stop(self, job: Job, why: str) -> None:
+        if job.why_stopped:
+            return
+        job.why_stopped = why
+        if job.artifacts is not None:
+            job.artifacts.stop.set()
+        if job.task is not None:
+            job.task.cancel()
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        job = self.jobs.get(msg.subject.removeprefix(queue.CANCEL_PREFIX))
+        if job is not None:
+            log.info("build %s: cancel requested", job.build_id)
+            self._stop(job, "cancel")
+
+    async def _on_exhausted(self, msg: Msg) -> None:
+        """The server gave up on a message (max_deliver): fail its build."""
+        try:
+            seq = int(json.loads(msg.data)["stream_seq"])
+            stored = await self.nats.js.get_msg(queue.STREAM, seq)
+            build_id = (stored.data or b"").decode()
+            await self._finish(
+                build_id,
+                pb.BUILD_STATE_FAILED,
+                pb.BuildError(
+                    message="the build was delivered "
+                    f"{self.settings.max_deliver} times without ending"
+                ),
+            )
+            await self.nats.js.delete_msg(queue.STREAM, seq)
+        except Exception:
+            log.debug("max-deliveries advisory not handled", exc_info=True)
+
+    # ---- one message -----------------------------------------------------------------
+
+    async def _take(self, msg: Msg) -> None:
+        build_id = msg.data.decode()
+        attempt = int(msg.metadata.num_delivered or 1)
+        try:
+            build = await self.core.get(build_id)
+        except KilnError:
+            log.error("queue message %r names no build: dropped", build_id)
+            await msg.term()
+            return
+        if build.state in TERMINAL:
+            await msg.ack()  # cancelled while queued, or finished by a worker presumed dead
+            return
+        if build.cancel_requested:
+            await self._finish(build_id, pb.BUILD_STATE_CANCELLED)
+            await msg.ack()
+            return
+        job = Job(build_id, attempt, msg)
+        self.jobs[build_id] = job
+        heartbeat = asyncio.create_task(self._heartbeat(job))
+        try:
+            await self._attempt(job)
+        finally:
+            heartbeat.cancel()
+            self.jobs.pop(build_id, None)
+
+    async def _heartbeat(self, job: Job) -> None:
+        every = max(0.5, self.settings.ack_wait_seconds / 4)
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):
+                await job.msg.in_progress()
+            # A cancel sent while this worker was not listening is in the record.
+            with contextlib.suppress(Exception):
+                if (await self.core.get(job.build_id)).cancel_requested:
+                    self._stop(job, "cancel")
+
+    async def _attempt(self, job: Job) -> None:
+        workspace = self.settings.work_root / f"{job.build_id}-{job.attempt}"
+        claim(workspace)  # the janitor of another worker leaves it alone
+        build = await self._start(job)
+        job.reporter = BuildReporter(self.nats, self.core.events, build, workspace / "build.log")
+        job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
+        job.task = asyncio.create_task(self._build(job, build, workspace))
+        try:
+            await self._conclude(job, *await self._outcome(job))
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+
+    async def _outcome(
+        self, job: Job
+    ) -> tuple[pb.BuildState.ValueType, pb.BuildError | None, list[pb.BuildArtifact]]:
+        """Waits for the build task; its end as (state, error, artifacts)."""
+        assert job.task is not None
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(job.task)
+            if job.task.cancelled() or job.why_stopped:
+                return pb.BUILD_STATE_CANCELLED, None, []
+            return pb.BUILD_STATE_SUCCEEDED, None, job.task.result()
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded
+            return pb.BUILD_STATE_FAILED, self._error(job, exc), []
+
+    def _error(self, job: Job, exc: BaseException) -> pb.BuildError:
+        running = job.reporter.running() if job.reporter else []
+        message = (
+            str(exc)
+            if isinstance(exc, (KilnError, ProcessError, OSError))
+            else (f"internal error: {type(exc).__name__}: {exc}")
+        )
+        tail = list(job.reporter.tail) if job.reporter else []
+        if job.reporter:
+            job.reporter.log(f"build failed: {message}", "ERROR")
+        return pb.BuildError(step=running[-1] if running else "", message=message, log_tail=tail)
+
+    async def _start(self, job: Job) -> pb.Build:
+        def take(build: pb.Build) -> None:
+            build.state = pb.BUILD_STATE_RUNNING
+            build.worker = self.name
+            build.attempt = job.attempt
+            if not build.HasField("started"):
+                build.started.CopyFrom(now())
+            del build.steps[:]
+            build.ClearField("error")
+
+        build = await self.core.records.mutate(job.build_id, take)
+        await self._announce(build)
+        await self.core.events.publish(
+            "build.started",
+            f"builds/{build.id}",
+            event_data(build, worker=self.name, attempt=job.attempt),
+        )
+        log.info("build %s: attempt %d on %s", job.build_id, job.attempt, self.name)
+        return build
+
+    # ---- the build itself ------------------------------------------------------------
+
+    async def _build(self, job: Job, build: pb.Build, workspace: Path) -> list[pb.BuildArtifact]:
+        assert job.reporter is not None and job.artifacts is not None
+        reporter = job.reporter
+        with reporter.current():
+            source = await self.core.recipe_of(job.build_id)
+            recipe = bundle.load(source, _fresh(workspace / "recipe"))
+            if job.attempt > 1:
+                removed = await job.artifacts.remove(other_attempts_only=True)
+                log.info(
+                    "attempt %d: removed %d artifacts of earlier attempts", job.attempt, removed
+                )
+            options = BakeOptions(
+                out_dir=workspace / "out",
+                work_root=workspace,
+                cache_dir=self.settings.cache_dir,
+                build_id=f"{job.build_id}-{job.attempt}",
+                storage=self.settings.storage,
+                no_cache=build.no_cache,
+                cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
+                boot_test=self.settings.boot_test and not build.skip_boot_test,
+            )
+            bake = Bake(recipe, options, reporter.step)
+            reporter.plan = [*bake.plan(), "upload"]
+            job.steps = bake.steps
+            result = await bake.run()
+            return await self._upload(job, build, result)
+
+    async def _upload(
+        self, job: Job, build: pb.Build, result: BakeResult
+    ) -> list[pb.BuildArtifact]:
+        assert job.reporter is not None and job.artifacts is not None
+        files = [Upload(o.path, "image", o.name) for o in result.outputs]
+        files.append(Upload(result.sbom, "sbom", "spdx.json"))
+        if result.console_log is not None and result.console_log.is_file():
+            files.append(Upload(result.console_log, "console-log", "log"))
+        record = StepRecord("upload")
+        job.steps.append(record)
+        job.reporter.step(record, "start")
+        total = sum(f.path.stat().st_size for f in files) or 1
+        sent = 0
+
+        def progress(n: int) -> None:
+            nonlocal sent
+            sent += n
+            job.reporter.progress("upload", sent / total, f"{sent >> 20} of {total >> 20} MiB")  # type: ignore[union-attr]
+
+        started = asyncio.get_running_loop().time()
+        stored = [await job.artifacts.upload(f, build.name, build.version, progress) for f in files]
+        record.seconds = round(asyncio.get_running_loop().time() - started, 2)
+        job.reporter.step(record, "done")
+        if result.boot is not None:
+            job.accel = result.boot.accel.kind
+            job.reporter.log(
+                f"boot test: login prompt after {result.boot.seconds:.0f}s "
+                f"under {result.boot.accel.kind}"
+            )
+        return stored
+
+    # ---- ending ----------------------------------------------------------------------
+
+    async def _conclude(
+        self,
+        job: Job,
+        state: pb.BuildState.ValueType,
+        error: pb.BuildError | None,
+        stored: list[pb.BuildArtifact],
+    ) -> None:
+        assert job.reporter is not None and job.artifacts is not None
+        if not await self._still_mine(job):
+            await job.reporter.close()
+            removed = await job.artifacts.remove(attempt_only=True)
+            log.warning(
+                "build %s: overtaken by another worker; removed %d artifacts of attempt %d",
+                job.build_id,
+                removed,
+                job.attempt,
+            )
+            return
+        if state != pb.BUILD_STATE_SUCCEEDED:
+            job.artifacts.stop.clear()  # the log is still stored
+            await job.artifacts.remove(attempt_only=True)  # partial outputs
+            self._mark_steps(job, state)
+        if job.why_stopped == "shutdown":
+            await self._requeue(job)
+            return
+        await job.reporter.close()
+        log_artifact = await self._store_log(job)
+        retry = state == pb.BUILD_STATE_FAILED and self._retryable(job, error)
+        if retry:
+            await self._requeue(job, error)
+            return
+        await self._finish(job.build_id, state, error, stored, log_artifact, job.accel)
+        await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
+
+    def _mark_steps(self, job: Job, state: pb.BuildState.ValueType) -> None:
+        assert job.reporter is not None
+        end = pb.STEP_STATE_CANCELLED if state == pb.BUILD_STATE_CANCELLED else pb.STEP_STATE_FAILED
+        running = job.reporter.running()
+        for step in job.steps:
+            if step.name in running:
+                job.reporter.end_step(step, end)
+
+    def _retryable(self, job: Job, error: pb.BuildError | None) -> bool:
+        """Storage or NATS away (Unavailable), or the disk full: worth another
+        try, as long as deliveries are left."""
+        exc = job.task.exception() if job.task and not job.task.cancelled() else None
+        passing = isinstance(exc, (Unavailable, OSError)) and not isinstance(exc, RecipeError)
+        return passing and job.attempt < self.settings.max_deliver
+
+    async def _requeue(self, job: Job, error: pb.BuildError | None = None) -> None:
+        assert job.reporter is not None
+        await job.reporter.close()
+
+        def back(build: pb.Build) -> None:
+            build.state = pb.BUILD_STATE_QUEUED
+            build.worker = ""
+            if error is not None:
+                build.error.CopyFrom(error)
+
+        build = await self.core.records.mutate(job.build_id, back)
+        await self._announce(build)
+        delays = self.settings.retry_backoff_seconds or [0.0]
+        delay = 0.0 if error is None else delays[min(job.attempt, len(delays)) - 1]
+        await job.msg.nak(delay=delay)
+        log.warning("build %s: handed back to the queue (retry in %.0fs)", job.build_id, delay)
+
+    async def _still_mine(self, job: Job) -> bool:
+        build = await self.core.get(job.build_id)
+        return build.worker == self.name and build.attempt == job.attempt
+
+    async def _store_log(self, job: Job) -> pb.BuildArtifact | None:
+        assert job.reporter is not None and job.artifacts is not None
+        path = job.reporter.log_path
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        try:
+            return await job.artifacts.upload(
+                Upload(path, "build-log", "log"),
+                job.reporter.build.name,
+                job.reporter.build.version,
+                lambda n: None,
+            )
+        except Exception:
+            log.exception("build %s: the log was not stored", job.build_id)
+            return None
+
+    async def _finish(
+        self,
+        build_id: str,
+        state: pb.BuildState.ValueType,
+        error: pb.BuildError | None = None,
+        stored: list[pb.BuildArtifact] | None = None,
+        log_artifact: pb.BuildArtifact | None = None,
+        accel: str = "",
+    ) -> None:
+        def end(build: pb.Build) -> bool:
+            if build.state in TERMINAL:
+                return False
+            build.state = state
+            build.finished.CopyFrom(now())
+            build.accel = accel
+            if error is not None:
+                build.error.CopyFrom(error)
+            build.artifacts.extend(stored or [])
+            if log_artifact is not None:
+                build.artifacts.append(log_artifact)
+                build.log_artifact_id = log_artifact.artifact_id
+            return True
+
+        build = await self.core.records.mutate(build_id, end)
+        if build.state != state:
+            return
+        await self._announce(build)
+        kind = {
+            pb.BUILD_STATE_SUCCEEDED: "succeeded",
+            pb.BUILD_STATE_FAILED: "failed",
+            pb.BUILD_STATE_CANCELLED: "cancelled",
+        }[state]
+        extra: dict[str, Any] = {"artifacts": [a.artifact_id for a in build.artifacts]}
+        if error is not None:
+            extra.update(step=error.step, error=error.message)
+        await self.core.events.publish(
+            f"build.{kind}", f"builds/{build_id}", event_data(build, **extra)
+        )
+        log.info("build %s %s", build_id, kind)
+
+    async def _announce(self, build: pb.Build) -> None:
+        await self.core._announce(build)
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path

@@ -1,0 +1,298 @@
+"""`kiln build`: submit a recipe to the builder and follow it, list builds,
+show one, print or follow its log, cancel it.
+
+  kiln build RECIPE [--follow]      exit 0 only when the build succeeded
+  kiln build ls | show ID | logs ID [-f] | cancel ID
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
+from kiln_cli import stack
+from kiln_common.grpc_server import CHANNEL_OPTIONS
+
+VERBS = ("ls", "show", "logs", "cancel")
+RECONNECTS = 30  # a watch resumes this many times after losing the service
+STATE_EXIT = {pb.BUILD_STATE_SUCCEEDED: 0, pb.BUILD_STATE_FAILED: 1, pb.BUILD_STATE_CANCELLED: 3}
+TERMINAL = frozenset(STATE_EXIT)
+TAIL = 4  # log lines under the progress of a followed build
+
+
+class BuildUsageError(Exception):
+    """Printed as it is; exit status 2."""
+
+
+def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = subparsers.add_parser(
+        "build", help="build images: kiln build RECIPE [--follow] | ls | show | logs | cancel"
+    ).add_subparsers(dest="verb", required=True)
+    p = group.add_parser("submit", help="submit a recipe (the default: kiln build RECIPE)")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("-f", "--follow", action="store_true", help="show progress until it ends")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every layer")
+    p.add_argument("--no-boot-test", action="store_true", help="skip the boot test")
+    p.add_argument("--idempotency-key", default="", help="the same key returns the same build")
+    p.set_defaults(fn=cmd_submit)
+    p = group.add_parser("ls", help="list builds, newest first")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--name", default="", help="only builds of this recipe name")
+    p.add_argument("-n", "--limit", type=int, default=50)
+    p.set_defaults(fn=cmd_ls)
+    p = group.add_parser("show", help="one build: state, steps, artifacts, error")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_show)
+    p = group.add_parser("logs", help="a build's log")
+    p.add_argument("id")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until it ends")
+    p.set_defaults(fn=cmd_logs)
+    p = group.add_parser("cancel", help="cancel a queued or running build")
+    p.add_argument("id")
+    p.set_defaults(fn=cmd_cancel)
+
+
+def state_word(state: pb.BuildState.ValueType) -> str:
+    return pb.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()
+
+
+def step_word(state: pb.StepState.ValueType) -> str:
+    return pb.StepState.Name(state).removeprefix("STEP_STATE_").lower()
+
+
+def route(argv: list[str]) -> list[str]:
+    """`kiln build RECIPE ...` means `kiln build submit RECIPE ...`."""
+    if len(argv) >= 2 and argv[0] == "build" and argv[1] not in (*VERBS, "submit", "-h", "--help"):
+        return ["build", "submit", *argv[1:]]
+    return argv
+
+
+def _stub() -> pb_grpc.BuilderStub:
+    address = stack.builder_address(stack.kiln_home())
+    return pb_grpc.BuilderStub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+
+
+# ---- submit ------------------------------------------------------------------------------
+
+
+def recipe_source(path: Path) -> pb.RecipeSource:
+    """The recipe's text and every file it names beside itself, checked
+    locally first (the same checks the builder runs)."""
+    from kiln_builder.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as exc:
+        raise BuildUsageError(
+            f"{path}: invalid recipe:\n" + "\n".join(i.render(str(path)) for i in exc.issues)
+        ) from None
+    source = pb.RecipeSource(yaml=path.read_text(), filename=path.name)
+    names = [f.source for f in recipe.files if f.source] + [
+        r.script for r in recipe.run if r.script
+    ]
+    for name in names:
+        source.files[name] = (recipe.base_dir / name).read_bytes()
+    return source
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    stub = _stub()
+    request = pb.SubmitBuildRequest(
+        recipe=recipe_source(args.recipe),
+        idempotency_key=args.idempotency_key,
+        no_cache=args.no_cache,
+        skip_boot_test=args.no_boot_test,
+    )
+    build = stub.SubmitBuild(request)
+    print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
+    if not args.follow:
+        print(build.id)
+        return 0
+    try:
+        Follower(sys.stderr).follow(stub, build.id)
+    except KeyboardInterrupt:
+        print(f"\nkiln: stopped following; the build goes on (kiln build cancel {build.id})",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    final = stub.GetBuild(pb.GetBuildRequest(id=build.id))
+    print_outcome(final)
+    return STATE_EXIT.get(final.state, 1)
+
+
+def watch(
+    stub: pb_grpc.BuilderStub, build_id: str, stored_only: bool = False
+) -> Iterator[pb.BuildUpdate]:
+    """Every update of the build; reconnects (resuming after the last
+    sequence seen) if the connection to the service drops."""
+    seen = 0
+    for attempt in range(RECONNECTS + 1):
+        try:
+            for update in stub.WatchBuild(
+                pb.WatchBuildRequest(id=build_id, after_seq=seen, stored_only=stored_only)
+            ):
+                seen = update.seq
+                yield update
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == RECONNECTS:
+                raise
+            time.sleep(min(0.5 * 2**attempt, 5))
+
+
+class Follower:
+    """Steps as they start and end, a progress bar for the running step and,
+    on a terminal, the last log lines under it (redrawn in place)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.tail: list[str] = []
+        self.bar = ""
+        self.drawn = 0  # lines of the redrawn block now on screen
+
+    def follow(self, stub: pb_grpc.BuilderStub, build_id: str) -> None:
+        for update in watch(stub, build_id):
+            self.show(update)
+        self._clear()
+
+    def show(self, update: pb.BuildUpdate) -> None:
+        kind = update.WhichOneof("kind")
+        if kind == "step":
+            self._step(update.step)
+        elif kind == "progress":
+            p = update.progress
+            self.bar = f"{p.step} [{'#' * int(p.fraction * 30):<30}] {p.fraction:4.0%} {p.detail}"
+            if not self.tty:
+                return
+        elif kind == "log":
+            self.tail = (self.tail + update.log.text.splitlines())[-TAIL:]
+        elif kind == "state":
+            running = update.state == pb.BUILD_STATE_RUNNING and update.build.worker
+            where = f" on {update.build.worker}" if running else ""
+            self._print(f"build {state_word(update.state)}{where}")
+        self._redraw()
+
+    def _step(self, step: pb.StepUpdate) -> None:
+        where = f"[{step.index}/{step.total}]" if step.total else "[-]"
+        if step.state == pb.STEP_STATE_RUNNING:
+            self.bar = f"{step.name} running"
+            self._print(f"{where} {step.name} ...")
+            return
+        self.bar = ""
+        how = step_word(step.state)
+        note = " (cached)" if step.cached else ""
+        self._print(f"{where} {step.name} {how} in {step.seconds:.1f}s{note}")
+
+    def _print(self, line: str) -> None:
+        self._clear()
+        print(line, file=self.out, flush=True)
+
+    def _clear(self) -> None:
+        if self.tty and self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.drawn = 0
+
+    def _redraw(self) -> None:
+        if not self.tty:
+            return
+        self._clear()
+        lines = ([self.bar] if self.bar else []) + [f"  | {t[:150]}" for t in self.tail]
+        for line in lines:
+            self.out.write(line + "\n")
+        self.out.flush()
+        self.drawn = len(lines)
+
+
+def print_outcome(build: pb.Build) -> None:
+    print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
+    if build.HasField("error"):
+        where = f" in step {build.error.step}" if build.error.step else ""
+        print(f"error{where}: {build.error.message}", file=sys.stderr)
+        for line in build.error.log_tail[-10:]:
+            print(f"  | {line}", file=sys.stderr)
+    for a in build.artifacts:
+        print(f"{a.artifact_id}  {a.kind:<11} {a.name}  {a.size}  sha256:{a.sha256}")
+        print(f"    {a.url}")
+
+
+# ---- ls, show, logs, cancel ----------------------------------------------------------------
+
+
+def _state(name: str | None) -> pb.BuildState.ValueType:
+    return (
+        pb.BuildState.Value(f"BUILD_STATE_{name.upper()}") if name else pb.BUILD_STATE_UNSPECIFIED
+    )
+
+
+def _when(build: pb.Build) -> str:
+    return build.created.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _took(build: pb.Build) -> str:
+    if not build.HasField("started"):
+        return "-"
+    end = build.finished if build.HasField("finished") else None
+    seconds = (end.ToSeconds() if end else time.time()) - build.started.ToSeconds()
+    return f"{seconds:.0f}s"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    stub = _stub()
+    token, shown = "", 0
+    print(f"{'ID':<26}  {'STATE':<9}  {'NAME':<24}  {'VERSION':<10}  {'CREATED':<19}  TOOK")
+    while shown < args.limit:
+        page = stub.ListBuilds(pb.ListBuildsRequest(
+            state=_state(args.state), name=args.name,
+            page_size=min(args.limit - shown, 500), page_token=token))  # fmt: skip
+        for b in page.builds:
+            state = state_word(b.state)
+            print(f"{b.id:<26}  {state:<9}  {b.name:<24}  {b.version:<10}  {_when(b)}  {_took(b)}")
+            shown += 1
+        token = page.next_page_token
+        if not token:
+            break
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    b = _stub().GetBuild(pb.GetBuildRequest(id=args.id))
+    print(
+        f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
+    )
+    print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
+    print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
+    if b.accel:
+        print(f"boot test   under {b.accel}")
+    for s in b.steps:
+        how = step_word(s.state)
+        print(
+            f"step        {s.name:<10} {how:<9} {s.seconds:7.1f}s{'  cached' if s.cached else ''}"
+        )
+    for a in b.artifacts:
+        print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
+    if b.HasField("error"):
+        print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
+    return STATE_EXIT.get(b.state, 0) if b.state in TERMINAL else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    for update in watch(_stub(), args.id, stored_only=not args.follow):
+        if update.WhichOneof("kind") == "log":
+            print(update.log.text, flush=True)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    b = _stub().CancelBuild(pb.CancelBuildRequest(id=args.id))
+    done = b.state == pb.BUILD_STATE_CANCELLED
+    print(f"build {b.id} {'cancelled' if done else 'cancel requested (the worker is stopping it)'}")
+    return 0
