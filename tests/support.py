@@ -14,6 +14,7 @@ from minio import Minio
 from kiln_api.storage.v1 import storage_pb2_grpc
 from kiln_common.devservers import Seaweed
 from kiln_common.grpc_server import CHANNEL_OPTIONS
+from kiln_common.proc import run_sync
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,3 +53,21 @@ def payload(size: int, seed: int = 0) -> bytes:
 
 async def gather_bytes(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([c async for c in chunks])
+
+
+def loops_under(root: Path) -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        if backing.read_text().strip().startswith(str(root.resolve())):
+            found.append(backing.parent.parent.name)
+    return found
+
+
+def mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(str(root.resolve()))]
+
+
+def kiln_domains() -> list[str]:
+    done = run_sync(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False)
+    return [n for n in done.stdout.split() if n.startswith("kiln-") and "test" not in n]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, kiln_domains, loops_under, mounts_under
 
 from kiln_common.proc import run_sync
 
@@ -60,24 +60,6 @@ def bake(recipe: Path, out: Path, work: Path, *extra: str) -> subprocess.Complet
          "--work-root", str(work), "--cache-max-gib", CACHE_GIB, *extra],
         capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip
-
-
-def loops_under(root: Path) -> list[str]:
-    found = []
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
-        if backing.read_text().strip().startswith(str(root.resolve())):
-            found.append(backing.parent.parent.name)
-    return found
-
-
-def mounts_under(root: Path) -> list[str]:
-    with open("/proc/self/mounts") as f:
-        return [line.split()[1] for line in f if line.split()[1].startswith(str(root.resolve()))]
-
-
-def kiln_domains() -> list[str]:
-    done = run_sync(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False)
-    return [n for n in done.stdout.split() if n.startswith("kiln-") and "test" not in n]
 
 
 def debugfs(raw: Path, offset: int, request: str) -> str:

@@ -5,8 +5,9 @@ kubectl needed); when kubectl is on PATH, `kubectl kustomize` must render the
 same documents. Every document is validated in strict mode (unknown fields
 fail) against one fixed Kubernetes version with kubernetes-validate, and a few
 properties no schema expresses are asserted: resources and probes on every
-container, gRPC probes on the port the storage settings bind, pinned image
-tags, selectors that select something.
+container, gRPC probes on the port the storage and builder settings bind, pinned
+image tags, selectors that select something, unprivileged pods except the
+builder's (privileged, on KVM nodes, scaled on the build queue's depth).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import yaml
 from kubernetes_validate import utils as kv  # type: ignore[import-untyped]
 from support import REPO
 
+from kiln_api.builder.v1 import builder_pb2
 from kiln_api.storage.v1 import storage_pb2
+from kiln_builder.service import queue as build_queue
+from kiln_builder.service.settings import BuilderSettings
 from kiln_storage.settings import StorageSettings
 
 K8S_DIR = REPO / "deploy" / "k8s"
@@ -36,6 +40,14 @@ KUBERNETES_VERSION = "1.30"
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+BUILDER_SERVICE = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
+# Workloads that need the host's devices (loop devices, mounts, /dev/kvm): exempt
+# from the unprivileged rule, and held to the builder checks below instead.
+PRIVILEGED = {"Deployment/kiln/builder"}
+KVM_NODE_LABEL = "kiln.dev/kvm"
+# What a builder pod needs after SIGTERM, beyond preStop and the gRPC grace, to
+# stop its running build (VM, mounts, loop devices) and hand it back to the queue.
+BUILD_HANDBACK_SECONDS = 30
 
 Doc = dict[str, Any]
 
@@ -114,6 +126,14 @@ def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
+def gibibytes(quantity: str) -> float:
+    """A Kubernetes quantity in Gi or Mi (all these manifests use), in GiB."""
+    for suffix, scale in (("Gi", 1.0), ("Mi", 1 / 1024)):
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * scale
+    raise ValueError(f"not in Gi or Mi: {quantity}")
+
+
 def test_kubernetes_validate_ships_the_pinned_version() -> None:
     assert f"{KUBERNETES_VERSION}.0" in kv.all_versions()
 
@@ -167,8 +187,10 @@ def test_every_container_has_resources_probes_and_a_pinned_image() -> None:
 
 
 def test_pods_run_unprivileged() -> None:
-    # The builder (privileged, /dev/kvm) will need an explicit exemption here.
+    assert PRIVILEGED.issubset(doc_id(w) for w in workloads())
     for workload in workloads():
+        if doc_id(workload) in PRIVILEGED:
+            continue
         pod = pod_spec(workload)
         assert pod["securityContext"]["runAsNonRoot"] is True, doc_id(workload)
         assert pod["securityContext"]["runAsUser"] > 0, doc_id(workload)
@@ -307,3 +329,133 @@ def test_nats_runs_jetstream_on_a_persistent_volume() -> None:
     assert ports["client"] == 4222 and ports["monitor"] == 8222
     service = find("Service", "nats")
     assert {p["port"] for p in service["spec"]["ports"]} == {4222, 8222}
+
+
+def builder_settings(monkeypatch: pytest.MonkeyPatch) -> BuilderSettings:
+    """The settings a builder pod starts with (its environment only)."""
+    deployment = find("Deployment", "builder")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    unknown = {
+        key
+        for key in env
+        if key.startswith("KILN_BUILDER_")
+        and key.removeprefix("KILN_BUILDER_").lower() not in BuilderSettings.model_fields
+    }
+    assert not unknown, f"not builder settings (typo?): {sorted(unknown)}"
+    for key in [k for k in os.environ if k.startswith("KILN_BUILDER_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return BuilderSettings()
+
+
+def test_builder_env_is_accepted_by_the_builder_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = builder_settings(monkeypatch)
+    assert settings.worker and settings.start_libvirtd
+
+    nats = urlsplit(settings.nats_url)
+    service = find("Service", str(nats.hostname))
+    assert nats.port in {p["port"] for p in service["spec"]["ports"]}
+    assert (
+        service["spec"]["selector"]
+        == find("StatefulSet", "nats")["spec"]["selector"]["matchLabels"]
+    )
+    host, _, port = settings.storage.rpartition(":")
+    service = find("Service", host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert (
+        service["spec"]["selector"]
+        == find("Deployment", "storage")["spec"]["selector"]["matchLabels"]
+    )
+
+    deployment = find("Deployment", "builder")
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    (container,) = pod_spec(deployment)["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    for directory in (settings.work_root, settings.cache_dir, Path("/tmp")):
+        assert "emptyDir" in volumes[mounts[str(directory)]], directory
+    cache = volumes[mounts[str(settings.cache_dir)]]["emptyDir"]
+    assert settings.cache_max_gib < gibibytes(cache["sizeLimit"])
+
+
+def test_builder_probes_use_grpc_health_on_the_bound_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = builder_settings(monkeypatch)
+    (container,) = pod_spec(find("Deployment", "builder"))["containers"]
+    host, _, port = settings.grpc_bind.rpartition(":")
+    # The kubelet probes the pod IP: a loopback bind would never answer.
+    assert host in {"0.0.0.0", "[::]"}, host
+    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc = container[probe]["grpc"]
+        assert grpc["port"] == int(port), probe
+        assert grpc.get("service", "") in {"", BUILDER_SERVICE}, probe
+    service = find("Service", "builder")
+    assert {"name": "grpc", "port": 50052, "targetPort": "grpc"}.items() <= next(
+        p for p in service["spec"]["ports"] if p["name"] == "grpc"
+    ).items()
+
+
+def test_builder_hands_builds_back_within_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = builder_settings(monkeypatch)
+    deployment = find("Deployment", "builder")
+    (container,) = pod_spec(deployment)["containers"]
+    pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {})
+    command = pre_stop.get("command", [])
+    pre_stop_seconds = float(command[1]) if command[:1] == ["sleep"] else 0.0
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace > pre_stop_seconds + settings.shutdown_grace + BUILD_HANDBACK_SECONDS
+
+
+def test_builder_image_tag_is_the_package_version() -> None:
+    pyproject = tomllib.loads((REPO / "services/builder/pyproject.toml").read_text())
+    (container,) = pod_spec(find("Deployment", "builder"))["containers"]
+    assert container["image"] == f"kiln/builder:{pyproject['project']['version']}"
+    assert container["args"] == ["serve"]
+
+
+def test_builder_runs_privileged_on_kvm_nodes_with_the_host_devices() -> None:
+    pod = pod_spec(find("Deployment", "builder"))
+    assert pod["nodeSelector"] == {KVM_NODE_LABEL: "true"}
+    assert any(t["key"] == KVM_NODE_LABEL for t in pod.get("tolerations", []))
+    (container,) = pod["containers"]
+    assert container["securityContext"]["privileged"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    # Loop and partition devices made after the container started show only in the host's /dev.
+    assert mounts["/dev"]["hostPath"] == {"path": "/dev", "type": "Directory"}
+    assert mounts["/dev/kvm"]["hostPath"] == {"path": "/dev/kvm", "type": "CharDevice"}
+
+
+def test_builder_scales_on_the_build_queue_and_lets_drains_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = builder_settings(monkeypatch)
+    deployment = find("Deployment", "builder")
+    hpa = find("HorizontalPodAutoscaler", "builder")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "builder")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    assert hpa["spec"]["minReplicas"] >= 1
+    names = set()
+    for metric in hpa["spec"]["metrics"]:
+        assert metric["type"] == "External"
+        external = metric["external"]
+        names.add(external["metric"]["name"])
+        assert external["metric"]["selector"]["matchLabels"] == {
+            "stream_name": build_queue.STREAM,
+            "consumer_name": build_queue.CONSUMER,
+        }
+        # One pod per settings.concurrency builds.
+        assert external["target"]["type"] == "AverageValue"
+        assert float(external["target"]["averageValue"]) == settings.concurrency
+    assert "nats_consumer_num_pending" in names
+    pdb = find("PodDisruptionBudget", "builder")
+    # A budget of minAvailable >= minReplicas would block every drain.
+    assert pdb["spec"].get("maxUnavailable", 0) >= 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(pdb["spec"]["selector"]["matchLabels"], labels)

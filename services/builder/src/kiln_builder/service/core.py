@@ -130,7 +130,7 @@ class BuilderCore:
         await self._announce(build)
         await queue.enqueue(self.nats.js, build.id)
         await self.events.publish(
-            "build.queued", f"builds/{build.id}", event_data(build, recipe_digest=digest)
+            "build.queued", build.id, event_data(build, recipe_digest=digest)
         )
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
         return build
@@ -209,7 +209,7 @@ class BuilderCore:
         build = await self.records.mutate(build_id, request)
         if build.state == pb.BUILD_STATE_CANCELLED:
             await self._announce(build)
-            await self.events.publish("build.cancelled", f"builds/{build.id}", event_data(build))
+            await self.events.publish("build.cancelled", build.id, event_data(build))
         else:
             await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")
         return build

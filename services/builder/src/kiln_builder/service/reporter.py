@@ -183,7 +183,7 @@ class BuildReporter:
             await self._record_step(item.step, item.update.step.state)
             await self.events.publish(
                 "build.step",
-                f"builds/{self.build_id}",
+                self.build_id,
                 event_data(
                     self.build,
                     step=item.step.name,

@@ -157,6 +157,11 @@ class Worker:
             await self._finish(build_id, pb.BUILD_STATE_CANCELLED)
             await msg.ack()
             return
+        if build_id in self.jobs:
+            # Delivered again while this worker runs it (a heartbeat was late):
+            # keep running it, acking the newest delivery.
+            self.jobs[build_id].msg = msg
+            return
         job = Job(build_id, attempt, msg)
         self.jobs[build_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job))
@@ -201,6 +206,8 @@ class Worker:
                 return pb.BUILD_STATE_CANCELLED, None, []
             return pb.BUILD_STATE_SUCCEEDED, None, job.task.result()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded
+            if job.why_stopped:  # e.g. the aborted upload of a stopped build
+                return pb.BUILD_STATE_CANCELLED, None, []
             return pb.BUILD_STATE_FAILED, self._error(job, exc), []
 
     def _error(self, job: Job, exc: BaseException) -> pb.BuildError:
@@ -229,7 +236,7 @@ class Worker:
         await self._announce(build)
         await self.core.events.publish(
             "build.started",
-            f"builds/{build.id}",
+            build.id,
             event_data(build, worker=self.name, attempt=job.attempt),
         )
         log.info("build %s: attempt %d on %s", job.build_id, job.attempt, self.name)
@@ -419,7 +426,7 @@ class Worker:
         if error is not None:
             extra.update(step=error.step, error=error.message)
         await self.core.events.publish(
-            f"build.{kind}", f"builds/{build_id}", event_data(build, **extra)
+            f"build.{kind}", build.id, event_data(build, **extra)
         )
         log.info("build %s %s", build_id, kind)
 

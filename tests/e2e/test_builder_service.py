@@ -1,0 +1,240 @@
+"""The builder service for real: `kiln up` (nats-server, storage and builder
+as processes), `kiln build` exactly as the issue names it, real builds, a
+cancel midway, and a builder killed with SIGKILL mid-build whose build
+another builder finishes, leaving one set of artifacts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from support import REPO, kiln_domains, loops_under, mounts_under
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
+from kiln_api.storage.v1 import storage_pb2 as spb
+from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
+from kiln_cli.build_cmd import STATE_EXIT
+from kiln_cli.stack import Stack, builder_env
+from kiln_common.devservers import free_port, wait_grpc_health
+from kiln_common.proc import pid_alive, spawn, stop_pid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.build]
+
+KILN = str(Path(sys.executable).parent / "kiln")
+ACK_WAIT = "5"  # seconds a silent worker has before its build goes to another
+
+RECIPE = """\
+name: svc
+version: "1.0"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+run:
+  - inline: "SCRIPT"
+disk: {size: 1GiB, filesystem: FS}
+outputs: [OUTPUTS]
+BOOT
+"""
+
+
+def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", fs: str = "ext4",
+                 outputs: str = "qcow2", boot: bool = False) -> Path:  # fmt: skip
+    where.mkdir(parents=True, exist_ok=True)
+    text = RECIPE.replace("SCRIPT", script).replace("FS", fs).replace("OUTPUTS", outputs)
+    path = where / "recipe.yaml"
+    path.write_text(text.replace("BOOT", "test:\n  boot: {timeout: 300s}" if boot else ""))
+    return path
+
+
+def kiln(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([KILN, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    if check and done.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    assert "Traceback" not in done.stderr
+    return done
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    environ = {
+        **os.environ,
+        "KILN_HOME": str(tmp_path / "home"),
+        "KILN_CACHE": str(REPO / ".cache"),
+        "KILN_BUILDER_ACK_WAIT_SECONDS": ACK_WAIT,
+        "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work"),
+    }
+    for name in ("KILN_STORAGE", "KILN_BUILDER"):
+        environ.pop(name, None)
+    try:
+        kiln(environ, "up")
+        yield environ
+    finally:
+        kiln(environ, "down", check=False)
+
+
+def stack_of(env: dict[str, str]) -> Stack:
+    found = Stack.load(Path(env["KILN_HOME"]))
+    assert found is not None
+    return found
+
+
+def builder(env: dict[str, str]) -> pb_grpc.BuilderStub:
+    return pb_grpc.BuilderStub(grpc.insecure_channel(stack_of(env).builder))
+
+
+def artifacts_of(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
+    stub = spb_grpc.StorageStub(grpc.insecure_channel(stack_of(env).storage))
+    selector = {"build-id": build_id}
+    return list(stub.ListArtifacts(spb.ListArtifactsRequest(label_selector=selector)).artifacts)
+
+
+def wait_for(what: str, check, timeout: float = 600):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
+    build = stub.GetBuild(pb.GetBuildRequest(id=build_id))
+    return build if build.state in STATE_EXIT else None
+
+
+def test_kiln_build_follow_builds_boots_and_stores_an_image(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r", boot=True)
+    done = kiln(env, "build", str(recipe), "--follow")
+    build_id = done.stderr.split()[1]
+    assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
+    record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
+    assert record.state == pb.BUILD_STATE_SUCCEEDED and record.attempt == 1
+    assert record.accel in ("kvm", "tcg")
+    names = [s.name for s in record.steps]
+    assert names[0] == "bootstrap" and names[-2:] == ["boot-test", "upload"]
+    assert record.steps[0].cached  # the shared bootstrap layer
+    kinds = sorted(a.kind for a in record.artifacts)
+    assert kinds == ["build-log", "console-log", "image", "sbom"]
+    image = next(a for a in record.artifacts if a.kind == "image")
+    assert f"{image.artifact_id}" in done.stdout and image.url in done.stdout
+    head = urllib.request.urlopen(urllib.request.Request(image.url, method="HEAD"), timeout=30)
+    assert int(head.headers["Content-Length"]) == image.size
+    assert {a.id for a in artifacts_of(env, build_id)} == {a.artifact_id for a in record.artifacts}
+
+    listed = kiln(env, "build", "ls").stdout
+    assert build_id in listed and "succeeded" in listed
+    shown = kiln(env, "build", "show", build_id).stdout
+    assert "state       succeeded" in shown and "boot-test" in shown and "cached" in shown
+    logs = kiln(env, "build", "logs", build_id).stdout
+    assert "mkfs.ext4" in logs and "boot test: login prompt" in logs
+    assert kiln_domains() == []
+
+
+def test_a_failing_build_exits_non_zero_with_its_step_and_log(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r", script="echo about to fail; exit 3", outputs="tar")
+    done = kiln(env, "build", str(recipe), "--follow", check=False)
+    assert done.returncode == 1, done.stderr
+    assert "build failed" in done.stderr and "error in step run" in done.stderr
+    assert "about to fail" in done.stderr  # the log tail
+    build_id = done.stderr.split()[1]
+    record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
+    assert record.error.step == "run" and record.attempt == 1  # not retried
+    assert [a.kind for a in record.artifacts] == ["build-log"]
+
+
+def test_cancel_stops_the_running_step_and_removes_everything(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r", script="echo sleeping; sleep 600")
+    build_id = kiln(env, "build", str(recipe)).stdout.strip()
+    stub = builder(env)
+
+    def running_run_step() -> bool:
+        steps = stub.GetBuild(pb.GetBuildRequest(id=build_id)).steps
+        return any(s.name == "run" and s.state == pb.STEP_STATE_RUNNING for s in steps)
+
+    wait_for("the run step", running_run_step)
+    assert "cancel requested" in kiln(env, "build", "cancel", build_id).stdout
+    record = wait_for("cancelled", lambda: ended(stub, build_id))
+    assert record.state == pb.BUILD_STATE_CANCELLED
+    assert record.cancel_requested
+    assert [s.state for s in record.steps if s.name == "run"] == [pb.STEP_STATE_CANCELLED]
+    assert [a.kind for a in artifacts_of(env, build_id)] == ["build-log"]
+    work = Path(env["KILN_BUILDER_WORK_ROOT"])
+    assert loops_under(work) == [] and mounts_under(work) == [] and not any(work.iterdir())
+    sleepers = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True)
+    assert sleepers.stdout == "", "the step's processes must be gone"
+    assert kiln(env, "build", "show", build_id, check=False).returncode == 3
+
+
+def start_builder(env: dict[str, str], name: str, log: Path) -> tuple[int, str]:
+    """Another builder (API and worker) on the stack's NATS and storage."""
+    address = f"127.0.0.1:{free_port()}"
+    own = {k: v for k, v in env.items() if k.startswith("KILN_BUILDER_")}
+    extra = {"KILN_BUILDER_GRPC_BIND": address, "KILN_BUILDER_WORKER_NAME": name}
+    proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log,
+                 env={**builder_env(stack_of(env)), **own, **extra})  # fmt: skip
+    wait_grpc_health(address, proc.pid, log, 120)
+    return proc.pid, address
+
+
+def test_a_build_whose_builder_is_killed_is_finished_by_another(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    stack = stack_of(env)
+    logs = tmp_path / "logs"
+    b_pid, b_address = start_builder(env, "b", logs / "b.log")
+    started = [b_pid]
+    try:
+        # Two workers: the stack's (named host:pid) and b. xfs is filled through
+        # a loop device and a mount: whichever runs the build is killed right then.
+        recipe = write_recipe(tmp_path / "r", fs="xfs")
+        build_id = kiln(env, "build", str(recipe)).stdout.strip()
+        work = Path(env["KILN_BUILDER_WORK_ROOT"])
+        wait_for("a mount of the build", lambda: mounts_under(work), timeout=900)
+        victim = builder(env).GetBuild(pb.GetBuildRequest(id=build_id)).worker
+        victim_pid = b_pid if victim == "b" else int(victim.rsplit(":", 1)[1])
+        assert victim_pid in (b_pid, stack.pids["builder"])
+        os.kill(victim_pid, signal.SIGKILL)
+        wait_for("the killed builder to go", lambda: not pid_alive(victim_pid))
+        assert mounts_under(work) or loops_under(work), "the kill should have left something"
+
+        survivor = stack.builder if victim == "b" else b_address
+        api = pb_grpc.BuilderStub(grpc.insecure_channel(survivor))
+        final = wait_for("the build to end", lambda: ended(api, build_id), timeout=900)
+        assert final.state == pb.BUILD_STATE_SUCCEEDED, final.error
+        assert final.worker != victim and final.attempt == 2
+        stored = artifacts_of(env, build_id)
+        assert sorted(a.labels["kiln-kind"] for a in stored) == ["build-log", "image", "sbom"]
+        assert {a.labels["kiln-attempt"] for a in stored} == {"2"}
+        assert {a.id for a in stored} == {a.artifact_id for a in final.artifacts}
+        states = [u.state for u in api.WatchBuild(pb.WatchBuildRequest(id=build_id))
+                  if u.WhichOneof("kind") == "state"]  # fmt: skip
+        assert states == [pb.BUILD_STATE_QUEUED, pb.BUILD_STATE_RUNNING,
+                          pb.BUILD_STATE_RUNNING, pb.BUILD_STATE_SUCCEEDED]  # fmt: skip
+
+        # A builder starts again where the killed one was: its janitor reclaims
+        # what the kill left behind.
+        started.append(start_builder(env, "again", logs / "again.log")[0])
+        assert loops_under(work) == [] and mounts_under(work) == []
+        assert list(work.iterdir()) == [], "the dead attempt's workspace is removed"
+        assert "janitor released" in (logs / "again.log").read_text()
+    finally:
+        for pid in started:
+            stop_pid(pid)
