@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build demo clean
+.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build bench-queue demo clean
 
 setup:
 	scripts/setup.sh
@@ -34,6 +34,9 @@ bench-storage: setup
 
 bench-build: setup
 	$(PY) bench/build/bench.py
+
+bench-queue: setup
+	$(PY) bench/queue/bench.py
 
 demo: setup
 	scripts/demo.sh

@@ -175,7 +175,7 @@ def test_cancel_stops_the_running_step_and_removes_everything(
     assert record.state == pb.BUILD_STATE_CANCELLED
     assert record.cancel_requested
     assert [s.state for s in record.steps if s.name == "run"] == [pb.STEP_STATE_CANCELLED]
-    assert [a.kind for a in artifacts_of(env, build_id)] == ["build-log"]
+    assert [a.labels["kiln-kind"] for a in artifacts_of(env, build_id)] == ["build-log"]
     work = Path(env["KILN_BUILDER_WORK_ROOT"])
     assert loops_under(work) == [] and mounts_under(work) == [] and not any(work.iterdir())
     sleepers = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True)

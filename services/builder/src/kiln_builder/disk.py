@@ -251,8 +251,11 @@ async def _settle_inode_times(device: str, rootdir: Path, epoch: int) -> None:
     commands = rootdir.parent / "debugfs-times.cmd"
     commands.write_text(await asyncio.to_thread(_inode_time_commands, rootdir, epoch))
     try:
+        # debugfs echoes each of its (tens of thousands of) commands: not logged.
         await run(
-            ["debugfs", "-w", "-f", commands, device], env={"E2FSPROGS_FAKE_TIME": str(epoch)}
+            ["debugfs", "-w", "-f", commands, device],
+            env={"E2FSPROGS_FAKE_TIME": str(epoch)},
+            log_output=False,
         )
     finally:
         commands.unlink(missing_ok=True)

@@ -85,8 +85,11 @@ async def run(
     cwd: Path | None = None,
     check: bool = True,
     terminate_timeout: float = 10.0,
+    log_output: bool = True,
 ) -> Result:
-    """Runs a command to completion; stdout and stderr are captured together."""
+    """Runs a command to completion; stdout and stderr are captured together
+    and, unless log_output is false (a command that echoes thousands of
+    lines of no interest), logged line by line to OUTPUT_LOG."""
     args = _announce([os.fspath(a) for a in argv], cwd)
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -98,7 +101,7 @@ async def run(
         start_new_session=True,  # so cancel can signal the whole process group
     )
     try:
-        text = await _read_output(proc)
+        text = await _read_output(proc, log_output)
         await proc.wait()
     except BaseException:
         await _stop(proc, terminate_timeout)
@@ -109,13 +112,15 @@ async def run(
     return Result(args, proc.returncode, text)
 
 
-async def _read_output(proc: asyncio.subprocess.Process) -> str:
+async def _read_output(proc: asyncio.subprocess.Process, log_output: bool) -> str:
     """All the output, each complete line logged to OUTPUT_LOG as it arrives."""
     assert proc.stdout is not None
     chunks: list[bytes] = []
     partial = b""
     while chunk := await proc.stdout.read(65536):
         chunks.append(chunk)
+        if not log_output:
+            continue
         *lines, partial = (partial + chunk).split(b"\n")
         for line in lines:
             # A progress meter redraws with \r: only its last state is a line.

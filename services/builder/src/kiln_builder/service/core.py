@@ -129,9 +129,7 @@ class BuilderCore:
         await self.records.create(build)
         await self._announce(build)
         await queue.enqueue(self.nats.js, build.id)
-        await self.events.publish(
-            "build.queued", build.id, event_data(build, recipe_digest=digest)
-        )
+        await self.events.publish("build.queued", build.id, event_data(build, recipe_digest=digest))
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
         return build
 

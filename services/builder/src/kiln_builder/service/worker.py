@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
+from kiln_builder.outputs import OutputFile
 from kiln_builder.recipe import RecipeError
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
@@ -186,7 +187,8 @@ class Worker:
         workspace = self.settings.work_root / f"{job.build_id}-{job.attempt}"
         claim(workspace)  # the janitor of another worker leaves it alone
         build = await self._start(job)
-        job.reporter = BuildReporter(self.nats, self.core.events, build, workspace / "build.log")
+        log_file = workspace / f"{build.name}-{build.version}.build.log"
+        job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
         job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
         job.task = asyncio.create_task(self._build(job, build, workspace))
         try:
@@ -275,10 +277,10 @@ class Worker:
         self, job: Job, build: pb.Build, result: BakeResult
     ) -> list[pb.BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
-        files = [Upload(o.path, "image", o.name) for o in result.outputs]
+        files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.console_log is not None and result.console_log.is_file():
-            files.append(Upload(result.console_log, "console-log", "log"))
+            files.append(Upload(result.console_log, "console-log", "console.log"))
         record = StepRecord("upload")
         job.steps.append(record)
         job.reporter.step(record, "start")
@@ -381,7 +383,7 @@ class Worker:
             return None
         try:
             return await job.artifacts.upload(
-                Upload(path, "build-log", "log"),
+                Upload(path, "build-log", "build.log"),
                 job.reporter.build.name,
                 job.reporter.build.version,
                 lambda n: None,
@@ -425,13 +427,16 @@ class Worker:
         extra: dict[str, Any] = {"artifacts": [a.artifact_id for a in build.artifacts]}
         if error is not None:
             extra.update(step=error.step, error=error.message)
-        await self.core.events.publish(
-            f"build.{kind}", build.id, event_data(build, **extra)
-        )
+        await self.core.events.publish(f"build.{kind}", build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, kind)
 
     async def _announce(self, build: pb.Build) -> None:
         await self.core._announce(build)
+
+
+def _spec(output: OutputFile) -> str:
+    """The recipe's name of an output: qcow2, raw.xz, tar.zst."""
+    return output.format + (f".{output.compression}" if output.compression else "")
 
 
 def _fresh(path: Path) -> Path:
