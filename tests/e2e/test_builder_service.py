@@ -30,6 +30,7 @@ from kiln_common.proc import pid_alive, spawn, stop_pid
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
 KILN = str(Path(sys.executable).parent / "kiln")
+JANITOR = str(Path(sys.executable).parent / "kiln-builder")
 ACK_WAIT = "5"  # seconds a silent worker has before its build goes to another
 
 RECIPE = """\
@@ -81,6 +82,9 @@ def env(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield environ
     finally:
         kiln(environ, "down", check=False)
+        # Whatever a failed test left mounted or attached is released.
+        subprocess.run([JANITOR, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
+                       capture_output=True, check=False)  # fmt: skip
 
 
 def stack_of(env: dict[str, str]) -> Stack:
@@ -219,15 +223,16 @@ def test_a_build_whose_builder_is_killed_is_finished_by_another(
         api = pb_grpc.BuilderStub(grpc.insecure_channel(survivor))
         final = wait_for("the build to end", lambda: ended(api, build_id), timeout=900)
         assert final.state == pb.BUILD_STATE_SUCCEEDED, final.error
-        assert final.worker != victim and final.attempt == 2
+        # Usually attempt 2; a passing failure (retried) may add one.
+        assert final.worker != victim and final.attempt >= 2
         stored = artifacts_of(env, build_id)
         assert sorted(a.labels["kiln-kind"] for a in stored) == ["build-log", "image", "sbom"]
-        assert {a.labels["kiln-attempt"] for a in stored} == {"2"}
+        assert {a.labels["kiln-attempt"] for a in stored} == {str(final.attempt)}
         assert {a.id for a in stored} == {a.artifact_id for a in final.artifacts}
         states = [u.state for u in api.WatchBuild(pb.WatchBuildRequest(id=build_id))
                   if u.WhichOneof("kind") == "state"]  # fmt: skip
-        assert states == [pb.BUILD_STATE_QUEUED, pb.BUILD_STATE_RUNNING,
-                          pb.BUILD_STATE_RUNNING, pb.BUILD_STATE_SUCCEEDED]  # fmt: skip
+        assert states[0] == pb.BUILD_STATE_QUEUED and states[-1] == pb.BUILD_STATE_SUCCEEDED
+        assert states.count(pb.BUILD_STATE_RUNNING) == final.attempt
 
         # A builder starts again where the killed one was: its janitor reclaims
         # what the kill left behind.

@@ -203,7 +203,10 @@ async def make_root_fs(
         parts = await stack.enter_async_context(partition_devices(device, layout.count))
         part = parts[layout.root_number - 1]
         await run(["mkfs.xfs", "-q", "-f", "-m", f"uuid={fs_uuid}", "-L", "root", part])
-        target = await stack.enter_async_context(mounted(part, image.parent / "mnt-fill"))
+        # nouuid: the UUID derives from the recipe, so another build of the same
+        # recipe on this node may have an XFS with it mounted; XFS refuses that.
+        fill = mounted(part, image.parent / "mnt-fill", "-o", "nouuid")
+        target = await stack.enter_async_context(fill)
         await run(["cp", "-a", "--", f"{rootdir}/.", str(target)])
 
 

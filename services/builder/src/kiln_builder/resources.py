@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import shutil
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,18 +57,40 @@ async def partition_devices(device: str, count: int) -> AsyncIterator[list[str]]
     """The kernel here parses no partition tables by itself: `partx -a` adds
     /dev/loopNpM devices, and `partx -d` removes them again."""
     names = [f"{device}p{n}" for n in range(1, count + 1)]
+    said = ""
+    made: list[str] = []
     try:
         for attempt in range(200):
             if attempt % 20 == 0:  # ask again every second: a first try can race
-                await run(["partx", "-a", device], check=False)
+                said = (await run(["partx", "-a", device], check=False)).stdout.strip()
+            made += [n for n in names if not Path(n).exists() and _make_node(n)]
             if all(Path(n).exists() for n in names):
                 break
             await asyncio.sleep(0.05)
         else:
-            raise FileNotFoundError(f"partition devices of {device} did not appear: {names}")
+            raise FileNotFoundError(
+                f"partition devices of {device} did not appear: {names} (partx: {said or 'ok'})"
+            )
         yield names
     finally:
         await run(["partx", "-d", device], check=False)
+        for name in made:  # a node left behind would name another partition later
+            Path(name).unlink(missing_ok=True)
+
+
+def _make_node(name: str) -> bool:
+    """When the kernel knows a partition but no /dev node appeared for it (no
+    udev, or a /dev that is not devtmpfs), make the node from sysfs."""
+    device = Path(name).name
+    parent = device.rsplit("p", 1)[0]
+    numbers = Path(f"/sys/block/{parent}/{device}/dev")
+    try:
+        major, minor = (int(n) for n in numbers.read_text().split(":"))
+        os.mknod(name, 0o600 | stat.S_IFBLK, os.makedev(major, minor))
+    except (OSError, ValueError):
+        return False
+    log.warning("made the missing device node %s (%d:%d)", name, major, minor)
+    return True
 
 
 def is_mounted(target: Path) -> bool:
