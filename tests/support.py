@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -71,3 +73,19 @@ def mounts_under(root: Path) -> list[str]:
 def kiln_domains() -> list[str]:
     done = run_sync(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False)
     return [n for n in done.stdout.split() if n.startswith("kiln-") and "test" not in n]
+
+
+KILN = str(Path(sys.executable).parent / "kiln")
+
+
+def kiln(
+    env: dict[str, str], *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs the kiln command as a user would; never a traceback."""
+    done = subprocess.run(
+        [KILN, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    assert "Traceback" not in done.stderr
+    return done

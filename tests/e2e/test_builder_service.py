@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln_domains, loops_under, mounts_under
+from support import REPO, kiln, kiln_domains, loops_under, mounts_under
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -29,7 +29,6 @@ from kiln_common.proc import pid_alive, spawn, stop_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
-KILN = str(Path(sys.executable).parent / "kiln")
 JANITOR = str(Path(sys.executable).parent / "kiln-builder")
 ACK_WAIT = "5"  # seconds a silent worker has before its build goes to another
 
@@ -42,28 +41,17 @@ run:
   - inline: "SCRIPT"
 disk: {size: 1GiB, filesystem: FS}
 outputs: [OUTPUTS]
-BOOT
 """
 
 
 def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", fs: str = "ext4",
-                 outputs: str = "qcow2", boot: bool = False) -> Path:  # fmt: skip
+                 outputs: str = "qcow2") -> Path:  # fmt: skip
+    """Every image these tests build is boot-tested (the recipe's default)."""
     where.mkdir(parents=True, exist_ok=True)
     text = RECIPE.replace("SCRIPT", script).replace("FS", fs).replace("OUTPUTS", outputs)
     path = where / "recipe.yaml"
-    path.write_text(text.replace("BOOT", "test:\n  boot: {timeout: 300s}" if boot else ""))
+    path.write_text(text)
     return path
-
-
-def kiln(
-    env: dict[str, str], *args: str, check: bool = True, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([KILN, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)  # fmt: skip
-    if check and done.returncode != 0:
-        raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
-    assert "Traceback" not in done.stderr
-    return done
 
 
 @pytest.fixture
@@ -121,8 +109,8 @@ def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
 def test_kiln_build_follow_builds_boots_and_stores_an_image(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tmp_path / "r", boot=True)
-    done = kiln(env, "build", str(recipe), "--follow")
+    recipe = write_recipe(tmp_path / "r")
+    done = kiln(env, "build", str(recipe), "--follow", timeout=900)
     build_id = done.stderr.split()[1]
     assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
     record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
@@ -152,7 +140,7 @@ def test_a_failing_build_exits_non_zero_with_its_step_and_log(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     recipe = write_recipe(tmp_path / "r", script="echo about to fail; exit 3", outputs="tar")
-    done = kiln(env, "build", str(recipe), "--follow", check=False)
+    done = kiln(env, "build", str(recipe), "--follow", check=False, timeout=900)
     assert done.returncode == 1, done.stderr
     assert "build failed" in done.stderr and "error in step run" in done.stderr
     assert "about to fail" in done.stderr  # the log tail
@@ -226,7 +214,8 @@ def test_a_build_whose_builder_is_killed_is_finished_by_another(
         # Usually attempt 2; a passing failure (retried) may add one.
         assert final.worker != victim and final.attempt >= 2
         stored = artifacts_of(env, build_id)
-        assert sorted(a.labels["kiln-kind"] for a in stored) == ["build-log", "image", "sbom"]
+        kinds = sorted(a.labels["kiln-kind"] for a in stored)
+        assert kinds == ["build-log", "console-log", "image", "sbom"]
         assert {a.labels["kiln-attempt"] for a in stored} == {str(final.attempt)}
         assert {a.id for a in stored} == {a.artifact_id for a in final.artifacts}
         states = [u.state for u in api.WatchBuild(pb.WatchBuildRequest(id=build_id))

@@ -6,28 +6,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, payload
+from support import REPO, kiln, payload
 
 from kiln_common.proc import pid_alive
 
 pytestmark = pytest.mark.e2e
-
-KILN = str(Path(sys.executable).parent / "kiln")
-
-
-def kiln(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [KILN, *args], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"kiln {' '.join(args)} failed: {done.stderr}")
-    assert "Traceback" not in done.stderr
-    return done
 
 
 @pytest.fixture
