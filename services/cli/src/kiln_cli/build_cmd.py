@@ -87,8 +87,11 @@ def _stub() -> pb_grpc.BuilderStub:
 def recipe_source(path: Path) -> pb.RecipeSource:
     """The recipe's text and every file it names beside itself, checked
     locally first (the same checks the builder runs)."""
-    from kiln_builder.recipe import RecipeError, load_recipe
-
+    try:
+        # The recipe schema ships with kiln-builder; every other command works without it.
+        from kiln_builder.recipe import RecipeError, load_recipe
+    except ImportError:
+        raise BuildUsageError("`kiln build RECIPE` needs the kiln-builder package") from None
     try:
         recipe = load_recipe(path)
     except RecipeError as exc:

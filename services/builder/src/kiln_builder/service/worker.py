@@ -191,6 +191,8 @@ class Worker:
         job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
         job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
         job.task = asyncio.create_task(self._build(job, build, workspace))
+        if job.why_stopped:  # asked to stop before the task existed
+            job.task.cancel()
         try:
             await self._conclude(job, *await self._outcome(job))
         finally:
