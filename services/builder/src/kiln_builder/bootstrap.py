@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kiln_common.proc import run
 
-BOOTSTRAP_VERSION = "kiln-bootstrap-1"  # bump when the recipe below changes
+BOOTSTRAP_VERSION = "kiln-bootstrap-2"  # bump when the recipe below changes
 DEFAULT_MIRRORS = {
     "debian": "http://deb.debian.org/debian",
     "ubuntu": "http://archive.ubuntu.com/ubuntu",
@@ -70,6 +70,17 @@ def host_mirror(distro: str) -> str:
     return DEFAULT_MIRRORS[distro]
 
 
+def _kernel_hook(kernels: list[str]) -> list[str]:
+    """The kernel is installed after everything else, in an apt run of its
+    own: installed with initramfs-tools and udev in one run, its initramfs is
+    built twice (the kernel's postinst, then initramfs-tools' trigger), about
+    20 s each here; this way the trigger has fired before there is a kernel."""
+    if not kernels:
+        return []
+    install = "apt-get install -y --no-install-recommends " + " ".join(kernels)
+    return [f'--customize-hook=chroot "$1" {install}']
+
+
 def spec_for(distro: str, release: str, arch: str, mirror: str | None, epoch: int) -> BootstrapSpec:
     packages = tuple(sorted({KERNELS[distro], *BASE_PACKAGES}))
     return BootstrapSpec(distro, release, arch, mirror or host_mirror(distro), packages, epoch)
@@ -80,6 +91,8 @@ async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
     through a temporary name."""
     tmp = dest.with_name("partial-" + dest.name)
     tmp.unlink(missing_ok=True)
+    kernels = [p for p in spec.packages if p == KERNELS[spec.distro]]
+    rest = [p for p in spec.packages if p not in kernels]
     try:
         await run(
             [
@@ -88,8 +101,9 @@ async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
                 "--format=tar",  # not guessed from the (temporary) file name
                 f"--architectures={spec.arch}",
                 f"--components={COMPONENTS[spec.distro]}",
-                f"--include={','.join(spec.packages)}",
+                f"--include={','.join(rest)}",
                 f"--essential-hook={ESSENTIAL_HOOK}",
+                *_kernel_hook(kernels),  # before the speed hooks: it runs under eatmydata
                 *_speed_hooks(),
                 spec.release,
                 tmp,
