@@ -14,13 +14,20 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.errors import BadRequestError, ObjectNotFoundError
+from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.recipe import RecipeError
 from kiln_builder.service import bundle, queue, updates
-from kiln_builder.service.records import TERMINAL, BuildRecords, now, same_recipe, state_name
+from kiln_builder.service.records import (
+    TERMINAL,
+    BuildRecords,
+    now,
+    open_or_create,
+    same_recipe,
+    state_name,
+)
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -35,16 +42,12 @@ _KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
 async def _object_store(js: JetStreamContext) -> ObjectStore:
-    try:
-        return await js.object_store(RECIPES_BUCKET)
-    except Exception:  # noqa: BLE001 - missing: create it (racing pods both may)
-        config = ObjectStoreConfig(
-            bucket=RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS, storage=StorageType.FILE
-        )
-        try:
-            return await js.create_object_store(RECIPES_BUCKET, config=config)
-        except BadRequestError:
-            return await js.object_store(RECIPES_BUCKET)
+    config = ObjectStoreConfig(bucket=RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS,
+                               storage=StorageType.FILE)  # fmt: skip
+    return await open_or_create(
+        lambda: js.object_store(RECIPES_BUCKET),
+        lambda: js.create_object_store(RECIPES_BUCKET, config=config),
+    )
 
 
 def event_data(build: pb.Build, **extra: Any) -> dict[str, Any]:

@@ -5,12 +5,20 @@ the entry's revision: two pods changing one build never lose an update."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from kiln_api.builder.v1 import builder_pb2 as pb
@@ -22,6 +30,7 @@ KEYS_BUCKET = "kiln_build_keys"
 CAS_ATTEMPTS = 20
 TERMINAL = frozenset({pb.BUILD_STATE_SUCCEEDED, pb.BUILD_STATE_FAILED, pb.BUILD_STATE_CANCELLED})
 
+T = TypeVar("T")
 Mutation = Callable[[pb.Build], bool | None]  # False: leave the record as it is
 
 
@@ -35,15 +44,26 @@ def state_name(state: int) -> str:
     return pb.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()  # type: ignore[arg-type]
 
 
-async def _bucket(js: JetStreamContext, name: str) -> KeyValue:
+async def open_or_create(
+    open_: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]]
+) -> T:
+    """A JetStream bucket (key-value or object store), created if missing.
+    Pods starting together may race to create it: the loser opens it."""
     try:
-        return await js.key_value(name)
-    except Exception:  # noqa: BLE001 - missing: create it (racing pods both may)
-        config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
-        try:
-            return await js.create_key_value(config)
-        except BadRequestError:
-            return await js.key_value(name)
+        return await open_()
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    try:
+        return await create()
+    except BadRequestError:
+        return await open_()
+
+
+async def _bucket(js: JetStreamContext, name: str) -> KeyValue:
+    config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
+    return await open_or_create(
+        lambda: js.key_value(name), lambda: js.create_key_value(config=config)
+    )
 
 
 class BuildRecords:
