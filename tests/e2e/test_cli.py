@@ -101,6 +101,12 @@ def test_user_errors_are_one_line_never_a_traceback(env: dict[str, str], tmp_pat
     assert badid.returncode == 1 and "INVALID_ARGUMENT" in badid.stderr
     for result in (down, missing, badlabel, badid):
         assert len(result.stderr.strip().splitlines()) == 1
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text('name: x\nversion: "1"\nfrom:\n  bootstrap: {distro: debian}\n')
+    bad = kiln(env, "build", str(recipe), "--follow", check=False)
+    assert bad.returncode == 2 and f"{recipe}:4: from.bootstrap.release" in bad.stderr
+    unknown = kiln(env, "build", "show", "0" * 26, check=False)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
 
 
 @pytest.mark.build

@@ -108,13 +108,13 @@ def recipe_source(path: Path) -> pb.RecipeSource:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    stub = _stub()
     request = pb.SubmitBuildRequest(
-        recipe=recipe_source(args.recipe),
+        recipe=recipe_source(args.recipe),  # checked here first: no stack needed to see why not
         idempotency_key=args.idempotency_key,
         no_cache=args.no_cache,
         skip_boot_test=args.no_boot_test,
     )
+    stub = _stub()
     build = stub.SubmitBuild(request)
     print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
     if not args.follow:
