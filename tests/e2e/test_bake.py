@@ -139,6 +139,8 @@ def _start_and_wait_for_a_loop(recipe: Path, base: Path) -> subprocess.Popen[str
         [BUILDER, "bake", str(recipe), "--out", str(base / "out"), "--cache-dir", str(CACHE),
          "--work-root", str(work), "--no-boot-test"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A test run in the background inherits SIGINT ignored; the bake must hear it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 600
     while not mounts_under(work) and proc.poll() is None and time.monotonic() < deadline:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -175,9 +176,11 @@ class CountingClient(StorageClient):
 
     sent: list[int]
 
-    def _send_part(self, upload_id: str, plan: UploadPlan, number: int) -> int:
+    def _send_part(
+        self, upload_id: str, plan: UploadPlan, number: int, stop: threading.Event | None = None
+    ) -> int:
         self.sent.append(number)
-        return super()._send_part(upload_id, plan, number)
+        return super()._send_part(upload_id, plan, number, stop)
 
 
 async def test_an_interrupted_push_resumes_from_the_parts_the_service_has(  # type: ignore[no-untyped-def]
