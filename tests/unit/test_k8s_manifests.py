@@ -19,7 +19,7 @@ import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
@@ -31,6 +31,7 @@ from kiln_api.builder.v1 import builder_pb2
 from kiln_api.storage.v1 import storage_pb2
 from kiln_builder.service import queue as build_queue
 from kiln_builder.service.settings import BuilderSettings
+from kiln_common.settings import KilnSettings
 from kiln_storage.settings import StorageSettings
 
 K8S_DIR = REPO / "deploy" / "k8s"
@@ -221,22 +222,29 @@ def test_services_and_budgets_select_pods_and_named_ports() -> None:
         assert matches(workload["spec"]["selector"]["matchLabels"], template_labels)
 
 
-def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    deployment = find("Deployment", "storage")
+S = TypeVar("S", bound=KilnSettings)
+
+
+def pod_settings(monkeypatch: pytest.MonkeyPatch, name: str, cls: type[S], prefix: str) -> S:
+    """The settings the Deployment's pod starts with (its environment only);
+    a variable that names no setting fails, as a typo would."""
+    deployment = find("Deployment", name)
     (container,) = pod_spec(deployment)["containers"]
     env = container_env(deployment, container)
+    fields = cls.model_fields
     unknown = {
-        key
-        for key in env
-        if key.startswith("KILN_STORAGE_")
-        and key.removeprefix("KILN_STORAGE_").lower() not in StorageSettings.model_fields
+        k for k in env if k.startswith(prefix) and k.removeprefix(prefix).lower() not in fields
     }
-    assert not unknown, f"not storage settings (typo?): {sorted(unknown)}"
-    for key in [k for k in os.environ if k.startswith("KILN_STORAGE_")]:
+    assert not unknown, f"not {name} settings (typo?): {sorted(unknown)}"
+    for key in [k for k in os.environ if k.startswith(prefix)]:
         monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = StorageSettings()
+    return cls()
+
+
+def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pod_settings(monkeypatch, "storage", StorageSettings, "KILN_STORAGE_")
     assert settings.backend == "s3"
     assert settings.s3_endpoint
     assert settings.s3_secret_key.get_secret_value()
@@ -333,21 +341,7 @@ def test_nats_runs_jetstream_on_a_persistent_volume() -> None:
 
 def builder_settings(monkeypatch: pytest.MonkeyPatch) -> BuilderSettings:
     """The settings a builder pod starts with (its environment only)."""
-    deployment = find("Deployment", "builder")
-    (container,) = pod_spec(deployment)["containers"]
-    env = container_env(deployment, container)
-    unknown = {
-        key
-        for key in env
-        if key.startswith("KILN_BUILDER_")
-        and key.removeprefix("KILN_BUILDER_").lower() not in BuilderSettings.model_fields
-    }
-    assert not unknown, f"not builder settings (typo?): {sorted(unknown)}"
-    for key in [k for k in os.environ if k.startswith("KILN_BUILDER_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return BuilderSettings()
+    return pod_settings(monkeypatch, "builder", BuilderSettings, "KILN_BUILDER_")
 
 
 def test_builder_env_is_accepted_by_the_builder_settings(monkeypatch: pytest.MonkeyPatch) -> None:
