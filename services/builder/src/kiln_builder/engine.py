@@ -68,6 +68,7 @@ class BakeOptions:
     cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first
     keep_workspace: bool = False
     boot_test: bool = True
+    fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
 
 
@@ -313,6 +314,7 @@ class Bake:
                 timeout=self.recipe.test.boot.timeout,
                 kernel_dir=self.rootdir / "boot",
                 cache_dir=self.opts.cache_dir,
+                fix_kvm_device=self.opts.fix_kvm_device,
             )
         result.console_log = console
 

@@ -88,13 +88,15 @@ def ensure_libvirtd(
     *,
     uri: str = SYSTEM_URI,
     timeout: float = START_TIMEOUT,
+    fix_kvm_device: bool = True,
 ) -> str:
     """Returns a libvirt URI that answers, starting the daemons if need be.
 
     run_dir holds the daemons' logs when Kiln starts them (default /run/kiln/libvirt).
     Raises Unavailable, naming the log, if libvirtd does not answer within timeout.
     """
-    kvm_device_as_udev_would()
+    if fix_kvm_device:
+        kvm_device_as_udev_would()
     if answers(uri) is None:
         return uri
     run_dir = run_dir or DEFAULT_RUN_DIR
@@ -114,16 +116,15 @@ def kvm_device_as_udev_would() -> None:
     declares its capability cache stale on every lookup and re-probes QEMU a dozen
     times per domain start: about 50 s before each guest starts, instead of 0.4 s.
     Whether a guest then runs on KVM or TCG is vm.probe_accel's decision, not this.
-    A device that some udev already opened to its group is left as it is.
+    Not for a container that sees the node's /dev (fix_kvm_device=False): its
+    kvm group id need not be the node's, and the device is the node's.
     """
     try:
         info = KVM_DEVICE.stat()
         kvm_gid = grp.getgrnam("kvm").gr_gid
     except (FileNotFoundError, KeyError):
         return  # no KVM, or no kvm group (libvirt's packages create it): nothing to fix
-    if stat.S_IMODE(info.st_mode) & 0o060 == 0o060:
-        # Set up already, by udev or by us. Its group may be another kvm id than
-        # ours: a container sees the node's /dev, whose kvm group is the node's.
+    if info.st_gid == kvm_gid and stat.S_IMODE(info.st_mode) & 0o060 == 0o060:
         return
     log.info("giving %s group kvm and mode 0660, as udev would", KVM_DEVICE)
     try:

@@ -648,11 +648,12 @@ async def boot_test(
     kernel_dir: Path | None,
     cache_dir: Path,
     network: Literal["user", "none"] = "user",
+    fix_kvm_device: bool = True,
 ) -> BootResult:
     """Boots a whole-disk image to a login prompt: libvirtd started if need be, KVM
     if this host can really run it (probed with a kernel from kernel_dir, typically
     the image's /boot, once per host), the console kept in console_log."""
-    uri = await asyncio.to_thread(ensure_libvirtd)
+    uri = await asyncio.to_thread(ensure_libvirtd, fix_kvm_device=fix_kvm_device)
     accel = await host_accel(kernel_dir, cache_dir / "accel.json")
     machine = DiskBoot(image, grow_by=GROW_TEST_BYTES)
     async with VmRunner(uri, accel).boot(name, machine, console_log, network=network) as vm:

@@ -80,6 +80,6 @@ async def _prepare_worker(settings: BuilderSettings) -> None:
     if settings.boot_test and settings.start_libvirtd:
         from kiln_builder.libvirtd import ensure_libvirtd
 
-        await asyncio.to_thread(ensure_libvirtd)
+        await asyncio.to_thread(ensure_libvirtd, fix_kvm_device=settings.fix_kvm_device)
     for item in await reclaim_all(settings.work_root):
         log.warning("janitor released %s", item)

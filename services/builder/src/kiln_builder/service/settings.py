@@ -43,6 +43,9 @@ class BuilderSettings(KilnSettings):
     """Boot-test images whose recipe asks for it (a build may still skip it)."""
     start_libvirtd: bool = True
     """Start libvirtd (and virtlogd) if none answers, for boot tests."""
+    fix_kvm_device: bool = True
+    """Give /dev/kvm group kvm and mode 0660 as udev would (false in a container
+    that sees the node's /dev: the device and its group ids are the node's)."""
 
     ack_wait_seconds: float = Field(default=60.0, ge=1.0)
     """A worker that has not heartbeated this long is presumed dead; its build

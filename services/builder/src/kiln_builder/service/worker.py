@@ -268,6 +268,7 @@ class Worker:
                 no_cache=build.no_cache,
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
+                fix_kvm_device=self.settings.fix_kvm_device,
             )
             bake = Bake(recipe, options, reporter.step)
             reporter.plan = [*bake.plan(), "upload"]
