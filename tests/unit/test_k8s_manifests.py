@@ -258,24 +258,29 @@ def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.Mon
     )
 
 
-def test_storage_probes_use_grpc_health_on_the_bound_port(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    deployment = find("Deployment", "storage")
-    (container,) = pod_spec(deployment)["containers"]
-    env = container_env(deployment, container)
-    host, _, port = env["KILN_STORAGE_GRPC_BIND"].rpartition(":")
+def assert_grpc_probes(name: str, bind: str, service_name: str, service_port: int) -> None:
+    """The Deployment's probes ask grpc.health.v1 on the port the service binds,
+    and its Service forwards service_port to it."""
+    (container,) = pod_spec(find("Deployment", name))["containers"]
+    host, _, port = bind.rpartition(":")
     # The kubelet probes the pod IP: a loopback bind would never answer.
     assert host in {"0.0.0.0", "[::]"}, host
     assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = container[probe]["grpc"]
         assert grpc["port"] == int(port), probe
-        assert grpc.get("service", "") in {"", STORAGE_SERVICE}, probe
-    service = find("Service", "storage")
-    assert {"name": "grpc", "port": 50051, "targetPort": "grpc"}.items() <= next(
+        assert grpc.get("service", "") in {"", service_name}, probe
+    service = find("Service", name)
+    assert {"name": "grpc", "port": service_port, "targetPort": "grpc"}.items() <= next(
         p for p in service["spec"]["ports"] if p["name"] == "grpc"
     ).items()
+
+
+def test_storage_probes_use_grpc_health_on_the_bound_port() -> None:
+    deployment = find("Deployment", "storage")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    assert_grpc_probes("storage", env["KILN_STORAGE_GRPC_BIND"], STORAGE_SERVICE, 50051)
 
 
 def test_storage_shuts_down_within_the_grace_period() -> None:
@@ -377,19 +382,7 @@ def test_builder_probes_use_grpc_health_on_the_bound_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = builder_settings(monkeypatch)
-    (container,) = pod_spec(find("Deployment", "builder"))["containers"]
-    host, _, port = settings.grpc_bind.rpartition(":")
-    # The kubelet probes the pod IP: a loopback bind would never answer.
-    assert host in {"0.0.0.0", "[::]"}, host
-    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        grpc = container[probe]["grpc"]
-        assert grpc["port"] == int(port), probe
-        assert grpc.get("service", "") in {"", BUILDER_SERVICE}, probe
-    service = find("Service", "builder")
-    assert {"name": "grpc", "port": 50052, "targetPort": "grpc"}.items() <= next(
-        p for p in service["spec"]["ports"] if p["name"] == "grpc"
-    ).items()
+    assert_grpc_probes("builder", settings.grpc_bind, BUILDER_SERVICE, 50052)
 
 
 def test_builder_hands_builds_back_within_the_grace_period(
