@@ -37,9 +37,9 @@ import nats
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_cli import stack as kiln_stack
-from kiln_common.devservers import free_port, wait_grpc_health
+from kiln_common.devservers import free_port
 from kiln_common.events import from_json
-from kiln_common.proc import spawn, stop_pid
+from kiln_common.proc import stop_pid
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench/results/queue.json"
@@ -134,16 +134,6 @@ async def burst_phase(stub: pb_grpc.BuilderStub, seen: Seen, count: int) -> dict
             "builds_per_minute": 60 * count / seconds, "workers_used": len(workers)}  # fmt: skip
 
 
-def start_builder(stack: kiln_stack.Stack, name: str, logs: Path) -> int:
-    address = f"127.0.0.1:{free_port()}"
-    env = {**kiln_stack.builder_env(stack), "KILN_BUILDER_GRPC_BIND": address,
-           "KILN_BUILDER_WORKER_NAME": name}  # fmt: skip
-    log = logs / f"{name}.log"
-    proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log, env=env)
-    wait_grpc_health(address, proc.pid, log, 120)
-    return proc.pid
-
-
 async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     stack = await asyncio.to_thread(kiln_stack.up, home)
     nc = await nats.connect(stack.nats_url)
@@ -164,7 +154,11 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             latency = await latency_phase(stub, seen, args.builds)
             print(f"throughput: {args.burst} builds at once, one worker", flush=True)
             one = await burst_phase(stub, seen, args.burst)
-            extra.append(await asyncio.to_thread(start_builder, stack, "second", home / "logs"))
+            second = {"KILN_BUILDER_WORKER_NAME": "second"}
+            address = f"127.0.0.1:{free_port()}"
+            log = home / "logs/second.log"
+            pid = await asyncio.to_thread(kiln_stack.start_builder, stack, address, log, second)
+            extra.append(pid)
             print(f"throughput: {args.burst} builds at once, two workers", flush=True)
             two = await burst_phase(stub, seen, args.burst)
     finally:

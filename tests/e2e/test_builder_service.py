@@ -23,9 +23,10 @@ from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
 from kiln_cli.build_cmd import STATE_EXIT
-from kiln_cli.stack import Stack, builder_env
-from kiln_common.devservers import free_port, wait_grpc_health
-from kiln_common.proc import pid_alive, spawn, stop_pid
+from kiln_cli.stack import Stack
+from kiln_cli.stack import start_builder as stack_start_builder
+from kiln_common.devservers import free_port
+from kiln_common.proc import pid_alive, stop_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
@@ -176,14 +177,12 @@ def test_cancel_stops_the_running_step_and_removes_everything(
 
 
 def start_builder(env: dict[str, str], name: str, log: Path) -> tuple[int, str]:
-    """Another builder (API and worker) on the stack's NATS and storage."""
+    """Another builder, with this test's builder settings, named name."""
     address = f"127.0.0.1:{free_port()}"
     own = {k: v for k, v in env.items() if k.startswith("KILN_BUILDER_")}
-    extra = {"KILN_BUILDER_GRPC_BIND": address, "KILN_BUILDER_WORKER_NAME": name}
-    proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log,
-                 env={**builder_env(stack_of(env)), **own, **extra})  # fmt: skip
-    wait_grpc_health(address, proc.pid, log, 120)
-    return proc.pid, address
+    pid = stack_start_builder(stack_of(env), address, log,
+                              {**own, "KILN_BUILDER_WORKER_NAME": name})  # fmt: skip
+    return pid, address
 
 
 def test_a_build_whose_builder_is_killed_is_finished_by_another(

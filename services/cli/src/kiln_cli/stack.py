@@ -89,11 +89,8 @@ def up(home: Path) -> Stack:
         stack.pids["storage"] = storage.pid
         stack.save()
         wait_grpc_health(stack.storage, storage.pid, logs / "storage.log", READY_TIMEOUT)
-        builder = spawn([sys.executable, "-m", "kiln_builder", "serve"],
-                        log_file=logs / "builder.log", env=builder_env(stack))  # fmt: skip
-        stack.pids["builder"] = builder.pid
+        stack.pids["builder"] = start_builder(stack, stack.builder, logs / "builder.log")
         stack.save()
-        wait_grpc_health(stack.builder, builder.pid, logs / "builder.log", READY_TIMEOUT)
     except BaseException:
         down(home)
         raise
@@ -113,6 +110,22 @@ def builder_env(stack: Stack) -> dict[str, str]:
     # The builder's own settings, given to `kiln up`, pass through.
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})
     return env
+
+
+def start_builder(
+    stack: Stack, address: str, log: Path, extra: dict[str, str] | None = None
+) -> int:
+    """Starts a builder (API and worker) on the stack's NATS and storage,
+    serving at address; returns its pid once it is healthy. `kiln up` starts
+    one; tests and benchmarks start more, named by KILN_BUILDER_WORKER_NAME."""
+    env = {**builder_env(stack), "KILN_BUILDER_GRPC_BIND": address, **(extra or {})}
+    proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log, env=env)
+    try:
+        wait_grpc_health(address, proc.pid, log, READY_TIMEOUT)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    return proc.pid
 
 
 def down(home: Path) -> bool:

@@ -5,8 +5,9 @@ found and removed, and a build never ends with two sets of artifacts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,17 +112,15 @@ def _listed(client: StorageClient, selector: dict[str, str]) -> list[spb.Artifac
             return found
 
 
-class _client:
-    """A StorageClient that is closed on leaving, its RPC failures Unavailable."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.client = StorageClient(address, retries=3)
-
-    def __enter__(self) -> StorageClient:
-        return self.client
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        self.client.close()
-        if isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE:
-            raise Unavailable(f"the storage service at {self.address} is unavailable") from exc
+@contextlib.contextmanager
+def _client(address: str) -> Iterator[StorageClient]:
+    """A StorageClient, closed on leaving; its UNAVAILABLE is Unavailable."""
+    client = StorageClient(address, retries=3)
+    try:
+        yield client
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise Unavailable(f"the storage service at {address} is unavailable") from exc
+        raise
+    finally:
+        client.close()

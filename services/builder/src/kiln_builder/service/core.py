@@ -130,7 +130,7 @@ class BuilderCore:
         kept = bundle.normalised(request.recipe)
         await self.nats.recipes.put(build.id, kept.SerializeToString())
         await self.records.create(build)
-        await self._announce(build)
+        await self.announce(build)
         await queue.enqueue(self.nats.js, build.id)
         await self.events.publish("build.queued", build.id, event_data(build, recipe_digest=digest))
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
@@ -149,7 +149,8 @@ class BuilderCore:
             "submit with another key"
         )
 
-    async def _announce(self, build: pb.Build) -> None:
+    async def announce(self, build: pb.Build) -> None:
+        """A state update on the build's updates stream, the record with it."""
         update = pb.BuildUpdate(build_id=build.id, time=now(), state=build.state)
         update.build.CopyFrom(build)
         await updates.publish(self.nats.js, update)
@@ -209,7 +210,7 @@ class BuilderCore:
 
         build = await self.records.mutate(build_id, request)
         if build.state == pb.BUILD_STATE_CANCELLED:
-            await self._announce(build)
+            await self.announce(build)
             await self.events.publish("build.cancelled", build.id, event_data(build))
         else:
             await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")

@@ -237,7 +237,7 @@ class Worker:
             build.ClearField("error")
 
         build = await self.core.records.mutate(job.build_id, take)
-        await self._announce(build)
+        await self.core.announce(build)
         await self.core.events.publish(
             "build.started",
             build.id,
@@ -369,7 +369,7 @@ class Worker:
                 build.error.CopyFrom(error)
 
         build = await self.core.records.mutate(job.build_id, back)
-        await self._announce(build)
+        await self.core.announce(build)
         delays = self.settings.retry_backoff_seconds or [0.0]
         delay = 0.0 if error is None else delays[min(job.attempt, len(delays)) - 1]
         await job.msg.nak(delay=delay)
@@ -421,7 +421,7 @@ class Worker:
         build = await self.core.records.mutate(build_id, end)
         if build.state != state:
             return
-        await self._announce(build)
+        await self.core.announce(build)
         kind = {
             pb.BUILD_STATE_SUCCEEDED: "succeeded",
             pb.BUILD_STATE_FAILED: "failed",
@@ -432,9 +432,6 @@ class Worker:
             extra.update(step=error.step, error=error.message)
         await self.core.events.publish(f"build.{kind}", build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, kind)
-
-    async def _announce(self, build: pb.Build) -> None:
-        await self.core._announce(build)
 
 
 def _spec(output: OutputFile) -> str:
