@@ -41,7 +41,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check \
     -c requirements/constraints.txt -r requirements/dev.in
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    -e services/common -e services/storage -e services/cli -e services/builder
+    -e services/common -e services/client -e services/recipe -e services/storage \
+    -e services/cli -e services/builder
   echo "$want" >"$stamp"
 fi
 echo "setup: ready (.venv/bin/kiln)"

@@ -23,7 +23,7 @@ from pathlib import Path
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_cli.storage_client import StorageClient
+from kiln_client import StorageClient
 from kiln_common.devservers import free_port, start_seaweed, stopping, wait_grpc_health
 
 MiB = 1024 * 1024
@@ -96,7 +96,7 @@ def one_round(
     meter.run("svc_stream", lambda: client.get(artifact.id, dest, via_url=False))
     dest.unlink()
     direct.remove_object("direct", "source.bin")
-    client.stub.DeleteArtifact(pb.DeleteArtifactRequest(id=artifact.id))
+    client.delete(artifact.id)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -22,10 +22,10 @@ from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
-from kiln_cli.build_cmd import STATE_EXIT
 from kiln_cli.stack import Stack
 from kiln_cli.stack import start_builder as stack_start_builder
 from kiln_common.devservers import free_port
+from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import pid_alive, stop_pid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
@@ -104,7 +104,7 @@ def wait_for(what: str, check, timeout: float = 600):  # type: ignore[no-untyped
 
 def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
     build = stub.GetBuild(pb.GetBuildRequest(id=build_id))
-    return build if build.state in STATE_EXIT else None
+    return build if build.state in TERMINAL else None
 
 
 def test_kiln_build_follow_builds_boots_and_stores_an_image(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import threading
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
@@ -15,7 +14,7 @@ import pytest
 from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_cli.storage_client import StorageClient, UploadPlan
+from kiln_client.storage import AsyncStorageClient, StopFlag, UploadPlan
 from kiln_common.devservers import Nats
 from kiln_common.events import STREAM, from_json
 
@@ -171,16 +170,16 @@ async def test_a_resumable_upload_survives_a_dropped_part_stream(storage_service
             assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
-class CountingClient(StorageClient):
+class CountingClient(AsyncStorageClient):
     """Records which parts it sends: resuming must send only the missing ones."""
 
     sent: list[int]
 
-    def _send_part(
-        self, upload_id: str, plan: UploadPlan, number: int, stop: threading.Event | None = None
+    async def _send_part(
+        self, upload_id: str, plan: UploadPlan, number: int, stop: StopFlag | None = None
     ) -> int:
         self.sent.append(number)
-        return super()._send_part(upload_id, plan, number, stop)
+        return await super()._send_part(upload_id, plan, number, stop)
 
 
 async def test_an_interrupted_push_resumes_from_the_parts_the_service_has(  # type: ignore[no-untyped-def]
@@ -191,26 +190,17 @@ async def test_an_interrupted_push_resumes_from_the_parts_the_service_has(  # ty
     source = tmp_path / "image.raw"
     source.write_bytes(data)
     async with storage_service() as (_, address):
-        client = CountingClient(address, state_dir=tmp_path / "state")
-        client.sent = []
-        try:
+        async with CountingClient(address, state_dir=tmp_path / "state") as client:
+            client.sent = []
             # The first run stored parts 1 and 3, then died.
             plan = UploadPlan(source, len(data), part)
-            session = await asyncio.to_thread(
-                client._resume_or_create,
-                plan,
-                {"name": "resumed"},
-                "",
-                client._state_file(source, len(data)),
+            session = await client._resume_or_create(
+                plan, {"name": "resumed"}, "", client._state_file(source, len(data))
             )
             for n in (1, 3):
-                await asyncio.to_thread(client._send_part, session.upload_id, plan, n)
+                await client._send_part(session.upload_id, plan, n)
             client.sent.clear()
-            artifact = await asyncio.to_thread(
-                lambda: client.push(source, {"name": "resumed"}, part_size=part)
-            )
-        finally:
-            client.close()
+            artifact = await client.push(source, {"name": "resumed"}, part_size=part)
         assert sorted(client.sent) == [2, 4]
         assert artifact.checksums.sha256 == hashlib.sha256(data).hexdigest()
         assert list((tmp_path / "state").iterdir()) == []

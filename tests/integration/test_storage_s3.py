@@ -14,9 +14,10 @@ import pytest
 from support import payload, s3_client, s3_settings, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_cli.storage_client import StorageClient
+from kiln_client import AsyncStorageClient
 from kiln_common.devservers import Seaweed, free_port, start_seaweed, stopping
 from kiln_common.proc import run, stop_pid
+from kiln_common.retry import RetryPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -151,17 +152,17 @@ async def test_client_downloads_from_the_presigned_url_and_falls_back_to_the_str
     for public, name in ((None, "direct"), (dead_endpoint, "fallback")):
         extra = {"s3_public_endpoint": public} if public else {}
         settings = s3_settings(seaweed, bucket, part_size=PART, **extra)
-        async with storage_service(**settings) as (_, address):
-            client = StorageClient(address, retries=1)
-            try:
-                artifact = await asyncio.to_thread(client.push, source, {"name": name})
-                dest = tmp_path / f"{name}.bin"
-                # Half of it is here already: the rest is fetched with a Range request.
-                (tmp_path / f"{name}.bin.part").write_bytes(data[: PART // 2])
-                caplog.clear()
-                await asyncio.to_thread(client.get, artifact.id, dest)
-                assert dest.read_bytes() == data
-                fell_back = "streaming through the service" in caplog.text
-                assert fell_back == (name == "fallback")
-            finally:
-                client.close()
+        policy = RetryPolicy(attempts=2)
+        async with (
+            storage_service(**settings) as (_, address),
+            AsyncStorageClient(address, policy=policy) as client,
+        ):
+            artifact = await client.push(source, {"name": name})
+            dest = tmp_path / f"{name}.bin"
+            # Half of it is here already: the rest is fetched with a Range request.
+            (tmp_path / f"{name}.bin.part").write_bytes(data[: PART // 2])
+            caplog.clear()
+            await client.get(artifact.id, dest)
+            assert dest.read_bytes() == data
+            fell_back = "streaming through the service" in caplog.text
+            assert fell_back == (name == "fallback")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from kiln_builder import customize, disk, layers
-from kiln_builder.recipe import SYSPREP_OPERATIONS
 from kiln_builder.sandbox import sandbox_argv
 from kiln_common.errors import InvalidArgument
 from kiln_common.proc import run
+from kiln_recipe.schema import SYSPREP_OPERATIONS
 
 
 def fake_root(tmp_path: Path) -> Path:

@@ -12,21 +12,12 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from support import REPO
 
-from kiln_builder import recipe as r
 from kiln_builder.pkgmap import PkgMapError, map_packages, parse_pkgmap, pkgmap
-from kiln_builder.recipe import (
-    GiB,
-    MiB,
-    Recipe,
-    RecipeError,
-    RecipeIssue,
-    load_recipe,
-    parse_recipe,
-    parse_seconds,
-    parse_size,
-)
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_common.errors import InvalidArgument
+from kiln_recipe import Recipe, RecipeError, RecipeIssue, load_recipe, parse_recipe
+from kiln_recipe import schema as r
+from kiln_recipe.schema import GiB, MiB, parse_seconds, parse_size
 
 RECIPES = REPO / "tests/data/recipes"
 DOCS = REPO / "docs/recipe.md"

@@ -17,12 +17,12 @@ from pathlib import Path
 
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
-from kiln_builder.recipe import RecipeError, load_recipe
 from kiln_common.errors import KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
 from kiln_common.proc import ProcessError
 from kiln_common.settings import default_cache_dir
+from kiln_recipe import RecipeError, load_recipe
 
 WORK_ROOT = Path("/var/tmp/kiln")
 
@@ -98,12 +98,13 @@ async def _bake(args: argparse.Namespace) -> int:
 
 
 def _running_storage() -> str | None:
-    from kiln_cli.stack import StackError, kiln_home, storage_address
+    """KILN_STORAGE, else the storage of a running `kiln up` stack."""
+    from kiln_client.discovery import Stack, kiln_home
 
-    try:
-        return storage_address(kiln_home())
-    except StackError:
-        return None
+    if os.environ.get("KILN_STORAGE"):
+        return os.environ["KILN_STORAGE"]
+    stack = Stack.load(kiln_home())
+    return stack.storage if stack is not None and stack.alive() else None
 
 
 async def _janitor(args: argparse.Namespace) -> int:

@@ -22,12 +22,12 @@ from kiln_builder import customize, disk, layers
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
-from kiln_builder.recipe import Recipe
 from kiln_builder.resources import claim, keep, reclaim
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
 from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
+from kiln_recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_cli.storage_client import StorageClient
+from kiln_client import AsyncStorageClient
 from kiln_common.digests import file_sha256
 from kiln_common.errors import NotFound
 from kiln_common.proc import run
@@ -44,48 +44,28 @@ class RemoteLayers:
         self.address = address
         self._found: dict[str, pb.Artifact] = {}  # has() remembers, fetch() reuses
 
-    def _client(self) -> StorageClient:
-        return StorageClient(self.address, retries=2)
-
-    def _find(self, step: str, key: str) -> pb.Artifact | None:
-        client = self._client()
-        try:
-            page = client.stub.ListArtifacts(
-                pb.ListArtifactsRequest(label_selector={LABEL: f"{step}-{key}"}, page_size=1)
-            )
-        finally:
-            client.close()
-        if page.artifacts:
-            self._found[f"{step}-{key}"] = page.artifacts[0]
-        return page.artifacts[0] if page.artifacts else None
+    async def _find(self, step: str, key: str) -> pb.Artifact | None:
+        async with AsyncStorageClient(self.address) as client:
+            async for artifact in client.list({LABEL: f"{step}-{key}"}, page_size=1):
+                self._found[f"{step}-{key}"] = artifact
+                return artifact
+        return None
 
     async def has(self, step: str, key: str) -> bool:
-        return await asyncio.to_thread(self._find, step, key) is not None
-
-    def _fetch(self, step: str, key: str, dest: Path) -> str:
-        found = self._found.get(f"{step}-{key}") or self._find(step, key)
-        if found is None:
-            raise NotFound(f"layer {step} {key[:12]} is not in storage")
-        client = self._client()
-        try:
-            client.get(found.id, dest)  # checks the SHA-256 the service recorded
-        finally:
-            client.close()
-        return found.checksums.sha256
+        return await self._find(step, key) is not None
 
     async def fetch(self, step: str, key: str, dest: Path) -> str:
-        return await asyncio.to_thread(self._fetch, step, key, dest)
-
-    def _push(self, step: str, key: str, path: Path, sha256: str) -> None:
-        client = self._client()
-        try:
-            labels = {"name": f"layer-{step}", LABEL: f"{step}-{key}", "format": "tar.zst"}
-            client.push(path, labels, sha256=sha256)
-        finally:
-            client.close()
+        found = self._found.get(f"{step}-{key}") or await self._find(step, key)
+        if found is None:
+            raise NotFound(f"layer {step} {key[:12]} is not in storage")
+        async with AsyncStorageClient(self.address) as client:
+            await client.get(found.id, dest)  # checks the SHA-256 the service recorded
+        return found.checksums.sha256
 
     async def push(self, step: str, key: str, path: Path, sha256: str) -> None:
-        await asyncio.to_thread(self._push, step, key, path, sha256)
+        labels = {"name": f"layer-{step}", LABEL: f"{step}-{key}", "format": "tar.zst"}
+        async with AsyncStorageClient(self.address) as client:
+            await client.push(path, labels, sha256=sha256)
 
 
 class LayerStore:

@@ -9,8 +9,9 @@ import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 
-from kiln_builder.recipe import DISTROS, RecipeError, load_yaml_document
 from kiln_common.errors import InvalidArgument
+from kiln_recipe import RecipeError, load_yaml_document
+from kiln_recipe.schema import DISTROS
 
 DEFAULT = "default"  # the packages for every distro an entry does not name
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1, as recipes use

@@ -10,22 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import TextIO
 
-import grpc
-
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
-from kiln_cli import stack
-from kiln_common.grpc_server import CHANNEL_OPTIONS
+from kiln_client import BuilderClient
+from kiln_common import lifecycle
+from kiln_common.lifecycle import STATES, TERMINAL, step_word
+from kiln_common.lifecycle import word as state_word
+from kiln_recipe import RecipeError
+from kiln_recipe.submission import recipe_source
 
 VERBS = ("ls", "show", "logs", "cancel")
-RECONNECTS = 30  # a watch resumes this many times after losing the service
-STATE_EXIT = {pb.BUILD_STATE_SUCCEEDED: 0, pb.BUILD_STATE_FAILED: 1, pb.BUILD_STATE_CANCELLED: 3}
-TERMINAL = frozenset(STATE_EXIT)
 TAIL = 4  # log lines under the progress of a followed build
 
 
@@ -45,7 +42,7 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--idempotency-key", default="", help="the same key returns the same build")
     p.set_defaults(fn=cmd_submit)
     p = group.add_parser("ls", help="list builds, newest first")
-    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--state", choices=lifecycle.WORDS)
     p.add_argument("--name", default="", help="only builds of this recipe name")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(fn=cmd_ls)
@@ -61,14 +58,6 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.set_defaults(fn=cmd_cancel)
 
 
-def state_word(state: pb.BuildState.ValueType) -> str:
-    return pb.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()
-
-
-def step_word(state: pb.StepState.ValueType) -> str:
-    return pb.StepState.Name(state).removeprefix("STEP_STATE_").lower()
-
-
 def route(argv: list[str]) -> list[str]:
     """`kiln build RECIPE ...` means `kiln build submit RECIPE ...`."""
     if len(argv) >= 2 and argv[0] == "build" and argv[1] not in (*VERBS, "submit", "-h", "--help"):
@@ -76,79 +65,46 @@ def route(argv: list[str]) -> list[str]:
     return argv
 
 
-def _stub() -> pb_grpc.BuilderStub:
-    address = stack.builder_address(stack.kiln_home())
-    return pb_grpc.BuilderStub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+def _client() -> BuilderClient:
+    return BuilderClient()
 
 
 # ---- submit ------------------------------------------------------------------------------
 
 
-def recipe_source(path: Path) -> pb.RecipeSource:
-    """The recipe's text and every file it names beside itself, checked
-    locally first (the same checks the builder runs)."""
+def checked_source(path: Path) -> pb.RecipeSource:
+    """The recipe and the files it names, checked locally first (the same
+    checks the builder runs): no stack is needed to see why not."""
     try:
-        # The recipe schema ships with kiln-builder; every other command works without it.
-        from kiln_builder.recipe import RecipeError, load_recipe
-    except ImportError:
-        raise BuildUsageError("`kiln build RECIPE` needs the kiln-builder package") from None
-    try:
-        recipe = load_recipe(path)
+        return recipe_source(path)[1]
     except RecipeError as exc:
         raise BuildUsageError(
             f"{path}: invalid recipe:\n" + "\n".join(i.render(str(path)) for i in exc.issues)
         ) from None
-    source = pb.RecipeSource(yaml=path.read_text(), filename=path.name)
-    names = [f.source for f in recipe.files if f.source] + [
-        r.script for r in recipe.run if r.script
-    ]
-    for name in names:
-        source.files[name] = (recipe.base_dir / name).read_bytes()
-    return source
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    request = pb.SubmitBuildRequest(
-        recipe=recipe_source(args.recipe),  # checked here first: no stack needed to see why not
-        idempotency_key=args.idempotency_key,
-        no_cache=args.no_cache,
-        skip_boot_test=args.no_boot_test,
-    )
-    stub = _stub()
-    build = stub.SubmitBuild(request)
-    print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
-    if not args.follow:
-        print(build.id)
-        return 0
-    try:
-        Follower(sys.stderr).follow(stub, build.id)
-    except KeyboardInterrupt:
-        print(f"\nkiln: stopped following; the build goes on (kiln build cancel {build.id})",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    final = stub.GetBuild(pb.GetBuildRequest(id=build.id))
-    print_outcome(final)
-    return STATE_EXIT.get(final.state, 1)
-
-
-def watch(
-    stub: pb_grpc.BuilderStub, build_id: str, stored_only: bool = False
-) -> Iterator[pb.BuildUpdate]:
-    """Every update of the build; reconnects (resuming after the last
-    sequence seen) if the connection to the service drops."""
-    seen = 0
-    for attempt in range(RECONNECTS + 1):
+    source = checked_source(args.recipe)
+    with _client() as client:
+        build = client.submit(
+            source,
+            idempotency_key=args.idempotency_key,
+            no_cache=args.no_cache,
+            skip_boot_test=args.no_boot_test,
+        )
+        print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
+        if not args.follow:
+            print(build.id)
+            return 0
         try:
-            for update in stub.WatchBuild(
-                pb.WatchBuildRequest(id=build_id, after_seq=seen, stored_only=stored_only)
-            ):
-                seen = update.seq
-                yield update
-            return
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == RECONNECTS:
-                raise
-            time.sleep(min(0.5 * 2**attempt, 5))
+            Follower(sys.stderr).follow(client, build.id)
+        except KeyboardInterrupt:
+            print(f"\nkiln: stopped following; the build goes on (kiln build cancel {build.id})",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+        final = client.get(build.id)
+    print_outcome(final)
+    return STATES[final.state].exit_code if final.state in STATES else 1
 
 
 class Follower:
@@ -162,8 +118,10 @@ class Follower:
         self.bar = ""
         self.drawn = 0  # lines of the redrawn block now on screen
 
-    def follow(self, stub: pb_grpc.BuilderStub, build_id: str) -> None:
-        for update in watch(stub, build_id):
+    def follow(self, client: BuilderClient, build_id: str) -> None:
+        """Until the build ends; the client resumes the watch where it broke
+        off when the builder or NATS is away for a while."""
+        for update in client.watch(build_id):
             self.show(update)
         self._clear()
 
@@ -230,12 +188,6 @@ def print_outcome(build: pb.Build) -> None:
 # ---- ls, show, logs, cancel ----------------------------------------------------------------
 
 
-def _state(name: str | None) -> pb.BuildState.ValueType:
-    return (
-        pb.BuildState.Value(f"BUILD_STATE_{name.upper()}") if name else pb.BUILD_STATE_UNSPECIFIED
-    )
-
-
 def _when(build: pb.Build) -> str:
     return build.created.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -249,25 +201,22 @@ def _took(build: pb.Build) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    stub = _stub()
-    token, shown = "", 0
     print(f"{'ID':<26}  {'STATE':<9}  {'NAME':<24}  {'VERSION':<10}  {'CREATED':<19}  TOOK")
-    while shown < args.limit:
-        page = stub.ListBuilds(pb.ListBuildsRequest(
-            state=_state(args.state), name=args.name,
-            page_size=min(args.limit - shown, 500), page_token=token))  # fmt: skip
-        for b in page.builds:
+    if args.limit <= 0:
+        return 0
+    with _client() as client:
+        builds = client.list(lifecycle.state_of(args.state or ""), args.name, args.limit)
+        for shown, b in enumerate(builds, 1):
             state = state_word(b.state)
             print(f"{b.id:<26}  {state:<9}  {b.name:<24}  {b.version:<10}  {_when(b)}  {_took(b)}")
-            shown += 1
-        token = page.next_page_token
-        if not token:
-            break
+            if shown >= args.limit:
+                break
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    b = _stub().GetBuild(pb.GetBuildRequest(id=args.id))
+    with _client() as client:
+        b = client.get(args.id)
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
     )
@@ -284,18 +233,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
     if b.HasField("error"):
         print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
-    return STATE_EXIT.get(b.state, 0) if b.state in TERMINAL else 0
+    return STATES[b.state].exit_code if b.state in TERMINAL else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    for update in watch(_stub(), args.id, stored_only=not args.follow):
-        if update.WhichOneof("kind") == "log":
-            print(update.log.text, flush=True)
+    with _client() as client:
+        for update in client.watch(args.id, stored_only=not args.follow):
+            if update.WhichOneof("kind") == "log":
+                print(update.log.text, flush=True)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    b = _stub().CancelBuild(pb.CancelBuildRequest(id=args.id))
+    with _client() as client:
+        b = client.cancel(args.id)
     done = b.state == pb.BUILD_STATE_CANCELLED
     print(f"build {b.id} {'cancelled' if done else 'cancel requested (the worker is stopping it)'}")
     return 0

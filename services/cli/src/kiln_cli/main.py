@@ -11,16 +11,16 @@ from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 
-import grpc
-from google.protobuf.duration_pb2 import Duration
-
-from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli import stack
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.recipe_cmd import add_recipe_parser
-from kiln_cli.storage_client import ClientError, Progress, StorageClient
+from kiln_client import ClientError, StorageClient
+from kiln_client.discovery import NotRunning
+from kiln_client.storage import Progress
 from kiln_common.devservers import ServerError
 from kiln_common.digests import file_sha256
+from kiln_common.errors import KilnError
+from kiln_common.grpc_errors import code_name
 from kiln_common.proc import ProcessError
 
 
@@ -77,8 +77,7 @@ def progress_bar(total: int, what: str) -> tuple[Progress | None, Callable[[], N
 
 
 def _client(args: argparse.Namespace) -> StorageClient:
-    home = stack.kiln_home()
-    return StorageClient(stack.storage_address(home), state_dir=home / "state")
+    return StorageClient(state_dir=stack.kiln_home() / "state")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -102,32 +101,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     labels = parse_labels(args.label)
     labels.setdefault("name", path.name)
     sha256 = "" if args.no_verify else file_sha256(path)
-    client = _client(args)
     update, finish = progress_bar(path.stat().st_size, "push")
-    try:
-        artifact = client.push(
-            path, labels, sha256=sha256, progress=update, part_size=args.part_size * 1024 * 1024
-        )
-    finally:
-        finish()
-        client.close()
+    with _client(args) as client:
+        try:
+            artifact = client.push(
+                path, labels, sha256=sha256, progress=update, part_size=args.part_size << 20
+            )
+        finally:
+            finish()
     print(artifact.id)
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    client = _client(args)
-    token = ""
-    rows: list[pb.Artifact] = []
-    while True:
-        page = client.stub.ListArtifacts(
-            pb.ListArtifactsRequest(label_selector=parse_labels(args.label), page_token=token)
-        )
-        rows.extend(page.artifacts)
-        token = page.next_page_token
-        if not token:
-            break
-    client.close()
+    with _client(args) as client:
+        rows = list(client.list(parse_labels(args.label)))
     for a in rows:
         created = a.created_at.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
         labels = ",".join(f"{k}={v}" for k, v in sorted(a.labels.items()))
@@ -136,9 +124,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    client = _client(args)
-    a = client.stub.StatArtifact(pb.StatArtifactRequest(id=args.id))
-    client.close()
+    with _client(args) as client:
+        a = client.stat(args.id)
     print(f"id        {a.id}\nsize      {a.size}\ncreated   {a.created_at.ToJsonString()}")
     for alg in ("sha256", "sha512", "sha1", "md5"):
         print(f"{alg:<9} {getattr(a.checksums, alg)}")
@@ -148,36 +135,26 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_url(args: argparse.Namespace) -> int:
-    client = _client(args)
-    reply = client.stub.GetDownloadUrl(
-        pb.GetDownloadUrlRequest(
-            id=args.id, expires_in=Duration(seconds=parse_duration(args.expires))
-        )
-    )
-    client.close()
-    print(reply.url)
+    with _client(args) as client:
+        print(client.url(args.id, parse_duration(args.expires)))
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    client = _client(args)
-    dest = Path(args.output)
-    size = client.stub.StatArtifact(pb.StatArtifactRequest(id=args.id)).size
-    update, finish = progress_bar(size, "get")
-    try:
-        client.get(args.id, dest, progress=update)
-    finally:
-        finish()
-        client.close()
+    with _client(args) as client:
+        update, finish = progress_bar(client.stat(args.id).size, "get")
+        try:
+            client.get(args.id, Path(args.output), progress=update)
+        finally:
+            finish()
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    client = _client(args)
-    for artifact_id in args.id:
-        client.stub.DeleteArtifact(pb.DeleteArtifactRequest(id=artifact_id))
-        print(f"deleted {artifact_id}")
-    client.close()
+    with _client(args) as client:
+        for artifact_id in args.id:
+            client.delete(artifact_id)
+            print(f"deleted {artifact_id}")
     return 0
 
 
@@ -231,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
-    except grpc.RpcError as exc:
-        print(f"kiln: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except (ClientError, NotRunning) as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
         return 1
-    except (UsageError, BuildUsageError, ClientError, ServerError, ProcessError, OSError) as exc:
+    except KilnError as exc:  # a service's answer: its status and message
+        print(f"kiln: {code_name(exc)}: {exc}", file=sys.stderr)
+        return 1
+    except (UsageError, BuildUsageError, ServerError, ProcessError, OSError) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, (UsageError, BuildUsageError)) else 1
     except KeyboardInterrupt:

@@ -5,8 +5,9 @@ them, with the same checks the builder runs. Problems print one per line as
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from kiln_recipe import RecipeError, load_recipe
 
 
 def add_recipe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,14 +23,7 @@ def add_recipe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
-    """0 if every recipe is valid, 1 if any has a problem, 2 if the checker is missing."""
-    try:
-        # Imported here: the recipe schema ships with kiln-builder, and every
-        # other kiln command works without it.
-        from kiln_builder.recipe import RecipeError, load_recipe
-    except ImportError:
-        print("kiln: `recipe check` needs the kiln-builder package", file=sys.stderr)
-        return 2
+    """0 if every recipe is valid, 1 if any has a problem."""
     status = 0
     for name in args.recipe:
         try:

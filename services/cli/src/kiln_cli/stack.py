@@ -1,100 +1,110 @@
 """`kiln up` / `kiln down`: a local Kiln on loopback (nats-server and the
-services), state and logs under KILN_HOME (default ~/.kiln)."""
+services), state and logs under KILN_HOME (default ~/.kiln).
+
+`kiln up` on a stack of which one part died starts only that part again, on
+the same ports and data directory, so the clients and the other services
+(which keep reconnecting) carry on where they were."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kiln_common.devservers import ServerError, free_port, start_nats, wait_grpc_health
+from kiln_client.discovery import Stack, kiln_home
+from kiln_common.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
 
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
+PARTS = ("nats", "storage", "builder")  # in start order; stopped in reverse
+
+__all__ = ["PARTS", "Stack", "StackError", "down", "kiln_home", "start_builder", "up"]
 
 
 class StackError(ServerError):
     """The stack cannot start or be found; printed as it is."""
 
 
-def kiln_home() -> Path:
-    return Path(os.environ.get("KILN_HOME") or Path.home() / ".kiln")
-
-
-@dataclass
-class Stack:
-    home: str
-    nats_url: str
-    storage: str
-    storage_http: str
-    builder: str = ""
-    pids: dict[str, int] = field(default_factory=dict)
-
-    @staticmethod
-    def path(home: Path) -> Path:
-        return home / "stack.json"
-
-    def save(self) -> None:
-        Stack.path(Path(self.home)).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, home: Path) -> Stack | None:
-        try:
-            return cls(**json.loads(Stack.path(home).read_text()))
-        except FileNotFoundError:
-            return None
-
-    def alive(self) -> bool:
-        return bool(self.pids) and all(pid_alive(p) for p in self.pids.values())
-
-
 def up(home: Path) -> Stack:
     """Starts nats-server, the storage service and the builder (service and
-    one worker); returns once all are healthy. A half-started stack is
-    stopped again before the error is raised."""
+    one worker); returns once all are healthy. Parts still running are kept
+    and dead ones started again in place. A fresh stack that fails half-way
+    is stopped again before the error is raised."""
     current = Stack.load(home)
     if current is not None and current.alive():
         return current
+    if current is not None and set(current.pids) == set(PARTS):
+        return restart_dead(current)
     if current is not None:
-        down(home)  # stale: some of it died
+        down(home)  # an unfinished start: begin again
+    return _fresh(home)
+
+
+def _fresh(home: Path) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
-    logs = home / "logs"
     grpc_port, http_port = free_port(), free_port()
     stack = Stack(
         home=str(home),
         nats_url="",
         storage=f"127.0.0.1:{grpc_port}",
         storage_http=f"http://127.0.0.1:{http_port}",
-        builder=f"127.0.0.1:{free_port()}",
+        builder=f"127.0.0.1:{free_port({grpc_port, http_port})}",
     )
     try:
-        nats = start_nats(home / "nats", logs / "nats.log")
-        stack.nats_url = nats.url
-        stack.pids["nats"] = nats.pid
-        stack.save()
-        storage = spawn(
-            [sys.executable, "-m", "kiln_storage"],
-            log_file=logs / "storage.log",
-            env={
-                "KILN_STORAGE_BACKEND": "fs",
-                "KILN_STORAGE_FS_ROOT": str(home / "storage"),
-                "KILN_STORAGE_GRPC_BIND": stack.storage,
-                "KILN_STORAGE_HTTP_PORT": str(http_port),
-                "KILN_STORAGE_NATS_URL": stack.nats_url,
-            },
-        )
-        stack.pids["storage"] = storage.pid
-        stack.save()
-        wait_grpc_health(stack.storage, storage.pid, logs / "storage.log", READY_TIMEOUT)
-        stack.pids["builder"] = start_builder(stack, stack.builder, logs / "builder.log")
-        stack.save()
+        for part in PARTS:
+            _start(stack, part)
     except BaseException:
         down(home)
         raise
     return stack
+
+
+def restart_dead(stack: Stack) -> Stack:
+    """Starts again, on their old ports, the parts whose process is gone."""
+    for part in PARTS:
+        if not pid_alive(stack.pids[part]):
+            try:
+                _start(stack, part)
+            except ServerError as exc:
+                raise StackError(
+                    f"could not restart the stack's {part}: {exc}\n"
+                    "(`kiln down && kiln up` starts a new stack on new ports)"
+                ) from exc
+    return stack
+
+
+def _start(stack: Stack, part: str) -> None:
+    """Starts one part of the stack and records its pid once it is healthy."""
+    home = Path(stack.home)
+    logs = home / "logs"
+    if part == "nats":
+        old = port_of(stack.nats_url) if stack.nats_url else 0
+        nats = start_nats(home / "nats", logs / "nats.log", port=old)
+        stack.nats_url, pid = nats.url, nats.pid
+    elif part == "storage":
+        pid = _start_storage(stack, logs / "storage.log")
+    else:
+        pid = start_builder(stack, stack.builder, logs / "builder.log")
+    stack.pids[part] = pid
+    stack.save()
+
+
+def _start_storage(stack: Stack, log: Path) -> int:
+    env = {
+        "KILN_STORAGE_BACKEND": "fs",
+        "KILN_STORAGE_FS_ROOT": str(Path(stack.home) / "storage"),
+        "KILN_STORAGE_GRPC_BIND": stack.storage,
+        "KILN_STORAGE_HTTP_PORT": str(port_of(stack.storage_http)),
+        "KILN_STORAGE_NATS_URL": stack.nats_url,
+    }
+    proc = spawn([sys.executable, "-m", "kiln_storage"], log_file=log, env=env)
+    try:
+        wait_grpc_health(stack.storage, proc.pid, log, READY_TIMEOUT)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    return proc.pid
 
 
 def builder_env(stack: Stack) -> dict[str, str]:
@@ -105,6 +115,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_NATS_URL": stack.nats_url,
         "KILN_BUILDER_STORAGE": stack.storage,
         "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
+        "KILN_BUILDER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         "KILN_BUILDER_CACHE_DIR": str(default_cache_dir()),
     }
     # The builder's own settings, given to `kiln up`, pass through.
@@ -137,23 +148,3 @@ def down(home: Path) -> bool:
         stop_pid(stack.pids[name])
     Stack.path(home).unlink(missing_ok=True)
     return True
-
-
-def storage_address(home: Path) -> str:
-    """Where the storage service is: KILN_STORAGE, else the running stack."""
-    return _address(home, "storage")
-
-
-def builder_address(home: Path) -> str:
-    """Where the builder service is: KILN_BUILDER, else the running stack."""
-    return _address(home, "builder")
-
-
-def _address(home: Path, service: str) -> str:
-    variable = f"KILN_{service.upper()}"
-    if os.environ.get(variable):
-        return os.environ[variable]
-    stack = Stack.load(home)
-    if stack is None or not stack.alive():
-        raise StackError(f"Kiln is not running: start it with `kiln up` (or set {variable})")
-    return str(getattr(stack, service))

@@ -96,8 +96,11 @@ class Nats:
     pid: int
 
 
-def start_nats(store: Path, log: Path) -> Nats:
-    port, monitor = free_port(), free_port()
+def start_nats(store: Path, log: Path, port: int = 0, monitor: int = 0) -> Nats:
+    """nats-server with JetStream in store. Given ports (a restart on the same
+    data directory) are reused, so clients reconnect to the same address."""
+    port = port or free_port()
+    monitor = monitor or free_port({port})
     proc = spawn(
         [
             find_binary("nats-server"),
@@ -119,6 +122,11 @@ def start_nats(store: Path, log: Path) -> Nats:
         stop_pid(proc.pid)
         raise
     return Nats(f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{monitor}", proc.pid)
+
+
+def port_of(url: str) -> int:
+    """The port of nats://host:port or http://host:port."""
+    return int(url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,18 @@ class Unavailable(KilnError):
     """A backing service (S3, NATS) cannot be reached; retrying later may work."""
 
 
+class DeadlineExceeded(Unavailable):
+    """A call did not finish in time; like Unavailable, retrying later may work."""
+
+
+class PermissionDenied(KilnError):
+    """The caller may not do this."""
+
+
+class Internal(KilnError):
+    """A service failed unexpectedly (its message carries only a reference)."""
+
+
 class DataLoss(KilnError):
     """Stored data is corrupt or was lost."""
 

@@ -1,4 +1,6 @@
-"""The one place that maps Kiln's domain errors to gRPC status codes."""
+"""The one place that maps Kiln's domain errors to gRPC status codes, and
+back: a server raises a domain error and the client that called it gets the
+same error type again (kiln_client does that with from_rpc)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from kiln_common import errors
+from kiln_common.jetstream import translate
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +24,20 @@ STATUS_OF: dict[type[errors.KilnError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+}
+ERROR_OF: dict[grpc.StatusCode, type[errors.KilnError]] = {
+    code: cls for cls, code in STATUS_OF.items()
+} | {
+    # Codes no core raises, as the nearest domain error a caller handles.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
+    grpc.StatusCode.ABORTED: errors.Unavailable,
+    grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
 }
 
 
@@ -33,9 +48,30 @@ def status_for(exc: errors.KilnError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def from_rpc(exc: grpc.RpcError) -> errors.KilnError:
+    """The domain error a failed call stands for; its message is the
+    service's. A call that never reached a service (connection refused,
+    dropped) is UNAVAILABLE, so it is Unavailable and worth a retry."""
+    has_status = callable(getattr(exc, "code", None))
+    code = exc.code() if has_status else None
+    details = (exc.details() if has_status else None) or str(exc)
+    cls = ERROR_OF.get(code, errors.Internal) if code is not None else errors.Internal
+    error = cls(details)
+    error.__cause__ = exc
+    return error
+
+
+def code_name(exc: errors.KilnError) -> str:
+    """The status name a client shows with a domain error: NOT_FOUND."""
+    return str(status_for(exc).name)
+
+
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> None:
-    if isinstance(exc, errors.KilnError):
-        await context.abort(status_for(exc), str(exc))
+    # NATS failures that reach a servicer are Kiln errors too (NATS away is
+    # UNAVAILABLE, so clients retry), as the storage backends map S3's.
+    error = translate(exc)
+    if error is not None:
+        await context.abort(status_for(error), str(error))
     # Never send str() of an unexpected error: it may carry paths or secrets.
     ref = uuid.uuid4().hex[:12]
     log.exception("internal error (ref %s)", ref, exc_info=exc)

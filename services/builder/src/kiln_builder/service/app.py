@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-import nats
 
 from kiln_api.builder.v1 import builder_pb2, builder_pb2_grpc
 from kiln_builder.cleanup import reclaim_all
@@ -20,8 +19,10 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
+from kiln_common import jetstream
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
+from kiln_common.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,18 @@ class BuilderApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker_task
         with contextlib.suppress(Exception):
+            await self.core.events.close()  # sends the outbox first, while it can
+        with contextlib.suppress(Exception):
             await self.core.nats.nc.drain()
 
 
 async def build(settings: BuilderSettings) -> BuilderApp:
-    nc = await nats.connect(
-        settings.nats_url, connect_timeout=5, max_reconnect_attempts=-1, name=settings.name()
-    )
+    nc = await jetstream.connect(settings.nats_url, settings.name())
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
-    shared = await Nats.open(nc, policy)
-    await ensure_stream(shared.js)
-    events = JetStreamPublisher(nc, shared.js, default_source("kiln-builder"))
+    shared = await Nats.open(nc, policy, settings.nats_replicas)
+    await ensure_stream(shared.js, replicas=settings.nats_replicas)
+    outbox = Outbox(settings.outbox_dir, settings.name())
+    events = JetStreamPublisher(nc, shared.js, default_source("kiln-builder"), outbox)
     core = BuilderCore(shared, events)
 
     def register(server: grpc.aio.Server) -> None:

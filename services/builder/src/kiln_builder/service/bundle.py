@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import json_format
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder.recipe import Recipe, RecipeError, RecipeIssue, parse_recipe
+from kiln_recipe import Recipe, RecipeError, RecipeIssue, parse_recipe
 
 MAX_FILES = 256
 MAX_FILES_BYTES = 6 * 1024 * 1024  # under the gRPC message limit, with room for the rest

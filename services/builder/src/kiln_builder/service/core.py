@@ -13,24 +13,18 @@ from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder.recipe import RecipeError
 from kiln_builder.service import bundle, queue, updates
-from kiln_builder.service.records import (
-    TERMINAL,
-    BuildRecords,
-    now,
-    open_or_create,
-    same_recipe,
-    state_name,
-)
+from kiln_builder.service.records import BuildRecords, same_recipe
+from kiln_common import jetstream, lifecycle
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
+from kiln_common.lifecycle import STATES, TERMINAL, now
+from kiln_recipe import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +35,12 @@ MAX_PAGE = 500
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
-async def _object_store(js: JetStreamContext) -> ObjectStore:
-    config = ObjectStoreConfig(bucket=RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS,
-                               storage=StorageType.FILE)  # fmt: skip
-    return await open_or_create(
-        lambda: js.object_store(RECIPES_BUCKET),
-        lambda: js.create_object_store(RECIPES_BUCKET, config=config),
-    )
-
-
 def event_data(build: pb.Build, **extra: Any) -> dict[str, Any]:
     return {
         "id": build.id,
         "name": build.name,
         "version": build.version,
-        "state": state_name(build.state),
+        "state": lifecycle.word(build.state),
         **extra,
     }
 
@@ -70,11 +55,14 @@ class Nats:
     recipes: ObjectStore
 
     @classmethod
-    async def open(cls, nc: NatsClient, policy: queue.QueuePolicy) -> Nats:
+    async def open(cls, nc: NatsClient, policy: queue.QueuePolicy, replicas: int = 1) -> Nats:
         js = nc.jetstream()
-        await queue.ensure(js, policy)
-        await updates.ensure_stream(js)
-        return cls(nc, js, await BuildRecords.open(js), await _object_store(js))
+        await queue.ensure(js, policy, replicas)
+        await updates.ensure_stream(js, replicas)
+        recipes = await jetstream.object_store(
+            js, RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS, replicas=replicas
+        )
+        return cls(nc, js, await BuildRecords.open(js, replicas), recipes)
 
 
 class BuilderCore:
@@ -132,7 +120,9 @@ class BuilderCore:
         await self.records.create(build)
         await self.announce(build)
         await queue.enqueue(self.nats.js, build.id)
-        await self.events.publish("build.queued", build.id, event_data(build, recipe_digest=digest))
+        await self.events.publish(
+            STATES[build.state].event, build.id, event_data(build, recipe_digest=digest)
+        )
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
         return build
 
@@ -195,23 +185,12 @@ class BuilderCore:
             yield update
 
     async def cancel(self, build_id: str) -> pb.Build:
-        def request(build: pb.Build) -> bool:
-            if build.state in TERMINAL:
-                raise FailedPrecondition(
-                    f"build {build_id} has already ended ({state_name(build.state)})"
-                )
-            build.cancel_requested = True
-            if build.state == pb.BUILD_STATE_QUEUED:
-                # No worker holds it: cancelled now. The queue message stays,
-                # and the worker that takes it sees the record and drops it.
-                build.state = pb.BUILD_STATE_CANCELLED
-                build.finished.CopyFrom(now())
-            return True
-
-        build = await self.records.mutate(build_id, request)
-        if build.state == pb.BUILD_STATE_CANCELLED:
+        # A queued build is cancelled at once (no worker holds it). Its queue
+        # message stays, and the worker that takes it sees the record and drops it.
+        build, changed = await self.records.mutate(build_id, lifecycle.request_cancel)
+        if changed and build.state == pb.BUILD_STATE_CANCELLED:
             await self.announce(build)
-            await self.events.publish("build.cancelled", build.id, event_data(build))
-        else:
+            await self.events.publish(STATES[build.state].event, build.id, event_data(build))
+        elif build.state not in TERMINAL:
             await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")
         return build

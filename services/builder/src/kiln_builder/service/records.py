@@ -5,65 +5,22 @@ the entry's revision: two pods changing one build never lose an update."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Callable
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import (
-    BadRequestError,
-    BucketNotFoundError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NoKeysError,
-    NotFoundError,
-)
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_common import jetstream
 from kiln_common.errors import AlreadyExists, FailedPrecondition, NotFound
 from kiln_common.ids import check_id
 
 BUILDS_BUCKET = "kiln_builds"
 KEYS_BUCKET = "kiln_build_keys"
 CAS_ATTEMPTS = 20
-TERMINAL = frozenset({pb.BUILD_STATE_SUCCEEDED, pb.BUILD_STATE_FAILED, pb.BUILD_STATE_CANCELLED})
 
-T = TypeVar("T")
-Mutation = Callable[[pb.Build], bool | None]  # False: leave the record as it is
-
-
-def now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def state_name(state: int) -> str:
-    return pb.BuildState.Name(state).removeprefix("BUILD_STATE_").lower()  # type: ignore[arg-type]
-
-
-async def open_or_create(
-    open_: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]]
-) -> T:
-    """A JetStream bucket (key-value or object store), created if missing.
-    Pods starting together may race to create it: the loser opens it."""
-    try:
-        return await open_()
-    except (BucketNotFoundError, NotFoundError):
-        pass
-    try:
-        return await create()
-    except BadRequestError:
-        return await open_()
-
-
-async def _bucket(js: JetStreamContext, name: str) -> KeyValue:
-    config = KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
-    return await open_or_create(
-        lambda: js.key_value(name), lambda: js.create_key_value(config=config)
-    )
+Mutation = Callable[[pb.Build], bool]  # a lifecycle transition: True if it changed the build
 
 
 class BuildRecords:
@@ -72,8 +29,10 @@ class BuildRecords:
         self._keys = keys
 
     @classmethod
-    async def open(cls, js: JetStreamContext) -> BuildRecords:
-        return cls(await _bucket(js, BUILDS_BUCKET), await _bucket(js, KEYS_BUCKET))
+    async def open(cls, js: JetStreamContext, replicas: int = 1) -> BuildRecords:
+        builds = await jetstream.key_value(js, BUILDS_BUCKET, replicas=replicas)
+        keys = await jetstream.key_value(js, KEYS_BUCKET, replicas=replicas)
+        return cls(builds, keys)
 
     async def create(self, build: pb.Build) -> None:
         await self._builds.create(build.id, build.SerializeToString())
@@ -91,16 +50,18 @@ class BuildRecords:
         build.ParseFromString(entry.value or b"")
         return build, int(entry.revision or 0)
 
-    async def mutate(self, build_id: str, change: Mutation) -> pb.Build:
+    async def mutate(self, build_id: str, change: Mutation) -> tuple[pb.Build, bool]:
         """Applies change to the newest record and stores it if nothing else
-        changed it in between (else reads it again and retries)."""
+        changed it in between (else reads it again and retries). Returns the
+        record and whether this call changed it: only the caller whose write
+        made a transition announces it."""
         for _ in range(CAS_ATTEMPTS):
             build, revision = await self._entry(build_id)
-            if change(build) is False:
-                return build
+            if not change(build):
+                return build, False
             try:
                 await self._builds.update(build_id, build.SerializeToString(), last=revision)
-                return build
+                return build, True
             except KeyWrongLastSequenceError:
                 continue
         raise FailedPrecondition(f"build {build_id} is changing too fast to update")

@@ -22,8 +22,8 @@ from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.engine import StepRecord
 from kiln_builder.service import updates
 from kiln_builder.service.core import Nats, event_data
-from kiln_builder.service.records import now
 from kiln_common.events import Publisher
+from kiln_common.lifecycle import STEP_EVENT, now
 from kiln_common.proc import OUTPUT_LOG
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ class BuildReporter:
         if item.step is not None:
             await self._record_step(item.step, item.update.step.state)
             await self.events.publish(
-                "build.step",
+                STEP_EVENT,
                 self.build_id,
                 event_data(
                     self.build,
@@ -195,7 +195,7 @@ class BuildReporter:
         await updates.publish(self.nats.js, item.update)
 
     async def _record_step(self, record: StepRecord, state: pb.StepState.ValueType) -> None:
-        def change(build: pb.Build) -> None:
+        def change(build: pb.Build) -> bool:
             step = next((s for s in build.steps if s.name == record.name), None)
             if step is None:
                 step = build.steps.add(name=record.name)
@@ -207,8 +207,9 @@ class BuildReporter:
                 step.started.CopyFrom(now())
             else:
                 step.finished.CopyFrom(now())
+            return True
 
-        self.build = await self.nats.records.mutate(self.build_id, change)
+        self.build, _ = await self.nats.records.mutate(self.build_id, change)
 
     async def close(self) -> None:
         """Sends what is queued, then stops; the log file is complete after."""

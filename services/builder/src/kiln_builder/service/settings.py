@@ -20,6 +20,9 @@ class BuilderSettings(KilnSettings):
     """host:port the gRPC API listens on (port 0 picks a free one)."""
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server with JetStream: queue, records, updates and events."""
+    nats_replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of each JetStream stream and bucket the builder creates (3 on
+    a clustered NATS, as deploy/k8s runs it)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service: artifacts and the shared layer cache."""
     log_level: str = "INFO"
@@ -35,6 +38,9 @@ class BuilderSettings(KilnSettings):
     """How this worker names itself in build records; default host:pid."""
     work_root: Path = Path("/var/tmp/kiln")
     """Workspaces of running builds (a janitor reclaims dead ones at start)."""
+    outbox_dir: Path = Path("/var/lib/kiln/outbox")
+    """Events that could not be sent while NATS was away, kept until they are;
+    a builder adopts the outbox of one that died."""
     cache_dir: Path = Path("/var/cache/kiln")
     """Local layer cache and the KVM probe's verdict."""
     cache_max_gib: float = 16.0

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder.service.records import TERMINAL
+from kiln_common import jetstream
+from kiln_common.lifecycle import TERMINAL
 
 STREAM = "KILN_BUILD_UPDATES"
 PREFIX = "kiln.build-updates."
@@ -25,17 +26,14 @@ def subject(build_id: str) -> str:
     return PREFIX + build_id
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
     config = StreamConfig(
         name=STREAM,
         subjects=[PREFIX + "*"],
         storage=StorageType.FILE,
         max_age=RETENTION_SECONDS,
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+    await jetstream.ensure_stream(js, config, replicas)
 
 
 async def publish(js: JetStreamContext, update: pb.BuildUpdate) -> int:

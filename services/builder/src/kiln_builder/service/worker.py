@@ -25,16 +25,18 @@ from nats.errors import TimeoutError as NatsTimeout
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
-from kiln_builder.recipe import RecipeError
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
 from kiln_builder.service.artifacts import BuildArtifacts, Upload
 from kiln_builder.service.core import BuilderCore, event_data
-from kiln_builder.service.records import TERMINAL, now
+from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
 from kiln_builder.service.settings import BuilderSettings
+from kiln_common import jetstream, lifecycle
 from kiln_common.errors import KilnError, Unavailable
+from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
+from kiln_recipe import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ FETCH_SECONDS = 2.0
 class Job:
     build_id: str
     attempt: int
-    msg: Msg
+    msg: Delivery
     task: asyncio.Task[list[pb.BuildArtifact]] | None = None
     why_stopped: str = ""  # "cancel" or "shutdown" once asked to stop
     artifacts: BuildArtifacts | None = None
@@ -70,7 +72,9 @@ class Worker:
         js, nc = self.nats.js, self.nats.nc
         sub = await js.pull_subscribe_bind(queue.CONSUMER, queue.STREAM)
         cancels = await nc.subscribe(queue.CANCEL_PREFIX + "*", cb=self._on_cancel)
-        exhausted = await nc.subscribe(queue.MAX_DELIVERIES_ADVISORY, cb=self._on_exhausted)
+        exhausted = await nc.subscribe(
+            queue.MAX_DELIVERIES_ADVISORY, queue=queue.ADVISORY_GROUP, cb=self._on_exhausted
+        )
         slots = asyncio.Semaphore(self.settings.concurrency)
         log.info("worker %s takes up to %d builds at once", self.name, self.settings.concurrency)
         try:
@@ -81,7 +85,12 @@ class Worker:
                 except (TimeoutError, NatsTimeout):
                     slots.release()
                     continue
-                task = asyncio.create_task(self._take(msgs[0]))
+                except Exception as exc:  # noqa: BLE001 - NATS away: wait for it, keep the loop
+                    slots.release()
+                    log.warning("cannot take builds now: %s", jetstream.translate(exc) or exc)
+                    await asyncio.sleep(FETCH_SECONDS)
+                    continue
+                task = asyncio.create_task(self._take(JetStreamDelivery(msgs[0])))
                 self._tasks.add(task)
                 task.add_done_callback(self._done(slots))
         finally:
@@ -123,28 +132,27 @@ class Worker:
             self._stop(job, "cancel")
 
     async def _on_exhausted(self, msg: Msg) -> None:
-        """The server gave up on a message (max_deliver): fail its build."""
+        """The server gave up on a message (max_deliver): fail its build,
+        with the last attempt's error if it recorded one."""
         try:
             seq = int(json.loads(msg.data)["stream_seq"])
             stored = await self.nats.js.get_msg(queue.STREAM, seq)
             build_id = (stored.data or b"").decode()
-            await self._finish(
-                build_id,
-                pb.BUILD_STATE_FAILED,
-                pb.BuildError(
-                    message="the build was delivered "
-                    f"{self.settings.max_deliver} times without ending"
-                ),
-            )
+            last = await self.core.get(build_id)
+            error = pb.BuildError(message=f"the build was delivered {self.settings.max_deliver} "
+                                  "times without ending")  # fmt: skip
+            if last.HasField("error"):
+                error.CopyFrom(last.error)
+                error.message = f"{error.message} (after {last.attempt} attempts)"
+            await self._finish(build_id, Outcome(pb.BUILD_STATE_FAILED, error))
             await self.nats.js.delete_msg(queue.STREAM, seq)
         except Exception:
-            log.debug("max-deliveries advisory not handled", exc_info=True)
+            log.warning("max-deliveries advisory not handled", exc_info=True)
 
     # ---- one message -----------------------------------------------------------------
 
-    async def _take(self, msg: Msg) -> None:
-        build_id = msg.data.decode()
-        attempt = int(msg.metadata.num_delivered or 1)
+    async def _take(self, msg: Delivery) -> None:
+        build_id, attempt = msg.build_id, msg.attempt
         try:
             build = await self.core.get(build_id)
         except KilnError:
@@ -155,7 +163,7 @@ class Worker:
             await msg.ack()  # cancelled while queued, or finished by a worker presumed dead
             return
         if build.cancel_requested:
-            await self._finish(build_id, pb.BUILD_STATE_CANCELLED)
+            await self._finish(build_id, Outcome(pb.BUILD_STATE_CANCELLED))
             await msg.ack()
             return
         if build_id in self.jobs:
@@ -168,6 +176,10 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
             await self._attempt(job)
+        except Exception as exc:  # noqa: BLE001 - NATS away at the start or the end
+            # Left unacked: the message comes back after ack_wait, to any worker.
+            log.warning("build %s: attempt %d interrupted: %s", build_id, attempt,
+                        jetstream.translate(exc) or exc)  # fmt: skip
         finally:
             heartbeat.cancel()
             self.jobs.pop(build_id, None)
@@ -187,6 +199,10 @@ class Worker:
         workspace = self.settings.work_root / f"{job.build_id}-{job.attempt}"
         claim(workspace)  # the janitor of another worker leaves it alone
         build = await self._start(job)
+        if build is None:
+            shutil.rmtree(workspace, ignore_errors=True)
+            await job.msg.ack()  # ended or cancelled meanwhile
+            return
         log_file = workspace / f"{build.name}-{build.version}.build.log"
         job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
         job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
@@ -226,20 +242,16 @@ class Worker:
             job.reporter.log(f"build failed: {message}", "ERROR")
         return pb.BuildError(step=running[-1] if running else "", message=message, log_tail=tail)
 
-    async def _start(self, job: Job) -> pb.Build:
-        def take(build: pb.Build) -> None:
-            build.state = pb.BUILD_STATE_RUNNING
-            build.worker = self.name
-            build.attempt = job.attempt
-            if not build.HasField("started"):
-                build.started.CopyFrom(now())
-            del build.steps[:]
-            build.ClearField("error")
-
-        build = await self.core.records.mutate(job.build_id, take)
+    async def _start(self, job: Job) -> pb.Build | None:
+        """Takes the build; None if it ended or was cancelled meanwhile."""
+        build, changed = await self.core.records.mutate(
+            job.build_id, lambda b: lifecycle.start(b, self.name, job.attempt)
+        )
+        if not changed:
+            return None
         await self.core.announce(build)
         await self.core.events.publish(
-            "build.started",
+            STATES[build.state].event,
             build.id,
             event_data(build, worker=self.name, attempt=job.attempt),
         )
@@ -340,7 +352,8 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        await self._finish(job.build_id, state, error, stored, log_artifact, job.accel)
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
+        await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
     def _mark_steps(self, job: Job, state: pb.BuildState.ValueType) -> None:
@@ -355,6 +368,8 @@ class Worker:
         """Storage or NATS away (Unavailable), or the disk full: worth another
         try, as long as deliveries are left."""
         exc = job.task.exception() if job.task and not job.task.cancelled() else None
+        if exc is not None:
+            exc = jetstream.translate(exc) or exc
         passing = isinstance(exc, (Unavailable, OSError)) and not isinstance(exc, RecipeError)
         return passing and job.attempt < self.settings.max_deliver
 
@@ -362,22 +377,18 @@ class Worker:
         assert job.reporter is not None
         await job.reporter.close()
 
-        def back(build: pb.Build) -> None:
-            build.state = pb.BUILD_STATE_QUEUED
-            build.worker = ""
-            if error is not None:
-                build.error.CopyFrom(error)
-
-        build = await self.core.records.mutate(job.build_id, back)
-        await self.core.announce(build)
+        build, changed = await self.core.records.mutate(
+            job.build_id, lambda b: lifecycle.requeue(b, self.name, job.attempt, error)
+        )
+        if changed:
+            await self.core.announce(build)
         delays = self.settings.retry_backoff_seconds or [0.0]
         delay = 0.0 if error is None else delays[min(job.attempt, len(delays)) - 1]
         await job.msg.nak(delay=delay)
         log.warning("build %s: handed back to the queue (retry in %.0fs)", job.build_id, delay)
 
     async def _still_mine(self, job: Job) -> bool:
-        build = await self.core.get(job.build_id)
-        return build.worker == self.name and build.attempt == job.attempt
+        return lifecycle.held_by(await self.core.get(job.build_id), self.name, job.attempt)
 
     async def _store_log(self, job: Job) -> pb.BuildArtifact | None:
         assert job.reporter is not None and job.artifacts is not None
@@ -395,43 +406,21 @@ class Worker:
             log.exception("build %s: the log was not stored", job.build_id)
             return None
 
-    async def _finish(
-        self,
-        build_id: str,
-        state: pb.BuildState.ValueType,
-        error: pb.BuildError | None = None,
-        stored: list[pb.BuildArtifact] | None = None,
-        log_artifact: pb.BuildArtifact | None = None,
-        accel: str = "",
-    ) -> None:
-        def end(build: pb.Build) -> bool:
-            if build.state in TERMINAL:
-                return False
-            build.state = state
-            build.finished.CopyFrom(now())
-            build.accel = accel
-            if error is not None:
-                build.error.CopyFrom(error)
-            build.artifacts.extend(stored or [])
-            if log_artifact is not None:
-                build.artifacts.append(log_artifact)
-                build.log_artifact_id = log_artifact.artifact_id
-            return True
-
-        build = await self.core.records.mutate(build_id, end)
-        if build.state != state:
+    async def _finish(self, build_id: str, outcome: Outcome) -> None:
+        """Ends the build, and announces it only if this call ended it: with
+        several pods (or an advisory racing a worker) exactly one does."""
+        build, changed = await self.core.records.mutate(
+            build_id, lambda b: lifecycle.finish(b, outcome)
+        )
+        if not changed:
             return
         await self.core.announce(build)
-        kind = {
-            pb.BUILD_STATE_SUCCEEDED: "succeeded",
-            pb.BUILD_STATE_FAILED: "failed",
-            pb.BUILD_STATE_CANCELLED: "cancelled",
-        }[state]
         extra: dict[str, Any] = {"artifacts": [a.artifact_id for a in build.artifacts]}
-        if error is not None:
-            extra.update(step=error.step, error=error.message)
-        await self.core.events.publish(f"build.{kind}", build.id, event_data(build, **extra))
-        log.info("build %s %s", build_id, kind)
+        if outcome.error is not None:
+            extra.update(step=outcome.error.step, error=outcome.error.message)
+        info = STATES[build.state]
+        await self.core.events.publish(info.event, build.id, event_data(build, **extra))
+        log.info("build %s %s", build_id, info.word)
 
 
 def _spec(output: OutputFile) -> str:

@@ -1,15 +1,12 @@
-"""The recipe: what a user writes to describe an image.
+"""The recipe's schema: what a user writes to describe an image.
 
-The schema lives here and only here, as frozen pydantic models. The loader
-checks all of it (YAML syntax, duplicate keys, types, ranges, cross-field
-rules, and the files a recipe names beside itself) before any privileged work
-starts, and reports every problem as a `RecipeIssue` naming the field path
-(`files[2].mode`) and the YAML line. See docs/recipe.md.
+The schema lives here and only here, as frozen pydantic models; the loader
+(kiln_recipe.loader) checks all of it before any privileged work starts. See
+docs/recipe.md.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -17,12 +14,10 @@ import re
 import stat
 import uuid
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, get_args
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,27 +26,19 @@ from pydantic import (
     Field,
     PrivateAttr,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from kiln_common.digests import file_sha256
-from kiln_common.errors import InvalidArgument
 from kiln_common.ids import ID_RE
+from kiln_recipe.issues import Problem, describe
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 MAX_RECIPE_BYTES = 1 * MiB
 MIN_DISK, MAX_DISK = 512 * MiB, 2 * TiB
 MIN_BOOT_TIMEOUT, MAX_BOOT_TIMEOUT = 10, 3600
-# A 1 MiB document cannot hold this many nodes unless aliases multiply them:
-# the cap stops "billion laughs" and self-referencing aliases.
-_MAX_NODES = 1_000_000
-# PyYAML's composer recurses, so no parsed document nests deeper than this;
-# only a recursive alias does.
-_MAX_DEPTH = 1000
 
 Distro = Literal["debian", "ubuntu"]
 Format = Literal["qcow2", "qcow2c", "raw", "vmdk", "ext3", "ext4", "tar"]
@@ -92,44 +79,6 @@ _DURATION_RE = re.compile(r"(\d+)\s*([smh]?)")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
-# --- issues and errors --------------------------------------------------------------------
-
-
-class RecipeIssue(NamedTuple):
-    """One problem: `path` like "disk.size" or "files[2].mode" ("" for the whole
-    document), `line` 1-based in the YAML (None when there is no document)."""
-
-    path: str
-    line: int | None
-    message: str
-
-    def render(self, filename: str = "") -> str:
-        """`FILE:LINE: path: message`, leaving out the parts that are unknown."""
-        where = filename
-        if self.line is not None:
-            where = f"{where}:{self.line}" if where else str(self.line)
-        return ": ".join([p for p in (where, self.path) if p] + [self.message])
-
-
-class RecipeError(InvalidArgument):
-    """A recipe is invalid. `issues` holds every problem found, by line; str()
-    lists them one per line as "LINE: path: message"."""
-
-    def __init__(self, issues: Sequence[RecipeIssue], filename: str = "<recipe>") -> None:
-        self.issues = sorted(set(issues), key=lambda i: (i.line or 0, i.path, i.message))
-        self.filename = filename
-        super().__init__("\n".join(issue.render() for issue in self.issues))
-
-
-class _Problem(ValueError):
-    """A validation failure about one part of the value being validated (an
-    item, a sub-field), so the issue points at that part's path and line."""
-
-    def __init__(self, message: str, *at: str | int) -> None:
-        super().__init__(message)
-        self.at = at
-
-
 # --- value parsers shared by the models ---------------------------------------------------
 
 
@@ -139,7 +88,7 @@ def parse_size(value: object) -> int:
         return value
     match = _SIZE_RE.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(f"expected a size such as 4GiB, 512MiB or 2G, got {_describe(value)}")
+        raise ValueError(f"expected a size such as 4GiB, 512MiB or 2G, got {describe(value)}")
     number, unit = match.groups()
     if unit.upper() in ("KB", "MB", "GB", "TB"):
         raise ValueError(f"{value!r} is ambiguous: write {number}{unit[0].upper()}iB")
@@ -154,7 +103,7 @@ def parse_seconds(value: object) -> int:
         return value
     match = _DURATION_RE.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(f"expected a duration such as 300s, 5m or 1h, got {_describe(value)}")
+        raise ValueError(f"expected a duration such as 300s, 5m or 1h, got {describe(value)}")
     return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
@@ -223,14 +172,14 @@ def _exactly_one(model: BaseModel, names: Sequence[str]) -> None:
         return
     choices = ", ".join(names)
     if not given:
-        raise _Problem(f"give exactly one of: {choices}")
-    raise _Problem(f"give exactly one of: {choices} (got {' and '.join(given)})", given[1])
+        raise Problem(f"give exactly one of: {choices}")
+    raise Problem(f"give exactly one of: {choices} (got {' and '.join(given)})", given[1])
 
 
 def _no_repeats(values: Sequence[object], what: str) -> None:
     for index, value in enumerate(values):
         if value in values[:index]:
-            raise _Problem(f"{what} {value!r} is listed twice", index)
+            raise Problem(f"{what} {value!r} is listed twice", index)
 
 
 def _sysprep_kind(value: object) -> str:
@@ -282,7 +231,7 @@ class Bootstrap(Model):
     @model_validator(mode="after")
     def _ubuntu_needs_mirror(self) -> Self:
         if self.distro == "ubuntu" and self.mirror is None:
-            raise _Problem(
+            raise Problem(
                 "required for ubuntu: the build host's apt sources are Debian's", "mirror"
             )
         return self
@@ -348,9 +297,9 @@ class ImageRef(Model):
         _exactly_one(self, self.SOURCES)
         # Only a URL needs a pin: the other sources carry their own checksums.
         if self.url is not None and self.sha256 is None:
-            raise _Problem("required with url, so the download is verified", "sha256")
+            raise Problem("required with url, so the download is verified", "sha256")
         if self.url is None and self.sha256 is not None:
-            raise _Problem("only for url: other sources carry their own checksums", "sha256")
+            raise Problem("only for url: other sources carry their own checksums", "sha256")
         return self
 
 
@@ -505,7 +454,7 @@ class TestSpec(Model):
     @model_validator(mode="after")
     def _commands_need_boot(self) -> Self:
         if self.commands and self.boot is None:
-            raise _Problem("commands run in the booted image: they need the boot test", "commands")
+            raise Problem("commands run in the booted image: they need the boot test", "commands")
         return self
 
 
@@ -549,7 +498,7 @@ class Recipe(Model):
         for index, path in enumerate(paths):
             if path in paths[:index]:
                 first = paths.index(path)
-                raise _Problem(f"{path} is written by files[{first}] too", index, "path")
+                raise Problem(f"{path} is written by files[{first}] too", index, "path")
         return files
 
     @field_validator("outputs")
@@ -606,255 +555,3 @@ class Recipe(Model):
             {"kiln-recipe": 1, "recipe": doc}, sort_keys=True, separators=(",", ":")
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# --- loading ------------------------------------------------------------------------------
-
-
-def load_recipe(path: Path) -> Recipe:
-    """Reads and checks a recipe file. Raises RecipeError listing every problem."""
-    filename = str(path)
-    try:
-        # Checked before opening too: opening a FIFO would wait for a writer.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise RecipeError([RecipeIssue("", None, "not a regular file")], filename)
-        with open(path, "rb") as f:
-            raw = f.read(MAX_RECIPE_BYTES + 1)
-    except OSError as exc:
-        problem = f"cannot read: {exc.strerror or exc}"
-        raise RecipeError([RecipeIssue("", None, problem)], filename) from None
-    if len(raw) > MAX_RECIPE_BYTES:
-        raise RecipeError([RecipeIssue("", None, "larger than 1 MiB")], filename)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        problem = f"not UTF-8 text (byte {exc.start})"
-        raise RecipeError([RecipeIssue("", None, problem)], filename) from None
-    return parse_recipe(text, Path(path).absolute().parent, filename)
-
-
-def parse_recipe(text: str, base_dir: Path, filename: str = "<recipe>") -> Recipe:
-    """Checks a recipe's text; `source` and `script` paths are relative to base_dir."""
-    if len(text.encode(errors="surrogatepass")) > MAX_RECIPE_BYTES:
-        raise RecipeError([RecipeIssue("", None, "larger than 1 MiB")], filename)
-    data, root = load_yaml_document(text, filename)
-    if not isinstance(data, dict) or root is None:
-        line = None if root is None else root.start_mark.line + 1
-        found = "an empty document" if root is None else _describe(data)
-        problem = f"expected a mapping of fields (name, version, from, ...), found {found}"
-        raise RecipeError([RecipeIssue("", line, problem)], filename)
-    context = {"base_dir": Path(base_dir).absolute()}
-    try:
-        return Recipe.model_validate(data, context=context, by_alias=True, by_name=False)
-    except ValidationError as exc:
-        raise RecipeError([_issue(e, root) for e in exc.errors()], filename) from None
-
-
-def load_yaml_document(text: str, filename: str = "<yaml>") -> tuple[object, yaml.Node | None]:
-    """One YAML document, parsed safely, as (data, node tree). Syntax errors,
-    duplicate keys and alias bombs are a RecipeError with their lines."""
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, None
-        problems = _structure_issues(root)
-        if problems:
-            raise RecipeError(problems, filename)
-        return loader.construct_document(root), root
-    except yaml.MarkedYAMLError as exc:
-        raise RecipeError([_syntax_issue(exc)], filename) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError([RecipeIssue("", None, f"invalid YAML: {exc}")], filename) from None
-    except RecursionError:
-        raise RecipeError([RecipeIssue("", None, "nested too deeply")], filename) from None
-    finally:
-        loader.dispose()
-
-
-def _syntax_issue(exc: yaml.MarkedYAMLError) -> RecipeIssue:
-    mark = exc.problem_mark or exc.context_mark
-    context, problem = exc.context or "", exc.problem or ""
-    if context.startswith("while") and exc.context_mark is not None:
-        message = f"{problem} ({context} on line {exc.context_mark.line + 1})"
-    else:
-        message = ", ".join(p for p in (context, problem) if p)
-    return RecipeIssue("", None if mark is None else mark.line + 1, f"invalid YAML: {message}")
-
-
-# A path in the document as a linked list (parent, part): O(1) to extend, so
-# walking a deeply aliased document stays linear.
-_Trail = tuple["_Trail", str | int] | None
-
-
-def _structure_issues(root: yaml.Node) -> list[RecipeIssue]:
-    """Duplicate keys (which YAML loaders otherwise drop silently), and aliases
-    that nest without end or expand beyond _MAX_NODES. Walks iteratively:
-    aliases share nodes, so the walk sees what construction would build."""
-    issues: list[RecipeIssue] = []
-    stack: list[tuple[yaml.Node, _Trail, int]] = [(root, None, 0)]
-    seen = 0
-    while stack:
-        node, trail, depth = stack.pop()
-        seen += 1
-        if seen > _MAX_NODES:
-            return [RecipeIssue("", None, "aliases expand to too many nodes")]
-        if depth > _MAX_DEPTH:
-            return [RecipeIssue("", None, "nested too deeply (a recursive alias?)")]
-        if isinstance(node, yaml.MappingNode):
-            issues += _duplicate_keys(node, trail)
-            for key, value in node.value:
-                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-                stack.append((value, (trail, name), depth + 1))
-        elif isinstance(node, yaml.SequenceNode):
-            stack += [(item, (trail, i), depth + 1) for i, item in enumerate(node.value)]
-    return issues
-
-
-def _duplicate_keys(node: yaml.MappingNode, trail: _Trail) -> list[RecipeIssue]:
-    issues: list[RecipeIssue] = []
-    first_line: dict[tuple[str, str], int] = {}
-    for key, _ in node.value:
-        if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-            continue
-        line = key.start_mark.line + 1
-        if (key.tag, key.value) in first_line:
-            path = _format_path([*_unwind(trail), key.value])
-            problem = (
-                f"duplicate key {key.value!r} (first on line {first_line[key.tag, key.value]})"
-            )
-            issues.append(RecipeIssue(path, line, problem))
-        else:
-            first_line[key.tag, key.value] = line
-    return issues
-
-
-def _unwind(trail: _Trail) -> list[str | int]:
-    parts: list[str | int] = []
-    while trail is not None:
-        trail, part = trail
-        parts.append(part)
-    return parts[::-1]
-
-
-def _format_path(parts: Sequence[str | int]) -> str:
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    return path
-
-
-# --- pydantic errors as issues ------------------------------------------------------------
-
-_EXPECTED = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "int_parsing": "an integer",
-    "int_from_float": "an integer",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-
-
-def _issue(error: ErrorDetails, root: yaml.Node) -> RecipeIssue:
-    loc = tuple(error["loc"])
-    cause = error.get("ctx", {}).get("error")
-    # Parts of loc the document need not contain: a missing field, or the part
-    # a _Problem points at. Anything else absent from it is a pydantic union tag.
-    keep_from = len(loc) - 1 if error["type"] == "missing" else len(loc)
-    if isinstance(cause, _Problem):
-        loc += cause.at
-    path, line = _locate(root, loc, keep_from)
-    return RecipeIssue(path, line, _message(error, loc, cause))
-
-
-def _locate(root: yaml.Node, loc: tuple[int | str, ...], keep_from: int) -> tuple[str, int]:
-    """The field path and line of `loc`: the deepest node the document has
-    (a mapping entry's key line, a list item's first line)."""
-    node, line, parts = root, root.start_mark.line + 1, []
-    for index, part in enumerate(loc):
-        child = _child(node, part)
-        if child is not None:
-            node, line = child
-            parts.append(part)
-        elif index >= keep_from:
-            parts.append(part)
-    return _format_path(parts), line
-
-
-def _child(node: yaml.Node, part: int | str) -> tuple[yaml.Node, int] | None:
-    if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-        # The last match: after a merge (<<) the explicit key comes last and wins.
-        for key, value in reversed(node.value):
-            if isinstance(key, yaml.ScalarNode) and key.value == part:
-                return value, key.start_mark.line + 1
-    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        item = node.value[part]
-        return item, item.start_mark.line + 1
-    return None
-
-
-def _message(error: ErrorDetails, loc: tuple[int | str, ...], cause: object) -> str:
-    kind, value = error["type"], error.get("input")
-    if kind == "missing":
-        return "required, but missing"
-    if kind == "extra_forbidden":
-        return _unknown_field(loc)
-    if kind == "literal_error":
-        return f"must be {error.get('ctx', {}).get('expected')}, not {_describe(value)}"
-    if kind in _EXPECTED:
-        quote = kind == "string_type" and isinstance(value, int | float | bool | date)
-        return f"expected {_EXPECTED[kind]}, got {_describe(value)}" + (
-            " (put it in quotes)" if quote else ""
-        )
-    if isinstance(cause, ValueError):
-        return str(cause)
-    return error["msg"]
-
-
-def _unknown_field(loc: tuple[int | str, ...]) -> str:
-    name, known = str(loc[-1]), _known_fields(loc[:-1])
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(known)
-    return f"unknown field {name!r} ({hint})" if known else f"unknown field {name!r}"
-
-
-def _known_fields(loc: tuple[int | str, ...]) -> list[str]:
-    """The field names (by alias) of the model at `loc` in a Recipe."""
-    model: type[BaseModel] | None = Recipe
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        model = _model_in(fields[part].annotation) if part in fields else None
-    return [] if model is None else [f.alias or n for n, f in model.model_fields.items()]
-
-
-def _model_in(annotation: object) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"the number {value}"
-    if isinstance(value, date):
-        return f"the date {value}"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
-    if isinstance(value, list):
-        return "a list"
-    return "a mapping" if isinstance(value, dict) else type(value).__name__

@@ -1,0 +1,140 @@
+"""The one JetStream adapter every Kiln service uses: connecting (reconnect
+for ever), creating or updating streams, key-value buckets and object stores
+with the configured replicas, and NATS errors as Kiln errors, the way the
+storage service's S3 backend maps S3 errors: a NATS that is away is
+Unavailable (a client retries, a worker hands the build back), a missing
+entry NotFound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+import nats.errors as nerr
+import nats.js.errors as jerr
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from kiln_common.errors import FailedPrecondition, KilnError, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# NATS failures that say "not now" rather than "not ever".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    nerr.TimeoutError,
+    nerr.NoRespondersError,
+    nerr.ConnectionClosedError,
+    nerr.ConnectionReconnectingError,
+    nerr.ConnectionDrainingError,
+    nerr.StaleConnectionError,
+    nerr.OutboundBufferLimitError,
+    nerr.NoServersError,
+    nerr.FlushTimeoutError,
+    nerr.UnexpectedEOF,
+    jerr.ServiceUnavailableError,
+    jerr.ServerError,
+    jerr.NoStreamResponseError,
+    jerr.FetchTimeoutError,
+    asyncio.TimeoutError,
+)
+_NOT_FOUND: tuple[type[BaseException], ...] = (
+    jerr.NotFoundError,
+    jerr.KeyNotFoundError,
+    jerr.ObjectNotFoundError,
+    jerr.BucketNotFoundError,
+)
+
+
+def translate(exc: BaseException) -> KilnError | None:
+    """The Kiln error a NATS failure stands for, or None if it is not one."""
+    if isinstance(exc, KilnError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE):
+        return Unavailable(f"NATS is unavailable ({type(exc).__name__}); try again later")
+    if isinstance(exc, _NOT_FOUND):
+        return NotFound(f"not found in NATS: {exc}")
+    if isinstance(exc, jerr.KeyWrongLastSequenceError):
+        return FailedPrecondition("changed by someone else meanwhile; try again")
+    return None
+
+
+async def mapped(call: Callable[[], Awaitable[T]]) -> T:
+    """The call's result; a NATS failure raises its Kiln error."""
+    try:
+        return await call()
+    except Exception as exc:
+        error = translate(exc)
+        if error is None or error is exc:
+            raise
+        raise error from exc
+
+
+async def connect(url: str, name: str) -> NatsClient:
+    """A connection that keeps reconnecting, however long NATS is away."""
+
+    async def disconnected() -> None:
+        log.warning("NATS connection lost; reconnecting")
+
+    async def reconnected() -> None:
+        log.warning("NATS reconnected")
+
+    return await nats.connect(
+        url,
+        name=name,
+        connect_timeout=5,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        disconnected_cb=disconnected,
+        reconnected_cb=reconnected,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int = 1) -> None:
+    """Creates the stream, or updates it to this config."""
+    config.num_replicas = replicas
+    try:
+        await js.add_stream(config)
+    except jerr.BadRequestError:
+        await js.update_stream(config)
+
+
+async def _open_or_create(
+    open_: Callable[[], Awaitable[T]], create: Callable[[], Awaitable[T]]
+) -> T:
+    """A bucket, created if missing. Pods starting together may race to
+    create it: the loser opens it."""
+    try:
+        return await open_()
+    except (jerr.BucketNotFoundError, jerr.NotFoundError):
+        pass
+    try:
+        return await create()
+    except jerr.BadRequestError:
+        return await open_()
+
+
+async def key_value(
+    js: JetStreamContext, name: str, *, history: int = 1, replicas: int = 1
+) -> KeyValue:
+    config = KeyValueConfig(
+        bucket=name, history=history, storage=StorageType.FILE, replicas=replicas
+    )
+    return await _open_or_create(
+        lambda: js.key_value(name), lambda: js.create_key_value(config=config)
+    )
+
+
+async def object_store(
+    js: JetStreamContext, name: str, *, ttl: float | None = None, replicas: int = 1
+) -> ObjectStore:
+    config = ObjectStoreConfig(bucket=name, ttl=ttl, storage=StorageType.FILE, replicas=replicas)
+    return await _open_or_create(
+        lambda: js.object_store(name), lambda: js.create_object_store(name, config=config)
+    )

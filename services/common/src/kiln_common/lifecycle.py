@@ -1,0 +1,156 @@
+"""The build lifecycle, in one place: the names of build states, step states
+and build events (one table, shared by the builder, its events and the CLI),
+and the pure transitions of a build record.
+
+A transition changes a record in place and says whether it changed it. The
+builder stores a record only when it changed, and sends the transition's
+event only when its own write made the change: however many pods try to end
+one build, exactly one ends it, and exactly one terminal event is sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_common.errors import FailedPrecondition
+
+State: TypeAlias = pb.BuildState.ValueType
+StepState: TypeAlias = pb.StepState.ValueType
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    word: str  # as the CLI shows it and filters take it
+    event: str  # the event sent when a build enters the state
+    terminal: bool
+    exit_code: int  # `kiln build --follow` exits with this once the build is here
+
+
+STATES: dict[State, StateInfo] = {
+    pb.BUILD_STATE_QUEUED: StateInfo("queued", "build.queued", False, 1),
+    pb.BUILD_STATE_RUNNING: StateInfo("running", "build.started", False, 1),
+    pb.BUILD_STATE_SUCCEEDED: StateInfo("succeeded", "build.succeeded", True, 0),
+    pb.BUILD_STATE_FAILED: StateInfo("failed", "build.failed", True, 1),
+    pb.BUILD_STATE_CANCELLED: StateInfo("cancelled", "build.cancelled", True, 3),
+}
+STEP_WORDS: dict[StepState, str] = {
+    pb.STEP_STATE_PENDING: "pending",
+    pb.STEP_STATE_RUNNING: "running",
+    pb.STEP_STATE_DONE: "done",
+    pb.STEP_STATE_FAILED: "failed",
+    pb.STEP_STATE_CANCELLED: "cancelled",
+}
+STEP_EVENT = "build.step"
+TERMINAL = frozenset(s for s, info in STATES.items() if info.terminal)
+EVENTS = tuple([info.event for info in STATES.values()] + [STEP_EVENT])
+WORDS = tuple(info.word for info in STATES.values())
+
+
+def word(state: State) -> str:
+    info = STATES.get(state)
+    return info.word if info else "unspecified"
+
+
+def state_of(text: str) -> State:
+    """The state a word names ("" is unspecified: any state)."""
+    for state, info in STATES.items():
+        if info.word == text:
+            return state
+    if text:
+        raise ValueError(f"unknown build state {text!r} (one of {', '.join(WORDS)})")
+    return pb.BUILD_STATE_UNSPECIFIED
+
+
+def step_word(state: StepState) -> str:
+    return STEP_WORDS.get(state, "unspecified")
+
+
+def now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+# ---- transitions: each changes the record in place and says whether it did ----------------
+
+
+def start(build: pb.Build, worker: str, attempt: int) -> bool:
+    """A worker takes the build (a queued one, or a running one whose worker
+    was presumed dead). An ended or cancelled build is not taken."""
+    if build.state in TERMINAL or build.cancel_requested:
+        return False
+    build.state = pb.BUILD_STATE_RUNNING
+    build.worker = worker
+    build.attempt = attempt
+    if not build.HasField("started"):
+        build.started.CopyFrom(now())
+    del build.steps[:]
+    build.ClearField("error")
+    return True
+
+
+def held_by(build: pb.Build, worker: str, attempt: int) -> bool:
+    """Whether this worker's attempt still owns the running build."""
+    return (
+        build.state == pb.BUILD_STATE_RUNNING
+        and build.worker == worker
+        and build.attempt == attempt
+    )
+
+
+def requeue(build: pb.Build, worker: str, attempt: int, error: pb.BuildError | None = None) -> bool:
+    """The worker's attempt hands the build back to the queue (shutting down,
+    or a failure worth another try). Only the attempt that holds it can."""
+    if not held_by(build, worker, attempt):
+        return False
+    build.state = pb.BUILD_STATE_QUEUED
+    build.worker = ""
+    if error is not None:
+        build.error.CopyFrom(error)
+    return True
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: State
+    error: pb.BuildError | None = None
+    artifacts: tuple[pb.BuildArtifact, ...] = ()
+    log_artifact: pb.BuildArtifact | None = None
+    accel: str = ""
+
+
+def finish(build: pb.Build, outcome: Outcome) -> bool:
+    """Ends the build. False if it had already ended: the caller's outcome
+    comes too late and must not be announced."""
+    if outcome.state not in TERMINAL:
+        raise ValueError(f"{word(outcome.state)} is not an end state")
+    if build.state in TERMINAL:
+        return False
+    build.state = outcome.state
+    build.finished.CopyFrom(now())
+    build.accel = outcome.accel
+    if outcome.error is not None:
+        build.error.CopyFrom(outcome.error)
+    build.artifacts.extend(outcome.artifacts)
+    if outcome.log_artifact is not None:
+        build.artifacts.append(outcome.log_artifact)
+        build.log_artifact_id = outcome.log_artifact.artifact_id
+    return True
+
+
+def request_cancel(build: pb.Build) -> bool:
+    """Asks for the build to stop. A queued build ends at once (no worker
+    holds it); a running one is marked, and its worker stops it. An ended
+    build cannot be cancelled."""
+    if build.state in TERMINAL:
+        raise FailedPrecondition(f"build {build.id} has already ended ({word(build.state)})")
+    if build.cancel_requested and build.state != pb.BUILD_STATE_QUEUED:
+        return False
+    build.cancel_requested = True
+    if build.state == pb.BUILD_STATE_QUEUED:
+        build.state = pb.BUILD_STATE_CANCELLED
+        build.finished.CopyFrom(now())
+    return True
