@@ -106,7 +106,7 @@ class JetStreamPublisher:
         self._nc = nc
         self._js = js
         self._source = source
-        self.outbox = outbox or Outbox(None, source)
+        self.outbox = outbox if outbox is not None else Outbox(None, source)
         self._policy = policy
         self._flusher: asyncio.Task[None] | None = None
         if len(self.outbox):
