@@ -47,6 +47,7 @@ def builder(nats_server: Nats, tmp_path: Path) -> Builder:
         settings = BuilderSettings(
             grpc_bind="127.0.0.1:0", nats_url=nats_server.url, worker=False,
             work_root=tmp_path / "work", cache_dir=tmp_path / "cache", shutdown_grace=1.0,
+            outbox_dir=tmp_path / "outbox",
         )  # fmt: skip
         app = await build(settings)
         try:
@@ -192,6 +193,20 @@ async def test_list_filters_and_pages_newest_first(builder: Builder) -> None:
     assert first.next_page_token and not rest.next_page_token
     assert [b.id for b in cancelled.builds] == [ids[0]]
     assert everything.builds[0].id == odd.id
+
+
+async def test_a_build_submitted_through_one_pod_is_listed_by_another_at_once(
+    builder: Builder,
+) -> None:
+    async with builder() as first, builder() as second:
+        await second.ListBuilds(pb.ListBuildsRequest())  # its index is built
+        for _ in range(3):
+            submitted = await first.SubmitBuild(pb.SubmitBuildRequest(recipe=source()))
+            listed = await second.ListBuilds(pb.ListBuildsRequest(page_size=1))
+            assert [b.id for b in listed.builds] == [submitted.id]
+        await first.CancelBuild(pb.CancelBuildRequest(id=submitted.id))
+        cancelled = await second.ListBuilds(pb.ListBuildsRequest(state=pb.BUILD_STATE_CANCELLED))
+        assert [b.id for b in cancelled.builds] == [submitted.id]
 
 
 async def test_cancelling_a_queued_build_ends_it_at_once(builder: Builder) -> None:

@@ -31,11 +31,7 @@ class Outbox:
         self._dir: Path | None = None
         self._lock: IO[str] | None = None
         if root is not None:
-            self._dir = root / _UNSAFE.sub("_", owner)
-            self._dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _try_lock(self._dir)
-            if self._lock is None:
-                raise RuntimeError(f"outbox {self._dir} is held by another process")
+            self._dir, self._lock = _claim(root, _UNSAFE.sub("_", owner))
             self._adopt(root)
 
     def _adopt(self, root: Path) -> None:
@@ -95,6 +91,18 @@ class Outbox:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+def _claim(root: Path, name: str) -> tuple[Path, IO[str]]:
+    """The directory name, or name.1, name.2 … if a live publisher (another
+    in this process, say) holds it: each publisher owns one."""
+    for n in range(1000):
+        directory = root / (name if n == 0 else f"{name}.{n}")
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = _try_lock(directory)
+        if lock is not None:
+            return directory, lock
+    raise RuntimeError(f"no free outbox for {name} under {root}")
 
 
 def _try_lock(directory: Path) -> IO[str] | None:

@@ -14,7 +14,9 @@ import grpc
 from kiln_api.builder.v1 import builder_pb2, builder_pb2_grpc
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.service.core import BuilderCore, Nats
+from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.queue import QueuePolicy
+from kiln_builder.service.records import BUILDS_BUCKET
 from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
@@ -50,6 +52,8 @@ class BuilderApp:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker_task
+        if self.core.index is not None:
+            await self.core.index.stop()
         with contextlib.suppress(Exception):
             await self.core.events.close()  # sends the outbox first, while it can
         with contextlib.suppress(Exception):
@@ -63,7 +67,9 @@ async def build(settings: BuilderSettings) -> BuilderApp:
     await ensure_stream(shared.js, replicas=settings.nats_replicas)
     outbox = Outbox(settings.outbox_dir, settings.name())
     events = JetStreamPublisher(nc, shared.js, default_source("kiln-builder"), outbox)
-    core = BuilderCore(shared, events)
+    index = BuildIndex(shared.js, shared.records.builds, BUILDS_BUCKET)
+    index.start()
+    core = BuilderCore(shared, events, index)
 
     def register(server: grpc.aio.Server) -> None:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)

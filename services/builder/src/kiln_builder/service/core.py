@@ -18,6 +18,7 @@ from nats.js.object_store import ObjectStore
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.service import bundle, queue, updates
+from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.records import BuildRecords, same_recipe
 from kiln_common import jetstream, lifecycle
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -66,10 +67,11 @@ class Nats:
 
 
 class BuilderCore:
-    def __init__(self, nats: Nats, events: Publisher) -> None:
+    def __init__(self, nats: Nats, events: Publisher, index: BuildIndex | None = None) -> None:
         self.nats = nats
         self.records = nats.records
         self.events = events
+        self.index = index
 
     # ---- recipes ---------------------------------------------------------------------
 
@@ -150,22 +152,36 @@ class BuilderCore:
 
     async def list(self, request: pb.ListBuildsRequest) -> pb.ListBuildsResponse:
         size = request.page_size or DEFAULT_PAGE
-        if size > MAX_PAGE:
-            raise InvalidArgument(f"page_size: at most {MAX_PAGE}")
+        if size > MAX_PAGE or size < 0:
+            raise InvalidArgument(f"page_size: 0 to {MAX_PAGE}")
         token = request.page_token
         if token:
             check_id(token, "page_token")
+        if self.index is None or not await self.index.caught_up():
+            return await self._scan(request, size, token)
+        ids, next_token = self.index.page(request.state, request.name, token, size)
+        found = await asyncio.gather(*(self._listed(i) for i in ids))
+        # A record read now may have moved on from what the index said: it is
+        # listed if it still matches, so a page may be short, never wrong.
+        builds = [b for b in found if b is not None and _matches(b, request)]
+        return pb.ListBuildsResponse(builds=builds, next_page_token=next_token)
+
+    async def _listed(self, build_id: str) -> pb.Build | None:
+        try:
+            return await self.records.get(build_id)
+        except NotFound:
+            return None  # removed while we listed
+
+    async def _scan(
+        self, request: pb.ListBuildsRequest, size: int, token: str
+    ) -> pb.ListBuildsResponse:
+        """Every record read: the answer while the index is being rebuilt."""
         out = pb.ListBuildsResponse()
         for build_id in await self.records.ids():
             if token and build_id >= token:
                 continue
-            try:
-                build = await self.records.get(build_id)
-            except NotFound:
-                continue  # removed while we listed
-            if request.state and build.state != request.state:
-                continue
-            if request.name and build.name != request.name:
+            build = await self._listed(build_id)
+            if build is None or not _matches(build, request):
                 continue
             if len(out.builds) == size:
                 out.next_page_token = out.builds[-1].id
@@ -194,3 +210,9 @@ class BuilderCore:
         elif build.state not in TERMINAL:
             await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")
         return build
+
+
+def _matches(build: pb.Build, request: pb.ListBuildsRequest) -> bool:
+    return (not request.state or build.state == request.state) and (
+        not request.name or build.name == request.name
+    )

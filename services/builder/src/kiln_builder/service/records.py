@@ -25,6 +25,7 @@ Mutation = Callable[[pb.Build], bool]  # a lifecycle transition: True if it chan
 
 class BuildRecords:
     def __init__(self, builds: KeyValue, keys: KeyValue) -> None:
+        self.builds = builds  # the bucket itself, for the list index's watch
         self._builds = builds
         self._keys = keys
 

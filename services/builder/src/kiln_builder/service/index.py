@@ -1,0 +1,119 @@
+"""ListBuilds' index: each pod keeps, in memory, every build's id, state and
+name, fed by a watch on the records bucket (JetStream delivers the newest
+value of every key, then each change). A page is picked from the index and
+only its records are read, so a page costs the same with 100,000 builds as
+with ten.
+
+Before answering, the index catches up with the bucket's last write, so a
+build submitted through any pod is listed at once. An index that cannot
+catch up (its watch was lost with NATS) is rebuilt, and that one call is
+answered by reading every record, as before the index existed."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_common.lifecycle import State
+
+log = logging.getLogger(__name__)
+CATCH_UP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Entry:
+    state: State
+    name: str
+
+
+class BuildIndex:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self._js = js
+        self._kv = kv
+        self._stream = f"KV_{bucket}"
+        self._ids: list[str] = []  # ascending; ids sort by creation time
+        self._entries: dict[str, Entry] = {}
+        self._revision = 0  # the newest bucket write applied
+        self._ready = asyncio.Event()
+        self._moved = asyncio.Event()  # set by each write applied
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                watcher = await self._kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # every key's newest value has been seen
+                        self._ready.set()
+                    else:
+                        self._apply(entry)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - NATS away: watch again when it is back
+                log.warning("build index: watch lost (%s); watching again", exc)
+                await asyncio.sleep(1.0)
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        self._revision = max(self._revision, int(entry.revision or 0))
+        self._moved.set()
+        build_id = entry.key
+        if entry.operation in (KV_DEL, KV_PURGE):
+            if self._entries.pop(build_id, None) is not None:
+                self._ids.pop(bisect.bisect_left(self._ids, build_id))
+            return
+        build = pb.Build()
+        build.ParseFromString(entry.value or b"")
+        if build_id not in self._entries:
+            bisect.insort(self._ids, build_id)
+        self._entries[build_id] = Entry(build.state, build.name)
+
+    async def caught_up(self) -> bool:
+        """Waits until every write made before this call is in the index;
+        False (and the watch restarted) if that takes too long."""
+        last = int((await self._js.stream_info(self._stream)).state.last_seq or 0)
+        try:
+            async with asyncio.timeout(CATCH_UP_SECONDS):
+                await self._ready.wait()
+                while self._revision < last:
+                    self._moved.clear()
+                    await self._moved.wait()
+            return True
+        except TimeoutError:
+            log.warning(
+                "build index: behind the bucket (%d < %d); rebuilding", self._revision, last
+            )
+            await self.stop()
+            self._ready.clear()
+            self.start()
+            return False
+
+    def page(self, state: State, name: str, before: str, size: int) -> tuple[list[str], str]:
+        """Up to size ids, newest first, older than before (the page token);
+        and the next token ("" on the last page)."""
+        end = bisect.bisect_left(self._ids, before) if before else len(self._ids)
+        found: list[str] = []
+        for index in range(end - 1, -1, -1):
+            build_id = self._ids[index]
+            entry = self._entries[build_id]
+            if (state and entry.state != state) or (name and entry.name != name):
+                continue
+            if len(found) == size:
+                return found, found[-1]
+            found.append(build_id)
+        return found, ""
