@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build bench-queue demo clean
+.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build bench-queue bench-list-builds demo clean
 
 setup:
 	scripts/setup.sh
@@ -37,6 +37,9 @@ bench-build: setup
 
 bench-queue: setup
 	$(PY) bench/queue/bench.py
+
+bench-list-builds: setup
+	$(PY) bench/list_builds/bench.py
 
 demo: setup
 	scripts/demo.sh
