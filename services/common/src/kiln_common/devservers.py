@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -135,6 +135,7 @@ class Seaweed:
     access_key: str
     secret_key: str
     pid: int
+    ports: dict[str, int] = field(default_factory=dict)  # every other port, by flag
 
 
 SEAWEED_PORTS = (
@@ -150,17 +151,21 @@ SEAWEED_PORTS = (
 )
 
 
-def start_seaweed(data: Path, log: Path, access_key: str, secret_key: str) -> Seaweed:
+def start_seaweed(
+    data: Path, log: Path, access_key: str, secret_key: str, again: Seaweed | None = None
+) -> Seaweed:
     """weed mini bound to loopback, with credentials so S3 signatures are checked
-    (without them SeaweedFS accepts any key)."""
+    (without them SeaweedFS accepts any key). again: a server that stopped, to
+    start once more on its ports (and the same data)."""
     data.mkdir(parents=True, exist_ok=True)
-    s3_port = free_port()
-    taken = {s3_port}
-    flags = []
+    s3_port = int(again.endpoint.rsplit(":", 1)[1]) if again else free_port()
+    ports = dict(again.ports) if again else {}
+    taken = {s3_port, *ports.values()}
     for name in SEAWEED_PORTS:  # every port named: none left to defaults that may clash
-        port = free_port(taken)
-        taken.add(port)
-        flags.append(f"-{name}={port}")
+        if name not in ports:
+            ports[name] = free_port(taken)
+            taken.add(ports[name])
+    flags = [f"-{name}={port}" for name, port in ports.items()]
     proc = spawn(
         [
             find_binary("weed"),
@@ -185,7 +190,7 @@ def start_seaweed(data: Path, log: Path, access_key: str, secret_key: str) -> Se
     except BaseException:
         stop_pid(proc.pid)
         raise
-    return Seaweed(f"127.0.0.1:{s3_port}", access_key, secret_key, proc.pid)
+    return Seaweed(f"127.0.0.1:{s3_port}", access_key, secret_key, proc.pid, ports)
 
 
 @contextlib.contextmanager

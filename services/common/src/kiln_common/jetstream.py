@@ -85,6 +85,11 @@ async def connect(url: str, name: str) -> NatsClient:
     async def reconnected() -> None:
         log.warning("NATS reconnected")
 
+    async def failed(exc: Exception) -> None:
+        # One line, not nats-py's default traceback: a NATS that is away is
+        # expected and retried; translate() says what it means here.
+        log.warning("NATS: %s", translate(exc) or exc)
+
     return await nats.connect(
         url,
         name=name,
@@ -93,6 +98,7 @@ async def connect(url: str, name: str) -> NatsClient:
         reconnect_time_wait=1,
         disconnected_cb=disconnected,
         reconnected_cb=reconnected,
+        error_cb=failed,
     )
 
 

@@ -25,7 +25,8 @@ from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_common.lifecycle import State
 
 log = logging.getLogger(__name__)
-CATCH_UP_SECONDS = 2.0
+CATCH_UP_SECONDS = 2.0  # a watch that applies nothing this long is stuck
+MAX_CATCH_UP_SECONDS = 60.0  # the longest a call waits for a loading index
 
 
 @dataclass(frozen=True)
@@ -86,24 +87,31 @@ class BuildIndex:
         self._entries[build_id] = Entry(build.state, build.name, entry.value or b"")
 
     async def caught_up(self) -> bool:
-        """Waits until every write made before this call is in the index;
-        False (and the watch restarted) if that takes too long."""
+        """Waits until every write made before this call is in the index. A
+        watch that is still loading (100,000 records take seconds) is waited
+        for while it moves; one that stopped moving (lost with NATS) is
+        restarted, and False tells the caller to read the records instead."""
         last = int((await self._js.stream_info(self._stream)).state.last_seq or 0)
-        try:
-            async with asyncio.timeout(CATCH_UP_SECONDS):
-                await self._ready.wait()
-                while self._revision < last:
-                    self._moved.clear()
-                    await self._moved.wait()
-            return True
-        except TimeoutError:
-            log.warning(
-                "build index: behind the bucket (%d < %d); rebuilding", self._revision, last
-            )
-            await self.stop()
-            self._ready.clear()
-            self.start()
-            return False
+        waited = 0.0
+        while waited < MAX_CATCH_UP_SECONDS:
+            before = self._revision
+            try:
+                async with asyncio.timeout(CATCH_UP_SECONDS):
+                    await self._ready.wait()
+                    while self._revision < last:
+                        self._moved.clear()
+                        await self._moved.wait()
+                return True
+            except TimeoutError:
+                waited += CATCH_UP_SECONDS
+                if self._revision == before:
+                    break  # no progress at all: the watch is stuck
+        log.warning("build index: stuck behind the bucket (%d < %d); watching again",
+                    self._revision, last)  # fmt: skip
+        await self.stop()
+        self._ready.clear()
+        self.start()
+        return False
 
     def page(self, state: State, name: str, before: str, size: int) -> tuple[list[pb.Build], str]:
         """Up to size builds, newest first, older than before (the page
