@@ -29,13 +29,14 @@ from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
 from kiln_client import _rpc, discovery
 from kiln_client._sync import LoopThread
 from kiln_client.errors import ClientError, UploadStopped
-from kiln_common.errors import NotFound, Unavailable
+from kiln_common.errors import Internal, NotFound, Unavailable
 from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_common.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
 MAX_PAGE = 500
+GRPC_CORE_INTERNAL = "Internal error from Core"
 
 
 class StopFlag(Protocol):
@@ -175,7 +176,19 @@ class AsyncStorageClient:
                 sent += want
                 yield pb.UploadPartRequest(chunk=data)
 
-        await _rpc.unary(self.policy, f"part {number}", lambda: self._stub.UploadPart(requests()))
+        async def send() -> None:
+            try:
+                await _rpc.mapped(lambda: self._stub.UploadPart(requests()))
+            except Internal as exc:
+                # grpc.aio reports a client-streaming call that the server ended
+                # early (it aborted with UNAVAILABLE while parts were still being
+                # written) as INTERNAL "Internal error from Core" instead of the
+                # server's status (grpc/grpc#36066). A part is safe to send again.
+                if str(exc) != GRPC_CORE_INTERNAL:
+                    raise
+                raise Unavailable(f"part {number} was cut off by the service") from exc
+
+        await self.policy.acall(send, f"part {number}")
         return length
 
     async def push(
