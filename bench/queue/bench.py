@@ -36,7 +36,7 @@ import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
-from kiln_cli import stack as kiln_stack
+from kiln_common import stack as kiln_stack
 from kiln_common.devservers import free_port
 from kiln_common.events import from_json
 from kiln_common.proc import stop_pid

@@ -39,8 +39,8 @@ from typing import Any
 import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_cli import stack as kiln_stack
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_common import stack as kiln_stack
 from kiln_common.devservers import free_port
 from kiln_common.events import STREAM, from_json
 from kiln_common.lifecycle import TERMINAL

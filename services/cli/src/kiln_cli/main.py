@@ -11,12 +11,12 @@ from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 
-from kiln_cli import stack
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_client import ClientError, StorageClient
 from kiln_client.discovery import NotRunning
 from kiln_client.storage import Progress
+from kiln_common import stack
 from kiln_common.devservers import ServerError
 from kiln_common.digests import file_sha256
 from kiln_common.errors import KilnError

@@ -198,18 +198,18 @@ class Worker:
     async def _attempt(self, job: Job) -> None:
         workspace = self.settings.work_root / f"{job.build_id}-{job.attempt}"
         claim(workspace)  # the janitor of another worker leaves it alone
-        build = await self._start(job)
-        if build is None:
-            shutil.rmtree(workspace, ignore_errors=True)
-            await job.msg.ack()  # ended or cancelled meanwhile
-            return
-        log_file = workspace / f"{build.name}-{build.version}.build.log"
-        job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
-        job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
-        job.task = asyncio.create_task(self._build(job, build, workspace))
-        if job.why_stopped:  # asked to stop before the task existed
-            job.task.cancel()
         try:
+            build = await self._start(job)
+            if build is None:  # ended, or a cancel came first: end it as cancelled
+                await self._finish(job.build_id, Outcome(pb.BUILD_STATE_CANCELLED))
+                await job.msg.ack()
+                return
+            log_file = workspace / f"{build.name}-{build.version}.build.log"
+            job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
+            job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
+            job.task = asyncio.create_task(self._build(job, build, workspace))
+            if job.why_stopped:  # asked to stop before the task existed
+                job.task.cancel()
             await self._conclude(job, *await self._outcome(job))
         finally:
             shutil.rmtree(workspace, ignore_errors=True)
