@@ -45,6 +45,7 @@ from kiln_common.devservers import free_port
 from kiln_common.events import STREAM, from_json
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import stop_pid
+from kiln_common.retry import RetryPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench/results/soak.json"
@@ -183,7 +184,9 @@ async def one_run(args: argparse.Namespace, home: Path, with_faults: bool) -> di
     fault_log: list[str] = []
     chaos = None
     try:
-        async with AsyncBuilderClient(stack.builder) as client:
+        # Patient: the builder this client talks to is itself killed and restarted.
+        patient = RetryPolicy(attempts=1000, initial=0.5, maximum=3.0, deadline=300.0)
+        async with AsyncBuilderClient(stack.builder, policy=patient) as client:
             if with_faults:
                 span = args.builds * args.interval
                 nats_at = [span / 3, 2 * span / 3]

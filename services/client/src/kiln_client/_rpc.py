@@ -25,7 +25,9 @@ OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
-DEFAULT_POLICY = RetryPolicy()
+# About half a minute of tries: long enough for a service (or NATS behind it)
+# that is being restarted to come back.
+DEFAULT_POLICY = RetryPolicy(attempts=10)
 
 
 def channel(address: str) -> grpc.aio.Channel:
