@@ -3,7 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build bench-queue bench-list-builds demo clean
+.PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage bench-build \
+	bench-queue bench-list-builds demo clean
 
 setup:
 	scripts/setup.sh
@@ -28,6 +29,11 @@ test-e2e: setup
 # One pytest run for the tiers, so CI gets one summary line.
 test: lint
 	$(PYTEST) tests
+
+# Lint, the unit tests and the integration tests that build no image and boot no VM
+# (those carry the `build` marker): one pytest run, about a minute.
+test-fast: lint
+	$(PYTEST) -m "not build" tests/unit tests/integration
 
 bench-storage: setup
 	$(PY) bench/storage/bench.py

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from minio import Minio
@@ -19,6 +22,43 @@ from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import run_sync
 
 REPO = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def wait_until(
+    what: str, check: Callable[[], T | bool | None], timeout: float, interval: float = 0.05
+) -> T:
+    """Calls check every interval seconds until it returns something truthy, and
+    returns that. Raises AssertionError naming what after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return cast(T, found)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def await_until(
+    what: str,
+    check: Callable[[], Awaitable[T | bool | None] | T | bool | None],
+    timeout: float,  # noqa: ASYNC109 (a deadline for the polling, not for one call)
+    interval: float = 0.05,
+) -> T:
+    """wait_until for async tests: check may be a coroutine function; the loop
+    sleeps with asyncio.sleep, so other tasks run meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if inspect.isawaitable(found):
+            found = await found
+        if found:
+            return cast(T, found)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 def s3_client(server: Seaweed) -> Minio:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import REPO, kiln_domains, loops_under, mounts_under
+from support import REPO, kiln_domains, loops_under, mounts_under, wait_until
 
 from kiln_common.proc import run_sync
 
@@ -142,9 +142,9 @@ def _start_and_wait_for_a_loop(recipe: Path, base: Path) -> subprocess.Popen[str
         # A test run in the background inherits SIGINT ignored; the bake must hear it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while not mounts_under(work) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(
+        "a mount under the work root", lambda: mounts_under(work) or proc.poll() is not None, 600
+    )
     assert proc.poll() is None, proc.communicate()[1]
     return proc
 

@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln, kiln_domains, loops_under, mounts_under
+from support import REPO, kiln, kiln_domains, loops_under, mounts_under, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -92,16 +91,6 @@ def artifacts_of(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
     return list(stub.ListArtifacts(spb.ListArtifactsRequest(label_selector=selector)).artifacts)
 
 
-def wait_for(what: str, check, timeout: float = 600):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
     build = stub.GetBuild(pb.GetBuildRequest(id=build_id))
     return build if build.state in TERMINAL else None
@@ -162,9 +151,9 @@ def test_cancel_stops_the_running_step_and_removes_everything(
         steps = stub.GetBuild(pb.GetBuildRequest(id=build_id)).steps
         return any(s.name == "run" and s.state == pb.STEP_STATE_RUNNING for s in steps)
 
-    wait_for("the run step", running_run_step)
+    wait_until("the run step", running_run_step, 600)
     assert "cancel requested" in kiln(env, "build", "cancel", build_id).stdout
-    record = wait_for("cancelled", lambda: ended(stub, build_id))
+    record = wait_until("cancelled", lambda: ended(stub, build_id), 600)
     assert record.state == pb.BUILD_STATE_CANCELLED
     assert record.cancel_requested
     assert [s.state for s in record.steps if s.name == "run"] == [pb.STEP_STATE_CANCELLED]
@@ -198,17 +187,17 @@ def test_a_build_whose_builder_is_killed_is_finished_by_another(
         recipe = write_recipe(tmp_path / "r", fs="xfs")
         build_id = kiln(env, "build", str(recipe)).stdout.strip()
         work = Path(env["KILN_BUILDER_WORK_ROOT"])
-        wait_for("a mount of the build", lambda: mounts_under(work), timeout=900)
+        wait_until("a mount of the build", lambda: mounts_under(work), 900)
         victim = builder(env).GetBuild(pb.GetBuildRequest(id=build_id)).worker
         victim_pid = b_pid if victim == "b" else int(victim.rsplit(":", 1)[1])
         assert victim_pid in (b_pid, stack.pids["builder"])
         os.kill(victim_pid, signal.SIGKILL)
-        wait_for("the killed builder to go", lambda: not pid_alive(victim_pid))
+        wait_until("the killed builder to go", lambda: not pid_alive(victim_pid), 600)
         assert mounts_under(work) or loops_under(work), "the kill should have left something"
 
         survivor = stack.builder if victim == "b" else b_address
         api = pb_grpc.BuilderStub(grpc.insecure_channel(survivor))
-        final = wait_for("the build to end", lambda: ended(api, build_id), timeout=900)
+        final = wait_until("the build to end", lambda: ended(api, build_id), 900)
         assert final.state == pb.BUILD_STATE_SUCCEEDED, final.error
         # Usually attempt 2; a passing failure (retried) may add one.
         assert final.worker != victim and final.attempt >= 2

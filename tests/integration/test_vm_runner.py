@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import libvirt
 import pytest
+from support import await_until
 
 from kiln_builder.vm import (
     Accel,
@@ -208,10 +209,13 @@ async def test_a_builder_killed_with_sigkill_leaves_no_domain(
     argv = [sys.executable, "-c", BUILDER, libvirt_uri, build_id("sigkill"), disk, tmp_path / "c"]
     child = spawn(argv, log_file=log)
     try:
-        deadline = time.monotonic() + 30
-        while "running " not in log.read_text() and child.poll() is None:
-            assert time.monotonic() < deadline, log.read_text()
-            await asyncio.sleep(0.1)
+        await await_until(
+            "the builder to start its domain",
+            lambda: "running " in log.read_text() or child.poll() is not None,
+            30,
+            interval=0.1,
+        )
+        assert "running " in log.read_text(), log.read_text()
         name = log.read_text().split("running ", 1)[1].split()[0]
         assert name in await kiln_domains(libvirt_uri)
         os.kill(child.pid, signal.SIGKILL)  # no finally, no atexit: only libvirt can clean up
@@ -221,10 +225,10 @@ async def test_a_builder_killed_with_sigkill_leaves_no_domain(
             stop_pid(child.pid)
 
     # AUTODESTROY: libvirtd destroys the domain when the builder's connection drops.
-    deadline = time.monotonic() + 15
-    while name in await kiln_domains(libvirt_uri):
-        assert time.monotonic() < deadline, f"{name} outlived its builder"
-        await asyncio.sleep(0.2)
+    async def gone() -> bool:
+        return name not in await kiln_domains(libvirt_uri)
+
+    await await_until(f"{name} to go with its builder", gone, 15, interval=0.2)
 
 
 def dead_pid() -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
+from support import await_until, wait_until
 
 from kiln_common.proc import ProcessError, run, run_sync, spawn, stop_pid
 
@@ -48,10 +48,7 @@ async def test_cancelling_run_kills_the_whole_process_group(tmp_path: Path) -> N
     task = asyncio.create_task(
         run(["sh", "-c", f"sleep 300 & echo $! > {marker}; wait"], terminate_timeout=2)
     )
-    for _ in range(100):
-        if marker.exists() and marker.read_text().strip():
-            break
-        await asyncio.sleep(0.05)
+    await await_until("the child's pid", lambda: marker.exists() and marker.read_text().strip(), 5)
     child = int(marker.read_text())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -63,11 +60,6 @@ async def test_cancelling_run_kills_the_whole_process_group(tmp_path: Path) -> N
 def test_spawned_daemons_log_to_a_file_and_stop(tmp_path: Path) -> None:
     log = tmp_path / "d.log"
     proc = spawn(["sh", "-c", "echo started; exec sleep 300"], log_file=log)
-    deadline = time.monotonic() + 5
-    while (
-        "started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
-    assert "started" in log.read_text()
+    wait_until("the daemon's log", lambda: log.exists() and "started" in log.read_text(), 5, 0.02)
     stop_pid(proc.pid, timeout=5)
     assert not running(proc.pid)
