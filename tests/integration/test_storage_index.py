@@ -228,3 +228,18 @@ async def test_bad_page_tokens_and_sizes_are_invalid_argument(storage_service, b
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "label_selector" in (err.details() or "")
+
+
+async def test_an_artifact_deleted_by_another_replica_leaves_this_ones_listing(  # type: ignore[no-untyped-def]
+    storage_service, backend
+) -> None:
+    """Each replica caches the records it has listed; the listing of markers,
+    not that cache, decides what exists."""
+    async with storage_service(**backend) as (app, address), storage_stub(address) as stub:
+        await app.core.rebuild_index()
+        ids = [await upload(stub, {"name": "c"}, b"%d" % i) for i in range(4)]
+        assert (await list_all(stub, {"name": "c"}, 10))[0] == ids  # now cached here
+        other = StorageCore(app.core.store, NoEvents())
+        await other.delete(ids[1])
+        assert (await list_all(stub, {"name": "c"}, 10))[0] == [ids[0], *ids[2:]]
+        assert (await list_all(stub, {}, 2))[0] == [ids[0], *ids[2:]]

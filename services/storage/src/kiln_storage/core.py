@@ -9,7 +9,7 @@ layout in the backend:
   content/sha256/<digest>     which blob holds these bytes (deduplication)
   refs/<digest>/<artifact id> one marker per artifact sharing that content
   index/...                   the listing index (kiln_storage.index): markers
-                              written before the record, removed after it
+                              written before the record and removed before it
 
 Sharing a blob between an upload and a delete needs no lock (see _dedup and
 _blob_in_use): each side writes first and reads the other's state after, so at
@@ -476,12 +476,14 @@ class StorageCore:
 
     async def delete(self, artifact_id: str) -> None:
         artifact = await self.stat(artifact_id)
+        # Out of the listings first (see kiln_storage.index): if this delete
+        # fails midway, the record is still there and a retry finishes it.
+        await self.index.remove(artifact_id, artifact.labels)
         await self.store.delete(_artifact_key(artifact_id))
         await self.store.delete(_ref_prefix(artifact.checksums.sha256) + artifact_id)
         if not await self._blob_in_use(artifact):
             await self._at("delete.blob")
             await self.store.delete(artifact.blob)
-        await self.index.remove(artifact_id, artifact.labels)
         log.info("deleted artifact %s", artifact_id)
         await self.events.publish("artifact.deleted", artifact_id, artifact.public())
 

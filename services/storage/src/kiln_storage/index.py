@@ -10,11 +10,19 @@ one bounded list call, whatever the number of artifacts:
   index/ready                                  written once the index covers
                                                every record (see rebuild)
 
-Markers are written before the record and removed after it, so a marker
-without a record is normal for a moment (an upload committing, a delete
-finishing) and forever only after a crash: listing skips such markers and
-removes those older than STALE_AFTER. A record never lacks its markers, except
-for records written before the index existed: rebuild() adds those once.
+Markers are written before the record and removed before it too, so a listed
+marker always has its record, or an upload is about to write it. A marker
+without a record is then normal for a moment (an upload committing) and
+forever only after a crash: listing skips such markers and removes those older
+than STALE_AFTER. A delete that fails midway leaves the record without its
+markers: the artifact is out of listings already, and retrying the delete
+finishes it. Records written before the index existed have no markers:
+rebuild() adds those once.
+
+Because a listed marker vouches for its record, and a record never changes,
+each replica keeps the records it has read in a bounded cache: a page read
+again costs one list call, not one read per artifact. Nothing in the cache can
+make a deleted artifact appear: its markers are gone before its record is.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -44,6 +53,7 @@ INDEX_VERSION = 1
 STALE_AFTER = timedelta(hours=1)
 CONCURRENCY = 32  # record reads and marker writes in flight at once
 REBUILD_BATCH = 1000
+CACHED_RECORDS = 10_000  # a few MB; the pages read most are the first ones
 
 _PLAIN_VALUE = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -94,11 +104,27 @@ async def bounded(jobs: Iterable[Awaitable[T]], limit: int = CONCURRENCY) -> lis
 class ArtifactIndex:
     def __init__(self, store: ObjectStore, read: ReadRecord) -> None:
         self.store = store
-        self._read = read
+        self._read_store = read
+        self._cache: OrderedDict[str, Artifact] = OrderedDict()
         # Only True is remembered: once ready, an index stays ready (the
         # marker is never removed by the service), so this is no local state
         # that another replica could contradict.
         self._ready = False
+
+    async def _read(self, artifact_id: str) -> Artifact | None:
+        """The record, from the cache if this replica has read it before. Only
+        for ids whose marker or record key was just listed: the listing, not
+        the cache, says whether the artifact exists."""
+        artifact = self._cache.get(artifact_id)
+        if artifact is not None:
+            self._cache.move_to_end(artifact_id)
+            return artifact
+        artifact = await self._read_store(artifact_id)
+        if artifact is not None:
+            self._cache[artifact_id] = artifact
+            if len(self._cache) > CACHED_RECORDS:
+                self._cache.popitem(last=False)
+        return artifact
 
     # ---- writing ---------------------------------------------------------------
 
@@ -106,6 +132,7 @@ class ArtifactIndex:
         await bounded(self.store.put(k, b"") for k in marker_keys(artifact_id, labels))
 
     async def remove(self, artifact_id: str, labels: dict[str, str]) -> None:
+        self._cache.pop(artifact_id, None)
         await bounded(self.store.delete(k) for k in marker_keys(artifact_id, labels))
 
     # ---- reading ---------------------------------------------------------------
