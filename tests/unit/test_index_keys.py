@@ -3,6 +3,7 @@ backend (real files, no servers)."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -61,3 +62,31 @@ async def test_the_sparsest_label_index_drives_the_walk(tmp_path: Path) -> None:
     # Without records, a page is empty, and only the rare index's ids were read.
     assert await index.page({"common": "yes", "rare": "yes"}, 3, "") == ([], "")
     assert sorted(reads) == ids[::10]
+
+
+async def test_fs_listing_of_a_large_directory_is_reused_until_it_changes(tmp_path: Path) -> None:
+    store = FilesystemStore(tmp_path / "store")
+    folder = store.local_path("index/all")
+    folder.mkdir(parents=True)
+    names = sorted(f"{n:05d}" for n in range(1200))
+    for name in names:
+        (folder / name).touch()
+    past = 1_000_000_000  # a directory still for long: its listing may be kept
+    os.utime(folder, (past, past))
+    assert await store.list_keys("index/all/", limit=2) == ["index/all/00000", "index/all/00001"]
+    assert folder in store._listings
+    assert await store.list_keys("index/all/", "index/all/00599", 2) == [
+        "index/all/00600",
+        "index/all/00601",
+    ]
+    assert await store.list_keys("index/all/", "index/alk") == [
+        f"index/all/{n}" for n in names[:1000]
+    ]
+    assert await store.list_keys("index/all/", "index/alm") == []
+    await store.put("index/all/00599x", b"")  # the directory's mtime moves
+    assert await store.list_keys("index/all/", "index/all/00599", 2) == [
+        "index/all/00599x",
+        "index/all/00600",
+    ]
+    await store.delete("index/all/00600")
+    assert await store.list_keys("index/all/", "index/all/00599x", 1) == ["index/all/00601"]
