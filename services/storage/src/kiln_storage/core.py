@@ -33,7 +33,7 @@ from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_storage.backends import ObjectStore
-from kiln_storage.index import STALE_AFTER, ArtifactIndex, id_time
+from kiln_storage.index import STALE_AFTER, ArtifactIndex, bounded, id_time
 from kiln_storage.model import (
     Artifact,
     Checksums,
@@ -50,6 +50,7 @@ MAX_PART = 64 * 1024 * 1024  # a part is buffered in memory
 MAX_PARTS = 10_000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+REF_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -510,15 +511,24 @@ class StorageCore:
         """True if a ref of the same content names an artifact on this blob.
         A ref whose record is not written yet is an upload committing: with
         wait, it is given commit_wait to finish, and if it does not, the blob
-        is kept (a leak is safe; a record naming a deleted blob is not)."""
+        is kept (a leak is safe; a record naming a deleted blob is not).
+        Refs are read a batch at a time: identical builds may share a blob
+        thousands of times, and the first sharer found settles it."""
         prefix = _ref_prefix(artifact.checksums.sha256)
-        others = [k[len(prefix) :] for k in await self.store.list_keys(prefix)]
-        if not wait:
-            records = await asyncio.gather(*(self._record(i) for i in others))
-            return any(r is not None and r.blob == artifact.blob for r in records)
         deadline = asyncio.get_running_loop().time() + self.config.commit_wait.total_seconds()
-        blobs = await asyncio.gather(*(self._blob_of_ref(prefix, i, deadline) for i in others))
-        return any(b is None or b == artifact.blob for b in blobs)
+        after = ""
+        while keys := await self.store.list_keys(prefix, start_after=after, limit=REF_BATCH):
+            after = keys[-1]
+            ids = [k[len(prefix) :] for k in keys]
+            if wait:
+                blobs = await bounded(self._blob_of_ref(prefix, i, deadline) for i in ids)
+                if any(b is None or b == artifact.blob for b in blobs):
+                    return True
+            else:
+                records = await bounded(self._record(i) for i in ids)
+                if any(r is not None and r.blob == artifact.blob for r in records):
+                    return True
+        return False
 
     async def _blob_of_ref(self, prefix: str, artifact_id: str, deadline: float) -> str | None:
         """The blob of the ref's artifact; '' if the ref is gone (that artifact
