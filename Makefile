@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-build bench-queue demo clean
+.PHONY: setup proto lint test test-unit test-integration test-e2e bench-storage bench-storage-list bench-build bench-queue demo clean
 
 setup:
 	scripts/setup.sh
@@ -31,6 +31,9 @@ test: lint
 
 bench-storage: setup
 	$(PY) bench/storage/bench.py
+
+bench-storage-list: setup
+	$(PY) bench/storage_list/bench.py
 
 bench-build: setup
 	$(PY) bench/build/bench.py
