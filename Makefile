@@ -3,8 +3,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage bench-build \
-	bench-queue bench-list-builds demo clean
+.PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
+	bench-storage-list bench-build bench-queue bench-list-builds demo clean
 
 setup:
 	scripts/setup.sh
@@ -37,6 +37,9 @@ test-fast: lint
 
 bench-storage: setup
 	$(PY) bench/storage/bench.py
+
+bench-storage-list: setup
+	$(PY) bench/storage_list/bench.py
 
 bench-build: setup
 	$(PY) bench/build/bench.py

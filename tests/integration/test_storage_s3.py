@@ -32,8 +32,12 @@ async def upload_requests(data: bytes, labels: dict[str, str]) -> AsyncIterator[
 
 
 def objects(server: Seaweed, bucket: str) -> list[str]:
+    """Every key in the bucket but the index's ready note, which the service
+    writes at start and keeps."""
     return sorted(
-        o.object_name or "" for o in s3_client(server).list_objects(bucket, recursive=True)
+        o.object_name or ""
+        for o in s3_client(server).list_objects(bucket, recursive=True)
+        if o.object_name != "index/ready"
     )
 
 

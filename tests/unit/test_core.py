@@ -3,8 +3,11 @@ Events go to an in-memory recorder: the NATS path is covered by integration test
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,9 @@ import pytest
 from support import gather_bytes, payload
 
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.ids import new_id
 from kiln_storage.backends.fs import FilesystemStore
-from kiln_storage.core import MIN_PART, CoreConfig, StorageCore
+from kiln_storage.core import MIN_PART, REF_BATCH, CoreConfig, StorageCore
 from kiln_storage.model import Checksums
 
 PART = MIN_PART
@@ -238,3 +242,21 @@ async def test_download_urls_need_a_signer_and_bounded_lifetimes(core: StorageCo
         await core.download_url(artifact.id)
     with pytest.raises(InvalidArgument, match="expires_in"):
         await core.download_url(artifact.id, timedelta(days=30))
+
+
+async def test_delete_finds_a_sharer_behind_many_refs(
+    core: StorageCore, store: FilesystemStore
+) -> None:
+    """Refs are read in batches: a sharer after the first batch still keeps the blob."""
+    data = payload(1000, seed=8)
+    first = await core.upload({"name": "a"}, Checksums(), None, chunks_of(data))
+    for _ in range(REF_BATCH + 50):  # whole artifacts with these bytes, on another blob
+        other = replace(first, id=new_id(), blob="blobs/elsewhere")
+        await store.put(f"refs/{first.checksums.sha256}/{other.id}", b"")
+        await store.put(f"artifacts/{other.id}.json", json.dumps(other.to_record()).encode())
+    await asyncio.sleep(0.002)  # the sharer's id sorts after all of them
+    sharer = await core.upload({"name": "b"}, Checksums(), None, chunks_of(data))
+    assert sharer.blob == first.blob
+    await core.delete(first.id)
+    _, stream = await core.read(sharer.id)
+    assert await gather_bytes(stream) == data

@@ -28,6 +28,7 @@ from kiln_storage.urls import HmacSigner, load_or_create_key
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+INDEX_RETRY_SECONDS = 60.0
 
 
 def make_s3_store(s: StorageSettings) -> S3Store:
@@ -69,6 +70,19 @@ async def _janitor(core: StorageCore, every: float) -> None:
         except Exception:
             log.exception("janitor sweep failed")
         await asyncio.sleep(every)
+
+
+async def _index_rebuild(core: StorageCore, retry: float) -> None:
+    """Indexes the records of a store written before the index existed, once
+    (a single HEAD of index/ready when it is done already). Until it has,
+    listing reads every record instead, so the service serves meanwhile."""
+    while True:
+        try:
+            await core.rebuild_index()
+            return
+        except Exception:
+            log.exception("index rebuild failed; retrying in %.0f s", retry)
+        await asyncio.sleep(retry)
 
 
 async def build(settings: StorageSettings) -> StorageApp:
@@ -114,13 +128,18 @@ async def build(settings: StorageSettings) -> StorageApp:
         core.signer = signer
         app.http_port = port
         log.info("download HTTP server on %s", signer.base_url)
-    janitor = asyncio.create_task(_janitor(core, settings.janitor_interval_seconds))
+    tasks = [
+        asyncio.create_task(_janitor(core, settings.janitor_interval_seconds)),
+        asyncio.create_task(_index_rebuild(core, INDEX_RETRY_SECONDS)),
+    ]
 
-    async def stop_janitor() -> None:
-        janitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await janitor
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
-    cleanups.append(stop_janitor)
+    cleanups.append(stop_tasks)
     app._cleanups = cleanups
     return app

@@ -8,6 +8,12 @@ layout in the backend:
   blobs/<upload id>           the bytes, assembled by a multipart upload
   content/sha256/<digest>     which blob holds these bytes (deduplication)
   refs/<digest>/<artifact id> one marker per artifact sharing that content
+  index/...                   the listing index (kiln_storage.index): markers
+                              written before the record and removed before it
+
+Sharing a blob between an upload and a delete needs no lock (see _dedup and
+_blob_in_use): each side writes first and reads the other's state after, so at
+least one of them sees the other.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -27,6 +33,7 @@ from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_storage.backends import ObjectStore
+from kiln_storage.index import STALE_AFTER, ArtifactIndex, bounded, id_time
 from kiln_storage.model import (
     Artifact,
     Checksums,
@@ -41,7 +48,9 @@ log = logging.getLogger(__name__)
 MIN_PART = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PART = 64 * 1024 * 1024  # a part is buffered in memory
 MAX_PARTS = 10_000
-LIST_BATCH = 32
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+REF_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,14 @@ class CoreConfig:
     upload_ttl: timedelta = timedelta(hours=24)
     url_ttl: timedelta = timedelta(hours=1)
     max_url_ttl: timedelta = timedelta(days=7)
+    # How long a delete waits for an upload of the same bytes that is
+    # committing (its ref written, its record not yet) to say which blob it took.
+    commit_wait: timedelta = timedelta(seconds=5)
+
+
+# Called at named points of a commit and a delete; tests pause there to force
+# an interleaving of two requests. None in production.
+Checkpoint = Callable[[str], Awaitable[None]]
 
 
 class UrlSigner(Protocol):
@@ -172,7 +189,13 @@ class StorageCore:
         self.events = events
         self.config = config or CoreConfig()
         self.signer = signer
+        self.index = ArtifactIndex(store, self._record)
+        self.checkpoint: Checkpoint | None = None
         self._digests: dict[str, _Digest] = {}
+
+    async def _at(self, point: str) -> None:
+        if self.checkpoint is not None:
+            await self.checkpoint(point)
 
     # ---- records -------------------------------------------------------------
 
@@ -347,7 +370,10 @@ class StorageCore:
         # deletes the blob of an artifact whose commit was interrupted.
         record = session.to_record() | {"artifact_id": artifact_id}
         await self.store.put(_session_key(session.upload_id), json.dumps(record).encode())
+        # The ref comes before the content mapping is read (in _dedup): the
+        # order that lets a racing delete see this upload (see _blob_in_use).
         await self.store.put(_ref_prefix(checksums.sha256) + artifact_id, b"")
+        await self._at("commit.referenced")
         blob = await self._dedup(session.blob, checksums.sha256, size)
         artifact = Artifact(
             id=artifact_id,
@@ -357,6 +383,7 @@ class StorageCore:
             created_at=datetime.now(UTC),
             blob=blob,
         )
+        await self.index.add(artifact_id, artifact.labels)
         await self._put_json(_artifact_key(artifact_id), artifact.to_record())
         await self.store.delete(_session_key(session.upload_id))
         log.info("stored artifact %s (%d bytes, sha256 %s)", artifact_id, size, checksums.sha256)
@@ -365,10 +392,15 @@ class StorageCore:
 
     async def _dedup(self, blob: str, sha256: str, size: int) -> str:
         """Returns the blob to use: an existing one with the same bytes if any
-        (and drops the new copy), else the new one, recorded for next time."""
+        (and drops the new copy), else the new one, recorded for next time.
+
+        Called after this upload's ref is written. A delete removes the
+        mapping before its last look at the refs, so if the mapping still
+        names a blob here, that look will find our ref and keep the blob."""
         with contextlib.suppress(NotFound):
             existing = (await self.store.get(_content_key(sha256))).decode()
             if existing != blob and await self.store.size(existing) == size:
+                await self._at("commit.sharing")
                 await self.store.delete(blob)
                 return existing
         await self.store.put(_content_key(sha256), blob.encode())
@@ -417,26 +449,25 @@ class StorageCore:
     async def list_artifacts(
         self, selector: dict[str, str], page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Artifact], str]:
+        """Artifacts matching every label of selector, in id (creation) order.
+        The token is the last id of the page: ids sort like the index keys, so
+        a page resumes from it on any replica, through any index."""
         selector = validate_labels(selector, "label_selector")
-        page_size = page_size or 100
-        if not 1 <= page_size <= 1000:
-            raise InvalidArgument(f"page_size: must be 1..1000, got {page_size}")
+        page_size = page_size or DEFAULT_PAGE
+        if not 1 <= page_size <= MAX_PAGE:
+            raise InvalidArgument(f"page_size: must be 1..{MAX_PAGE}, got {page_size}")
         if page_token:
             check_id(page_token, "page_token")
-        after = _artifact_key(page_token) if page_token else ""
-        found: list[Artifact] = []
-        while len(found) < page_size:
-            keys = await self.store.list_keys("artifacts/", start_after=after, limit=LIST_BATCH)
-            if not keys:
-                return found, ""
-            after = keys[-1]
-            records = await asyncio.gather(*(self._maybe_record(k) for k in keys))
-            for artifact in records:
-                if artifact is not None and artifact.matches(selector):
-                    found.append(artifact)
-                    if len(found) == page_size:
-                        return found, artifact.id
-        return found, ""
+        if await self.index.ready():
+            return await self.index.page(selector, page_size, page_token)
+        return await self.index.scan(selector, page_size, page_token)
+
+    async def rebuild_index(self, force: bool = False) -> int:
+        """Indexes records written before the index existed (once per store)."""
+        return await self.index.rebuild(force)
+
+    async def _record(self, artifact_id: str) -> Artifact | None:
+        return await self._maybe_record(_artifact_key(artifact_id))
 
     async def _maybe_record(self, key: str) -> Artifact | None:
         try:
@@ -446,25 +477,75 @@ class StorageCore:
 
     async def delete(self, artifact_id: str) -> None:
         artifact = await self.stat(artifact_id)
+        # Out of the listings first (see kiln_storage.index): if this delete
+        # fails midway, the record is still there and a retry finishes it.
+        await self.index.remove(artifact_id, artifact.labels)
         await self.store.delete(_artifact_key(artifact_id))
-        sha = artifact.checksums.sha256
-        await self.store.delete(_ref_prefix(sha) + artifact_id)
-        if not await self._blob_shared(artifact):
-            with contextlib.suppress(NotFound):
-                if (await self.store.get(_content_key(sha))).decode() == artifact.blob:
-                    await self.store.delete(_content_key(sha))
+        await self.store.delete(_ref_prefix(artifact.checksums.sha256) + artifact_id)
+        if not await self._blob_in_use(artifact):
+            await self._at("delete.blob")
             await self.store.delete(artifact.blob)
         log.info("deleted artifact %s", artifact_id)
         await self.events.publish("artifact.deleted", artifact_id, artifact.public())
 
-    async def _blob_shared(self, artifact: Artifact) -> bool:
+    async def _blob_in_use(self, artifact: Artifact) -> bool:
+        """Whether another artifact uses (or may be about to use) this blob.
+
+        First a cheap look: another whole artifact on the blob settles it, and
+        the content mapping stays for later uploads. Otherwise the mapping is
+        removed (if it names this blob) before the refs are read again. An
+        upload writes its ref before it reads the mapping (_commit, _dedup):
+        if it still found the mapping, its ref is older than this second
+        look, which sees it and keeps the blob; if it did not, it keeps its
+        own copy. Either way no record ends up naming a deleted blob."""
+        if await self._shared(artifact, wait=False):
+            return True
+        sha = artifact.checksums.sha256
+        with contextlib.suppress(NotFound):
+            if (await self.store.get(_content_key(sha))).decode() == artifact.blob:
+                await self.store.delete(_content_key(sha))
+        await self._at("delete.unmapped")
+        return await self._shared(artifact, wait=True)
+
+    async def _shared(self, artifact: Artifact, wait: bool) -> bool:
+        """True if a ref of the same content names an artifact on this blob.
+        A ref whose record is not written yet is an upload committing: with
+        wait, it is given commit_wait to finish, and if it does not, the blob
+        is kept (a leak is safe; a record naming a deleted blob is not).
+        Refs are read a batch at a time: identical builds may share a blob
+        thousands of times, and the first sharer found settles it."""
         prefix = _ref_prefix(artifact.checksums.sha256)
-        for key in await self.store.list_keys(prefix):
-            other = await self._maybe_record(_artifact_key(key[len(prefix) :]))
-            # A ref without a record is an upload committing right now: keep the blob.
-            if other is None or other.blob == artifact.blob:
-                return True
+        deadline = asyncio.get_running_loop().time() + self.config.commit_wait.total_seconds()
+        after = ""
+        while keys := await self.store.list_keys(prefix, start_after=after, limit=REF_BATCH):
+            after = keys[-1]
+            ids = [k[len(prefix) :] for k in keys]
+            if wait:
+                blobs = await bounded(self._blob_of_ref(prefix, i, deadline) for i in ids)
+                if any(b is None or b == artifact.blob for b in blobs):
+                    return True
+            else:
+                records = await bounded(self._record(i) for i in ids)
+                if any(r is not None and r.blob == artifact.blob for r in records):
+                    return True
         return False
+
+    async def _blob_of_ref(self, prefix: str, artifact_id: str, deadline: float) -> str | None:
+        """The blob of the ref's artifact; '' if the ref is gone (that artifact
+        was deleted); None if still unknown at the deadline."""
+        loop = asyncio.get_running_loop()
+        # A ref this old without a record is left by a crashed commit: waiting
+        # cannot help, and keeping the blob is the safe answer.
+        patient = id_time(artifact_id) > datetime.now(UTC) - STALE_AFTER
+        while True:
+            record = await self._record(artifact_id)
+            if record is not None:
+                return record.blob
+            if await self.store.size(prefix + artifact_id) is None:
+                return ""
+            if not patient or loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
 
     async def read(
         self, artifact_id: str, offset: int = 0, length: int = 0

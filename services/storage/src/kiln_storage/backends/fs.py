@@ -12,9 +12,12 @@ not a copy of the data.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import shutil
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +25,15 @@ from pathlib import Path
 from kiln_common.errors import InvalidArgument, NotFound
 from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_storage.backends.base import MultipartInfo, check_key
+
+# Sorted listings of a few large directories (the index's), reused while the
+# directory's mtime stays the same: reading and sorting 100,000 names costs
+# ~100 ms here, a page needs 50 of them. A listing is kept only once its
+# directory has been still for RACY_NS: a change within the timestamp
+# granularity of the filesystem could otherwise leave the mtime unchanged.
+LISTINGS_KEPT = 8
+LISTING_MIN_NAMES = 1000
+RACY_NS = 1_000_000_000
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -46,6 +58,7 @@ class FilesystemStore:
         self._multipart = self.root / "multipart"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._multipart.mkdir(parents=True, exist_ok=True)
+        self._listings: OrderedDict[Path, tuple[tuple[int, int], list[str]]] = OrderedDict()
 
     def local_path(self, key: str) -> Path:
         """The file holding key: the HTTP server sends it with sendfile."""
@@ -87,13 +100,29 @@ class FilesystemStore:
             parent = parent.parent
 
     async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
-        folder = self.local_path(prefix.rstrip("/"))
         try:
-            names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+            names = self._sorted_names(self.local_path(prefix.rstrip("/")))
         except FileNotFoundError:
             return []
-        keys = [prefix + n for n in names]
-        return [k for k in keys if k > start_after][:limit]
+        if start_after.startswith(prefix):
+            first = bisect.bisect_right(names, start_after[len(prefix) :])
+        else:
+            first = 0 if start_after < prefix else len(names)
+        return [prefix + n for n in names[first : first + limit]]
+
+    def _sorted_names(self, folder: Path) -> list[str]:
+        st = os.stat(folder)
+        stamp = (st.st_ino, st.st_mtime_ns)
+        kept = self._listings.get(folder)
+        if kept is not None and kept[0] == stamp:
+            self._listings.move_to_end(folder)
+            return kept[1]
+        names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        if len(names) >= LISTING_MIN_NAMES and time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self._listings[folder] = (stamp, names)
+            if len(self._listings) > LISTINGS_KEPT:
+                self._listings.popitem(last=False)
+        return names
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None

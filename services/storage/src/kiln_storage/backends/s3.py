@@ -106,8 +106,15 @@ class S3Store:
     async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> list[str]:
         def names() -> list[str]:
             out: list[str] = []
-            for obj in self._client.list_objects(
-                self.bucket, prefix=prefix, start_after=start_after or None
+            # The public list_objects always asks for 1000 keys a request: a
+            # page of 50 index markers would fetch and parse 20 times too many.
+            for obj in self._client._list_objects(
+                self.bucket,
+                delimiter="/",
+                encoding_type="url",
+                max_keys=min(limit, 1000),
+                prefix=prefix,
+                start_after=start_after or None,
             ):
                 if obj.object_name and not obj.is_dir:
                     out.append(obj.object_name)
