@@ -81,20 +81,25 @@ class Builders:
 
     def kill(self, which: int) -> None:
         if which == 0:
-            os.kill(self.stack.pids["builder"], signal.SIGKILL)
+            _kill(self.stack.pids["builder"])
             self.stack = kiln_stack.up(self.home)  # starts only the dead builder again
         else:
-            os.kill(self.second_pid, signal.SIGKILL)
+            _kill(self.second_pid)
             self.start_second()
 
     def restart_nats(self) -> None:
-        os.kill(self.stack.pids["nats"], signal.SIGKILL)
+        _kill(self.stack.pids["nats"])
         time.sleep(1)
         self.stack = kiln_stack.up(self.home)  # the same port, the same data
 
     def stop(self) -> None:
         if self.second_pid:
             stop_pid(self.second_pid)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have died by itself
+        os.kill(pid, signal.SIGKILL)
 
 
 async def faults(
@@ -281,10 +286,10 @@ def main() -> int:
     os.environ.setdefault("KILN_BUILDER_MAX_DELIVER", "8")
     results: dict[str, Any] = {}
     for name, with_faults in (("faults", True), ("no_faults", False)):
-        with tempfile.TemporaryDirectory(prefix=f"kiln-soak-{name}-") as tmp:
-            os.environ["KILN_HOME"] = tmp
-            print(f"{name}: {args.builds} builds", flush=True)
-            results[name] = asyncio.run(one_run(args, Path(tmp), with_faults))
+        home = Path(tempfile.mkdtemp(prefix=f"kiln-soak-{name}-"))  # kept: its logs
+        os.environ["KILN_HOME"] = str(home)
+        print(f"{name}: {args.builds} builds; logs in {home}/logs", flush=True)
+        results[name] = asyncio.run(one_run(args, home, with_faults))
         report(name, results[name])
     ratio = results["faults"]["submit_to_started_p50_ms"] / max(
         results["no_faults"]["submit_to_started_p50_ms"], 1e-9
