@@ -97,7 +97,9 @@ async def build(settings: StorageSettings) -> StorageApp:
         store = FilesystemStore(settings.fs_root)
     events: Publisher = NoEvents()
     if settings.nats_url:
-        events = await JetStreamPublisher.connect(settings.nats_url, default_source("kiln-storage"))
+        events = await JetStreamPublisher.connect(
+            settings.nats_url, default_source("kiln-storage"), replicas=settings.nats_replicas
+        )
         cleanups.append(events.close)
     else:
         log.warning("no nats_url set: artifact events are not published")

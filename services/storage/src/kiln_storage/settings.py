@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from kiln_common.settings import KilnSettings
@@ -56,6 +56,8 @@ class StorageSettings(KilnSettings):
 
     nats_url: str = ""
     """NATS server for events (artifact.stored, artifact.deleted); empty: no events."""
+    nats_replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of the events stream if this service creates it (3 on a clustered NATS)."""
 
     part_size: int = 16 * 1024 * 1024
     """Default part size of uploads, bytes (5 MiB to 64 MiB)."""
