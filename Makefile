@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds demo clean
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak demo clean
 
 setup:
 	scripts/setup.sh
@@ -49,6 +49,9 @@ bench-queue: setup
 
 bench-list-builds: setup
 	$(PY) bench/list_builds/bench.py
+
+bench-soak: setup
+	$(PY) bench/soak/bench.py
 
 demo: setup
 	scripts/demo.sh
