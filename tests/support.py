@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2_grpc
@@ -89,3 +92,59 @@ def kiln(
         raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
     assert "Traceback" not in done.stderr
     return done
+
+
+# ---- NATS state, read the way an operator would (for fault and bad-input tests) --------
+
+
+async def _stream_counts(url: str) -> dict[str, int]:
+    nc = await nats.connect(url)
+    try:
+        return {s.config.name: int(s.state.messages) for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
+def stream_counts(url: str) -> dict[str, int]:
+    """Messages in every JetStream stream (records, recipes, queue, updates,
+    events): a request that stored nothing leaves these as they were."""
+    return asyncio.run(_stream_counts(url))
+
+
+async def _events(url: str, build_id: str) -> list[dict[str, Any]]:
+    from kiln_common.events import STREAM, SUBJECT_PREFIX
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(SUBJECT_PREFIX + ">", ordered_consumer=True)
+        found = []
+        pending = int((await js.stream_info(STREAM)).state.messages)
+        for _ in range(pending):
+            msg = await sub.next_msg(timeout=5)
+            event = json.loads(msg.data)
+            if event.get("subject") == build_id:
+                found.append(event)
+            if msg.metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+def build_events(url: str, build_id: str) -> list[dict[str, Any]]:
+    """Every event on the KILN_EVENTS stream about build_id, in stream order
+    (what a consumer of kiln.events.> would see)."""
+    return asyncio.run(_events(url, build_id))
+
+
+def event_types(events: list[dict[str, Any]]) -> list[str]:
+    return [str(e["type"]) for e in events]
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below root, relative: an upload refused stores none."""
+    if not root.exists():
+        return set()
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
