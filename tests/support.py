@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import nats
@@ -22,6 +25,7 @@ from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import run_sync
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 def s3_client(server: Seaweed) -> Minio:
@@ -148,3 +152,42 @@ def files_under(root: Path) -> set[str]:
     if not root.exists():
         return set()
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 600) -> T:
+    """check's first true answer, polled until timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- a `kiln up` stack, broken on purpose -------------------------------------------------
+
+
+def kill_part(home: Path, part: str) -> int:
+    """SIGKILLs one part of the `kiln up` stack under home (nats, storage or
+    builder), as a crash would; returns its pid once it is gone."""
+    from kiln_cli.stack import Stack
+    from kiln_common.proc import pid_alive
+
+    stack = Stack.load(home)
+    assert stack is not None, f"no stack under {home}"
+    pid = stack.pids[part]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(f"the {part} ({pid}) to go", lambda: not pid_alive(pid), timeout=30)
+    return pid
+
+
+def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
+    """`kiln up` on a stack with dead parts: they start again on their ports.
+    Returns the stack's pids afterwards."""
+    from kiln_cli.stack import Stack
+
+    kiln(env, "up", timeout=180)
+    stack = Stack.load(Path(env["KILN_HOME"]))
+    assert stack is not None and stack.alive()
+    return dict(stack.pids)

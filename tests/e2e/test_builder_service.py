@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln, kiln_domains, loops_under, mounts_under
+from support import REPO, kiln, kiln_domains, loops_under, mounts_under, wait_for
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -90,16 +89,6 @@ def artifacts_of(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
     stub = spb_grpc.StorageStub(grpc.insecure_channel(stack_of(env).storage))
     selector = {"build-id": build_id}
     return list(stub.ListArtifacts(spb.ListArtifactsRequest(label_selector=selector)).artifacts)
-
-
-def wait_for(what: str, check, timeout: float = 600):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
