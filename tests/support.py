@@ -191,3 +191,36 @@ def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
     stack = Stack.load(Path(env["KILN_HOME"]))
     assert stack is not None and stack.alive()
     return dict(stack.pids)
+
+
+# ---- the layer cache builds share ---------------------------------------------------------
+
+LAYERS = REPO / ".cache" / "kiln" / "layers"  # the builder's cache under KILN_CACHE=REPO/.cache
+
+
+def bookworm_bootstrap_layer() -> list[Path]:
+    """The files of the cached bookworm bootstrap layer (made once if missing),
+    the one every test recipe starts from."""
+    from kiln_builder.bootstrap import bootstrap, spec_for
+    from kiln_builder.engine import DEFAULT_EPOCH
+    from kiln_builder.layers import LayerStore
+
+    spec = spec_for("debian", "bookworm", "amd64", None, DEFAULT_EPOCH)
+
+    async def ensure() -> None:
+        store = LayerStore(LAYERS)
+        if await store.fetch("bootstrap", spec.key()) is None:
+            await bootstrap(spec, store.path("bootstrap", spec.key()))
+            await store.adopt("bootstrap", spec.key())
+
+    asyncio.run(ensure())
+    return sorted(LAYERS.glob(f"bootstrap-{spec.key()}.*"))
+
+
+def cache_with(layers: list[Path], cache_dir: Path) -> Path:
+    """A builder cache dir holding only these layers (hard links, no copies):
+    the steps after them really run, whatever earlier test runs cached."""
+    (cache_dir / "layers").mkdir(parents=True, exist_ok=True)
+    for layer in layers:
+        os.link(layer, cache_dir / "layers" / layer.name)
+    return cache_dir

@@ -4,7 +4,8 @@ first attempt only (retried, then succeeds), a build that can never succeed
 (not retried), nats-server SIGKILLed mid-build and restarted by `kiln up`
 under a following `kiln build --follow`, and the storage service SIGKILLed
 mid-build. Every build is tiny, from the cached bootstrap layer, without a
-boot test."""
+boot test; each test has its own layer cache holding only that layer, so its
+run step really runs (a sleeping one sleeps)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ import pytest
 from support import (
     KILN,
     REPO,
+    bookworm_bootstrap_layer,
     build_events,
+    cache_with,
     event_types,
     kill_part,
     kiln,
@@ -53,8 +56,12 @@ FAST = {
     "KILN_BUILDER_MAX_DELIVER": "3",
     "KILN_BUILDER_RETRY_BACKOFF_SECONDS": "[1]",
     "KILN_BUILDER_BOOT_TEST": "false",
-    "KILN_BUILDER_CACHE_DIR": str(REPO / ".cache" / "kiln"),  # the shared bootstrap layer
 }
+
+
+@pytest.fixture(scope="module")
+def bootstrap_layer() -> list[Path]:
+    return bookworm_bootstrap_layer()
 
 
 def write_recipe(where: Path, script: str = "echo kiln > /etc/kiln-release") -> Path:
@@ -64,11 +71,12 @@ def write_recipe(where: Path, script: str = "echo kiln > /etc/kiln-release") -> 
     return path
 
 
-def up(tmp_path: Path, **settings: str) -> Iterator[dict[str, str]]:
+def up(tmp_path: Path, layers: list[Path], **settings: str) -> Iterator[dict[str, str]]:
     """A `kiln up` stack under tmp_path with FAST builder settings (and these)."""
     environ = {
         **os.environ,
         **FAST,
+        "KILN_BUILDER_CACHE_DIR": str(cache_with(layers, tmp_path / "cache")),
         "KILN_HOME": str(tmp_path / "home"),
         "KILN_CACHE": str(REPO / ".cache"),
         "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work"),
@@ -84,8 +92,8 @@ def up(tmp_path: Path, **settings: str) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    yield from up(tmp_path)
+def env(tmp_path: Path, bootstrap_layer: list[Path]) -> Iterator[dict[str, str]]:
+    yield from up(tmp_path, bootstrap_layer)
 
 
 def stack_of(env: dict[str, str]) -> Stack:
@@ -120,7 +128,9 @@ def lifecycle_counts(nats_url: str, build_id: str) -> Counter[str]:
     return Counter(t for t in event_types(build_events(nats_url, build_id)) if t != "build.step")
 
 
-def test_storage_away_for_every_attempt_fails_the_build_once(tmp_path: Path) -> None:
+def test_storage_away_for_every_attempt_fails_the_build_once(
+    tmp_path: Path, bootstrap_layer: list[Path]
+) -> None:
     """Two builders whose storage address answers nothing: every attempt
     fails for a passing reason, the build is retried up to MAX_DELIVER, then
     fails once, with the last attempt's error."""
@@ -128,12 +138,14 @@ def test_storage_away_for_every_attempt_fails_the_build_once(tmp_path: Path) -> 
     nats = start_nats(home / "nats", home / "nats.log")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
     stack = Stack(str(home), nats.url, storage=dead, storage_http=f"http://{dead}")
+    cache_with(bootstrap_layer, tmp_path / "cache")
     pids = [nats.pid]
     try:
         addresses = []
         for name in ("a", "b"):
             address = f"127.0.0.1:{free_port()}"
             own = {**FAST, "KILN_BUILDER_WORKER_NAME": name,
+                   "KILN_BUILDER_CACHE_DIR": str(tmp_path / "cache"),
                    "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work")}  # fmt: skip
             pids.append(start_builder(stack, address, home / f"{name}.log", own))
             addresses.append(address)
@@ -165,9 +177,9 @@ def test_storage_away_for_every_attempt_fails_the_build_once(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def env_slow_retry(tmp_path: Path) -> Iterator[dict[str, str]]:
+def env_slow_retry(tmp_path: Path, bootstrap_layer: list[Path]) -> Iterator[dict[str, str]]:
     """A retry waits 4 s: time for `kiln up` to bring storage back first."""
-    yield from up(tmp_path, KILN_BUILDER_RETRY_BACKOFF_SECONDS="[4]")
+    yield from up(tmp_path, bootstrap_layer, KILN_BUILDER_RETRY_BACKOFF_SECONDS="[4]")
 
 
 def test_storage_back_after_the_first_attempt_the_retry_succeeds(
