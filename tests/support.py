@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import grpc
+import nats
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2_grpc
@@ -22,7 +26,6 @@ from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import run_sync
 
 REPO = Path(__file__).resolve().parent.parent
-
 T = TypeVar("T")
 
 
@@ -129,3 +132,120 @@ def kiln(
         raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
     assert "Traceback" not in done.stderr
     return done
+
+
+# ---- NATS state, read the way an operator would (for fault and bad-input tests) --------
+
+
+async def _stream_counts(url: str) -> dict[str, int]:
+    nc = await nats.connect(url)
+    try:
+        return {s.config.name: int(s.state.messages) for s in await nc.jetstream().streams_info()}
+    finally:
+        await nc.close()
+
+
+def stream_counts(url: str) -> dict[str, int]:
+    """Messages in every JetStream stream (records, recipes, queue, updates,
+    events): a request that stored nothing leaves these as they were."""
+    return asyncio.run(_stream_counts(url))
+
+
+async def _events(url: str, build_id: str) -> list[dict[str, Any]]:
+    from kiln_common.events import STREAM, SUBJECT_PREFIX
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(SUBJECT_PREFIX + ">", ordered_consumer=True)
+        found = []
+        pending = int((await js.stream_info(STREAM)).state.messages)
+        for _ in range(pending):
+            msg = await sub.next_msg(timeout=5)
+            event = json.loads(msg.data)
+            if event.get("subject") == build_id:
+                found.append(event)
+            if msg.metadata.num_pending == 0:
+                break
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+def build_events(url: str, build_id: str) -> list[dict[str, Any]]:
+    """Every event on the KILN_EVENTS stream about build_id, in stream order
+    (what a consumer of kiln.events.> would see)."""
+    return asyncio.run(_events(url, build_id))
+
+
+def event_types(events: list[dict[str, Any]]) -> list[str]:
+    return [str(e["type"]) for e in events]
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below root, relative: an upload refused stores none."""
+    if not root.exists():
+        return set()
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+# ---- a `kiln up` stack, broken on purpose -------------------------------------------------
+
+
+def kill_part(home: Path, part: str) -> int:
+    """SIGKILLs one part of the `kiln up` stack under home (nats, storage or
+    builder), as a crash would; returns its pid once it is gone."""
+    from kiln_common.proc import pid_alive
+    from kiln_common.stack import Stack
+
+    stack = Stack.load(home)
+    assert stack is not None, f"no stack under {home}"
+    pid = stack.pids[part]
+    os.kill(pid, signal.SIGKILL)
+    wait_until(f"the {part} ({pid}) to go", lambda: not pid_alive(pid), timeout=30)
+    return pid
+
+
+def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
+    """`kiln up` on a stack with dead parts: they start again on their ports.
+    Returns the stack's pids afterwards."""
+    from kiln_common.stack import Stack
+
+    kiln(env, "up", timeout=180)
+    stack = Stack.load(Path(env["KILN_HOME"]))
+    assert stack is not None and stack.alive()
+    return dict(stack.pids)
+
+
+# ---- the layer cache builds share ---------------------------------------------------------
+
+LAYERS = REPO / ".cache" / "kiln" / "layers"  # the builder's cache under KILN_CACHE=REPO/.cache
+
+
+def bookworm_bootstrap_layer() -> list[Path]:
+    """The files of the cached bookworm bootstrap layer (made once if missing),
+    the one every test recipe starts from."""
+    from kiln_builder.bootstrap import bootstrap, spec_for
+    from kiln_builder.engine import DEFAULT_EPOCH
+    from kiln_builder.layers import LayerStore
+
+    spec = spec_for("debian", "bookworm", "amd64", None, DEFAULT_EPOCH)
+
+    async def ensure() -> None:
+        store = LayerStore(LAYERS)
+        if await store.fetch("bootstrap", spec.key()) is None:
+            await bootstrap(spec, store.path("bootstrap", spec.key()))
+            await store.adopt("bootstrap", spec.key())
+
+    asyncio.run(ensure())
+    return sorted(LAYERS.glob(f"bootstrap-{spec.key()}.*"))
+
+
+def cache_with(layers: list[Path], cache_dir: Path) -> Path:
+    """A builder cache dir holding only these layers (hard links, no copies):
+    the steps after them really run, whatever earlier test runs cached."""
+    (cache_dir / "layers").mkdir(parents=True, exist_ok=True)
+    for layer in layers:
+        os.link(layer, cache_dir / "layers" / layer.name)
+    return cache_dir

@@ -18,7 +18,14 @@ def test_ids_are_valid_and_sort_by_time() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "../../etc/passwd", "01m81xd1f8vz217x3gpcw23fy/", "01M81XD1F8VZ217X3GPCW23FYB", "a" * 27],
+    [
+        "",
+        "../../etc/passwd",
+        "01m81xd1f8vz217x3gpcw23fy/",
+        "01M81XD1F8VZ217X3GPCW23FYB",
+        "a" * 27,
+        "01m81xd1f8vz217x3gpcw23fyb\n",  # "$" would let the newline through
+    ],
 )
 def test_anything_but_an_id_is_rejected(bad: str) -> None:
     with pytest.raises(InvalidArgument, match="not a valid Kiln id"):

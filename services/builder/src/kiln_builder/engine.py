@@ -296,7 +296,9 @@ class Bake:
         finally:
             await reclaim(self.work)  # whatever a failure left mounted or attached
             if ok or not (self.opts.keep_workspace or self.recipe.keep_workspace):
-                shutil.rmtree(self.work, ignore_errors=True)
+                # In a thread: a large tree takes seconds, and the event loop
+                # must keep heartbeating the build's queue message meanwhile.
+                await asyncio.to_thread(shutil.rmtree, self.work, ignore_errors=True)
             else:
                 keep(self.work, f"build {self.opts.build_id} failed")
                 log.warning("keeping the failed build's workspace: %s", self.work)

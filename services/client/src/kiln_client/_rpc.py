@@ -24,6 +24,12 @@ OPTIONS = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A service that restarts is reached again within a couple of seconds: by
+    # default gRPC backs off reconnecting for up to 120 s, and channels to one
+    # address share that state, so every new client failed fast meanwhile.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 )
 # About half a minute of tries: long enough for a service (or NATS behind it)
 # that is being restarted to come back.

@@ -9,7 +9,8 @@ import time
 from kiln_common.errors import InvalidArgument
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+# \Z, not $: "$" also matches before a final newline, letting "<id>\n" through.
+ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}\Z")
 
 
 def new_id() -> str:
@@ -25,6 +26,6 @@ def new_id() -> str:
 
 def check_id(value: str, what: str = "id") -> str:
     """Rejects anything that is not exactly an id: no path can ride in one."""
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise InvalidArgument(f"{what} {value[:64]!r} is not a valid Kiln id")
     return value

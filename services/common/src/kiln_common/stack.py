@@ -21,7 +21,16 @@ from kiln_common.settings import default_cache_dir
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
 PARTS = ("nats", "storage", "builder")  # in start order; stopped in reverse
 
-__all__ = ["PARTS", "Stack", "StackError", "down", "kiln_home", "start_builder", "up"]
+__all__ = [
+    "PARTS",
+    "Stack",
+    "StackError",
+    "down",
+    "kiln_home",
+    "start_builder",
+    "start_storage",
+    "up",
+]
 
 
 class StackError(ServerError):
@@ -125,14 +134,16 @@ def _start(stack: Stack, part: str) -> None:
         nats = start_nats(home / "nats", logs / "nats.log", port=old)
         stack.nats_url, pid = nats.url, nats.pid
     elif part == "storage":
-        pid = _start_storage(stack, logs / "storage.log")
+        pid = start_storage(stack, logs / "storage.log")
     else:
         pid = start_builder(stack, stack.builder, logs / "builder.log")
     stack.pids[part] = pid
     stack.save()
 
 
-def _start_storage(stack: Stack, log: Path) -> int:
+def start_storage(stack: Stack, log: Path) -> int:
+    """Starts the storage service (fs backend under KILN_HOME/storage) at the
+    stack's addresses; returns its pid once it is healthy."""
     env = {
         "KILN_STORAGE_BACKEND": "fs",
         "KILN_STORAGE_FS_ROOT": str(Path(stack.home) / "storage"),

@@ -140,7 +140,10 @@ class StorageServicer(pb_grpc.StorageServicer):
     async def GetDownloadUrl(
         self, request: pb.GetDownloadUrlRequest, context: Context
     ) -> pb.DownloadUrl:
-        expires = request.expires_in.ToTimedelta() if request.HasField("expires_in") else None
+        try:
+            expires = request.expires_in.ToTimedelta() if request.HasField("expires_in") else None
+        except OverflowError:  # more days than a timedelta holds
+            raise InvalidArgument("expires_in: out of range") from None
         if expires == timedelta(0):
             expires = None
         url, expires_at = await self.core.download_url(request.id, expires)

@@ -48,20 +48,23 @@ def _filename(source: pb.RecipeSource) -> str:
     return source.filename or "<recipe>"
 
 
+def _file_error(name: str, problem: str) -> RecipeError:
+    return RecipeError([RecipeIssue("", None, f"attached file {name[:100]!r}: {problem}")])
+
+
 def _relative(name: str) -> PurePosixPath:
     """A file key must be a plain relative path that stays in the bundle."""
     path = PurePosixPath(name)
-    if not name or "\0" in name or path.is_absolute() or ".." in path.parts:
-        raise RecipeError(
-            [
-                RecipeIssue(
-                    "",
-                    None,
-                    f"attached file {name[:100]!r}: "
-                    "expected a relative path inside the recipe's directory",
-                )
-            ]
-        )
+    if (
+        not name
+        or "\0" in name
+        or path.is_absolute()
+        or ".." in path.parts
+        or not path.parts  # "." names the directory itself
+    ):
+        raise _file_error(name, "expected a relative path inside the recipe's directory")
+    if path == PurePosixPath(RECIPE_NAME):
+        raise _file_error(name, "the recipe itself is kept under this name; rename the file")
     return path
 
 
@@ -86,8 +89,11 @@ def materialise(source: pb.RecipeSource, directory: Path) -> Path:
     text = recipe_text(source)
     for name, data in sorted(source.files.items()):
         target = directory / _relative(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError as exc:  # a name too long, a file where a directory must be
+            raise _file_error(name, f"cannot be stored ({exc.strerror or exc})") from None
         os.chmod(target, 0o644)
     recipe = directory / RECIPE_NAME
     recipe.write_text(text)

@@ -154,6 +154,8 @@ class BuilderCore:
         size = request.page_size or DEFAULT_PAGE
         if size > MAX_PAGE or size < 0:
             raise InvalidArgument(f"page_size: 0 to {MAX_PAGE}")
+        if request.state and request.state not in STATES:
+            raise InvalidArgument(f"state: unknown build state {request.state}")
         token = request.page_token
         if token:
             check_id(token, "page_token")

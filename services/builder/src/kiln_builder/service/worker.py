@@ -212,7 +212,7 @@ class Worker:
                 job.task.cancel()
             await self._conclude(job, *await self._outcome(job))
         finally:
-            shutil.rmtree(workspace, ignore_errors=True)
+            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
     async def _outcome(
         self, job: Job
@@ -341,7 +341,7 @@ class Worker:
             return
         if state != pb.BUILD_STATE_SUCCEEDED:
             job.artifacts.stop.clear()  # the log is still stored
-            await job.artifacts.remove(attempt_only=True)  # partial outputs
+            await self._remove_partial(job)
             self._mark_steps(job, state)
         if job.why_stopped == "shutdown":
             await self._requeue(job)
@@ -355,6 +355,17 @@ class Worker:
         outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
+
+    async def _remove_partial(self, job: Job) -> None:
+        """Removes what this failed or stopped attempt stored. Storage may be
+        the very thing that failed: the outcome is recorded all the same (a
+        next attempt removes what this one left)."""
+        assert job.artifacts is not None
+        try:
+            await job.artifacts.remove(attempt_only=True)
+        except Exception as exc:  # noqa: BLE001 - the outcome matters more than the cleanup
+            log.warning("build %s: outputs of attempt %d not removed: %s",
+                        job.build_id, job.attempt, exc)  # fmt: skip
 
     def _mark_steps(self, job: Job, state: pb.BuildState.ValueType) -> None:
         assert job.reporter is not None
