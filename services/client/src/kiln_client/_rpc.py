@@ -9,7 +9,6 @@ from typing import TypeVar
 
 import grpc
 
-from kiln_common.errors import KilnError
 from kiln_common.grpc_errors import from_rpc
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.retry import RetryPolicy
@@ -64,8 +63,3 @@ async def pages(
             yield item
         if not token:
             return
-
-
-def rethrow(exc: BaseException) -> KilnError | BaseException:
-    """A gRPC failure as its domain error; anything else as it is."""
-    return from_rpc(exc) if isinstance(exc, grpc.RpcError) else exc

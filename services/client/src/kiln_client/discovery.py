@@ -10,8 +10,7 @@ from pathlib import Path
 from kiln_common.errors import FailedPrecondition
 from kiln_common.stack import Stack, kiln_home
 
-SERVICES = ("storage", "builder")
-__all__ = ["SERVICES", "NotRunning", "Stack", "address", "kiln_home"]
+__all__ = ["NotRunning", "Stack", "address", "kiln_home"]
 
 
 class NotRunning(FailedPrecondition):

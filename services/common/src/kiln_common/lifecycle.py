@@ -45,7 +45,6 @@ STEP_WORDS: dict[StepState, str] = {
 }
 STEP_EVENT = "build.step"
 TERMINAL = frozenset(s for s, info in STATES.items() if info.terminal)
-EVENTS = tuple([info.event for info in STATES.values()] + [STEP_EVENT])
 WORDS = tuple(info.word for info in STATES.values())
 
 

@@ -107,6 +107,3 @@ class Backoff:
 
     async def wait(self, exc: BaseException) -> None:
         await asyncio.sleep(self.next_wait(exc))
-
-
-NO_RETRY = RetryPolicy(attempts=1)

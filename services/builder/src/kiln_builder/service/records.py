@@ -25,8 +25,7 @@ Mutation = Callable[[pb.Build], bool]  # a lifecycle transition: True if it chan
 
 class BuildRecords:
     def __init__(self, builds: KeyValue, keys: KeyValue) -> None:
-        self.builds = builds  # the bucket itself, for the list index's watch
-        self._builds = builds
+        self.builds = builds  # public: the list index watches this bucket
         self._keys = keys
 
     @classmethod
@@ -36,7 +35,7 @@ class BuildRecords:
         return cls(builds, keys)
 
     async def create(self, build: pb.Build) -> None:
-        await self._builds.create(build.id, build.SerializeToString())
+        await self.builds.create(build.id, build.SerializeToString())
 
     async def get(self, build_id: str) -> pb.Build:
         return (await self._entry(build_id))[0]
@@ -44,7 +43,7 @@ class BuildRecords:
     async def _entry(self, build_id: str) -> tuple[pb.Build, int]:
         check_id(build_id, "build id")
         try:
-            entry = await self._builds.get(build_id)
+            entry = await self.builds.get(build_id)
         except KeyNotFoundError:
             raise NotFound(f"build {build_id} does not exist") from None
         build = pb.Build()
@@ -61,7 +60,7 @@ class BuildRecords:
             if not change(build):
                 return build, False
             try:
-                await self._builds.update(build_id, build.SerializeToString(), last=revision)
+                await self.builds.update(build_id, build.SerializeToString(), last=revision)
                 return build, True
             except KeyWrongLastSequenceError:
                 continue
@@ -80,7 +79,7 @@ class BuildRecords:
 
     async def ids(self) -> list[str]:
         try:
-            return sorted(await self._builds.keys(), reverse=True)  # ids sort by time
+            return sorted(await self.builds.keys(), reverse=True)  # ids sort by time
         except NoKeysError:
             return []
 
