@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from kiln_builder import checks
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
 from kiln_common.errors import KilnError
@@ -85,8 +86,13 @@ async def _bake(args: argparse.Namespace) -> int:
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
     )
-    result = await Bake(recipe, options, _progress).run()
+    try:
+        result = await Bake(recipe, options, _progress).run()
+    except KilnError as exc:
+        _print_checks(checks.report_of(exc))  # which rules failed, and all the others
+        raise
     print(f"steps: {summary(result.steps)}", file=sys.stderr)
+    _print_checks(result.checks)
     for output in result.outputs:
         print(f"{output.path}  {output.size}  sha256:{output.sha256}")
     print(f"{result.sbom}  (SPDX SBOM)")
@@ -95,6 +101,15 @@ async def _bake(args: argparse.Namespace) -> int:
         print(f"{result.console_log}  (boot test: login prompt after {boot.seconds:.0f}s "
               f"under {boot.accel.kind}: {boot.accel.reason})")  # fmt: skip
     return 0
+
+
+def _print_checks(report: checks.CheckReport | None) -> None:
+    if report is None:
+        return
+    for result in report.results:
+        print(f"check {result.line()}", file=sys.stderr)
+    if report.path is not None:
+        print(f"{report.path}  (requirement checks)")
 
 
 def _running_storage() -> str | None:

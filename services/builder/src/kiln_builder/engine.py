@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln_builder import customize, disk, layers
+from kiln_builder import checks, customize, disk, layers
 from kiln_builder.bootstrap import bootstrap, spec_for
+from kiln_builder.checks import CheckReport
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
@@ -79,6 +80,7 @@ class BakeResult:
     steps: list[StepRecord] = field(default_factory=list)
     console_log: Path | None = None
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
+    checks: CheckReport | None = None  # when the recipe lists checks
 
 
 Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
@@ -120,6 +122,7 @@ class Bake:
         # Disk and filesystem UUIDs derive from this: the same image gets the
         # same ids whatever its publish or test settings say.
         self.seed = f"{recipe.name}/{recipe.version}"
+        self._prepared = False
 
     @contextlib.asynccontextmanager
     async def _step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
@@ -219,6 +222,7 @@ class Bake:
     def plan(self) -> list[str]:
         """The names of the steps this bake will run, in order."""
         names = [name for name, _, _ in self._layer_plan()]
+        names += ["checks"] if self.recipe.checks else []
         names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
         if self.opts.boot_test and self.recipe.test.boot is not None:
             names.append("boot-test")
@@ -227,6 +231,9 @@ class Bake:
     async def _prepare_tree(self) -> None:
         """fstab, kernel command line and GRUB configuration, and normalised
         timestamps: the same tree whether a disk is made of it or not."""
+        if self._prepared:  # done already for the checks step
+            return
+        self._prepared = True
         recipe = self.recipe
         disk.configure_boot(
             self.rootdir,
@@ -256,8 +263,6 @@ class Bake:
     def _not_yet(self) -> list[str]:
         """Recipe parts this engine validates but does not act on yet."""
         later = []
-        if self.recipe.checks:
-            later.append("checks (requirement profiles)")
         if self.recipe.publish:
             later.append("publish")
         if self.recipe.test.commands:
@@ -272,8 +277,9 @@ class Bake:
         ok = False
         try:
             await self._layers()
-            image = await self._disk() if self._needs_disk() else self.work / "no-disk"
             stem = f"{self.recipe.name}-{self.recipe.version}"
+            report = await self._checks(stem) if self.recipe.checks else None
+            image = await self._disk() if self._needs_disk() else self.work / "no-disk"
             async with self._step("outputs"):
                 if not self._needs_disk():
                     await self._prepare_tree()
@@ -286,7 +292,7 @@ class Bake:
                 write_sbom(sbom, spdx_document(package_manifest(self.rootdir), name=stem,
                                                namespace_seed=self.recipe.digest(),
                                                created_epoch=self.opts.epoch))  # fmt: skip
-            result = BakeResult(outputs, sbom, self.steps)
+            result = BakeResult(outputs, sbom, self.steps, checks=report)
             if self.opts.boot_test and self.recipe.test.boot is not None:
                 await self._boot_test(image, result)
             ok = True
@@ -302,6 +308,14 @@ class Bake:
             else:
                 keep(self.work, f"build {self.opts.build_id} failed")
                 log.warning("keeping the failed build's workspace: %s", self.work)
+
+    async def _checks(self, stem: str) -> CheckReport:
+        """Requirement checks on the finished tree (boot configuration
+        included), before any disk or output is made of it."""
+        async with self._step("checks"):
+            await self._prepare_tree()
+            report_file = self.opts.out_dir / f"{stem}.checks.json"
+            return await checks.check_tree(self.rootdir, self.recipe, report_file)
 
     async def _boot_test(self, image: Path, result: BakeResult) -> None:
         from kiln_builder import vm

@@ -8,11 +8,15 @@ show one, print or follow its log, cancel it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TextIO
+
+from google.protobuf import json_format
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import BuilderClient
@@ -46,8 +50,9 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--name", default="", help="only builds of this recipe name")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(fn=cmd_ls)
-    p = group.add_parser("show", help="one build: state, steps, artifacts, error")
+    p = group.add_parser("show", help="one build: state, steps, checks, artifacts, error")
     p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the whole build record as JSON")
     p.set_defaults(fn=cmd_show)
     p = group.add_parser("logs", help="a build's log")
     p.add_argument("id")
@@ -217,6 +222,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.get(args.id)
+    code = STATES[b.state].exit_code if b.state in TERMINAL else 0
+    if args.json:
+        print(json.dumps(json_format.MessageToDict(b), indent=2))
+        return code
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
     )
@@ -229,11 +238,23 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(
             f"step        {s.name:<10} {how:<9} {s.seconds:7.1f}s{'  cached' if s.cached else ''}"
         )
+    for line in check_lines(b.checks):
+        print(f"check       {line}")
     for a in b.artifacts:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
     if b.HasField("error"):
         print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
-    return STATES[b.state].exit_code if b.state in TERMINAL else 0
+    return code
+
+
+def check_lines(results: Sequence[pb.CheckResult]) -> list[str]:
+    """Each requirement rule's result on a line: PASS, FAIL, or WARN (failed,
+    in an advisory profile), the rule, the file it looked at and why."""
+    lines = []
+    for r in results:
+        word = "PASS" if r.passed else ("WARN" if r.advisory else "FAIL")
+        lines.append(f"{word} {r.rule:<30} {r.file + ': ' if r.file else ''}{r.why}")
+    return lines
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -87,6 +87,7 @@ def start(build: pb.Build, worker: str, attempt: int) -> bool:
     if not build.HasField("started"):
         build.started.CopyFrom(now())
     del build.steps[:]
+    del build.checks[:]
     build.ClearField("error")
     return True
 
@@ -119,6 +120,7 @@ class Outcome:
     artifacts: tuple[pb.BuildArtifact, ...] = ()
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
+    checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -134,6 +136,7 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     if outcome.error is not None:
         build.error.CopyFrom(outcome.error)
     build.artifacts.extend(outcome.artifacts)
+    build.checks.extend(outcome.checks)
     if outcome.log_artifact is not None:
         build.artifacts.append(outcome.log_artifact)
         build.log_artifact_id = outcome.log_artifact.artifact_id

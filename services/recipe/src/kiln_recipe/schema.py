@@ -15,7 +15,7 @@ import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -59,6 +59,7 @@ DISTROS: tuple[str, ...] = get_args(Distro)
 FORMATS: tuple[str, ...] = get_args(Format)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 SYSPREP_OPERATIONS: tuple[str, ...] = get_args(SysprepOp)
+CHECK_PROFILES: tuple[str, ...] = get_args(CheckProfile)
 # qcow2 and vmdk compress inside the format; an outer layer would only stop
 # tools from reading them in place.
 INTERNALLY_COMPRESSED = frozenset({"qcow2", "qcow2c", "vmdk"})
@@ -185,6 +186,10 @@ def _no_repeats(values: Sequence[object], what: str) -> None:
 def _sysprep_kind(value: object) -> str:
     # Picks the branch up front so a wrong value gets one message, not one per branch.
     return "operations" if isinstance(value, list) else "preset"
+
+
+def _check_kind(value: object) -> str:
+    return "spec" if isinstance(value, dict | BaseModel) else "profile"
 
 
 PackageName = Annotated[str, AfterValidator(_package_name)]
@@ -375,6 +380,26 @@ class RunStep(Model):
         return self
 
 
+class CheckSpec(Model):
+    """A requirement profile with options: `{profile: tycoon, advisory: true}`."""
+
+    profile: CheckProfile
+    advisory: bool = False  # failed rules are reported but do not fail the build
+
+
+class CheckRequest(NamedTuple):
+    """One profile to check, normalised from either way of writing it."""
+
+    profile: str
+    advisory: bool
+
+
+CheckEntry = Annotated[
+    Annotated[CheckProfile, Tag("profile")] | Annotated[CheckSpec, Tag("spec")],
+    Discriminator(_check_kind),
+]
+
+
 class Disk(Model):
     size: int
     filesystem: Literal["ext4", "ext3", "xfs"] = "ext4"
@@ -468,7 +493,7 @@ class Recipe(Model):
     disk: Disk = Field(default_factory=lambda: Disk(size=2 * GiB))
     outputs: list[OutputSpec] = Field(default_factory=lambda: [OutputSpec(format="qcow2")])
     sysprep: Sysprep = "default"
-    checks: list[CheckProfile] = []
+    checks: list[CheckEntry] = []
     test: TestSpec = Field(default_factory=TestSpec)
     publish: dict[str, Any] = {}  # validated by the publisher
     keep_workspace: bool = False  # debugging: keep a failed build's workspace
@@ -518,8 +543,8 @@ class Recipe(Model):
 
     @field_validator("checks")
     @classmethod
-    def _distinct_checks(cls, checks: list[str]) -> list[str]:
-        _no_repeats(checks, "profile")
+    def _distinct_checks(cls, checks: list[str | CheckSpec]) -> list[str | CheckSpec]:
+        _no_repeats([c if isinstance(c, str) else c.profile for c in checks], "profile")
         return checks
 
     @model_validator(mode="after")
@@ -539,6 +564,13 @@ class Recipe(Model):
         if self.sysprep == "none":
             return ()
         return tuple(op for op in SYSPREP_OPERATIONS if op in self.sysprep)
+
+    def check_profiles(self) -> tuple[CheckRequest, ...]:
+        """The requirement profiles to check, in the recipe's order."""
+        return tuple(
+            CheckRequest(c, False) if isinstance(c, str) else CheckRequest(c.profile, c.advisory)
+            for c in self.checks
+        )
 
     def digest(self) -> str:
         """SHA-256 of the recipe as canonical JSON, with the contents of its file

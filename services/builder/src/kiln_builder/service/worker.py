@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_builder import checks
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
@@ -54,6 +55,7 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
+    checks: list[pb.CheckResult] = field(default_factory=list)  # once the checks ran
 
 
 class Worker:
@@ -237,6 +239,9 @@ class Worker:
             if isinstance(exc, (KilnError, ProcessError, OSError))
             else (f"internal error: {type(exc).__name__}: {exc}")
         )
+        report = checks.report_of(exc)  # a failed check: its results go in the record
+        if report is not None:
+            job.checks = check_results(report)
         tail = list(job.reporter.tail) if job.reporter else []
         if job.reporter:
             job.reporter.log(f"build failed: {message}", "ERROR")
@@ -294,6 +299,9 @@ class Worker:
         assert job.reporter is not None and job.artifacts is not None
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
+        if result.checks is not None and result.checks.path is not None:
+            files.append(Upload(result.checks.path, "checks", "checks.json"))
+            job.checks = check_results(result.checks)
         if result.console_log is not None and result.console_log.is_file():
             files.append(Upload(result.console_log, "console-log", "console.log"))
         record = StepRecord("upload")
@@ -352,7 +360,7 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, tuple(job.checks))
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -432,6 +440,21 @@ class Worker:
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)
+
+
+def check_results(report: checks.CheckReport) -> list[pb.CheckResult]:
+    return [
+        pb.CheckResult(
+            profile=r.profile,
+            rule=r.rule,
+            statement=r.statement,
+            passed=r.passed,
+            advisory=r.advisory,
+            file=r.file,
+            why=r.why,
+        )
+        for r in report.results
+    ]
 
 
 def _spec(output: OutputFile) -> str:
