@@ -208,7 +208,7 @@ RULES = (
     ),
     Rule(
         "cloud.virtio",
-        "virtio disk and network drivers available at boot (built into the "
+        "Virtio disk and network drivers available at boot (built into the "
         "kernel or in the initramfs)",
         virtio,
     ),

@@ -4,8 +4,8 @@ sshd's settings, accounts, network configuration, the kernel command line."""
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from kiln_builder.checks.services import enablement
