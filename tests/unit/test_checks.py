@@ -11,14 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder import checks
 from kiln_builder.checks import CheckReport, ChecksFailed, Facts, Tree
 from kiln_builder.checks.services import enablement
+from kiln_builder.engine import Bake, BakeOptions
 from kiln_builder.service.worker import check_results
 from kiln_cli.build_cmd import check_lines
 from kiln_common.errors import FailedPrecondition
+from kiln_recipe import parse_recipe
 
 KERNEL = "6.1.0-1-amd64"
 FACTS = Facts(outputs=("qcow2", "ext3.bz2"), root_fs="ext4", partitioned=True, bare=True)
@@ -497,3 +500,59 @@ def test_unreadable_is_a_failed_rule_not_a_crash(tmp_path: Path) -> None:
     link(root, "/etc/hosts", "/etc/hosts.fifo")
     found = results(root)["tycoon.network-config"]
     assert not found.passed and found.why == "missing"  # a FIFO is not read (it would block)
+
+
+def test_every_rule_is_documented() -> None:
+    text = (REPO / "docs/checks.md").read_text()
+    missing = [r.id for rules in checks.PROFILES.values() for r in rules if f"`{r.id}`" not in text]
+    assert not missing, f"docs/checks.md does not document: {missing}"
+
+
+# --- the engine's step ----------------------------------------------------------------------
+
+HEAD = 'name: web\nversion: "1"\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n'
+
+
+def _bake(recipe_text: str, tmp_path: Path) -> Bake:
+    options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
+                          cache_dir=tmp_path / "cache", build_id="b1")  # fmt: skip
+    return Bake(parse_recipe(recipe_text, tmp_path), options)
+
+
+def test_the_engine_checks_after_sysprep_and_before_the_disk(tmp_path: Path) -> None:
+    plan = _bake(HEAD + "checks: [tycoon]\n", tmp_path).plan()
+    assert plan[plan.index("sysprep") + 1] == "checks" and plan.index("checks") < plan.index("disk")
+    assert "checks" not in _bake(HEAD, tmp_path).plan()
+    assert not any(
+        "checks" in part for part in _bake(HEAD + "checks: [cloud]\n", tmp_path)._not_yet()
+    )
+
+
+async def test_the_checks_step_writes_its_report_then_fails_on_a_blocking_rule(
+    tmp_path: Path,
+) -> None:
+    root = good_tree(tmp_path / "root")
+    (root / "home").rmdir()
+    (root / "usr/bin/cloud-init").unlink()
+    text = HEAD + "outputs: [qcow2, ext3.gz]\nchecks: [tycoon, {profile: cloud, advisory: true}]\n"
+    recipe = parse_recipe(text, tmp_path)
+    report_file = tmp_path / "out/web-1.checks.json"
+    with pytest.raises(ChecksFailed) as caught:
+        await checks.check_tree(root, recipe, report_file)
+    assert str(caught.value).startswith("1 requirement check failed: tycoon.home (/home: ")
+    report = caught.value.report
+    assert report is not None and report.path == report_file
+    data = json.loads(report_file.read_text())
+    assert data["passed"] is False
+    assert data["profiles"] == [{"profile": "tycoon", "advisory": False},
+                                {"profile": "cloud", "advisory": True}]  # fmt: skip
+    warned = [r["rule"] for r in data["results"] if r["advisory"] and not r["passed"]]
+    assert warned == ["cloud.contextualisation", "cloud.growable-root"]
+
+
+async def test_the_checks_step_passes_with_only_advisory_failures(tmp_path: Path) -> None:
+    root = good_tree(tmp_path / "root")
+    (root / "usr/bin/cloud-init").unlink()
+    recipe = parse_recipe(HEAD + "checks: [{profile: cloud, advisory: true}]\n", tmp_path)
+    report = await checks.check_tree(root, recipe, tmp_path / "out/web-1.checks.json")
+    assert report.passed and report.path is not None and report.path.is_file()

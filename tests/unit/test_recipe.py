@@ -435,6 +435,37 @@ def test_an_unknown_check_profile_is_refused() -> None:
     assert issue(HEAD + "checks: [centos]\n").path == "checks[0]"
 
 
+def test_a_check_is_a_profile_name_or_a_mapping_with_advisory() -> None:
+    recipe = parse(HEAD + "checks:\n  - tycoon\n  - {profile: cloud, advisory: true}\n")
+    assert recipe.check_profiles() == (("tycoon", False), ("cloud", True))
+    assert recipe.check_profiles()[1].advisory is True
+    assert parse(HEAD + "checks: [{profile: stratuslab}]\n").check_profiles() == (
+        ("stratuslab", False),
+    )
+
+
+def test_a_profile_may_not_repeat_in_either_form() -> None:
+    found = issue(HEAD + "checks:\n  - tycoon\n  - {profile: tycoon, advisory: true}\n")
+    assert (found.path, found.line) == ("checks[1]", 7)
+    assert found.message == "profile 'tycoon' is listed twice"
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "words"),
+    [
+        ("{profile: centos}", "checks[0].profile", "'tycoon', 'stratuslab' or 'cloud'"),
+        ("{profile: cloud, advisory: maybe}", "checks[0].advisory", "true or false"),
+        ("{profile: cloud, advsory: true}", "checks[0].advsory", "did you mean 'advisory'?"),
+        ("{advisory: true}", "checks[0].profile", "required"),
+        ("[tycoon]", "checks[0]", "tycoon"),
+    ],
+)
+def test_a_bad_check_mapping_names_its_field_and_line(entry: str, path: str, words: str) -> None:
+    found = issue(HEAD + f"checks:\n  - {entry}\n")
+    assert (found.path, found.line) == (path, 6)
+    assert words in found.message, found
+
+
 def test_boot_false_turns_the_boot_test_off() -> None:
     assert parse(HEAD + "test: {boot: false}\n").test.boot is None
     assert parse(HEAD + "test: {boot: null}\n").test.boot is None
