@@ -185,6 +185,8 @@ def print_outcome(build: pb.Build) -> None:
         print(f"error{where}: {build.error.message}", file=sys.stderr)
         for line in build.error.log_tail[-10:]:
             print(f"  | {line}", file=sys.stderr)
+    for line in check_lines([c for c in build.checks if not c.passed]):
+        print(f"check {line}", file=sys.stderr)  # the failed and warned rules; show has all
     for a in build.artifacts:
         print(f"{a.artifact_id}  {a.kind:<11} {a.name}  {a.size}  sha256:{a.sha256}")
         print(f"    {a.url}")
