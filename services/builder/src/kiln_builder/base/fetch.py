@@ -134,6 +134,7 @@ def _download(url: str, partial: Path, limits: FetchLimits) -> int:
         fetched += count
         if done:
             return fetched
+        log.warning("download of %s stopped after %d bytes; resuming", url, have + count)
     raise Unavailable(f"from.image.url: could not download {url}: {last_error}")
 
 
@@ -157,7 +158,9 @@ def _one_request(
                 f"from.image.url: {url} is {have + int(length)} bytes,"
                 f" more than the limit of {limits.max_bytes}"
             )
-        return True, _copy(response.read, partial, have, limits, deadline, url)
+        count = _copy(response.read, partial, have, limits, deadline, url)
+        # A connection closed early is not an error to urllib: the length says.
+        return length is None or count >= int(length), count
 
 
 def _copy(
