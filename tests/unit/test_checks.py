@@ -18,7 +18,7 @@ from kiln_builder import checks
 from kiln_builder.checks import CheckReport, ChecksFailed, Facts, Tree
 from kiln_builder.checks.services import enablement
 from kiln_builder.engine import Bake, BakeOptions
-from kiln_builder.service.worker import check_results
+from kiln_builder.service.worker import check_messages
 from kiln_cli.build_cmd import check_lines
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe import parse_recipe
@@ -468,20 +468,13 @@ def test_a_failure_names_each_failed_rule_file_and_why(tmp_path: Path) -> None:
         "2 requirement checks failed: tycoon.home (/home: does not exist: user accounts are "
         "created under /home); tycoon.network-config (/etc/hosts: missing)"
     )
-    # The engine re-raises a step's error with the step's name: the report is found all the same.
-    try:
-        try:
-            raise error
-        except ChecksFailed as exc:
-            raise ChecksFailed(f"step checks failed: {exc}") from exc
-    except ChecksFailed as outer:
-        assert checks.report_of(outer) is error.report
+    assert error.report is not None and len(error.report.failures) == 2
 
 
 def test_results_become_record_messages_and_cli_lines(tmp_path: Path) -> None:
     root = good_tree(tmp_path)
     (root / "home").rmdir()
-    messages = check_results(checks.run(root, [("tycoon", False)], FACTS))
+    messages = check_messages(checks.run(root, [("tycoon", False)], FACTS))
     assert messages[2] == pb.CheckResult(
         profile="tycoon", rule="tycoon.home", statement=checks.tycoon.RULES[2].statement,
         passed=False, advisory=False, file="/home",
@@ -556,3 +549,25 @@ async def test_the_checks_step_passes_with_only_advisory_failures(tmp_path: Path
     recipe = parse_recipe(HEAD + "checks: [{profile: cloud, advisory: true}]\n", tmp_path)
     report = await checks.check_tree(root, recipe, tmp_path / "out/web-1.checks.json")
     assert report.passed and report.path is not None and report.path.is_file()
+
+
+async def test_the_engine_step_checks_the_tree_with_its_boot_configuration(tmp_path: Path) -> None:
+    """From scratch, the tree is checked as the disk will hold it: the GRUB menu
+    with its serial console and the DHCP network are written first. A failure
+    keeps every result for the build record."""
+    bake = _bake(HEAD + "outputs: [ext3.gz]\nchecks: [tycoon, cloud]\n", tmp_path)
+    bake.rootdir = good_tree(tmp_path / "root")
+    put(bake.rootdir, f"/boot/vmlinuz-{KERNEL}")
+    (bake.rootdir / "boot/grub/grub.cfg").unlink()
+    (bake.rootdir / "etc/systemd/network/80-dhcp.network").unlink()
+    (bake.rootdir / "home").rmdir()
+    with pytest.raises(ChecksFailed) as caught:
+        await bake._checks()
+    assert str(caught.value).startswith("step checks failed: 2 requirement checks failed: ")
+    assert bake.steps[-1].name == "checks"
+    assert bake.check_report is not None
+    found = {r.rule: r for r in bake.check_report.results}
+    assert [r.rule for r in bake.check_report.failures] == ["tycoon.home", "cloud.bootable-disk"]
+    assert found["cloud.serial-console"].file == "/boot/grub/grub.cfg"
+    assert found["tycoon.network-config"].file == "/etc/systemd/network/80-kiln-dhcp.network"
+    assert (tmp_path / "out/web-1.checks.json").is_file()

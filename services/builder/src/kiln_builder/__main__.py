@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from kiln_builder import checks
+from kiln_builder.checks import CheckReport
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
 from kiln_common.errors import KilnError
@@ -86,10 +86,11 @@ async def _bake(args: argparse.Namespace) -> int:
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
     )
+    bake = Bake(recipe, options, _progress)
     try:
-        result = await Bake(recipe, options, _progress).run()
-    except KilnError as exc:
-        _print_checks(checks.report_of(exc))  # which rules failed, and all the others
+        result = await bake.run()
+    except KilnError:
+        _print_checks(bake.check_report)  # which rules failed, and all the others
         raise
     print(f"steps: {summary(result.steps)}", file=sys.stderr)
     _print_checks(result.checks)
@@ -103,7 +104,7 @@ async def _bake(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_checks(report: checks.CheckReport | None) -> None:
+def _print_checks(report: CheckReport | None) -> None:
     if report is None:
         return
     for result in report.results:

@@ -24,7 +24,6 @@ from kiln_builder.checks.model import (
     Facts,
     Rule,
     Verdict,
-    report_of,
 )
 from kiln_builder.checks.tree import Tree
 
@@ -39,7 +38,6 @@ __all__ = [
     "Verdict",
     "check_tree",
     "facts_for",
-    "report_of",
     "run",
 ]
 
@@ -108,21 +106,27 @@ class RecipeLike(Protocol):
     def check_profiles(self) -> Sequence[tuple[str, bool]]: ...
 
 
-def facts_for(recipe: RecipeLike) -> Facts:
+def facts_for(recipe: RecipeLike, partitioned: bool | None = None) -> Facts:
+    """What the recipe's outputs will be. partitioned: whether the disk has a
+    partition table (a customised base decides; from scratch, Kiln makes one)."""
     formats = [o.format for o in recipe.outputs]
+    disk_out = any(f not in TREE_FORMATS for f in formats)
     return Facts(
         outputs=tuple(o.name for o in recipe.outputs),
         root_fs=recipe.disk.filesystem,
-        partitioned=any(f not in TREE_FORMATS for f in formats),
+        partitioned=disk_out and (partitioned is None or partitioned),
         bare=any(f in ("ext3", "ext4") for f in formats),
     )
 
 
-async def check_tree(root: Path, recipe: RecipeLike, report_file: Path) -> CheckReport:
+async def check_tree(
+    root: Path, recipe: RecipeLike, report_file: Path, facts: Facts | None = None
+) -> CheckReport:
     """The engine's `checks` step: runs the recipe's profiles over the finished
     tree, logs each result, writes the report to report_file, and raises
     ChecksFailed (carrying the report) if a rule of a non-advisory profile failed."""
-    report = await asyncio.to_thread(run, root, recipe.check_profiles(), facts_for(recipe))
+    facts = facts if facts is not None else facts_for(recipe)
+    report = await asyncio.to_thread(run, root, recipe.check_profiles(), facts)
     for result in report.results:
         log.log(logging.INFO if result.passed else logging.WARNING, "check %s", result.line())
     report_file.parent.mkdir(parents=True, exist_ok=True)

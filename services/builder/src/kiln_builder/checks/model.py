@@ -111,15 +111,3 @@ class ChecksFailed(FailedPrecondition):
         failed = "; ".join(f"{r.rule} ({r.file or 'image'}: {r.why})" for r in report.failures)
         count = len(report.failures)
         return cls(f"{count} requirement check{'s' * (count != 1)} failed: {failed}", report)
-
-
-def report_of(exc: BaseException | None) -> CheckReport | None:
-    """The report a ChecksFailed carries, wherever it is in exc's chain (the
-    engine re-raises a step's error with the step's name in front)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ChecksFailed) and exc.report is not None:
-            return exc.report
-        exc = exc.__cause__ or exc.__context__
-    return None

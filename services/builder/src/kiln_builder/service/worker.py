@@ -23,12 +23,12 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder import checks
+from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
-from kiln_builder.service.artifacts import BuildArtifacts, Upload
+from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
@@ -55,7 +55,7 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
-    checks: list[pb.CheckResult] = field(default_factory=list)  # once the checks ran
+    bake: Bake | None = None
 
 
 class Worker:
@@ -239,9 +239,6 @@ class Worker:
             if isinstance(exc, (KilnError, ProcessError, OSError))
             else (f"internal error: {type(exc).__name__}: {exc}")
         )
-        report = checks.report_of(exc)  # a failed check: its results go in the record
-        if report is not None:
-            job.checks = check_results(report)
         tail = list(job.reporter.tail) if job.reporter else []
         if job.reporter:
             job.reporter.log(f"build failed: {message}", "ERROR")
@@ -288,6 +285,7 @@ class Worker:
                 fix_kvm_device=self.settings.fix_kvm_device,
             )
             bake = Bake(recipe, options, reporter.step)
+            job.bake = bake
             reporter.plan = [*bake.plan(), "upload"]
             job.steps = bake.steps
             result = await bake.run()
@@ -297,11 +295,12 @@ class Worker:
         self, job: Job, build: pb.Build, result: BakeResult
     ) -> list[pb.BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
+        if result.base is not None:
+            job.artifacts.labels.update(base_labels(result.base))
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.checks is not None and result.checks.path is not None:
             files.append(Upload(result.checks.path, "checks", "checks.json"))
-            job.checks = check_results(result.checks)
         if result.console_log is not None and result.console_log.is_file():
             files.append(Upload(result.console_log, "console-log", "console.log"))
         record = StepRecord("upload")
@@ -360,7 +359,8 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, tuple(job.checks))
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job),
+                          _checks(job))  # fmt: skip
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -442,8 +442,23 @@ class Worker:
         log.info("build %s %s", build_id, info.word)
 
 
-def check_results(report: checks.CheckReport) -> list[pb.CheckResult]:
-    return [
+def _base(job: Job) -> pb.BaseImage | None:
+    """The base a customised build fetched, recorded whether it then succeeded or not."""
+    base = job.bake.base if job.bake is not None else None
+    if base is None:
+        return None
+    return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
+
+
+def _checks(job: Job) -> tuple[pb.CheckResult, ...]:
+    """The requirement checks' results, recorded whether the build then
+    succeeded or failed (a failed check is the failure)."""
+    report = job.bake.check_report if job.bake is not None else None
+    return () if report is None else check_messages(report)
+
+
+def check_messages(report: CheckReport) -> tuple[pb.CheckResult, ...]:
+    return tuple(
         pb.CheckResult(
             profile=r.profile,
             rule=r.rule,
@@ -454,7 +469,7 @@ def check_results(report: checks.CheckReport) -> list[pb.CheckResult]:
             why=r.why,
         )
         for r in report.results
-    ]
+    )
 
 
 def _spec(output: OutputFile) -> str:
