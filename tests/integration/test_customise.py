@@ -291,3 +291,41 @@ def test_a_base_without_a_kernel_cannot_be_boot_tested(server: ImageServer, tmp_
     with pytest.raises(FailedPrecondition, match=r"set test: \{boot: false\}"):
         asyncio.run(Bake(recipe_, options).run())
     shutil.rmtree(tmp_path / "c")
+
+
+@pytest.mark.build
+def test_requirement_checks_run_on_the_customised_tree(
+    test_rootfs: TestRootfs, server: ImageServer, tmp_path: Path
+) -> None:
+    """Seed 004's rules on a bare filesystem base: what the user steps changed
+    counts (/etc/hosts written by the script), what the base lacks fails the
+    build naming the rule and file, and nothing is left mounted."""
+    shutil.copy(test_rootfs.image, server.root / "tycoon.ext4")
+    text = recipe(
+        f"{server.url}/tycoon.ext4",
+        sha256(server.root / "tycoon.ext4"),
+        "run:\n  - inline: \"printf '127.0.0.1 localhost\\\\n' > /etc/hosts\"\n"
+        "outputs: [qcow2, ext3]\ntest: {boot: false}\n"
+        "checks: [tycoon, {profile: cloud, advisory: true}]\n",
+    )
+    work = tmp_path / "b"
+    build = bake(text, work, tmp_path / "cache")
+    with pytest.raises(FailedPrecondition) as caught:
+        asyncio.run(build.run())
+    assert str(caught.value).startswith(
+        "step checks failed: 2 requirement checks failed: tycoon.ssh-enabled (/usr/sbin/sshd: "
+        "the OpenSSH server is not installed (add openssh-server to packages)); "
+        "tycoon.network-config (/etc/network/interfaces: no configuration for a network interface"
+    )
+    assert_nothing_held(work)
+    assert [s.name for s in build.steps] == ["base", "run", "sysprep", "checks"]
+    report = build.check_report
+    assert report is not None
+    found = {r.rule: r for r in report.results}
+    assert found["tycoon.network-config"].why != "missing"  # the script wrote /etc/hosts
+    assert found["tycoon.ext3-image"].passed and found["tycoon.console"].passed
+    bootable = found["cloud.bootable-disk"]  # a bare filesystem in a qcow2 boots nowhere
+    assert (bootable.passed, bootable.advisory, bootable.file) == (False, True, "outputs")
+    assert "no partition table" in bootable.why
+    assert not found["cloud.serial-console"].passed  # the base has no boot loader config
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["custom-1.checks.json"]

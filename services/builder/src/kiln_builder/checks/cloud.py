@@ -34,6 +34,13 @@ def bootable_disk(tree: Tree, facts: Facts) -> Verdict:
     disks = [o for o in facts.outputs if o.partition(".")[0] in DISK_FORMATS]
     if disks and facts.partitioned:
         return Verdict(True, "outputs", f"a partitioned disk: {', '.join(disks)}")
+    if disks:
+        return Verdict(
+            False,
+            "outputs",
+            f"{', '.join(disks)} would hold a bare filesystem "
+            "(the base has no partition table or boot loader): nothing to boot",
+        )
     return Verdict(
         False,
         "outputs",
