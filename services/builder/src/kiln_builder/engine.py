@@ -71,6 +71,7 @@ class BakeOptions:
     boot_test: bool = True
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
+    default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,14 @@ class Bake:
         """(step, key, action) for each cached step, keys chained."""
         boot = self.recipe.from_.bootstrap
         assert boot is not None
-        spec = spec_for(boot.distro, boot.release, boot.arch, boot.mirror, self.opts.epoch)
+        spec = spec_for(
+            boot.distro,
+            boot.release,
+            boot.arch,
+            boot.mirror,
+            self.opts.epoch,
+            self.opts.default_mirror,
+        )
         target = self.layers.path("bootstrap", spec.key())
         out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
         key = spec.key()

@@ -214,7 +214,7 @@ class Bootstrap(Model):
     distro: Distro
     release: str
     arch: Literal["amd64"] = "amd64"
-    mirror: str | None = None  # None: the build host's apt source
+    mirror: str | None = None  # None: the builder's default mirror, else its apt source
 
     @field_validator("release")
     @classmethod
