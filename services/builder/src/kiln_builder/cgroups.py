@@ -22,9 +22,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_common.proc import process_start
+
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PREFIX = "kiln-sandbox-"
 _serial = itertools.count()
 
 
@@ -96,6 +99,31 @@ def _v2_parent(paths: dict[str, str]) -> Path | None:
     return parent
 
 
+def _parents() -> list[Path]:
+    """Where this process makes its groups, in each hierarchy it uses."""
+    paths = _own_paths()
+    if (CGROUP_ROOT / "cgroup.controllers").is_file():
+        return [CGROUP_ROOT / paths.get("", "/").lstrip("/")]
+    return [CGROUP_ROOT / c / paths[c].lstrip("/") for c in ("memory", "pids") if c in paths]
+
+
+def reclaim_stale() -> list[str]:
+    """Removes the groups of builders that died (SIGKILL skips destroy());
+    their processes died with them (bwrap --die-with-parent), but an empty
+    group stays until removed. Returns what it removed."""
+    removed = []
+    for parent in _parents():
+        for group in parent.glob(f"{PREFIX}*"):
+            try:
+                pid, started, _ = group.name.removeprefix(PREFIX).split("-")
+            except ValueError:
+                continue
+            if str(process_start(int(pid))) != started:
+                Cgroup((group,)).destroy()
+                removed.append(f"cgroup {group}")
+    return removed
+
+
 def _make(name: str, memory_bytes: int | None, max_pids: int | None) -> Cgroup:
     paths = _own_paths()
     parent = _v2_parent(paths)
@@ -132,7 +160,8 @@ def limited(memory_bytes: int | None, max_pids: int | None) -> Iterator[Cgroup |
     cgroups, and the limits are not enforced), destroyed on every path."""
     group: Cgroup | None = None
     if memory_bytes or max_pids:
-        name = f"kiln-sandbox-{os.getpid()}-{next(_serial)}"
+        # Owner pid and start time: a janitor removes the groups of dead owners.
+        name = f"{PREFIX}{os.getpid()}-{process_start(os.getpid())}-{next(_serial)}"
         try:
             group = _make(name, memory_bytes, max_pids)
         except (OSError, KeyError) as exc:
