@@ -1,5 +1,5 @@
 """The hardened sandbox's command lines, firewall and #! handling (no root
-resources: tests/integration/test_sandbox.py runs them for real)."""
+resources: tests/integration/test_sandbox_hardened.py runs them for real)."""
 
 from __future__ import annotations
 
