@@ -12,13 +12,14 @@ are logged as not enforced; the time limit still applies."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,8 +155,8 @@ def _make(name: str, memory_bytes: int | None, max_pids: int | None) -> Cgroup:
     return Cgroup(tuple(dirs))
 
 
-@contextlib.contextmanager
-def limited(memory_bytes: int | None, max_pids: int | None) -> Iterator[Cgroup | None]:
+@contextlib.asynccontextmanager
+async def limited(memory_bytes: int | None, max_pids: int | None) -> AsyncIterator[Cgroup | None]:
     """A fresh group with these limits (None: this host gives no writable
     cgroups, and the limits are not enforced), destroyed on every path."""
     group: Cgroup | None = None
@@ -170,4 +171,5 @@ def limited(memory_bytes: int | None, max_pids: int | None) -> Iterator[Cgroup |
         yield group
     finally:
         if group is not None:
-            group.destroy()
+            # Off the event loop: it may wait for the last processes to go.
+            await asyncio.shield(asyncio.to_thread(group.destroy))

@@ -113,22 +113,46 @@ def sandbox_argv(
     return [*args, "--", *argv]
 
 
-async def _first_pid(info_fd: int) -> int | None:
-    """The sandbox's first process, from bwrap's info pipe (None: bwrap
-    stopped before making it; its own output then says why)."""
+class _Launch:
+    """The pipes between the builder and one bwrap: bwrap writes its first
+    pid on info and holds the command until a byte arrives on block."""
 
-    def whole(data: bytes) -> bool:
+    def __init__(self) -> None:
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        self._open = {self.info_r, self.info_w, self.block_r, self.block_w}
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self._open))
+
+    async def first_pid(self) -> int | None:
+        """The sandbox's first process (None: bwrap stopped before making it;
+        its own output then says why). bwrap's copies of the ends it uses are
+        its own: ours are closed, so its exit is an end of file here."""
+        self.close(self.info_w, self.block_r)
+
+        def whole(data: bytes) -> bool:
+            try:
+                return "child-pid" in json.loads(data)
+            except ValueError:
+                return False
+
         try:
-            return "child-pid" in json.loads(data)
-        except ValueError:
-            return False
+            async with asyncio.timeout(sandbox_net.READY_SECONDS):
+                data = await sandbox_net.read_fd(self.info_r, whole)
+        except TimeoutError:
+            return None
+        return int(json.loads(data)["child-pid"]) if whole(data) else None
 
-    try:
-        async with asyncio.timeout(sandbox_net.READY_SECONDS):
-            data = await sandbox_net.read_fd(info_fd, whole)
-    except TimeoutError:
-        return None
-    return int(json.loads(data)["child-pid"]) if whole(data) else None
+    def release(self) -> None:
+        os.write(self.block_w, b"1")
+        self.close(self.block_w)
 
 
 async def run_in(
@@ -141,50 +165,40 @@ async def run_in(
     policy: SandboxPolicy = DEFAULT_POLICY,
 ) -> Result:
     """Runs argv in the sandbox on root under policy; raises ProcessError
-    (ProcessTimeout past the time limit) if it fails."""
-    info_r, info_w = os.pipe()
-    block_r, block_w = os.pipe()
-    fds = {info_r, info_w, block_r, block_w}
-
-    def close(fd: int) -> None:
-        if fd in fds:
-            fds.discard(fd)
-            os.close(fd)
-
+    (ProcessTimeout past the time limit) if it fails. The network, the
+    control group and the pipes are released on every path, in that order."""
+    launch = _Launch()
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="kiln-sandbox-") as scratch,
-            cgroups.limited(policy.memory_bytes, policy.max_pids) as group,
-        ):
-            binds = [*ro_binds, (sandbox_net.resolv_conf(Path(scratch)), "/run/kiln-resolv.conf")]
-            async with contextlib.AsyncExitStack() as network_stack:
+        async with contextlib.AsyncExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-sandbox-")))
+            group = await stack.enter_async_context(
+                cgroups.limited(policy.memory_bytes, policy.max_pids)
+            )
 
-                async def started(bwrap_pid: int) -> None:
-                    close(info_w)
-                    close(block_r)
-                    pid = await _first_pid(info_r)
-                    if pid is None:
-                        return
-                    if group is not None:  # before the command forks anything
-                        group.add(bwrap_pid)
-                        group.add(pid)
-                    if network:
-                        await network_stack.enter_async_context(
-                            sandbox_net.user_network(pid, policy.blocked_networks)
-                        )
-                    os.write(block_w, b"1")
-                    close(block_w)
+            async def started(bwrap_pid: int) -> None:
+                pid = await launch.first_pid()
+                if pid is None:
+                    return
+                if group is not None:  # before the command forks anything
+                    group.add(bwrap_pid)
+                    group.add(pid)
+                if network:
+                    await stack.enter_async_context(
+                        sandbox_net.user_network(pid, policy.blocked_networks)
+                    )
+                launch.release()
 
-                return await run(
-                    sandbox_argv(root, argv, ro_binds=binds, info_fd=info_w, block_fd=block_r),
-                    env={**BASE_ENV, **(env or {})},
-                    time_limit=policy.timeout,
-                    pass_fds=(info_w, block_r),
-                    started=started,
-                )
+            binds = [*ro_binds, (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]
+            return await run(
+                sandbox_argv(root, argv, ro_binds=binds,
+                             info_fd=launch.info_w, block_fd=launch.block_r),
+                env={**BASE_ENV, **(env or {})},
+                time_limit=policy.timeout,
+                pass_fds=(launch.info_w, launch.block_r),
+                started=started,
+            )  # fmt: skip
     finally:
-        for fd in list(fds):
-            close(fd)
+        launch.close_all()
 
 
 @contextlib.contextmanager
