@@ -4,6 +4,7 @@ from a copy so the cache stays pristine."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, wait_until
+from support import REPO, await_until, wait_until
 
 from kiln_builder import cgroups, customize
 from kiln_builder.cgroups import PREFIX
@@ -241,6 +242,24 @@ async def test_memory_and_process_limits_hold(image_root: Path) -> None:
     forks = "for i in $(seq 40); do sleep 5 & done 2>&1; wait"
     with pytest.raises(ProcessError, match="Resource temporarily unavailable"):
         await run_in(image_root, ["/bin/bash", "-ec", forks], policy=small)
+
+
+async def test_a_cancelled_command_takes_its_network_and_processes_with_it(
+    image_root: Path,
+) -> None:
+    task = asyncio.create_task(run_in(image_root, ["sleep", "4246"]))
+    slirp = await await_until(
+        "slirp4netns", lambda: _children_named(os.getpid(), "slirp4netns"), 20
+    )
+    await await_until("the sandboxed sleep", lambda: _running("sleep", "4246"), 20)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not _running("sleep", "4246")
+    assert (
+        not _children_named(os.getpid(), "slirp4netns") and not Path(f"/proc/{slirp[0]}").exists()
+    )
+    assert not [g for p in cgroups._parents() for g in p.glob(f"{PREFIX}{os.getpid()}-*")]
 
 
 DRIVER = """
