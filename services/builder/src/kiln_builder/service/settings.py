@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -47,6 +48,9 @@ class BuilderSettings(KilnSettings):
     """Local layer cache and the KVM probe's verdict."""
     cache_max_gib: float = 16.0
     """Local layers beyond this size are pruned, least recently used first."""
+    default_mirror: str = ""
+    """http(s) URL of the archive to bootstrap from when a recipe names no
+    mirror; empty: the build host's apt source for the recipe's distro."""
     boot_test: bool = True
     """Boot-test images whose recipe asks for it (a build may still skip it)."""
     start_libvirtd: bool = True
@@ -93,6 +97,14 @@ class BuilderSettings(KilnSettings):
             timeout=self.sandbox_timeout_seconds or None,
             blocked_networks=tuple(self.sandbox_blocked_networks),
         )
+
+    @field_validator("default_mirror")
+    @classmethod
+    def _mirror(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"expected an http:// or https:// URL, got {value[:200]!r}")
+        return value
 
     def name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}:{os.getpid()}"

@@ -27,7 +27,7 @@ from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
-from kiln_builder.service.artifacts import BuildArtifacts, Upload
+from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
@@ -54,6 +54,7 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
+    bake: Bake | None = None
 
 
 class Worker:
@@ -282,8 +283,10 @@ class Worker:
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
                 sandbox=self.settings.sandbox_policy(),
+                default_mirror=self.settings.default_mirror,
             )
             bake = Bake(recipe, options, reporter.step)
+            job.bake = bake
             reporter.plan = [*bake.plan(), "upload"]
             job.steps = bake.steps
             result = await bake.run()
@@ -293,6 +296,8 @@ class Worker:
         self, job: Job, build: pb.Build, result: BakeResult
     ) -> list[pb.BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
+        if result.base is not None:
+            job.artifacts.labels.update(base_labels(result.base))
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.console_log is not None and result.console_log.is_file():
@@ -353,7 +358,7 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job))
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -433,6 +438,14 @@ class Worker:
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)
+
+
+def _base(job: Job) -> pb.BaseImage | None:
+    """The base a customised build fetched, recorded whether it then succeeded or not."""
+    base = job.bake.base if job.bake is not None else None
+    if base is None:
+        return None
+    return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
 
 
 def _spec(output: OutputFile) -> str:
