@@ -24,6 +24,7 @@ from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
+from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
 from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
@@ -71,6 +72,7 @@ class BakeOptions:
     boot_test: bool = True
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
+    sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
     default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
 
 
@@ -189,7 +191,7 @@ class Bake:
         packages = map_packages(list(self.recipe.packages), self.distro)
         if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
-        await customize.install_packages(self.rootdir, packages, self.opts.epoch)
+        await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
 
     async def _write_files(self) -> None:
         for spec in self.recipe.files:
@@ -205,7 +207,7 @@ class Bake:
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
             await customize.run_script(
-                self.rootdir, script, step.inline, self.work, self.opts.epoch
+                self.rootdir, script, step.inline, self.work, self.opts.epoch, self.opts.sandbox
             )
 
     async def _sysprep(self) -> None:

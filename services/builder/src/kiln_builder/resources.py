@@ -14,6 +14,7 @@ import stat
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from kiln_builder import cgroups
 from kiln_common.proc import ProcessError, process_start, run
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ def _owner_alive(workspace: Path) -> bool:
 async def janitor(work_root: Path) -> list[str]:
     """Reclaims the workspaces of builds whose process died (kill -9, a lost
     node): their mounts, loop devices and files. Live builds are untouched."""
-    released: list[str] = []
+    released: list[str] = cgroups.reclaim_stale()  # a dead builder's sandboxes' groups
     if not work_root.is_dir():
         return released
     for workspace in sorted(p for p in work_root.iterdir() if p.is_dir()):

@@ -282,6 +282,7 @@ class Worker:
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
+                sandbox=self.settings.sandbox_policy(),
                 default_mirror=self.settings.default_mirror,
             )
             bake = Bake(recipe, options, reporter.step)
