@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln_builder import customize, disk, layers
 from kiln_builder.bootstrap import bootstrap, spec_for
@@ -28,6 +28,9 @@ from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 from kiln_recipe.schema import Recipe
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class BakeResult:
     steps: list[StepRecord] = field(default_factory=list)
     console_log: Path | None = None
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
+    tests: Path | None = None  # the test commands' results (JSON), when there were any
 
 
 Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
@@ -113,6 +117,9 @@ class Bake:
         self.opts = options
         self.progress = progress or (lambda step, what: None)
         self.steps: list[StepRecord] = []
+        # vm.CommandResult of each test command, filled in place (failures too) so a
+        # caller holding the list sees them even when the build fails.
+        self.test_commands: list[CommandResult] = []
         self.work = options.work_root / options.build_id
         self.rootdir = self.work / "root"
         remote = layers.RemoteLayers(options.storage) if options.storage else None
@@ -260,8 +267,6 @@ class Bake:
             later.append("checks (requirement profiles)")
         if self.recipe.publish:
             later.append("publish")
-        if self.recipe.test.commands:
-            later.append("test.commands")
         return later
 
     async def run(self) -> BakeResult:
@@ -308,17 +313,28 @@ class Bake:
 
         assert self.recipe.test.boot is not None
         console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
-        async with self._step("boot-test"):
-            result.boot = await vm.boot_test(
-                image,
-                name=self.opts.build_id,
-                console_log=console,
-                timeout=self.recipe.test.boot.timeout,
-                kernel_dir=self.rootdir / "boot",
-                cache_dir=self.opts.cache_dir,
-                fix_kvm_device=self.opts.fix_kvm_device,
-            )
+        common: dict[str, Any] = dict(
+            name=self.opts.build_id,
+            console_log=console,
+            timeout=self.recipe.test.boot.timeout,
+            kernel_dir=self.rootdir / "boot",
+            cache_dir=self.opts.cache_dir,
+            fix_kvm_device=self.opts.fix_kvm_device,
+        )
         result.console_log = console
+        async with self._step("boot-test"):
+            if not self.recipe.test.commands:
+                result.boot = await vm.boot_test(image, **common)
+                return
+            test = self.recipe.test
+            run = await vm.boot_test_commands(
+                image, test.commands, command_timeout=test.command_timeout, **common
+            )
+            result.boot = run.boot
+            self.test_commands[:] = run.results
+            stem = f"{self.recipe.name}-{self.recipe.version}"
+            result.tests = vm.write_results(self.opts.out_dir / f"{stem}.tests.json", run.results)
+            vm.raise_on_failure(run.results)
 
 
 def summary(steps: Sequence[StepRecord]) -> str:

@@ -22,9 +22,14 @@ RETRIES = 10
 
 
 @contextlib.asynccontextmanager
-async def loop_device(image: Path) -> AsyncIterator[str]:
-    """Attaches image to a free loop device; detaches it afterwards."""
-    device = (await run(["losetup", "--find", "--show", image])).stdout.strip()
+async def loop_device(
+    image: Path, *, offset: int = 0, size: int | None = None
+) -> AsyncIterator[str]:
+    """Attaches image (or size bytes of it from offset: one partition) to a free
+    loop device; detaches it afterwards."""
+    window = [f"--offset={offset}"] if offset else []
+    window += [f"--sizelimit={size}"] if size is not None else []
+    device = (await run(["losetup", "--find", "--show", *window, image])).stdout.strip()
     try:
         yield device
     finally:

@@ -119,6 +119,7 @@ class Outcome:
     artifacts: tuple[pb.BuildArtifact, ...] = ()
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
+    test_commands: tuple[pb.TestCommandResult, ...] = ()
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -131,6 +132,8 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.state = outcome.state
     build.finished.CopyFrom(now())
     build.accel = outcome.accel
+    del build.test_commands[:]
+    build.test_commands.extend(outcome.test_commands)
     if outcome.error is not None:
         build.error.CopyFrom(outcome.error)
     build.artifacts.extend(outcome.artifacts)

@@ -12,7 +12,7 @@ from pathlib import Path
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_client import AsyncStorageClient
 
-KIND_LABEL = "kiln-kind"  # image | sbom | console-log | build-log
+KIND_LABEL = "kiln-kind"  # image | sbom | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
 URL_SECONDS = 7 * 24 * 3600  # the longest a download URL may live
 

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -38,6 +38,9 @@ from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
 from kiln_recipe import RecipeError
 
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
+
 log = logging.getLogger(__name__)
 
 FETCH_SECONDS = 2.0
@@ -54,6 +57,9 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
+    # The bake's vm.CommandResult list (the same object): filled even when a
+    # command fails the build, so the record shows what ran.
+    test_commands: list[CommandResult] = field(default_factory=list)
 
 
 class Worker:
@@ -285,6 +291,7 @@ class Worker:
             bake = Bake(recipe, options, reporter.step)
             reporter.plan = [*bake.plan(), "upload"]
             job.steps = bake.steps
+            job.test_commands = bake.test_commands
             result = await bake.run()
             return await self._upload(job, build, result)
 
@@ -296,6 +303,8 @@ class Worker:
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.console_log is not None and result.console_log.is_file():
             files.append(Upload(result.console_log, "console-log", "console.log"))
+        if result.tests is not None:
+            files.append(Upload(result.tests, "tests", "tests.json"))
         record = StepRecord("upload")
         job.steps.append(record)
         job.reporter.step(record, "start")
@@ -317,6 +326,9 @@ class Worker:
                 f"boot test: login prompt after {result.boot.seconds:.0f}s "
                 f"under {result.boot.accel.kind}"
             )
+        for index, test in enumerate(job.test_commands, 1):
+            job.reporter.log(f"test command {index} `{test.command}`: exit {test.exit_status} "
+                             f"in {test.seconds:.1f}s")  # fmt: skip
         return stored
 
     # ---- ending ----------------------------------------------------------------------
@@ -352,7 +364,8 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
+        tests = tuple(command_result_pb(r) for r in job.test_commands)
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, tests)
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -432,6 +445,20 @@ class Worker:
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)
+
+
+RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record
+
+
+def command_result_pb(result: CommandResult) -> pb.TestCommandResult:
+    """A vm.CommandResult for the build record: its output's end only (the whole
+    64 KiB end is in the tests artifact), so the record stays small."""
+    tail = result.output.encode()[-RECORD_OUTPUT_MAX:].decode(errors="replace")
+    return pb.TestCommandResult(
+        command=result.command, exit_status=result.exit_status,
+        seconds=round(result.seconds, 3), output=tail, output_bytes=result.output_bytes,
+        timed_out=result.timed_out, passed=result.passed,
+    )  # fmt: skip
 
 
 def _spec(output: OutputFile) -> str:

@@ -10,11 +10,21 @@ Three rules shape it:
 - The image under test is never written: the guest runs on a qcow2 overlay.
 
 Modules: accel (the accelerator probe), domain (what to boot and its domain XML),
-runner (running a domain, the builder's boot test), reap (the janitor).
+runner (running a domain, the builder's boot test), commands (the recipe's test
+commands inside the guest), reap (the janitor).
 """
 
 from kiln_builder.libvirtd import quiet_libvirt
 from kiln_builder.vm.accel import Accel, default_vcpus, host_accel, probe_accel
+from kiln_builder.vm.commands import (
+    CommandFailed,
+    CommandResult,
+    CommandsRun,
+    CommandsTimeout,
+    boot_test_commands,
+    raise_on_failure,
+    write_results,
+)
 from kiln_builder.vm.domain import (
     DOMAIN_PREFIX,
     DiskBoot,
@@ -48,6 +58,10 @@ __all__ = [
     "BootFailed",
     "BootResult",
     "BootTimeout",
+    "CommandFailed",
+    "CommandResult",
+    "CommandsRun",
+    "CommandsTimeout",
     "DiskBoot",
     "DomainSpec",
     "KernelBoot",
@@ -56,6 +70,7 @@ __all__ = [
     "Vm",
     "VmRunner",
     "boot_test",
+    "boot_test_commands",
     "console_tail",
     "default_vcpus",
     "disk_format",
@@ -63,6 +78,8 @@ __all__ = [
     "domain_xml",
     "host_accel",
     "probe_accel",
+    "raise_on_failure",
     "read_owner",
     "reap_orphans",
+    "write_results",
 ]

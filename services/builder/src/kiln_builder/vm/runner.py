@@ -166,10 +166,12 @@ class VmRunner:
         *,
         network: Literal["user", "none"] = "user",
         scratch: Path | None = None,
+        channel_log: Path | None = None,
     ) -> AsyncIterator[Vm]:
         """Starts domain kiln-<build id> and yields it; destroys it on leaving, on
         every path. The serial console goes to console_log, which is kept. scratch is
-        where the temporary overlay lives (default: the system's temp dir)."""
+        where the temporary overlay lives (default: the system's temp dir). A guest's
+        second serial port (ttyS1) goes to channel_log, if given."""
         async with contextlib.AsyncExitStack() as stack:
             tmp = stack.enter_context(_scratch_dir(scratch))
             grow_by = machine.grow_by if isinstance(machine, DiskBoot) else 0
@@ -188,6 +190,7 @@ class VmRunner:
                 network=network,
                 owner=Owner.current(),
                 vcpus=self.vcpus,
+                channel_log=_console_file(channel_log) if channel_log else None,
             )
             dom = await stack.enter_async_context(_domain(conn, spec))
             yield Vm(spec.name, self.accel, console_log, time.monotonic(), dom)
