@@ -102,8 +102,8 @@ for file in "$dir"/commands/*; do
         "$index" "$status" "$ms" "$size" >&3
     cat "$dir/output.b64" >&3
     printf '"}}\\n' >&3
-    echo "kiln-test: command $index exited $status after ${{ms}} ms"
     index=$((index + 1))
+    echo "kiln-test: command $index exited $status after ${{ms}} ms"
 done
 printf '{{"done":%d}}\\n' "$index" >&3
 """
