@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from kiln_builder.resources import OWNER_FILE, claim, janitor
 from kiln_builder.service.worker import RECORD_OUTPUT_MAX, command_result_pb
-from kiln_builder.vm import Accel, DiskBoot, DomainSpec, Owner, domain_xml
+from kiln_builder.vm import (
+    Accel,
+    BootFailed,
+    CommandsTimeout,
+    DiskBoot,
+    DomainSpec,
+    Owner,
+    console_tail,
+    domain_xml,
+)
 from kiln_builder.vm.commands import (
     GUEST_DIR,
     UNIT,
@@ -24,6 +34,7 @@ from kiln_builder.vm.commands import (
     parse_results,
     raise_on_failure,
     runner_script,
+    wait_for_results,
     write_results,
 )
 from kiln_common.proc import run_sync
@@ -168,3 +179,62 @@ def test_command_timeout_defaults_to_two_minutes_and_takes_durations() -> None:
     assert recipe.test.command_timeout == 300
     with pytest.raises(RecipeError, match=r"test\.command_timeout"):
         parse_recipe(RECIPE + "  command_timeout: 2h\n", Path("."))
+
+
+class FakeVm:
+    """Stands in for a running domain: its console log and whether it runs."""
+
+    def __init__(self, console: Path, running: bool = True) -> None:
+        self.name = "kiln-fake"
+        self.console_log = console
+        self._running = running
+
+    async def running(self) -> bool:
+        return self._running
+
+    def _evidence(self) -> tuple[Path, list[str], Accel]:
+        return self.console_log, console_tail(self.console_log), Accel("tcg", "test")
+
+
+def one_result_reported(tmp_path: Path) -> tuple[Path, Path]:
+    channel = tmp_path / "results.log"
+    line = {"index": 0, "status": 0, "ms": 5, "bytes": 0, "output": ""}
+    channel.write_text(json.dumps(line) + "\n")
+    console = tmp_path / "console.log"
+    console.write_text("Debian GNU/Linux 12 kiln ttyS0\n\nkiln login: \nBUG: soft lockup\n")
+    return channel, console
+
+
+async def test_a_hung_guest_fails_with_the_command_it_was_on_and_the_console(
+    tmp_path: Path,
+) -> None:
+    channel, console = one_result_reported(tmp_path)
+    vm = FakeVm(console)
+    with pytest.raises(CommandsTimeout) as hung:
+        await wait_for_results(vm, channel, ["true", "sleep 5"], 60, deadline=0.0)  # type: ignore[arg-type]
+    message = str(hung.value)
+    assert "test command 2 of 2 (`sleep 5`) did not report in time" in message
+    assert "BUG: soft lockup" in message  # the console's last lines
+
+
+async def test_a_guest_that_stops_fails_at_once(tmp_path: Path) -> None:
+    channel, console = one_result_reported(tmp_path)
+    vm = FakeVm(console, running=False)
+    with pytest.raises(BootFailed, match="stopped while running test command 2"):
+        await wait_for_results(vm, channel, ["true", "sleep 5"], 60, deadline=1e12)  # type: ignore[arg-type]
+
+
+async def test_the_janitor_removes_only_claimed_scratch_dirs_of_dead_builders(
+    tmp_path: Path,
+) -> None:
+    for name in ("kiln-vm-dead", "kiln-vm-live", "kiln-vm-unclaimed", "other-dead"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "kiln-vm-dead" / OWNER_FILE).write_text("4194999 1\n")  # no such process
+    (tmp_path / "other-dead" / OWNER_FILE).write_text("4194999 1\n")
+    claim(tmp_path / "kiln-vm-live")
+
+    released = await janitor(tmp_path, "kiln-vm-*", claimed_only=True)
+
+    assert released == [f"workspace {tmp_path / 'kiln-vm-dead'}"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["kiln-vm-live", "kiln-vm-unclaimed", "other-dead"]

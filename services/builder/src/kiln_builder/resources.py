@@ -225,14 +225,18 @@ def _owner_alive(workspace: Path) -> bool:
     return str(process_start(int(pid))) == started
 
 
-async def janitor(work_root: Path) -> list[str]:
-    """Reclaims the workspaces of builds whose process died (kill -9, a lost
-    node): their mounts, loop devices and files. Live builds are untouched."""
+async def janitor(work_root: Path, pattern: str = "*", *, claimed_only: bool = False) -> list[str]:
+    """Reclaims the workspaces (the directories matching pattern) of builds whose
+    process died (kill -9, a lost node): their mounts, loop devices and files.
+    Live builds are untouched; with claimed_only, so is a directory that names no
+    owner (in a shared directory such as /tmp, it is not known to be a build's)."""
     released: list[str] = []
     if not work_root.is_dir():
         return released
-    for workspace in sorted(p for p in work_root.iterdir() if p.is_dir()):
+    for workspace in sorted(p for p in work_root.glob(pattern) if p.is_dir()):
         if _owner_alive(workspace) or (workspace / KEPT_FILE).exists():
+            continue
+        if claimed_only and not (workspace / OWNER_FILE).exists():
             continue
         released += await reclaim(workspace)
         shutil.rmtree(workspace, ignore_errors=True)

@@ -40,6 +40,7 @@ from kiln_builder.vm.domain import (
 from kiln_builder.vm.reap import reap_orphans
 from kiln_builder.vm.runner import (
     GROW_TEST_BYTES,
+    SCRATCH_PREFIX,
     BootFailed,
     BootResult,
     BootTimeout,
@@ -54,6 +55,7 @@ quiet_libvirt()
 __all__ = [
     "DOMAIN_PREFIX",
     "GROW_TEST_BYTES",
+    "SCRATCH_PREFIX",
     "Accel",
     "BootFailed",
     "BootResult",

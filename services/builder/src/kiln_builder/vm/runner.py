@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import libvirt
 
 from kiln_builder.libvirtd import ensure_libvirtd
+from kiln_builder.resources import claim
 from kiln_builder.vm.accel import Accel, _read, default_vcpus, host_accel
 from kiln_builder.vm.domain import (
     DiskBoot,
@@ -196,11 +197,15 @@ class VmRunner:
             yield Vm(spec.name, self.accel, console_log, time.monotonic(), dom)
 
 
+SCRATCH_PREFIX = "kiln-vm-"
+
+
 @contextlib.contextmanager
 def _scratch_dir(parent: Path | None) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="kiln-vm-", dir=parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent) as tmp:
         # libvirt runs QEMU as an unprivileged user, which must reach the overlay.
         os.chmod(tmp, 0o711)
+        claim(Path(tmp))  # if this process dies, a janitor removes it (cleanup.reclaim_all)
         yield Path(tmp)
 
 
