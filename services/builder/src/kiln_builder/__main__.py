@@ -2,6 +2,7 @@
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
 kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
+                    [--default-mirror URL]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KILN_STORAGE"),
         help="storage service (host:port) sharing layers; default: the `kiln up` stack if running",
     )
+    bake.add_argument(
+        "--default-mirror",
+        default=os.environ.get("KILN_BUILDER_DEFAULT_MIRROR", ""),
+        help="mirror for a recipe that names none; default: the build host's apt source",
+    )
     sub.add_parser("serve", help="run the Builder service (settings from KILN_BUILDER_*)")
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
     clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
@@ -85,6 +91,7 @@ async def _bake(args: argparse.Namespace) -> int:
         cache_max_bytes=int(args.cache_max_gib * 1024**3),
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
+        default_mirror=args.default_mirror,
     )
     result = await Bake(recipe, options, _progress).run()
     print(f"steps: {summary(result.steps)}", file=sys.stderr)

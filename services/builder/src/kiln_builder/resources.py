@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from kiln_common.proc import ProcessError, process_start, run
@@ -58,10 +58,13 @@ async def detach(device: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def partition_devices(device: str, count: int) -> AsyncIterator[list[str]]:
+async def partition_devices(
+    device: str, count: int, numbers: Sequence[int] = ()
+) -> AsyncIterator[list[str]]:
     """The kernel here parses no partition tables by itself: `partx -a` adds
-    /dev/loopNpM devices, and `partx -d` removes them again."""
-    names = [f"{device}p{n}" for n in range(1, count + 1)]
+    /dev/loopNpM devices, and `partx -d` removes them again. The partitions are
+    1..count, or the given numbers (an MBR's logical ones start at 5)."""
+    names = [f"{device}p{n}" for n in (numbers or range(1, count + 1))]
     said = ""
     made: list[str] = []
     try:

@@ -228,6 +228,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
     print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
+    if b.HasField("base"):
+        print(
+            f"base        {b.base.source}\n            {b.base.description}, sha256 {b.base.sha256}"
+        )
     if b.accel:
         print(f"boot test   under {b.accel}")
     for s in b.steps:

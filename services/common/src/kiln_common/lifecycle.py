@@ -119,6 +119,7 @@ class Outcome:
     artifacts: tuple[pb.BuildArtifact, ...] = ()
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
+    base: pb.BaseImage | None = None  # a customised build's base, once fetched
     test_commands: tuple[pb.TestCommandResult, ...] = ()
 
 
@@ -132,6 +133,8 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.state = outcome.state
     build.finished.CopyFrom(now())
     build.accel = outcome.accel
+    if outcome.base is not None:
+        build.base.CopyFrom(outcome.base)
     del build.test_commands[:]
     build.test_commands.extend(outcome.test_commands)
     if outcome.error is not None:

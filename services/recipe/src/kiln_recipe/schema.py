@@ -216,7 +216,7 @@ class Bootstrap(Model):
     distro: Distro
     release: str
     arch: Literal["amd64"] = "amd64"
-    mirror: str | None = None  # None: the build host's apt source
+    mirror: str | None = None  # None: the builder's default mirror, else its apt source
 
     @field_validator("release")
     @classmethod
@@ -534,6 +534,21 @@ class Recipe(Model):
         return checks
 
     @model_validator(mode="after")
+    def _base_keeps_its_layout(self) -> Self:
+        # A customised image keeps the base's partitions, filesystem and bootloader;
+        # only its size may change.
+        if self.from_.image is not None and "disk" in self.model_fields_set:
+            for name in ("filesystem", "partitioning", "boot"):
+                if name in self.disk.model_fields_set:
+                    raise Problem(
+                        f"describes a from-scratch disk: a customised image keeps its base's"
+                        f" {name} (only disk.size applies, to grow it)",
+                        "disk",
+                        name,
+                    )
+        return self
+
+    @model_validator(mode="after")
     def _bind_base_dir(self, info: ValidationInfo) -> Self:
         self._base_dir = _base_dir(info)
         return self
@@ -542,6 +557,13 @@ class Recipe(Model):
     def base_dir(self) -> Path:
         """The directory of the recipe file: `source` and `script` are relative to it."""
         return self._base_dir
+
+    def disk_size_given(self) -> int | None:
+        """disk.size when the recipe sets it; a customised image otherwise keeps
+        its base's size."""
+        if "disk" in self.model_fields_set and "size" in self.disk.model_fields_set:
+            return self.disk.size
+        return None
 
     def sysprep_operations(self) -> tuple[str, ...]:
         """The sysprep operations to run, in their canonical order."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kiln_common.settings import KilnSettings
@@ -45,6 +46,9 @@ class BuilderSettings(KilnSettings):
     """Local layer cache and the KVM probe's verdict."""
     cache_max_gib: float = 16.0
     """Local layers beyond this size are pruned, least recently used first."""
+    default_mirror: str = ""
+    """http(s) URL of the archive to bootstrap from when a recipe names no
+    mirror; empty: the build host's apt source for the recipe's distro."""
     boot_test: bool = True
     """Boot-test images whose recipe asks for it (a build may still skip it)."""
     start_libvirtd: bool = True
@@ -61,6 +65,14 @@ class BuilderSettings(KilnSettings):
     retry_backoff_seconds: list[float] = [10.0, 30.0, 90.0]
     """Delay before each retry of a build that failed for a passing reason
     (storage or NATS unavailable); the last value repeats."""
+
+    @field_validator("default_mirror")
+    @classmethod
+    def _mirror(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"expected an http:// or https:// URL, got {value[:200]!r}")
+        return value
 
     def name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}:{os.getpid()}"

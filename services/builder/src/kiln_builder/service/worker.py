@@ -27,7 +27,7 @@ from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
-from kiln_builder.service.artifacts import BuildArtifacts, Upload
+from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
@@ -57,9 +57,7 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
-    # The bake's vm.CommandResult list (the same object): filled even when a
-    # command fails the build, so the record shows what ran.
-    test_commands: list[CommandResult] = field(default_factory=list)
+    bake: Bake | None = None
 
 
 class Worker:
@@ -287,11 +285,12 @@ class Worker:
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
+                default_mirror=self.settings.default_mirror,
             )
             bake = Bake(recipe, options, reporter.step)
+            job.bake = bake
             reporter.plan = [*bake.plan(), "upload"]
             job.steps = bake.steps
-            job.test_commands = bake.test_commands
             result = await bake.run()
             return await self._upload(job, build, result)
 
@@ -299,6 +298,8 @@ class Worker:
         self, job: Job, build: pb.Build, result: BakeResult
     ) -> list[pb.BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
+        if result.base is not None:
+            job.artifacts.labels.update(base_labels(result.base))
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.console_log is not None and result.console_log.is_file():
@@ -326,7 +327,7 @@ class Worker:
                 f"boot test: login prompt after {result.boot.seconds:.0f}s "
                 f"under {result.boot.accel.kind}"
             )
-        for index, test in enumerate(job.test_commands, 1):
+        for index, test in enumerate(job.bake.test_commands if job.bake else [], 1):
             job.reporter.log(f"test command {index} `{test.command}`: exit {test.exit_status} "
                              f"in {test.seconds:.1f}s")  # fmt: skip
         return stored
@@ -364,8 +365,8 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        tests = tuple(command_result_pb(r) for r in job.test_commands)
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, tests)
+        tests = tuple(command_result_pb(r) for r in (job.bake.test_commands if job.bake else []))
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job), tests)
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -445,6 +446,14 @@ class Worker:
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)
+
+
+def _base(job: Job) -> pb.BaseImage | None:
+    """The base a customised build fetched, recorded whether it then succeeded or not."""
+    base = job.bake.base if job.bake is not None else None
+    if base is None:
+        return None
+    return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
 
 
 RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record

@@ -299,6 +299,7 @@ class Build(_message.Message):
     SKIP_BOOT_TEST_FIELD_NUMBER: _builtins.int
     ACCEL_FIELD_NUMBER: _builtins.int
     TEST_COMMANDS_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -333,6 +334,10 @@ class Build(_message.Message):
     def test_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestCommandResult]:
         """the recipe's test.commands, in order"""
 
+    @_builtins.property
+    def base(self) -> Global___BaseImage:
+        """a customised build's base image"""
+
     def __init__(
         self,
         *,
@@ -356,10 +361,11 @@ class Build(_message.Message):
         skip_boot_test: _builtins.bool = ...,
         accel: _builtins.str = ...,
         test_commands: _abc.Iterable[Global___TestCommandResult] | None = ...,
+        base: Global___BaseImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "artifacts", b"artifacts", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cancel_requested", b"cancel_requested", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,6 +412,36 @@ class TestCommandResult(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TestCommandResult: _TypeAlias = TestCommandResult  # noqa: Y015
+
+@_typing.final
+class BaseImage(_message.Message):
+    """What a customised build started from (recipe from.image)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """the URL, or artifact:<id>"""
+    sha256: _builtins.str
+    """of the bytes as fetched"""
+    description: _builtins.str
+    """what the inspector found: format, size"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "sha256", b"sha256", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaseImage: _TypeAlias = BaseImage  # noqa: Y015
 
 @_typing.final
 class GetBuildRequest(_message.Message):
