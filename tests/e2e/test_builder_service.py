@@ -45,10 +45,12 @@ outputs: [OUTPUTS]
 
 
 def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", fs: str = "ext4",
-                 outputs: str = "qcow2") -> Path:  # fmt: skip
-    """Every image these tests build is boot-tested (the recipe's default)."""
+                 outputs: str = "qcow2", commands: str = "") -> Path:  # fmt: skip
+    """Every image these tests build is boot-tested (the recipe's default);
+    commands (a YAML list) are run in the booted guest."""
     where.mkdir(parents=True, exist_ok=True)
     text = RECIPE.replace("SCRIPT", script).replace("FS", fs).replace("OUTPUTS", outputs)
+    text += f"test: {{commands: {commands}}}\n" if commands else ""
     path = where / "recipe.yaml"
     path.write_text(text)
     return path
@@ -99,7 +101,7 @@ def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
 def test_kiln_build_follow_builds_boots_and_stores_an_image(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tmp_path / "r")
+    recipe = write_recipe(tmp_path / "r", commands='["cat /etc/kiln-release"]')
     done = kiln(env, "build", str(recipe), "--follow", timeout=900)
     build_id = done.stderr.split()[1]
     assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
@@ -110,7 +112,9 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert names[0] == "bootstrap" and names[-2:] == ["boot-test", "upload"]
     assert record.steps[0].cached  # the shared bootstrap layer
     kinds = sorted(a.kind for a in record.artifacts)
-    assert kinds == ["build-log", "console-log", "image", "sbom"]
+    assert kinds == ["build-log", "console-log", "image", "sbom", "tests"]
+    (test,) = record.test_commands  # run inside the guest: the image's own file
+    assert (test.command, test.exit_status, test.output) == ("cat /etc/kiln-release", 0, "kiln\n")
     image = next(a for a in record.artifacts if a.kind == "image")
     assert f"{image.artifact_id}" in done.stdout and image.url in done.stdout
     head = urllib.request.urlopen(urllib.request.Request(image.url, method="HEAD"), timeout=30)
@@ -121,6 +125,7 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert build_id in listed and "succeeded" in listed
     shown = kiln(env, "build", "show", build_id).stdout
     assert "state       succeeded" in shown and "boot-test" in shown and "cached" in shown
+    assert "passed" in shown and "cat /etc/kiln-release" in shown
     logs = kiln(env, "build", "logs", build_id).stdout
     assert "mkfs.ext4" in logs and "boot test: login prompt" in logs
     assert kiln_domains() == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -101,7 +102,20 @@ async def _bake(args: argparse.Namespace) -> int:
         boot = result.boot
         print(f"{result.console_log}  (boot test: login prompt after {boot.seconds:.0f}s "
               f"under {boot.accel.kind}: {boot.accel.reason})")  # fmt: skip
+    if result.tests is not None:
+        print(f"{result.tests}  (boot test commands)")
+    _print_tests(result.tests)
     return 0
+
+
+def _print_tests(tests: Path | None) -> None:
+    """Each test command's outcome, from the results file the bake wrote."""
+    if tests is None or not tests.is_file():
+        return
+    for entry in json.loads(tests.read_text())["commands"]:
+        how = "passed" if entry["passed"] else f"exit {entry['exit_status']}"
+        how = "timed-out" if entry["timed_out"] else how
+        print(f"    test {how:<9} {entry['seconds']:6.1f}s  {entry['command']}")
 
 
 def _running_storage() -> str | None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln_builder import customize, disk, layers
 from kiln_builder.base import fetch, formats, layout
@@ -30,6 +30,9 @@ from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 from kiln_recipe.schema import Recipe
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class BakeResult:
     steps: list[StepRecord] = field(default_factory=list)
     console_log: Path | None = None
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
+    tests: Path | None = None  # the test commands' results (JSON), when there were any
     base: BaseImage | None = None  # a customised build's base
 
 
@@ -128,6 +132,9 @@ class Bake:
         self.opts = options
         self.progress = progress or (lambda step, what: None)
         self.steps: list[StepRecord] = []
+        # vm.CommandResult of each test command, filled in place (failures too) so a
+        # caller holding the list sees them even when the build fails.
+        self.test_commands: list[CommandResult] = []
         self.work = options.work_root / options.build_id
         self.rootdir = self.work / "root"
         remote = layers.RemoteLayers(options.storage) if options.storage else None
@@ -296,8 +303,6 @@ class Bake:
             later.append("checks (requirement profiles)")
         if self.recipe.publish:
             later.append("publish")
-        if self.recipe.test.commands:
-            later.append("test.commands")
         return later
 
     @property
@@ -409,17 +414,28 @@ class Bake:
 
         assert self.recipe.test.boot is not None
         console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
-        async with self._step("boot-test"):
-            result.boot = await vm.boot_test(
-                image,
-                name=self.opts.build_id,
-                console_log=console,
-                timeout=self.recipe.test.boot.timeout,
-                kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
-                cache_dir=self.opts.cache_dir,
-                fix_kvm_device=self.opts.fix_kvm_device,
-            )
+        common: dict[str, Any] = dict(
+            name=self.opts.build_id,
+            console_log=console,
+            timeout=self.recipe.test.boot.timeout,
+            kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
+            cache_dir=self.opts.cache_dir,
+            fix_kvm_device=self.opts.fix_kvm_device,
+        )
         result.console_log = console
+        async with self._step("boot-test"):
+            if not self.recipe.test.commands:
+                result.boot = await vm.boot_test(image, **common)
+                return
+            test = self.recipe.test
+            run = await vm.boot_test_commands(
+                image, test.commands, command_timeout=test.command_timeout, **common
+            )
+            result.boot = run.boot
+            self.test_commands[:] = run.results
+            tests = self.opts.out_dir / f"{self._stem}.tests.json"
+            result.tests = vm.write_results(tests, run.results)
+            vm.raise_on_failure(run.results)
 
 
 def _distro_of(root: Path) -> str:

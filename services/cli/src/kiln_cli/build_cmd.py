@@ -14,6 +14,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import TextIO
 
+from google.protobuf import json_format
+
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import BuilderClient
 from kiln_common import lifecycle
@@ -46,8 +48,9 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--name", default="", help="only builds of this recipe name")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(fn=cmd_ls)
-    p = group.add_parser("show", help="one build: state, steps, artifacts, error")
+    p = group.add_parser("show", help="one build: state, steps, test commands, artifacts, error")
     p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the whole build record as JSON")
     p.set_defaults(fn=cmd_show)
     p = group.add_parser("logs", help="a build's log")
     p.add_argument("id")
@@ -217,6 +220,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.get(args.id)
+    if args.json:
+        print(json_format.MessageToJson(b, preserving_proto_field_name=True))
+        return STATES[b.state].exit_code if b.state in TERMINAL else 0
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
     )
@@ -233,11 +239,20 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(
             f"step        {s.name:<10} {how:<9} {s.seconds:7.1f}s{'  cached' if s.cached else ''}"
         )
+    for t in b.test_commands:
+        print(f"test        {test_word(t):<9} {t.seconds:7.1f}s  {t.command}")
     for a in b.artifacts:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
     if b.HasField("error"):
         print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
     return STATES[b.state].exit_code if b.state in TERMINAL else 0
+
+
+def test_word(result: pb.TestCommandResult) -> str:
+    """passed, timed-out, or exit N."""
+    if result.passed:
+        return "passed"
+    return "timed-out" if result.timed_out else f"exit {result.exit_status}"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

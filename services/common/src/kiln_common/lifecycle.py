@@ -120,6 +120,7 @@ class Outcome:
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
     base: pb.BaseImage | None = None  # a customised build's base, once fetched
+    test_commands: tuple[pb.TestCommandResult, ...] = ()
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -134,6 +135,8 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.accel = outcome.accel
     if outcome.base is not None:
         build.base.CopyFrom(outcome.base)
+    del build.test_commands[:]
+    build.test_commands.extend(outcome.test_commands)
     if outcome.error is not None:
         build.error.CopyFrom(outcome.error)
     build.artifacts.extend(outcome.artifacts)
