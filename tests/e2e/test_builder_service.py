@@ -46,10 +46,12 @@ outputs: [OUTPUTS]
 
 
 def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", fs: str = "ext4",
-                 outputs: str = "qcow2", checks: str = "") -> Path:  # fmt: skip
-    """Every image these tests build is boot-tested (the recipe's default)."""
+                 outputs: str = "qcow2", commands: str = "", checks: str = "") -> Path:  # fmt: skip
+    """Every image these tests build is boot-tested (the recipe's default);
+    commands (a YAML list) are run in the booted guest, checks (profiles) on its tree."""
     where.mkdir(parents=True, exist_ok=True)
     text = RECIPE.replace("SCRIPT", script).replace("FS", fs).replace("OUTPUTS", outputs)
+    text += f"test: {{commands: {commands}}}\n" if commands else ""
     text += f"checks: [{checks}]\n" if checks else ""
     path = where / "recipe.yaml"
     path.write_text(text)
@@ -102,7 +104,8 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     # Requirement checks ride along: the cloud profile, advisory (no cloud-init here).
-    recipe = write_recipe(tmp_path / "r", checks="{profile: cloud, advisory: true}")
+    recipe = write_recipe(tmp_path / "r", commands='["cat /etc/kiln-release"]',
+                          checks="{profile: cloud, advisory: true}")  # fmt: skip
     done = kiln(env, "build", str(recipe), "--follow", timeout=900)
     build_id = done.stderr.split()[1]
     assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
@@ -114,7 +117,9 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert names[names.index("sysprep") + 1 : names.index("sysprep") + 3] == ["checks", "disk"]
     assert record.steps[0].cached  # the shared bootstrap layer
     kinds = sorted(a.kind for a in record.artifacts)
-    assert kinds == ["build-log", "checks", "console-log", "image", "sbom"]
+    assert kinds == ["build-log", "checks", "console-log", "image", "sbom", "tests"]
+    (test,) = record.test_commands  # run inside the guest: the image's own file
+    assert (test.command, test.exit_status, test.output) == ("cat /etc/kiln-release", 0, "kiln\n")
     results = {c.rule: c for c in record.checks}
     assert results["cloud.virtio"].passed and results["cloud.growable-root"].passed
     warned = results["cloud.contextualisation"]
@@ -129,6 +134,7 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert build_id in listed and "succeeded" in listed
     shown = kiln(env, "build", "show", build_id).stdout
     assert "state       succeeded" in shown and "boot-test" in shown and "cached" in shown
+    assert "passed" in shown and "cat /etc/kiln-release" in shown
     assert "check       WARN cloud.contextualisation" in shown
     logs = kiln(env, "build", "logs", build_id).stdout
     assert "mkfs.ext4" in logs and "boot test: login prompt" in logs

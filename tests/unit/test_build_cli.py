@@ -3,8 +3,10 @@ followed build is shown when stderr is not a terminal."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+from types import TracebackType
 
 import pytest
 
@@ -55,17 +57,17 @@ def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
     assert "\x1b" not in out.getvalue()
 
 
-class _OneBuild:
-    """Stands in for the Builder client: `show` only reads one record."""
+class OneBuild:
+    """Stands in for the builder client: answers get() with one record."""
 
     def __init__(self, build: pb.Build) -> None:
         self.build = build
 
-    def __enter__(self) -> _OneBuild:
+    def __enter__(self) -> OneBuild:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        pass
 
     def get(self, build_id: str) -> pb.Build:
         return self.build
@@ -103,7 +105,7 @@ FAILED_CHECKS = pb.Build(
 def test_show_prints_each_check_and_json_has_them(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(build_cmd, "_client", lambda: _OneBuild(FAILED_CHECKS))
+    monkeypatch.setattr(build_cmd, "_client", lambda: OneBuild(FAILED_CHECKS))
     assert main(["build", "show", "b1"]) == 1
     lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("check ")]
     assert lines == [
@@ -116,3 +118,28 @@ def test_show_prints_each_check_and_json_has_them(
     assert record["checks"][1] == {"profile": "tycoon", "rule": "tycoon.network-config",
                                    "file": "/etc/hosts", "why": "missing"}  # fmt: skip
     assert record["error"]["step"] == "checks"
+
+
+def test_show_lists_each_boot_test_command_and_json_has_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = pb.Build(id="b1", state=pb.BUILD_STATE_FAILED, name="w", version="1")
+    build.test_commands.extend([
+        pb.TestCommandResult(command="cat /etc/os-release", seconds=0.2, passed=True),
+        pb.TestCommandResult(command="exit 3", exit_status=3, seconds=0.1),
+        pb.TestCommandResult(command="sleep 999", exit_status=124, seconds=60, timed_out=True),
+    ])  # fmt: skip
+    monkeypatch.setattr(build_cmd, "_client", lambda: OneBuild(build))
+
+    assert build_cmd.cmd_show(argparse.Namespace(id="b1", json=False)) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test")]
+    assert lines == [
+        "test        passed        0.2s  cat /etc/os-release",
+        "test        exit 3        0.1s  exit 3",
+        "test        timed-out    60.0s  sleep 999",
+    ]
+
+    build_cmd.cmd_show(argparse.Namespace(id="b1", json=True))
+    shown = json.loads(capsys.readouterr().out)
+    assert [t["command"] for t in shown["test_commands"]] == ["cat /etc/os-release", "exit 3",
+                                                               "sleep 999"]  # fmt: skip

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln_builder import checks, customize, disk, layers
 from kiln_builder.base import fetch, formats, layout
@@ -25,11 +25,15 @@ from kiln_builder.checks import CheckReport
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
+from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
 from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 from kiln_recipe.schema import Recipe
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,8 @@ class BakeOptions:
     boot_test: bool = True
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
+    sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
+    default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class BakeResult:
     steps: list[StepRecord] = field(default_factory=list)
     console_log: Path | None = None
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
+    tests: Path | None = None  # the test commands' results (JSON), when there were any
     base: BaseImage | None = None  # a customised build's base
     checks: CheckReport | None = None  # when the recipe lists checks
 
@@ -127,6 +134,9 @@ class Bake:
         self.opts = options
         self.progress = progress or (lambda step, what: None)
         self.steps: list[StepRecord] = []
+        # vm.CommandResult of each test command, filled in place (failures too) so a
+        # caller holding the list sees them even when the build fails.
+        self.test_commands: list[CommandResult] = []
         self.work = options.work_root / options.build_id
         self.rootdir = self.work / "root"
         remote = layers.RemoteLayers(options.storage) if options.storage else None
@@ -172,7 +182,14 @@ class Bake:
         """(step, key, action) for each cached step, keys chained."""
         boot = self.recipe.from_.bootstrap
         assert boot is not None
-        spec = spec_for(boot.distro, boot.release, boot.arch, boot.mirror, self.opts.epoch)
+        spec = spec_for(
+            boot.distro,
+            boot.release,
+            boot.arch,
+            boot.mirror,
+            self.opts.epoch,
+            self.opts.default_mirror,
+        )
         target = self.layers.path("bootstrap", spec.key())
         out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
         key = spec.key()
@@ -186,7 +203,7 @@ class Bake:
         packages = map_packages(list(self.recipe.packages), self.distro)
         if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
-        await customize.install_packages(self.rootdir, packages, self.opts.epoch)
+        await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
 
     async def _write_files(self) -> None:
         for spec in self.recipe.files:
@@ -202,7 +219,7 @@ class Bake:
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
             await customize.run_script(
-                self.rootdir, script, step.inline, self.work, self.opts.epoch
+                self.rootdir, script, step.inline, self.work, self.opts.epoch, self.opts.sandbox
             )
 
     async def _sysprep(self) -> None:
@@ -295,8 +312,6 @@ class Bake:
         later = []
         if self.recipe.publish:
             later.append("publish")
-        if self.recipe.test.commands:
-            later.append("test.commands")
         return later
 
     @property
@@ -429,17 +444,28 @@ class Bake:
 
         assert self.recipe.test.boot is not None
         console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
-        async with self._step("boot-test"):
-            result.boot = await vm.boot_test(
-                image,
-                name=self.opts.build_id,
-                console_log=console,
-                timeout=self.recipe.test.boot.timeout,
-                kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
-                cache_dir=self.opts.cache_dir,
-                fix_kvm_device=self.opts.fix_kvm_device,
-            )
+        common: dict[str, Any] = dict(
+            name=self.opts.build_id,
+            console_log=console,
+            timeout=self.recipe.test.boot.timeout,
+            kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
+            cache_dir=self.opts.cache_dir,
+            fix_kvm_device=self.opts.fix_kvm_device,
+        )
         result.console_log = console
+        async with self._step("boot-test"):
+            if not self.recipe.test.commands:
+                result.boot = await vm.boot_test(image, **common)
+                return
+            test = self.recipe.test
+            run = await vm.boot_test_commands(
+                image, test.commands, command_timeout=test.command_timeout, **common
+            )
+            result.boot = run.boot
+            self.test_commands[:] = run.results
+            tests = self.opts.out_dir / f"{self._stem}.tests.json"
+            result.tests = vm.write_results(tests, run.results)
+            vm.raise_on_failure(run.results)
 
 
 def _distro_of(root: Path) -> str:

@@ -8,7 +8,6 @@ show one, print or follow its log, cancel it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -50,7 +49,9 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--name", default="", help="only builds of this recipe name")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(fn=cmd_ls)
-    p = group.add_parser("show", help="one build: state, steps, checks, artifacts, error")
+    p = group.add_parser(
+        "show", help="one build: state, steps, checks, test commands, artifacts, error"
+    )
     p.add_argument("id")
     p.add_argument("--json", action="store_true", help="the whole build record as JSON")
     p.set_defaults(fn=cmd_show)
@@ -226,7 +227,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         b = client.get(args.id)
     code = STATES[b.state].exit_code if b.state in TERMINAL else 0
     if args.json:
-        print(json.dumps(json_format.MessageToDict(b), indent=2))
+        print(json_format.MessageToJson(b, preserving_proto_field_name=True))
         return code
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
@@ -246,6 +247,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     for line in check_lines(b.checks):
         print(f"check       {line}")
+    for t in b.test_commands:
+        print(f"test        {test_word(t):<9} {t.seconds:7.1f}s  {t.command}")
     for a in b.artifacts:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
     if b.HasField("error"):
@@ -261,6 +264,13 @@ def check_lines(results: Sequence[pb.CheckResult]) -> list[str]:
         word = "PASS" if r.passed else ("WARN" if r.advisory else "FAIL")
         lines.append(f"{word} {r.rule:<30} {r.file + ': ' if r.file else ''}{r.why}")
     return lines
+
+
+def test_word(result: pb.TestCommandResult) -> str:
+    """passed, timed-out, or exit N."""
+    if result.passed:
+        return "passed"
+    return "timed-out" if result.timed_out else f"exit {result.exit_status}"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -121,6 +121,7 @@ class Outcome:
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
     base: pb.BaseImage | None = None  # a customised build's base, once fetched
+    test_commands: tuple[pb.TestCommandResult, ...] = ()
     checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
 
 
@@ -136,6 +137,8 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.accel = outcome.accel
     if outcome.base is not None:
         build.base.CopyFrom(outcome.base)
+    del build.test_commands[:]
+    build.test_commands.extend(outcome.test_commands)
     if outcome.error is not None:
         build.error.CopyFrom(outcome.error)
     build.artifacts.extend(outcome.artifacts)

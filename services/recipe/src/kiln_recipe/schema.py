@@ -39,6 +39,8 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 MAX_RECIPE_BYTES = 1 * MiB
 MIN_DISK, MAX_DISK = 512 * MiB, 2 * TiB
 MIN_BOOT_TIMEOUT, MAX_BOOT_TIMEOUT = 10, 3600
+DEFAULT_COMMAND_TIMEOUT = 120  # seconds each boot test command may run
+MAX_TEST_COMMANDS = 100
 
 Distro = Literal["debian", "ubuntu"]
 Format = Literal["qcow2", "qcow2c", "raw", "vmdk", "ext3", "ext4", "tar"]
@@ -219,7 +221,7 @@ class Bootstrap(Model):
     distro: Distro
     release: str
     arch: Literal["amd64"] = "amd64"
-    mirror: str | None = None  # None: the build host's apt source
+    mirror: str | None = None  # None: the builder's default mirror, else its apt source
 
     @field_validator("release")
     @classmethod
@@ -466,7 +468,16 @@ class BootTest(Model):
 
 class TestSpec(Model):
     boot: BootTest | None = Field(default_factory=BootTest)
-    commands: list[Command] = []
+    commands: list[Command] = Field(default=[], max_length=MAX_TEST_COMMANDS)
+    command_timeout: int = DEFAULT_COMMAND_TIMEOUT  # seconds, for each command
+
+    @field_validator("command_timeout", mode="before")
+    @classmethod
+    def _command_timeout(cls, value: object) -> int:
+        seconds = parse_seconds(value)
+        if not 1 <= seconds <= MAX_BOOT_TIMEOUT:
+            raise ValueError(f"{value} is out of range: from 1s to 1h")
+        return seconds
 
     @field_validator("boot", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.engine import BaseImage
 from kiln_client import AsyncStorageClient
 
-KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | build-log
+KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
 URL_SECONDS = 7 * 24 * 3600  # the longest a download URL may live
 MAX_LABEL_VALUE = 256  # the storage service's limit

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -38,6 +38,9 @@ from kiln_common.errors import KilnError, Unavailable
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
 from kiln_recipe import RecipeError
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +286,8 @@ class Worker:
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
+                sandbox=self.settings.sandbox_policy(),
+                default_mirror=self.settings.default_mirror,
             )
             bake = Bake(recipe, options, reporter.step)
             job.bake = bake
@@ -303,6 +308,8 @@ class Worker:
             files.append(Upload(result.checks.path, "checks", "checks.json"))
         if result.console_log is not None and result.console_log.is_file():
             files.append(Upload(result.console_log, "console-log", "console.log"))
+        if result.tests is not None:
+            files.append(Upload(result.tests, "tests", "tests.json"))
         record = StepRecord("upload")
         job.steps.append(record)
         job.reporter.step(record, "start")
@@ -324,6 +331,9 @@ class Worker:
                 f"boot test: login prompt after {result.boot.seconds:.0f}s "
                 f"under {result.boot.accel.kind}"
             )
+        for index, test in enumerate(job.bake.test_commands if job.bake else [], 1):
+            job.reporter.log(f"test command {index} `{test.command}`: exit {test.exit_status} "
+                             f"in {test.seconds:.1f}s")  # fmt: skip
         return stored
 
     # ---- ending ----------------------------------------------------------------------
@@ -359,7 +369,8 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job),
+        tests = tuple(command_result_pb(r) for r in (job.bake.test_commands if job.bake else []))
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job), tests,
                           _checks(job))  # fmt: skip
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
@@ -470,6 +481,20 @@ def check_messages(report: CheckReport) -> tuple[pb.CheckResult, ...]:
         )
         for r in report.results
     )
+
+
+RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record
+
+
+def command_result_pb(result: CommandResult) -> pb.TestCommandResult:
+    """A vm.CommandResult for the build record: its output's end only (the whole
+    64 KiB end is in the tests artifact), so the record stays small."""
+    tail = result.output.encode()[-RECORD_OUTPUT_MAX:].decode(errors="replace")
+    return pb.TestCommandResult(
+        command=result.command, exit_status=result.exit_status,
+        seconds=round(result.seconds, 3), output=tail, output_bytes=result.output_bytes,
+        timed_out=result.timed_out, passed=result.passed,
+    )  # fmt: skip
 
 
 def _spec(output: OutputFile) -> str:
