@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds bench-soak demo clean
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise demo clean
 
 setup:
 	scripts/setup.sh
@@ -52,6 +52,9 @@ bench-list-builds: setup
 
 bench-soak: setup
 	$(PY) bench/soak/bench.py
+
+bench-customise: setup
+	$(PY) bench/customise/bench.py
 
 demo: setup
 	scripts/demo.sh
