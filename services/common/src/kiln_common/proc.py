@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +87,15 @@ async def run(
     check: bool = True,
     terminate_timeout: float = 10.0,
     log_output: bool = True,
+    on_line: Callable[[str], None] | None = None,
+    die_with_parent: bool = False,
 ) -> Result:
     """Runs a command to completion; stdout and stderr are captured together
     and, unless log_output is false (a command that echoes thousands of
-    lines of no interest), logged line by line to OUTPUT_LOG."""
+    lines of no interest), logged line by line to OUTPUT_LOG, or handed to
+    on_line instead when given (a command whose lines the caller interprets).
+    die_with_parent: the kernel kills the command if this process dies, even
+    by SIGKILL (for a VM that must not outlive its builder)."""
     args = _announce([os.fspath(a) for a in argv], cwd)
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -99,9 +105,10 @@ async def run(
         env=scrubbed_env(env),
         cwd=cwd,
         start_new_session=True,  # so cancel can signal the whole process group
+        preexec_fn=_kill_with_parent if die_with_parent else None,
     )
     try:
-        text = await _read_output(proc, log_output)
+        text = await _read_output(proc, log_output, on_line)
         await proc.wait()
     except BaseException:
         await _stop(proc, terminate_timeout)
@@ -112,8 +119,23 @@ async def run(
     return Result(args, proc.returncode, text)
 
 
-async def _read_output(proc: asyncio.subprocess.Process, log_output: bool) -> str:
-    """All the output, each complete line logged to OUTPUT_LOG as it arrives."""
+PR_SET_PDEATHSIG = 1
+
+
+def _kill_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+
+
+async def _read_output(
+    proc: asyncio.subprocess.Process,
+    log_output: bool,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """All the output, each complete line logged to OUTPUT_LOG (or handed to
+    on_line) as it arrives."""
+    emit = on_line or (lambda line: OUTPUT_LOG.info("%s", line))
     assert proc.stdout is not None
     chunks: list[bytes] = []
     partial = b""
@@ -124,12 +146,12 @@ async def _read_output(proc: asyncio.subprocess.Process, log_output: bool) -> st
         *lines, partial = (partial + chunk).split(b"\n")
         for line in lines:
             # A progress meter redraws with \r: only its last state is a line.
-            OUTPUT_LOG.info("%s", line.rsplit(b"\r", 1)[-1].decode(errors="replace"))
+            emit(line.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode(errors="replace"))
         if len(partial) > 65536:  # no newline in sight: log what there is
-            OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+            emit(partial.decode(errors="replace"))
             partial = b""
     if partial:
-        OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+        emit(partial.decode(errors="replace"))
     return b"".join(chunks).decode(errors="replace")
 
 
