@@ -1,7 +1,7 @@
 """kiln-builder: the Builder service, and its build engine without the other services.
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
-kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
+kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test] [--vm]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     bake.add_argument("--keep-workspace", action="store_true", help="keep a failed build's files")
     bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
+    bake.add_argument(
+        "--vm", action="store_true", help="run packages, files and run in the appliance VM"
+    )
     bake.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
     bake.add_argument(
@@ -84,6 +87,7 @@ async def _bake(args: argparse.Namespace) -> int:
         cache_max_bytes=int(args.cache_max_gib * 1024**3),
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
+        force_vm=args.vm,
     )
     result = await Bake(recipe, options, _progress).run()
     print(f"steps: {summary(result.steps)}", file=sys.stderr)

@@ -281,6 +281,7 @@ class Worker:
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
+                force_vm=self.settings.force_vm,
             )
             bake = Bake(recipe, options, reporter.step)
             reporter.plan = [*bake.plan(), "upload"]
