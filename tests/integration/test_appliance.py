@@ -1,0 +1,240 @@
+"""vm isolation mode with the real appliance under real QEMU (TCG here): a job
+runs on a bare ext4 filesystem image and its results are read back from the
+image; the guest reaches the mirror but not the host; a failing script fails
+naming its step; no QEMU, loop device or mount outlives a job that succeeded,
+failed, was cancelled, or whose builder was SIGKILLed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from support import REPO, await_until, loops_under, mounts_under, wait_until
+
+from kiln_builder.appliance import (
+    Job,
+    JobFailed,
+    Packages,
+    RunScript,
+    WriteFile,
+    customise_in_vm,
+    ensure_appliance,
+)
+from kiln_builder.layers import LayerStore
+from kiln_builder.resources import loop_device, mounted
+from kiln_common.proc import run_sync
+
+if TYPE_CHECKING:
+    from conftest import TestRootfs
+
+pytestmark = [pytest.mark.integration, pytest.mark.build]
+
+CACHE = REPO / ".cache" / "kiln"  # the builder's cache: the appliance is built once
+EPOCH = 1_700_000_000
+
+
+def qemus_using(path: Path) -> list[int]:
+    """QEMU processes whose command line names something under path."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"qemu-system-x86_64") and any(str(path).encode() in a for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
+def assert_nothing_left(under: Path) -> None:
+    assert not qemus_using(under), "a QEMU process outlived its job"
+    assert not loops_under(under) and not mounts_under(under)
+
+
+def bare_image(rootfs: TestRootfs, dest: Path) -> Path:
+    run_sync(["cp", "--sparse=always", rootfs.image, dest])
+    return dest
+
+
+@pytest.fixture(scope="module")
+def layers() -> LayerStore:
+    store = LayerStore(CACHE / "layers")
+    asyncio.run(ensure_appliance(CACHE, store))  # built here once, outside any test's timing
+    return store
+
+
+class Listener:
+    """A TCP listener on every host address: the guest must never reach it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("0.0.0.0", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[object] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(peer)
+            conn.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    found = Listener()
+    yield found
+    found.sock.close()
+
+
+def host_address() -> str:
+    return run_sync(["hostname", "-I"]).stdout.split()[0]
+
+
+async def read_back(image: Path, mnt: Path, paths: list[str]) -> dict[str, tuple[bytes, int]]:
+    """(bytes, st_mode) of each path in the image, loop-mounted read-only."""
+    out = {}
+    async with loop_device(image) as device, mounted(device, mnt, "-o", "ro") as root:
+        for path in paths:
+            target = root / path.lstrip("/")
+            out[path] = (target.read_bytes(), target.stat().st_mode)
+    return out
+
+
+def test_a_job_runs_in_the_appliance_and_the_guest_reaches_only_the_mirror(
+    test_rootfs: TestRootfs, layers: LayerStore, listener: Listener, tmp_path: Path
+) -> None:
+    image = bare_image(test_rootfs, tmp_path / "bare.ext4")
+    doors = f"10.0.2.2/{listener.port} {host_address()}/{listener.port}"
+    script = f"""#!/bin/bash
+set -euo pipefail
+[[ -f /etc/kiln-test ]] && echo "bash ${{BASH_VERSINFO[0]}} at $SOURCE_DATE_EPOCH" > /root/bash-ran
+for door in {doors}; do
+  if timeout 5 bash -c "echo knock > /dev/tcp/$door" 2>/dev/null; then echo "open $door"
+  else echo "closed $door"; fi
+done > /root/doors
+hello
+"""
+    job = Job(
+        (
+            Packages(("hello",)),
+            WriteFile("/etc/kiln-test", b"written by Kiln\n", 0o600),
+            RunScript(script.encode(), "probe.sh"),
+        ),
+        epoch=EPOCH,
+    )
+    lines: list[str] = []
+    work = tmp_path / "work"
+    result = asyncio.run(
+        customise_in_vm(
+            image, job, work=work, cache_dir=CACHE, layers=layers, log_line=lines.append
+        )
+    )
+    assert [s.name for s in result.steps] == ["packages", "files /etc/kiln-test", "run probe.sh"]
+    assert all(s.status == "ok" for s in result.steps)
+    assert result.accel.kind in ("kvm", "tcg") and result.root == "/dev/vdb ext4"
+    assert "Hello, world!" in lines and "==> packages" in lines  # streamed as they came
+
+    found = asyncio.run(
+        read_back(image, tmp_path / "mnt", ["/usr/bin/hello", "/etc/kiln-test", "/root/bash-ran",
+                                            "/root/doors", "/var/lib/dpkg/status"])
+    )  # fmt: skip
+    assert found["/etc/kiln-test"] == (b"written by Kiln\n", 0o100600)
+    assert found["/root/bash-ran"][0] == f"bash 5 at {EPOCH}\n".encode()
+    assert b"Package: hello\nStatus: install ok installed" in found["/var/lib/dpkg/status"][0]
+    assert found["/root/doors"][0].decode().split("\n")[:2] == [
+        f"closed {d}" for d in doors.split()
+    ]
+    assert listener.accepted == []
+    assert_nothing_left(tmp_path)
+
+
+def test_a_failing_script_fails_the_job_naming_the_step(
+    test_rootfs: TestRootfs, layers: LayerStore, tmp_path: Path
+) -> None:
+    image = bare_image(test_rootfs, tmp_path / "bare.ext4")
+    job = Job((RunScript(b"echo about to fail\nexit 3\n", "broken.sh"),), epoch=EPOCH)
+    with pytest.raises(JobFailed) as failed:
+        asyncio.run(
+            customise_in_vm(image, job, work=tmp_path / "w", cache_dir=CACHE, layers=layers)
+        )
+    assert "run broken.sh failed in the appliance VM (exit status 3)" in str(failed.value)
+    assert "about to fail" in str(failed.value)
+    assert_nothing_left(tmp_path)
+
+
+def test_an_image_without_a_linux_root_is_refused_saying_what_was_found(
+    layers: LayerStore, tmp_path: Path
+) -> None:
+    image = tmp_path / "blank.raw"
+    with open(image, "wb") as f:
+        f.truncate(64 * 1024**2)
+    run_sync(["mkfs.vfat", image])
+    with pytest.raises(JobFailed, match=r"no Linux root filesystem.*vfat"):
+        asyncio.run(
+            customise_in_vm(image, Job((), epoch=EPOCH), work=tmp_path / "w", cache_dir=CACHE,
+                            layers=layers)
+        )  # fmt: skip
+    assert_nothing_left(tmp_path)
+
+
+def test_a_cancelled_job_leaves_no_qemu(
+    test_rootfs: TestRootfs, layers: LayerStore, tmp_path: Path
+) -> None:
+    image = bare_image(test_rootfs, tmp_path / "bare.ext4")
+    job = Job((RunScript(b"sleep 600\n", "sleepy.sh"),), epoch=EPOCH)
+
+    async def cancel_once_running() -> None:
+        task = asyncio.create_task(
+            customise_in_vm(image, job, work=tmp_path / "w", cache_dir=CACHE, layers=layers)
+        )
+        await await_until("the appliance's QEMU", lambda: qemus_using(tmp_path), timeout=60)
+        await asyncio.sleep(3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_once_running())
+    assert_nothing_left(tmp_path)
+
+
+KILLED_BUILDER = """
+import asyncio, sys
+from pathlib import Path
+from kiln_builder.appliance import Job, RunScript, customise_in_vm
+from kiln_builder.layers import LayerStore
+cache = Path(sys.argv[1])
+job = Job((RunScript(b"sleep 600\\n", "sleepy.sh"),), epoch=1)
+asyncio.run(customise_in_vm(Path(sys.argv[2]), job, work=Path(sys.argv[3]), cache_dir=cache,
+                            layers=LayerStore(cache / "layers")))
+"""
+
+
+def test_qemu_dies_with_a_sigkilled_builder(
+    test_rootfs: TestRootfs, layers: LayerStore, tmp_path: Path
+) -> None:
+    image = bare_image(test_rootfs, tmp_path / "bare.ext4")
+    builder = subprocess.Popen(
+        [sys.executable, "-c", KILLED_BUILDER, str(CACHE), str(image), str(tmp_path / "w")]
+    )
+    try:
+        wait_until("the appliance's QEMU", lambda: qemus_using(tmp_path), timeout=60)
+        os.kill(builder.pid, signal.SIGKILL)
+        builder.wait()
+        wait_until("QEMU to die with its builder", lambda: not qemus_using(tmp_path), timeout=10)
+    finally:
+        builder.kill()
+    assert_nothing_left(tmp_path)
