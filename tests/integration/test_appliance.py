@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, await_until, loops_under, mounts_under, wait_until
+from support import REPO, await_until, loops_under, mounts_under, qemus_using, wait_until
 
 from kiln_builder.appliance import (
     Job,
@@ -40,21 +40,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.build]
 
 CACHE = REPO / ".cache" / "kiln"  # the builder's cache: the appliance is built once
 EPOCH = 1_700_000_000
-
-
-def qemus_using(path: Path) -> list[int]:
-    """QEMU processes whose command line names something under path."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(b"qemu-system-x86_64") and any(str(path).encode() in a for a in argv):
-            found.append(int(proc.name))
-    return found
 
 
 def assert_nothing_left(under: Path) -> None:
@@ -237,4 +222,77 @@ def test_qemu_dies_with_a_sigkilled_builder(
         wait_until("QEMU to die with its builder", lambda: not qemus_using(tmp_path), timeout=10)
     finally:
         builder.kill()
+    assert_nothing_left(tmp_path)
+
+
+# ---- a directory tree (from-scratch builds), and the same result as the sandbox -------------
+
+SCRIPT = b"""#!/bin/sh
+set -e
+mkdir -p /opt/kiln
+echo "made at $SOURCE_DATE_EPOCH" > /opt/kiln/made
+ln /opt/kiln/made /opt/kiln/hardlink
+chown nobody:nogroup /opt/kiln/made
+"""
+
+
+def dpkg_packages(root: Path) -> set[str]:
+    text = (root / "var/lib/dpkg/status").read_text()
+    return {
+        block.split("\n", 1)[0]
+        + " "
+        + next(line for line in block.splitlines() if line.startswith("Version:"))
+        for block in text.strip().split("\n\n")
+        if "Status: install ok installed" in block
+    }
+
+
+def tree_listing(root: Path) -> dict[str, tuple[int, int, int]]:
+    """path -> (mode, uid, gid), apt's downloaded indexes and logs left out (they
+    differ from run to run in either mode)."""
+    skip = ("var/lib/apt/lists/", "var/cache/", "var/log/")
+    out = {}
+    for path in root.rglob("*"):
+        rel = str(path.relative_to(root))
+        if rel.startswith(skip):
+            continue
+        st = path.lstat()
+        out[rel] = (st.st_mode, st.st_uid, st.st_gid)
+    return out
+
+
+def test_a_tree_gets_the_same_contents_in_vm_and_sandbox_mode(
+    layers: LayerStore, tmp_path: Path
+) -> None:
+    from support import bookworm_bootstrap_layer
+
+    from kiln_builder import customize
+    from kiln_builder.appliance import customise_tree_in_vm
+    from kiln_builder.layers import extract
+
+    layer = next(p for p in bookworm_bootstrap_layer() if p.name.endswith(".tar.zst"))
+    sandboxed, in_vm = tmp_path / "sandbox", tmp_path / "vm"
+    script = tmp_path / "script.sh"
+    script.write_bytes(SCRIPT)
+
+    async def both() -> None:
+        await asyncio.gather(extract(layer, sandboxed), extract(layer, in_vm))
+        await customize.install_packages(sandboxed, ["hello"], EPOCH)
+        customize.write_file(sandboxed, "/etc/kiln-test", b"x\n", 0o640, "root", "adm")
+        await customize.run_script(sandboxed, script, None, tmp_path, EPOCH)
+        job = Job((Packages(("hello",)), WriteFile("/etc/kiln-test", b"x\n", 0o640, "root", "adm"),
+                   RunScript(SCRIPT, "script.sh")), epoch=EPOCH)  # fmt: skip
+        await customise_tree_in_vm(in_vm, job, work=tmp_path / "w", cache_dir=CACHE, layers=layers)
+
+    asyncio.run(both())
+    assert dpkg_packages(in_vm) == dpkg_packages(sandboxed)
+    assert "Package: hello Version: 2.10-3" in dpkg_packages(in_vm)
+    listing_vm, listing_sandbox = tree_listing(in_vm), tree_listing(sandboxed)
+    assert sorted(set(listing_vm) ^ set(listing_sandbox)) == []
+    differ = [p for p in listing_vm if listing_vm[p] != listing_sandbox[p]]
+    assert differ == []
+    made = in_vm / "opt/kiln/made"
+    assert made.read_text() == f"made at {EPOCH}\n"
+    assert made.stat().st_nlink == 2 and made.stat().st_uid == 65534  # hard link and owner kept
+    assert (in_vm / "dev/null").is_char_device()  # device nodes come back too
     assert_nothing_left(tmp_path)

@@ -91,6 +91,9 @@ async def _bake(args: argparse.Namespace) -> int:
     )
     result = await Bake(recipe, options, _progress).run()
     print(f"steps: {summary(result.steps)}", file=sys.stderr)
+    accel = result.appliance_accel
+    where = f" (the appliance under {accel.kind}: {accel.reason})" if accel else ""
+    print(f"isolation: {result.isolation}{where}", file=sys.stderr)
     for output in result.outputs:
         print(f"{output.path}  {output.size}  sha256:{output.sha256}")
     print(f"{result.sbom}  (SPDX SBOM)")

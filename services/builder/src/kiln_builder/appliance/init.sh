@@ -18,6 +18,7 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 mkdir -p $R $J
 stty -F /dev/ttyS1 raw -echo 115200 2>/dev/null
 exec 3>/dev/ttyS1
+printf 'KILN READY %s\n' "$(uname -r)" >&3
 
 say() { printf 'KILN %s\n' "$*" >&3; }
 power_off() {
@@ -160,7 +161,6 @@ run_step() {
 
 # No udev: the NIC's driver is loaded by hand; filesystems load as mount asks.
 modprobe -q virtio_net
-say "READY $(uname -r)"
 ip link set lo up
 ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 &&
 	ip route add default via 10.0.2.2

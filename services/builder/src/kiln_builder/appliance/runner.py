@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_MIB = 512
 # The appliance's initramfs mounts /dev/vda read-only and starts init.sh itself.
-CMDLINE = "console=ttyS0 panic=-1 quiet net.ifnames=0"
+CMDLINE = "console=ttyS0 panic=-1 quiet net.ifnames=0 mitigations=off"
 CONSOLE_TAIL = 30
 
 
