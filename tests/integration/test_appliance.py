@@ -296,3 +296,27 @@ def test_a_tree_gets_the_same_contents_in_vm_and_sandbox_mode(
     assert made.stat().st_nlink == 2 and made.stat().st_uid == 65534  # hard link and owner kept
     assert (in_vm / "dev/null").is_char_device()  # device nodes come back too
     assert_nothing_left(tmp_path)
+
+
+def test_the_appliance_finds_the_root_partition_of_a_partitioned_disk(
+    test_rootfs: TestRootfs, layers: LayerStore, tmp_path: Path
+) -> None:
+    disk = tmp_path / "disk.raw"
+    fs_bytes = test_rootfs.image.stat().st_size
+    with open(disk, "wb") as f:
+        f.truncate(fs_bytes + 4 * 1024**2)
+    # A GPT disk whose second partition is the root (the first a small unformatted one).
+    layout = f"label: gpt\nstart=2048, size=2048\nstart=4096, size={fs_bytes // 512}, type=linux\n"
+    subprocess.run(["sfdisk", "-q", str(disk)], input=layout, text=True, check=True)
+    run_sync(["dd", f"if={test_rootfs.image}", f"of={disk}", "bs=1M", "seek=2",
+              "conv=notrunc,sparse", "status=none"])  # fmt: skip
+    job = Job((WriteFile("/etc/kiln-partitioned", b"found\n"),), epoch=EPOCH)
+    result = asyncio.run(
+        customise_in_vm(disk, job, work=tmp_path / "w", cache_dir=CACHE, layers=layers)
+    )
+    assert result.root == "/dev/vdb2 ext4"
+    root = tmp_path / "root.ext4"
+    run_sync(["dd", f"if={disk}", f"of={root}", "bs=1M", "skip=2", "conv=sparse", "status=none"])
+    done = run_sync(["debugfs", "-R", "cat /etc/kiln-partitioned", root])
+    assert done.stdout.endswith("found\n"), done.stdout
+    assert_nothing_left(tmp_path)

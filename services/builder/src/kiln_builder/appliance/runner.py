@@ -21,7 +21,7 @@ from kiln_builder.appliance.job import Job, encode
 from kiln_builder.appliance.network import Relay, netdev_args
 from kiln_builder.appliance.protocol import Report, StepReport
 from kiln_builder.vm.accel import QEMU, Accel, default_vcpus
-from kiln_common.errors import DeadlineExceeded, FailedPrecondition
+from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ async def run_job(
             run(argv, on_line=on_line, die_with_parent=True, check=False), timeout
         )
     except TimeoutError:
-        raise DeadlineExceeded(
+        # Not a passing failure to retry: a step that hangs would hang again.
+        raise FailedPrecondition(
             f"the appliance VM did not finish its job in {timeout:.0f}s; console:\n{_tail(console)}"
         ) from None
     finally:
