@@ -90,6 +90,8 @@ async def ensure_appliance(cache_dir: Path, store: layers.LayerStore) -> Applian
     try:
         if (found := _cached(final, key)) is not None:
             return found
+        for stale in final.parent.glob(f".{key}-*"):  # a killed builder's half-assembly
+            await asyncio.to_thread(shutil.rmtree, stale, ignore_errors=True)
         log.info("building the appliance %s (once per builder)", key)
         partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
