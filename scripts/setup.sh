@@ -9,7 +9,7 @@ cd "$root"
 apt_packages=(
   python3 python3-venv python3-dev gcc make curl git ca-certificates pkg-config
   # the builder: bootstrap, sandbox, disks, bootloader, conversion, compression
-  mmdebstrap eatmydata bubblewrap fdisk gdisk e2fsprogs xfsprogs dosfstools grub-pc-bin grub2-common
+  mmdebstrap eatmydata bubblewrap slirp4netns nftables iproute2 fdisk gdisk e2fsprogs xfsprogs dosfstools grub-pc-bin grub2-common
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
   # vm isolation: the relay to the package mirrors, copying a tree back
   socat rsync

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from kiln_builder.bootstrap import host_mirror
 from kiln_common.proc import ProcessError, run, run_sync
 
 HERE = Path(__file__).resolve().parent
@@ -40,8 +41,6 @@ DIB_REQUIREMENT = "diskimage-builder==3.43.0"
 KILN_BUILDER = REPO / ".venv/bin/kiln-builder"
 RESULTS = REPO / "bench/results/build.json"
 LOGS = REPO / "bench/results/build-logs"
-MIRROR = "http://deb.debian.org/debian"
-SECURITY_MIRROR = "http://deb.debian.org/debian-security"  # security.debian.org is unreachable
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DIB_HOST_PACKAGES = {"debootstrap": "debootstrap"}  # command -> Debian package, for dib only
 HOST_TOOLS = ("mmdebstrap", "qemu-img", "sgdisk", "partx", "losetup", "mkfs.ext4", "chroot")
@@ -280,12 +279,31 @@ class Dirs:
             d.mkdir(parents=True)
 
 
-def dib_env(cache: Path, tmp: Path, bootstrap_cache: bool) -> dict[str, str]:
+@dataclass(frozen=True)
+class Mirrors:
+    """The build host's Debian archives (from its apt sources): both tools use
+    them, and dib's default security archive may be unreachable from here."""
+
+    debian: str
+    security: str
+
+
+def host_mirrors() -> Mirrors:
+    debian, security = host_mirror("debian"), host_mirror("debian-security")
+    if debian is None or security is None:
+        raise SystemExit(
+            "bench: the build host's apt sources name no Debian archive (a URL ending in"
+            " /debian) and security archive (ending in /debian-security): add them"
+        )
+    return Mirrors(debian, security)
+
+
+def dib_env(cache: Path, tmp: Path, bootstrap_cache: bool, mirrors: Mirrors) -> dict[str, str]:
     env = {
         "PATH": f"{SHIMS}:{DIB_VENV / 'bin'}:{SYSTEM_PATH}",
         "DIB_RELEASE": "bookworm",
-        "DIB_DISTRIBUTION_MIRROR": MIRROR,
-        "DIB_DEBIAN_SECURITY_MIRROR": SECURITY_MIRROR,
+        "DIB_DISTRIBUTION_MIRROR": mirrors.debian,
+        "DIB_DEBIAN_SECURITY_MIRROR": mirrors.security,
         "DIB_IMAGE_CACHE": str(cache),
         "TMP_DIR": str(tmp),  # not TMPDIR: chroot scripts must not inherit it
     }
@@ -333,14 +351,14 @@ def dib_phases(log: str) -> list[dict[str, Any]]:
     ]
 
 
-async def build_dib(build: Build, dirs: Dirs, bootstrap_cache: bool) -> None:
+async def build_dib(build: Build, dirs: Dirs, bootstrap_cache: bool, mirrors: Mirrors) -> None:
     shutil.rmtree(dirs.out, ignore_errors=True)
     dirs.out.mkdir()
     base = dirs.out / "bench-build"
     argv: list[str | os.PathLike[str]] = [DIB_VENV / "bin/disk-image-create", "vm"]
     argv.append("debian-minimal")
     argv += ["-p", ",".join(build.packages), "-t", "qcow2", "-o", base]
-    env = dib_env(dirs.dib_cache, dirs.dib_tmp, bootstrap_cache)
+    env = dib_env(dirs.dib_cache, dirs.dib_tmp, bootstrap_cache, mirrors)
     build.steps = dib_phases(await measure(build, argv, env, dirs.root))
     record_image(build, base.with_suffix(".qcow2"))
 
@@ -348,11 +366,12 @@ async def build_dib(build: Build, dirs: Dirs, bootstrap_cache: bool) -> None:
 STEP_DONE = re.compile(r"^\s+(\S+) done in ([0-9.]+)s( \(cached layer\))?$")
 
 
-async def build_kiln(build: Build, dirs: Dirs) -> None:
+async def build_kiln(build: Build, dirs: Dirs, mirrors: Mirrors) -> None:
     shutil.rmtree(dirs.out, ignore_errors=True)
     dirs.out.mkdir()
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe["packages"] = build.packages
+    recipe["from"]["bootstrap"]["mirror"] = mirrors.debian  # the one dib uses
     recipe_file = dirs.root / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
     argv: list[str | os.PathLike[str]] = [KILN_BUILDER, "bake", recipe_file, "--out", dirs.out]
@@ -449,7 +468,9 @@ def remove_temp_root(root: Path) -> None:
 # --- the run --------------------------------------------------------------------------------
 
 
-async def bench(args: argparse.Namespace, dirs: Dirs, builds: list[Build]) -> None:
+async def bench(
+    args: argparse.Namespace, dirs: Dirs, mirrors: Mirrors, builds: list[Build]
+) -> None:
     """Appends each build to builds as it starts, so an interrupted run keeps its figures."""
     task = asyncio.current_task()
     assert task is not None
@@ -466,9 +487,9 @@ async def bench(args: argparse.Namespace, dirs: Dirs, builds: list[Build]) -> No
                 continue
             print(f"--> {tool} {phase} ({', '.join(packages)})", flush=True)
             if tool == "dib":
-                await build_dib(build, dirs, args.dib_bootstrap_cache)
+                await build_dib(build, dirs, args.dib_bootstrap_cache, mirrors)
             else:
-                await build_kiln(build, dirs)
+                await build_kiln(build, dirs, mirrors)
             leaked = release(dirs.root)
             if leaked:
                 print(f"    left behind and released: {leaked}", flush=True)
@@ -563,13 +584,14 @@ def main() -> int:
         parser.error("needs root (loop devices, mounts, chroots)")
     if missing := [t for t in HOST_TOOLS if shutil.which(t, path=SYSTEM_PATH) is None]:
         parser.error(f"missing on this host: {missing}")
+    mirrors = host_mirrors()
     dib_version = ensure_dib() if "dib" in args.tools else None
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-build-", dir="/var/tmp"))
     builds: list[Build] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     interrupted = False
     try:
-        asyncio.run(bench(args, Dirs(root), builds))
+        asyncio.run(bench(args, Dirs(root), mirrors, builds))
     except (KeyboardInterrupt, asyncio.CancelledError):
         interrupted = True
         print("bench: interrupted", file=sys.stderr)
@@ -605,7 +627,7 @@ def main() -> int:
         "diskimage_builder": dib_version,
         "command": {
             "dib": "disk-image-create vm debian-minimal -p PACKAGES -t qcow2 -o OUT",
-            "dib_env": dib_env(Path("TEMP/dib-cache"), Path("TEMP/dib-tmp"), False)
+            "dib_env": dib_env(Path("TEMP/dib-cache"), Path("TEMP/dib-tmp"), False, mirrors)
             | {"PATH": "bench/build/dib-shims:.cache/bench/dib-venv/bin:SYSTEM_PATH"},
             "dib_bootstrap_cache": args.dib_bootstrap_cache,
             "kiln": "kiln-builder bake RECIPE --out OUT --no-boot-test --cache-dir C --work-root W",

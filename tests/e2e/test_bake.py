@@ -300,3 +300,46 @@ def test_a_failing_script_names_its_step_and_the_workspace_can_be_kept(
     assert kept[0].exists(), "the janitor leaves a workspace kept for inspection"
     again = bake(recipe, tmp_path / "out", tmp_path / "work2", "--no-boot-test")
     assert again.returncode == 1 and not any((tmp_path / "work2").iterdir())
+
+
+CHECKED = """\
+name: checked
+version: "1"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+outputs: [tar.zst]
+checks: [PROFILES]
+test: {boot: false}
+"""
+
+
+def test_a_failed_requirement_check_fails_the_bake_naming_rule_file_and_why(
+    tmp_path: Path,
+) -> None:
+    """Seed 004's rules on a bare bootstrap (no openssh-server, no /etc/hosts):
+    the build stops before any output, the report is kept; marked advisory,
+    the same tree builds."""
+    recipe = tmp_path / "checked.yaml"
+    recipe.write_text(CHECKED.replace("PROFILES", "tycoon, {profile: cloud, advisory: true}"))
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = bake(recipe, out, work)
+    assert done.returncode == 1, done.stderr
+    assert "build failed: step checks failed: 3 requirement checks failed: " in done.stderr
+    assert "tycoon.ssh-enabled (/usr/sbin/sshd: the OpenSSH server is not installed" in done.stderr
+    assert "tycoon.network-config (/etc/hosts: missing)" in done.stderr
+    assert "check FAIL tycoon.ext3-image: outputs: no ext3 filesystem image" in done.stderr
+    assert "check WARN cloud.contextualisation: /usr/bin/cloud-init: " in done.stderr
+    assert "check PASS cloud.serial-console: /boot/grub/grub.cfg: console=ttyS0" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in out.iterdir()] == ["checked-1.checks.json"]  # no image, no sums
+    report = json.loads((out / "checked-1.checks.json").read_text())
+    assert report["passed"] is False and len(report["results"]) == 11
+    assert loops_under(work) == [] and mounts_under(work) == [] and not any(work.iterdir())
+
+    recipe.write_text(CHECKED.replace("PROFILES", "{profile: tycoon, advisory: true}"))
+    done = bake(recipe, tmp_path / "out2", work)
+    assert done.returncode == 0, done.stderr
+    assert "check WARN tycoon.ssh-enabled: /usr/sbin/sshd: " in done.stderr
+    assert f"{tmp_path / 'out2/checked-1.checks.json'}  (requirement checks)" in done.stdout
+    assert json.loads((tmp_path / "out2/checked-1.checks.json").read_text())["passed"] is True
+    assert (tmp_path / "out2/checked-1.tar.zst").is_file()

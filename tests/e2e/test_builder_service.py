@@ -5,6 +5,7 @@ another builder finishes, leaving one set of artifacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,10 +46,13 @@ outputs: [OUTPUTS]
 
 
 def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", fs: str = "ext4",
-                 outputs: str = "qcow2") -> Path:  # fmt: skip
-    """Every image these tests build is boot-tested (the recipe's default)."""
+                 outputs: str = "qcow2", commands: str = "", checks: str = "") -> Path:  # fmt: skip
+    """Every image these tests build is boot-tested (the recipe's default);
+    commands (a YAML list) are run in the booted guest, checks (profiles) on its tree."""
     where.mkdir(parents=True, exist_ok=True)
     text = RECIPE.replace("SCRIPT", script).replace("FS", fs).replace("OUTPUTS", outputs)
+    text += f"test: {{commands: {commands}}}\n" if commands else ""
+    text += f"checks: [{checks}]\n" if checks else ""
     path = where / "recipe.yaml"
     path.write_text(text)
     return path
@@ -99,7 +103,9 @@ def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
 def test_kiln_build_follow_builds_boots_and_stores_an_image(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tmp_path / "r")
+    # Requirement checks ride along: the cloud profile, advisory (no cloud-init here).
+    recipe = write_recipe(tmp_path / "r", commands='["cat /etc/kiln-release"]',
+                          checks="{profile: cloud, advisory: true}")  # fmt: skip
     done = kiln(env, "build", str(recipe), "--follow", timeout=900)
     build_id = done.stderr.split()[1]
     assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
@@ -108,9 +114,16 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert record.accel in ("kvm", "tcg")
     names = [s.name for s in record.steps]
     assert names[0] == "bootstrap" and names[-2:] == ["boot-test", "upload"]
+    assert names[names.index("sysprep") + 1 : names.index("sysprep") + 3] == ["checks", "disk"]
     assert record.steps[0].cached  # the shared bootstrap layer
     kinds = sorted(a.kind for a in record.artifacts)
-    assert kinds == ["build-log", "console-log", "image", "sbom"]
+    assert kinds == ["build-log", "checks", "console-log", "image", "sbom", "tests"]
+    (test,) = record.test_commands  # run inside the guest: the image's own file
+    assert (test.command, test.exit_status, test.output) == ("cat /etc/kiln-release", 0, "kiln\n")
+    results = {c.rule: c for c in record.checks}
+    assert results["cloud.virtio"].passed and results["cloud.growable-root"].passed
+    warned = results["cloud.contextualisation"]
+    assert (warned.passed, warned.advisory, warned.file) == (False, True, "/usr/bin/cloud-init")
     image = next(a for a in record.artifacts if a.kind == "image")
     assert f"{image.artifact_id}" in done.stdout and image.url in done.stdout
     head = urllib.request.urlopen(urllib.request.Request(image.url, method="HEAD"), timeout=30)
@@ -121,6 +134,8 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     assert build_id in listed and "succeeded" in listed
     shown = kiln(env, "build", "show", build_id).stdout
     assert "state       succeeded" in shown and "boot-test" in shown and "cached" in shown
+    assert "passed" in shown and "cat /etc/kiln-release" in shown
+    assert "check       WARN cloud.contextualisation" in shown
     logs = kiln(env, "build", "logs", build_id).stdout
     assert "mkfs.ext4" in logs and "boot test: login prompt" in logs
     assert kiln_domains() == []
@@ -138,6 +153,28 @@ def test_a_failing_build_exits_non_zero_with_its_step_and_log(
     record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
     assert record.error.step == "run" and record.attempt == 1  # not retried
     assert [a.kind for a in record.artifacts] == ["build-log"]
+
+
+def test_a_failed_check_fails_the_build_and_its_results_stay_in_the_record(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    recipe = write_recipe(tmp_path / "r", outputs="tar", checks="tycoon")
+    done = kiln(env, "build", str(recipe), "--follow", check=False, timeout=900)
+    assert done.returncode == 1, done.stderr
+    assert "error in step checks: step checks failed: 3 requirement checks failed: " in done.stderr
+    assert "tycoon.ssh-enabled (/usr/sbin/sshd: the OpenSSH server is not installed" in done.stderr
+    build_id = done.stderr.split()[1]
+    record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
+    assert record.error.step == "checks" and record.attempt == 1  # not retried
+    failed = [(c.rule, c.file) for c in record.checks if not c.passed]
+    assert failed == [("tycoon.ext3-image", "outputs"), ("tycoon.ssh-enabled", "/usr/sbin/sshd"),
+                      ("tycoon.network-config", "/etc/hosts")]  # fmt: skip
+    assert len(record.checks) == 6 and [a.kind for a in record.artifacts] == ["build-log"]
+    shown = kiln(env, "build", "show", build_id, check=False).stdout
+    assert "check       FAIL tycoon.network-config" in shown
+    assert "check       PASS tycoon.home" in shown
+    as_json = json.loads(kiln(env, "build", "show", build_id, "--json", check=False).stdout)
+    assert as_json["checks"][1]["rule"] == "tycoon.ssh-enabled"
 
 
 def test_cancel_stops_the_running_step_and_removes_everything(

@@ -3,10 +3,17 @@ followed build is shown when stderr is not a terminal."""
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+from types import TracebackType
+
+import pytest
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_cli import build_cmd
 from kiln_cli.build_cmd import Follower, route
+from kiln_cli.main import main
 
 
 def test_a_recipe_argument_means_submit() -> None:
@@ -48,3 +55,91 @@ def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
         "build succeeded",
     ]
     assert "\x1b" not in out.getvalue()
+
+
+class OneBuild:
+    """Stands in for the builder client: answers get() with one record."""
+
+    def __init__(self, build: pb.Build) -> None:
+        self.build = build
+
+    def __enter__(self) -> OneBuild:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        pass
+
+    def get(self, build_id: str) -> pb.Build:
+        return self.build
+
+
+FAILED_CHECKS = pb.Build(
+    id="b1",
+    state=pb.BUILD_STATE_FAILED,
+    name="web",
+    version="1",
+    checks=[
+        pb.CheckResult(
+            profile="tycoon", rule="tycoon.home", passed=True, file="/home", why="a directory"
+        ),
+        pb.CheckResult(
+            profile="tycoon",
+            rule="tycoon.network-config",
+            passed=False,
+            file="/etc/hosts",
+            why="missing",
+        ),
+        pb.CheckResult(
+            profile="cloud",
+            rule="cloud.contextualisation",
+            passed=False,
+            advisory=True,
+            file="/usr/bin/cloud-init",
+            why="no agent",
+        ),
+    ],
+    error=pb.BuildError(step="checks", message="step checks failed: 1 requirement check failed"),
+)
+
+
+def test_show_prints_each_check_and_json_has_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(build_cmd, "_client", lambda: OneBuild(FAILED_CHECKS))
+    assert main(["build", "show", "b1"]) == 1
+    lines = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("check ")]
+    assert lines == [
+        ["check", "PASS", "tycoon.home", "/home:", "a", "directory"],
+        ["check", "FAIL", "tycoon.network-config", "/etc/hosts:", "missing"],
+        ["check", "WARN", "cloud.contextualisation", "/usr/bin/cloud-init:", "no", "agent"],
+    ]
+    assert main(["build", "show", "b1", "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["checks"][1] == {"profile": "tycoon", "rule": "tycoon.network-config",
+                                   "file": "/etc/hosts", "why": "missing"}  # fmt: skip
+    assert record["error"]["step"] == "checks"
+
+
+def test_show_lists_each_boot_test_command_and_json_has_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    build = pb.Build(id="b1", state=pb.BUILD_STATE_FAILED, name="w", version="1")
+    build.test_commands.extend([
+        pb.TestCommandResult(command="cat /etc/os-release", seconds=0.2, passed=True),
+        pb.TestCommandResult(command="exit 3", exit_status=3, seconds=0.1),
+        pb.TestCommandResult(command="sleep 999", exit_status=124, seconds=60, timed_out=True),
+    ])  # fmt: skip
+    monkeypatch.setattr(build_cmd, "_client", lambda: OneBuild(build))
+
+    assert build_cmd.cmd_show(argparse.Namespace(id="b1", json=False)) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("test")]
+    assert lines == [
+        "test        passed        0.2s  cat /etc/os-release",
+        "test        exit 3        0.1s  exit 3",
+        "test        timed-out    60.0s  sleep 999",
+    ]
+
+    build_cmd.cmd_show(argparse.Namespace(id="b1", json=True))
+    shown = json.loads(capsys.readouterr().out)
+    assert [t["command"] for t in shown["test_commands"]] == ["cat /etc/os-release", "exit 3",
+                                                               "sleep 999"]  # fmt: skip

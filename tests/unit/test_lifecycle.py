@@ -68,3 +68,18 @@ def test_only_the_attempt_holding_a_build_hands_it_back() -> None:
 def test_finish_takes_only_end_states() -> None:
     with pytest.raises(ValueError):
         lifecycle.finish(queued(), Outcome(pb.BUILD_STATE_RUNNING))
+
+
+def test_finish_records_the_boot_test_commands_of_a_failed_build() -> None:
+    build = queued()
+    lifecycle.start(build, "w1", 1)
+    results = (
+        pb.TestCommandResult(command="true", exit_status=0, passed=True),
+        pb.TestCommandResult(command="exit 3", exit_status=3, output="why\n"),
+    )
+    error = pb.BuildError(message="test command 2 `exit 3` exited with status 3")
+    assert lifecycle.finish(build, Outcome(pb.BUILD_STATE_FAILED, error, test_commands=results))
+    assert [(t.command, t.exit_status, t.passed) for t in build.test_commands] == [
+        ("true", 0, True),
+        ("exit 3", 3, False),
+    ]

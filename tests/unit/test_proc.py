@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 from support import await_until, wait_until
 
-from kiln_common.proc import ProcessError, run, run_sync, spawn, stop_pid
+from kiln_common.proc import ProcessError, ProcessTimeout, helper, run, run_sync, spawn, stop_pid
 
 
 def running(pid: int) -> bool:
@@ -63,6 +64,46 @@ def test_spawned_daemons_log_to_a_file_and_stop(tmp_path: Path) -> None:
     wait_until("the daemon's log", lambda: log.exists() and "started" in log.read_text(), 5, 0.02)
     stop_pid(proc.pid, timeout=5)
     assert not running(proc.pid)
+
+
+async def test_a_time_limit_kills_the_command_and_its_children(tmp_path: Path) -> None:
+    marker = tmp_path / "child.pid"
+    with pytest.raises(ProcessTimeout, match=r"killed after its time limit of 0\.5s") as caught:
+        await run(
+            ["sh", "-c", f"echo started; sleep 300 & echo $! > {marker}; wait"],
+            time_limit=0.5,
+            terminate_timeout=2,
+        )
+    assert "started" in str(caught.value)
+    await await_until("the child's end", lambda: not running(int(marker.read_text())), 5)
+
+
+async def test_a_helper_lives_as_long_as_its_block() -> None:
+    async with helper(["sleep", "300"]) as proc:
+        assert running(proc.pid)
+    assert proc.returncode is not None and not running(proc.pid)
+
+
+async def test_started_sees_the_child_and_passed_fds_reach_it(tmp_path: Path) -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    seen: list[int] = []
+
+    async def started(pid: int) -> None:
+        seen.append(pid)
+        os.close(write_end)
+
+    try:
+        result = await run(
+            [sys.executable, "-c", f"import os; os.write({write_end}, b'passed\\n')"],
+            pass_fds=[write_end],
+            started=started,
+        )
+        assert os.read(read_end, 100) == b"passed\n"
+    finally:
+        os.close(read_end)
+    assert result.returncode == 0 and len(seen) == 1 and seen[0] > 0
 
 
 async def test_on_line_gets_each_line_instead_of_the_log() -> None:

@@ -337,11 +337,11 @@ def test_ubuntu_needs_a_mirror() -> None:
     text = 'name: a\nversion: "1"\nfrom:\n  bootstrap:\n    distro: ubuntu\n    release: noble\n'
     found = issue(text)
     assert (found.path, found.line) == ("from.bootstrap.mirror", 4)
-    ok = text + "    mirror: http://archive.ubuntu.com/ubuntu\n"
+    ok = text + "    mirror: http://mirror.example/ubuntu\n"
     assert parse(ok).from_.bootstrap is not None
 
 
-@pytest.mark.parametrize("mirror", ["ftp://deb.debian.org/debian", "deb.debian.org", "http://"])
+@pytest.mark.parametrize("mirror", ["ftp://mirror.example/debian", "mirror.example", "http://"])
 def test_a_mirror_must_be_an_http_url(mirror: str) -> None:
     text = HEAD.replace("release: bookworm", f"release: bookworm, mirror: '{mirror}'")
     assert issue(text).path == "from.bootstrap.mirror"
@@ -433,6 +433,37 @@ def test_list_entries_may_not_repeat(field: str, value: str, path: str) -> None:
 
 def test_an_unknown_check_profile_is_refused() -> None:
     assert issue(HEAD + "checks: [centos]\n").path == "checks[0]"
+
+
+def test_a_check_is_a_profile_name_or_a_mapping_with_advisory() -> None:
+    recipe = parse(HEAD + "checks:\n  - tycoon\n  - {profile: cloud, advisory: true}\n")
+    assert recipe.check_profiles() == (("tycoon", False), ("cloud", True))
+    assert recipe.check_profiles()[1].advisory is True
+    assert parse(HEAD + "checks: [{profile: stratuslab}]\n").check_profiles() == (
+        ("stratuslab", False),
+    )
+
+
+def test_a_profile_may_not_repeat_in_either_form() -> None:
+    found = issue(HEAD + "checks:\n  - tycoon\n  - {profile: tycoon, advisory: true}\n")
+    assert (found.path, found.line) == ("checks[1]", 7)
+    assert found.message == "profile 'tycoon' is listed twice"
+
+
+@pytest.mark.parametrize(
+    ("entry", "path", "words"),
+    [
+        ("{profile: centos}", "checks[0].profile", "'tycoon', 'stratuslab' or 'cloud'"),
+        ("{profile: cloud, advisory: maybe}", "checks[0].advisory", "true or false"),
+        ("{profile: cloud, advsory: true}", "checks[0].advsory", "did you mean 'advisory'?"),
+        ("{advisory: true}", "checks[0].profile", "required"),
+        ("[tycoon]", "checks[0]", "tycoon"),
+    ],
+)
+def test_a_bad_check_mapping_names_its_field_and_line(entry: str, path: str, words: str) -> None:
+    found = issue(HEAD + f"checks:\n  - {entry}\n")
+    assert (found.path, found.line) == (path, 6)
+    assert words in found.message, found
 
 
 def test_boot_false_turns_the_boot_test_off() -> None:

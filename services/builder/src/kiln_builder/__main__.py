@@ -1,7 +1,8 @@
 """kiln-builder: the Builder service, and its build engine without the other services.
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
-kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test] [--vm]
+kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
+                    [--default-mirror URL] [--vm]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+from kiln_builder.checks import CheckReport
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
 from kiln_common.errors import KilnError
@@ -52,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KILN_STORAGE"),
         help="storage service (host:port) sharing layers; default: the `kiln up` stack if running",
     )
+    bake.add_argument(
+        "--default-mirror",
+        default=os.environ.get("KILN_BUILDER_DEFAULT_MIRROR", ""),
+        help="mirror for a recipe that names none; default: the build host's apt source",
+    )
     sub.add_parser("serve", help="run the Builder service (settings from KILN_BUILDER_*)")
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
     clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
@@ -87,10 +95,17 @@ async def _bake(args: argparse.Namespace) -> int:
         cache_max_bytes=int(args.cache_max_gib * 1024**3),
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
+        default_mirror=args.default_mirror,
         force_vm=args.vm,
     )
-    result = await Bake(recipe, options, _progress).run()
+    bake = Bake(recipe, options, _progress)
+    try:
+        result = await bake.run()
+    except KilnError:
+        _print_checks(bake.check_report)  # which rules failed, and all the others
+        raise
     print(f"steps: {summary(result.steps)}", file=sys.stderr)
+    _print_checks(result.checks)
     accel = result.appliance_accel
     where = f" (the appliance under {accel.kind}: {accel.reason})" if accel else ""
     print(f"isolation: {result.isolation}{where}", file=sys.stderr)
@@ -101,7 +116,29 @@ async def _bake(args: argparse.Namespace) -> int:
         boot = result.boot
         print(f"{result.console_log}  (boot test: login prompt after {boot.seconds:.0f}s "
               f"under {boot.accel.kind}: {boot.accel.reason})")  # fmt: skip
+    if result.tests is not None:
+        print(f"{result.tests}  (boot test commands)")
+    _print_tests(result.tests)
     return 0
+
+
+def _print_checks(report: CheckReport | None) -> None:
+    if report is None:
+        return
+    for result in report.results:
+        print(f"check {result.line()}", file=sys.stderr)
+    if report.path is not None:
+        print(f"{report.path}  (requirement checks)")
+
+
+def _print_tests(tests: Path | None) -> None:
+    """Each test command's outcome, from the results file the bake wrote."""
+    if tests is None or not tests.is_file():
+        return
+    for entry in json.loads(tests.read_text())["commands"]:
+        how = "passed" if entry["passed"] else f"exit {entry['exit_status']}"
+        how = "timed-out" if entry["timed_out"] else how
+        print(f"    test {how:<9} {entry['seconds']:6.1f}s  {entry['command']}")
 
 
 def _running_storage() -> str | None:

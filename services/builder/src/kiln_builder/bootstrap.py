@@ -10,13 +10,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 
 BOOTSTRAP_VERSION = "kiln-bootstrap-2"  # bump when the recipe below changes
-DEFAULT_MIRRORS = {
-    "debian": "http://deb.debian.org/debian",
-    "ubuntu": "http://archive.ubuntu.com/ubuntu",
-}
+APT_DIR = Path("/etc/apt")
 KERNELS = {"debian": "linux-image-amd64", "ubuntu": "linux-image-virtual"}
 # What every image needs to boot and be prepared: kernel, init, udev, an
 # initramfs compressed with zstd (built once), tools to grow the root on first boot.
@@ -55,19 +53,42 @@ class BootstrapSpec:
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def host_mirror(distro: str) -> str:
-    """The mirror the build host's apt uses for this distro, else the default."""
-    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in sources:
+def _apt_source_files(apt_dir: Path) -> list[Path]:
+    """The files apt itself reads: sources.list, then sources.list.d/*.list and
+    *.sources (apt skips other names, such as a .disabled copy)."""
+    parts = sorted(
+        p for p in (apt_dir / "sources.list.d").glob("*") if p.suffix in (".list", ".sources")
+    )
+    return [apt_dir / "sources.list", *parts]
+
+
+def host_mirror(archive: str, apt_dir: Path | None = None) -> str | None:
+    """The build host's apt source for an archive (the first whose URL ends in
+    /<archive>: /debian, /debian-security, /ubuntu), one-line or deb822; None
+    if it has none."""
+    for path in _apt_source_files(apt_dir or APT_DIR):
         try:
             text = path.read_text()
         except OSError:
             continue
         for url in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
             found = str(url).rstrip("/")
-            if found.endswith(f"/{distro}"):
+            if found.endswith(f"/{archive}"):
                 return found
-    return DEFAULT_MIRRORS[distro]
+    return None
+
+
+def resolve_mirror(distro: str, mirror: str | None, default: str = "") -> str:
+    """The recipe's mirror, else the builder's default mirror setting, else the
+    build host's apt source for the distro."""
+    found = mirror or default or host_mirror(distro)
+    if not found:
+        raise FailedPrecondition(
+            f"no {distro} mirror to bootstrap from: set `mirror:` under from.bootstrap in the"
+            f" recipe, or give the builder an apt source for {distro} (or its"
+            " KILN_BUILDER_DEFAULT_MIRROR setting)"
+        )
+    return found
 
 
 def _kernel_hook(kernels: list[str]) -> list[str]:
@@ -81,9 +102,12 @@ def _kernel_hook(kernels: list[str]) -> list[str]:
     return [f'--customize-hook=chroot "$1" {install}']
 
 
-def spec_for(distro: str, release: str, arch: str, mirror: str | None, epoch: int) -> BootstrapSpec:
+def spec_for(
+    distro: str, release: str, arch: str, mirror: str | None, epoch: int, default_mirror: str = ""
+) -> BootstrapSpec:
     packages = tuple(sorted({KERNELS[distro], *BASE_PACKAGES}))
-    return BootstrapSpec(distro, release, arch, mirror or host_mirror(distro), packages, epoch)
+    found = resolve_mirror(distro, mirror, default_mirror)
+    return BootstrapSpec(distro, release, arch, found, packages, epoch)
 
 
 async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:

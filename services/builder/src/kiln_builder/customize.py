@@ -9,8 +9,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from kiln_builder.sandbox import run_in, services_held
-from kiln_common.errors import InvalidArgument
+from kiln_builder.sandbox import BASE_ENV, DEFAULT_POLICY, SandboxPolicy, run_in, services_held
+from kiln_common.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +20,21 @@ def _epoch_env(epoch: int) -> dict[str, str]:
     return {"SOURCE_DATE_EPOCH": str(epoch)}
 
 
-async def install_packages(root: Path, packages: Sequence[str], epoch: int) -> None:
+async def install_packages(
+    root: Path, packages: Sequence[str], epoch: int, policy: SandboxPolicy = DEFAULT_POLICY
+) -> None:
     if not packages:
         return
     env = _epoch_env(epoch)
     with services_held(root):
-        await run_in(root, ["apt-get", "update", "-q"], env=env)
+        await run_in(root, ["apt-get", "update", "-q"], env=env, policy=policy)
         await run_in(
             root,
             ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
             env=env,
+            policy=policy,
         )
-        await run_in(root, ["apt-get", "clean"], env=env)
+        await run_in(root, ["apt-get", "clean"], env=env, policy=policy)
 
 
 def _inside(root: Path, path: str) -> Path:
@@ -82,19 +85,100 @@ def write_file(
 
 
 async def run_script(
-    root: Path, script: Path | None, inline: str | None, workdir: Path, epoch: int
+    root: Path,
+    script: Path | None,
+    inline: str | None,
+    workdir: Path,
+    epoch: int,
+    policy: SandboxPolicy = DEFAULT_POLICY,
 ) -> None:
-    """Runs a recipe script inside the image (with network, for apt or curl)."""
+    """Runs a recipe script inside the image (with network, for apt or curl),
+    with the interpreter its #! line names, as the kernel would."""
     if script is None:
         script = workdir / "inline-script.sh"
         script.write_text(inline or "")
+    name = script.name if inline is None else "an inline script"
+    command = script_command(script.read_bytes(), name)
+    require_executable(root, command[0], name)
+    if command[0].endswith("/env") and len(command) > 1 and not command[1].startswith("-"):
+        _require_on_path(root, command[1], name)  # #!/usr/bin/env bash
     with services_held(root):
         await run_in(
             root,
-            ["/bin/sh", "-e", "/tmp/kiln-script"],
+            [*command, "/tmp/kiln-script"],
             ro_binds=[(script, "/tmp/kiln-script")],
             env=_epoch_env(epoch),
+            policy=policy,
         )
+
+
+def script_command(data: bytes, name: str) -> list[str]:
+    """The interpreter and its argument from a #! line (Linux passes what
+    follows the interpreter as one argument); /bin/sh -e without one."""
+    first = data.split(b"\n", 1)[0]
+    if not first.startswith(b"#!"):
+        return ["/bin/sh", "-e"]
+    interpreter, _, argument = first[2:].decode(errors="replace").strip().partition(" ")
+    argument = argument.strip()
+    if not interpreter.startswith("/"):
+        raise InvalidArgument(
+            f"run: {name}: its #! line must name an interpreter by absolute path, "
+            f"not {interpreter!r}"
+        )
+    return [interpreter, *([argument] if argument else [])]
+
+
+def require_executable(root: Path, program: str, name: str) -> None:
+    """Fails with a clear message when the image has no such program (the
+    kernel would only say "No such file or directory" about the script)."""
+    if image_executable(root, program):
+        return
+    raise FailedPrecondition(
+        f"run: {name} asks for {program} (its #! line), which the image does not have: "
+        "add its package to packages: or change the #! line"
+    )
+
+
+def _require_on_path(root: Path, program: str, name: str) -> None:
+    directories = BASE_ENV["PATH"].split(":")
+    if not any(image_executable(root, f"{d}/{program}") for d in directories):
+        raise FailedPrecondition(
+            f"run: {name} asks for {program} (its #! line runs env {program}), which is on "
+            "no PATH directory of the image: add its package to packages: or change the #! line"
+        )
+
+
+def image_executable(root: Path, path: str) -> bool:
+    """Whether path, resolved inside the image (its symlinks followed as the
+    image would follow them, never out of root), is an executable file."""
+    found = _resolve_in(root, path)
+    return found is not None and found.is_file() and os.access(found, os.X_OK)
+
+
+def _resolve_in(root: Path, path: str, hops: int = 40) -> Path | None:
+    parts = list(PurePosixPath(path).parts[1:])
+    current = root
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if candidate.is_symlink():
+            hops -= 1
+            if hops < 0:
+                return None
+            target = PurePosixPath(os.readlink(candidate))
+            if target.is_absolute():
+                current = root
+                parts = list(target.parts[1:]) + parts
+            else:
+                parts = list(target.parts) + parts
+            continue
+        if not candidate.exists():
+            return None
+        current = candidate
+    return current
 
 
 def _truncate_logs(root: Path) -> None:

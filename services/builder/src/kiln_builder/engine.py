@@ -16,18 +16,24 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln_builder import customize, disk, layers
+from kiln_builder import checks, customize, disk, layers
+from kiln_builder.base import fetch, formats, layout
 from kiln_builder.bootstrap import bootstrap, spec_for
+from kiln_builder.checks import CheckReport
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
+from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
 from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 from kiln_recipe.schema import Recipe
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,17 @@ class BakeOptions:
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
     force_vm: bool = False  # vm isolation for every recipe (an operator's setting)
+    sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
+    default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """What a customised build started from, for its record and labels."""
+
+    source: str  # the URL, or artifact:<id>
+    sha256: str  # of the bytes as fetched (compressed, if they were)
+    description: str  # "qcow2, 2147483648 bytes", "bare ext3 filesystem, bz2-compressed, ..."
 
 
 @dataclass
@@ -82,6 +99,9 @@ class BakeResult:
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
     isolation: str = "sandbox"  # where packages, files and run ran: sandbox | vm
     appliance_accel: Any = None  # vm.Accel the appliance ran under, when one ran
+    tests: Path | None = None  # the test commands' results (JSON), when there were any
+    base: BaseImage | None = None  # a customised build's base
+    checks: CheckReport | None = None  # when the recipe lists checks
 
 
 Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
@@ -110,12 +130,16 @@ def _run_inputs(recipe: Recipe) -> list[str]:
 
 class Bake:
     def __init__(self, recipe: Recipe, options: BakeOptions, progress: Progress | None = None):
-        if recipe.from_.bootstrap is None:
-            raise FailedPrecondition("from.image (customising an existing image) is not built yet")
         self.recipe = recipe
+        self.customising = recipe.from_.image is not None
+        self.base: BaseImage | None = None
+        self.distro: str = recipe.from_.bootstrap.distro if recipe.from_.bootstrap else "debian"
         self.opts = options
         self.progress = progress or (lambda step, what: None)
         self.steps: list[StepRecord] = []
+        # vm.CommandResult of each test command, filled in place (failures too) so a
+        # caller holding the list sees them even when the build fails.
+        self.test_commands: list[CommandResult] = []
         self.work = options.work_root / options.build_id
         self.rootdir = self.work / "root"
         remote = layers.RemoteLayers(options.storage) if options.storage else None
@@ -125,6 +149,9 @@ class Bake:
         self.seed = f"{recipe.name}/{recipe.version}"
         self.isolation = "vm" if options.force_vm else recipe.isolation
         self.appliance_accel: Any = None
+        self._prepared = False
+        self.check_report: CheckReport | None = None
+        self._partitioned: bool | None = None  # a customised base's layout, once found
 
     @contextlib.asynccontextmanager
     async def _step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
@@ -139,30 +166,39 @@ class Bake:
         record.seconds = round(time.monotonic() - started, 2)
         self.progress(record, "done")
 
-    def _layer_plan(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        """(step, key, action) for each cached step, keys chained."""
+    def _edit_steps(self) -> list[tuple[str, Any, Callable[[], Any]]]:
+        """(step, inputs, action) for each step that changes the image's tree and
+        has something to do (a step with nothing to do is left out)."""
         boot = self.recipe.from_.bootstrap
-        assert boot is not None
-        spec = spec_for(boot.distro, boot.release, boot.arch, boot.mirror, self.opts.epoch)
-        packages = map_packages(list(self.recipe.packages), boot.distro)
-        if self.recipe.disk.filesystem == "xfs":
-            packages = sorted({*packages, "xfsprogs"})
+        packages = sorted(set(self.recipe.packages))
+        if boot is not None:
+            packages = map_packages(packages, boot.distro)
+            if self.recipe.disk.filesystem == "xfs":
+                packages = sorted({*packages, "xfsprogs"})
         steps: list[tuple[str, Any, Callable[[], Any]]] = [
-            (
-                "packages",
-                packages,
-                lambda: self._install(packages),
-            ),
+            ("packages", packages, self._install_packages),
             ("files", _file_inputs(self.recipe), self._write_files),
             ("run", _run_inputs(self.recipe), self._run_scripts),
             ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
         ]
-        # A step with nothing to do would only copy its parent's layer: left out.
-        plan = [step for step in steps if step[1]]
+        return [step for step in steps if step[1]]
+
+    def _layer_plan(self) -> list[tuple[str, str, Callable[[], Any]]]:
+        """(step, key, action) for each cached step, keys chained."""
+        boot = self.recipe.from_.bootstrap
+        assert boot is not None
+        spec = spec_for(
+            boot.distro,
+            boot.release,
+            boot.arch,
+            boot.mirror,
+            self.opts.epoch,
+            self.opts.default_mirror,
+        )
         target = self.layers.path("bootstrap", spec.key())
         out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
         key = spec.key()
-        for name, inputs, action in plan:
+        for name, inputs, action in self._edit_steps():
             key = layers.chain_key(key, name, inputs)
             out.append((name, key, action))
         return out
@@ -188,6 +224,13 @@ class Bake:
         else:
             await customize.install_packages(self.rootdir, packages, self.opts.epoch)
 
+    async def _install_packages(self) -> None:
+        # Mapped when the image's distro is known: a base image says so only once open.
+        packages = map_packages(list(self.recipe.packages), self.distro)
+        if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
+            packages = sorted({*packages, "xfsprogs"})
+        await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
+
     async def _write_files(self) -> None:
         if self.isolation == "vm":
             return await self._in_vm("files")
@@ -206,7 +249,7 @@ class Bake:
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
             await customize.run_script(
-                self.rootdir, script, step.inline, self.work, self.opts.epoch
+                self.rootdir, script, step.inline, self.work, self.opts.epoch, self.opts.sandbox
             )
 
     async def _sysprep(self) -> None:
@@ -241,22 +284,33 @@ class Bake:
                 else:
                     await self.layers.save(name, key, self.rootdir, self.opts.epoch)
 
+    def _booting(self) -> bool:
+        return self.opts.boot_test and self.recipe.test.boot is not None
+
     def _needs_disk(self) -> bool:
         """Only tree outputs (tar, bare filesystems) and no boot test: no disk."""
-        booting = self.opts.boot_test and self.recipe.test.boot is not None
-        return booting or any(o.format not in TREE_FORMATS for o in self.recipe.outputs)
+        return self._booting() or any(o.format not in TREE_FORMATS for o in self.recipe.outputs)
 
     def plan(self) -> list[str]:
         """The names of the steps this bake will run, in order."""
-        names = [name for name, _, _ in self._layer_plan()]
-        names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
-        if self.opts.boot_test and self.recipe.test.boot is not None:
+        if self.customising:
+            names = ["base", *(name for name, _, _ in self._edit_steps())]
+            names += ["checks"] if self.recipe.checks else []
+            names.append("outputs")
+        else:
+            names = [name for name, _, _ in self._layer_plan()]
+            names += ["checks"] if self.recipe.checks else []
+            names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
+        if self._booting():
             names.append("boot-test")
         return names
 
     async def _prepare_tree(self) -> None:
         """fstab, kernel command line and GRUB configuration, and normalised
         timestamps: the same tree whether a disk is made of it or not."""
+        if self._prepared:  # done already for the checks step
+            return
+        self._prepared = True
         recipe = self.recipe
         disk.configure_boot(
             self.rootdir,
@@ -286,13 +340,44 @@ class Bake:
     def _not_yet(self) -> list[str]:
         """Recipe parts this engine validates but does not act on yet."""
         later = []
-        if self.recipe.checks:
-            later.append("checks (requirement profiles)")
         if self.recipe.publish:
             later.append("publish")
-        if self.recipe.test.commands:
-            later.append("test.commands")
         return later
+
+    @property
+    def _stem(self) -> str:
+        return f"{self.recipe.name}-{self.recipe.version}"
+
+    async def _outputs(self, image: Path) -> BakeResult:
+        """The recipe's output files and the SBOM, from the disk and the tree."""
+        async with self._step("outputs"):
+            outputs = await write_outputs(
+                disk=image, rootfs=self.rootdir, specs=self.recipe.outputs,
+                out_dir=self.opts.out_dir, stem=self._stem, source_date_epoch=self.opts.epoch,
+                fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
+            )  # fmt: skip
+            sbom = self.opts.out_dir / f"{self._stem}.spdx.json"
+            write_sbom(sbom, spdx_document(package_manifest(self.rootdir), name=self._stem,
+                                           namespace_seed=self.recipe.digest(),
+                                           created_epoch=self.opts.epoch))  # fmt: skip
+        return BakeResult(
+            outputs,
+            sbom,
+            self.steps,
+            base=self.base,
+            checks=self.check_report,
+            isolation=self.isolation,
+            appliance_accel=self.appliance_accel,
+        )
+
+    async def _from_scratch(self) -> tuple[Path, BakeResult]:
+        await self._layers()
+        if self.recipe.checks:
+            await self._checks()
+        image = await self._disk() if self._needs_disk() else self.work / "no-disk"
+        if not self._needs_disk():
+            await self._prepare_tree()
+        return image, await self._outputs(image)
 
     async def run(self) -> BakeResult:
         forced = " (forced by the builder's setting)" if self.opts.force_vm else ""
@@ -303,24 +388,11 @@ class Bake:
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
         try:
-            await self._layers()
-            image = await self._disk() if self._needs_disk() else self.work / "no-disk"
-            stem = f"{self.recipe.name}-{self.recipe.version}"
-            async with self._step("outputs"):
-                if not self._needs_disk():
-                    await self._prepare_tree()
-                outputs = await write_outputs(
-                    disk=image, rootfs=self.rootdir, specs=self.recipe.outputs,
-                    out_dir=self.opts.out_dir, stem=stem, source_date_epoch=self.opts.epoch,
-                    fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
-                )  # fmt: skip
-                sbom = self.opts.out_dir / f"{stem}.spdx.json"
-                write_sbom(sbom, spdx_document(package_manifest(self.rootdir), name=stem,
-                                               namespace_seed=self.recipe.digest(),
-                                               created_epoch=self.opts.epoch))  # fmt: skip
-            result = BakeResult(outputs, sbom, self.steps, isolation=self.isolation,
-                                appliance_accel=self.appliance_accel)  # fmt: skip
-            if self.opts.boot_test and self.recipe.test.boot is not None:
+            if self.customising:
+                image, result = await self._customised()
+            else:
+                image, result = await self._from_scratch()
+            if self._booting():
                 await self._boot_test(image, result)
             ok = True
             for layer in self.layers.prune(self.opts.cache_max_bytes):
@@ -336,22 +408,131 @@ class Bake:
                 keep(self.work, f"build {self.opts.build_id} failed")
                 log.warning("keeping the failed build's workspace: %s", self.work)
 
+    async def _checks(self) -> None:
+        """Requirement checks on the finished tree, before any disk or output is
+        made of it: a from-scratch tree gets its boot configuration first."""
+        async with self._step("checks"):
+            if not self.customising:
+                await self._prepare_tree()
+            report_file = self.opts.out_dir / f"{self._stem}.checks.json"
+            facts = checks.facts_for(self.recipe, self._partitioned)
+            try:
+                self.check_report = await checks.check_tree(
+                    self.rootdir, self.recipe, report_file, facts
+                )
+            except checks.ChecksFailed as exc:
+                self.check_report = exc.report  # the build record keeps every result
+                raise
+
+    # ---- customising an existing image -----------------------------------------------
+
+    async def _open_base(self, image: Path) -> layout.Layout:
+        """Fetches, inspects, copies and grows the base into image (raw)."""
+        ref = self.recipe.from_.image
+        assert ref is not None
+        size = self.recipe.disk_size_given()
+        async with self._step("base") as record:
+            base = await fetch.fetch_base(
+                ref, self.opts.cache_dir, self.work, storage=self.opts.storage
+            )
+            record.cached = base.downloaded == 0
+            inspected = await asyncio.to_thread(
+                formats.prepare, base.path, self.work, size or formats.MAX_VIRTUAL
+            )
+            log.info(
+                "base image %s: %s (sha256 %s)", base.source, inspected.describe(), base.sha256
+            )
+            if inspected.bare and self._booting():
+                raise FailedPrecondition(
+                    f"the base is a {inspected.describe()}: it has no kernel or bootloader"
+                    " to boot, so set test: {boot: false}"
+                )
+            await layout.working_copy(inspected, image)
+            found = await layout.find_layout(image, inspected)
+            if size is not None:
+                await layout.grow(image, found, size)
+            self.base = BaseImage(base.source, base.sha256, inspected.describe())
+        return found
+
+    async def _customised(self) -> tuple[Path, BakeResult]:
+        """The base's own disk, changed in place: its partitions, filesystems and
+        bootloader stay as they were."""
+        image = self.work / "disk.raw"
+        found = await self._open_base(image)
+        mnt = self.work / "mnt"
+        async with layout.opened(image, found, mnt) as root:
+            self.rootdir = root
+            self.distro = _distro_of(root)
+            for name, _, action in self._edit_steps():
+                async with self._step(name):
+                    await action()
+            if self.recipe.checks:
+                self._partitioned = not found.bare
+                await self._checks()
+            if self._booting():
+                _copy_kernels(root / "boot", self.work / "kernel")
+        # Unmounted cleanly (journal closed) before its bytes are converted; read
+        # back read-only for the tree outputs and the SBOM.
+        async with layout.opened(image, found, mnt, read_only=True) as root:
+            self.rootdir = root
+            result = await self._outputs(image)
+        self.rootdir = self.work / "kernel"  # what the boot test probes KVM with
+        return image, result
+
     async def _boot_test(self, image: Path, result: BakeResult) -> None:
         from kiln_builder import vm
 
         assert self.recipe.test.boot is not None
         console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
-        async with self._step("boot-test"):
-            result.boot = await vm.boot_test(
-                image,
-                name=self.opts.build_id,
-                console_log=console,
-                timeout=self.recipe.test.boot.timeout,
-                kernel_dir=self.rootdir / "boot",
-                cache_dir=self.opts.cache_dir,
-                fix_kvm_device=self.opts.fix_kvm_device,
-            )
+        common: dict[str, Any] = dict(
+            name=self.opts.build_id,
+            console_log=console,
+            timeout=self.recipe.test.boot.timeout,
+            kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
+            cache_dir=self.opts.cache_dir,
+            fix_kvm_device=self.opts.fix_kvm_device,
+        )
         result.console_log = console
+        async with self._step("boot-test"):
+            if not self.recipe.test.commands:
+                result.boot = await vm.boot_test(image, **common)
+                return
+            test = self.recipe.test
+            run = await vm.boot_test_commands(
+                image, test.commands, command_timeout=test.command_timeout, **common
+            )
+            result.boot = run.boot
+            self.test_commands[:] = run.results
+            tests = self.opts.out_dir / f"{self._stem}.tests.json"
+            result.tests = vm.write_results(tests, run.results)
+            vm.raise_on_failure(run.results)
+
+
+def _distro_of(root: Path) -> str:
+    """debian or ubuntu, from the image's os-release (ID, then ID_LIKE)."""
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        if layout._plain_file(root, name):
+            fields = dict(
+                line.split("=", 1) for line in (root / name).read_text().splitlines() if "=" in line
+            )
+            ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
+            for distro in ("ubuntu", "debian"):
+                if distro in (i.strip('"') for i in ids):
+                    return distro
+    log.warning("the base image does not say it is Debian or Ubuntu: package names are Debian's")
+    return "debian"
+
+
+def _copy_kernels(boot: Path, dest: Path) -> None:
+    """The image's kernels and initrds, copied out for the KVM probe (the image
+    is not mounted by then). Only regular files: a symlink could lead out."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if boot.is_symlink() or not boot.is_dir():
+        return
+    for path in boot.iterdir():
+        wanted = path.name.startswith(("vmlinuz-", "initrd.img-"))
+        if wanted and path.is_file() and not path.is_symlink():
+            shutil.copyfile(path, dest / path.name)
 
 
 def summary(steps: Sequence[StepRecord]) -> str:

@@ -11,9 +11,10 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from kiln_builder import cgroups
 from kiln_common.proc import ProcessError, process_start, run
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,14 @@ RETRIES = 10
 
 
 @contextlib.asynccontextmanager
-async def loop_device(image: Path) -> AsyncIterator[str]:
-    """Attaches image to a free loop device; detaches it afterwards."""
-    device = (await run(["losetup", "--find", "--show", image])).stdout.strip()
+async def loop_device(
+    image: Path, *, offset: int = 0, size: int | None = None
+) -> AsyncIterator[str]:
+    """Attaches image (or size bytes of it from offset: one partition) to a free
+    loop device; detaches it afterwards."""
+    window = [f"--offset={offset}"] if offset else []
+    window += [f"--sizelimit={size}"] if size is not None else []
+    device = (await run(["losetup", "--find", "--show", *window, image])).stdout.strip()
     try:
         yield device
     finally:
@@ -53,10 +59,13 @@ async def detach(device: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def partition_devices(device: str, count: int) -> AsyncIterator[list[str]]:
+async def partition_devices(
+    device: str, count: int, numbers: Sequence[int] = ()
+) -> AsyncIterator[list[str]]:
     """The kernel here parses no partition tables by itself: `partx -a` adds
-    /dev/loopNpM devices, and `partx -d` removes them again."""
-    names = [f"{device}p{n}" for n in range(1, count + 1)]
+    /dev/loopNpM devices, and `partx -d` removes them again. The partitions are
+    1..count, or the given numbers (an MBR's logical ones start at 5)."""
+    names = [f"{device}p{n}" for n in (numbers or range(1, count + 1))]
     said = ""
     made: list[str] = []
     try:
@@ -220,14 +229,18 @@ def _owner_alive(workspace: Path) -> bool:
     return str(process_start(int(pid))) == started
 
 
-async def janitor(work_root: Path) -> list[str]:
-    """Reclaims the workspaces of builds whose process died (kill -9, a lost
-    node): their mounts, loop devices and files. Live builds are untouched."""
-    released: list[str] = []
+async def janitor(work_root: Path, pattern: str = "*", *, claimed_only: bool = False) -> list[str]:
+    """Reclaims the workspaces (the directories matching pattern) of builds whose
+    process died (kill -9, a lost node): their mounts, loop devices and files.
+    Live builds are untouched; with claimed_only, so is a directory that names no
+    owner (in a shared directory such as /tmp, it is not known to be a build's)."""
+    released: list[str] = cgroups.reclaim_stale()  # a dead builder's sandboxes' groups
     if not work_root.is_dir():
         return released
-    for workspace in sorted(p for p in work_root.iterdir() if p.is_dir()):
+    for workspace in sorted(p for p in work_root.glob(pattern) if p.is_dir()):
         if _owner_alive(workspace) or (workspace / KEPT_FILE).exists():
+            continue
+        if claimed_only and not (workspace / OWNER_FILE).exists():
             continue
         released += await reclaim(workspace)
         shutil.rmtree(workspace, ignore_errors=True)

@@ -1,15 +1,51 @@
 """Runs commands inside an image's root filesystem, never against the build
 host's root: bubblewrap gives the command the image as / with private /dev,
-/proc, /tmp and /run, in its own mount, PID, IPC and UTS namespaces. The
-mounts live and die with the sandbox, so a killed build leaves none behind."""
+/proc, /tmp and /run, in its own mount, PID, IPC, UTS and network namespaces.
+The mounts live and die with the sandbox, so a killed build leaves none behind.
+
+What the command may do (docs/security.md): it runs as root in the image with
+only the capabilities that dpkg, maintainer scripts and recipe scripts need
+to act on the image's own files (CAPABILITIES below) and no_new_privs, so no
+setuid program or file capability gives any back; its network leaves through
+slirp4netns behind a firewall that keeps it off the builder's loopback and the
+node's addresses (sandbox_net); it runs in a control group of its own with
+memory and process limits (cgroups), and is killed, with everything it
+started, when its time limit passes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import os
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_builder import cgroups, sandbox_net
 from kiln_common.proc import Result, run
+
+# Kept, each for a reason; every other capability is dropped (CAP_SYS_ADMIN:
+# mounts and most of the kernel; CAP_MKNOD: device nodes that reach host disks;
+# CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_BOOT, CAP_SYS_TIME, CAP_SYSLOG,
+# CAP_BPF, CAP_PERFMON, CAP_MAC_*: the kernel's, not the image's; CAP_SYS_PTRACE:
+# other processes; CAP_NET_ADMIN: the firewall; CAP_NET_RAW: forged packets;
+# CAP_DAC_READ_SEARCH: open_by_handle_at reaches any file of the host
+# filesystem the image lives on; CAP_SETPCAP: no capability set to shape).
+CAPABILITIES = (
+    "CAP_CHOWN",  # dpkg gives unpacked files their owners; chown in scripts
+    "CAP_DAC_OVERRIDE",  # root edits files whatever their mode (/etc/shadow is 0640)
+    "CAP_FOWNER",  # chmod, utime and xattrs on files root does not own
+    "CAP_FSETID",  # setuid/setgid bits survive dpkg's chown (su, passwd)
+    "CAP_SETUID",  # apt drops to _apt; su, runuser, start-stop-daemon --chuid
+    "CAP_SETGID",  # the same for groups; useradd's files
+    "CAP_SETFCAP",  # setcap in maintainer scripts (iputils-ping's cap_net_raw)
+    "CAP_KILL",  # a script stops a daemon it started under another uid
+    "CAP_SYS_CHROOT",  # maintainer scripts that chroot; inside the image only
+    "CAP_AUDIT_WRITE",  # login, su and sshd write an audit record or fail
+    "CAP_NET_BIND_SERVICE",  # a test server on a low port in the sandbox's own netns
+)
 
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -19,33 +55,104 @@ BASE_ENV = {
 POLICY_RC = "#!/bin/sh\n# Kiln: no service starts while the image is being built.\nexit 101\n"
 
 
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """Limits on each command run in the sandbox (BuilderSettings.sandbox_*)."""
+
+    memory_bytes: int | None = 4 * 1024**3
+    """Memory of the command and all it starts (a cgroup limit); None: none."""
+    max_pids: int | None = 4096
+    """Processes and threads at once (the cgroup's pids.max); None: none."""
+    timeout: float | None = 3600.0
+    """Seconds before the command and everything it started are killed."""
+    blocked_networks: tuple[str, ...] = ()
+    """Networks the sandbox may not reach besides the node's own addresses
+    (a cluster's pod and service ranges, a private network's)."""
+
+
+DEFAULT_POLICY = SandboxPolicy()
+
+
 def sandbox_argv(
     root: Path,
     argv: Sequence[str],
     *,
-    network: bool = True,
     ro_binds: Sequence[tuple[Path, str]] = (),
+    info_fd: int | None = None,
+    block_fd: int | None = None,
 ) -> list[str]:
+    """bwrap's command line. info_fd receives the sandbox's first pid; the
+    command waits for a byte on block_fd (its network is set up meanwhile)."""
     args = [
         "bwrap",
         "--bind", str(root), "/",
         "--dev", "/dev",
         "--proc", "/proc",
+        # Kernel-wide knobs (vm.drop_caches, kernel.core_pattern: a pipe there
+        # runs a program on the host) are root-writable with no capability;
+        # bwrap does not always cover them. /proc/sys/net still shows the
+        # sandbox's own namespace: it follows the reader, not the mount.
+        "--ro-bind", "/proc/sys", "/proc/sys",
+        "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
         "--perms", "1777", "--tmpfs", "/tmp",
         "--tmpfs", "/run",
-        "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
         "--hostname", "kiln-build",
         "--die-with-parent",
         "--new-session",
+        "--cap-drop", "ALL",
     ]  # fmt: skip
-    if network:
-        # The image's own resolv.conf is left as it is; DNS comes from the host.
-        args += ["--ro-bind", "/etc/resolv.conf", "/run/kiln-resolv.conf"]
-    else:
-        args.append("--unshare-net")
+    for cap in CAPABILITIES:
+        args += ["--cap-add", cap]
+    if info_fd is not None:
+        args += ["--info-fd", str(info_fd)]
+    if block_fd is not None:
+        args += ["--block-fd", str(block_fd)]
     for source, target in ro_binds:
         args += ["--ro-bind", str(source), target]
     return [*args, "--", *argv]
+
+
+class _Launch:
+    """The pipes between the builder and one bwrap: bwrap writes its first
+    pid on info and holds the command until a byte arrives on block."""
+
+    def __init__(self) -> None:
+        self.info_r, self.info_w = os.pipe()
+        self.block_r, self.block_w = os.pipe()
+        self._open = {self.info_r, self.info_w, self.block_r, self.block_w}
+
+    def close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self._open))
+
+    async def first_pid(self) -> int | None:
+        """The sandbox's first process (None: bwrap stopped before making it;
+        its own output then says why). bwrap's copies of the ends it uses are
+        its own: ours are closed, so its exit is an end of file here."""
+        self.close(self.info_w, self.block_r)
+
+        def whole(data: bytes) -> bool:
+            try:
+                return "child-pid" in json.loads(data)
+            except ValueError:
+                return False
+
+        try:
+            async with asyncio.timeout(sandbox_net.READY_SECONDS):
+                data = await sandbox_net.read_fd(self.info_r, whole)
+        except TimeoutError:
+            return None
+        return int(json.loads(data)["child-pid"]) if whole(data) else None
+
+    def release(self) -> None:
+        os.write(self.block_w, b"1")
+        self.close(self.block_w)
 
 
 async def run_in(
@@ -55,18 +162,50 @@ async def run_in(
     env: Mapping[str, str] | None = None,
     network: bool = True,
     ro_binds: Sequence[tuple[Path, str]] = (),
+    policy: SandboxPolicy = DEFAULT_POLICY,
 ) -> Result:
-    return await run(
-        sandbox_argv(root, argv, network=network, ro_binds=ro_binds),
-        env={**BASE_ENV, **(env or {})},
-    )
+    """Runs argv in the sandbox on root under policy; raises ProcessError
+    (ProcessTimeout past the time limit) if it fails. The network, the
+    control group and the pipes are released on every path, in that order."""
+    launch = _Launch()
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-sandbox-")))
+            group = await stack.enter_async_context(
+                cgroups.limited(policy.memory_bytes, policy.max_pids)
+            )
+
+            async def started(bwrap_pid: int) -> None:
+                pid = await launch.first_pid()
+                if pid is None:
+                    return
+                if group is not None:  # before the command forks anything
+                    group.add(bwrap_pid)
+                    group.add(pid)
+                if network:
+                    await stack.enter_async_context(
+                        sandbox_net.user_network(pid, policy.blocked_networks)
+                    )
+                launch.release()
+
+            binds = [*ro_binds, (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]
+            return await run(
+                sandbox_argv(root, argv, ro_binds=binds,
+                             info_fd=launch.info_w, block_fd=launch.block_r),
+                env={**BASE_ENV, **(env or {})},
+                time_limit=policy.timeout,
+                pass_fds=(launch.info_w, launch.block_r),
+                started=started,
+            )  # fmt: skip
+    finally:
+        launch.close_all()
 
 
 @contextlib.contextmanager
 def services_held(root: Path) -> Iterator[None]:
     """policy-rc.d forbids starting services while packages install, and a
-    resolv.conf pointing at the host's resolver lets apt resolve names; both
-    are removed afterwards (sysprep removes any resolv.conf the build left)."""
+    resolv.conf pointing at the sandbox's resolver lets apt resolve names;
+    both are removed afterwards (sysprep removes any resolv.conf the build left)."""
     policy = root / "usr/sbin/policy-rc.d"
     resolv = root / "etc/resolv.conf"
     policy.write_text(POLICY_RC)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TextIO
+
+from google.protobuf import json_format
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import BuilderClient
@@ -46,8 +49,11 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--name", default="", help="only builds of this recipe name")
     p.add_argument("-n", "--limit", type=int, default=50)
     p.set_defaults(fn=cmd_ls)
-    p = group.add_parser("show", help="one build: state, steps, artifacts, error")
+    p = group.add_parser(
+        "show", help="one build: state, steps, checks, test commands, artifacts, error"
+    )
     p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="the whole build record as JSON")
     p.set_defaults(fn=cmd_show)
     p = group.add_parser("logs", help="a build's log")
     p.add_argument("id")
@@ -180,6 +186,8 @@ def print_outcome(build: pb.Build) -> None:
         print(f"error{where}: {build.error.message}", file=sys.stderr)
         for line in build.error.log_tail[-10:]:
             print(f"  | {line}", file=sys.stderr)
+    for line in check_lines([c for c in build.checks if not c.passed]):
+        print(f"check {line}", file=sys.stderr)  # the failed and warned rules; show has all
     for a in build.artifacts:
         print(f"{a.artifact_id}  {a.kind:<11} {a.name}  {a.size}  sha256:{a.sha256}")
         print(f"    {a.url}")
@@ -217,11 +225,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.get(args.id)
+    code = STATES[b.state].exit_code if b.state in TERMINAL else 0
+    if args.json:
+        print(json_format.MessageToJson(b, preserving_proto_field_name=True))
+        return code
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
     )
     print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
     print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
+    if b.HasField("base"):
+        print(
+            f"base        {b.base.source}\n            {b.base.description}, sha256 {b.base.sha256}"
+        )
     if b.accel:
         print(f"boot test   under {b.accel}")
     for s in b.steps:
@@ -229,11 +245,32 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(
             f"step        {s.name:<10} {how:<9} {s.seconds:7.1f}s{'  cached' if s.cached else ''}"
         )
+    for line in check_lines(b.checks):
+        print(f"check       {line}")
+    for t in b.test_commands:
+        print(f"test        {test_word(t):<9} {t.seconds:7.1f}s  {t.command}")
     for a in b.artifacts:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
     if b.HasField("error"):
         print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
-    return STATES[b.state].exit_code if b.state in TERMINAL else 0
+    return code
+
+
+def check_lines(results: Sequence[pb.CheckResult]) -> list[str]:
+    """Each requirement rule's result on a line: PASS, FAIL, or WARN (failed,
+    in an advisory profile), the rule, the file it looked at and why."""
+    lines = []
+    for r in results:
+        word = "PASS" if r.passed else ("WARN" if r.advisory else "FAIL")
+        lines.append(f"{word} {r.rule:<30} {r.file + ': ' if r.file else ''}{r.why}")
+    return lines
+
+
+def test_word(result: pb.TestCommandResult) -> str:
+    """passed, timed-out, or exit N."""
+    if result.passed:
+        return "passed"
+    return "timed-out" if result.timed_out else f"exit {result.exit_status}"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

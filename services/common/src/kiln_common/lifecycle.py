@@ -87,6 +87,7 @@ def start(build: pb.Build, worker: str, attempt: int) -> bool:
     if not build.HasField("started"):
         build.started.CopyFrom(now())
     del build.steps[:]
+    del build.checks[:]
     build.ClearField("error")
     return True
 
@@ -119,6 +120,9 @@ class Outcome:
     artifacts: tuple[pb.BuildArtifact, ...] = ()
     log_artifact: pb.BuildArtifact | None = None
     accel: str = ""
+    base: pb.BaseImage | None = None  # a customised build's base, once fetched
+    test_commands: tuple[pb.TestCommandResult, ...] = ()
+    checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -131,9 +135,14 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.state = outcome.state
     build.finished.CopyFrom(now())
     build.accel = outcome.accel
+    if outcome.base is not None:
+        build.base.CopyFrom(outcome.base)
+    del build.test_commands[:]
+    build.test_commands.extend(outcome.test_commands)
     if outcome.error is not None:
         build.error.CopyFrom(outcome.error)
     build.artifacts.extend(outcome.artifacts)
+    build.checks.extend(outcome.checks)
     if outcome.log_artifact is not None:
         build.artifacts.append(outcome.log_artifact)
         build.log_artifact_id = outcome.log_artifact.artifact_id

@@ -15,7 +15,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,21 @@ class ProcessError(Exception):
         super().__init__(f"{shlex.join(argv)} failed ({what})" + (f":\n{tail}" if tail else ""))
 
 
+class ProcessTimeout(ProcessError):
+    """A command ran longer than its time limit and was killed, with its children."""
+
+    def __init__(self, argv: Sequence[str], seconds: float, output: str) -> None:
+        super().__init__(argv, -9, output)
+        tail = "\n".join(output.rstrip().splitlines()[-TAIL_LINES:])
+        self.args = (
+            f"{shlex.join(argv)} was killed after its time limit of {seconds:g}s"
+            + (f":\n{tail}" if tail else ""),
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 @dataclass(frozen=True)
 class Result:
     argv: list[str]
@@ -87,6 +102,9 @@ async def run(
     check: bool = True,
     terminate_timeout: float = 10.0,
     log_output: bool = True,
+    time_limit: float | None = None,
+    pass_fds: Sequence[int] = (),
+    started: Callable[[int], Awaitable[None]] | None = None,
     on_line: Callable[[str], None] | None = None,
     die_with_parent: bool = False,
 ) -> Result:
@@ -94,8 +112,13 @@ async def run(
     and, unless log_output is false (a command that echoes thousands of
     lines of no interest), logged line by line to OUTPUT_LOG, or handed to
     on_line instead when given (a command whose lines the caller interprets).
-    die_with_parent: the kernel kills the command if this process dies, even
-    by SIGKILL (for a VM that must not outlive its builder)."""
+
+    time_limit kills the whole process group after that many seconds (raising
+    ProcessTimeout); pass_fds are inherited by the child; started(pid) is
+    awaited once the child runs, while its output is read (a sandbox sets up
+    the child's network there while the child waits for it). die_with_parent:
+    the kernel kills the command if this process dies, even by SIGKILL (for a
+    VM that must not outlive its builder)."""
     args = _announce([os.fspath(a) for a in argv], cwd)
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -105,13 +128,22 @@ async def run(
         env=scrubbed_env(env),
         cwd=cwd,
         start_new_session=True,  # so cancel can signal the whole process group
+        pass_fds=tuple(pass_fds),
         preexec_fn=_kill_with_parent if die_with_parent else None,
     )
+    reading = asyncio.create_task(_read_output(proc, log_output, on_line))
     try:
-        text = await _read_output(proc, log_output, on_line)
-        await proc.wait()
+        async with asyncio.timeout(time_limit):
+            if started is not None:
+                await started(proc.pid)
+            text = await asyncio.shield(reading)
+            await proc.wait()
+    except TimeoutError:
+        await _stop(proc, terminate_timeout)
+        raise ProcessTimeout(args, time_limit or 0.0, await reading) from None
     except BaseException:
         await _stop(proc, terminate_timeout)
+        reading.cancel()
         raise
     assert proc.returncode is not None
     if check and proc.returncode != 0:
@@ -221,6 +253,39 @@ def spawn(
             )
         except FileNotFoundError as exc:
             raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+
+
+@contextlib.asynccontextmanager
+async def helper(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    terminate_timeout: float = 5.0,
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A helper process that lives exactly as long as the with block (the
+    user-mode network of a sandbox): its output goes to OUTPUT_LOG; on exit,
+    or on any error or cancel, its process group is terminated, then killed."""
+    args = _announce([os.fspath(a) for a in argv], None)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=scrubbed_env(env),
+            start_new_session=True,
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as exc:
+        raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
+    reading = asyncio.create_task(_read_output(proc, True))
+    try:
+        yield proc
+    finally:
+        await _stop(proc, terminate_timeout)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(reading, terminate_timeout)
 
 
 def pid_alive(pid: int) -> bool:

@@ -121,7 +121,9 @@ def _known_fields(loc: tuple[int | str, ...]) -> list[str]:
         if isinstance(part, int) or model is None:
             continue
         fields = {f.alias or n: f for n, f in model.model_fields.items()}
-        model = _model_in(fields[part].annotation) if part in fields else None
+        if part in fields:
+            model = _model_in(fields[part].annotation)
+        # else: a union's tag (checks[0] is a profile name or a mapping), not a field
     return [] if model is None else [f.alias or n for n, f in model.model_fields.items()]
 
 

@@ -15,7 +15,7 @@ import stat
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, get_args
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -39,6 +39,8 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 MAX_RECIPE_BYTES = 1 * MiB
 MIN_DISK, MAX_DISK = 512 * MiB, 2 * TiB
 MIN_BOOT_TIMEOUT, MAX_BOOT_TIMEOUT = 10, 3600
+DEFAULT_COMMAND_TIMEOUT = 120  # seconds each boot test command may run
+MAX_TEST_COMMANDS = 100
 
 Distro = Literal["debian", "ubuntu"]
 Format = Literal["qcow2", "qcow2c", "raw", "vmdk", "ext3", "ext4", "tar"]
@@ -59,6 +61,7 @@ DISTROS: tuple[str, ...] = get_args(Distro)
 FORMATS: tuple[str, ...] = get_args(Format)
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 SYSPREP_OPERATIONS: tuple[str, ...] = get_args(SysprepOp)
+CHECK_PROFILES: tuple[str, ...] = get_args(CheckProfile)
 # qcow2 and vmdk compress inside the format; an outer layer would only stop
 # tools from reading them in place.
 INTERNALLY_COMPRESSED = frozenset({"qcow2", "qcow2c", "vmdk"})
@@ -187,6 +190,10 @@ def _sysprep_kind(value: object) -> str:
     return "operations" if isinstance(value, list) else "preset"
 
 
+def _check_kind(value: object) -> str:
+    return "spec" if isinstance(value, dict | BaseModel) else "profile"
+
+
 PackageName = Annotated[str, AfterValidator(_package_name)]
 Command = Annotated[str, AfterValidator(_non_blank)]
 Sysprep = Annotated[
@@ -214,7 +221,7 @@ class Bootstrap(Model):
     distro: Distro
     release: str
     arch: Literal["amd64"] = "amd64"
-    mirror: str | None = None  # None: the build host's apt source
+    mirror: str | None = None  # None: the builder's default mirror, else its apt source
 
     @field_validator("release")
     @classmethod
@@ -375,6 +382,26 @@ class RunStep(Model):
         return self
 
 
+class CheckSpec(Model):
+    """A requirement profile with options: `{profile: tycoon, advisory: true}`."""
+
+    profile: CheckProfile
+    advisory: bool = False  # failed rules are reported but do not fail the build
+
+
+class CheckRequest(NamedTuple):
+    """One profile to check, normalised from either way of writing it."""
+
+    profile: str
+    advisory: bool
+
+
+CheckEntry = Annotated[
+    Annotated[CheckProfile, Tag("profile")] | Annotated[CheckSpec, Tag("spec")],
+    Discriminator(_check_kind),
+]
+
+
 class Disk(Model):
     size: int
     filesystem: Literal["ext4", "ext3", "xfs"] = "ext4"
@@ -441,7 +468,16 @@ class BootTest(Model):
 
 class TestSpec(Model):
     boot: BootTest | None = Field(default_factory=BootTest)
-    commands: list[Command] = []
+    commands: list[Command] = Field(default=[], max_length=MAX_TEST_COMMANDS)
+    command_timeout: int = DEFAULT_COMMAND_TIMEOUT  # seconds, for each command
+
+    @field_validator("command_timeout", mode="before")
+    @classmethod
+    def _command_timeout(cls, value: object) -> int:
+        seconds = parse_seconds(value)
+        if not 1 <= seconds <= MAX_BOOT_TIMEOUT:
+            raise ValueError(f"{value} is out of range: from 1s to 1h")
+        return seconds
 
     @field_validator("boot", mode="before")
     @classmethod
@@ -468,7 +504,7 @@ class Recipe(Model):
     disk: Disk = Field(default_factory=lambda: Disk(size=2 * GiB))
     outputs: list[OutputSpec] = Field(default_factory=lambda: [OutputSpec(format="qcow2")])
     sysprep: Sysprep = "default"
-    checks: list[CheckProfile] = []
+    checks: list[CheckEntry] = []
     test: TestSpec = Field(default_factory=TestSpec)
     publish: dict[str, Any] = {}  # validated by the publisher
     keep_workspace: bool = False  # debugging: keep a failed build's workspace
@@ -521,9 +557,24 @@ class Recipe(Model):
 
     @field_validator("checks")
     @classmethod
-    def _distinct_checks(cls, checks: list[str]) -> list[str]:
-        _no_repeats(checks, "profile")
+    def _distinct_checks(cls, checks: list[str | CheckSpec]) -> list[str | CheckSpec]:
+        _no_repeats([c if isinstance(c, str) else c.profile for c in checks], "profile")
         return checks
+
+    @model_validator(mode="after")
+    def _base_keeps_its_layout(self) -> Self:
+        # A customised image keeps the base's partitions, filesystem and bootloader;
+        # only its size may change.
+        if self.from_.image is not None and "disk" in self.model_fields_set:
+            for name in ("filesystem", "partitioning", "boot"):
+                if name in self.disk.model_fields_set:
+                    raise Problem(
+                        f"describes a from-scratch disk: a customised image keeps its base's"
+                        f" {name} (only disk.size applies, to grow it)",
+                        "disk",
+                        name,
+                    )
+        return self
 
     @model_validator(mode="after")
     def _bind_base_dir(self, info: ValidationInfo) -> Self:
@@ -535,6 +586,13 @@ class Recipe(Model):
         """The directory of the recipe file: `source` and `script` are relative to it."""
         return self._base_dir
 
+    def disk_size_given(self) -> int | None:
+        """disk.size when the recipe sets it; a customised image otherwise keeps
+        its base's size."""
+        if "disk" in self.model_fields_set and "size" in self.disk.model_fields_set:
+            return self.disk.size
+        return None
+
     def sysprep_operations(self) -> tuple[str, ...]:
         """The sysprep operations to run, in their canonical order."""
         if self.sysprep == "default":
@@ -542,6 +600,13 @@ class Recipe(Model):
         if self.sysprep == "none":
             return ()
         return tuple(op for op in SYSPREP_OPERATIONS if op in self.sysprep)
+
+    def check_profiles(self) -> tuple[CheckRequest, ...]:
+        """The requirement profiles to check, in the recipe's order."""
+        return tuple(
+            CheckRequest(c, False) if isinstance(c, str) else CheckRequest(c.profile, c.advisory)
+            for c in self.checks
+        )
 
     def digest(self) -> str:
         """SHA-256 of the recipe as canonical JSON, with the contents of its file

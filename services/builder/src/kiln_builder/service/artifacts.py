@@ -10,11 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
+from kiln_builder.engine import BaseImage
 from kiln_client import AsyncStorageClient
 
-KIND_LABEL = "kiln-kind"  # image | sbom | console-log | build-log
+KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
 URL_SECONDS = 7 * 24 * 3600  # the longest a download URL may live
+MAX_LABEL_VALUE = 256  # the storage service's limit
+
+
+def base_labels(base: BaseImage) -> dict[str, str]:
+    """A customised build's artifacts name their base: its digest in full, its
+    source cut to the longest label value storage keeps."""
+    return {"base-sha256": base.sha256, "base-source": base.source[:MAX_LABEL_VALUE]}
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class BuildArtifacts:
         self.build_id = build_id
         self.attempt = attempt
         self.stop = asyncio.Event()  # set: uploads in flight abort
+        self.labels: dict[str, str] = {}  # more labels for every artifact (the base's)
 
     def _labels(self, name: str, version: str, upload: Upload) -> dict[str, str]:
         return {
@@ -39,6 +48,7 @@ class BuildArtifacts:
             "build-id": self.build_id,
             KIND_LABEL: upload.kind,
             ATTEMPT_LABEL: str(self.attempt),
+            **self.labels,
         }
 
     async def upload(

@@ -3,13 +3,16 @@ KILN_BUILDER_CONFIG_FILE (environment wins)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from kiln_builder.sandbox import SandboxPolicy
 from kiln_common.settings import KilnSettings
 
 
@@ -45,6 +48,9 @@ class BuilderSettings(KilnSettings):
     """Local layer cache and the KVM probe's verdict."""
     cache_max_gib: float = 16.0
     """Local layers beyond this size are pruned, least recently used first."""
+    default_mirror: str = ""
+    """http(s) URL of the archive to bootstrap from when a recipe names no
+    mirror; empty: the build host's apt source for the recipe's distro."""
     boot_test: bool = True
     """Boot-test images whose recipe asks for it (a build may still skip it)."""
     force_vm: bool = False
@@ -56,6 +62,21 @@ class BuilderSettings(KilnSettings):
     """Give /dev/kvm group kvm and mode 0660 as udev would (false in a container
     that sees the node's /dev: the device and its group ids are the node's)."""
 
+    sandbox_memory_mib: int = Field(default=4096, ge=0)
+    """Memory each command in the build sandbox (package installs, recipe
+    scripts) may use with everything it starts, in MiB; 0: no limit. Needs a
+    writable cgroup (v2, or v1 memory and pids); without one it is logged as
+    not enforced."""
+    sandbox_max_pids: int = Field(default=4096, ge=0)
+    """Processes and threads a sandboxed command may have at once; 0: no limit."""
+    sandbox_timeout_seconds: float = Field(default=3600.0, ge=0)
+    """A sandboxed command still running after this long is killed with all it
+    started, and the build fails naming it; 0: no limit."""
+    sandbox_blocked_networks: list[str] = []
+    """Networks the sandbox may not reach, besides the node's own addresses,
+    the builder's loopback and link-local addresses, which it never reaches:
+    name the cluster's pod and service ranges here (CIDRs)."""
+
     ack_wait_seconds: float = Field(default=60.0, ge=1.0)
     """A worker that has not heartbeated this long is presumed dead; its build
     is delivered to another."""
@@ -64,6 +85,29 @@ class BuilderSettings(KilnSettings):
     retry_backoff_seconds: list[float] = [10.0, 30.0, 90.0]
     """Delay before each retry of a build that failed for a passing reason
     (storage or NATS unavailable); the last value repeats."""
+
+    @field_validator("sandbox_blocked_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # ValueError names it
+        return value
+
+    def sandbox_policy(self) -> SandboxPolicy:
+        return SandboxPolicy(
+            memory_bytes=self.sandbox_memory_mib * 1024**2 or None,
+            max_pids=self.sandbox_max_pids or None,
+            timeout=self.sandbox_timeout_seconds or None,
+            blocked_networks=tuple(self.sandbox_blocked_networks),
+        )
+
+    @field_validator("default_mirror")
+    @classmethod
+    def _mirror(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"expected an http:// or https:// URL, got {value[:200]!r}")
+        return value
 
     def name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}:{os.getpid()}"

@@ -17,17 +17,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import bundle, queue
-from kiln_builder.service.artifacts import BuildArtifacts, Upload
+from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
@@ -37,6 +38,9 @@ from kiln_common.errors import KilnError, Unavailable
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
 from kiln_recipe import RecipeError
+
+if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
+    from kiln_builder.vm import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class Job:
     reporter: BuildReporter | None = None
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
+    bake: Bake | None = None
 
 
 class Worker:
@@ -281,9 +286,12 @@ class Worker:
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
+                sandbox=self.settings.sandbox_policy(),
+                default_mirror=self.settings.default_mirror,
                 force_vm=self.settings.force_vm,
             )
             bake = Bake(recipe, options, reporter.step)
+            job.bake = bake
             reporter.plan = [*bake.plan(), "upload"]
             job.steps = bake.steps
             result = await bake.run()
@@ -293,10 +301,16 @@ class Worker:
         self, job: Job, build: pb.Build, result: BakeResult
     ) -> list[pb.BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
+        if result.base is not None:
+            job.artifacts.labels.update(base_labels(result.base))
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
+        if result.checks is not None and result.checks.path is not None:
+            files.append(Upload(result.checks.path, "checks", "checks.json"))
         if result.console_log is not None and result.console_log.is_file():
             files.append(Upload(result.console_log, "console-log", "console.log"))
+        if result.tests is not None:
+            files.append(Upload(result.tests, "tests", "tests.json"))
         record = StepRecord("upload")
         job.steps.append(record)
         job.reporter.step(record, "start")
@@ -318,6 +332,9 @@ class Worker:
                 f"boot test: login prompt after {result.boot.seconds:.0f}s "
                 f"under {result.boot.accel.kind}"
             )
+        for index, test in enumerate(job.bake.test_commands if job.bake else [], 1):
+            job.reporter.log(f"test command {index} `{test.command}`: exit {test.exit_status} "
+                             f"in {test.seconds:.1f}s")  # fmt: skip
         return stored
 
     # ---- ending ----------------------------------------------------------------------
@@ -353,7 +370,9 @@ class Worker:
         if retry:
             await self._requeue(job, error)
             return
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel)
+        tests = tuple(command_result_pb(r) for r in (job.bake.test_commands if job.bake else []))
+        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job), tests,
+                          _checks(job))  # fmt: skip
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -433,6 +452,50 @@ class Worker:
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)
+
+
+def _base(job: Job) -> pb.BaseImage | None:
+    """The base a customised build fetched, recorded whether it then succeeded or not."""
+    base = job.bake.base if job.bake is not None else None
+    if base is None:
+        return None
+    return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
+
+
+def _checks(job: Job) -> tuple[pb.CheckResult, ...]:
+    """The requirement checks' results, recorded whether the build then
+    succeeded or failed (a failed check is the failure)."""
+    report = job.bake.check_report if job.bake is not None else None
+    return () if report is None else check_messages(report)
+
+
+def check_messages(report: CheckReport) -> tuple[pb.CheckResult, ...]:
+    return tuple(
+        pb.CheckResult(
+            profile=r.profile,
+            rule=r.rule,
+            statement=r.statement,
+            passed=r.passed,
+            advisory=r.advisory,
+            file=r.file,
+            why=r.why,
+        )
+        for r in report.results
+    )
+
+
+RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record
+
+
+def command_result_pb(result: CommandResult) -> pb.TestCommandResult:
+    """A vm.CommandResult for the build record: its output's end only (the whole
+    64 KiB end is in the tests artifact), so the record stays small."""
+    tail = result.output.encode()[-RECORD_OUTPUT_MAX:].decode(errors="replace")
+    return pb.TestCommandResult(
+        command=result.command, exit_status=result.exit_status,
+        seconds=round(result.seconds, 3), output=tail, output_bytes=result.output_bytes,
+        timed_out=result.timed_out, passed=result.passed,
+    )  # fmt: skip
 
 
 def _spec(output: OutputFile) -> str:

@@ -10,11 +10,21 @@ Three rules shape it:
 - The image under test is never written: the guest runs on a qcow2 overlay.
 
 Modules: accel (the accelerator probe), domain (what to boot and its domain XML),
-runner (running a domain, the builder's boot test), reap (the janitor).
+runner (running a domain, the builder's boot test), commands (the recipe's test
+commands inside the guest), reap (the janitor).
 """
 
 from kiln_builder.libvirtd import quiet_libvirt
 from kiln_builder.vm.accel import Accel, default_vcpus, host_accel, probe_accel
+from kiln_builder.vm.commands import (
+    CommandFailed,
+    CommandResult,
+    CommandsRun,
+    CommandsTimeout,
+    boot_test_commands,
+    raise_on_failure,
+    write_results,
+)
 from kiln_builder.vm.domain import (
     DOMAIN_PREFIX,
     DiskBoot,
@@ -30,6 +40,7 @@ from kiln_builder.vm.domain import (
 from kiln_builder.vm.reap import reap_orphans
 from kiln_builder.vm.runner import (
     GROW_TEST_BYTES,
+    SCRATCH_PREFIX,
     BootFailed,
     BootResult,
     BootTimeout,
@@ -44,10 +55,15 @@ quiet_libvirt()
 __all__ = [
     "DOMAIN_PREFIX",
     "GROW_TEST_BYTES",
+    "SCRATCH_PREFIX",
     "Accel",
     "BootFailed",
     "BootResult",
     "BootTimeout",
+    "CommandFailed",
+    "CommandResult",
+    "CommandsRun",
+    "CommandsTimeout",
     "DiskBoot",
     "DomainSpec",
     "KernelBoot",
@@ -56,6 +72,7 @@ __all__ = [
     "Vm",
     "VmRunner",
     "boot_test",
+    "boot_test_commands",
     "console_tail",
     "default_vcpus",
     "disk_format",
@@ -63,6 +80,8 @@ __all__ = [
     "domain_xml",
     "host_accel",
     "probe_accel",
+    "raise_on_failure",
     "read_owner",
     "reap_orphans",
+    "write_results",
 ]

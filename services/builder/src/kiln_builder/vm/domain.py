@@ -97,6 +97,7 @@ class DomainSpec:
     owner: Owner
     vcpus: int
     memory_mib: int = MEMORY_MIB
+    channel_log: Path | None = None  # the guest's second serial port (ttyS1), if any
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -155,6 +156,11 @@ def _devices(spec: DomainSpec) -> ET.Element:
     serial = ET.SubElement(devices, "serial", type="file")
     ET.SubElement(serial, "source", path=str(spec.console_log), append="off")
     ET.SubElement(serial, "target", port="0")
+    if spec.channel_log is not None:
+        # A second port for a program in the guest to report to (vm.commands).
+        channel = ET.SubElement(devices, "serial", type="file")
+        ET.SubElement(channel, "source", path=str(spec.channel_log), append="off")
+        ET.SubElement(channel, "target", port="1")
     ET.SubElement(devices, "memballoon", model="none")
     return devices
 

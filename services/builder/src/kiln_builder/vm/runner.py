@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import libvirt
 
 from kiln_builder.libvirtd import ensure_libvirtd
+from kiln_builder.resources import claim
 from kiln_builder.vm.accel import Accel, _read, default_vcpus, host_accel
 from kiln_builder.vm.domain import (
     DiskBoot,
@@ -166,10 +167,12 @@ class VmRunner:
         *,
         network: Literal["user", "none"] = "user",
         scratch: Path | None = None,
+        channel_log: Path | None = None,
     ) -> AsyncIterator[Vm]:
         """Starts domain kiln-<build id> and yields it; destroys it on leaving, on
         every path. The serial console goes to console_log, which is kept. scratch is
-        where the temporary overlay lives (default: the system's temp dir)."""
+        where the temporary overlay lives (default: the system's temp dir). A guest's
+        second serial port (ttyS1) goes to channel_log, if given."""
         async with contextlib.AsyncExitStack() as stack:
             tmp = stack.enter_context(_scratch_dir(scratch))
             grow_by = machine.grow_by if isinstance(machine, DiskBoot) else 0
@@ -188,16 +191,21 @@ class VmRunner:
                 network=network,
                 owner=Owner.current(),
                 vcpus=self.vcpus,
+                channel_log=_console_file(channel_log) if channel_log else None,
             )
             dom = await stack.enter_async_context(_domain(conn, spec))
             yield Vm(spec.name, self.accel, console_log, time.monotonic(), dom)
 
 
+SCRATCH_PREFIX = "kiln-vm-"
+
+
 @contextlib.contextmanager
 def _scratch_dir(parent: Path | None) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="kiln-vm-", dir=parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent) as tmp:
         # libvirt runs QEMU as an unprivileged user, which must reach the overlay.
         os.chmod(tmp, 0o711)
+        claim(Path(tmp))  # if this process dies, a janitor removes it (cleanup.reclaim_all)
         yield Path(tmp)
 
 

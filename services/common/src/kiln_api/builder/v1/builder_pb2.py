@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kiln_api/builder/v1/builder.proto\x12\x0fkiln.builder.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x0cRecipeSource\x12\x0e\n\x04yaml\x18\x01 \x01(\tH\x00\x12-\n\nstructured\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.kiln.builder.v1.RecipeSource.FilesEntry\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06recipe\"\x86\x01\n\x12SubmitBuildRequest\x12-\n\x06recipe\x18\x01 \x01(\x0b\x32\x1d.kiln.builder.v1.RecipeSource\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\x12\x16\n\x0eskip_boot_test\x18\x04 \x01(\x08\"\xc8\x01\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kiln.builder.v1.StepState\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12+\n\x07started\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x07 \x01(\t\"\x8b\x01\n\rBuildArtifact\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0e\n\x06sha512\x18\x07 \x01(\t\x12\x0b\n\x03url\x18\x08 \x01(\t\"=\n\nBuildError\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08log_tail\x18\x03 \x03(\t\"\xa8\x04\n\x05\x42uild\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildState\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x15\n\rrecipe_digest\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12$\n\x05steps\x18\x07 \x03(\x0b\x32\x15.kiln.builder.v1.Step\x12\x31\n\tartifacts\x18\x08 \x03(\x0b\x32\x1e.kiln.builder.v1.BuildArtifact\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.kiln.builder.v1.BuildError\x12+\n\x07\x63reated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07started\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x12\x17\n\x0flog_artifact_id\x18\x10 \x01(\t\x12\x10\n\x08no_cache\x18\x11 \x01(\x08\x12\x16\n\x0eskip_boot_test\x18\x12 \x01(\x08\x12\r\n\x05\x61\x63\x63\x65l\x18\x13 \x01(\t\"\x1d\n\x0fGetBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\"t\n\x11ListBuildsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildState\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x12ListBuildsResponse\x12&\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x16.kiln.builder.v1.Build\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11WatchBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x13\n\x0bstored_only\x18\x03 \x01(\x08\"\x84\x01\n\nStepUpdate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kiln.builder.v1.StepState\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\r\n\x05index\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\":\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"&\n\x07LogLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\"\xb8\x02\n\x0b\x42uildUpdate\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildStateH\x00\x12+\n\x04step\x18\x05 \x01(\x0b\x32\x1b.kiln.builder.v1.StepUpdateH\x00\x12-\n\x08progress\x18\x06 \x01(\x0b\x32\x19.kiln.builder.v1.ProgressH\x00\x12\'\n\x03log\x18\x07 \x01(\x0b\x32\x18.kiln.builder.v1.LogLineH\x00\x12%\n\x05\x62uild\x18\x08 \x01(\x0b\x32\x16.kiln.builder.v1.BuildB\x06\n\x04kind\" \n\x12\x43\x61ncelBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x15ValidateRecipeRequest\x12-\n\x06recipe\x18\x01 \x01(\x0b\x32\x1d.kiln.builder.v1.RecipeSource\"=\n\rRecipeProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x88\x01\n\x16ValidateRecipeResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08problems\x18\x02 \x03(\x0b\x32\x1e.kiln.builder.v1.RecipeProblem\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t*\xa8\x01\n\nBuildState\x12\x1b\n\x17\x42UILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UILD_STATE_QUEUED\x10\x01\x12\x17\n\x13\x42UILD_STATE_RUNNING\x10\x02\x12\x19\n\x15\x42UILD_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12\x42UILD_STATE_FAILED\x10\x04\x12\x19\n\x15\x42UILD_STATE_CANCELLED\x10\x05*\x9d\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x18\n\x14STEP_STATE_CANCELLED\x10\x05\x32\xf3\x03\n\x07\x42uilder\x12J\n\x0bSubmitBuild\x12#.kiln.builder.v1.SubmitBuildRequest\x1a\x16.kiln.builder.v1.Build\x12\x44\n\x08GetBuild\x12 .kiln.builder.v1.GetBuildRequest\x1a\x16.kiln.builder.v1.Build\x12U\n\nListBuilds\x12\".kiln.builder.v1.ListBuildsRequest\x1a#.kiln.builder.v1.ListBuildsResponse\x12P\n\nWatchBuild\x12\".kiln.builder.v1.WatchBuildRequest\x1a\x1c.kiln.builder.v1.BuildUpdate0\x01\x12J\n\x0b\x43\x61ncelBuild\x12#.kiln.builder.v1.CancelBuildRequest\x1a\x16.kiln.builder.v1.Build\x12\x61\n\x0eValidateRecipe\x12&.kiln.builder.v1.ValidateRecipeRequest\x1a\'.kiln.builder.v1.ValidateRecipeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!kiln_api/builder/v1/builder.proto\x12\x0fkiln.builder.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\x0cRecipeSource\x12\x0e\n\x04yaml\x18\x01 \x01(\tH\x00\x12-\n\nstructured\x18\x02 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.kiln.builder.v1.RecipeSource.FilesEntry\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x42\x08\n\x06recipe\"\x86\x01\n\x12SubmitBuildRequest\x12-\n\x06recipe\x18\x01 \x01(\x0b\x32\x1d.kiln.builder.v1.RecipeSource\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x10\n\x08no_cache\x18\x03 \x01(\x08\x12\x16\n\x0eskip_boot_test\x18\x04 \x01(\x08\"\xc8\x01\n\x04Step\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kiln.builder.v1.StepState\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12+\n\x07started\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x07 \x01(\t\"\x8b\x01\n\rBuildArtifact\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x0e\n\x06sha512\x18\x07 \x01(\t\x12\x0b\n\x03url\x18\x08 \x01(\t\"=\n\nBuildError\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08log_tail\x18\x03 \x03(\t\"|\n\x0b\x43heckResult\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x11\n\tstatement\x18\x03 \x01(\t\x12\x0e\n\x06passed\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x64visory\x18\x05 \x01(\x08\x12\x0c\n\x04\x66ile\x18\x06 \x01(\t\x12\x0b\n\x03why\x18\x07 \x01(\t\"\xbb\x05\n\x05\x42uild\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildState\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x15\n\rrecipe_digest\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\x12$\n\x05steps\x18\x07 \x03(\x0b\x32\x15.kiln.builder.v1.Step\x12\x31\n\tartifacts\x18\x08 \x03(\x0b\x32\x1e.kiln.builder.v1.BuildArtifact\x12*\n\x05\x65rror\x18\t \x01(\x0b\x32\x1b.kiln.builder.v1.BuildError\x12+\n\x07\x63reated\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07started\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x66inished\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\r \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\r\x12\x18\n\x10\x63\x61ncel_requested\x18\x0f \x01(\x08\x12\x17\n\x0flog_artifact_id\x18\x10 \x01(\t\x12\x10\n\x08no_cache\x18\x11 \x01(\x08\x12\x16\n\x0eskip_boot_test\x18\x12 \x01(\x08\x12\r\n\x05\x61\x63\x63\x65l\x18\x13 \x01(\t\x12,\n\x06\x63hecks\x18\x14 \x03(\x0b\x32\x1c.kiln.builder.v1.CheckResult\x12\x39\n\rtest_commands\x18\x15 \x03(\x0b\x32\".kiln.builder.v1.TestCommandResult\x12(\n\x04\x62\x61se\x18\x16 \x01(\x0b\x32\x1a.kiln.builder.v1.BaseImage\"\x93\x01\n\x11TestCommandResult\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x13\n\x0b\x65xit_status\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\x14\n\x0coutput_bytes\x18\x05 \x01(\x04\x12\x11\n\ttimed_out\x18\x06 \x01(\x08\x12\x0e\n\x06passed\x18\x07 \x01(\x08\"@\n\tBaseImage\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x1d\n\x0fGetBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\"t\n\x11ListBuildsRequest\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildState\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"U\n\x12ListBuildsResponse\x12&\n\x06\x62uilds\x18\x01 \x03(\x0b\x32\x16.kiln.builder.v1.Build\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11WatchBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x13\n\x0bstored_only\x18\x03 \x01(\x08\"\x84\x01\n\nStepUpdate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.kiln.builder.v1.StepState\x12\x0e\n\x06\x63\x61\x63hed\x18\x03 \x01(\x08\x12\x0f\n\x07seconds\x18\x04 \x01(\x01\x12\r\n\x05index\x18\x05 \x01(\r\x12\r\n\x05total\x18\x06 \x01(\r\":\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"&\n\x07LogLine\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\"\xb8\x02\n\x0b\x42uildUpdate\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x62uild_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x05state\x18\x04 \x01(\x0e\x32\x1b.kiln.builder.v1.BuildStateH\x00\x12+\n\x04step\x18\x05 \x01(\x0b\x32\x1b.kiln.builder.v1.StepUpdateH\x00\x12-\n\x08progress\x18\x06 \x01(\x0b\x32\x19.kiln.builder.v1.ProgressH\x00\x12\'\n\x03log\x18\x07 \x01(\x0b\x32\x18.kiln.builder.v1.LogLineH\x00\x12%\n\x05\x62uild\x18\x08 \x01(\x0b\x32\x16.kiln.builder.v1.BuildB\x06\n\x04kind\" \n\x12\x43\x61ncelBuildRequest\x12\n\n\x02id\x18\x01 \x01(\t\"F\n\x15ValidateRecipeRequest\x12-\n\x06recipe\x18\x01 \x01(\x0b\x32\x1d.kiln.builder.v1.RecipeSource\"=\n\rRecipeProblem\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x88\x01\n\x16ValidateRecipeResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\x08problems\x18\x02 \x03(\x0b\x32\x1e.kiln.builder.v1.RecipeProblem\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t*\xa8\x01\n\nBuildState\x12\x1b\n\x17\x42UILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42UILD_STATE_QUEUED\x10\x01\x12\x17\n\x13\x42UILD_STATE_RUNNING\x10\x02\x12\x19\n\x15\x42UILD_STATE_SUCCEEDED\x10\x03\x12\x16\n\x12\x42UILD_STATE_FAILED\x10\x04\x12\x19\n\x15\x42UILD_STATE_CANCELLED\x10\x05*\x9d\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x13\n\x0fSTEP_STATE_DONE\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x18\n\x14STEP_STATE_CANCELLED\x10\x05\x32\xf3\x03\n\x07\x42uilder\x12J\n\x0bSubmitBuild\x12#.kiln.builder.v1.SubmitBuildRequest\x1a\x16.kiln.builder.v1.Build\x12\x44\n\x08GetBuild\x12 .kiln.builder.v1.GetBuildRequest\x1a\x16.kiln.builder.v1.Build\x12U\n\nListBuilds\x12\".kiln.builder.v1.ListBuildsRequest\x1a#.kiln.builder.v1.ListBuildsResponse\x12P\n\nWatchBuild\x12\".kiln.builder.v1.WatchBuildRequest\x1a\x1c.kiln.builder.v1.BuildUpdate0\x01\x12J\n\x0b\x43\x61ncelBuild\x12#.kiln.builder.v1.CancelBuildRequest\x1a\x16.kiln.builder.v1.Build\x12\x61\n\x0eValidateRecipe\x12&.kiln.builder.v1.ValidateRecipeRequest\x1a\'.kiln.builder.v1.ValidateRecipeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,10 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECIPESOURCE_FILESENTRY']._loaded_options = None
   _globals['_RECIPESOURCE_FILESENTRY']._serialized_options = b'8\001'
-  _globals['_BUILDSTATE']._serialized_start=2596
-  _globals['_BUILDSTATE']._serialized_end=2764
-  _globals['_STEPSTATE']._serialized_start=2767
-  _globals['_STEPSTATE']._serialized_end=2924
+  _globals['_BUILDSTATE']._serialized_start=3085
+  _globals['_BUILDSTATE']._serialized_end=3253
+  _globals['_STEPSTATE']._serialized_start=3256
+  _globals['_STEPSTATE']._serialized_end=3413
   _globals['_RECIPESOURCE']._serialized_start=118
   _globals['_RECIPESOURCE']._serialized_end=326
   _globals['_RECIPESOURCE_FILESENTRY']._serialized_start=272
@@ -51,32 +51,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BUILDARTIFACT']._serialized_end=808
   _globals['_BUILDERROR']._serialized_start=810
   _globals['_BUILDERROR']._serialized_end=871
-  _globals['_BUILD']._serialized_start=874
-  _globals['_BUILD']._serialized_end=1426
-  _globals['_GETBUILDREQUEST']._serialized_start=1428
-  _globals['_GETBUILDREQUEST']._serialized_end=1457
-  _globals['_LISTBUILDSREQUEST']._serialized_start=1459
-  _globals['_LISTBUILDSREQUEST']._serialized_end=1575
-  _globals['_LISTBUILDSRESPONSE']._serialized_start=1577
-  _globals['_LISTBUILDSRESPONSE']._serialized_end=1662
-  _globals['_WATCHBUILDREQUEST']._serialized_start=1664
-  _globals['_WATCHBUILDREQUEST']._serialized_end=1735
-  _globals['_STEPUPDATE']._serialized_start=1738
-  _globals['_STEPUPDATE']._serialized_end=1870
-  _globals['_PROGRESS']._serialized_start=1872
-  _globals['_PROGRESS']._serialized_end=1930
-  _globals['_LOGLINE']._serialized_start=1932
-  _globals['_LOGLINE']._serialized_end=1970
-  _globals['_BUILDUPDATE']._serialized_start=1973
-  _globals['_BUILDUPDATE']._serialized_end=2285
-  _globals['_CANCELBUILDREQUEST']._serialized_start=2287
-  _globals['_CANCELBUILDREQUEST']._serialized_end=2319
-  _globals['_VALIDATERECIPEREQUEST']._serialized_start=2321
-  _globals['_VALIDATERECIPEREQUEST']._serialized_end=2391
-  _globals['_RECIPEPROBLEM']._serialized_start=2393
-  _globals['_RECIPEPROBLEM']._serialized_end=2454
-  _globals['_VALIDATERECIPERESPONSE']._serialized_start=2457
-  _globals['_VALIDATERECIPERESPONSE']._serialized_end=2593
-  _globals['_BUILDER']._serialized_start=2927
-  _globals['_BUILDER']._serialized_end=3426
+  _globals['_CHECKRESULT']._serialized_start=873
+  _globals['_CHECKRESULT']._serialized_end=997
+  _globals['_BUILD']._serialized_start=1000
+  _globals['_BUILD']._serialized_end=1699
+  _globals['_TESTCOMMANDRESULT']._serialized_start=1702
+  _globals['_TESTCOMMANDRESULT']._serialized_end=1849
+  _globals['_BASEIMAGE']._serialized_start=1851
+  _globals['_BASEIMAGE']._serialized_end=1915
+  _globals['_GETBUILDREQUEST']._serialized_start=1917
+  _globals['_GETBUILDREQUEST']._serialized_end=1946
+  _globals['_LISTBUILDSREQUEST']._serialized_start=1948
+  _globals['_LISTBUILDSREQUEST']._serialized_end=2064
+  _globals['_LISTBUILDSRESPONSE']._serialized_start=2066
+  _globals['_LISTBUILDSRESPONSE']._serialized_end=2151
+  _globals['_WATCHBUILDREQUEST']._serialized_start=2153
+  _globals['_WATCHBUILDREQUEST']._serialized_end=2224
+  _globals['_STEPUPDATE']._serialized_start=2227
+  _globals['_STEPUPDATE']._serialized_end=2359
+  _globals['_PROGRESS']._serialized_start=2361
+  _globals['_PROGRESS']._serialized_end=2419
+  _globals['_LOGLINE']._serialized_start=2421
+  _globals['_LOGLINE']._serialized_end=2459
+  _globals['_BUILDUPDATE']._serialized_start=2462
+  _globals['_BUILDUPDATE']._serialized_end=2774
+  _globals['_CANCELBUILDREQUEST']._serialized_start=2776
+  _globals['_CANCELBUILDREQUEST']._serialized_end=2808
+  _globals['_VALIDATERECIPEREQUEST']._serialized_start=2810
+  _globals['_VALIDATERECIPEREQUEST']._serialized_end=2880
+  _globals['_RECIPEPROBLEM']._serialized_start=2882
+  _globals['_RECIPEPROBLEM']._serialized_end=2943
+  _globals['_VALIDATERECIPERESPONSE']._serialized_start=2946
+  _globals['_VALIDATERECIPERESPONSE']._serialized_end=3082
+  _globals['_BUILDER']._serialized_start=3416
+  _globals['_BUILDER']._serialized_end=3915
 # @@protoc_insertion_point(module_scope)

@@ -218,7 +218,7 @@ class BuildArtifact(_message.Message):
     name: _builtins.str
     """file name"""
     kind: _builtins.str
-    """image | sbom | console-log | build-log"""
+    """image | sbom | checks | console-log | tests | build-log"""
     format: _builtins.str
     """qcow2, raw.xz, tar.zst, spdx.json, log"""
     size: _builtins.int
@@ -276,6 +276,50 @@ class BuildError(_message.Message):
 Global___BuildError: _TypeAlias = BuildError  # noqa: Y015
 
 @_typing.final
+class CheckResult(_message.Message):
+    """One rule of a requirement profile (recipe `checks:`), as the build found it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    ADVISORY_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    WHY_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    """tycoon, stratuslab, cloud"""
+    rule: _builtins.str
+    """tycoon.ssh-enabled"""
+    statement: _builtins.str
+    """what the rule asks, in a line"""
+    passed: _builtins.bool
+    advisory: _builtins.bool
+    """a failure only warns"""
+    file: _builtins.str
+    """the file it looked at (or "outputs")"""
+    why: _builtins.str
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        statement: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        advisory: _builtins.bool = ...,
+        file: _builtins.str = ...,
+        why: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advisory", b"advisory", "file", b"file", "passed", b"passed", "profile", b"profile", "rule", b"rule", "statement", b"statement", "why", b"why"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckResult: _TypeAlias = CheckResult  # noqa: Y015
+
+@_typing.final
 class Build(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -298,6 +342,9 @@ class Build(_message.Message):
     NO_CACHE_FIELD_NUMBER: _builtins.int
     SKIP_BOOT_TEST_FIELD_NUMBER: _builtins.int
     ACCEL_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    TEST_COMMANDS_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -328,6 +375,18 @@ class Build(_message.Message):
     def started(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckResult]:
+        """requirement checks, when the recipe has any"""
+
+    @_builtins.property
+    def test_commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TestCommandResult]:
+        """the recipe's test.commands, in order"""
+
+    @_builtins.property
+    def base(self) -> Global___BaseImage:
+        """a customised build's base image"""
+
     def __init__(
         self,
         *,
@@ -350,14 +409,89 @@ class Build(_message.Message):
         no_cache: _builtins.bool = ...,
         skip_boot_test: _builtins.bool = ...,
         accel: _builtins.str = ...,
+        checks: _abc.Iterable[Global___CheckResult] | None = ...,
+        test_commands: _abc.Iterable[Global___TestCommandResult] | None = ...,
+        base: Global___BaseImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "artifacts", b"artifacts", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Build: _TypeAlias = Build  # noqa: Y015
+
+@_typing.final
+class TestCommandResult(_message.Message):
+    """One of the recipe's test.commands, run inside the booted guest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    EXIT_STATUS_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    command: _builtins.str
+    exit_status: _builtins.int
+    """124 (or 137) when its timeout stopped it"""
+    seconds: _builtins.float
+    output: _builtins.str
+    """the end of its stdout and stderr (at most 4 KiB here; 64 KiB in the tests artifact)"""
+    output_bytes: _builtins.int
+    """how much it wrote in all"""
+    timed_out: _builtins.bool
+    passed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        command: _builtins.str = ...,
+        exit_status: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        output: _builtins.str = ...,
+        output_bytes: _builtins.int = ...,
+        timed_out: _builtins.bool = ...,
+        passed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "exit_status", b"exit_status", "output", b"output", "output_bytes", b"output_bytes", "passed", b"passed", "seconds", b"seconds", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestCommandResult: _TypeAlias = TestCommandResult  # noqa: Y015
+
+@_typing.final
+class BaseImage(_message.Message):
+    """What a customised build started from (recipe from.image)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """the URL, or artifact:<id>"""
+    sha256: _builtins.str
+    """of the bytes as fetched"""
+    description: _builtins.str
+    """what the inspector found: format, size"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "sha256", b"sha256", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaseImage: _TypeAlias = BaseImage  # noqa: Y015
 
 @_typing.final
 class GetBuildRequest(_message.Message):

@@ -1,0 +1,289 @@
+"""A base image's disk: turned into a raw working copy, grown, searched for its
+Linux root filesystem, and mounted with the filesystems its fstab names.
+
+Nothing here runs code from the image: the tools (qemu-img, sfdisk, blkid,
+e2fsck, resize2fs, xfs_growfs, mount) only read and write its bytes, and every
+loop device and mount is held by a context manager (resources.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from kiln_builder.base.formats import Inspected
+from kiln_builder.resources import loop_device, mounted, partition_devices
+from kiln_common.errors import FailedPrecondition, InvalidArgument
+from kiln_common.proc import run
+
+log = logging.getLogger(__name__)
+
+LINUX_ROOT_TYPES = ("ext4", "ext3", "ext2", "xfs")
+FSTAB_TYPES = (*LINUX_ROOT_TYPES, "vfat")  # what is mounted below the root from its fstab
+UNREADABLE = {"LVM2_member": "an LVM physical volume", "crypto_LUKS": "a LUKS encrypted volume"}
+ROOT_MARKS = ("etc/os-release", "usr/lib/os-release", "etc/fstab")
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    fstype: str | None
+    uuid: str | None
+    label: str | None
+    partuuid: str | None
+    partlabel: str | None
+
+    def describe(self) -> str:
+        what = UNREADABLE.get(self.fstype or "", self.fstype or "no filesystem")
+        return f"partition {self.number}: {what}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the root is: partition `root` of a partitioned disk, or the whole
+    file when the base is a bare filesystem (root 0, no parts)."""
+
+    parts: tuple[Part, ...]
+    root: int
+    root_fs: str
+    table: str | None  # "gpt", "dos" or None for a bare filesystem
+
+    @property
+    def bare(self) -> bool:
+        return self.table is None
+
+    def part(self, number: int) -> Part:
+        return next(p for p in self.parts if p.number == number)
+
+
+async def working_copy(base: Inspected, disk: Path) -> None:
+    """A raw copy the build may write (the cached base is never written)."""
+    if base.format == "raw" and base.path.parent == disk.parent:
+        os.replace(base.path, disk)  # the build's own uncompressed copy: no need to copy
+        return
+    # The format found by the inspector, given explicitly: qemu-img never guesses.
+    await run(["qemu-img", "convert", "-f", base.format, "-O", "raw", base.path, disk])
+
+
+async def _table(disk: Path) -> dict[str, object]:
+    result = await run(["sfdisk", "--json", disk], check=False)
+    if result.returncode != 0:
+        raise FailedPrecondition("the base disk has no partition table Kiln can read (GPT or MBR)")
+    table: dict[str, object] = json.loads(result.stdout)["partitiontable"]
+    return table
+
+
+def _number(node: str) -> int:
+    digits = len(node) - len(node.rstrip("0123456789"))
+    return int(node[-digits:])
+
+
+async def _blkid(device: str) -> dict[str, str]:
+    # -p probes the bytes themselves (no cache); exit 2 means nothing was found.
+    result = await run(["blkid", "-p", "-o", "export", device], check=False)
+    pairs = (line.partition("=") for line in result.stdout.splitlines())
+    return {key: value for key, _, value in pairs if key}
+
+
+async def find_layout(disk: Path, base: Inspected) -> Layout:
+    if base.filesystem is not None:
+        return Layout((), 0, base.filesystem, None)
+    table = await _table(disk)
+    entries = table.get("partitions") or []
+    assert isinstance(entries, list)
+    numbers = [_number(entry["node"]) for entry in entries]
+    if not numbers:
+        raise FailedPrecondition("the base disk's partition table is empty: no Linux root")
+    async with contextlib.AsyncExitStack() as stack:
+        device = await stack.enter_async_context(loop_device(disk))
+        nodes = await stack.enter_async_context(partition_devices(device, 0, numbers))
+        parts = []
+        for number, node in zip(numbers, nodes, strict=True):
+            found = await _blkid(node)
+            parts.append(
+                Part(
+                    number,
+                    found.get("TYPE"),
+                    found.get("UUID"),
+                    found.get("LABEL"),
+                    found.get("PART_ENTRY_UUID"),
+                    found.get("PART_ENTRY_NAME"),
+                )
+            )
+        root = await _root_of(parts, dict(zip(numbers, nodes, strict=True)), disk.parent)
+    label = str(table.get("label"))
+    return Layout(tuple(parts), root.number, str(root.fstype), label)
+
+
+async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part:
+    """The Linux filesystem that holds /etc/os-release (or /etc/fstab)."""
+    for part in parts:
+        if part.fstype not in LINUX_ROOT_TYPES:
+            continue
+        with tempfile.TemporaryDirectory(dir=work, prefix="probe-") as probe:
+            options = _ro_options(part.fstype)
+            async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
+                if any(_plain_file(mnt, name) for name in ROOT_MARKS):
+                    return part
+    found = "; ".join(p.describe() for p in parts)
+    hint = (
+        " Kiln cannot open LVM or LUKS volumes"
+        if any(p.fstype in UNREADABLE for p in parts)
+        else ""
+    )
+    raise FailedPrecondition(
+        f"no Linux root filesystem (ext3, ext4 or xfs) in the base: {found}.{hint}"
+    )
+
+
+def _plain_file(root: Path, name: str) -> bool:
+    """A regular file at root/name reached through no symlink (which could
+    lead out of the image, into the build host's own files)."""
+    path = root
+    for part in PurePosixPath(name).parts:
+        path = path / part
+        if path.is_symlink():
+            return False
+    return path.is_file()
+
+
+def _ro_options(fstype: str | None) -> str:
+    # Reading must not replay a journal, which would write the image.
+    if fstype == "xfs":
+        return "ro,norecovery,nouuid"
+    return "ro,noload" if fstype in ("ext3", "ext4") else "ro"
+
+
+def _rw_options(fstype: str | None) -> str:
+    # nodev: device nodes in an untrusted image are not honoured; nouuid: an
+    # XFS with the same UUID may be mounted by another build on this node.
+    return "nodev,nouuid" if fstype == "xfs" else "nodev"
+
+
+# --- growing --------------------------------------------------------------------------
+
+
+async def grow(disk: Path, layout: Layout, size: int) -> None:
+    """Grows the raw disk to size bytes, and its root partition and filesystem
+    with it. A smaller size is refused: shrinking loses data."""
+    current = disk.stat().st_size
+    if size < current:
+        raise InvalidArgument(
+            f"disk.size ({size} bytes) is smaller than the base image ({current} bytes):"
+            " Kiln grows images, it does not shrink them"
+        )
+    if size == current:
+        return
+    os.truncate(disk, size)
+    if layout.bare:
+        await _grow_fs(str(disk), layout.root_fs, disk.parent)
+        return
+    if layout.root != max(p.number for p in layout.parts) or layout.table not in ("gpt", "dos"):
+        raise FailedPrecondition(
+            f"disk.size: the root is partition {layout.root}, not the last one;"
+            " Kiln can only grow the last partition"
+        )
+    if layout.table == "gpt":  # the backup header moves to the new end first
+        await run(["sfdisk", "--relocate", "gpt-bak-std", disk])
+    await run(["sh", "-c", 'echo ", +" | sfdisk --quiet --no-reread -N "$1" "$2"',
+               "sfdisk", str(layout.root), disk])  # fmt: skip
+    async with contextlib.AsyncExitStack() as stack:
+        device = await stack.enter_async_context(loop_device(disk))
+        numbers = [p.number for p in layout.parts]
+        nodes = await stack.enter_async_context(partition_devices(device, 0, numbers))
+        await _grow_fs(nodes[numbers.index(layout.root)], layout.root_fs, disk.parent)
+    log.info("grew the base disk from %d to %d bytes", current, size)
+
+
+async def _grow_fs(device: str, fstype: str, work: Path) -> None:
+    if fstype == "xfs":
+        with tempfile.TemporaryDirectory(dir=work, prefix="grow-") as target:
+            async with mounted(device, Path(target), "-o", "nouuid") as mnt:
+                await run(["xfs_growfs", mnt])
+        return
+    # resize2fs wants a freshly checked filesystem; -p repairs only what is safe.
+    await run(["e2fsck", "-f", "-p", device])
+    await run(["resize2fs", device])
+
+
+# --- mounting -------------------------------------------------------------------------
+
+
+def _fstab_mounts(root: Path, layout: Layout) -> list[tuple[int, PurePosixPath, str]]:
+    """(partition, mount point, type) for each fstab line below / on this disk."""
+    if layout.bare or not _plain_file(root, "etc/fstab"):
+        return []
+    found = []
+    for line in (root / "etc/fstab").read_text(errors="replace").splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[0].startswith("#"):
+            continue
+        spec, where, fstype = fields[:3]
+        if where == "/" or not where.startswith("/") or fstype not in FSTAB_TYPES:
+            continue
+        number = _resolve(spec, layout)
+        if number is None:
+            log.warning("fstab names %s for %s: not on this disk, not mounted", spec, where)
+            continue
+        found.append((number, PurePosixPath(where), fstype))
+    return sorted(found, key=lambda entry: len(entry[1].parts))
+
+
+def _resolve(spec: str, layout: Layout) -> int | None:
+    keys = {
+        "UUID=": "uuid", "/dev/disk/by-uuid/": "uuid", "LABEL=": "label",
+        "/dev/disk/by-label/": "label", "PARTUUID=": "partuuid",
+        "/dev/disk/by-partuuid/": "partuuid", "PARTLABEL=": "partlabel",
+    }  # fmt: skip
+    for prefix, attribute in keys.items():
+        if spec.startswith(prefix):
+            value = spec.removeprefix(prefix).strip('"').lower()
+            for part in layout.parts:
+                if (getattr(part, attribute) or "").lower() == value:
+                    return part.number
+            return None
+    return None
+
+
+def _mount_point(root: Path, where: PurePosixPath, *, create: bool) -> Path:
+    """A directory inside root, refusing a symlink anywhere on the way: mount
+    follows symlinks on the host, so one in the image could aim it anywhere."""
+    path = root
+    for part in where.parts[1:]:
+        if part in ("..", "."):
+            raise FailedPrecondition(f"fstab mount point {where} is not a plain path")
+        path = path / part
+        if path.is_symlink():
+            raise FailedPrecondition(f"fstab mount point {where} is a symlink in the image")
+        if create:
+            path.mkdir(exist_ok=True)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def opened(
+    disk: Path, layout: Layout, mnt: Path, *, read_only: bool = False
+) -> AsyncIterator[Path]:
+    """The image's root at mnt, with the partitions its fstab names mounted
+    below it; everything is unmounted and detached on the way out."""
+    async with contextlib.AsyncExitStack() as stack:
+        device = await stack.enter_async_context(loop_device(disk))
+        if layout.bare:
+            nodes = {0: device}
+        else:
+            numbers = [p.number for p in layout.parts]
+            made = await stack.enter_async_context(partition_devices(device, 0, numbers))
+            nodes = dict(zip(numbers, made, strict=True))
+        options = _ro_options(layout.root_fs) if read_only else _rw_options(layout.root_fs)
+        root = await stack.enter_async_context(mounted(nodes[layout.root], mnt, "-o", options))
+        for number, where, fstype in _fstab_mounts(root, layout):
+            options = _ro_options(fstype) if read_only else _rw_options(fstype)
+            target = _mount_point(root, where, create=not read_only)
+            await stack.enter_async_context(mounted(nodes[number], target, "-o", options))
+        yield root

@@ -1,0 +1,192 @@
+"""Seed 003 made real, through `kiln up` and `kiln build`: an image Kiln built
+from scratch and stored is customised with apache2 and a script, in the `vm`
+mode (from the artifact) and in the `sandbox` mode (from a URL, then again from
+the cache with no download); the boot test's command sees the page."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from support import REPO, kiln, kiln_domains, loops_under, mounts_under
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
+from kiln_client import StorageClient
+from kiln_common.stack import Stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.build]
+
+JANITOR = str(Path(sys.executable).parent / "kiln-builder")
+
+BASE = """\
+name: seed-base
+version: "1"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+disk: {size: 2GiB}
+outputs: [qcow2]
+test: {boot: false}
+"""
+
+CLOUDY = """\
+name: cloudy
+version: "1"
+from:
+  image: FROM
+isolation: MODE
+packages: [apache2, curl]
+run:
+  - script: cloud.sh
+outputs: [qcow2]
+test:
+  boot: {timeout: 600s}
+  commands: ["curl -fs http://localhost/cloud.txt"]
+"""
+SCRIPT = """\
+#!/bin/bash
+set -euo pipefail
+[[ -d /var/www/html ]]   # bash-only syntax: the #! line picks the interpreter
+echo "Cloudy Weather Expected" > /var/www/html/cloud.txt
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("stack")
+    environ = {
+        **os.environ,
+        "KILN_HOME": str(home / "home"),
+        "KILN_CACHE": str(REPO / ".cache"),
+        "KILN_BUILDER_WORK_ROOT": str(home / "work"),
+    }
+    for name in ("KILN_STORAGE", "KILN_BUILDER"):
+        environ.pop(name, None)
+    try:
+        kiln(environ, "up")
+        yield environ
+    finally:
+        kiln(environ, "down", check=False)
+        subprocess.run([JANITOR, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
+                       capture_output=True, check=False)  # fmt: skip
+
+
+def stack_of(env: dict[str, str]) -> Stack:
+    found = Stack.load(Path(env["KILN_HOME"]))
+    assert found is not None
+    return found
+
+
+def record(env: dict[str, str], build_id: str) -> pb.Build:
+    stub = pb_grpc.BuilderStub(grpc.insecure_channel(stack_of(env).builder))
+    return stub.GetBuild(pb.GetBuildRequest(id=build_id))
+
+
+def build(env: dict[str, str], recipe: Path, *flags: str) -> pb.Build:
+    done = kiln(env, "build", str(recipe), "--follow", *flags, check=False, timeout=1800)
+    build_id = done.stderr.split()[1]
+    found = record(env, build_id)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return found
+
+
+@pytest.fixture(scope="module")
+def base(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> pb.BuildArtifact:
+    """The seed's base: an image Kiln built from scratch and stored."""
+    where = tmp_path_factory.mktemp("base")
+    (where / "recipe.yaml").write_text(BASE)
+    made = build(env, where / "recipe.yaml")
+    return next(a for a in made.artifacts if a.kind == "image")
+
+
+def cloudy_recipe(where: Path, source: str, mode: str) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "cloud.sh").write_text(SCRIPT)
+    path = where / "recipe.yaml"
+    path.write_text(CLOUDY.replace("FROM", source).replace("MODE", mode))
+    return path
+
+
+def assert_serves_the_page(made: pb.Build) -> None:
+    assert made.state == pb.BUILD_STATE_SUCCEEDED
+    [result] = made.test_commands
+    assert result.passed and result.exit_status == 0
+    assert result.output.strip() == "Cloudy Weather Expected"
+    assert kiln_domains() == []
+
+
+def assert_nothing_held(env: dict[str, str]) -> None:
+    work = Path(env["KILN_BUILDER_WORK_ROOT"])
+    assert loops_under(work) == [] and mounts_under(work) == []
+
+
+def test_seed_003_in_vm_mode_from_the_stored_artifact(
+    env: dict[str, str], base: pb.BuildArtifact, tmp_path: Path
+) -> None:
+    recipe = cloudy_recipe(tmp_path, f"{{artifact: {base.artifact_id}}}", "vm")
+    made = build(env, recipe)
+    assert_serves_the_page(made)
+    assert made.base.source == f"artifact:{base.artifact_id}"
+    assert made.base.sha256 == base.sha256 and "qcow2" in made.base.description
+    assert made.isolation == "vm" and made.appliance_accel in ("kvm", "tcg")
+    image = next(a for a in made.artifacts if a.kind == "image")
+    with StorageClient(stack_of(env).storage) as client:
+        labels = client.stat(image.artifact_id).labels
+    assert labels["base-sha256"] == base.sha256
+    assert_nothing_held(env)
+
+
+class Served:
+    """A plain HTTP server for the base, counting what it was asked for."""
+
+    def __init__(self, root: Path) -> None:
+        self.gets: list[str] = []
+        served = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                served.gets.append(self.path)
+                super().do_GET()
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
+    env: dict[str, str], base: pb.BuildArtifact, tmp_path: Path
+) -> None:
+    (tmp_path / "srv").mkdir()
+    with StorageClient(stack_of(env).storage) as client:
+        client.get(base.artifact_id, tmp_path / "srv/debian.qcow2")
+    digest = hashlib.sha256((tmp_path / "srv/debian.qcow2").read_bytes()).hexdigest()
+    served = Served(tmp_path / "srv")
+    try:
+        source = f'{{url: "{served.url}/debian.qcow2", sha256: "{digest}"}}'
+        recipe = cloudy_recipe(tmp_path / "r", source, "sandbox")
+        made = build(env, recipe)
+        assert_serves_the_page(made)
+        assert made.base.source == f"{served.url}/debian.qcow2" and made.base.sha256 == digest
+        assert made.isolation == "sandbox"
+        assert not next(s for s in made.steps if s.name == "base").cached
+        again = build(env, recipe, "--no-boot-test")
+        assert next(s for s in again.steps if s.name == "base").cached
+        assert served.gets == ["/debian.qcow2"]  # the second build downloaded nothing
+    finally:
+        served.httpd.shutdown()
+        served.httpd.server_close()
+    assert_nothing_held(env)
