@@ -113,6 +113,22 @@ def mounts_under(root: Path) -> list[str]:
         return [line.split()[1] for line in f if line.split()[1].startswith(str(root.resolve()))]
 
 
+def qemus_using(path: Path) -> list[int]:
+    """QEMU processes whose command line names something under path (the
+    appliance VMs of vm isolation, which are processes, not libvirt domains)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"qemu-system-x86_64") and any(str(path).encode() in a for a in argv):
+            found.append(int(proc.name))
+    return found
+
+
 def kiln_domains() -> list[str]:
     done = run_sync(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], check=False)
     return [n for n in done.stdout.split() if n.startswith("kiln-") and "test" not in n]

@@ -3,6 +3,7 @@ when it could make a tool read the build host's files or is not what Kiln reads.
 
 from __future__ import annotations
 
+import asyncio
 import bz2
 import gzip
 import lzma
@@ -15,8 +16,12 @@ import pytest
 import zstandard
 
 from kiln_builder.base import formats
+from kiln_builder.base.fetch import fetch_base
 from kiln_builder.base.formats import UnsafeImage
+from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run_sync
+from kiln_recipe import RecipeError
+from kiln_recipe.loader import parse_recipe
 
 MiB = 1 << 20
 
@@ -150,3 +155,50 @@ def test_corrupt_compressed_data_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "bad").write_bytes(b"BZh9" + b"\x00" * 100)
     with pytest.raises(UnsafeImage, match="not valid bz2 data"):
         formats.prepare(tmp_path / "bad", tmp_path, 1 << 40)
+
+
+# ---- the recipe's side ----------------------------------------------------------------
+
+HEAD = (
+    'name: a\nversion: "1"\nfrom:\n  image: {url: "http://images.example/a.img", sha256: "'
+    + "a" * 64
+    + '"}\n'
+)
+
+
+@pytest.mark.parametrize("field", ["filesystem: xfs", "partitioning: mbr", "boot: bios"])
+def test_a_customised_image_keeps_its_own_disk_layout(field: str) -> None:
+
+    with pytest.raises(RecipeError, match=f"disk.{field.split(':')[0]}: describes a from-scratch"):
+        parse_recipe(HEAD + f"disk: {{size: 4GiB, {field}}}\n", Path("."))
+
+
+def test_only_a_given_disk_size_grows_a_customised_image() -> None:
+
+    assert parse_recipe(HEAD, Path(".")).disk_size_given() is None
+    assert parse_recipe(HEAD + "disk: {size: 4GiB}\n", Path(".")).disk_size_given() == 4 << 30
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{marketplace: " + "A" * 27 + "}",
+        "{glance: {cloud: c, id: 3f2c1d7e-9a51-4b8e-bf1a-0c6d5e4f3a21}}",
+    ],
+)
+def test_marketplace_and_glance_bases_wait_for_the_publisher(source: str, tmp_path: Path) -> None:
+
+    recipe = parse_recipe(f'name: a\nversion: "1"\nfrom:\n  image: {source}\n', tmp_path)
+    assert recipe.from_.image is not None
+    with pytest.raises(FailedPrecondition, match="publisher service"):
+        asyncio.run(fetch_base(recipe.from_.image, tmp_path, tmp_path, storage=None))
+
+
+def test_an_artifact_base_needs_the_storage_service(tmp_path: Path) -> None:
+
+    recipe = parse_recipe(
+        'name: a\nversion: "1"\nfrom:\n  image: {artifact: 01j0abcdefghjkmnpqrstvwxyz}\n', tmp_path
+    )
+    assert recipe.from_.image is not None
+    with pytest.raises(FailedPrecondition, match="storage service"):
+        asyncio.run(fetch_base(recipe.from_.image, tmp_path, tmp_path, storage=None))

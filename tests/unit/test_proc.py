@@ -104,3 +104,37 @@ async def test_started_sees_the_child_and_passed_fds_reach_it(tmp_path: Path) ->
     finally:
         os.close(read_end)
     assert result.returncode == 0 and len(seen) == 1 and seen[0] > 0
+
+
+async def test_on_line_gets_each_line_instead_of_the_log() -> None:
+    lines: list[str] = []
+    result = await run(["printf", "one\\r\\ntwo\\nthree"], on_line=lines.append)
+    # A serial line's \r\n ends a line like \n does; the last line needs no newline.
+    assert lines == ["one", "two", "three"]
+    assert result.stdout == "one\r\ntwo\nthree"
+
+
+PARENT = """
+import asyncio, sys
+from kiln_common.proc import run
+asyncio.run(run(["sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 60"], die_with_parent=True))
+"""
+
+
+def test_die_with_parent_kills_the_command_when_its_parent_is_sigkilled(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pidfile)])
+    try:
+        child = int(
+            wait_until(
+                "the child's pid", lambda: pidfile.exists() and pidfile.read_text().strip(), 10
+            )
+        )
+        parent.kill()
+        parent.wait()
+        wait_until("the child to die with its parent", lambda: not running(child), 5)
+    finally:
+        parent.kill()

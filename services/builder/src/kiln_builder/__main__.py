@@ -2,7 +2,7 @@
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
 kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
-                    [--default-mirror URL]
+                    [--default-mirror URL] [--vm]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     bake.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     bake.add_argument("--keep-workspace", action="store_true", help="keep a failed build's files")
     bake.add_argument("--no-boot-test", action="store_true", help="skip booting the image")
+    bake.add_argument(
+        "--vm", action="store_true", help="run packages, files and run in the appliance VM"
+    )
     bake.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     bake.add_argument("--work-root", type=Path, default=WORK_ROOT)
     bake.add_argument(
@@ -93,6 +96,7 @@ async def _bake(args: argparse.Namespace) -> int:
         keep_workspace=args.keep_workspace,
         boot_test=not args.no_boot_test,
         default_mirror=args.default_mirror,
+        force_vm=args.vm,
     )
     bake = Bake(recipe, options, _progress)
     try:
@@ -102,6 +106,9 @@ async def _bake(args: argparse.Namespace) -> int:
         raise
     print(f"steps: {summary(result.steps)}", file=sys.stderr)
     _print_checks(result.checks)
+    accel = result.appliance_accel
+    where = f" (the appliance under {accel.kind}: {accel.reason})" if accel else ""
+    print(f"isolation: {result.isolation}{where}", file=sys.stderr)
     for output in result.outputs:
         print(f"{output.path}  {output.size}  sha256:{output.sha256}")
     print(f"{result.sbom}  (SPDX SBOM)")

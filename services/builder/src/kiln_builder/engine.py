@@ -76,6 +76,7 @@ class BakeOptions:
     boot_test: bool = True
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
+    force_vm: bool = False  # vm isolation for every recipe (an operator's setting)
     sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
     default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
 
@@ -96,6 +97,8 @@ class BakeResult:
     steps: list[StepRecord] = field(default_factory=list)
     console_log: Path | None = None
     boot: Any = None  # the VM runner's BootResult, when the boot test ran
+    isolation: str = "sandbox"  # where packages, files and run ran: sandbox | vm
+    appliance_accel: Any = None  # vm.Accel the appliance ran under, when one ran
     tests: Path | None = None  # the test commands' results (JSON), when there were any
     base: BaseImage | None = None  # a customised build's base
     checks: CheckReport | None = None  # when the recipe lists checks
@@ -144,6 +147,8 @@ class Bake:
         # Disk and filesystem UUIDs derive from this: the same image gets the
         # same ids whatever its publish or test settings say.
         self.seed = f"{recipe.name}/{recipe.version}"
+        self.isolation = "vm" if options.force_vm else recipe.isolation
+        self.appliance_accel: Any = None
         self._prepared = False
         self.check_report: CheckReport | None = None
         self._partitioned: bool | None = None  # a customised base's layout, once found
@@ -198,6 +203,27 @@ class Bake:
             out.append((name, key, action))
         return out
 
+    async def _in_vm(self, step: str, packages: Sequence[str] = ()) -> None:
+        """Runs a step in the appliance VM on the image's tree (docs/isolation.md)."""
+        from kiln_builder import appliance
+        from kiln_common.proc import OUTPUT_LOG
+
+        job = appliance.Job(appliance.recipe_steps(self.recipe, step, packages), self.opts.epoch)
+        result = await appliance.customise_tree_in_vm(
+            self.rootdir, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
+            layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
+        )  # fmt: skip
+        self.appliance_accel = result.accel
+        accel = result.accel
+        log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
+                 step, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
+
+    async def _install(self, packages: list[str]) -> None:
+        if self.isolation == "vm":
+            await self._in_vm("packages", packages)
+        else:
+            await customize.install_packages(self.rootdir, packages, self.opts.epoch)
+
     async def _install_packages(self) -> None:
         # Mapped when the image's distro is known: a base image says so only once open.
         packages = map_packages(list(self.recipe.packages), self.distro)
@@ -206,6 +232,8 @@ class Bake:
         await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
 
     async def _write_files(self) -> None:
+        if self.isolation == "vm":
+            return await self._in_vm("files")
         for spec in self.recipe.files:
             data = (
                 spec.content.encode()
@@ -216,6 +244,8 @@ class Bake:
                                  spec.owner, spec.group)  # fmt: skip
 
     async def _run_scripts(self) -> None:
+        if self.isolation == "vm":
+            return await self._in_vm("run")
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
             await customize.run_script(
@@ -330,7 +360,15 @@ class Bake:
             write_sbom(sbom, spdx_document(package_manifest(self.rootdir), name=self._stem,
                                            namespace_seed=self.recipe.digest(),
                                            created_epoch=self.opts.epoch))  # fmt: skip
-        return BakeResult(outputs, sbom, self.steps, base=self.base, checks=self.check_report)
+        return BakeResult(
+            outputs,
+            sbom,
+            self.steps,
+            base=self.base,
+            checks=self.check_report,
+            isolation=self.isolation,
+            appliance_accel=self.appliance_accel,
+        )
 
     async def _from_scratch(self) -> tuple[Path, BakeResult]:
         await self._layers()
@@ -342,6 +380,8 @@ class Bake:
         return image, await self._outputs(image)
 
     async def run(self) -> BakeResult:
+        forced = " (forced by the builder's setting)" if self.opts.force_vm else ""
+        log.info("isolation: %s%s", self.isolation, forced)
         for part in self._not_yet():
             log.warning("the recipe's %s are not run by this version of the builder", part)
         claim(self.work)

@@ -211,6 +211,7 @@ def services_held(root: Path) -> Iterator[None]:
     policy.write_text(POLICY_RC)
     policy.chmod(0o755)
     original = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
+    mode = resolv.stat().st_mode if original is not None else 0o644  # put back as it was
     link = resolv.readlink() if resolv.is_symlink() else None
     resolv.unlink(missing_ok=True)
     resolv.symlink_to("/run/kiln-resolv.conf")
@@ -223,3 +224,4 @@ def services_held(root: Path) -> Iterator[None]:
             resolv.symlink_to(link)
         elif original is not None:
             resolv.write_bytes(original)
+            resolv.chmod(mode & 0o7777)

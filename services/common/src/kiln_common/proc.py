@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shlex
@@ -104,15 +105,20 @@ async def run(
     time_limit: float | None = None,
     pass_fds: Sequence[int] = (),
     started: Callable[[int], Awaitable[None]] | None = None,
+    on_line: Callable[[str], None] | None = None,
+    die_with_parent: bool = False,
 ) -> Result:
     """Runs a command to completion; stdout and stderr are captured together
     and, unless log_output is false (a command that echoes thousands of
-    lines of no interest), logged line by line to OUTPUT_LOG.
+    lines of no interest), logged line by line to OUTPUT_LOG, or handed to
+    on_line instead when given (a command whose lines the caller interprets).
 
     time_limit kills the whole process group after that many seconds (raising
     ProcessTimeout); pass_fds are inherited by the child; started(pid) is
     awaited once the child runs, while its output is read (a sandbox sets up
-    the child's network there while the child waits for it)."""
+    the child's network there while the child waits for it). die_with_parent:
+    the kernel kills the command if this process dies, even by SIGKILL (for a
+    VM that must not outlive its builder)."""
     args = _announce([os.fspath(a) for a in argv], cwd)
     proc = await asyncio.create_subprocess_exec(
         *args,
@@ -123,8 +129,9 @@ async def run(
         cwd=cwd,
         start_new_session=True,  # so cancel can signal the whole process group
         pass_fds=tuple(pass_fds),
+        preexec_fn=_kill_with_parent if die_with_parent else None,
     )
-    reading = asyncio.create_task(_read_output(proc, log_output))
+    reading = asyncio.create_task(_read_output(proc, log_output, on_line))
     try:
         async with asyncio.timeout(time_limit):
             if started is not None:
@@ -144,8 +151,23 @@ async def run(
     return Result(args, proc.returncode, text)
 
 
-async def _read_output(proc: asyncio.subprocess.Process, log_output: bool) -> str:
-    """All the output, each complete line logged to OUTPUT_LOG as it arrives."""
+PR_SET_PDEATHSIG = 1
+
+
+def _kill_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+
+
+async def _read_output(
+    proc: asyncio.subprocess.Process,
+    log_output: bool,
+    on_line: Callable[[str], None] | None = None,
+) -> str:
+    """All the output, each complete line logged to OUTPUT_LOG (or handed to
+    on_line) as it arrives."""
+    emit = on_line or (lambda line: OUTPUT_LOG.info("%s", line))
     assert proc.stdout is not None
     chunks: list[bytes] = []
     partial = b""
@@ -156,12 +178,12 @@ async def _read_output(proc: asyncio.subprocess.Process, log_output: bool) -> st
         *lines, partial = (partial + chunk).split(b"\n")
         for line in lines:
             # A progress meter redraws with \r: only its last state is a line.
-            OUTPUT_LOG.info("%s", line.rsplit(b"\r", 1)[-1].decode(errors="replace"))
+            emit(line.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode(errors="replace"))
         if len(partial) > 65536:  # no newline in sight: log what there is
-            OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+            emit(partial.decode(errors="replace"))
             partial = b""
     if partial:
-        OUTPUT_LOG.info("%s", partial.decode(errors="replace"))
+        emit(partial.decode(errors="replace"))
     return b"".join(chunks).decode(errors="replace")
 
 

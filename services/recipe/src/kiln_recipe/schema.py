@@ -508,6 +508,9 @@ class Recipe(Model):
     test: TestSpec = Field(default_factory=TestSpec)
     publish: dict[str, Any] = {}  # validated by the publisher
     keep_workspace: bool = False  # debugging: keep a failed build's workspace
+    # Where packages, files and run execute: bubblewrap on the image's root, or
+    # a throwaway appliance VM with the image as a disk (docs/isolation.md).
+    isolation: Literal["sandbox", "vm"] = "sandbox"
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -608,8 +611,9 @@ class Recipe(Model):
     def digest(self) -> str:
         """SHA-256 of the recipe as canonical JSON, with the contents of its file
         sources and scripts folded in (editing a script changes it). Where the
-        recipe lives and the debugging switch keep_workspace do not count."""
-        doc = self.model_dump(mode="json", by_alias=True, exclude={"keep_workspace"})
+        recipe lives, the debugging switch keep_workspace and isolation (both
+        modes give the same image) do not count."""
+        doc = self.model_dump(mode="json", by_alias=True, exclude={"keep_workspace", "isolation"})
         for index, spec in enumerate(self.files):
             if spec.source is not None:
                 doc["files"][index]["source_sha256"] = file_sha256(self.base_dir / spec.source)

@@ -53,6 +53,9 @@ class BuilderSettings(KilnSettings):
     mirror; empty: the build host's apt source for the recipe's distro."""
     boot_test: bool = True
     """Boot-test images whose recipe asks for it (a build may still skip it)."""
+    force_vm: bool = False
+    """Run every build's packages, files and run steps in the appliance VM,
+    whatever its recipe's isolation says (for recipes from untrusted people)."""
     start_libvirtd: bool = True
     """Start libvirtd (and virtlogd) if none answers, for boot tests."""
     fix_kvm_device: bool = True

@@ -288,6 +288,7 @@ class Worker:
                 fix_kvm_device=self.settings.fix_kvm_device,
                 sandbox=self.settings.sandbox_policy(),
                 default_mirror=self.settings.default_mirror,
+                force_vm=self.settings.force_vm,
             )
             bake = Bake(recipe, options, reporter.step)
             job.bake = bake

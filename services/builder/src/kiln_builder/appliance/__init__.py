@@ -1,0 +1,37 @@
+"""vm isolation mode: recipe steps (packages, files, run) run inside a throwaway
+appliance VM that has the image attached as a disk, the way libguestfs's
+appliance works, so the build host never executes user code.
+
+Modules: image (the appliance, built by Kiln's own layers from recipe.yaml),
+job (the steps and their encoding on the job disk), protocol (the appliance's
+report lines), network (the guest's only way out: the package mirrors), runner
+(one QEMU process per job), api (what the engine calls). The appliance's PID 1
+is init.sh. See docs/isolation.md.
+"""
+
+from kiln_builder.appliance.api import copy_back, customise_in_vm, customise_tree_in_vm
+from kiln_builder.appliance.from_recipe import recipe_steps
+from kiln_builder.appliance.image import Appliance, appliance_key, ensure_appliance
+from kiln_builder.appliance.job import Job, Packages, RunScript, Step, WriteFile, encode
+from kiln_builder.appliance.protocol import Report, StepReport
+from kiln_builder.appliance.runner import ApplianceResult, JobFailed
+
+__all__ = [
+    "Appliance",
+    "ApplianceResult",
+    "Job",
+    "JobFailed",
+    "Packages",
+    "Report",
+    "RunScript",
+    "Step",
+    "StepReport",
+    "WriteFile",
+    "appliance_key",
+    "copy_back",
+    "customise_in_vm",
+    "customise_tree_in_vm",
+    "encode",
+    "ensure_appliance",
+    "recipe_steps",
+]
