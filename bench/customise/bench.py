@@ -433,9 +433,22 @@ async def bench_kiln(entry: Run, temp: Path, url: str, sha256: str, isolation: s
             entry.warm_up_s = warm.wall_s
             shutil.rmtree(out)
             continue
-        entry.steps = kiln_steps(await measure(entry, argv, env, name))
+        output = await measure(entry, argv, env, name)
+        entry.steps = kiln_steps(output)
+        if isolation == "vm" and entry.error is None:
+            entry.error = not_in_vm(recipe, output)
         images = sorted(out.glob("*.qcow2"))
         await settle(entry, images[0] if images else out / "none.qcow2", temp / f"check-{name}")
+
+
+def not_in_vm(recipe: dict[str, Any], output: str) -> str | None:
+    """In vm mode each step must say it ran in the appliance: a step that ran on
+    the host instead would make the vm figures those of the sandbox."""
+    steps = [s for s in ("packages", "files", "run") if recipe.get(s)]
+    missed = [s for s in steps if f"{s} ran in the appliance" not in output]
+    return (
+        f"`isolation: vm`, but {', '.join(missed)} did not run in the appliance" if missed else None
+    )
 
 
 # --- the run --------------------------------------------------------------------------------

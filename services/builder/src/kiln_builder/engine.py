@@ -222,14 +222,16 @@ class Bake:
         if self.isolation == "vm":
             await self._in_vm("packages", packages)
         else:
-            await customize.install_packages(self.rootdir, packages, self.opts.epoch)
+            await customize.install_packages(
+                self.rootdir, packages, self.opts.epoch, self.opts.sandbox
+            )
 
     async def _install_packages(self) -> None:
         # Mapped when the image's distro is known: a base image says so only once open.
         packages = map_packages(list(self.recipe.packages), self.distro)
         if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
-        await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
+        await self._install(packages)  # in the appliance VM with `isolation: vm`
 
     async def _write_files(self) -> None:
         if self.isolation == "vm":
