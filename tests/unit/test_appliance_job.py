@@ -210,3 +210,47 @@ def test_mke2fs_sizes_are_given_in_kib() -> None:
 
 def test_the_appliance_shares_the_default_bootstrap_layer() -> None:
     assert EPOCH == DEFAULT_EPOCH
+
+
+# --- the engine's routing -------------------------------------------------------------------
+
+VM_RECIPE = """\
+name: web
+version: "1"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+packages: [curl]
+files: [{path: /etc/motd, content: hi}]
+run: [{inline: "true"}]
+sysprep: none
+isolation: MODE
+"""
+
+
+@pytest.mark.parametrize("mode", ["vm", "sandbox"])
+async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln_builder import customize
+    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_recipe.loader import parse_recipe
+
+    options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
+                          cache_dir=tmp_path / "cache", build_id="b1")  # fmt: skip
+    bake = Bake(parse_recipe(VM_RECIPE.replace("MODE", mode), tmp_path), options)
+    where: list[str] = []
+
+    async def in_vm(step: str, packages: object = ()) -> None:
+        where.append(f"vm {step}")
+
+    async def on_host(*args: object, **kwargs: object) -> None:
+        where.append("host")
+
+    monkeypatch.setattr(bake, "_in_vm", in_vm)
+    monkeypatch.setattr(customize, "install_packages", on_host)
+    monkeypatch.setattr(customize, "run_script", on_host)
+    monkeypatch.setattr(customize, "write_file", lambda *a, **k: where.append("host"))
+    for _, _, action in bake._edit_steps():
+        await action()
+    expected = ["vm packages", "vm files", "vm run"] if mode == "vm" else ["host"] * 3
+    assert where == expected
