@@ -35,7 +35,7 @@ name: tycoon
 version: "1"
 from:
   image: {url: "URL", sha256: "DIGEST"}
-ISOLATION
+isolation: sandbox
 packages: [openssh-server]
 files:
   - {path: /etc/hosts, content: "127.0.0.1 localhost\\n"}
