@@ -90,12 +90,7 @@ def bake(
 ) -> subprocess.CompletedProcess[str]:
     recipe = tmp_path / "recipe.yaml"
     digest = hashlib.sha256(base.read_bytes()).hexdigest()
-    text = (
-        TYCOON.replace("ISOLATION\n", "")
-        .replace("URL", url)
-        .replace("DIGEST", digest)
-        .replace("BREAK", breaks)
-    )
+    text = TYCOON.replace("URL", url).replace("DIGEST", digest).replace("BREAK", breaks)
     recipe.write_text(text)
     return subprocess.run(
         [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out"), "--cache-dir", str(CACHE),
