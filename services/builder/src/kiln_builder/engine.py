@@ -169,14 +169,8 @@ class Bake:
     def _edit_steps(self) -> list[tuple[str, Any, Callable[[], Any]]]:
         """(step, inputs, action) for each step that changes the image's tree and
         has something to do (a step with nothing to do is left out)."""
-        boot = self.recipe.from_.bootstrap
-        packages = sorted(set(self.recipe.packages))
-        if boot is not None:
-            packages = map_packages(packages, boot.distro)
-            if self.recipe.disk.filesystem == "xfs":
-                packages = sorted({*packages, "xfsprogs"})
         steps: list[tuple[str, Any, Callable[[], Any]]] = [
-            ("packages", packages, self._install_packages),
+            ("packages", self._packages(), self._install_packages),
             ("files", _file_inputs(self.recipe), self._write_files),
             ("run", _run_inputs(self.recipe), self._run_scripts),
             ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
@@ -218,18 +212,23 @@ class Bake:
         log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
                  step, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
 
-    async def _install(self, packages: list[str]) -> None:
-        if self.isolation == "vm":
-            await self._in_vm("packages", packages)
-        else:
-            await customize.install_packages(self.rootdir, packages, self.opts.epoch)
-
-    async def _install_packages(self) -> None:
-        # Mapped when the image's distro is known: a base image says so only once open.
+    def _packages(self) -> list[str]:
+        """The distro's names for the recipe's packages (xfsprogs added for an xfs
+        root made from scratch). A base image says which distro it is only once
+        open, so this is called again then."""
         packages = map_packages(list(self.recipe.packages), self.distro)
         if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
             packages = sorted({*packages, "xfsprogs"})
-        await customize.install_packages(self.rootdir, packages, self.opts.epoch, self.opts.sandbox)
+        return packages
+
+    async def _install_packages(self) -> None:
+        packages = self._packages()
+        if self.isolation == "vm":
+            await self._in_vm("packages", packages)
+        else:
+            await customize.install_packages(
+                self.rootdir, packages, self.opts.epoch, self.opts.sandbox
+            )
 
     async def _write_files(self) -> None:
         if self.isolation == "vm":
