@@ -172,3 +172,19 @@ def test_sysprep_follows_the_images_links_inside_the_image(tmp_path: Path) -> No
     (root / "etc/ssh").symlink_to(host)
     customize.sysprep(root, ["logs", "ssh-host-keys", "root-password"])
     assert (host / "shadow").read_text() == "root:$6$secret:19000::::::\n"
+
+
+def test_test_commands_cannot_be_skipped_with_the_boot_test(tmp_path: Path) -> None:
+    import asyncio
+
+    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_common.errors import FailedPrecondition
+    from kiln_recipe.loader import parse_recipe
+
+    text = 'name: a\nversion: "1"\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n'
+    recipe = parse_recipe(text + 'test:\n  commands: ["true"]\n', tmp_path)
+    options = BakeOptions(out_dir=tmp_path / "o", work_root=tmp_path / "w",
+                          cache_dir=tmp_path / "c", build_id="b", boot_test=False)  # fmt: skip
+    with pytest.raises(FailedPrecondition, match="test.commands run in the boot test"):
+        asyncio.run(Bake(recipe, options).run())
+    assert not (tmp_path / "w").exists()  # refused before any work

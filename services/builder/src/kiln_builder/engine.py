@@ -383,6 +383,12 @@ class Bake:
         log.info("isolation: %s%s", self.isolation, forced)
         for part in self._not_yet():
             log.warning("the recipe's %s are not run by this version of the builder", part)
+        if self.recipe.test.commands and not self._booting():
+            # A recipe that asks for test commands never succeeds without running them.
+            raise FailedPrecondition(
+                "the recipe's test.commands run in the boot test, which this build skips"
+                " (--no-boot-test, or the builder's boot_test setting is off)"
+            )
         claim(self.work)
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
