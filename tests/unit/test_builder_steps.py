@@ -185,6 +185,6 @@ def test_test_commands_cannot_be_skipped_with_the_boot_test(tmp_path: Path) -> N
     recipe = parse_recipe(text + 'test:\n  commands: ["true"]\n', tmp_path)
     options = BakeOptions(out_dir=tmp_path / "o", work_root=tmp_path / "w",
                           cache_dir=tmp_path / "c", build_id="b", boot_test=False)  # fmt: skip
-    with pytest.raises(FailedPrecondition, match="test.commands run in the boot test"):
+    with pytest.raises(FailedPrecondition, match=r"test\.commands run in the boot test"):
         asyncio.run(Bake(recipe, options).run())
     assert not (tmp_path / "w").exists()  # refused before any work
