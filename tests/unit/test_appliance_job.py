@@ -210,3 +210,17 @@ def test_mke2fs_sizes_are_given_in_kib() -> None:
 
 def test_the_appliance_shares_the_default_bootstrap_layer() -> None:
     assert EPOCH == DEFAULT_EPOCH
+
+
+def test_the_appliance_reaches_the_recipes_mirror_and_the_builders_default() -> None:
+    from kiln_builder.appliance import recipe_mirrors
+    from kiln_recipe.loader import parse_recipe
+
+    recipe = parse_recipe(
+        "name: m\nversion: '1'\n"
+        "from: {bootstrap: {distro: debian, release: bookworm, mirror: 'http://own.example/debian'}}\n",
+        Path("."),
+    )
+    found = recipe_mirrors(recipe, "http://default.example/debian")
+    assert found[:2] == ["http://own.example/debian", "http://default.example/debian"]
+    assert [r.name for r in relays(found)][:2] == ["own.example", "default.example"]

@@ -206,6 +206,7 @@ class Bake:
         result = await appliance.customise_tree_in_vm(
             self.rootdir, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
             layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
+            mirrors=appliance.recipe_mirrors(self.recipe, self.opts.default_mirror),
         )  # fmt: skip
         self.appliance_accel = result.accel
         accel = result.accel
