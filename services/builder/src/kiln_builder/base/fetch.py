@@ -10,6 +10,8 @@ file and downloads nothing; a mismatch removes the partial file and caches nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import logging
@@ -17,7 +19,7 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +97,28 @@ async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> B
 
 async def fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
     cache.mkdir(parents=True, exist_ok=True)
+    # One download of a base at a time on this node: two builds of the same base
+    # would otherwise append to one .part file together.
+    async with _locked(cache / f"{sha256}.lock"):
+        return await _fetch_url(url, sha256, cache, limits)
+
+
+@contextlib.asynccontextmanager
+async def _locked(path: Path) -> AsyncIterator[None]:
+    with open(path, "a") as handle:  # noqa: ASYNC230 - creating an empty file does not block
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.5)  # another build is downloading it
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def _fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
     final = cache / sha256
     if final.is_file():
         # Named by its digest and renamed only once verified: no need to read it again.
