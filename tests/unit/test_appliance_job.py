@@ -151,7 +151,7 @@ def test_initramfs_modules_load_after_their_dependencies() -> None:
 
 
 def test_a_module_the_kernel_lacks_is_named() -> None:
-    with pytest.raises(RuntimeError, match="no module xfs"):
+    with pytest.raises(FailedPrecondition, match="no module xfs"):
         load_order(MODULES_DEP, ["xfs"])
 
 

@@ -62,8 +62,10 @@ def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
 
 
 def _id_table(path: Path) -> dict[str, int]:
-    table = {}
-    for line in path.read_text().splitlines():
+    table: dict[str, int] = {}
+    if not path.is_file():  # a bare filesystem may have none: only numbers then
+        return table
+    for line in path.read_text(errors="replace").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and fields[2].isdigit():
             table[fields[0]] = int(fields[2])

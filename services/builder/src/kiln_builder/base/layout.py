@@ -96,8 +96,10 @@ async def find_layout(disk: Path, base: Inspected) -> Layout:
         return Layout((), 0, base.filesystem, None)
     table = await _table(disk)
     entries = table.get("partitions") or []
-    assert isinstance(entries, list)
-    numbers = [_number(entry["node"]) for entry in entries]
+    try:
+        numbers = [_number(str(entry["node"])) for entry in entries]  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError):
+        raise FailedPrecondition("the base disk's partition table cannot be read") from None
     if not numbers:
         raise FailedPrecondition("the base disk's partition table is empty: no Linux root")
     async with contextlib.AsyncExitStack() as stack:
