@@ -17,7 +17,7 @@ from kiln_builder.appliance.network import host_mirrors, netdev_args, relays
 from kiln_builder.appliance.runner import qemu_argv
 from kiln_builder.engine import DEFAULT_EPOCH
 from kiln_builder.vm import Accel
-from kiln_common.errors import InvalidArgument
+from kiln_common.errors import FailedPrecondition, InvalidArgument
 
 
 def job_files(data: bytes) -> dict[str, bytes]:
