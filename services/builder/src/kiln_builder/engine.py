@@ -517,7 +517,7 @@ class Bake:
 def _distro_of(root: Path) -> str:
     """debian or ubuntu, from the image's os-release (ID, then ID_LIKE)."""
     for name in ("etc/os-release", "usr/lib/os-release"):
-        if layout._plain_file(root, name):
+        if layout.plain_file(root, name):
             fields = dict(
                 line.split("=", 1) for line in (root / name).read_text().splitlines() if "=" in line
             )
