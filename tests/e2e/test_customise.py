@@ -6,17 +6,15 @@ the cache with no download); the boot test's command sees the page."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln, kiln_domains, loops_under, mounts_under
+from support import REPO, ImageServer, kiln, kiln_domains, loops_under, mounts_under
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -144,29 +142,6 @@ def test_seed_003_in_vm_mode_from_the_stored_artifact(
     assert_nothing_held(env)
 
 
-class Served:
-    """A plain HTTP server for the base, counting what it was asked for."""
-
-    def __init__(self, root: Path) -> None:
-        self.gets: list[str] = []
-        served = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                served.gets.append(self.path)
-                super().do_GET()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
     env: dict[str, str], base: pb.BuildArtifact, tmp_path: Path
 ) -> None:
@@ -174,8 +149,7 @@ def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
     with StorageClient(stack_of(env).storage) as client:
         client.get(base.artifact_id, tmp_path / "srv/debian.qcow2")
     digest = hashlib.sha256((tmp_path / "srv/debian.qcow2").read_bytes()).hexdigest()
-    served = Served(tmp_path / "srv")
-    try:
+    with ImageServer(tmp_path / "srv") as served:
         source = f'{{url: "{served.url}/debian.qcow2", sha256: "{digest}"}}'
         recipe = cloudy_recipe(tmp_path / "r", source, "sandbox")
         made = build(env, recipe)
@@ -192,8 +166,5 @@ def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
         recipe.write_text(text)
         again = build(env, recipe)
         assert next(s for s in again.steps if s.name == "base").cached
-        assert served.gets == ["/debian.qcow2"]  # the second build downloaded nothing
-    finally:
-        served.httpd.shutdown()
-        served.httpd.server_close()
+        assert len(served.gets("debian.qcow2")) == 1  # the second build downloaded nothing
     assert_nothing_held(env)
