@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from support import ImageServer, loops_under, mounts_under
 
-from kiln_builder.base.fetch import BaseDigestMismatch, FetchLimits, fetch_url
+from kiln_builder.base.fetch import BaseDigestMismatch, FetchLimits, fetch_url, prune_bases
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError
 from kiln_common.proc import run_sync
@@ -276,3 +276,14 @@ def test_requirement_checks_run_on_the_customised_tree(
     assert "no partition table" in bootable.why
     assert not found["cloud.serial-console"].passed  # the base has no boot loader config
     assert sorted(p.name for p in (work / "out").iterdir()) == ["custom-1.checks.json"]
+
+
+def test_cached_bases_beyond_the_budget_go_least_recently_used_first(tmp_path: Path) -> None:
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    for age, name in enumerate(["a" * 64, "b" * 64, "c" * 64]):
+        (bases / name).write_bytes(bytes(MiB))
+        os.utime(bases / name, (1_000 + age, 1_000 + age))
+    (bases / ("d" * 64 + ".part")).write_bytes(bytes(MiB))  # a download in progress
+    assert [p.name for p in prune_bases(tmp_path, 2 * MiB)] == ["a" * 64]
+    assert sorted(p.name for p in bases.iterdir()) == ["b" * 64, "c" * 64, "d" * 64 + ".part"]

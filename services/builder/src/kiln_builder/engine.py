@@ -403,6 +403,8 @@ class Bake:
             ok = True
             for layer in self.layers.prune(self.opts.cache_max_bytes):
                 log.info("pruned layer %s", layer.name)
+            for base in fetch.prune_bases(self.opts.cache_dir, self.opts.cache_max_bytes):
+                log.info("pruned base image %s", base.name)
             return result
         finally:
             await reclaim(self.work)  # whatever a failure left mounted or attached

@@ -16,6 +16,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -23,12 +24,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_builder.layers import prune_oldest
 from kiln_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from kiln_recipe.schema import ImageRef
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 ATTEMPTS = 5  # connections per download: a cut is resumed where it stopped
 
 
@@ -51,6 +54,15 @@ class Base:
 
 class BaseDigestMismatch(FailedPrecondition):
     """The bytes are not the ones the recipe pinned."""
+
+
+def prune_bases(cache_dir: Path, max_bytes: int) -> list[Path]:
+    """Cached bases beyond max_bytes, least recently used first, are removed
+    (a download in progress, a .part, is left alone)."""
+    bases = cache_dir / "bases"
+    if not bases.is_dir():
+        return []
+    return prune_oldest([p for p in bases.iterdir() if _SHA256.fullmatch(p.name)], max_bytes)
 
 
 def _verified(path: Path, expected: str) -> bool:
