@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -152,6 +152,30 @@ def kiln(
         raise AssertionError(f"kiln {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
     assert "Traceback" not in done.stderr
     return done
+
+
+@contextlib.contextmanager
+def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """`kiln up` with its home and the builder's workspaces under where, the
+    shared layer cache, and settings as KILN_* variables; `kiln down` and the
+    janitor afterwards, so a failed test leaves nothing mounted or attached."""
+    environ = {
+        **os.environ,
+        "KILN_HOME": str(where / "home"),
+        "KILN_CACHE": str(REPO / ".cache"),
+        "KILN_BUILDER_WORK_ROOT": str(where / "work"),
+        **settings,
+    }
+    for name in ("KILN_STORAGE", "KILN_BUILDER"):
+        environ.pop(name, None)
+    try:
+        kiln(environ, "up")
+        yield environ
+    finally:
+        kiln(environ, "down", check=False)
+        janitor = str(Path(sys.executable).parent / "kiln-builder")
+        subprocess.run([janitor, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
+                       capture_output=True, check=False)  # fmt: skip
 
 
 # ---- NATS state, read the way an operator would (for fault and bad-input tests) --------

@@ -6,15 +6,12 @@ the cache with no download); the boot test's command sees the page."""
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, ImageServer, kiln, kiln_domains, loops_under, mounts_under
+from support import ImageServer, kiln, kiln_domains, kiln_up, loops_under, mounts_under
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -23,7 +20,6 @@ from kiln_common.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
-JANITOR = str(Path(sys.executable).parent / "kiln-builder")
 
 BASE = """\
 name: seed-base
@@ -59,22 +55,8 @@ echo "Cloudy Weather Expected" > /var/www/html/cloud.txt
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("stack")
-    environ = {
-        **os.environ,
-        "KILN_HOME": str(home / "home"),
-        "KILN_CACHE": str(REPO / ".cache"),
-        "KILN_BUILDER_WORK_ROOT": str(home / "work"),
-    }
-    for name in ("KILN_STORAGE", "KILN_BUILDER"):
-        environ.pop(name, None)
-    try:
-        kiln(environ, "up")
+    with kiln_up(tmp_path_factory.mktemp("stack")) as environ:
         yield environ
-    finally:
-        kiln(environ, "down", check=False)
-        subprocess.run([JANITOR, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
-                       capture_output=True, check=False)  # fmt: skip
 
 
 def stack_of(env: dict[str, str]) -> Stack:
