@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import inspect
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -150,6 +154,30 @@ def kiln(
     return done
 
 
+@contextlib.contextmanager
+def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
+    """`kiln up` with its home and the builder's workspaces under where, the
+    shared layer cache, and settings as KILN_* variables; `kiln down` and the
+    janitor afterwards, so a failed test leaves nothing mounted or attached."""
+    environ = {
+        **os.environ,
+        "KILN_HOME": str(where / "home"),
+        "KILN_CACHE": str(REPO / ".cache"),
+        "KILN_BUILDER_WORK_ROOT": str(where / "work"),
+        **settings,
+    }
+    for name in ("KILN_STORAGE", "KILN_BUILDER"):
+        environ.pop(name, None)
+    try:
+        kiln(environ, "up")
+        yield environ
+    finally:
+        kiln(environ, "down", check=False)
+        janitor = str(Path(sys.executable).parent / "kiln-builder")
+        subprocess.run([janitor, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
+                       capture_output=True, check=False)  # fmt: skip
+
+
 # ---- NATS state, read the way an operator would (for fault and bad-input tests) --------
 
 
@@ -265,3 +293,56 @@ def cache_with(layers: list[Path], cache_dir: Path) -> Path:
     for layer in layers:
         os.link(layer, cache_dir / "layers" / layer.name)
     return cache_dir
+
+
+class ImageServer:
+    """Serves a directory over HTTP with Range support, counting GETs; can cut
+    its first answer short to show that a download resumes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[dict[str, str]] = []
+        self.cut_first_after: int | None = None
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests.append({"path": self.path, "range": self.headers.get("Range", "")})
+                path = server.root / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                start = 0
+                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if match:
+                    start = int(match.group(1))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if server.cut_first_after is not None:
+                    body, server.cut_first_after = body[: server.cut_first_after], None
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def gets(self, name: str) -> list[dict[str, str]]:
+        return [r for r in self.requests if r["path"] == f"/{name}"]
+
+    def __enter__(self) -> ImageServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -9,14 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln, kiln_domains, loops_under, mounts_under, wait_until
+from support import kiln, kiln_domains, kiln_up, loops_under, mounts_under, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -30,7 +29,6 @@ from kiln_common.stack import start_builder as stack_start_builder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
-JANITOR = str(Path(sys.executable).parent / "kiln-builder")
 ACK_WAIT = "5"  # seconds a silent worker has before its build goes to another
 
 RECIPE = """\
@@ -60,23 +58,8 @@ def write_recipe(where: Path, *, script: str = "echo kiln > /etc/kiln-release", 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    environ = {
-        **os.environ,
-        "KILN_HOME": str(tmp_path / "home"),
-        "KILN_CACHE": str(REPO / ".cache"),
-        "KILN_BUILDER_ACK_WAIT_SECONDS": ACK_WAIT,
-        "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work"),
-    }
-    for name in ("KILN_STORAGE", "KILN_BUILDER"):
-        environ.pop(name, None)
-    try:
-        kiln(environ, "up")
+    with kiln_up(tmp_path, KILN_BUILDER_ACK_WAIT_SECONDS=ACK_WAIT) as environ:
         yield environ
-    finally:
-        kiln(environ, "down", check=False)
-        # Whatever a failed test left mounted or attached is released.
-        subprocess.run([JANITOR, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
-                       capture_output=True, check=False)  # fmt: skip
 
 
 def stack_of(env: dict[str, str]) -> Stack:

@@ -5,22 +5,18 @@ left mounted or attached afterwards."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import http.server
 import json
 import os
-import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import loops_under, mounts_under
+from support import ImageServer, loops_under, mounts_under
 
-from kiln_builder.base.fetch import BaseDigestMismatch, FetchLimits, fetch_url
+from kiln_builder.base.fetch import BaseDigestMismatch, FetchLimits, fetch_url, prune_bases
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError
 from kiln_common.proc import run_sync
@@ -32,61 +28,11 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 
 
-class ImageServer:
-    """Serves a directory over HTTP with Range support, counting GETs; can cut
-    its first answer short to show that a download resumes."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.requests: list[dict[str, str]] = []
-        self.cut_first_after: int | None = None
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server.requests.append({"path": self.path, "range": self.headers.get("Range", "")})
-                path = server.root / self.path.lstrip("/")
-                if not path.is_file():
-                    self.send_error(404)
-                    return
-                data = path.read_bytes()
-                start = 0
-                match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-                if match:
-                    start = int(match.group(1))
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                body = data[start:]
-                if server.cut_first_after is not None:
-                    body, server.cut_first_after = body[: server.cut_first_after], None
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def gets(self, name: str) -> list[dict[str, str]]:
-        return [r for r in self.requests if r["path"] == f"/{name}"]
-
-
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ImageServer]:
     (tmp_path / "srv").mkdir()
-    served = ImageServer(tmp_path / "srv")
-    served.thread.start()
-    try:
+    with ImageServer(tmp_path / "srv") as served:
         yield served
-    finally:
-        served.httpd.shutdown()
-        served.httpd.server_close()
 
 
 def sha256(path: Path) -> str:
@@ -124,7 +70,7 @@ def test_a_digest_mismatch_fails_and_caches_nothing(server: ImageServer, tmp_pat
     cache = tmp_path / "cache"
     with pytest.raises(BaseDigestMismatch, match="does not have the SHA-256"):
         asyncio.run(fetch_url(f"{server.url}/base.img", "0" * 64, cache, FetchLimits()))
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == ["0" * 64 + ".lock"]  # no base, no part
 
 
 def test_a_base_beyond_the_size_limit_is_refused(server: ImageServer, tmp_path: Path) -> None:
@@ -173,7 +119,7 @@ def test_a_compressed_bare_filesystem_is_customised_from_a_url_then_from_the_cac
         digest,
         'files:\n  - {path: /etc/motd, content: "customised\\n"}\n'
         "run:\n  - inline: |\n      #!/bin/sh\n      echo made > /etc/kiln-made\n"
-        "outputs: [tar]\ntest: {boot: false}\n",
+        "outputs: [raw]\ntest: {boot: false}\n",
     )
     cache = tmp_path / "cache"
     for attempt in (1, 2):
@@ -184,9 +130,10 @@ def test_a_compressed_bare_filesystem_is_customised_from_a_url_then_from_the_cac
         assert base_step.cached == (attempt == 2)
         assert result.base is not None and result.base.sha256 == digest
         assert "bare ext4 filesystem, zst-compressed" in result.base.description
-        tar = next(o.path for o in result.outputs if o.format == "tar")
-        made = run_sync(["tar", "-xOf", tar, "./etc/kiln-made", "./etc/motd"]).stdout
-        assert made == "made\ncustomised\n"
+        raw = result.outputs[0].path  # the base's own filesystem, changed in place
+        for path, content in (("/etc/kiln-made", "made\n"), ("/etc/motd", "customised\n")):
+            shown = run_sync(["debugfs", "-R", f"cat {path}", raw]).stdout
+            assert shown.endswith(content)  # after debugfs's banner
     assert len(server.gets("base.img")) == 1  # the second build downloaded nothing
 
 
@@ -329,3 +276,14 @@ def test_requirement_checks_run_on_the_customised_tree(
     assert "no partition table" in bootable.why
     assert not found["cloud.serial-console"].passed  # the base has no boot loader config
     assert sorted(p.name for p in (work / "out").iterdir()) == ["custom-1.checks.json"]
+
+
+def test_cached_bases_beyond_the_budget_go_least_recently_used_first(tmp_path: Path) -> None:
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    for age, name in enumerate(["a" * 64, "b" * 64, "c" * 64]):
+        (bases / name).write_bytes(bytes(MiB))
+        os.utime(bases / name, (1_000 + age, 1_000 + age))
+    (bases / ("d" * 64 + ".part")).write_bytes(bytes(MiB))  # a download in progress
+    assert [p.name for p in prune_bases(tmp_path, 2 * MiB)] == ["a" * 64]
+    assert sorted(p.name for p in bases.iterdir()) == ["b" * 64, "c" * 64, "d" * 64 + ".part"]

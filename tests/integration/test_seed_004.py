@@ -6,18 +6,16 @@ breaks a rule fails, naming it."""
 from __future__ import annotations
 
 import bz2
-import contextlib
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, loops_under, mounts_under
+from support import REPO, ImageServer, loops_under, mounts_under
 
 from kiln_builder.base import formats
 from kiln_common.proc import run_sync
@@ -35,7 +33,7 @@ name: tycoon
 version: "1"
 from:
   image: {url: "URL", sha256: "DIGEST"}
-ISOLATION
+isolation: sandbox
 packages: [openssh-server]
 files:
   - {path: /etc/hosts, content: "127.0.0.1 localhost\\n"}
@@ -46,22 +44,6 @@ outputs: [ext3.bz2]
 checks: [tycoon]
 test: {boot: false}
 """
-
-
-@contextlib.contextmanager
-def served(root: Path) -> Iterator[str]:
-    """The base over HTTP, as a Tycoon operator would publish it."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1", "-d", str(root)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()  # "Serving HTTP on 127.0.0.1 port N ..."
-        yield f"http://127.0.0.1:{line.split(' port ')[1].split()[0]}"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +72,7 @@ def bake(
 ) -> subprocess.CompletedProcess[str]:
     recipe = tmp_path / "recipe.yaml"
     digest = hashlib.sha256(base.read_bytes()).hexdigest()
-    text = (
-        TYCOON.replace("ISOLATION\n", "")
-        .replace("URL", url)
-        .replace("DIGEST", digest)
-        .replace("BREAK", breaks)
-    )
+    text = TYCOON.replace("URL", url).replace("DIGEST", digest).replace("BREAK", breaks)
     recipe.write_text(text)
     return subprocess.run(
         [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out"), "--cache-dir", str(CACHE),
@@ -105,8 +82,8 @@ def bake(
 
 
 def test_a_bzip2_ext3_image_is_customised_and_passes_tycoon(ext3_bz2: Path, tmp_path: Path) -> None:
-    with served(ext3_bz2.parent) as url:
-        done = bake(tmp_path, ext3_bz2, f"{url}/{ext3_bz2.name}")
+    with ImageServer(ext3_bz2.parent) as served:
+        done = bake(tmp_path, ext3_bz2, f"{served.url}/{ext3_bz2.name}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert loops_under(tmp_path) == [] and mounts_under(tmp_path) == []
     report = json.loads((tmp_path / "out/tycoon-1.checks.json").read_text())
@@ -122,8 +99,8 @@ def test_a_bzip2_ext3_image_is_customised_and_passes_tycoon(ext3_bz2: Path, tmp_
 
 
 def test_an_image_that_breaks_a_tycoon_rule_fails_naming_it(ext3_bz2: Path, tmp_path: Path) -> None:
-    with served(ext3_bz2.parent) as url:
-        done = bake(tmp_path, ext3_bz2, f"{url}/{ext3_bz2.name}", breaks="rm -r /home")
+    with ImageServer(ext3_bz2.parent) as served:
+        done = bake(tmp_path, ext3_bz2, f"{served.url}/{ext3_bz2.name}", breaks="rm -r /home")
     assert done.returncode != 0
     assert "1 requirement check failed: tycoon.home (/home: does not exist" in done.stderr
     assert "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ from kiln_builder.appliance.network import host_mirrors, netdev_args, relays
 from kiln_builder.appliance.runner import qemu_argv
 from kiln_builder.engine import DEFAULT_EPOCH
 from kiln_builder.vm import Accel
-from kiln_common.errors import InvalidArgument
+from kiln_common.errors import FailedPrecondition, InvalidArgument
 
 
 def job_files(data: bytes) -> dict[str, bytes]:
@@ -151,7 +151,7 @@ def test_initramfs_modules_load_after_their_dependencies() -> None:
 
 
 def test_a_module_the_kernel_lacks_is_named() -> None:
-    with pytest.raises(RuntimeError, match="no module xfs"):
+    with pytest.raises(FailedPrecondition, match="no module xfs"):
         load_order(MODULES_DEP, ["xfs"])
 
 
@@ -210,6 +210,20 @@ def test_mke2fs_sizes_are_given_in_kib() -> None:
 
 def test_the_appliance_shares_the_default_bootstrap_layer() -> None:
     assert EPOCH == DEFAULT_EPOCH
+
+
+def test_the_appliance_reaches_the_recipes_mirror_and_the_builders_default() -> None:
+    from kiln_builder.appliance import recipe_mirrors
+    from kiln_recipe.loader import parse_recipe
+
+    recipe = parse_recipe(
+        "name: m\nversion: '1'\n"
+        "from: {bootstrap: {distro: debian, release: bookworm, mirror: 'http://own.example/debian'}}\n",
+        Path("."),
+    )
+    found = recipe_mirrors(recipe, "http://default.example/debian")
+    assert found[:2] == ["http://own.example/debian", "http://default.example/debian"]
+    assert [r.name for r in relays(found)][:2] == ["own.example", "default.example"]
 
 
 # --- the engine's routing -------------------------------------------------------------------

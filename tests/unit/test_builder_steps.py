@@ -4,6 +4,7 @@ configuration, partitioning and GRUB embedding (on sparse files)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,12 @@ def test_files_get_mode_and_owner_from_the_image_and_cannot_escape(tmp_path: Pat
     assert written.read_bytes() == b"Cloudy\n"
     assert oct(written.stat().st_mode & 0o777) == "0o640"
     assert (written.stat().st_uid, written.stat().st_gid) == (1000, 1000)
-    (root / "etc/evil").symlink_to("/etc")
-    with pytest.raises(InvalidArgument, match="outside the image"):
-        customize.write_file(root, "/etc/evil/passwd", b"x", 0o644)
+    host = tmp_path / "host"  # a directory of the build host's, outside the image
+    host.mkdir()
+    (root / "etc/evil").symlink_to(host)
+    with pytest.raises(InvalidArgument, match="cannot be written"):
+        customize.write_file(root, "/etc/evil/passwd", b"x", 0o644)  # no such path inside
+    assert list(host.iterdir()) == []  # the link was followed inside the image only
     with pytest.raises(InvalidArgument, match="no user or group"):
         customize.write_file(root, "/etc/x", b"x", 0o644, "mallory")
 
@@ -153,3 +157,34 @@ def test_the_layer_cache_is_pruned_least_recently_used_first(tmp_path: Path) -> 
     assert [p.name for p in removed] == ["oldest-k.tar.zst"]
     assert not store._sidecar("oldest", "k").exists()
     assert store.path("newest", "k").exists() and store.path("middle", "k").exists()
+
+
+def test_sysprep_follows_the_images_links_inside_the_image(tmp_path: Path) -> None:
+    """`var/log -> /etc` in an image must empty the image's /etc, never the host's."""
+    root = fake_root(tmp_path)
+    host = tmp_path / "host-etc"
+    host.mkdir()
+    (host / "shadow").write_text("root:$6$secret:19000::::::\n")
+    shutil.rmtree(root / "var/log", ignore_errors=True)
+    (root / "var/log").symlink_to(host)
+    (root / "etc/ssh").mkdir(exist_ok=True)
+    (root / "etc/ssh").rename(root / "etc/ssh-real")
+    (root / "etc/ssh").symlink_to(host)
+    customize.sysprep(root, ["logs", "ssh-host-keys", "root-password"])
+    assert (host / "shadow").read_text() == "root:$6$secret:19000::::::\n"
+
+
+def test_test_commands_cannot_be_skipped_with_the_boot_test(tmp_path: Path) -> None:
+    import asyncio
+
+    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_common.errors import FailedPrecondition
+    from kiln_recipe.loader import parse_recipe
+
+    text = 'name: a\nversion: "1"\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n'
+    recipe = parse_recipe(text + 'test:\n  commands: ["true"]\n', tmp_path)
+    options = BakeOptions(out_dir=tmp_path / "o", work_root=tmp_path / "w",
+                          cache_dir=tmp_path / "c", build_id="b", boot_test=False)  # fmt: skip
+    with pytest.raises(FailedPrecondition, match=r"test\.commands run in the boot test"):
+        asyncio.run(Bake(recipe, options).run())
+    assert not (tmp_path / "w").exists()  # refused before any work

@@ -132,11 +132,16 @@ def _make(name: str, memory_bytes: int | None, max_pids: int | None) -> Cgroup:
         group = parent / name
         group.mkdir()
         made = Cgroup((group,))
-        if memory_bytes:
-            (group / "memory.max").write_text(str(memory_bytes))
-            (group / "memory.swap.max").write_text("0")
-        if max_pids:
-            (group / "pids.max").write_text(str(max_pids))
+        try:
+            if memory_bytes:
+                (group / "memory.max").write_text(str(memory_bytes))
+                if (group / "memory.swap.max").exists():  # absent without swap accounting
+                    (group / "memory.swap.max").write_text("0")
+            if max_pids:
+                (group / "pids.max").write_text(str(max_pids))
+        except OSError:
+            made.destroy()  # not left behind, one per command
+            raise
         return made
     dirs = []
     try:

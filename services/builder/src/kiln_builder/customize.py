@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from kiln_builder.inroot import in_root
 from kiln_builder.sandbox import BASE_ENV, DEFAULT_POLICY, SandboxPolicy, run_in, services_held
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 
@@ -61,8 +62,10 @@ def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
 
 
 def _id_table(path: Path) -> dict[str, int]:
-    table = {}
-    for line in path.read_text().splitlines():
+    table: dict[str, int] = {}
+    if not path.is_file():  # a bare filesystem may have none: only numbers then
+        return table
+    for line in path.read_text(errors="replace").splitlines():
         fields = line.split(":")
         if len(fields) >= 3 and fields[2].isdigit():
             table[fields[0]] = int(fields[2])
@@ -70,6 +73,17 @@ def _id_table(path: Path) -> dict[str, int]:
 
 
 def write_file(
+    root: Path, path: str, data: bytes, mode: int, owner: str = "root", group: str = "root"
+) -> None:
+    """Writes one file of the recipe's `files` into the image (chrooted: a
+    symlink in the image cannot lead the write onto the build host)."""
+    try:
+        in_root(root, _write_file, path, data, mode, owner, group)
+    except OSError as exc:
+        raise InvalidArgument(f"files: {path} cannot be written in the image: {exc}") from None
+
+
+def _write_file(
     root: Path, path: str, data: bytes, mode: int, owner: str = "root", group: str = "root"
 ) -> None:
     target = _inside(root, path)
@@ -204,7 +218,15 @@ def _clear_dir(path: Path, keep: Sequence[str] = ()) -> None:
 
 def sysprep(root: Path, operations: Sequence[str]) -> list[str]:
     """Removes what must not be shared by every copy of the image. Returns the
-    operations done, for the build log."""
+    operations done, for the build log. Chrooted: `var/log -> /etc` in the image
+    empties the image's /etc, never the build host's."""
+    try:
+        return in_root(root, _sysprep, operations)
+    except OSError as exc:
+        raise FailedPrecondition(f"sysprep: {exc}") from None
+
+
+def _sysprep(root: Path, operations: Sequence[str]) -> list[str]:
     for op in operations:
         if op == "ssh-host-keys":
             for key in (root / "etc/ssh").glob("ssh_host_*"):

@@ -169,14 +169,8 @@ class Bake:
     def _edit_steps(self) -> list[tuple[str, Any, Callable[[], Any]]]:
         """(step, inputs, action) for each step that changes the image's tree and
         has something to do (a step with nothing to do is left out)."""
-        boot = self.recipe.from_.bootstrap
-        packages = sorted(set(self.recipe.packages))
-        if boot is not None:
-            packages = map_packages(packages, boot.distro)
-            if self.recipe.disk.filesystem == "xfs":
-                packages = sorted({*packages, "xfsprogs"})
         steps: list[tuple[str, Any, Callable[[], Any]]] = [
-            ("packages", packages, self._install_packages),
+            ("packages", self._packages(), self._install_packages),
             ("files", _file_inputs(self.recipe), self._write_files),
             ("run", _run_inputs(self.recipe), self._run_scripts),
             ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
@@ -212,26 +206,30 @@ class Bake:
         result = await appliance.customise_tree_in_vm(
             self.rootdir, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
             layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
+            mirrors=appliance.recipe_mirrors(self.recipe, self.opts.default_mirror),
         )  # fmt: skip
         self.appliance_accel = result.accel
         accel = result.accel
         log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
                  step, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
 
-    async def _install(self, packages: list[str]) -> None:
+    def _packages(self) -> list[str]:
+        """The distro's names for the recipe's packages (xfsprogs added for an xfs
+        root made from scratch). A base image says which distro it is only once
+        open, so this is called again then."""
+        packages = map_packages(list(self.recipe.packages), self.distro)
+        if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
+            packages = sorted({*packages, "xfsprogs"})
+        return packages
+
+    async def _install_packages(self) -> None:
+        packages = self._packages()
         if self.isolation == "vm":
             await self._in_vm("packages", packages)
         else:
             await customize.install_packages(
                 self.rootdir, packages, self.opts.epoch, self.opts.sandbox
             )
-
-    async def _install_packages(self) -> None:
-        # Mapped when the image's distro is known: a base image says so only once open.
-        packages = map_packages(list(self.recipe.packages), self.distro)
-        if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
-            packages = sorted({*packages, "xfsprogs"})
-        await self._install(packages)  # in the appliance VM with `isolation: vm`
 
     async def _write_files(self) -> None:
         if self.isolation == "vm":
@@ -386,6 +384,12 @@ class Bake:
         log.info("isolation: %s%s", self.isolation, forced)
         for part in self._not_yet():
             log.warning("the recipe's %s are not run by this version of the builder", part)
+        if self.recipe.test.commands and not self._booting():
+            # A recipe that asks for test commands never succeeds without running them.
+            raise FailedPrecondition(
+                "the recipe's test.commands run in the boot test, which this build skips"
+                " (--no-boot-test, or the builder's boot_test setting is off)"
+            )
         claim(self.work)
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
@@ -399,6 +403,8 @@ class Bake:
             ok = True
             for layer in self.layers.prune(self.opts.cache_max_bytes):
                 log.info("pruned layer %s", layer.name)
+            for base in fetch.prune_bases(self.opts.cache_dir, self.opts.cache_max_bytes):
+                log.info("pruned base image %s", base.name)
             return result
         finally:
             await reclaim(self.work)  # whatever a failure left mounted or attached
@@ -513,7 +519,7 @@ class Bake:
 def _distro_of(root: Path) -> str:
     """debian or ubuntu, from the image's os-release (ID, then ID_LIKE)."""
     for name in ("etc/os-release", "usr/lib/os-release"):
-        if layout._plain_file(root, name):
+        if layout.plain_file(root, name):
             fields = dict(
                 line.split("=", 1) for line in (root / name).read_text().splitlines() if "=" in line
             )

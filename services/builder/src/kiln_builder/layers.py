@@ -37,6 +37,21 @@ def chain_key(parent: str, step: str, inputs: Any) -> str:
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
+def prune_oldest(files: list[Path], max_bytes: int) -> list[Path]:
+    """Removes the least recently used of files (by mtime: a use touches them)
+    until the rest fit in max_bytes; returns those removed."""
+    files = sorted(files, key=lambda p: p.stat().st_mtime)
+    total = sum(p.stat().st_size for p in files)
+    removed = []
+    for path in files:
+        if total <= max_bytes:
+            break
+        total -= path.stat().st_size
+        path.unlink()
+        removed.append(path)
+    return removed
+
+
 class RemoteLayers:
     """Layers as artifacts in the storage service, labelled kiln-layer=STEP-KEY."""
 
@@ -118,16 +133,9 @@ class LayerStore:
 
     def prune(self, max_bytes: int) -> list[Path]:
         """Removes the least recently used layers until the cache fits."""
-        layers = sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in layers)
-        removed = []
-        for layer in layers:
-            if total <= max_bytes:
-                break
-            total -= layer.stat().st_size
-            layer.unlink()
+        removed = prune_oldest(sorted(self.root.glob(f"*{SUFFIX}")), max_bytes)
+        for layer in removed:
             layer.with_name(layer.name.removesuffix(SUFFIX) + ".sha256").unlink(missing_ok=True)
-            removed.append(layer)
         return removed
 
     def discard(self, step: str, key: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_builder import cgroups, sandbox_net
+from kiln_builder.inroot import in_root
 from kiln_common.proc import Result, run
 
 # Kept, each for a reason; every other capability is dropped (CAP_SYS_ADMIN:
@@ -205,23 +206,41 @@ async def run_in(
 def services_held(root: Path) -> Iterator[None]:
     """policy-rc.d forbids starting services while packages install, and a
     resolv.conf pointing at the sandbox's resolver lets apt resolve names;
-    both are removed afterwards (sysprep removes any resolv.conf the build left)."""
+    both are removed afterwards (sysprep removes any resolv.conf the build left).
+    Both edits are made chrooted, so links in the image stay inside it."""
+    held = in_root(root, _hold)
+    try:
+        yield
+    finally:
+        in_root(root, _release, held)
+
+
+_Held = tuple[bytes | None, int, str | None]  # resolv.conf's bytes, mode, link target
+
+
+def _hold(root: Path) -> _Held:
     policy = root / "usr/sbin/policy-rc.d"
     resolv = root / "etc/resolv.conf"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.unlink(missing_ok=True)  # a link planted there is replaced, not followed
     policy.write_text(POLICY_RC)
     policy.chmod(0o755)
     original = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
     mode = resolv.stat().st_mode if original is not None else 0o644  # put back as it was
-    link = resolv.readlink() if resolv.is_symlink() else None
+    link = str(resolv.readlink()) if resolv.is_symlink() else None
+    resolv.parent.mkdir(parents=True, exist_ok=True)
     resolv.unlink(missing_ok=True)
     resolv.symlink_to("/run/kiln-resolv.conf")
-    try:
-        yield
-    finally:
-        policy.unlink(missing_ok=True)
-        resolv.unlink(missing_ok=True)
-        if link is not None:
-            resolv.symlink_to(link)
-        elif original is not None:
-            resolv.write_bytes(original)
-            resolv.chmod(mode & 0o7777)
+    return original, mode, link
+
+
+def _release(root: Path, held: _Held) -> None:
+    original, mode, link = held
+    resolv = root / "etc/resolv.conf"
+    (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
+    resolv.unlink(missing_ok=True)
+    if link is not None:
+        resolv.symlink_to(link)
+    elif original is not None:
+        resolv.write_bytes(original)
+        resolv.chmod(mode & 0o7777)

@@ -238,6 +238,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(
             f"base        {b.base.source}\n            {b.base.description}, sha256 {b.base.sha256}"
         )
+    if b.isolation:
+        under = f" (appliance under {b.appliance_accel})" if b.appliance_accel else ""
+        print(f"isolation   {b.isolation}{under}")
     if b.accel:
         print(f"boot test   under {b.accel}")
     for s in b.steps:

@@ -123,6 +123,8 @@ class Outcome:
     base: pb.BaseImage | None = None  # a customised build's base, once fetched
     test_commands: tuple[pb.TestCommandResult, ...] = ()
     checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
+    isolation: str = ""  # sandbox or vm, once the build ran
+    appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -135,6 +137,8 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.state = outcome.state
     build.finished.CopyFrom(now())
     build.accel = outcome.accel
+    build.isolation = outcome.isolation
+    build.appliance_accel = outcome.appliance_accel
     if outcome.base is not None:
         build.base.CopyFrom(outcome.base)
     del build.test_commands[:]

@@ -10,7 +10,7 @@ is init.sh. See docs/isolation.md.
 """
 
 from kiln_builder.appliance.api import copy_back, customise_in_vm, customise_tree_in_vm
-from kiln_builder.appliance.from_recipe import recipe_steps
+from kiln_builder.appliance.from_recipe import recipe_mirrors, recipe_steps
 from kiln_builder.appliance.image import Appliance, appliance_key, ensure_appliance
 from kiln_builder.appliance.job import Job, Packages, RunScript, Step, WriteFile, encode
 from kiln_builder.appliance.protocol import Report, StepReport
@@ -33,5 +33,6 @@ __all__ = [
     "customise_tree_in_vm",
     "encode",
     "ensure_appliance",
+    "recipe_mirrors",
     "recipe_steps",
 ]

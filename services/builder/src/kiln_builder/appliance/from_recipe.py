@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kiln_builder.appliance.job import Packages, RunScript, Step, WriteFile
+from kiln_builder.appliance.network import host_mirrors
 from kiln_recipe.schema import Recipe
 
 
@@ -34,3 +35,11 @@ def _script(recipe: Recipe, index: int) -> RunScript:
     if step.script:
         return RunScript((recipe.base_dir / step.script).read_bytes(), step.script)
     return RunScript((step.inline or "").encode(), f"inline script {index + 1}")
+
+
+def recipe_mirrors(recipe: Recipe, default_mirror: str = "") -> list[str]:
+    """The mirrors the appliance may reach: the recipe's own, the builder's
+    default, and the build host's apt sources (the image's apt may name any)."""
+    boot = recipe.from_.bootstrap
+    named = [m for m in (boot.mirror if boot else None, default_mirror) if m]
+    return [*named, *(m for m in host_mirrors() if m not in named)]

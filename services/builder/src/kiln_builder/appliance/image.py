@@ -21,6 +21,7 @@ from kiln_builder import customize, layers
 from kiln_builder.appliance import initramfs
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
 from kiln_builder.pkgmap import map_packages
+from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 from kiln_recipe.loader import load_recipe
 
@@ -148,7 +149,7 @@ def kib(size: int) -> str:
 def _one(directory: Path, pattern: str) -> Path:
     found = sorted(directory.glob(pattern))
     if len(found) != 1:
-        raise RuntimeError(f"the appliance needs one {pattern} in {directory}, found {found}")
+        raise FailedPrecondition(f"the appliance needs one {pattern} in {directory}, found {found}")
     return found[0]
 
 

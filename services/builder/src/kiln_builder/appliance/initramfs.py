@@ -10,6 +10,8 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from kiln_common.errors import FailedPrecondition
+
 # Reaches /dev/vda (virtio-blk over PCI) and mounts ext4 (whose checksums need
 # crc32c: the crypto API cannot modprobe it from here, so it is loaded first).
 MODULES = ("crc32c_generic", "virtio_pci", "virtio_blk", "ext4")
@@ -48,7 +50,7 @@ def load_order(modules_dep: str, wanted: Iterable[str]) -> list[str]:
 
     for name in wanted:
         if name not in by_name:
-            raise RuntimeError(f"the appliance kernel has no module {name} (built in?)")
+            raise FailedPrecondition(f"the appliance kernel has no module {name} (built in?)")
         visit(by_name[name])
     return order
 

@@ -10,23 +10,28 @@ file and downloads nothing; a mismatch removes the partial file and caches nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_builder.layers import prune_oldest
 from kiln_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from kiln_recipe.schema import ImageRef
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 ATTEMPTS = 5  # connections per download: a cut is resumed where it stopped
 
 
@@ -49,6 +54,15 @@ class Base:
 
 class BaseDigestMismatch(FailedPrecondition):
     """The bytes are not the ones the recipe pinned."""
+
+
+def prune_bases(cache_dir: Path, max_bytes: int) -> list[Path]:
+    """Cached bases beyond max_bytes, least recently used first, are removed
+    (a download in progress, a .part, is left alone)."""
+    bases = cache_dir / "bases"
+    if not bases.is_dir():
+        return []
+    return prune_oldest([p for p in bases.iterdir() if _SHA256.fullmatch(p.name)], max_bytes)
 
 
 def _verified(path: Path, expected: str) -> bool:
@@ -95,6 +109,28 @@ async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> B
 
 async def fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
     cache.mkdir(parents=True, exist_ok=True)
+    # One download of a base at a time on this node: two builds of the same base
+    # would otherwise append to one .part file together.
+    async with _locked(cache / f"{sha256}.lock"):
+        return await _fetch_url(url, sha256, cache, limits)
+
+
+@contextlib.asynccontextmanager
+async def _locked(path: Path) -> AsyncIterator[None]:
+    with open(path, "a") as handle:  # noqa: ASYNC230 - creating an empty file does not block
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.5)  # another build is downloading it
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+async def _fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
     final = cache / sha256
     if final.is_file():
         # Named by its digest and renamed only once verified: no need to read it again.

@@ -58,9 +58,6 @@ class Layout:
     def bare(self) -> bool:
         return self.table is None
 
-    def part(self, number: int) -> Part:
-        return next(p for p in self.parts if p.number == number)
-
 
 async def working_copy(base: Inspected, disk: Path) -> None:
     """A raw copy the build may write (the cached base is never written)."""
@@ -96,8 +93,10 @@ async def find_layout(disk: Path, base: Inspected) -> Layout:
         return Layout((), 0, base.filesystem, None)
     table = await _table(disk)
     entries = table.get("partitions") or []
-    assert isinstance(entries, list)
-    numbers = [_number(entry["node"]) for entry in entries]
+    try:
+        numbers = [_number(str(entry["node"])) for entry in entries]  # type: ignore[attr-defined]
+    except (KeyError, TypeError, ValueError):
+        raise FailedPrecondition("the base disk's partition table cannot be read") from None
     if not numbers:
         raise FailedPrecondition("the base disk's partition table is empty: no Linux root")
     async with contextlib.AsyncExitStack() as stack:
@@ -129,7 +128,7 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
         with tempfile.TemporaryDirectory(dir=work, prefix="probe-") as probe:
             options = _ro_options(part.fstype)
             async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
-                if any(_plain_file(mnt, name) for name in ROOT_MARKS):
+                if any(plain_file(mnt, name) for name in ROOT_MARKS):
                     return part
     found = "; ".join(p.describe() for p in parts)
     hint = (
@@ -142,7 +141,7 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
     )
 
 
-def _plain_file(root: Path, name: str) -> bool:
+def plain_file(root: Path, name: str) -> bool:
     """A regular file at root/name reached through no symlink (which could
     lead out of the image, into the build host's own files)."""
     path = root
@@ -217,7 +216,7 @@ async def _grow_fs(device: str, fstype: str, work: Path) -> None:
 
 def _fstab_mounts(root: Path, layout: Layout) -> list[tuple[int, PurePosixPath, str]]:
     """(partition, mount point, type) for each fstab line below / on this disk."""
-    if layout.bare or not _plain_file(root, "etc/fstab"):
+    if layout.bare or not plain_file(root, "etc/fstab"):
         return []
     found = []
     for line in (root / "etc/fstab").read_text(errors="replace").splitlines():

@@ -26,6 +26,7 @@ from kiln_builder.checks.model import (
     Verdict,
 )
 from kiln_builder.checks.tree import Tree
+from kiln_builder.outputs import TREE_FORMATS
 
 __all__ = [
     "PROFILES",
@@ -48,7 +49,6 @@ PROFILES: dict[str, tuple[Rule, ...]] = {
     "stratuslab": stratuslab.RULES,
     "cloud": cloud.RULES,
 }
-TREE_FORMATS = ("ext3", "ext4", "tar")
 
 
 def _evaluate(rule: Rule, tree: Tree, facts: Facts) -> Verdict:

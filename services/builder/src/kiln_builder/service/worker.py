@@ -371,8 +371,11 @@ class Worker:
             await self._requeue(job, error)
             return
         tests = tuple(command_result_pb(r) for r in (job.bake.test_commands if job.bake else []))
-        outcome = Outcome(state, error, tuple(stored), log_artifact, job.accel, _base(job), tests,
-                          _checks(job))  # fmt: skip
+        outcome = Outcome(
+            state, error, tuple(stored), log_artifact, job.accel, _base(job), tests, _checks(job),
+            isolation=job.bake.isolation if job.bake else "",
+            appliance_accel=_appliance_accel(job),
+        )  # fmt: skip
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
 
@@ -460,6 +463,11 @@ def _base(job: Job) -> pb.BaseImage | None:
     if base is None:
         return None
     return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
+
+
+def _appliance_accel(job: Job) -> str:
+    accel = job.bake.appliance_accel if job.bake is not None else None
+    return accel.kind if accel is not None else ""
 
 
 def _checks(job: Job) -> tuple[pb.CheckResult, ...]:

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kiln_builder.inroot import in_root
 from kiln_builder.libvirtd import ensure_libvirtd
 from kiln_builder.resources import loop_device, mounted
 from kiln_builder.vm.accel import host_accel
@@ -164,10 +165,16 @@ def guest_files(commands: Sequence[str], timeout: int) -> dict[str, tuple[str, i
 
 
 def add_to_root(root: Path, files: dict[str, tuple[str, int]]) -> None:
-    """Writes files into a mounted root and enables the unit."""
+    """Writes files into a mounted root and enables the unit, chrooted: the
+    image's links (a run script may plant them) cannot lead onto the host."""
+    in_root(root, _add, files)
+
+
+def _add(root: Path, files: dict[str, tuple[str, int]]) -> None:
     for relative, (text, mode) in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a link planted there is replaced, not followed
         path.write_text(text)
         path.chmod(mode)
     wants = root / "etc/systemd/system/multi-user.target.wants"

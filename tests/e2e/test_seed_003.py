@@ -6,17 +6,12 @@ the cache with no download); the boot test's command sees the page."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import os
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from support import REPO, kiln, kiln_domains, loops_under, mounts_under
+from support import ImageServer, kiln, kiln_domains, kiln_up, loops_under, mounts_under
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -25,7 +20,6 @@ from kiln_common.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
-JANITOR = str(Path(sys.executable).parent / "kiln-builder")
 
 BASE = """\
 name: seed-base
@@ -61,22 +55,8 @@ echo "Cloudy Weather Expected" > /var/www/html/cloud.txt
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    home = tmp_path_factory.mktemp("stack")
-    environ = {
-        **os.environ,
-        "KILN_HOME": str(home / "home"),
-        "KILN_CACHE": str(REPO / ".cache"),
-        "KILN_BUILDER_WORK_ROOT": str(home / "work"),
-    }
-    for name in ("KILN_STORAGE", "KILN_BUILDER"):
-        environ.pop(name, None)
-    try:
-        kiln(environ, "up")
+    with kiln_up(tmp_path_factory.mktemp("stack")) as environ:
         yield environ
-    finally:
-        kiln(environ, "down", check=False)
-        subprocess.run([JANITOR, "janitor", "--work-root", environ["KILN_BUILDER_WORK_ROOT"]],
-                       capture_output=True, check=False)  # fmt: skip
 
 
 def stack_of(env: dict[str, str]) -> Stack:
@@ -144,29 +124,6 @@ def test_seed_003_in_vm_mode_from_the_stored_artifact(
     assert_nothing_held(env)
 
 
-class Served:
-    """A plain HTTP server for the base, counting what it was asked for."""
-
-    def __init__(self, root: Path) -> None:
-        self.gets: list[str] = []
-        served = self
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                served.gets.append(self.path)
-                super().do_GET()
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
 def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
     env: dict[str, str], base: pb.BuildArtifact, tmp_path: Path
 ) -> None:
@@ -174,8 +131,7 @@ def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
     with StorageClient(stack_of(env).storage) as client:
         client.get(base.artifact_id, tmp_path / "srv/debian.qcow2")
     digest = hashlib.sha256((tmp_path / "srv/debian.qcow2").read_bytes()).hexdigest()
-    served = Served(tmp_path / "srv")
-    try:
+    with ImageServer(tmp_path / "srv") as served:
         source = f'{{url: "{served.url}/debian.qcow2", sha256: "{digest}"}}'
         recipe = cloudy_recipe(tmp_path / "r", source, "sandbox")
         made = build(env, recipe)
@@ -183,10 +139,14 @@ def test_seed_003_in_sandbox_mode_from_a_url_then_from_the_cache(
         assert made.base.source == f"{served.url}/debian.qcow2" and made.base.sha256 == digest
         assert made.isolation == "sandbox"
         assert not next(s for s in made.steps if s.name == "base").cached
-        again = build(env, recipe, "--no-boot-test")
+        # The same base again; the boot test (with its command) is left out.
+        text = recipe.read_text().replace(
+            '  boot: {timeout: 600s}\n  commands: ["curl -fs http://localhost/cloud.txt"]\n',
+            "  boot: false\n",
+        )
+        assert "boot: false" in text
+        recipe.write_text(text)
+        again = build(env, recipe)
         assert next(s for s in again.steps if s.name == "base").cached
-        assert served.gets == ["/debian.qcow2"]  # the second build downloaded nothing
-    finally:
-        served.httpd.shutdown()
-        served.httpd.server_close()
+        assert len(served.gets("debian.qcow2")) == 1  # the second build downloaded nothing
     assert_nothing_held(env)
