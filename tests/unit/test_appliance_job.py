@@ -241,16 +241,20 @@ isolation: MODE
 """
 
 
-@pytest.mark.parametrize("mode", ["vm", "sandbox"])
+@pytest.mark.parametrize(
+    ("mode", "force_vm"), [("vm", False), ("sandbox", False), ("sandbox", True)]
+)
 async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
-    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mode: str, force_vm: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The recipe's isolation, or the operator's force_vm setting over it."""
     from kiln_builder import customize
     from kiln_builder.engine import Bake, BakeOptions
     from kiln_recipe.loader import parse_recipe
 
     options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
-                          cache_dir=tmp_path / "cache", build_id="b1")  # fmt: skip
+                          cache_dir=tmp_path / "cache", build_id="b1",
+                          force_vm=force_vm)  # fmt: skip
     bake = Bake(parse_recipe(VM_RECIPE.replace("MODE", mode), tmp_path), options)
     where: list[str] = []
 
@@ -266,5 +270,6 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     monkeypatch.setattr(customize, "write_file", lambda *a, **k: where.append("host"))
     for _, _, action in bake._edit_steps():
         await action()
-    expected = ["vm packages", "vm files", "vm run"] if mode == "vm" else ["host"] * 3
+    in_vm_mode = mode == "vm" or force_vm
+    expected = ["vm packages", "vm files", "vm run"] if in_vm_mode else ["host"] * 3
     assert where == expected
