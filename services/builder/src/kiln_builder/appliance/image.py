@@ -7,13 +7,10 @@ and the assembly below."""
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from kiln_builder import customize, layers
 from kiln_builder.appliance import initramfs
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
 from kiln_builder.pkgmap import map_packages
+from kiln_builder.resources import file_lock
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 from kiln_recipe.loader import load_recipe
@@ -61,18 +59,6 @@ def appliance_key() -> str:
     return digest.hexdigest()[:16]
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder assembles a given appliance; the others wait for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _cached(final: Path, key: str) -> Appliance | None:
     found = Appliance(key, final / "root.ext4", final / "vmlinuz", final / "initrd.img")
     return found if all(p.is_file() for p in (found.root, found.kernel, found.initrd)) else None
@@ -84,11 +70,7 @@ async def ensure_appliance(cache_dir: Path, store: layers.LayerStore) -> Applian
     final = cache_dir / "appliance" / key
     if (found := _cached(final, key)) is not None:
         return found
-    lock = final.with_name(f"{key}.lock")
-    # flock blocks: waited for in a thread, so the event loop goes on meanwhile.
-    locker = _locked(lock)
-    await asyncio.to_thread(locker.__enter__)
-    try:
+    async with file_lock(final.with_name(f"{key}.lock")):
         if (found := _cached(final, key)) is not None:
             return found
         for stale in final.parent.glob(f".{key}-*"):  # a killed builder's half-assembly
@@ -100,8 +82,6 @@ async def ensure_appliance(cache_dir: Path, store: layers.LayerStore) -> Applian
             partial.rename(final)
         finally:
             await asyncio.to_thread(shutil.rmtree, partial, ignore_errors=True)
-    finally:
-        locker.__exit__(None, None, None)
     found = _cached(final, key)
     assert found is not None
     return found

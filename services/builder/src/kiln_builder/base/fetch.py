@@ -10,8 +10,6 @@ file and downloads nothing; a mismatch removes the partial file and caches nothi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import logging
@@ -20,11 +18,13 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_builder.layers import prune_oldest
+from kiln_builder.resources import file_lock
+from kiln_client import AsyncStorageClient
 from kiln_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from kiln_recipe.schema import ImageRef
 
@@ -94,8 +94,6 @@ async def fetch_base(
 
 
 async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> Base:
-    from kiln_client import AsyncStorageClient  # only builds with an artifact base need it
-
     if storage is None:
         raise FailedPrecondition(
             "from.image.artifact needs the storage service: give the builder its address"
@@ -111,23 +109,8 @@ async def fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> 
     cache.mkdir(parents=True, exist_ok=True)
     # One download of a base at a time on this node: two builds of the same base
     # would otherwise append to one .part file together.
-    async with _locked(cache / f"{sha256}.lock"):
+    async with file_lock(cache / f"{sha256}.lock"):
         return await _fetch_url(url, sha256, cache, limits)
-
-
-@contextlib.asynccontextmanager
-async def _locked(path: Path) -> AsyncIterator[None]:
-    with open(path, "a") as handle:  # noqa: ASYNC230 - creating an empty file does not block
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.5)  # another build is downloading it
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 async def _fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
