@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/proctree.py
 import yaml
+from proctree import ProcessTree
 
 from kiln_builder.bootstrap import host_mirror
 from kiln_common.proc import ProcessError, run, run_sync
@@ -66,21 +68,6 @@ class Sample:
     largest: int = 0  # the largest single process's RSS
     tmpfs: int = 0  # bytes used in tmpfs mounts under the bench's temp dir
     procs: int = 0
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every process."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return table
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -127,23 +114,10 @@ class TreeSampler:
         self.temp_root = temp_root
         self.peak = Sample()
         self.peak_total = 0  # RSS + tmpfs at the same instant
-        self._sessions: set[int] = set()
-        self._own_session = os.getsid(0)
+        self._tree = ProcessTree()
 
     def sample(self) -> None:
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        tree: set[int] = set()
-        todo = list(children.get(os.getpid(), []))
-        while todo:
-            pid = todo.pop()
-            if pid not in tree:
-                tree.add(pid)
-                todo += children.get(pid, [])
-        self._sessions |= {table[p][1] for p in tree} - {self._own_session}
-        tree |= {p for p, (_, sid) in table.items() if sid in self._sessions}
+        tree = self._tree.pids()
         now = Sample(procs=len(tree))
         for pid in tree:
             rss, pss = _memory(pid)

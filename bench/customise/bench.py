@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/proctree.py
 import yaml
+from proctree import ProcessTree
 
 from kiln_builder import resources
 from kiln_builder.base import formats, layout
@@ -70,21 +72,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # --- measuring ------------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id) of every process."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    return table
-
-
 def _rss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm") as f:
@@ -102,23 +89,10 @@ class TreeSampler:
     def __init__(self) -> None:
         self.peak_sum = 0
         self.peak_largest = 0
-        self._sessions: set[int] = set()
-        self._own_session = os.getsid(0)
+        self._tree = ProcessTree()
 
     def sample(self) -> None:
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        tree: set[int] = set()
-        todo = list(children.get(os.getpid(), []))
-        while todo:
-            pid = todo.pop()
-            if pid not in tree:
-                tree.add(pid)
-                todo += children.get(pid, [])
-        self._sessions |= {table[p][1] for p in tree} - {self._own_session}
-        tree |= {p for p, (_, sid) in table.items() if sid in self._sessions}
+        tree = self._tree.pids()
         sizes = [_rss(pid) for pid in tree]
         self.peak_sum = max(self.peak_sum, sum(sizes))
         self.peak_largest = max([self.peak_largest, *sizes])
