@@ -138,6 +138,7 @@ class Seaweed:
     ports: dict[str, int] = field(default_factory=dict)  # every other port, by flag
 
 
+SEAWEED_VOLUMES = 1000
 SEAWEED_PORTS = (
     "master.port",
     "master.port.grpc",
@@ -176,6 +177,11 @@ def start_seaweed(
             "-master.telemetry=false",
             "-admin.ui=false",
             "-webdav=false",
+            # Each bucket is a collection with volumes of its own, and by default
+            # the volume count is free disk space / 1 GiB: on a fuller disk a test
+            # session's buckets ran out ("no free volumes left", HTTP 500). Volumes
+            # are not preallocated, so a fixed, generous count costs nothing.
+            f"-volume.max={SEAWEED_VOLUMES}",
             f"-s3.port={s3_port}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
