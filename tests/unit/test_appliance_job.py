@@ -273,3 +273,32 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     in_vm_mode = mode == "vm" or force_vm
     expected = ["vm packages", "vm files", "vm run"] if in_vm_mode else ["host"] * 3
     assert where == expected
+
+
+CUSTOMISED = """\
+name: web
+version: "1"
+from:
+  image: {url: "http://images.invalid/base.qcow2", sha256: "%s"}
+packages: [curl]
+files: [{path: /etc/motd, content: hi}]
+run: [{inline: "true"}]
+isolation: MODE
+test: {boot: false}
+""" % ("0" * 64)
+
+
+@pytest.mark.parametrize("mode", ["vm", "sandbox"])
+def test_a_customised_vm_build_runs_its_edit_steps_in_one_appliance_step(
+    mode: str, tmp_path: Path
+) -> None:
+    """On a base image, vm mode boots the appliance once, with the base's own disk
+    attached, for packages, files and run; sysprep stays on the host (chrooted)."""
+    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_recipe.loader import parse_recipe
+
+    options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
+                          cache_dir=tmp_path / "cache", build_id="b1")  # fmt: skip
+    plan = Bake(parse_recipe(CUSTOMISED.replace("MODE", mode), tmp_path), options).plan()
+    edits = ["appliance"] if mode == "vm" else ["packages", "files", "run"]
+    assert plan == ["base", *edits, "sysprep", "outputs"]

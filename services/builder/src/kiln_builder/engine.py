@@ -44,6 +44,10 @@ class StepFailed(FailedPrecondition):
     """A command of a build step failed; the message names the step."""
 
 
+# The steps that run the recipe's own content: in vm mode they run in the appliance.
+APPLIANCE_STEPS = ("packages", "files", "run")
+
+
 def _in_step(name: str, exc: Exception) -> Exception:
     """The same kind of error (retryable or not), its message naming the step."""
     message = f"step {name} failed: {exc}"
@@ -198,20 +202,48 @@ class Bake:
         return out
 
     async def _in_vm(self, step: str, packages: Sequence[str] = ()) -> None:
-        """Runs a step in the appliance VM on the image's tree (docs/isolation.md)."""
+        """Runs a step of a from-scratch build in the appliance VM, on the tree
+        (docs/isolation.md)."""
+        from kiln_builder import appliance
+
+        job = appliance.Job(appliance.recipe_steps(self.recipe, step, packages), self.opts.epoch)
+        await self._appliance(appliance.customise_tree_in_vm, self.rootdir, job, step)
+
+    async def _appliance(self, runner: Any, target: Path, job: Any, what: str) -> None:
+        """runner (customise_in_vm or customise_tree_in_vm) on target, logged."""
         from kiln_builder import appliance
         from kiln_common.proc import OUTPUT_LOG
 
-        job = appliance.Job(appliance.recipe_steps(self.recipe, step, packages), self.opts.epoch)
-        result = await appliance.customise_tree_in_vm(
-            self.rootdir, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
+        result = await runner(
+            target, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
             layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
             mirrors=appliance.recipe_mirrors(self.recipe, self.opts.default_mirror),
         )  # fmt: skip
         self.appliance_accel = result.accel
         accel = result.accel
         log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
-                 step, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
+                 what, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
+
+    def _vm_edits(self) -> bool:
+        """A customised build in vm mode runs packages, files and run in one
+        appliance boot on the base's own disk (no tree to copy in and out)."""
+        return self.customising and self.isolation == "vm"
+
+    async def _edit_disk_in_vm(self, image: Path, found: layout.Layout, mnt: Path) -> None:
+        """The appliance step of a customised vm build: every step that runs the
+        recipe's content, in order, in one boot, with the raw disk attached."""
+        from kiln_builder import appliance
+
+        names = [name for name, _, _ in self._edit_steps() if name in APPLIANCE_STEPS]
+        if not names:
+            return
+        async with layout.opened(image, found, mnt, read_only=True) as root:
+            self.distro = _distro_of(root)  # the package names depend on it
+        packages = self._packages()
+        steps = tuple(s for n in names for s in appliance.recipe_steps(self.recipe, n, packages))
+        job = appliance.Job(steps, self.opts.epoch, root="whole" if found.bare else str(found.root))
+        async with self._step("appliance"):
+            await self._appliance(appliance.customise_in_vm, image, job, " and ".join(names))
 
     def _packages(self) -> list[str]:
         """The distro's names for the recipe's packages (xfsprogs added for an xfs
@@ -294,7 +326,11 @@ class Bake:
     def plan(self) -> list[str]:
         """The names of the steps this bake will run, in order."""
         if self.customising:
-            names = ["base", *(name for name, _, _ in self._edit_steps())]
+            edits = [name for name, _, _ in self._edit_steps()]
+            if self._vm_edits():
+                held = [name for name in edits if name in APPLIANCE_STEPS]
+                edits = ["appliance"] * bool(held) + [n for n in edits if n not in held]
+            names = ["base", *edits]
             names += ["checks"] if self.recipe.checks else []
             names.append("outputs")
         else:
@@ -468,10 +504,14 @@ class Bake:
         image = self.work / "disk.raw"
         found = await self._open_base(image)
         mnt = self.work / "mnt"
+        if self._vm_edits():
+            await self._edit_disk_in_vm(image, found, mnt)
         async with layout.opened(image, found, mnt) as root:
             self.rootdir = root
             self.distro = _distro_of(root)
             for name, _, action in self._edit_steps():
+                if self._vm_edits() and name in APPLIANCE_STEPS:
+                    continue  # done in the appliance above
                 async with self._step(name):
                     await action()
             if self.recipe.checks:
