@@ -200,12 +200,16 @@ class Market:
             return False  # another replica wrote first: read its entry, try again
         return True
 
-    async def _all(self) -> list[SignedEntry]:
+    async def _all(self, identifier: str | None = None) -> list[SignedEntry]:
+        """Every trusted entry, or every one about identifier (its keys share
+        the identifier as their first token)."""
         kv = await self._store()
         try:
             keys = await jetstream.mapped(lambda: kv.keys())
         except jerr.NoKeysError:
             return []
+        if identifier is not None:
+            keys = [key for key in keys if key.startswith(identifier + ".")]
         entries = []
         for key in keys:
             try:
@@ -219,7 +223,7 @@ class Market:
 
     async def _for(self, identifier: str) -> list[SignedEntry]:
         check_identifier(identifier)
-        return [s for s in await self._all() if s.entry.identifier == identifier]
+        return [s for s in await self._all(identifier) if s.entry.identifier == identifier]
 
     async def get(self, identifier: str, endorser: str | None = None) -> SignedEntry:
         """The image's entry (the newest statement when several endorsers vouch for it)."""
