@@ -134,9 +134,24 @@ class GlancePublisher:
             image = await self._wait_active(glance, image_id, method != "upload")
             _verify(image, source, glance.where)
         except BaseException:
-            await _discard(glance, image_id)
+            await self._discard(glance, image_id)
             raise
         return image_id
+
+    async def _discard(self, glance: GlanceApi, image_id: str) -> None:
+        """Deletes an image a failed try made, retried (Glance may still be
+        finishing the broken upload: SQLite's "database is locked" is a 500);
+        shielded, so a cancel cannot stop it half-way. A Glance that stays
+        down cannot delete: logged, with the image's id, for the operator."""
+
+        async def delete() -> None:
+            await asyncio.to_thread(glance.delete, image_id)
+
+        try:
+            await asyncio.shield(self.retry.acall(delete, f"deleting image {image_id}"))
+            log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
+        except BaseException as exc:  # noqa: BLE001 - the original error matters more
+            log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
 
     async def _wait_active(self, glance: GlanceApi, image_id: str, imported: bool) -> dict[str, Any]:
         deadline = time.monotonic() + self.active_timeout
@@ -287,13 +302,3 @@ async def _send(source: ImageSource, send: Callable[[Iterator[bytes]], None]) ->
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-
-
-async def _discard(glance: GlanceApi, image_id: str) -> None:
-    """Deletes an image a failed try made; shielded, so a cancel cannot stop it
-    half-way. A Glance that is down cannot delete: logged for the operator."""
-    try:
-        await asyncio.shield(asyncio.to_thread(glance.delete, image_id))
-        log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
-    except BaseException as exc:  # noqa: BLE001 - the original error matters more
-        log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
