@@ -74,7 +74,9 @@ def source(images: ImageServer, mib: int = 16, **changes: Any) -> ImageSource:
     return ImageSource(**{**fields, **changes})
 
 
-def conn(clouds_yaml: Path, cloud: str, region: str = "RegionOne") -> openstack.connection.Connection:
+def conn(
+    clouds_yaml: Path, cloud: str, region: str = "RegionOne"
+) -> openstack.connection.Connection:
     config = openstack.config.OpenStackConfig(config_files=[str(clouds_yaml)])
     return openstack.connection.Connection(config=config.get_one(cloud=cloud, region_name=region))
 
@@ -228,7 +230,9 @@ async def test_glance_or_keystone_down_fails_clearly_after_bounded_retries(
     assert time.monotonic() - start < 20
 
     dead = Keystone(f"http://127.0.0.1:{free_port()}/v3", "x", 0, {"kiln-a": ("kiln-a", "x")})
-    offline = GlancePublisher(write_clouds_yaml(tmp_path / "dead.yaml", dead, ("RegionOne",)), QUICK)
+    offline = GlancePublisher(
+        write_clouds_yaml(tmp_path / "dead.yaml", dead, ("RegionOne",)), QUICK
+    )
     with pytest.raises(Unavailable, match="cannot reach the cloud"):
         await offline.publish(source(images), GlanceTarget("kiln-a"))
 

@@ -497,7 +497,13 @@ def start_glance(
             }
         )
     )
-    manage = [find_binary("glance-manage"), "--config-file", data / "glance-api.conf", "db_sync"]
+    conf = data / "glance-api.conf"
+    manage: list[str | os.PathLike[str]] = [
+        find_binary("glance-manage"),
+        "--config-file",
+        conf,
+        "db_sync",
+    ]
     _migrated(data / "glance.db", "glance", schema_cache, manage)
     register_image_endpoint(keystone, region, url)
     env = {"OS_GLANCE_CONFIG_DIR": str(data)}

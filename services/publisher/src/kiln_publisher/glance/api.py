@@ -101,7 +101,7 @@ class GlanceApi:
         if reply.status_code not in tuple(ok):
             text = reply.text[:300].strip().replace("\n", " ")
             raise _by_status(reply.status_code, f"{what}: HTTP {reply.status_code}: {text}")
-        return reply  # type: ignore[no-any-return]
+        return reply
 
     def project_id(self) -> str:
         try:

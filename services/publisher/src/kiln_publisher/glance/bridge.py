@@ -38,9 +38,7 @@ class ToThread:
     def _next(self) -> bytes | None:
         if self._aborted.is_set():
             raise Cancelled("the upload was abandoned")
-        self._waiting = asyncio.run_coroutine_threadsafe(
-            _anext_or_none(self._stream), self._loop
-        )
+        self._waiting = asyncio.run_coroutine_threadsafe(_anext_or_none(self._stream), self._loop)
         if self._aborted.is_set():  # abort() ran between the check and the assignment
             self._waiting.cancel()
         try:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,9 @@ class GlancePublisher:
         name = target.name or source.name
         glance = self._api(target.cloud, target.region)
         what = f"publishing artifact {source.artifact_id} to {glance.where}"
-        return await self.retry.acall(lambda: self._publish_once(glance, source, target, name), what)
+        return await self.retry.acall(
+            lambda: self._publish_once(glance, source, target, name), what
+        )
 
     async def _publish_once(
         self, glance: GlanceApi, source: ImageSource, target: GlanceTarget, name: str
@@ -89,7 +91,9 @@ class GlancePublisher:
         found = [i for i in named if _is_copy_of(i, source)]
         if found:
             image_id, method = found[0]["id"], "existing"
-            log.info("%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id)
+            log.info(
+                "%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id
+            )
         else:
             image_id, method = await self._upload(glance, source, target, name)
             named = await asyncio.to_thread(_named, glance, project, name)
@@ -103,7 +107,7 @@ class GlancePublisher:
         self, glance: GlanceApi, source: ImageSource, target: GlanceTarget, name: str
     ) -> tuple[str, str]:
         methods = await asyncio.to_thread(glance.import_methods)
-        order = [m for m in ("web-download", "glance-direct") if m in methods]
+        order: list[str] = [m for m in ("web-download", "glance-direct") if m in methods]
         if "web-download" in order and not source.url:
             order.remove("web-download")
         for method in order or ["upload"]:
@@ -112,7 +116,9 @@ class GlancePublisher:
             except ImportFailed as exc:
                 if method != "web-download":
                     raise
-                log.info("%s: web-download failed (%s); staging the bytes instead", glance.where, exc)
+                log.info(
+                    "%s: web-download failed (%s); staging the bytes instead", glance.where, exc
+                )
         raise FailedPrecondition(f"{glance.where}: web-download failed and glance-direct is off")
 
     async def _attempt(
@@ -153,18 +159,22 @@ class GlancePublisher:
         except BaseException as exc:  # noqa: BLE001 - the original error matters more
             log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
 
-    async def _wait_active(self, glance: GlanceApi, image_id: str, imported: bool) -> dict[str, Any]:
+    async def _wait_active(
+        self, glance: GlanceApi, image_id: str, imported: bool
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + self.active_timeout
         while True:
             image = await asyncio.to_thread(glance.get, image_id)
             if image["status"] == "active":
                 return image
             if image["status"] in ("killed", "deleted", "deactivated"):
-                raise FailedPrecondition(f"{glance.where}: image {image_id} became {image['status']}")
-            if imported and image.get("os_glance_failed_import"):
-                if not image.get("os_glance_importing_to_stores"):
-                    reason = await asyncio.to_thread(_task_message, glance, image_id)
-                    raise ImportFailed(f"{glance.where}: Glance's import failed: {reason}")
+                raise FailedPrecondition(
+                    f"{glance.where}: image {image_id} became {image['status']}"
+                )
+            failed = image.get("os_glance_failed_import")
+            if imported and failed and not image.get("os_glance_importing_to_stores"):
+                reason = await asyncio.to_thread(_task_message, glance, image_id)
+                raise ImportFailed(f"{glance.where}: Glance's import failed: {reason}")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(
                     f"{glance.where}: image {image_id} still {image['status']} "
@@ -211,7 +221,9 @@ class GlancePublisher:
 
 def _validate(target: GlanceTarget) -> None:
     if target.retire not in RETIRE_HOW:
-        raise InvalidArgument(f"retire must be one of {', '.join(RETIRE_HOW)}, not {target.retire!r}")
+        raise InvalidArgument(
+            f"retire must be one of {', '.join(RETIRE_HOW)}, not {target.retire!r}"
+        )
     if target.visibility not in VISIBILITIES:
         raise InvalidArgument(
             f"visibility must be one of {', '.join(VISIBILITIES)}, not {target.visibility!r}"
@@ -259,7 +271,7 @@ def _verify(image: dict[str, Any], source: ImageSource, where: str) -> None:
         )
 
 
-def _retire(glance: GlanceApi, image: dict[str, Any], how: str) -> None:
+def _retire(glance: GlanceApi, image: Mapping[str, Any], how: str) -> None:
     image_id = str(image["id"])
     if how == "hide":
         glance.set_properties(image_id, {"os_hidden": True})
