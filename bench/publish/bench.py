@@ -27,7 +27,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))  # bench/proctree.py
-from proctree import ProcessTree  # noqa: E402
+from proctree import proc_table  # noqa: E402
 
 MiB = 1 << 20
 
@@ -63,15 +63,28 @@ def timed_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[float,
 
     start = time.perf_counter()
     child = spawn(argv, log_file=log, env=env)
-    tree = ProcessTree()
     peak = 0
     while child.poll() is None:
-        peak = max(peak, sum(_hwm(pid) for pid in tree.pids()))
+        peak = max(peak, sum(_hwm(pid) for pid in subtree(child.pid)))
         time.sleep(0.02)
     seconds = time.perf_counter() - start
     if child.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({child.returncode}); see {log}")
     return seconds, peak / MiB, log.read_text()
+
+
+def subtree(root: int) -> set[int]:
+    """root and its descendants (not the servers this bench started beside it)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in proc_table().items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
 
 
 def _hwm(pid: int) -> int:
