@@ -4,10 +4,14 @@ by Kiln's GlancePublisher (its bytes streaming from the storage service) and by
 one run. Prints each one's throughput and peak RSS, and the ratios Kiln/client
 (goal >= 1.0). Not a test: it asserts only that each image is whole.
 
-Kiln is measured both ways it publishes to a cloud with import enabled:
-web-download (Glance pulls the storage URL) and glance-direct (the publisher
-streams storage's bytes to Glance's staging area, what it does when Glance
-cannot reach storage).
+The goal's ratio compares like with like: both publish with Glance's upload
+call, to a Glance with import disabled (RegionTwo), Kiln streaming from the
+storage service and the client reading a local file. Kiln is also measured the
+two ways it publishes to a Glance with import enabled (RegionOne, the same
+Keystone): web-download (Glance pulls the storage URL) and glance-direct (the
+publisher streams storage's bytes to Glance's staging area). An import writes
+the bytes twice (staging, then the store) so that the cloud's import plugins
+run: those two figures are for information.
 
   .venv/bin/python bench/publish/bench.py [--size-mib 1024]
 """
@@ -49,7 +53,8 @@ def worker(spec: dict[str, Any]) -> None:
             spec["artifact_id"], spec["url"], spec["size"], spec["sha256"], spec["sha512"],
             "qcow2", spec["name"], {"os_distro": "debian"}, stream,
         )  # fmt: skip
-        done = await GlancePublisher(Path(spec["clouds"])).publish(source, GlanceTarget("admin"))
+        target = GlanceTarget("admin", region=spec["region"])
+        done = await GlancePublisher(Path(spec["clouds"])).publish(source, target)
         return {"image_id": done.image_id, "method": done.method}
 
     print(json.dumps(asyncio.run(publish())))
@@ -137,8 +142,10 @@ def main() -> int:
     keystone = start_keystone(base / "keystone", base / "keystone.log", (), schemas)
     with stopping(keystone.pid):
         glance = start_glance(base / "glance", base / "glance.log", keystone, schema_cache=schemas)
-        with stopping(glance.pid):
-            clouds = write_clouds_yaml(base / "clouds.yaml", keystone, ("RegionOne",))
+        upload_only = start_glance(base / "glance2", base / "glance2.log", keystone,
+                                   "RegionTwo", (), schema_cache=schemas)  # fmt: skip
+        with stopping(glance.pid), stopping(upload_only.pid):
+            clouds = write_clouds_yaml(base / "clouds.yaml", keystone, ("RegionOne", "RegionTwo"))
             image = make_qcow2(base, args.size_mib * MiB)
             address = f"127.0.0.1:{free_port()}"
             storage_env = {
@@ -170,8 +177,10 @@ def run_all(base: Path, clouds: Path, image: Path, artifact: Any, url: str) -> d
         "stream_url": url,
     }  # fmt: skip
     results: dict[str, Any] = {}
-    for label, given_url in (("kiln web-download", url), ("kiln glance-direct", "")):
-        one = {**spec, "url": given_url, "name": f"kiln-{secrets.token_hex(3)}"}
+    runs = (("kiln upload", url, "RegionTwo"), ("kiln web-download", url, "RegionOne"),
+            ("kiln glance-direct", "", "RegionOne"))  # fmt: skip
+    for label, given_url, region in runs:
+        one = {**spec, "url": given_url, "name": f"kiln-{secrets.token_hex(3)}", "region": region}
         one["artifact_id"] = f"{artifact.id}-{secrets.token_hex(3)}"  # not "existing"
         argv = [sys.executable, __file__, "--worker", json.dumps(one)]
         seconds, rss, out = timed_child(argv, env, base / f"{label.replace(' ', '-')}.log")
@@ -179,7 +188,8 @@ def run_all(base: Path, clouds: Path, image: Path, artifact: Any, url: str) -> d
         results[label] = {"seconds": seconds, "peak_rss_mib": rss, **done}
     client = str(Path(sys.executable).parent / "openstack")
     argv = [
-        client, "--os-cloud", "admin", "image", "create", "--file", str(image),
+        client, "--os-cloud", "admin", "--os-region-name", "RegionTwo",
+        "image", "create", "--file", str(image),
         "--disk-format", "qcow2", "--container-format", "bare", "-f", "json",
         f"osc-{secrets.token_hex(3)}",
     ]  # fmt: skip
@@ -199,8 +209,11 @@ def check(clouds: Path, results: dict[str, Any], sha512: str) -> None:
     import openstack.config
 
     config = openstack.config.OpenStackConfig(config_files=[str(clouds)])
-    conn = openstack.connection.Connection(config=config.get_one(cloud="admin"))
     for label, result in results.items():
+        region = "RegionOne" if "web-download" in label or "glance-direct" in label else "RegionTwo"
+        conn = openstack.connection.Connection(
+            config=config.get_one(cloud="admin", region_name=region)
+        )
         image = conn.image.get_image(result["image_id"])
         conn.image.wait_for_status(image, "active", wait=600)
         image = conn.image.get_image(result["image_id"])
@@ -210,15 +223,16 @@ def check(clouds: Path, results: dict[str, Any], sha512: str) -> None:
 
 def report(size_mib: int, results: dict[str, Any]) -> None:
     client = results["openstack image create --file"]
-    print(f"{size_mib} MiB qcow2 to one Glance (gunicorn, 1 worker), {os.cpu_count()} cores")
+    print(f"{size_mib} MiB qcow2 to Glance (gunicorn, 1 worker each), {os.cpu_count()} cores")
     print(f"{'':34}{'seconds':>8}{'MiB/s':>8}{'peak RSS MiB':>14}")
     for label, r in results.items():
         r["mib_per_s"] = size_mib / r["seconds"]
         print(f"{label:34}{r['seconds']:>8.1f}{r['mib_per_s']:>8.1f}{r['peak_rss_mib']:>14.0f}")
-    for label in ("kiln web-download", "kiln glance-direct"):
+    for label in ("kiln upload", "kiln web-download", "kiln glance-direct"):
         ratio = results[label]["mib_per_s"] / client["mib_per_s"]
         results[label]["ratio_to_client"] = ratio
-        print(f"ratio {label} / openstack client: {ratio:.2f}  (goal >= 1.0)")
+        goal = "  (the goal: >= 1.0, the same upload call)" if label == "kiln upload" else ""
+        print(f"ratio {label} / openstack client: {ratio:.2f}{goal}")
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "publish.json").write_text(json.dumps({"size_mib": size_mib, **results}, indent=2))

@@ -238,10 +238,27 @@ def test_layers_are_shared_through_the_storage_service(first_build, tmp_path: Pa
         subprocess.run([kiln, "down"], env=env, check=False, capture_output=True)
 
 
+REPRODUCIBLE = """\
+name: web
+version: "1.0"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+files:
+  - {path: /var/www/html/cloud.txt, content: "Cloudy Weather Expected", mode: "0640"}
+run:
+  - inline: "echo built-by-kiln > /etc/kiln-release"
+disk: {size: 2GiB}
+outputs: [raw]
+test: {boot: false}
+"""
+
+
 def test_the_same_recipe_twice_without_cache_gives_the_same_image(tmp_path: Path) -> None:
     """Reproducible builds: same recipe, same mirror (within minutes), no cache at
-    all (not even the bootstrap) -> the same raw disk image, byte for byte."""
-    recipe = write_recipe(tmp_path)
+    all (not even the bootstrap) -> the same raw disk image, byte for byte. (No
+    packages step: the bootstrap already runs apt and dpkg, at half the time.)"""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(REPRODUCIBLE)
     digests = []
     for run in ("a", "b"):
         done = bake(recipe, tmp_path / f"out-{run}", tmp_path / "work", "--no-cache",
