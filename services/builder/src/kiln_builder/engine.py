@@ -339,10 +339,8 @@ class Bake:
 
     def _not_yet(self) -> list[str]:
         """Recipe parts this engine validates but does not act on yet."""
-        later = []
-        if self.recipe.publish:
-            later.append("publish")
-        return later
+        # publish: is the publisher's (it acts on build.succeeded).
+        return []
 
     @property
     def _stem(self) -> str:
