@@ -13,6 +13,8 @@ apt_packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
   # vm isolation: the relay to the package mirrors, copying a tree back
   socat rsync
+  # the marketplace catalogue's browser test
+  chromium
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do

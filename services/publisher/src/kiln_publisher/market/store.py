@@ -1,0 +1,286 @@
+"""The marketplace store: one NATS JetStream key per image and endorser,
+holding the newest signed document. Every replica reads and writes the same
+bucket, each write is a compare-and-set on the key's revision (two replicas
+deprecating at once: one wins, one retries on the winner's entry), and what
+is read back is verified again, so a document altered inside NATS is never
+served as trusted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats.js.errors as jerr
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from kiln_common import jetstream
+from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.events import Publisher
+from kiln_publisher.market.entry import (
+    DEFAULT_VALIDITY,
+    STATUSES,
+    Endorser,
+    Entry,
+    ImageFacts,
+    check_identifier,
+    new_entry,
+)
+from kiln_publisher.market.keys import Keyring
+from kiln_publisher.market.signing import Rejected, SignedEntry, sign, verify
+
+log = logging.getLogger(__name__)
+
+BUCKET = "KILN_MARKET"
+_CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Query:
+    """Every given filter must match; text matches any of title,
+    description, os, version, arch, creator, endorser, identifier."""
+
+    os: str | None = None
+    os_version: str | None = None
+    arch: str | None = None
+    endorser: str | None = None
+    status: str | None = None
+    text: str | None = None
+    identifier: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in STATUSES:
+            raise InvalidArgument(f"status is one of {', '.join(STATUSES)}, not {self.status!r}")
+
+    def matches(self, entry: Entry, now: datetime) -> bool:
+        exact = (
+            (self.os, entry.os),
+            (self.os_version, entry.os_version),
+            (self.arch, entry.arch),
+            (self.identifier, entry.identifier),
+        )
+        if any(want is not None and want.lower() != have.lower() for want, have in exact):
+            return False
+        if self.endorser is not None and self.endorser.lower() != entry.endorser.email.lower():
+            return False
+        if self.status is not None and entry.status(now) != self.status:
+            return False
+        if self.text:
+            fields = (entry.title, entry.description, entry.os, entry.os_version, entry.arch)
+            who = (entry.creator, entry.endorser.email, entry.identifier)
+            haystack = " ".join((*fields, *who)).lower()
+            return all(word in haystack for word in self.text.lower().split())
+        return True
+
+
+def _key(identifier: str, email: str) -> str:
+    # NATS keys allow [-/_=.A-Za-z0-9]: the email goes in as base64url.
+    tag = base64.urlsafe_b64encode(email.lower().encode()).decode().rstrip("=")
+    return f"{identifier}.{tag}"
+
+
+def event_data(entry: Entry, now: datetime) -> dict[str, Any]:
+    return {
+        "identifier": entry.identifier,
+        "sequence": entry.sequence,
+        "endorser": entry.endorser.email,
+        "kid": entry.endorser.kid,
+        "status": entry.status(now),
+        "artifact_id": entry.artifact_id,
+        "title": entry.title,
+        "os": entry.os,
+        "os_version": entry.os_version,
+        "arch": entry.arch,
+        "sha256": entry.checksums.sha256,
+        "valid_until": entry.valid_until,
+    }
+
+
+class Market:
+    def __init__(
+        self, js: JetStreamContext, keys: Keyring, events: Publisher, bucket: str = BUCKET
+    ) -> None:
+        self._js = js
+        self.keys = keys
+        self._events = events
+        self._bucket = bucket
+        self._kv: KeyValue | None = None
+
+    async def _store(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await jetstream.mapped(lambda: jetstream.key_value(self._js, self._bucket))
+        return self._kv
+
+    async def _read(self, key: str) -> tuple[SignedEntry, int] | None:
+        kv = await self._store()
+        try:
+            found = await jetstream.mapped(lambda: kv.get(key))
+        except NotFound:
+            return None
+        if found.value is None or found.revision is None:
+            return None
+        return SignedEntry(verify(found.value, self.keys), found.value), found.revision
+
+    async def _write(self, key: str, signed: SignedEntry, revision: int | None) -> None:
+        kv = await self._store()
+        if revision is None:
+            await jetstream.mapped(lambda: kv.create(key, signed.document))
+        else:
+            await jetstream.mapped(lambda: kv.update(key, signed.document, last=revision))
+
+    async def publish(
+        self,
+        facts: ImageFacts,
+        endorser: str,
+        valid_for: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> SignedEntry:
+        """Signs and stores the endorser's entry for the image; an image the
+        endorser had endorsed before gets a new statement superseding it."""
+        signer = self.keys.signer(endorser)
+        moment = now or datetime.now(UTC)
+        validity = valid_for if valid_for is not None else DEFAULT_VALIDITY
+        fresh = new_entry(facts, Endorser(signer.email, signer.kid), moment, validity)
+        key = _key(fresh.identifier, signer.email)
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self._read_lenient(key)
+            entry = fresh
+            if current is not None:
+                entry = replace(fresh, sequence=current[0].entry.sequence + 1)
+            signed = sign(entry, signer)
+            if await self._try_write(key, signed, current[1] if current else None):
+                await self._events.publish(
+                    "entry.published", entry.identifier, event_data(entry, moment)
+                )
+                return signed
+        raise FailedPrecondition(f"entry {fresh.identifier} keeps changing; try again")
+
+    async def _read_lenient(self, key: str) -> tuple[SignedEntry, int] | None:
+        """The stored entry, or None; one no longer trusted (its key revoked
+        since) is read for its sequence only, so the new one supersedes it."""
+        try:
+            return await self._read(key)
+        except Rejected as exc:
+            kv = await self._store()
+            found = await jetstream.mapped(lambda: kv.get(key))
+            raw = json.loads(found.value or b"{}")
+            log.warning("replacing the untrusted entry %s: %s", key, exc)
+            entry = Entry.from_dict(raw["entry"])
+            assert found.revision is not None
+            return SignedEntry(entry, found.value or b""), found.revision
+
+    async def _try_write(self, key: str, signed: SignedEntry, revision: int | None) -> bool:
+        try:
+            await self._write(key, signed, revision)
+        except FailedPrecondition:
+            return False  # another replica wrote first: read its entry, try again
+        return True
+
+    async def _all(self) -> list[SignedEntry]:
+        kv = await self._store()
+        try:
+            keys = await jetstream.mapped(lambda: kv.keys())
+        except jerr.NoKeysError:
+            return []
+        entries = []
+        for key in keys:
+            try:
+                found = await self._read(key)
+            except Rejected as exc:
+                log.warning("marketplace entry %s is not trusted, skipped: %s", key, exc)
+                continue
+            if found is not None:
+                entries.append(found[0])
+        return entries
+
+    async def _for(self, identifier: str) -> list[SignedEntry]:
+        check_identifier(identifier)
+        return [s for s in await self._all() if s.entry.identifier == identifier]
+
+    async def get(self, identifier: str, endorser: str | None = None) -> SignedEntry:
+        """The image's entry (the newest statement when several endorsers vouch for it)."""
+        found = [
+            s
+            for s in await self._for(identifier)
+            if endorser is None or s.entry.endorser.email.lower() == endorser.lower()
+        ]
+        if not found:
+            by = f" endorsed by {endorser}" if endorser else ""
+            raise NotFound(f"no marketplace entry {identifier}{by}")
+        return max(found, key=lambda s: s.entry.created)
+
+    async def search(self, query: Query, now: datetime | None = None) -> list[SignedEntry]:
+        """Matching entries, newest first."""
+        moment = now or datetime.now(UTC)
+        found = [s for s in await self._all() if query.matches(s.entry, moment)]
+        return sorted(found, key=lambda s: (s.entry.created, s.entry.identifier), reverse=True)
+
+    async def deprecate(
+        self, identifier: str, endorser: str | None = None, now: datetime | None = None
+    ) -> SignedEntry:
+        """Re-signs the endorser's entry with deprecated=true; with no
+        endorser named, the one endorser this replica signs for that
+        endorsed the image."""
+        moment = now or datetime.now(UTC)
+        current = await self.get(identifier, endorser or self._only_endorser(identifier))
+        if current.entry.deprecated:
+            return current
+        signed, _ = await self._supersede(current, moment, "entry.deprecated", deprecated=True)
+        return signed
+
+    def _only_endorser(self, identifier: str) -> str | None:
+        mine = self.keys.endorsers()
+        if len(mine) > 1:
+            raise InvalidArgument(
+                f"this marketplace signs for {', '.join(mine)}: name the endorser "
+                f"whose entry {identifier} to deprecate"
+            )
+        return mine[0] if mine else None
+
+    async def _supersede(
+        self, current: SignedEntry, now: datetime, event: str, **changes: Any
+    ) -> tuple[SignedEntry, bool]:
+        """Stores the next statement about current's image: the first replica
+        to write wins; a loser returns the winner's entry, and False."""
+        signer = self.keys.signer(current.entry.endorser.email)
+        key = _key(current.identifier, signer.email)
+        for _ in range(_CAS_ATTEMPTS):
+            stored = await self._read(key)
+            if stored is None:
+                raise NotFound(f"no marketplace entry {current.identifier}")
+            latest, revision = stored
+            if all(getattr(latest.entry, k) == v for k, v in changes.items()):
+                return latest, False  # done meanwhile, by another replica
+            if changes.get("expired") and latest.entry.status(now) != "expired":
+                return latest, False  # re-endorsed meanwhile: valid again
+            changed = latest.entry.successor(now, **changes)
+            # Signed with the endorser's current key, which may be a newer one.
+            changed = replace(changed, endorser=Endorser(signer.email, signer.kid))
+            signed = sign(changed, signer)
+            if await self._try_write(key, signed, revision):
+                await self._events.publish(event, changed.identifier, event_data(changed, now))
+                return signed, True
+        raise FailedPrecondition(f"entry {current.identifier} keeps changing; try again")
+
+    async def sweep(self, now: datetime | None = None) -> list[SignedEntry]:
+        """Marks every entry past its valid_until expired (re-signed) and
+        returns those this call marked, so the caller retires their Glance
+        images once. Entries of endorsers this replica cannot sign for stay
+        as they are (they already read as expired)."""
+        moment = now or datetime.now(UTC)
+        mine = {email.lower() for email in self.keys.endorsers()}
+        newly = []
+        for signed in await self._all():
+            entry = signed.entry
+            if entry.expired or entry.deprecated or entry.status(moment) != "expired":
+                continue
+            if entry.endorser.email.lower() not in mine:
+                continue
+            after, wrote = await self._supersede(signed, moment, "entry.expired", expired=True)
+            if wrote:
+                newly.append(after)
+        return newly

@@ -1,0 +1,244 @@
+"""The marketplace against real NATS and a real storage service: entries
+shared by replicas and kept across a NATS restart, deprecation and expiry
+re-signed once with their events, the JSON API, and the HTML catalogue opened
+in headless Chromium whose download link answers a Range request with 206."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+from aiohttp import web
+from google.protobuf.duration_pb2 import Duration
+from market_support import ENDORSER, endorser_ring, facts_for, public_only
+from support import payload, storage_stub
+
+from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
+from kiln_common.errors import NotFound
+from kiln_common.events import STREAM, SUBJECT_PREFIX, JetStreamPublisher
+from kiln_common.proc import run
+from kiln_publisher.market import ImageFacts, Keyring, Market, Query, make_app, verify
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def market(url: str, keys: Keyring, name: str = "publisher-1") -> AsyncIterator[Market]:
+    """One publisher replica: its own NATS connection and event publisher."""
+    events = await JetStreamPublisher.connect(url, name)
+    nc = await nats.connect(url)
+    try:
+        yield Market(nc.jetstream(), keys, events)
+    finally:
+        await events.close()
+        await nc.close()
+
+
+async def stored_image(address: str, data: bytes) -> ImageFacts:
+    """Uploads data to the storage service: facts whose location is its real download URL."""
+    async with storage_stub(address) as stub:
+
+        async def requests() -> AsyncIterator[pb.UploadRequest]:
+            labels = {"name": "web", "version": "1.0", "format": "qcow2"}
+            yield pb.UploadRequest(header=pb.UploadHeader(labels=labels))
+            yield pb.UploadRequest(chunk=data)
+
+        artifact = await stub.Upload(requests())
+        week = Duration(seconds=7 * 24 * 3600)
+        reply = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id, expires_in=week))
+    facts = facts_for(data, locations=(reply.url,), artifact_id=artifact.id)
+    sums = artifact.checksums
+    assert (facts.sha256, facts.sha1, facts.md5) == (sums.sha256, sums.sha1, sums.md5)
+    return facts
+
+
+async def events_about(url: str, subject: str) -> list[dict[str, Any]]:
+    """Every event on KILN_EVENTS about subject, in stream order."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        pending = int((await js.stream_info(STREAM)).state.messages)
+        sub = await js.subscribe(SUBJECT_PREFIX + ">", ordered_consumer=True)
+        found = []
+        for _ in range(pending):
+            event = json.loads((await sub.next_msg(timeout=5)).data)
+            if event.get("subject") == subject:
+                found.append(event)
+        await sub.unsubscribe()
+        return found
+    finally:
+        await nc.close()
+
+
+async def test_replicas_share_entries_and_a_nats_restart_loses_nothing(
+    tmp_path: Path, storage_service: Any
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    store = tmp_path / "nats"
+    server = start_nats(store, tmp_path / "nats.log")
+    with stopping(server.pid):
+        async with storage_service() as (_, address):
+            facts = await stored_image(address, payload(4096, seed=1))
+            async with (
+                market(server.url, keys, "one") as one,
+                market(server.url, keys, "two") as two,
+            ):
+                published = await one.publish(facts, ENDORSER)
+                seen = await two.get(published.identifier)
+                assert seen.document == published.document
+                deprecated = await two.deprecate(published.identifier)
+                assert deprecated.entry.sequence == 2 and deprecated.entry.deprecated
+                assert (await one.get(published.identifier)).entry.status() == "deprecated"
+                assert await one.search(Query(status="valid")) == []
+        types = [e["type"] for e in await events_about(server.url, published.identifier)]
+        assert types == ["entry.published", "entry.deprecated"]
+    # A NATS restarted on the same store holds the same signed documents.
+    again = start_nats(store, tmp_path / "nats-2.log", port_of(server.url), port_of(server.monitor))
+    with stopping(again.pid):
+        async with market(again.url, public_only(keys), "three") as three:
+            kept = await three.get(published.identifier)
+            assert kept.document == deprecated.document
+            assert verify(kept.document, public_only(keys), newest=deprecated.entry).deprecated
+            with pytest.raises(NotFound):
+                await three.get("A" * 27)
+
+
+async def test_sweep_expires_an_entry_once_however_many_replicas_sweep(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with (
+        market(nats_server.url, keys, "one") as one,
+        market(nats_server.url, keys, "two") as two,
+    ):
+        short = await one.publish(facts_for(b"short-lived"), ENDORSER, valid_for=timedelta(hours=1))
+        long = await one.publish(facts_for(b"long-lived"), ENDORSER)
+        later = datetime.now(UTC) + timedelta(hours=2)
+        swept = await asyncio.gather(one.sweep(later), two.sweep(later))
+        newly = [s.identifier for batch in swept for s in batch]
+        assert newly == [short.identifier]
+        assert (await two.sweep(later)) == []
+        stored = await one.get(short.identifier)
+        assert stored.entry.expired and stored.entry.sequence == 2
+        assert (await one.get(long.identifier)).entry.status(later) == "valid"
+        assert [s.identifier for s in await two.search(Query(status="expired"))] == [
+            short.identifier
+        ]
+    types = [e["type"] for e in await events_about(nats_server.url, short.identifier)]
+    assert types == ["entry.published", "entry.expired"]
+
+
+async def test_a_document_altered_inside_nats_is_not_served(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one:
+        signed = await one.publish(facts_for(b"image"), ENDORSER)
+        nc = await nats.connect(nats_server.url)
+        kv = await nc.jetstream().key_value("KILN_MARKET")
+        (key,) = await kv.keys()
+        outer = json.loads(signed.document)
+        outer["entry"]["locations"] = ["https://evil.example.org/x.qcow2"]
+        await kv.put(key, json.dumps(outer).encode())
+        await nc.close()
+        assert await one.search(Query()) == []
+        with pytest.raises(NotFound):
+            await one.get(signed.identifier)
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_json_api_filters_shows_and_serves_the_signed_document(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one, serving(make_app(one)) as base:
+        debian = await one.publish(facts_for(b"debian"), ENDORSER)
+        await one.publish(
+            facts_for(b"alma", os="almalinux", os_version="9", title="Alma"), ENDORSER
+        )
+        async with aiohttp.ClientSession(base) as http:
+            async with http.get("/api/v1/entries", params={"os": "debian", "status": "valid"}) as r:
+                listed = (await r.json())["entries"]
+            assert [e["identifier"] for e in listed] == [debian.identifier]
+            assert listed[0]["status"] == "valid" and listed[0]["links"]["download"]
+            async with http.get("/api/v1/entries", params={"q": "alma"}) as r:
+                assert [e["os"] for e in (await r.json())["entries"]] == ["almalinux"]
+            async with http.get(f"/api/v1/entries/{debian.identifier}") as r:
+                assert (await r.json())["checksums"]["sha256"] == debian.entry.checksums.sha256
+            async with http.get(f"/api/v1/entries/{debian.identifier}/entry.json") as r:
+                document = await r.read()
+            assert verify(document, public_only(keys)) == debian.entry
+            async with http.get("/api/v1/entries/" + "A" * 27) as r:
+                assert r.status == 404 and (await r.json())["error"] == "NotFound"
+            async with http.get("/api/v1/entries", params={"status": "sideways"}) as r:
+                assert r.status == 400 and "status is one of" in (await r.json())["message"]
+
+
+class _Links(HTMLParser):
+    """The catalogue's entry rows: their identifier and download link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, str] = {}
+        self._row: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        if tag == "tr" and attr.get("class") == "entry":
+            self._row = attr.get("id")
+        if tag == "a" and attr.get("class") == "download" and self._row:
+            self.rows[self._row] = attr.get("href") or ""
+
+
+async def test_the_catalogue_in_chromium_links_a_download_that_answers_a_range(
+    tmp_path: Path, nats_server: Nats, storage_service: Any
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    data = payload(256 * 1024, seed=7)
+    async with storage_service() as (_, address):
+        facts = await stored_image(address, data)
+        title = 'Debian <script>alert("x")</script> & co'
+        facts = ImageFacts(**{**vars(facts), "title": title})
+        async with market(nats_server.url, keys) as one, serving(make_app(one)) as base:
+            signed = await one.publish(facts, ENDORSER)
+            profile = tmp_path / "chromium"
+            argv = [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                f"{base}/?os=debian",
+            ]
+            dom = (await run(argv, time_limit=60, log_output=False)).stdout
+            assert "<script>alert" not in dom and "&lt;script&gt;" in dom
+            links = _Links()
+            links.feed(dom)
+            link = links.rows[signed.identifier]
+            assert link == facts.locations[0]
+            ranged = {"Range": "bytes=1000-1999"}
+            async with aiohttp.ClientSession() as http, http.get(link, headers=ranged) as r:
+                assert r.status == 206 and await r.read() == data[1000:2000]
