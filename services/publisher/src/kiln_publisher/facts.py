@@ -5,7 +5,7 @@ A's ImageSource and B's ImageFacts. Pure functions, so they are unit-tested."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -34,7 +34,7 @@ class RecipeFacts:
     os_version: str = ""
     arch: str = "amd64"
     recipe_sha256: str = ""
-    publish: Publish = Publish()
+    publish: Publish = field(default_factory=Publish)
 
 
 def split_format(label: str) -> tuple[str, str]:

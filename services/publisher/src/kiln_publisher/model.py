@@ -57,9 +57,11 @@ class Publication:
 
     def with_result(self, result: Result) -> Publication:
         kept = [r for r in self.results if r.key != result.key]
-        ordered = tuple(
-            result if r.key == result.key else r for r in self.results
-        ) if len(kept) < len(self.results) else (*self.results, result)
+        ordered = (
+            tuple(result if r.key == result.key else r for r in self.results)
+            if len(kept) < len(self.results)
+            else (*self.results, result)
+        )
         return replace(self, results=ordered, updated_at=now().isoformat())
 
     def to_json(self) -> bytes:

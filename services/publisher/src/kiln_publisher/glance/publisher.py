@@ -79,7 +79,9 @@ class GlancePublisher:
         name = target.name or source.name
         glance = self._api(target.cloud, target.region)
         what = f"publishing artifact {source.artifact_id} to {glance.where}"
-        return await self.retry.acall(lambda: self._publish_once(glance, source, target, name), what)
+        return await self.retry.acall(
+            lambda: self._publish_once(glance, source, target, name), what
+        )
 
     async def _publish_once(
         self, glance: GlanceApi, source: ImageSource, target: GlanceTarget, name: str
@@ -89,7 +91,9 @@ class GlancePublisher:
         found = [i for i in named if _is_copy_of(i, source)]
         if found:
             image_id, method = found[0]["id"], "existing"
-            log.info("%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id)
+            log.info(
+                "%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id
+            )
         else:
             image_id, method = await self._upload(glance, source, target, name)
             named = await asyncio.to_thread(_named, glance, project, name)
@@ -112,7 +116,9 @@ class GlancePublisher:
             except ImportFailed as exc:
                 if method != "web-download":
                     raise
-                log.info("%s: web-download failed (%s); staging the bytes instead", glance.where, exc)
+                log.info(
+                    "%s: web-download failed (%s); staging the bytes instead", glance.where, exc
+                )
         raise FailedPrecondition(f"{glance.where}: web-download failed and glance-direct is off")
 
     async def _attempt(
@@ -138,14 +144,18 @@ class GlancePublisher:
             raise
         return image_id
 
-    async def _wait_active(self, glance: GlanceApi, image_id: str, imported: bool) -> dict[str, Any]:
+    async def _wait_active(
+        self, glance: GlanceApi, image_id: str, imported: bool
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + self.active_timeout
         while True:
             image = await asyncio.to_thread(glance.get, image_id)
             if image["status"] == "active":
                 return image
             if image["status"] in ("killed", "deleted", "deactivated"):
-                raise FailedPrecondition(f"{glance.where}: image {image_id} became {image['status']}")
+                raise FailedPrecondition(
+                    f"{glance.where}: image {image_id} became {image['status']}"
+                )
             if imported and image.get("os_glance_failed_import"):
                 if not image.get("os_glance_importing_to_stores"):
                     reason = await asyncio.to_thread(_task_message, glance, image_id)
@@ -196,7 +206,9 @@ class GlancePublisher:
 
 def _validate(target: GlanceTarget) -> None:
     if target.retire not in RETIRE_HOW:
-        raise InvalidArgument(f"retire must be one of {', '.join(RETIRE_HOW)}, not {target.retire!r}")
+        raise InvalidArgument(
+            f"retire must be one of {', '.join(RETIRE_HOW)}, not {target.retire!r}"
+        )
     if target.visibility not in VISIBILITIES:
         raise InvalidArgument(
             f"visibility must be one of {', '.join(VISIBILITIES)}, not {target.visibility!r}"
