@@ -23,7 +23,7 @@ from kiln_common.grpc_server import GrpcServer
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
-from kiln_publisher.market import Keyring, Market, make_app
+from kiln_publisher.market import Keyring, Market, generate_endorser, make_app, write_keyring
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 
@@ -45,6 +45,15 @@ class PublisherApp:
         while self._cleanups:
             with contextlib.suppress(Exception):
                 await self._cleanups.pop()()
+
+
+def local_endorser(s: PublisherSettings) -> None:
+    """Generates the local endorser's key once and publishes its public half
+    in the keyring, so `kiln market verify` trusts it."""
+    key = generate_endorser(s.endorser_key_dir / "local.json", s.local_endorser)
+    public = Keyring()
+    public.add(key.email, key.key)
+    write_keyring(s.keyring_dir / "local.json", public, private=False)
 
 
 def load_keyring(s: PublisherSettings) -> Keyring:
@@ -118,6 +127,8 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     cleanups.append(events.close)
     storage = AsyncStorageClient(settings.storage)
     cleanups.append(storage.close)
+    if settings.local_endorser:
+        local_endorser(settings)
     keys = load_keyring(settings)
     market = Market(js, keys, events) if settings.marketplace else None
     core = PublisherCore(

@@ -67,6 +67,9 @@ class PublisherSettings(KilnSettings):
     """Public keys of trusted endorsers (and revocations) that entries are verified with."""
     default_endorser: str = ""
     """Endorser (e-mail) of entries when a request or recipe names none."""
+    local_endorser: str = ""
+    """An endorser (e-mail) whose key is generated in endorser_key_dir if missing,
+    with its public key written to keyring_dir: `kiln up`'s local marketplace."""
     marketplace: bool = True
     """Serve the marketplace (entries, HTTP API and catalogue)."""
     sweep_interval_seconds: float = 300.0
