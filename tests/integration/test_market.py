@@ -27,7 +27,7 @@ from kiln_common.devservers import Nats, free_port, port_of, start_nats, stoppin
 from kiln_common.errors import NotFound
 from kiln_common.events import STREAM, SUBJECT_PREFIX, JetStreamPublisher
 from kiln_common.proc import run
-from kiln_publisher.market import ImageFacts, Keyring, Market, Query, make_app, verify
+from kiln_publisher.market import Entry, ImageFacts, Keyring, Market, Query, make_app, verify
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +242,35 @@ async def test_the_catalogue_in_chromium_links_a_download_that_answers_a_range(
             ranged = {"Range": "bytes=1000-1999"}
             async with aiohttp.ClientSession() as http, http.get(link, headers=ranged) as r:
                 assert r.status == 206 and await r.read() == data[1000:2000]
+
+
+async def test_with_a_locator_download_links_redirect_to_a_freshly_signed_url(
+    tmp_path: Path, nats_server: Nats, storage_service: Any
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    data = payload(64 * 1024, seed=9)
+    async with storage_service() as (_, address), storage_stub(address) as stub:
+        facts = await stored_image(address, data)
+        # The signed location has expired: only a fresh URL reaches the bytes.
+        facts = ImageFacts(**{**vars(facts), "locations": (facts.locations[0] + "0",)})
+        asked: list[str] = []
+
+        async def locate(entry: Entry) -> str:
+            asked.append(entry.artifact_id)
+            request = pb.GetDownloadUrlRequest(id=entry.artifact_id)
+            return str((await stub.GetDownloadUrl(request)).url)
+
+        async with market(nats_server.url, keys) as one, serving(make_app(one, locate)) as base:
+            signed = await one.publish(facts, ENDORSER)
+            async with aiohttp.ClientSession(base) as http:
+                async with http.get(f"/api/v1/entries/{signed.identifier}") as r:
+                    link = (await r.json())["links"]["download"]
+                assert link.startswith(f"/api/v1/entries/{signed.identifier}/download")
+                async with http.get(link, allow_redirects=False) as r:
+                    assert r.status == 307
+                ranged = {"Range": "bytes=10-19"}
+                async with http.get(link, headers=ranged) as r:
+                    assert r.status == 206 and await r.read() == data[10:20]
+                async with http.get("/", params={"os": "debian"}) as r:
+                    assert f'class="download" href="{link}"' in await r.text()
+            assert asked and set(asked) == {facts.artifact_id}

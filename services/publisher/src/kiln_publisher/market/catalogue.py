@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from html import escape
-from urllib.parse import quote, urlparse
+from urllib.parse import urlparse
 
 from kiln_publisher.market.entry import STATUSES
+from kiln_publisher.market.links import links
 from kiln_publisher.market.signing import SignedEntry
 from kiln_publisher.market.store import Query
 
@@ -47,17 +48,17 @@ def _web_url(url: str) -> bool:
     return urlparse(url).scheme in ("http", "https")
 
 
-def _row(signed: SignedEntry, now: datetime) -> str:
+def _row(signed: SignedEntry, now: datetime, redirect: bool) -> str:
     e = signed.entry
     status = e.status(now)
+    link = links(e, redirect)
+    target = link["download"]
     download = (
-        f'<a class="download" href="{escape(e.locations[0])}">download</a>'
-        if e.locations and _web_url(e.locations[0])
+        f'<a class="download" href="{escape(target)}">download</a>'
+        if target and (redirect or _web_url(target))
         else "no location"
     )
-    document = (
-        f"/api/v1/entries/{quote(e.identifier)}/entry.json?endorser={quote(e.endorser.email)}"
-    )
+    document = link["document"] or ""
     sums = "<br>".join(
         f"{name}: <code>{escape(getattr(e.checksums, name))}</code>"
         for name in ("sha256", "sha512", "sha1", "md5")
@@ -81,10 +82,12 @@ def _row(signed: SignedEntry, now: datetime) -> str:
     return f'<tr class="entry" id="{escape(e.identifier)}">{tds}</tr>'
 
 
-def render_catalogue(entries: Sequence[SignedEntry], query: Query, now: datetime) -> str:
+def render_catalogue(
+    entries: Sequence[SignedEntry], query: Query, now: datetime, redirect: bool = False
+) -> str:
     heads = ["Image", "OS", "Version", "Arch", "Format", "Endorser", "Status", "Checksums", "Links"]
     header = "".join(f"<th>{h}</th>" for h in heads)
-    rows = "".join(_row(s, now) for s in entries) or (
+    rows = "".join(_row(s, now, redirect) for s in entries) or (
         f'<tr><td colspan="{len(heads)}">No entries match.</td></tr>'
     )
     return (

@@ -14,32 +14,29 @@ from aiohttp import web
 
 from kiln_common.errors import InvalidArgument, KilnError, NotFound, Unavailable
 from kiln_publisher.market.catalogue import render_catalogue
+from kiln_publisher.market.entry import Entry
+from kiln_publisher.market.links import API, links
 from kiln_publisher.market.signing import SignedEntry
 from kiln_publisher.market.store import Market, Query
 
 log = logging.getLogger(__name__)
 
-API = "/api/v1/entries"
 _FILTERS = ("os", "os_version", "arch", "endorser", "status", "text", "identifier")
 _STATUS = {InvalidArgument: 400, NotFound: 404, Unavailable: 503}
+# Turns an entry into a download URL that works now: the storage service's
+# URLs expire (at most a week), entries live for months.
+Locate = Callable[[Entry], Awaitable[str]]
+
 _MARKET: web.AppKey[Market] = web.AppKey("market", Market)
+_LOCATE: web.AppKey[Locate | None] = web.AppKey("locate")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def describe(signed: SignedEntry, now: datetime) -> dict[str, Any]:
+def describe(signed: SignedEntry, now: datetime, redirect: bool = False) -> dict[str, Any]:
     """An entry as the API shows it: its signed fields, its status now, links."""
     entry = signed.entry
-    base = f"{API}/{entry.identifier}"
-    return {
-        **entry.to_dict(),
-        "status": entry.status(now),
-        "links": {
-            "self": base,
-            "document": f"{base}/entry.json?endorser={entry.endorser.email}",
-            "download": entry.locations[0] if entry.locations else None,
-        },
-    }
+    return {**entry.to_dict(), "status": entry.status(now), "links": links(entry, redirect)}
 
 
 def _query(request: web.Request) -> Query:
@@ -73,21 +70,40 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _list(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     found = await request.app[_MARKET].search(_query(request), now)
-    return web.json_response({"entries": [describe(s, now) for s in found]}, dumps=_dumps)
+    redirect = request.app[_LOCATE] is not None
+    listed = [describe(s, now, redirect) for s in found]
+    return web.json_response({"entries": listed}, dumps=_dumps)
+
+
+async def _entry(request: web.Request) -> SignedEntry:
+    return await request.app[_MARKET].get(
+        request.match_info["identifier"], request.query.get("endorser") or None
+    )
 
 
 async def _show(request: web.Request) -> web.Response:
-    signed = await request.app[_MARKET].get(
-        request.match_info["identifier"], request.query.get("endorser") or None
+    redirect = request.app[_LOCATE] is not None
+    return web.json_response(
+        describe(await _entry(request), datetime.now(UTC), redirect), dumps=_dumps
     )
-    return web.json_response(describe(signed, datetime.now(UTC)), dumps=_dumps)
+
+
+async def _download(request: web.Request) -> web.Response:
+    """A redirect to a download URL signed now (Range requests then go there)."""
+    signed = await _entry(request)
+    locate = request.app[_LOCATE]
+    if locate is not None:
+        url = await locate(signed.entry)
+    elif signed.entry.locations:
+        url = signed.entry.locations[0]
+    else:
+        raise NotFound(f"entry {signed.identifier} has no download location")
+    raise web.HTTPTemporaryRedirect(url)
 
 
 async def _document(request: web.Request) -> web.Response:
     """The signed document, byte for byte as signed: `kiln market verify --file` input."""
-    signed = await request.app[_MARKET].get(
-        request.match_info["identifier"], request.query.get("endorser") or None
-    )
+    signed = await _entry(request)
     return web.Response(
         body=signed.document,
         content_type="application/json",
@@ -99,7 +115,7 @@ async def _catalogue(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     query = _query(request)
     found = await request.app[_MARKET].search(query, now)
-    page = render_catalogue(found, query, now)
+    page = render_catalogue(found, query, now, redirect=request.app[_LOCATE] is not None)
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
@@ -107,11 +123,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2)
 
 
-def make_app(market: Market) -> web.Application:
+def make_app(market: Market, locate: Locate | None = None) -> web.Application:
+    """The marketplace's HTTP app. Without locate, download links are the
+    entries' first locations as signed; with it (the publisher passes one
+    that asks the storage service for a fresh URL of entry.artifact_id),
+    they go through GET .../{identifier}/download, a 307 to a URL that
+    works now."""
     app = web.Application(middlewares=[_errors])
     app[_MARKET] = market
+    app[_LOCATE] = locate
     app.router.add_get("/", _catalogue)
     app.router.add_get(API, _list)
     app.router.add_get(API + "/{identifier}", _show)
     app.router.add_get(API + "/{identifier}/entry.json", _document)
+    app.router.add_get(API + "/{identifier}/download", _download)
     return app

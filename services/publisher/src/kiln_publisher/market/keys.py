@@ -14,14 +14,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from joserfc.errors import JoseError
 from joserfc.jwk import OKPKey
 
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 
-CURVE = "Ed25519"
+CURVE: Final = "Ed25519"
 
 
 @dataclass(frozen=True)

@@ -104,9 +104,11 @@ def verify(document: bytes, keys: Keyring, newest: Entry | None = None) -> Entry
         )
     if keys.is_revoked(entry.endorser.email, entry.endorser.kid):
         raise Rejected("revoked", f"endorser {entry.endorser.email} or its key is revoked")
-    jose = {"protected": protected, "payload": _b64(canonical(entry)), "signature": signature}
+    jose = jws.FlattenedJSONSerialization(
+        protected=protected, payload=_b64(canonical(entry)), signature=signature
+    )
     try:
-        jws.deserialize_json(jose, known.key, [ALGORITHM])  # type: ignore[arg-type]
+        jws.deserialize_json(jose, known.key, [ALGORITHM])
     except (JoseError, ValueError) as exc:
         raise Rejected(
             "bad-signature",
