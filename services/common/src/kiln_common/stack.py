@@ -223,6 +223,8 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_PUBLISHER_")})
+    if os.environ.get("OS_CLIENT_CONFIG_FILE"):  # openstacksdk's own variable
+        env["OS_CLIENT_CONFIG_FILE"] = os.environ["OS_CLIENT_CONFIG_FILE"]
     return env
 
 

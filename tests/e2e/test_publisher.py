@@ -1,0 +1,184 @@
+"""The publisher through `kiln up`, against a real Keystone and Glance (PyPI
+packages under gunicorn on loopback) and the stack's real NATS and storage:
+`kiln publish BUILD --glance CLOUD --marketplace`, idempotent when asked
+again, the entry verified offline with `kiln market verify --file`, and a
+build whose recipe has publish: published automatically once although its
+build.succeeded event arrives twice. Images are small qcow2 files pushed
+straight to storage, labelled as a build's artifacts: no image is built."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import openstack
+import pytest
+from support import kiln, kiln_up, wait_until
+
+from kiln_api.builder.v1 import builder_pb2 as bpb
+from kiln_client import PublisherClient, StorageClient
+from kiln_common.devservers import (
+    Keystone,
+    start_glance,
+    start_keystone,
+    stopping,
+    write_clouds_yaml,
+)
+from kiln_common.events import make_event, subject_for, to_json
+from kiln_common.ids import new_id
+from kiln_common.stack import Stack
+
+pytestmark = [pytest.mark.e2e]
+
+CLOUD = "kiln-a"  # a Keystone project with one member user (devservers.start_keystone)
+REGION = "RegionOne"
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keystone and one Glance; the clouds.yaml naming them."""
+    base = tmp_path_factory.mktemp("openstack")
+    keystone: Keystone = start_keystone(base / "keystone", base / "keystone.log")
+    with stopping(keystone.pid):
+        glance = start_glance(base / "glance", base / "glance.log", keystone, REGION)
+        with stopping(glance.pid):
+            yield write_clouds_yaml(base / "clouds.yaml", keystone, (REGION,))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, cloud: Path) -> Iterator[dict[str, str]]:
+    """`kiln up` with the clouds.yaml found the way openstacksdk finds it."""
+    with kiln_up(tmp_path_factory.mktemp("stack"), OS_CLIENT_CONFIG_FILE=str(cloud)) as environ:
+        yield environ
+
+
+def stack_of(env: dict[str, str]) -> Stack:
+    found = Stack.load(Path(env["KILN_HOME"]))
+    assert found is not None
+    return found
+
+
+def push_image(env: dict[str, str], where: Path, build_id: str, name: str) -> str:
+    """A small qcow2 stored as the image artifact of build_id."""
+    path = where / f"{name}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "32M"], check=True)
+    labels = {"name": name, "version": "1", "format": "qcow2", "build-id": build_id,
+              "kiln-kind": "image"}  # fmt: skip
+    with StorageClient(stack_of(env).storage) as storage:
+        return str(storage.push(path, labels).id)
+
+
+def glance_images(cloud: Path, name: str) -> list[openstack.image.v2.image.Image]:
+    conn = openstack.connect(cloud=CLOUD, region_name=REGION, config_files=[str(cloud)])
+    try:
+        return list(conn.image.images(name=name))
+    finally:
+        conn.close()
+
+
+def test_publish_a_build_to_glance_and_the_marketplace(
+    env: dict[str, str], cloud: Path, tmp_path: Path
+) -> None:
+    build_id = new_id()
+    artifact_id = push_image(env, tmp_path, build_id, "pubtest")
+    args = ("publish", build_id, "--glance", CLOUD, "--marketplace", "--json")
+    first = json.loads(kiln(env, *args).stdout)
+    assert first["state"] == "STATE_DONE", first
+    by_kind = {r["kind"]: r for r in first["results"]}
+    image_id = by_kind["glance"]["image_id"]
+    identifier = by_kind["marketplace"]["entry_identifier"]
+
+    with StorageClient(stack_of(env).storage) as storage:
+        artifact = storage.stat(artifact_id)
+    [image] = glance_images(cloud, "pubtest-1")
+    assert image.id == image_id and image.status == "active"
+    assert image.hash_value == artifact.checksums.sha512  # os_hash_value, Glance's own
+    assert image.properties["kiln_artifact_id"] == artifact_id
+    assert image.properties["kiln_build_id"] == build_id
+
+    # Asked again: the same image and entry, never a duplicate.
+    again = json.loads(kiln(env, *args).stdout)
+    assert {r["kind"]: r.get("image_id") for r in again["results"]}["glance"] == image_id
+    assert len(glance_images(cloud, "pubtest-1")) == 1
+
+    # The signed entry, checked offline with the local stack's keyring; a
+    # changed copy is rejected.
+    shown = kiln(env, "market", "show", identifier, "--json").stdout
+    entry_file = tmp_path / "entry.json"
+    entry_file.write_text(shown)
+    verified = json.loads(kiln(env, "market", "verify", "--file", str(entry_file), "--json").stdout)
+    assert verified["valid"] and verified["identifier"] == identifier
+    document = json.loads(shown)
+    document["entry"]["size"] += 1
+    entry_file.write_text(json.dumps(document))
+    bad = kiln(env, "market", "verify", "--file", str(entry_file), check=False)
+    assert bad.returncode == 1 and "does not match its signature" in bad.stderr
+
+    found = kiln(env, "market", "search", "--status", "valid", "--json").stdout
+    assert identifier in {e["entry"]["identifier"] for e in json.loads(found)}
+
+
+RECIPE = """\
+name: autopub
+version: "1"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+publish:
+  glance: {cloud: kiln-a, tags: [auto]}
+  marketplace: true
+"""
+
+
+async def _announce_twice(url: str, build_id: str) -> None:
+    """What the builder does, and NATS redelivering it: the recipe kept for
+    the build, then build.succeeded twice (two event ids, so both are stored)."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        recipes = await js.object_store("kiln_recipes")
+        await recipes.put(build_id, bpb.RecipeSource(yaml=RECIPE).SerializeToString())
+        for _ in range(2):
+            event = make_event("build.succeeded", build_id, {"id": build_id}, "test")
+            await js.publish(subject_for("build.succeeded"), to_json(event))
+    finally:
+        await nc.close()
+
+
+async def _all_acked(url: str) -> bool:
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info("KILN_EVENTS", "kiln-publisher-auto")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        await nc.close()
+
+
+def test_a_build_with_publish_targets_is_published_once(
+    env: dict[str, str], cloud: Path, tmp_path: Path
+) -> None:
+    build_id = new_id()
+    push_image(env, tmp_path, build_id, "autopub")
+    stack = stack_of(env)
+    asyncio.run(_announce_twice(stack.nats_url, build_id))
+    with PublisherClient(stack.publisher) as client:
+
+        def finished() -> bool:
+            try:
+                return client.publication(f"auto-{build_id}").state in (3, 4)
+            except Exception:  # noqa: BLE001 - not recorded yet
+                return False
+
+        wait_until("the automatic publication", finished, timeout=120, interval=0.5)
+        publication = client.publication(f"auto-{build_id}")
+    assert [(r.kind, r.state) for r in publication.results] == [
+        ("glance", 3),
+        ("marketplace", 3),
+    ], publication
+    # Both events handled and acked; the second found the record done.
+    wait_until("both events acked", lambda: asyncio.run(_all_acked(stack.nats_url)), 60, 0.5)
+    images = glance_images(cloud, "autopub-1")
+    assert len(images) == 1 and "auto" in images[0].tags
