@@ -17,6 +17,7 @@ from pathlib import Path
 import nats
 import openstack
 import pytest
+from openstack.config.loader import OpenStackConfig
 from support import kiln, kiln_up, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
@@ -73,7 +74,8 @@ def push_image(env: dict[str, str], where: Path, build_id: str, name: str) -> st
 
 
 def glance_images(cloud: Path, name: str) -> list[openstack.image.v2.image.Image]:
-    conn = openstack.connect(cloud=CLOUD, region_name=REGION, config_files=[str(cloud)])
+    config = OpenStackConfig(config_files=[str(cloud)]).get_one(cloud=CLOUD, region_name=REGION)
+    conn = openstack.connection.Connection(config=config)
     try:
         return list(conn.image.images(name=name))
     finally:
