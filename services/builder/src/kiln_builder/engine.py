@@ -70,6 +70,7 @@ class BakeOptions:
     cache_dir: Path
     build_id: str
     storage: str | None = None  # the storage service sharing layers between builders
+    publisher: str | None = None  # the publisher: marketplace and glance bases
     no_cache: bool = False
     cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first
     keep_workspace: bool = False
@@ -439,7 +440,11 @@ class Bake:
         size = self.recipe.disk_size_given()
         async with self._step("base") as record:
             base = await fetch.fetch_base(
-                ref, self.opts.cache_dir, self.work, storage=self.opts.storage
+                ref,
+                self.opts.cache_dir,
+                self.work,
+                storage=self.opts.storage,
+                publisher=self.opts.publisher,
             )
             record.cached = base.downloaded == 0
             inspected = await asyncio.to_thread(

@@ -180,6 +180,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_GRPC_BIND": stack.builder,
         "KILN_BUILDER_NATS_URL": stack.nats_url,
         "KILN_BUILDER_STORAGE": stack.storage,
+        "KILN_BUILDER_PUBLISHER": stack.publisher,
         "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
         "KILN_BUILDER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         "KILN_BUILDER_CACHE_DIR": str(default_cache_dir()),

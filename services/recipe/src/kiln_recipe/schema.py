@@ -245,7 +245,7 @@ class Bootstrap(Model):
 
 
 class GlanceRef(Model):
-    cloud: str  # a cloud name in the builder's clouds.yaml
+    cloud: str  # a cloud name in the publisher's clouds.yaml
     id: str
 
     @field_validator("cloud")
