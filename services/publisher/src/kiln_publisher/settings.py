@@ -47,8 +47,6 @@ class PublisherSettings(KilnSettings):
     """Port of the marketplace HTTP server (0 picks a free one)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service."""
-    builder: str = ""
-    """host:port of the builder service (build records: os, recipe); empty: labels only."""
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server: publications, marketplace entries, events, the build.succeeded consumer."""
     nats_replicas: int = Field(default=1, ge=1, le=5)
