@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise demo clean
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish demo clean
 
 setup:
 	scripts/setup.sh
@@ -56,6 +56,9 @@ bench-soak: setup
 
 bench-customise: setup
 	$(PY) bench/customise/bench.py
+
+bench-publish: setup
+	$(PY) bench/publish/bench.py
 
 demo: setup
 	scripts/demo.sh

@@ -1,5 +1,6 @@
-"""Fixtures shared by every tier. Servers are real (nats-server, SeaweedFS),
-started on free loopback ports, awaited until ready, and stopped on every path."""
+"""Fixtures shared by every tier. Servers are real (nats-server, SeaweedFS,
+Keystone, Glance), started on free loopback ports, awaited until ready, and
+stopped on every path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,18 @@ from typing import Any
 
 import pytest
 
-from kiln_common.devservers import Nats, Seaweed, start_nats, start_seaweed, stopping
+from kiln_common.devservers import (
+    Glance,
+    Keystone,
+    Nats,
+    Seaweed,
+    start_glance,
+    start_keystone,
+    start_nats,
+    start_seaweed,
+    stopping,
+    write_clouds_yaml,
+)
 from kiln_storage.app import StorageApp, build
 from kiln_storage.settings import StorageSettings
 
@@ -30,6 +42,49 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
     server = start_seaweed(base / "data", base / "weed.log", "kilntest", secrets.token_hex(16))
     with stopping(server.pid):
         yield server
+
+
+OPENSTACK_SCHEMAS = Path(__file__).resolve().parent.parent / ".cache" / "openstack"
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
+    """One Keystone for the session, with projects kiln-a and kiln-b (a member
+    user each) besides admin."""
+    base = tmp_path_factory.mktemp("keystone")
+    server = start_keystone(base, base / "gunicorn.log", schema_cache=OPENSTACK_SCHEMAS)
+    with stopping(server.pid):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def glance(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone) -> Iterator[Glance]:
+    """One Glance for the session (region RegionOne), import methods
+    glance-direct and web-download enabled."""
+    base = tmp_path_factory.mktemp("glance")
+    server = start_glance(base, base / "gunicorn.log", keystone, schema_cache=OPENSTACK_SCHEMAS)
+    with stopping(server.pid):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def glance_legacy(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone) -> Iterator[Glance]:
+    """A second Glance, same Keystone, region RegionTwo, with import disabled
+    (only the legacy upload)."""
+    base = tmp_path_factory.mktemp("glance-legacy")
+    server = start_glance(
+        base, base / "gunicorn.log", keystone, "RegionTwo", (), schema_cache=OPENSTACK_SCHEMAS
+    )
+    with stopping(server.pid):
+        yield server
+
+
+@pytest.fixture(scope="session")
+def clouds_yaml(tmp_path_factory: pytest.TempPathFactory, keystone: Keystone) -> Path:
+    """clouds.yaml with clouds admin, kiln-a and kiln-b (one project each),
+    region RegionOne first (the default), RegionTwo when glance_legacy runs."""
+    path = tmp_path_factory.mktemp("openstack") / "clouds.yaml"
+    return write_clouds_yaml(path, keystone, ("RegionOne", "RegionTwo"))
 
 
 @pytest.fixture

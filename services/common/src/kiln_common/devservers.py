@@ -7,6 +7,7 @@ terminate, wait, kill."""
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import secrets
@@ -250,6 +251,8 @@ def _gunicorn(app: str, port: int, pythonpath: Path, log: Path, env: dict[str, s
             "8",
             "--timeout",
             "600",
+            "--graceful-timeout",
+            "3",
             "--pythonpath",
             pythonpath,
             app,
@@ -321,11 +324,31 @@ def _add_member(keystone: Keystone, token: str, project: str, password: str) -> 
     _api("PUT", f"{url}/projects/{project_id}/users/{user_id}/roles/{role_id}", token)
 
 
+def _migrated(
+    db: Path, package: str, cache: Path | None, migrate: list[str | os.PathLike[str]]
+) -> None:
+    """The SQLite schema at db: migrate (15-25 s) once, then a copy of the
+    result kept in cache (keyed by the package's version) for later starts."""
+    kept = cache / f"{package}-{importlib.metadata.version(package)}.db" if cache else None
+    if kept and kept.is_file():
+        shutil.copyfile(kept, db)
+        return
+    run_sync(migrate, timeout=300)
+    if kept:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(db, kept.with_suffix(".tmp"))
+        kept.with_suffix(".tmp").rename(kept)
+
+
 def start_keystone(
-    data: Path, log: Path, projects: tuple[str, ...] = ("kiln-a", "kiln-b")
+    data: Path,
+    log: Path,
+    projects: tuple[str, ...] = ("kiln-a", "kiln-b"),
+    schema_cache: Path | None = None,
 ) -> Keystone:
     """Keystone on SQLite with fernet tokens, bootstrapped (admin, region
-    RegionOne), with each of projects holding one member user of its name."""
+    RegionOne), with each of projects holding one member user of its name.
+    schema_cache: a directory keeping the migrated empty database between runs."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v3"
@@ -344,7 +367,7 @@ def start_keystone(
     )
     manage = [find_binary("keystone-manage"), "--config-file", str(conf)]
     user = ["--keystone-user", "root", "--keystone-group", "root"]
-    run_sync([*manage, "db_sync"], timeout=300)
+    _migrated(data / "keystone.db", "keystone", schema_cache, [*manage, "db_sync"])
     run_sync([*manage, "fernet_setup", *user], timeout=60)
     run_sync([*manage, "credential_setup", *user], timeout=60)
     run_sync(
@@ -393,7 +416,7 @@ class Glance:
 GLANCE_IMPORT_METHODS = ("glance-direct", "web-download")
 
 
-def _register_endpoint(keystone: Keystone, region: str, url: str) -> None:
+def register_image_endpoint(keystone: Keystone, region: str, url: str) -> None:
     """The image service in Keystone's catalogue at url, in region."""
     token = keystone_token(keystone)
     api = keystone.url
@@ -428,12 +451,14 @@ def start_glance(
     keystone: Keystone,
     region: str = "RegionOne",
     import_methods: tuple[str, ...] = GLANCE_IMPORT_METHODS,
+    schema_cache: Path | None = None,
 ) -> Glance:
     """Glance (WSGI under gunicorn) with Keystone auth, a file store, the staging
     and tasks stores, and import_methods enabled ("()": import disabled, only
     the legacy upload). web-download may fetch from 127.0.0.1 (only), on
     any port, so tests can serve images from loopback. Its endpoint
-    is registered in Keystone under region (one Glance per region)."""
+    is registered in Keystone under region (one Glance per region).
+    schema_cache: as for start_keystone."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -472,11 +497,15 @@ def start_glance(
             }
         )
     )
-    run_sync(
-        [find_binary("glance-manage"), "--config-file", data / "glance-api.conf", "db_sync"],
-        timeout=300,
-    )
-    _register_endpoint(keystone, region, url)
+    conf = data / "glance-api.conf"
+    manage: list[str | os.PathLike[str]] = [
+        find_binary("glance-manage"),
+        "--config-file",
+        conf,
+        "db_sync",
+    ]
+    _migrated(data / "glance.db", "glance", schema_cache, manage)
+    register_image_endpoint(keystone, region, url)
     env = {"OS_GLANCE_CONFIG_DIR": str(data)}
     pid = _gunicorn("glance.wsgi.api:application", port, data, log, env)
     try:

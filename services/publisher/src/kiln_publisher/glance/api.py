@@ -59,6 +59,8 @@ def translate(exc: BaseException, what: str) -> KilnError:
         return _by_status(exc.http_status, f"{what}: {exc}")
     if isinstance(exc, (ksa.ConnectionError, ksa.DiscoveryFailure, requests.ConnectionError)):
         return Unavailable(f"{what}: cannot reach the cloud ({type(exc).__name__}: {exc})")
+    if isinstance(exc, sdk.NotSupported):  # version discovery found nothing: no answer there
+        return Unavailable(f"{what}: cannot reach the cloud's image service ({exc})")
     if isinstance(exc, sdk.ConfigException):
         return InvalidArgument(f"{what}: {exc}")
     if isinstance(exc, sdk.HttpException) and exc.status_code is not None:
@@ -99,7 +101,7 @@ class GlanceApi:
         if reply.status_code not in tuple(ok):
             text = reply.text[:300].strip().replace("\n", " ")
             raise _by_status(reply.status_code, f"{what}: HTTP {reply.status_code}: {text}")
-        return reply  # type: ignore[no-any-return]
+        return reply
 
     def project_id(self) -> str:
         try:

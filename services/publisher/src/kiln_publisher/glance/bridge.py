@@ -7,6 +7,7 @@ chunk at a time, never holding more than a chunk, so nothing is copied whole."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -24,16 +25,26 @@ class ToThread:
         self._stream = stream
         self._loop = loop
         self._aborted = threading.Event()
+        self._waiting: concurrent.futures.Future[bytes | None] | None = None
         self.sent = 0
 
     def abort(self) -> None:
+        """From the loop: the thread's next read raises, and a read waiting on
+        a stalled stream is cancelled (else the thread would wait for ever)."""
         self._aborted.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def _next(self) -> bytes | None:
         if self._aborted.is_set():
             raise Cancelled("the upload was abandoned")
-        future = asyncio.run_coroutine_threadsafe(_anext_or_none(self._stream), self._loop)
-        return future.result()
+        self._waiting = asyncio.run_coroutine_threadsafe(_anext_or_none(self._stream), self._loop)
+        if self._aborted.is_set():  # abort() ran between the check and the assignment
+            self._waiting.cancel()
+        try:
+            return self._waiting.result()
+        except concurrent.futures.CancelledError:
+            raise Cancelled("the upload was abandoned") from None
 
     def __iter__(self) -> Iterator[bytes]:
         pending = bytearray()

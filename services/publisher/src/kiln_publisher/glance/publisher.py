@@ -7,7 +7,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ class GlancePublisher:
         self, glance: GlanceApi, source: ImageSource, target: GlanceTarget, name: str
     ) -> tuple[str, str]:
         methods = await asyncio.to_thread(glance.import_methods)
-        order = [m for m in ("web-download", "glance-direct") if m in methods]
+        order: list[str] = [m for m in ("web-download", "glance-direct") if m in methods]
         if "web-download" in order and not source.url:
             order.remove("web-download")
         for method in order or ["upload"]:
@@ -140,9 +140,24 @@ class GlancePublisher:
             image = await self._wait_active(glance, image_id, method != "upload")
             _verify(image, source, glance.where)
         except BaseException:
-            await _discard(glance, image_id)
+            await self._discard(glance, image_id)
             raise
         return image_id
+
+    async def _discard(self, glance: GlanceApi, image_id: str) -> None:
+        """Deletes an image a failed try made, retried (Glance may still be
+        finishing the broken upload: SQLite's "database is locked" is a 500);
+        shielded, so a cancel cannot stop it half-way. A Glance that stays
+        down cannot delete: logged, with the image's id, for the operator."""
+
+        async def delete() -> None:
+            await asyncio.to_thread(glance.delete, image_id)
+
+        try:
+            await asyncio.shield(self.retry.acall(delete, f"deleting image {image_id}"))
+            log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
+        except BaseException as exc:  # noqa: BLE001 - the original error matters more
+            log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
 
     async def _wait_active(
         self, glance: GlanceApi, image_id: str, imported: bool
@@ -156,10 +171,10 @@ class GlancePublisher:
                 raise FailedPrecondition(
                     f"{glance.where}: image {image_id} became {image['status']}"
                 )
-            if imported and image.get("os_glance_failed_import"):
-                if not image.get("os_glance_importing_to_stores"):
-                    reason = await asyncio.to_thread(_task_message, glance, image_id)
-                    raise ImportFailed(f"{glance.where}: Glance's import failed: {reason}")
+            failed = image.get("os_glance_failed_import")
+            if imported and failed and not image.get("os_glance_importing_to_stores"):
+                reason = await asyncio.to_thread(_task_message, glance, image_id)
+                raise ImportFailed(f"{glance.where}: Glance's import failed: {reason}")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(
                     f"{glance.where}: image {image_id} still {image['status']} "
@@ -256,7 +271,7 @@ def _verify(image: dict[str, Any], source: ImageSource, where: str) -> None:
         )
 
 
-def _retire(glance: GlanceApi, image: dict[str, Any], how: str) -> None:
+def _retire(glance: GlanceApi, image: Mapping[str, Any], how: str) -> None:
     image_id = str(image["id"])
     if how == "hide":
         glance.set_properties(image_id, {"os_hidden": True})
@@ -299,13 +314,3 @@ async def _send(source: ImageSource, send: Callable[[Iterator[bytes]], None]) ->
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
-
-
-async def _discard(glance: GlanceApi, image_id: str) -> None:
-    """Deletes an image a failed try made; shielded, so a cancel cannot stop it
-    half-way. A Glance that is down cannot delete: logged for the operator."""
-    try:
-        await asyncio.shield(asyncio.to_thread(glance.delete, image_id))
-        log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
-    except BaseException as exc:  # noqa: BLE001 - the original error matters more
-        log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)

@@ -1,0 +1,196 @@
+"""bench/publish: the same 1 GiB qcow2 to the same real Glance (with Keystone),
+by Kiln's GlancePublisher (its bytes streaming from the storage service) and by
+`openstack image create --file` (python-openstackclient, from a local file), in
+one run. Prints each one's throughput and peak RSS, and the ratios Kiln/client
+(goal >= 1.0). Not a test: it asserts only that each image is whole.
+
+Kiln is measured both ways it publishes to a cloud with import enabled:
+web-download (Glance pulls the storage URL) and glance-direct (the publisher
+streams storage's bytes to Glance's staging area, what it does when Glance
+cannot reach storage).
+
+  .venv/bin/python bench/publish/bench.py [--size-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+
+
+def worker(spec: dict[str, Any]) -> None:
+    """In a child process (so its peak RSS is its own): one publication."""
+    import aiohttp
+
+    from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
+
+    async def stream() -> Any:
+        async with aiohttp.ClientSession() as session, session.get(spec["stream_url"]) as reply:
+            reply.raise_for_status()
+            async for chunk in reply.content.iter_chunked(MiB):
+                yield chunk
+
+    async def publish() -> dict[str, str]:
+        source = ImageSource(
+            spec["artifact_id"], spec["url"], spec["size"], spec["sha256"], spec["sha512"],
+            "qcow2", spec["name"], {"os_distro": "debian"}, stream,
+        )  # fmt: skip
+        done = await GlancePublisher(Path(spec["clouds"])).publish(source, GlanceTarget("admin"))
+        return {"image_id": done.image_id, "method": done.method}
+
+    print(json.dumps(asyncio.run(publish())))
+
+
+def timed_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str]:
+    """Runs argv; returns (seconds, peak RSS MiB of the child, its output)."""
+    from kiln_common.proc import spawn
+
+    start = time.perf_counter()
+    child = spawn(argv, log_file=log, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({child.returncode}); see {log}")
+    return seconds, usage.ru_maxrss / 1024, log.read_text()
+
+
+def make_qcow2(base: Path, size: int) -> Path:
+    """A qcow2 of size bytes of random data (incompressible, all allocated)."""
+    from kiln_common.proc import run_sync
+
+    raw = base / "image.raw"
+    with open(raw, "wb") as f:
+        for _ in range(size // (64 * MiB)):
+            f.write(os.urandom(64 * MiB))
+    out = base / "image.qcow2"
+    run_sync(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, out])
+    raw.unlink()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+
+    from kiln_client import StorageClient
+    from kiln_common.devservers import (
+        free_port,
+        start_glance,
+        start_keystone,
+        stopping,
+        wait_grpc_health,
+        write_clouds_yaml,
+    )
+    from kiln_common.proc import run_sync, spawn
+
+    base = Path(tempfile.mkdtemp(prefix="kiln-bench-publish-", dir=os.environ.get("BENCH_DIR")))
+    schemas = REPO / ".cache" / "openstack"
+    keystone = start_keystone(base / "keystone", base / "keystone.log", (), schemas)
+    with stopping(keystone.pid):
+        glance = start_glance(base / "glance", base / "glance.log", keystone, schema_cache=schemas)
+        with stopping(glance.pid):
+            clouds = write_clouds_yaml(base / "clouds.yaml", keystone, ("RegionOne",))
+            image = make_qcow2(base, args.size_mib * MiB)
+            address = f"127.0.0.1:{free_port()}"
+            storage_env = {
+                "KILN_STORAGE_BACKEND": "fs",
+                "KILN_STORAGE_FS_ROOT": str(base / "storage"),
+                "KILN_STORAGE_GRPC_BIND": address,
+                "KILN_STORAGE_HTTP_PORT": str(free_port()),
+                "KILN_STORAGE_LOG_LEVEL": "WARNING",
+            }
+            storage_log = base / "storage.log"
+            storage = spawn([sys.executable, "-m", "kiln_storage"], log_file=storage_log,
+                            env=storage_env)  # fmt: skip
+            with stopping(storage.pid):
+                wait_grpc_health(address, storage.pid, storage_log)
+                with StorageClient(address) as client:
+                    artifact = client.push(image, {"name": "bench"})
+                    url = client.url(artifact.id)
+                results = run_all(base, clouds, image, artifact, url)
+    report(args.size_mib, results)
+    run_sync(["rm", "-rf", base])
+    return 0
+
+
+def run_all(base: Path, clouds: Path, image: Path, artifact: Any, url: str) -> dict[str, Any]:
+    env = {"OS_CLIENT_CONFIG_FILE": str(clouds)}
+    spec = {
+        "clouds": str(clouds), "artifact_id": artifact.id, "size": artifact.size,
+        "sha256": artifact.checksums.sha256, "sha512": artifact.checksums.sha512,
+        "stream_url": url,
+    }  # fmt: skip
+    results: dict[str, Any] = {}
+    for label, given_url in (("kiln web-download", url), ("kiln glance-direct", "")):
+        one = {**spec, "url": given_url, "name": f"kiln-{secrets.token_hex(3)}"}
+        one["artifact_id"] = f"{artifact.id}-{secrets.token_hex(3)}"  # not "existing"
+        argv = [sys.executable, __file__, "--worker", json.dumps(one)]
+        seconds, rss, out = timed_child(argv, env, base / f"{label.replace(' ', '-')}.log")
+        done = json.loads(out.strip().splitlines()[-1])
+        results[label] = {"seconds": seconds, "peak_rss_mib": rss, **done}
+    client = str(Path(sys.executable).parent / "openstack")
+    argv = [
+        client, "--os-cloud", "admin", "image", "create", "--file", str(image),
+        "--disk-format", "qcow2", "--container-format", "bare", "-f", "json",
+        f"osc-{secrets.token_hex(3)}",
+    ]  # fmt: skip
+    seconds, rss, out = timed_child(argv, env, base / "openstack.log")
+    made = json.loads(out[out.index("{") :])
+    results["openstack image create --file"] = {
+        "seconds": seconds, "peak_rss_mib": rss, "image_id": made["id"], "method": "upload",
+    }  # fmt: skip
+    check(clouds, results, artifact.checksums.sha512)
+    return results
+
+
+def check(clouds: Path, results: dict[str, Any], sha512: str) -> None:
+    """Every image active with the artifact's SHA-512 (the client's may be
+    reported before Glance has finished: waited for)."""
+    import openstack
+    import openstack.config
+
+    config = openstack.config.OpenStackConfig(config_files=[str(clouds)])
+    conn = openstack.connection.Connection(config=config.get_one(cloud="admin"))
+    for label, result in results.items():
+        image = conn.image.get_image(result["image_id"])
+        conn.image.wait_for_status(image, "active", wait=600)
+        image = conn.image.get_image(result["image_id"])
+        if image.hash_value != sha512:
+            raise SystemExit(f"{label}: Glance holds other bytes ({image.hash_value})")
+
+
+def report(size_mib: int, results: dict[str, Any]) -> None:
+    client = results["openstack image create --file"]
+    print(f"{size_mib} MiB qcow2 to one Glance (gunicorn, 1 worker), {os.cpu_count()} cores")
+    print(f"{'':34}{'seconds':>8}{'MiB/s':>8}{'peak RSS MiB':>14}")
+    for label, r in results.items():
+        r["mib_per_s"] = size_mib / r["seconds"]
+        print(f"{label:34}{r['seconds']:>8.1f}{r['mib_per_s']:>8.1f}{r['peak_rss_mib']:>14.0f}")
+    for label in ("kiln web-download", "kiln glance-direct"):
+        ratio = results[label]["mib_per_s"] / client["mib_per_s"]
+        results[label]["ratio_to_client"] = ratio
+        print(f"ratio {label} / openstack client: {ratio:.2f}  (goal >= 1.0)")
+    out_dir = REPO / "bench" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "publish.json").write_text(json.dumps({"size_mib": size_mib, **results}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
