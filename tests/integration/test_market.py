@@ -274,3 +274,23 @@ async def test_with_a_locator_download_links_redirect_to_a_freshly_signed_url(
                 async with http.get("/", params={"os": "debian"}) as r:
                     assert f'class="download" href="{link}"' in await r.text()
             assert asked and set(asked) == {facts.artifact_id}
+
+
+async def test_an_older_statement_put_back_inside_nats_is_refused(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one:
+        first = await one.publish(facts_for(b"image"), ENDORSER)
+        await one.deprecate(first.identifier)
+        nc = await nats.connect(nats_server.url)
+        kv = await nc.jetstream().key_value("KILN_MARKET")
+        (key,) = await kv.keys()
+        await kv.put(key, first.document)  # the validly signed, pre-deprecation entry
+        await nc.close()
+        assert await one.search(Query(status="valid")) == []
+        with pytest.raises(NotFound):
+            await one.get(first.identifier)
+        # Endorsing the image again supersedes both statements.
+        again = await one.publish(facts_for(b"image"), ENDORSER)
+        assert again.entry.sequence == 3 and (await one.get(first.identifier)).entry.sequence == 3

@@ -172,3 +172,19 @@ def test_a_bad_keyring_file_says_which_and_why(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(InvalidArgument, match="cannot read the keyring file"):
         Keyring.load(tmp_path)
+
+
+def test_generate_endorser_in_a_keyring_directory_adds_a_file_of_its_own(tmp_path: Path) -> None:
+    generate_endorser(tmp_path / "a.json", "a@example.org")
+    key = generate_endorser(tmp_path, "B@example.org")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b_at_example.org.json"]
+    assert generate_endorser(tmp_path, "B@example.org").kid == key.kid
+    assert Keyring.load(tmp_path).endorsers() == ["B@example.org", "a@example.org"]
+
+
+def test_an_entry_signed_with_another_algorithm_is_rejected(tmp_path: Path) -> None:
+    ring = endorser_ring(tmp_path)
+    outer = json.loads(signed_entry(ring).document)
+    header = {"alg": "HS256", "kid": outer["entry"]["endorser"]["kid"]}
+    outer["protected"] = base64.urlsafe_b64encode(json.dumps(header).encode()).decode().rstrip("=")
+    assert rejected(json.dumps(outer).encode(), ring) == "malformed"

@@ -132,12 +132,19 @@ def write_keyring(path: Path, ring: Keyring, private: bool = False) -> None:
 def generate_endorser(path: Path, email: str) -> EndorserKey:
     """The signing key of email in the keyring file at path, generated and
     written there (mode 0600) if the file has none: `kiln up`'s local endorser
-    keeps its key across restarts."""
-    ring = Keyring.load(path) if path.exists() else Keyring()
+    keeps its key across restarts. A directory (a keyring directory) gets
+    the key in a file of its own, named for email."""
+    if path.is_dir():
+        ring = Keyring.load(path)
+        path = path / f"{email.lower().replace('@', '_at_').replace('/', '_')}.json"
+    else:
+        ring = Keyring.load(path) if path.exists() else Keyring()
     try:
         return ring.signer(email)
     except NotFound:
         pass
-    key = ring.add(email, OKPKey.generate_key(CURVE))
-    write_keyring(path, ring, private=True)
-    return key
+    key = OKPKey.generate_key(CURVE)
+    mine = Keyring.load(path) if path.exists() else Keyring()
+    added = mine.add(email, key)
+    write_keyring(path, mine, private=True)
+    return added

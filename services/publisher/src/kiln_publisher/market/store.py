@@ -83,6 +83,15 @@ def _key(identifier: str, email: str) -> str:
     return f"{identifier}.{tag}"
 
 
+def _sequence_in(document: bytes | None) -> int:
+    """The sequence an untrusted document claims (0 if it claims none)."""
+    try:
+        sequence = json.loads(document or b"{}")["entry"]["sequence"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return sequence if isinstance(sequence, int) else 0
+
+
 def event_data(entry: Entry, now: datetime) -> dict[str, Any]:
     return {
         "identifier": entry.identifier,
@@ -109,6 +118,9 @@ class Market:
         self._events = events
         self._bucket = bucket
         self._kv: KeyValue | None = None
+        # The newest entry this replica has verified per key: a document
+        # rolled back inside NATS (a replayed older statement) is refused.
+        self._seen: dict[str, Entry] = {}
 
     async def _store(self) -> KeyValue:
         if self._kv is None:
@@ -123,7 +135,14 @@ class Market:
             return None
         if found.value is None or found.revision is None:
             return None
-        return SignedEntry(verify(found.value, self.keys), found.value), found.revision
+        entry = verify(found.value, self.keys, newest=self._seen.get(key))
+        self._saw(key, entry)
+        return SignedEntry(entry, found.value), found.revision
+
+    def _saw(self, key: str, entry: Entry) -> None:
+        known = self._seen.get(key)
+        if known is None or entry.sequence > known.sequence:
+            self._seen[key] = entry
 
     async def _write(self, key: str, signed: SignedEntry, revision: int | None) -> None:
         kv = await self._store()
@@ -147,31 +166,32 @@ class Market:
         fresh = new_entry(facts, Endorser(signer.email, signer.kid), moment, validity)
         key = _key(fresh.identifier, signer.email)
         for _ in range(_CAS_ATTEMPTS):
-            current = await self._read_lenient(key)
-            entry = fresh
-            if current is not None:
-                entry = replace(fresh, sequence=current[0].entry.sequence + 1)
+            head = await self._head(key)
+            entry = replace(fresh, sequence=head[0] + 1) if head else fresh
             signed = sign(entry, signer)
-            if await self._try_write(key, signed, current[1] if current else None):
+            if await self._try_write(key, signed, head[1] if head else None):
+                self._saw(key, entry)
                 await self._events.publish(
                     "entry.published", entry.identifier, event_data(entry, moment)
                 )
                 return signed
         raise FailedPrecondition(f"entry {fresh.identifier} keeps changing; try again")
 
-    async def _read_lenient(self, key: str) -> tuple[SignedEntry, int] | None:
-        """The stored entry, or None; one no longer trusted (its key revoked
-        since) is read for its sequence only, so the new one supersedes it."""
+    async def _head(self, key: str) -> tuple[int, int] | None:
+        """The stored entry's sequence and revision, or None. An entry no
+        longer trusted (its key revoked since, or rolled back) still counts,
+        so the new statement supersedes it and every one seen before."""
         try:
-            return await self._read(key)
+            current = await self._read(key)
         except Rejected as exc:
+            log.warning("superseding the untrusted entry %s: %s", key, exc)
             kv = await self._store()
             found = await jetstream.mapped(lambda: kv.get(key))
-            raw = json.loads(found.value or b"{}")
-            log.warning("replacing the untrusted entry %s: %s", key, exc)
-            entry = Entry.from_dict(raw["entry"])
-            assert found.revision is not None
-            return SignedEntry(entry, found.value or b""), found.revision
+            if found.revision is None:
+                return None
+            seen = self._seen.get(key)
+            return max(_sequence_in(found.value), seen.sequence if seen else 0), found.revision
+        return (current[0].entry.sequence, current[1]) if current else None
 
     async def _try_write(self, key: str, signed: SignedEntry, revision: int | None) -> bool:
         try:
@@ -180,12 +200,16 @@ class Market:
             return False  # another replica wrote first: read its entry, try again
         return True
 
-    async def _all(self) -> list[SignedEntry]:
+    async def _all(self, identifier: str | None = None) -> list[SignedEntry]:
+        """Every trusted entry, or every one about identifier (its keys share
+        the identifier as their first token)."""
         kv = await self._store()
         try:
             keys = await jetstream.mapped(lambda: kv.keys())
         except jerr.NoKeysError:
             return []
+        if identifier is not None:
+            keys = [key for key in keys if key.startswith(identifier + ".")]
         entries = []
         for key in keys:
             try:
@@ -199,7 +223,7 @@ class Market:
 
     async def _for(self, identifier: str) -> list[SignedEntry]:
         check_identifier(identifier)
-        return [s for s in await self._all() if s.entry.identifier == identifier]
+        return [s for s in await self._all(identifier) if s.entry.identifier == identifier]
 
     async def get(self, identifier: str, endorser: str | None = None) -> SignedEntry:
         """The image's entry (the newest statement when several endorsers vouch for it)."""
@@ -262,6 +286,7 @@ class Market:
             changed = replace(changed, endorser=Endorser(signer.email, signer.kid))
             signed = sign(changed, signer)
             if await self._try_write(key, signed, revision):
+                self._saw(key, changed)
                 await self._events.publish(event, changed.identifier, event_data(changed, now))
                 return signed, True
         raise FailedPrecondition(f"entry {current.identifier} keeps changing; try again")
