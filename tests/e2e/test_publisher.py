@@ -22,32 +22,21 @@ from support import kiln, kiln_up, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_client import PublisherClient, StorageClient
-from kiln_common.devservers import (
-    Keystone,
-    start_glance,
-    start_keystone,
-    stopping,
-    write_clouds_yaml,
-)
+from kiln_common.devservers import Glance
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
 from kiln_common.stack import Stack
 
 pytestmark = [pytest.mark.e2e]
 
-CLOUD = "kiln-a"  # a Keystone project with one member user (devservers.start_keystone)
+CLOUD = "kiln-a"  # a Keystone project with one member user (tests/conftest.py)
 REGION = "RegionOne"
 
 
 @pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Keystone and one Glance; the clouds.yaml naming them."""
-    base = tmp_path_factory.mktemp("openstack")
-    keystone: Keystone = start_keystone(base / "keystone", base / "keystone.log")
-    with stopping(keystone.pid):
-        glance = start_glance(base / "glance", base / "glance.log", keystone, REGION)
-        with stopping(glance.pid):
-            yield write_clouds_yaml(base / "clouds.yaml", keystone, (REGION,))
+def cloud(glance: Glance, clouds_yaml: Path) -> Path:
+    """The session's Keystone and Glance (tests/conftest.py); their clouds.yaml."""
+    return clouds_yaml
 
 
 @pytest.fixture(scope="module")
