@@ -3,7 +3,8 @@ packages under gunicorn on loopback) and the stack's real NATS and storage:
 `kiln publish BUILD --glance CLOUD --marketplace`, idempotent when asked
 again, the entry verified offline with `kiln market verify --file`, and a
 build whose recipe has publish: published automatically once although its
-build.succeeded event arrives twice. Images are small qcow2 files pushed
+build.succeeded event arrives twice; the builder's marketplace and glance
+bases fetched through the publisher. Images are small qcow2 files pushed
 straight to storage, labelled as a build's artifacts: no image is built."""
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from openstack.config.loader import OpenStackConfig
 from support import kiln, kiln_up, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
+from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
 from kiln_common.devservers import Glance
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
 from kiln_common.stack import Stack
+from kiln_recipe.schema import ImageRef
 
 pytestmark = [pytest.mark.e2e]
 
@@ -111,6 +114,17 @@ def test_publish_a_build_to_glance_and_the_marketplace(
 
     found = kiln(env, "market", "search", "--status", "valid", "--json").stdout
     assert identifier in {e["entry"]["identifier"] for e in json.loads(found)}
+
+    # The builder's bases from the marketplace and from Glance, through the
+    # publisher: checked, cached by digest, not downloaded a second time.
+    publisher = stack_of(env).publisher
+    for source in ({"marketplace": identifier}, {"glance": {"cloud": CLOUD, "id": image_id}}):
+        ref = ImageRef.model_validate(source)
+        base = asyncio.run(fetch_base(ref, tmp_path, tmp_path, storage=None, publisher=publisher))
+        assert base.sha256 == artifact.checksums.sha256 and base.downloaded == artifact.size
+        assert base.path.read_bytes() == (tmp_path / "pubtest.qcow2").read_bytes()
+        again = asyncio.run(fetch_base(ref, tmp_path, tmp_path, storage=None, publisher=publisher))
+        assert (again.path, again.downloaded) == (base.path, 0)
 
 
 RECIPE = """\
