@@ -19,9 +19,10 @@ import nats
 import openstack
 import pytest
 from openstack.config.loader import OpenStackConfig
-from support import kiln, kiln_up, wait_until
+from support import kill_part, kiln, kiln_up, restart_dead_parts, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
+from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
 from kiln_common.devservers import Glance
@@ -187,3 +188,22 @@ def test_a_build_with_publish_targets_is_published_once(
     wait_until("both events acked", lambda: asyncio.run(_all_acked(stack.nats_url)), 60, 0.5)
     images = glance_images(cloud, "autopub-1")
     assert len(images) == 1 and "auto" in images[0].tags
+
+
+def test_a_killed_publisher_is_restarted_alone_and_loses_nothing(env: dict[str, str]) -> None:
+    """Publications and entries live in NATS: a publisher SIGKILLed and started
+    again by `kiln up` (on its old port) answers for what the old one did."""
+    with PublisherClient(stack_of(env).publisher) as client:
+        before = [p.id for p in client.publications()]
+        entries = [e.identifier for e in client.search(pb.SearchEntriesRequest())]
+    assert before and entries  # the tests above published
+    old = stack_of(env).pids
+    kill_part(Path(env["KILN_HOME"]), "publisher")
+    pids = restart_dead_parts(env)
+    assert pids["publisher"] != old["publisher"]
+    assert {k: v for k, v in pids.items() if k != "publisher"} == {
+        k: v for k, v in old.items() if k != "publisher"
+    }
+    with PublisherClient(stack_of(env).publisher) as client:
+        assert [p.id for p in client.publications()] == before
+        assert [e.identifier for e in client.search(pb.SearchEntriesRequest())] == entries
