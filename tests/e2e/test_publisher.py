@@ -29,6 +29,7 @@ from kiln_common.devservers import Glance
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
 from kiln_common.stack import Stack
+from kiln_publisher.model import RUNNING, Publication, Result
 from kiln_recipe.schema import ImageRef
 
 pytestmark = [pytest.mark.e2e]
@@ -139,14 +140,14 @@ publish:
 """
 
 
-async def _announce_twice(url: str, build_id: str) -> None:
+async def _announce_twice(url: str, build_id: str, recipe: str = RECIPE) -> None:
     """What the builder does, and NATS redelivering it: the recipe kept for
     the build, then build.succeeded twice (two event ids, so both are stored)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         recipes = await js.object_store("kiln_recipes")
-        await recipes.put(build_id, bpb.RecipeSource(yaml=RECIPE).SerializeToString())
+        await recipes.put(build_id, bpb.RecipeSource(yaml=recipe).SerializeToString())
         for _ in range(2):
             event = make_event("build.succeeded", build_id, {"id": build_id}, "test")
             await js.publish(subject_for("build.succeeded"), to_json(event))
@@ -207,3 +208,43 @@ def test_a_killed_publisher_is_restarted_alone_and_loses_nothing(env: dict[str, 
     with PublisherClient(stack_of(env).publisher) as client:
         assert [p.id for p in client.publications()] == before
         assert [e.identifier for e in client.search(pb.SearchEntriesRequest())] == entries
+
+
+async def _record_interrupted(url: str, build_id: str, artifact_id: str) -> None:
+    """What a publisher that died mid-upload leaves: the build's publication
+    with its Glance target still running, and the event not acked."""
+    pub = Publication(
+        id=f"auto-{build_id}",
+        artifact_id="",
+        build_id=build_id,
+        results=(Result(artifact_id, "glance", CLOUD, state=RUNNING),),
+    )
+    nc = await nats.connect(url)
+    try:
+        kv = await nc.jetstream().key_value("KILN_PUBLICATIONS")
+        await kv.put(pub.id, pub.to_json())
+    finally:
+        await nc.close()
+
+
+def test_a_publication_cut_short_is_finished_by_the_next_delivery(
+    env: dict[str, str], cloud: Path, tmp_path: Path
+) -> None:
+    build_id = new_id()
+    artifact_id = push_image(env, tmp_path, build_id, "autocut")
+    stack = stack_of(env)
+    asyncio.run(_record_interrupted(stack.nats_url, build_id, artifact_id))
+    asyncio.run(_announce_twice(stack.nats_url, build_id, RECIPE.replace("autopub", "autocut")))
+    with PublisherClient(stack.publisher) as client:
+        wait_until(
+            "the publication to be finished",
+            lambda: client.publication(f"auto-{build_id}").state == pb.STATE_DONE,
+            timeout=120,
+            interval=0.5,
+        )
+        results = client.publication(f"auto-{build_id}").results
+    assert [(r.kind, r.state) for r in results] == [
+        ("glance", pb.STATE_DONE),
+        ("marketplace", pb.STATE_DONE),
+    ]
+    assert len(glance_images(cloud, "autocut-1")) == 1

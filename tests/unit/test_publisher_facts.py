@@ -152,3 +152,9 @@ def test_clouds_yaml_is_found_the_way_openstacksdk_finds_it(
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", "/x/clouds.yaml")
     assert find_clouds_yaml() == Path("/x/clouds.yaml")
     assert find_clouds_yaml(Path("/given")) == Path("/given")
+
+
+def test_glance_gets_only_a_builds_disk_images() -> None:
+    assert facts.glance_can_take(artifact("qcow2")) and facts.glance_can_take(artifact("raw"))
+    assert not facts.glance_can_take(artifact("raw.xz"))
+    assert not facts.glance_can_take(artifact("tar.zst"))

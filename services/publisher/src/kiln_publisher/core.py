@@ -206,7 +206,18 @@ class PublisherCore:
                 build_id=request.build_id,
             )
         for artifact in artifacts:
-            pub = await self._publish_artifact(pub, artifact, request.publish)
+            publish = request.publish
+            if request.build_id and not facts.glance_can_take(artifact):
+                # A build's raw.xz or tar output goes to the marketplace only;
+                # its qcow2 (or raw) output is the one Glance gets.
+                publish = publish.model_copy(update={"glance": []})
+                if not publish.targets:
+                    continue
+            pub = await self._publish_artifact(pub, artifact, publish)
+        if not pub.results:
+            raise FailedPrecondition(
+                f"build {request.build_id} has no qcow2, raw or vmdk image for Glance"
+            )
         return pub
 
     async def _publish_artifact(

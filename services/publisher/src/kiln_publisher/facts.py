@@ -108,6 +108,11 @@ def glance_properties(
     return props
 
 
+def glance_can_take(artifact: spb.Artifact) -> bool:
+    fmt, compression = split_format(artifact.labels.get("format", "qcow2"))
+    return not compression and fmt in GLANCE_FORMATS
+
+
 def image_source(
     artifact: spb.Artifact,
     url: str,
@@ -115,8 +120,8 @@ def image_source(
     recipe: RecipeFacts,
     sbom_sha256: str = "",
 ) -> ImageSource:
-    fmt, compression = split_format(artifact.labels.get("format", "qcow2"))
-    if compression or fmt not in GLANCE_FORMATS:
+    fmt, _ = split_format(artifact.labels.get("format", "qcow2"))
+    if not glance_can_take(artifact):
         raise FailedPrecondition(
             f"artifact {artifact.id} is {artifact.labels.get('format')}: Glance takes "
             "qcow2, raw or vmdk images (add such an output to the recipe)"
