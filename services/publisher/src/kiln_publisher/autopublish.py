@@ -18,7 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kiln_common import jetstream
-from kiln_common.errors import Unavailable
+from kiln_common.errors import KilnError, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
 from kiln_publisher.core import PublisherCore, Request
 
@@ -78,6 +78,11 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         log.warning("auto-publish of %s put off: %s", event.subject, exc)
         await msg.nak(delay=10)
         return
+    except KilnError as exc:
+        # Nothing could start (no such cloud, marketplace off...): the record says why.
+        log.warning("auto-publish of build %s failed: %s", event.subject, exc)
+        with contextlib.suppress(KilnError):
+            await core.record_failure(publication_id(event.subject), event.subject, str(exc))
     except Exception:
         # A failed target is recorded in the publication; only an unexpected
         # error gets here. It is acked so it does not loop; the log says why.

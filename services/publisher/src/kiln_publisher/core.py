@@ -139,6 +139,12 @@ class PublisherCore:
             found.append(pub)
         return sorted(found, key=lambda p: p.created_at, reverse=True)
 
+    async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
+        """A publication that could not start, kept so `GetPublication` says why."""
+        failed = Result("", "request", build_id, state=FAILED, error=error)
+        pub = Publication(id=publication_id, artifact_id="", build_id=build_id)
+        await self._save(pub.with_result(failed))
+
     # ---- what to publish ----------------------------------------------------------
 
     async def _artifacts(self, request: Request) -> list[spb.Artifact]:

@@ -207,7 +207,7 @@ class TargetResult(_message.Message):
     ENTRY_IDENTIFIER_FIELD_NUMBER: _builtins.int
     artifact_id: _builtins.str
     kind: _builtins.str
-    """glance | marketplace"""
+    """glance | marketplace | request (a publication that could not start)"""
     target: _builtins.str
     """cloud[/region] or endorser"""
     state: Global___State.ValueType
