@@ -25,10 +25,12 @@ from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
+from kiln_common import jetstream
 from kiln_common.devservers import Glance
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
 from kiln_common.stack import Stack
+from kiln_publisher.core import PUBLICATIONS_BUCKET
 from kiln_publisher.model import RUNNING, Publication, Result
 from kiln_recipe.schema import ImageRef
 
@@ -221,7 +223,7 @@ async def _record_interrupted(url: str, build_id: str, artifact_id: str) -> None
     )
     nc = await nats.connect(url)
     try:
-        kv = await nc.jetstream().key_value("KILN_PUBLICATIONS")
+        kv = await jetstream.key_value(nc.jetstream(), PUBLICATIONS_BUCKET)
         await kv.put(pub.id, pub.to_json())
     finally:
         await nc.close()
