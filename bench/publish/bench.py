@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))  # bench/proctree.py
+from proctree import proc_table  # noqa: E402
+
 MiB = 1 << 20
 
 
@@ -53,17 +56,46 @@ def worker(spec: dict[str, Any]) -> None:
 
 
 def timed_child(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, str]:
-    """Runs argv; returns (seconds, peak RSS MiB of the child, its output)."""
+    """Runs argv; returns (seconds, peak RSS MiB of it and its children, its output).
+    The peak is sampled (VmHWM, every 20 ms): wait4's ru_maxrss would count the
+    forked copy of this process before exec."""
     from kiln_common.proc import spawn
 
     start = time.perf_counter()
     child = spawn(argv, log_file=log, env=env)
-    _, status, usage = os.wait4(child.pid, 0)
+    peak = 0
+    while child.poll() is None:
+        peak = max(peak, sum(_hwm(pid) for pid in subtree(child.pid)))
+        time.sleep(0.02)
     seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({child.returncode}); see {log}")
-    return seconds, usage.ru_maxrss / 1024, log.read_text()
+    return seconds, peak / MiB, log.read_text()
+
+
+def subtree(root: int) -> set[int]:
+    """root and its descendants (not the servers this bench started beside it)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in proc_table().items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
+def _hwm(pid: int) -> int:
+    """A process's peak RSS so far, in bytes (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def make_qcow2(base: Path, size: int) -> Path:

@@ -6,6 +6,7 @@ terminate, wait, kill."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.metadata
 import json
@@ -340,6 +341,57 @@ def _migrated(
         kept.with_suffix(".tmp").rename(kept)
 
 
+def _key_repository(path: Path) -> None:
+    """What `keystone-manage fernet_setup`/`credential_setup` write (a staged
+    key 0 and a primary key 1, each a Fernet key), without their 10-15 s of
+    start-up each."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in ("0", "1"):
+        (path / name).write_bytes(base64.urlsafe_b64encode(os.urandom(32)))
+        (path / name).chmod(0o600)
+
+
+def _bootstrapped(data: Path, manage: list[str], url: str, cache: Path | None) -> str:
+    """keystone.db migrated and bootstrapped (admin, RegionOne, the identity
+    endpoints at url); returns the admin password. With cache, the result of
+    the first start (and its password: a test server's) is kept and copied,
+    and start_keystone moves the endpoints to this start's port."""
+    version = importlib.metadata.version("keystone")
+    kept = cache / f"keystone-{version}-bootstrapped.db" if cache else None
+    secret = kept.with_suffix(".json") if kept else None
+    if kept and secret and kept.is_file() and secret.is_file():
+        shutil.copyfile(kept, data / "keystone.db")
+        return str(json.loads(secret.read_text())["admin_password"])
+    password = secrets.token_hex(12)
+    run_sync([*manage, "db_sync"], timeout=300)
+    endpoints = [f"--bootstrap-{kind}-url={url}" for kind in ("admin", "public", "internal")]
+    run_sync(
+        [*manage, "bootstrap", "--bootstrap-region-id=RegionOne", *endpoints],
+        env={"OS_BOOTSTRAP_PASSWORD": password},
+        timeout=120,
+    )
+    if kept and secret:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "keystone.db", kept.with_suffix(".tmp"))
+        secret.write_text(json.dumps({"admin_password": password}))
+        kept.with_suffix(".tmp").rename(kept)
+    return password
+
+
+def _move_identity_endpoints(keystone: Keystone, token: str) -> None:
+    """A copied database names the port of the start that made it."""
+    api = keystone.url
+    services = _api("GET", f"{api}/services?type=identity", token)[0]["services"]
+    assert isinstance(services, list) and services
+    query = f"{api}/endpoints?service_id={services[0]['id']}"
+    endpoints = _api("GET", query, token)[0]["endpoints"]
+    assert isinstance(endpoints, list)
+    for endpoint in endpoints:
+        if endpoint["url"] != api:
+            patch = {"endpoint": {"url": api}}
+            _api("PATCH", f"{api}/endpoints/{endpoint['id']}", token, patch)
+
+
 def start_keystone(
     data: Path,
     log: Path,
@@ -348,11 +400,11 @@ def start_keystone(
 ) -> Keystone:
     """Keystone on SQLite with fernet tokens, bootstrapped (admin, region
     RegionOne), with each of projects holding one member user of its name.
-    schema_cache: a directory keeping the migrated empty database between runs."""
+    schema_cache: a directory keeping the bootstrapped database between runs
+    (the migrations and bootstrap take 30-60 s; a copy takes none)."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v3"
-    password = secrets.token_hex(12)
     conf = data / "keystone.conf"
     conf.write_text(
         _ini(
@@ -365,29 +417,10 @@ def start_keystone(
             }
         )
     )
+    _key_repository(data / "fernet-keys")
+    _key_repository(data / "credential-keys")
     manage = [find_binary("keystone-manage"), "--config-file", str(conf)]
-    user = ["--keystone-user", "root", "--keystone-group", "root"]
-    _migrated(data / "keystone.db", "keystone", schema_cache, [*manage, "db_sync"])
-    run_sync([*manage, "fernet_setup", *user], timeout=60)
-    run_sync([*manage, "credential_setup", *user], timeout=60)
-    run_sync(
-        [
-            *manage,
-            "bootstrap",
-            "--bootstrap-password",
-            password,
-            "--bootstrap-admin-url",
-            url,
-            "--bootstrap-public-url",
-            url,
-            "--bootstrap-internal-url",
-            url,
-            "--bootstrap-region-id",
-            "RegionOne",
-        ],
-        env={"OS_BOOTSTRAP_PASSWORD": password},
-        timeout=120,
-    )
+    password = _bootstrapped(data, manage, url, schema_cache)
     (data / "kiln_keystone_wsgi.py").write_text(KEYSTONE_WSGI)
     env = {"OS_KEYSTONE_CONFIG_DIR": str(data)}
     pid = _gunicorn("kiln_keystone_wsgi:application", port, data, log, env)
@@ -395,6 +428,7 @@ def start_keystone(
         wait_http(url, pid, log, timeout=120)
         keystone = Keystone(url, password, pid)
         token = keystone_token(keystone)
+        _move_identity_endpoints(keystone, token)
         for project in projects:
             keystone.users[project] = (project, secrets.token_hex(12))
             _add_member(keystone, token, project, keystone.users[project][1])

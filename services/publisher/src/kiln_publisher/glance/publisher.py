@@ -126,12 +126,11 @@ class GlancePublisher:
     ) -> str:
         """One image created and filled by method; deleted on any failure,
         cancellation included, so a failed try leaves nothing half-made."""
-        body = _create_body(source, target, name)
-        image_id = str((await asyncio.to_thread(glance.create, body))["id"])
+        image_id = await self._create(glance, _create_body(source, target, name))
         log.info("%s: image %s created for %s (%s)", glance.where, image_id, name, method)
         try:
             if method == "web-download":
-                await asyncio.to_thread(glance.start_import, image_id, method, source.url)
+                await _start_web_download(glance, image_id, source.url)
             else:
                 send = glance.upload if method == "upload" else glance.stage
                 await _send(source, lambda chunks: send(image_id, chunks))
@@ -143,6 +142,17 @@ class GlancePublisher:
             await self._discard(glance, image_id)
             raise
         return image_id
+
+    async def _create(self, glance: GlanceApi, body: dict[str, Any]) -> str:
+        """Creates the image record. A cancel while Glance creates it still
+        learns its id, and deletes it: a queued image is not left behind."""
+        creating = asyncio.ensure_future(asyncio.to_thread(glance.create, body))
+        try:
+            return str((await asyncio.shield(creating))["id"])
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self._discard(glance, str((await creating)["id"]))
+            raise
 
     async def _discard(self, glance: GlanceApi, image_id: str) -> None:
         """Deletes an image a failed try made, retried (Glance may still be
@@ -281,6 +291,15 @@ def _retire(glance: GlanceApi, image: Mapping[str, Any], how: str) -> None:
     else:
         glance.delete(image_id)
     log.info("%s: image %s retired (%s)", glance.where, image_id, how)
+
+
+async def _start_web_download(glance: GlanceApi, image_id: str, url: str) -> None:
+    """Asks Glance to fetch url. A refusal of the URL itself (the cloud's
+    import filtering) is a failed web-download, which glance-direct replaces."""
+    try:
+        await asyncio.to_thread(glance.start_import, image_id, "web-download", url)
+    except InvalidArgument as exc:
+        raise ImportFailed(str(exc)) from exc
 
 
 def _task_message(glance: GlanceApi, image_id: str) -> str:
