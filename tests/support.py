@@ -166,7 +166,7 @@ def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
         "KILN_BUILDER_WORK_ROOT": str(where / "work"),
         **settings,
     }
-    for name in ("KILN_STORAGE", "KILN_BUILDER"):
+    for name in ("KILN_STORAGE", "KILN_BUILDER", "KILN_PUBLISHER"):
         environ.pop(name, None)
     try:
         kiln(environ, "up")

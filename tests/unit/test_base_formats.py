@@ -186,7 +186,9 @@ def test_only_a_given_disk_size_grows_a_customised_image() -> None:
         "{glance: {cloud: c, id: 3f2c1d7e-9a51-4b8e-bf1a-0c6d5e4f3a21}}",
     ],
 )
-def test_marketplace_and_glance_bases_wait_for_the_publisher(source: str, tmp_path: Path) -> None:
+def test_marketplace_and_glance_bases_need_the_publisher_service(
+    source: str, tmp_path: Path
+) -> None:
 
     recipe = parse_recipe(f'name: a\nversion: "1"\nfrom:\n  image: {source}\n', tmp_path)
     assert recipe.from_.image is not None

@@ -28,10 +28,12 @@ from kubernetes_validate import utils as kv  # type: ignore[import-untyped]
 from support import REPO
 
 from kiln_api.builder.v1 import builder_pb2
+from kiln_api.publisher.v1 import publisher_pb2
 from kiln_api.storage.v1 import storage_pb2
 from kiln_builder.service import queue as build_queue
 from kiln_builder.service.settings import BuilderSettings
 from kiln_common.settings import KilnSettings
+from kiln_publisher.settings import PublisherSettings
 from kiln_storage.settings import StorageSettings
 
 K8S_DIR = REPO / "deploy" / "k8s"
@@ -41,6 +43,7 @@ KUBERNETES_VERSION = "1.30"
 KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["Storage"].full_name
+PUBLISHER_SERVICE = publisher_pb2.DESCRIPTOR.services_by_name["Publisher"].full_name
 BUILDER_SERVICE = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
 # Workloads that need the host's devices (loop devices, mounts, /dev/kvm): exempt
 # from the unprivileged rule, and held to the builder checks below instead.
@@ -446,3 +449,57 @@ def test_builder_scales_on_the_build_queue_and_lets_drains_through(
     assert pdb["spec"].get("maxUnavailable", 0) >= 1
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert matches(pdb["spec"]["selector"]["matchLabels"], labels)
+
+
+# ---- publisher ---------------------------------------------------------------------------
+
+
+def test_publisher_env_is_accepted_by_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = pod_settings(monkeypatch, "publisher", PublisherSettings, "KILN_PUBLISHER_")
+    host, _, port = settings.storage.rpartition(":")
+    assert {"name": "grpc", "port": int(port)}.items() <= find("Service", host)["spec"]["ports"][
+        0
+    ].items()
+    assert urlsplit(settings.nats_url).hostname == "nats"
+    assert settings.clouds_yaml is not None
+
+
+def test_publisher_probes_use_grpc_health_on_the_bound_port() -> None:
+    deployment = find("Deployment", "publisher")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    assert_grpc_probes("publisher", env["KILN_PUBLISHER_GRPC_BIND"], PUBLISHER_SERVICE, 50053)
+    http = next(p for p in find("Service", "publisher")["spec"]["ports"] if p["name"] == "http")
+    assert {"name": "http", "containerPort": int(env["KILN_PUBLISHER_HTTP_PORT"])} in container[
+        "ports"
+    ]
+    assert http["targetPort"] == "http"
+
+
+def test_publisher_reads_clouds_yaml_and_endorser_keys_from_secrets() -> None:
+    deployment = find("Deployment", "publisher")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    clouds = Path(env["KILN_PUBLISHER_CLOUDS_YAML"])
+    for directory in (clouds.parent, Path(env["KILN_PUBLISHER_ENDORSER_KEY_DIR"])):
+        mount = mounts[str(directory)]
+        assert mount["readOnly"] is True
+        secret = find("Secret", volumes[mount["name"]]["secret"]["secretName"])
+        assert secret["stringData"]
+    secret = find("Secret", volumes[mounts[str(clouds.parent)]["name"]]["secret"]["secretName"])
+    assert clouds.name in secret["stringData"]
+
+
+def test_publisher_shuts_down_in_time_and_keeps_a_pod_through_disruptions() -> None:
+    deployment = find("Deployment", "publisher")
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    default = PublisherSettings.model_fields["shutdown_grace"].default
+    grace = float(env.get("KILN_PUBLISHER_SHUTDOWN_GRACE", default))
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > 5 + grace
+    pdb = find("PodDisruptionBudget", "publisher")
+    assert deployment["spec"]["replicas"] > pdb["spec"]["minAvailable"]
+    pyproject = tomllib.loads((REPO / "services/publisher/pyproject.toml").read_text())
+    assert container["image"] == f"kiln/publisher:{pyproject['project']['version']}"

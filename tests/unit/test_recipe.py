@@ -56,7 +56,7 @@ def test_minimal_recipe_loads_with_the_documented_defaults() -> None:
     assert recipe.sysprep == "default" and recipe.sysprep_operations() == r.SYSPREP_OPERATIONS
     assert recipe.test.boot is not None and recipe.test.boot.timeout == 300
     assert (recipe.packages, recipe.files, recipe.run, recipe.checks) == ([], [], [], [])
-    assert recipe.publish == {} and recipe.keep_workspace is False
+    assert not recipe.publish.targets and recipe.keep_workspace is False
 
 
 def test_full_example_from_the_brief_loads() -> None:
@@ -68,7 +68,7 @@ def test_full_example_from_the_brief_loads() -> None:
     assert recipe.files[1].source == "files/motd" and recipe.run[0].script == "setup.sh"
     assert recipe.checks == ["tycoon", "stratuslab"]
     assert recipe.test.boot is not None and recipe.test.boot.timeout == 300
-    assert recipe.publish["glance"]["cloud"] == "nectar"
+    assert [t.cloud for t in recipe.publish.glance] == ["nectar"]
 
 
 def _doc_recipes() -> list[str]:
@@ -101,6 +101,7 @@ def test_the_docs_name_every_field() -> None:
         r.Disk,
     ]
     models += [r.OutputSpec, r.BootTest, r.TestSpec]
+    models += [r.Publish, r.GlancePublish, r.MarketplacePublish]
     missing = [f for m in models for f in _fields(m) if f"`{f}`" not in text]
     values = [*r.SYSPREP_OPERATIONS, *r.FORMATS, *r.COMPRESSIONS, "tycoon", "stratuslab", "cloud"]
     missing += [v for v in values if f"`{v}`" not in text]
@@ -478,9 +479,37 @@ def test_test_commands_need_the_boot_test() -> None:
     assert (found.path, found.line) == ("test.commands", 7)
 
 
-def test_publish_is_passed_through_unchecked() -> None:
-    recipe = parse(HEAD + "publish: {glance: {cloud: nectar}, anything: [1, 2]}\n")
-    assert recipe.publish == {"glance": {"cloud": "nectar"}, "anything": [1, 2]}
+def test_publish_takes_a_cloud_name_a_target_or_a_list() -> None:
+    one = parse(HEAD + "publish: {glance: nectar}\n").publish
+    assert [(t.cloud, t.visibility, t.retire) for t in one.glance] == [
+        ("nectar", "private", "hide")
+    ]
+    mapping = parse(HEAD + "publish: {glance: {cloud: nectar, keep: 3}}\n").publish
+    assert mapping.glance[0].keep == 3 and mapping.marketplace is None
+    text = HEAD + (
+        "publish:\n  glance:\n    - {cloud: a, region: r1, tags: [x], properties: {k: v}}\n"
+        "    - {cloud: b, visibility: public, min_disk: 4, min_ram: 512, retire: delete}\n"
+        "  marketplace: {endorser: ops@example.org, valid_for: 26w, title: T}\n"
+    )
+    many = parse(text).publish
+    assert [t.cloud for t in many.glance] == ["a", "b"] and many.glance[1].retire == "delete"
+    assert many.marketplace is not None and many.marketplace.valid_for == 26 * 7 * 86400
+    assert parse(HEAD + "publish: {marketplace: true}\n").publish.targets
+
+
+def test_publish_errors_name_the_field_and_line() -> None:
+    found = issue(HEAD + "publish:\n  glance:\n    - {cloud: a}\n    - {cloud: b, keep: -1}\n")
+    assert (found.path, found.line) == ("publish.glance[1].keep", 8)
+    assert issue(HEAD + "publish: {anything: 1}\n").path == "publish.anything"
+    assert issue(HEAD + "publish: {glance: {cloud: 'a b'}}\n").path == "publish.glance.cloud"
+    found = issue(HEAD + "publish:\n  marketplace: {endorser: nobody}\n")
+    assert found.path == "publish.marketplace.endorser"
+    assert issue(HEAD + "publish: {marketplace: {valid_for: 5m}}\n").path == (
+        "publish.marketplace.valid_for"
+    )
+    assert issue(HEAD + "publish: {glance: {cloud: a, retire: burn}}\n").path == (
+        "publish.glance.retire"
+    )
 
 
 def test_publish_must_be_a_mapping() -> None:

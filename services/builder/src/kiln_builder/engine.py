@@ -74,6 +74,7 @@ class BakeOptions:
     cache_dir: Path
     build_id: str
     storage: str | None = None  # the storage service sharing layers between builders
+    publisher: str | None = None  # the publisher: marketplace and glance bases
     no_cache: bool = False
     cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first
     keep_workspace: bool = False
@@ -375,10 +376,8 @@ class Bake:
 
     def _not_yet(self) -> list[str]:
         """Recipe parts this engine validates but does not act on yet."""
-        later = []
-        if self.recipe.publish:
-            later.append("publish")
-        return later
+        # publish: is the publisher's (it acts on build.succeeded).
+        return []
 
     @property
     def _stem(self) -> str:
@@ -477,7 +476,11 @@ class Bake:
         size = self.recipe.disk_size_given()
         async with self._step("base") as record:
             base = await fetch.fetch_base(
-                ref, self.opts.cache_dir, self.work, storage=self.opts.storage
+                ref,
+                self.opts.cache_dir,
+                self.work,
+                storage=self.opts.storage,
+                publisher=self.opts.publisher,
             )
             record.cached = base.downloaded == 0
             inspected = await asyncio.to_thread(

@@ -12,6 +12,7 @@ from datetime import UTC
 from pathlib import Path
 
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
+from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_client import ClientError, StorageClient
 from kiln_client.discovery import NotRunning
@@ -85,6 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"kiln is up (state in {s.home})")
     print(f"  storage  {s.storage}  downloads {s.storage_http}")
     print(f"  builder  {s.builder}")
+    print(f"  publisher {s.publisher}  marketplace {s.publisher_http}/")
     print(f"  nats     {s.nats_url}")
     return 0
 
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_rm)
     add_recipe_parser(sub)
     add_build_parser(sub)
+    add_publish_parsers(sub)
     return parser
 
 
@@ -214,9 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     except KilnError as exc:  # a service's answer: its status and message
         print(f"kiln: {code_name(exc)}: {exc}", file=sys.stderr)
         return 1
-    except (UsageError, BuildUsageError, ServerError, ProcessError, OSError) as exc:
+    except (
+        UsageError,
+        BuildUsageError,
+        PublishUsageError,
+        ServerError,
+        ProcessError,
+        OSError,
+    ) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (UsageError, BuildUsageError)) else 1
+        return 2 if isinstance(exc, (UsageError, BuildUsageError, PublishUsageError)) else 1
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130

@@ -18,7 +18,7 @@ class NotRunning(FailedPrecondition):
 
 
 def address(service: str, explicit: str = "", home: Path | None = None) -> str:
-    """host:port of service ("storage" or "builder")."""
+    """host:port of service ("storage", "builder" or "publisher")."""
     if explicit:
         return explicit
     variable = f"KILN_{service.upper()}"

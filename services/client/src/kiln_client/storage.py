@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from kiln_api.storage.v1 import storage_pb2 as pb
@@ -30,6 +31,7 @@ from kiln_client import _rpc, discovery
 from kiln_client._sync import LoopThread
 from kiln_client.errors import ClientError, UploadStopped
 from kiln_common.errors import Internal, NotFound, Unavailable
+from kiln_common.grpc_errors import from_rpc
 from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_common.retry import RetryPolicy
 
@@ -328,6 +330,25 @@ class AsyncStorageClient:
                 raise Unavailable(f"download from {urlsplit(url).netloc} broke: {exc}") from exc
 
         self.policy.call(once, "download")
+
+    async def stream(self, artifact_id: str, offset: int = 0) -> AsyncIterator[bytes]:
+        """The artifact's bytes from offset, as they arrive, without a local copy
+        (the publisher hands them on to Glance). A dropped stream resumes where
+        it stopped, within the retry policy."""
+        have = offset
+        backoff = self.policy.backoff(f"reading {artifact_id}")
+        while True:
+            request = pb.DownloadRequest(id=artifact_id, offset=have)
+            try:
+                async for chunk in self._stub.Download(request):
+                    have += len(chunk.data)
+                    yield chunk.data
+                return
+            except grpc.RpcError as exc:
+                error = from_rpc(exc)
+                if not isinstance(error, Unavailable):
+                    raise error from None
+                await backoff.wait(error)
 
     async def _fetch_stream(self, artifact_id: str, sink: _Sink, counted: _Counter) -> None:
         request = pb.DownloadRequest(id=artifact_id, offset=counted.have)

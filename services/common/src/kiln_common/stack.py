@@ -19,7 +19,7 @@ from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
 
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
-PARTS = ("nats", "storage", "builder")  # in start order; stopped in reverse
+PARTS = ("nats", "storage", "builder", "publisher")  # in start order; stopped in reverse
 
 __all__ = [
     "PARTS",
@@ -50,6 +50,8 @@ class Stack:
     storage: str
     storage_http: str
     builder: str = ""
+    publisher: str = ""
+    publisher_http: str = ""  # the marketplace's JSON API and catalogue
     pids: dict[str, int] = field(default_factory=dict)
 
     @staticmethod
@@ -94,13 +96,16 @@ def up(home: Path) -> Stack:
 
 def _fresh(home: Path) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
-    grpc_port, http_port = free_port(), free_port()
+    taken: set[int] = set()
+    ports = [_new_port(taken) for _ in range(5)]
     stack = Stack(
         home=str(home),
         nats_url="",
-        storage=f"127.0.0.1:{grpc_port}",
-        storage_http=f"http://127.0.0.1:{http_port}",
-        builder=f"127.0.0.1:{free_port({grpc_port, http_port})}",
+        storage=f"127.0.0.1:{ports[0]}",
+        storage_http=f"http://127.0.0.1:{ports[1]}",
+        builder=f"127.0.0.1:{ports[2]}",
+        publisher=f"127.0.0.1:{ports[3]}",
+        publisher_http=f"http://127.0.0.1:{ports[4]}",
     )
     try:
         for part in PARTS:
@@ -109,6 +114,12 @@ def _fresh(home: Path) -> Stack:
         down(home)
         raise
     return stack
+
+
+def _new_port(taken: set[int]) -> int:
+    found = free_port(taken)
+    taken.add(found)
+    return found
 
 
 def restart_dead(stack: Stack) -> Stack:
@@ -135,6 +146,8 @@ def _start(stack: Stack, part: str) -> None:
         stack.nats_url, pid = nats.url, nats.pid
     elif part == "storage":
         pid = start_storage(stack, logs / "storage.log")
+    elif part == "publisher":
+        pid = start_publisher(stack, logs / "publisher.log")
     else:
         pid = start_builder(stack, stack.builder, logs / "builder.log")
     stack.pids[part] = pid
@@ -167,6 +180,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_GRPC_BIND": stack.builder,
         "KILN_BUILDER_NATS_URL": stack.nats_url,
         "KILN_BUILDER_STORAGE": stack.storage,
+        "KILN_BUILDER_PUBLISHER": stack.publisher,
         "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
         "KILN_BUILDER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         "KILN_BUILDER_CACHE_DIR": str(default_cache_dir()),
@@ -186,6 +200,40 @@ def start_builder(
     proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log, env=env)
     try:
         wait_grpc_health(address, proc.pid, log, READY_TIMEOUT)
+    except BaseException:
+        stop_pid(proc.pid)
+        raise
+    return proc.pid
+
+
+LOCAL_ENDORSER = "kiln@localhost.localdomain"
+
+
+def publisher_env(stack: Stack) -> dict[str, str]:
+    """The publisher of a local stack: the marketplace on, signed by a local
+    endorser whose key is generated under KILN_HOME/publisher; Glance where a
+    clouds.yaml names a cloud (found the way openstacksdk finds it)."""
+    home = Path(stack.home) / "publisher"
+    env = {
+        "KILN_PUBLISHER_GRPC_BIND": stack.publisher,
+        "KILN_PUBLISHER_HTTP_PORT": str(port_of(stack.publisher_http)),
+        "KILN_PUBLISHER_STORAGE": stack.storage,
+        "KILN_PUBLISHER_NATS_URL": stack.nats_url,
+        "KILN_PUBLISHER_ENDORSER_KEY_DIR": str(home / "endorsers"),
+        "KILN_PUBLISHER_KEYRING_DIR": str(home / "keyring"),
+        "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,
+    }
+    env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_PUBLISHER_")})
+    if os.environ.get("OS_CLIENT_CONFIG_FILE"):  # openstacksdk's own variable
+        env["OS_CLIENT_CONFIG_FILE"] = os.environ["OS_CLIENT_CONFIG_FILE"]
+    return env
+
+
+def start_publisher(stack: Stack, log: Path) -> int:
+    """Starts the publisher at the stack's addresses; its pid once healthy."""
+    proc = spawn([sys.executable, "-m", "kiln_publisher"], log_file=log, env=publisher_env(stack))
+    try:
+        wait_grpc_health(stack.publisher, proc.pid, log, READY_TIMEOUT)
     except BaseException:
         stop_pid(proc.pid)
         raise

@@ -1,5 +1,6 @@
 """Where a customised build's base image comes from: a URL pinned by its
-SHA-256, or an artifact in the storage service.
+SHA-256, an artifact in the storage service, or (through the publisher) a
+marketplace entry or a Glance image (kiln_builder.base.published).
 
 A URL is downloaded once: into CACHE/bases/<sha256>.part, resumed with a Range
 request after a cut, bounded in size and time, and renamed to CACHE/bases/<sha256>
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_builder.base import published
 from kiln_builder.layers import prune_oldest
 from kiln_builder.resources import file_lock
 from kiln_client import AsyncStorageClient
@@ -79,6 +81,7 @@ async def fetch_base(
     work: Path,
     *,
     storage: str | None,
+    publisher: str | None = None,
     limits: FetchLimits = FetchLimits(),
 ) -> Base:
     if ref.url is not None:
@@ -86,11 +89,10 @@ async def fetch_base(
         return await fetch_url(ref.url, ref.sha256, cache_dir / "bases", limits)
     if ref.artifact is not None:
         return await fetch_artifact(ref.artifact, work, storage)
-    source = "marketplace" if ref.marketplace is not None else "glance"
-    raise FailedPrecondition(
-        f"from.image.{source}: bases from the {source} come with the publisher service,"
-        " which this Kiln does not have yet; use url (with sha256) or artifact"
+    path, sha256, source, fetched = await published.fetch_published(
+        ref, cache_dir / "bases", publisher, limits.max_bytes
     )
+    return Base(path, sha256, source, fetched)
 
 
 async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> Base:

@@ -28,6 +28,8 @@ class BuilderSettings(KilnSettings):
     a clustered NATS, as deploy/k8s runs it)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service: artifacts and the shared layer cache."""
+    publisher: str = ""
+    """host:port of the publisher: from.image.marketplace and from.image.glance bases."""
     log_level: str = "INFO"
     """Python log level name."""
     shutdown_grace: float = 10.0

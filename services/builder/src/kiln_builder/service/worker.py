@@ -282,6 +282,7 @@ class Worker:
                 cache_dir=self.settings.cache_dir,
                 build_id=f"{job.build_id}-{job.attempt}",
                 storage=self.settings.storage,
+                publisher=self.settings.publisher or None,
                 no_cache=build.no_cache,
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
                 boot_test=self.settings.boot_test and not build.skip_boot_test,

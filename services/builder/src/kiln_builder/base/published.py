@@ -1,0 +1,117 @@
+"""Bases that come through the publisher service: a marketplace entry (the
+publisher verifies its signature, then streams the image it describes) or a
+Glance image (streamed from Glance). The bytes are checked here against the
+digests the publisher announces first (the entry's SHA-256 and SHA-512, or
+Glance's os_hash_value), and cached like url bases: CACHE/bases/<sha256>,
+renamed into place only once verified, so a second build downloads nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from kiln_api.publisher.v1 import publisher_pb2 as pb
+from kiln_builder.resources import file_lock
+from kiln_client import AsyncPublisherClient
+from kiln_common.errors import FailedPrecondition
+from kiln_recipe.schema import ImageRef
+
+log = logging.getLogger(__name__)
+
+
+class PublishedBaseMismatch(FailedPrecondition):
+    """The bytes are not the ones the entry or Glance vouches for."""
+
+
+def describe(ref: ImageRef) -> str:
+    if ref.marketplace is not None:
+        return f"marketplace:{ref.marketplace}"
+    assert ref.glance is not None
+    return f"glance:{ref.glance.cloud}/{ref.glance.id}"
+
+
+def request_for(ref: ImageRef) -> pb.FetchBaseRequest:
+    if ref.marketplace is not None:
+        return pb.FetchBaseRequest(marketplace=ref.marketplace)
+    assert ref.glance is not None
+    return pb.FetchBaseRequest(
+        glance=pb.GlanceImageRef(cloud=ref.glance.cloud, image=ref.glance.id)
+    )
+
+
+def _index(cache: Path, source: str) -> Path:
+    """Glance image data never changes once active, nor does an entry's
+    image: the source's digest, once known, names the cached file."""
+    return cache / f"source-{hashlib.sha256(source.encode()).hexdigest()[:32]}.sha256"
+
+
+def cached(cache: Path, source: str) -> Path | None:
+    index = _index(cache, source)
+    if not index.is_file():
+        return None
+    final = cache / index.read_text().strip()
+    if not final.is_file():
+        return None
+    os.utime(final)  # the cache's pruning keeps recently used bases
+    return final
+
+
+async def fetch_published(
+    ref: ImageRef, cache: Path, publisher: str | None, max_bytes: int
+) -> tuple[Path, str, str, int]:
+    """(path, sha256, source, bytes downloaded) of the base."""
+    source = describe(ref)
+    if not publisher:
+        raise FailedPrecondition(
+            f"from.image: {source.split(':')[0]} bases come through the publisher service:"
+            " give the builder its address (KILN_BUILDER_PUBLISHER)"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(source.encode()).hexdigest()[:32]
+    async with file_lock(cache / f"source-{key}.lock"):
+        found = cached(cache, source)
+        if found is not None:
+            log.info("base image %s is cached (%s)", source, found)
+            return found, found.name, source, 0
+        return await _download(ref, cache, publisher, source, max_bytes)
+
+
+async def _download(
+    ref: ImageRef, cache: Path, publisher: str, source: str, max_bytes: int
+) -> tuple[Path, str, str, int]:
+    partial = cache / f"source-{hashlib.sha256(source.encode()).hexdigest()[:32]}.part"
+    sha256, sha512, size = hashlib.sha256(), hashlib.sha512(), 0
+    async with AsyncPublisherClient(publisher) as client:
+        header, chunks = await client.fetch_base(request_for(ref))
+        if header.size > max_bytes:
+            raise FailedPrecondition(f"{source}: {header.size} bytes is more than {max_bytes}")
+        out = await asyncio.to_thread(partial.open, "wb")
+        try:
+            async for data in chunks:
+                size += len(data)
+                if size > max_bytes:
+                    raise FailedPrecondition(f"{source}: more than {max_bytes} bytes")
+                sha256.update(data)
+                sha512.update(data)
+                await asyncio.to_thread(out.write, data)
+        finally:
+            out.close()
+    digest = sha256.hexdigest()
+    wrong = (
+        size != header.size
+        or sha512.hexdigest() != header.sha512
+        or (header.sha256 and digest != header.sha256)
+    )
+    if wrong:
+        partial.unlink(missing_ok=True)
+        raise PublishedBaseMismatch(
+            f"from.image {source}: the bytes received do not match the digests "
+            "vouched for (size, SHA-512); nothing was cached"
+        )
+    final = cache / digest
+    os.replace(partial, final)
+    _index(cache, source).write_text(digest + "\n")
+    return final, digest, source, size

@@ -1,0 +1,230 @@
+"""`kiln publish` and `kiln market`: images to Glance and the marketplace.
+
+  kiln publish ARTIFACT|BUILD [--glance CLOUD]... [--name N] [--visibility private]
+                              [--marketplace --endorser EMAIL]
+  kiln market search [TEXT] [--os debian] [--status valid]
+  kiln market show ID | verify ID | verify --file ENTRY.json | deprecate ID
+
+Every verb takes --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from kiln_api.publisher.v1 import publisher_pb2 as pb
+from kiln_client import PublisherClient
+from kiln_client.publisher import Marketplace, publish_request
+from kiln_common import stack
+from kiln_common.errors import NotFound
+from kiln_publisher.market import Keyring, verify
+
+STATE_WORDS = {pb.STATE_PENDING: "pending", pb.STATE_RUNNING: "running"}
+STATE_WORDS |= {pb.STATE_DONE: "done", pb.STATE_FAILED: "failed"}
+VISIBILITIES = ("private", "shared", "community", "public")
+
+
+class PublishUsageError(Exception):
+    """Printed as it is; exit status 2."""
+
+
+def default_keyring() -> Path:
+    """The keyring `kiln up`'s publisher trusts (KILN_HOME/publisher/keyring)."""
+    return stack.kiln_home() / "publisher" / "keyring"
+
+
+def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "publish", help="publish an artifact or a build's images to Glance and the marketplace"
+    )
+    p.add_argument("subject", metavar="ARTIFACT|BUILD")
+    p.add_argument("--glance", action="append", default=[], metavar="CLOUD",
+                   help="a cloud of the publisher's clouds.yaml (repeatable)")  # fmt: skip
+    p.add_argument("--region", default="", help="the clouds' region (default: each cloud's)")
+    p.add_argument("--name", default="", help="the Glance image name (default: NAME-VERSION)")
+    p.add_argument("--visibility", default="private", choices=VISIBILITIES)
+    p.add_argument("--marketplace", action="store_true", help="publish a signed entry")
+    p.add_argument("--endorser", default="", metavar="EMAIL",
+                   help="who signs the entry (default: the publisher's endorser)")  # fmt: skip
+    p.add_argument("--title", default="")
+    p.add_argument("--description", default="")
+    p.add_argument("--json", action="store_true", help="the publication as JSON")
+    p.set_defaults(fn=cmd_publish)
+
+    market = subparsers.add_parser(
+        "market", help="the marketplace: search | show | verify | deprecate"
+    ).add_subparsers(dest="verb", required=True)
+    m = market.add_parser("search", help="entries, newest first")
+    m.add_argument("text", nargs="?", default="")
+    m.add_argument("--os", default="")
+    m.add_argument("--os-version", default="")
+    m.add_argument("--arch", default="")
+    m.add_argument("--endorser", default="")
+    m.add_argument("--status", default="", choices=("", "valid", "expired", "deprecated"))
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_search)
+    m = market.add_parser("show", help="one entry")
+    m.add_argument("identifier")
+    m.add_argument("--json", action="store_true", help="the signed entry document")
+    m.set_defaults(fn=cmd_show)
+    m = market.add_parser("verify", help="check an entry's signature against the keyring")
+    m.add_argument("identifier", nargs="?", default="")
+    m.add_argument("--file", type=Path, help="a signed entry document: checked offline")
+    m.add_argument("--keyring", type=Path, action="append",
+                   help="keyring file or directory (default: the local stack's)")  # fmt: skip
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_verify)
+    m = market.add_parser("deprecate", help="re-sign an entry as deprecated")
+    m.add_argument("identifier")
+    m.add_argument("--endorser", default="")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(fn=cmd_deprecate)
+
+
+def _json(msg: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def _print_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    print()
+
+
+# ---- publish ---------------------------------------------------------------------------
+
+
+def request_from(args: argparse.Namespace, as_build: bool) -> pb.PublishRequest:
+    if not args.glance and not args.marketplace:
+        raise PublishUsageError("kiln publish: give --glance CLOUD and/or --marketplace")
+    if args.endorser and not args.marketplace:
+        raise PublishUsageError("kiln publish: --endorser goes with --marketplace")
+    targets = [
+        pb.GlanceTarget(cloud=c, region=args.region, name=args.name, visibility=args.visibility)
+        for c in args.glance
+    ]
+    market = (
+        Marketplace(endorser=args.endorser, title=args.title, description=args.description)
+        if args.marketplace
+        else None
+    )
+    which = {"build_id" if as_build else "artifact_id": args.subject}
+    return publish_request(glance=targets, marketplace=market, **which)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    request = request_from(args, as_build=False)
+    with PublisherClient() as client:
+        try:
+            publication = client.publish(request)
+        except NotFound:
+            # Not an artifact: a build, whose image artifacts are published.
+            publication = client.publish(request_from(args, as_build=True))
+    if args.json:
+        _print_json(_json(publication))
+    else:
+        print(f"publication {publication.id}: {STATE_WORDS.get(publication.state, '?')}")
+        for r in publication.results:
+            print("  " + result_line(r))
+    return 0 if publication.state == pb.STATE_DONE else 1
+
+
+def result_line(r: pb.TargetResult) -> str:
+    state = STATE_WORDS.get(r.state, "?")
+    if r.state == pb.STATE_FAILED:
+        return f"{r.kind} {r.target}: failed: {r.error}"
+    if r.kind == "glance":
+        retired = f", retired {', '.join(r.retired)}" if r.retired else ""
+        return (
+            f"glance {r.target}: {state} image {r.image_id} {r.image_name!r} ({r.method}){retired}"
+        )
+    return f"marketplace {r.target}: {state} entry {r.entry_identifier}"
+
+
+# ---- market ----------------------------------------------------------------------------
+
+
+def entry_line(e: pb.Entry) -> str:
+    os_ = " ".join(x for x in (e.os, e.os_version, e.arch) if x)
+    return f"{e.identifier}  {e.status:<10}  {os_:<20}  {e.endorser}  {e.title}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    request = pb.SearchEntriesRequest(
+        text=args.text,
+        os=args.os,
+        os_version=args.os_version,
+        arch=args.arch,
+        endorser=args.endorser,
+        status=args.status,
+    )
+    with PublisherClient() as client:
+        entries = client.search(request)
+    if args.json:
+        _print_json([json.loads(e.document) for e in entries])
+    else:
+        for e in entries:
+            print(entry_line(e))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    with PublisherClient() as client:
+        e = client.entry(args.identifier)
+    if args.json:
+        sys.stdout.write(e.document.decode())
+        return 0
+    print(f"identifier   {e.identifier}\nstatus       {e.status}\nendorser     {e.endorser}")
+    print(f"os           {e.os} {e.os_version} {e.arch}\ntitle        {e.title}")
+    print(f"format       {e.format}\nsize         {e.size}\nsha512       {e.sha512}")
+    print(f"created      {e.created.ToJsonString()}\nvalid until  {e.valid_until.ToJsonString()}")
+    print(f"artifact     {e.artifact_id}")
+    for url in e.locations:
+        print(f"location     {url}")
+    return 0
+
+
+def _keyring(args: argparse.Namespace) -> Keyring:
+    paths = args.keyring or [default_keyring()]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise PublishUsageError(
+            f"kiln market verify: no keyring at {missing[0]} (give --keyring FILE|DIR)"
+        )
+    return Keyring.load(*paths)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    if bool(args.file) == bool(args.identifier):
+        raise PublishUsageError("kiln market verify: give an IDENTIFIER or --file ENTRY.json")
+    keys = _keyring(args)
+    if args.file:
+        document = args.file.read_bytes()
+        entry = verify(document, keys)  # offline: the keyring only
+    else:
+        with PublisherClient() as client:
+            document = client.entry(args.identifier).document
+        entry = verify(document, keys)
+    if args.json:
+        _print_json({"valid": True, "identifier": entry.identifier,
+                     "endorser": entry.endorser.email, "status": entry.status()})  # fmt: skip
+    else:
+        print(f"{entry.identifier}: signature good, endorsed by {entry.endorser.email} "
+              f"({entry.status()})")  # fmt: skip
+    return 0
+
+
+def cmd_deprecate(args: argparse.Namespace) -> int:
+    with PublisherClient() as client:
+        e = client.deprecate(args.identifier, args.endorser)
+    if args.json:
+        sys.stdout.write(e.document.decode())
+    else:
+        print(f"{e.identifier}: {e.status}")
+    return 0

@@ -1,0 +1,176 @@
+"""Assembles the publisher from its settings: NATS (publications, entries,
+events, the build.succeeded consumer), storage, Glance from clouds.yaml, the
+marketplace with its keyring and HTTP app, the expiry sweep and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
+from kiln_client import AsyncStorageClient
+from kiln_common import jetstream
+from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
+from kiln_common.grpc_server import GrpcServer
+from kiln_publisher import autopublish
+from kiln_publisher.core import PublisherCore
+from kiln_publisher.glance import GlancePublisher
+from kiln_publisher.market import Entry, Keyring, Market, generate_endorser, make_app, write_keyring
+from kiln_publisher.servicer import PublisherServicer
+from kiln_publisher.settings import PublisherSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = publisher_pb2.DESCRIPTOR.services_by_name["Publisher"].full_name
+
+
+@dataclass
+class PublisherApp:
+    settings: PublisherSettings
+    core: PublisherCore
+    grpc: GrpcServer
+    http_port: int = 0
+    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        await self.grpc.stop(self.settings.shutdown_grace)
+        while self._cleanups:
+            with contextlib.suppress(Exception):
+                await self._cleanups.pop()()
+
+
+def local_endorser(s: PublisherSettings) -> None:
+    """Generates the local endorser's key once and publishes its public half
+    in the keyring, so `kiln market verify` trusts it."""
+    key = generate_endorser(s.endorser_key_dir / "local.json", s.local_endorser)
+    public = Keyring()
+    public.add(key.email, key.key)
+    write_keyring(s.keyring_dir / "local.json", public, private=False)
+
+
+def load_keyring(s: PublisherSettings) -> Keyring:
+    paths = [p for p in (s.keyring_dir, s.endorser_key_dir) if p.exists()]
+    return Keyring.load(*paths) if paths else Keyring()
+
+
+def default_endorser(s: PublisherSettings, keys: Keyring) -> str:
+    """The setting, else the one endorser this publisher can sign for."""
+    if s.default_endorser:
+        return s.default_endorser
+    mine = keys.endorsers()
+    return mine[0] if len(mine) == 1 else ""
+
+
+def glance_publisher(clouds: Path | None) -> GlancePublisher | None:
+    if clouds is None or not clouds.is_file():
+        log.warning("no clouds.yaml: Glance publishing is off")
+        return None
+    publisher = GlancePublisher(clouds)
+    log.info("clouds.yaml %s names %s", clouds, ", ".join(publisher.clouds()) or "no cloud")
+    return publisher
+
+
+async def sweep_once(core: PublisherCore, retire: str) -> None:
+    """Marks expired entries; their artifacts' Glance images are retired as configured."""
+    if core.market is None:
+        return
+    expired = await core.market.sweep()
+    if not expired or retire == "none" or core.glance is None:
+        return
+    artifacts = {s.entry.artifact_id for s in expired}
+    for pub in await core.list_publications():
+        for r in pub.results:
+            if r.kind == "glance" and r.image_id and r.artifact_id in artifacts:
+                await core.glance.retire(r.cloud, r.region or None, r.image_id, retire)
+                await core.events.publish(
+                    "image.retired",
+                    r.image_id,
+                    {"image_id": r.image_id, "cloud": r.cloud, "region": r.region,
+                     "name": r.image_name, "how": retire, "why": "entry expired"},
+                )  # fmt: skip
+
+
+async def _sweeper(core: PublisherCore, every: float, retire: str) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await sweep_once(core, retire)
+        except Exception:
+            log.exception("marketplace sweep failed")
+
+
+async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)
+
+
+async def build(settings: PublisherSettings) -> PublisherApp:
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    nc = await jetstream.connect(settings.nats_url, default_source("kiln-publisher"))
+    cleanups.append(nc.drain)
+    js = nc.jetstream()
+    await jetstream.mapped(lambda: ensure_stream(js, replicas=settings.nats_replicas))
+    events = JetStreamPublisher(nc, js, default_source("kiln-publisher"))
+    cleanups.append(events.close)
+    storage = AsyncStorageClient(settings.storage)
+    cleanups.append(storage.close)
+    if settings.local_endorser:
+        local_endorser(settings)
+    keys = load_keyring(settings)
+    market = Market(js, keys, events) if settings.marketplace else None
+    core = PublisherCore(
+        storage,
+        js,
+        events,
+        glance_publisher(settings.clouds_file()),
+        market,
+        default_endorser=default_endorser(settings, keys),
+        url_seconds=settings.url_seconds,
+        replicas=settings.nats_replicas,
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        publisher_pb2_grpc.add_PublisherServicer_to_server(PublisherServicer(core), server)
+
+    app = PublisherApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
+    if market is not None:
+
+        async def locate(entry: Entry) -> str:
+            # Entries outlive storage's URLs: the catalogue's links get a fresh one.
+            return await storage.url(entry.artifact_id, settings.url_seconds)
+
+        http = make_app(market, locate)
+        runner, port = await start_http(http, settings.http_host, settings.http_port)
+        cleanups.append(runner.cleanup)
+        app.http_port = port
+        log.info("marketplace on http://%s:%d/", settings.http_host, port)
+    jobs: list[Coroutine[Any, Any, None]] = [
+        _sweeper(core, settings.sweep_interval_seconds, settings.retire_action)
+    ]
+    if settings.auto_publish:
+        jobs.append(autopublish.run(core, js))
+    tasks = [asyncio.create_task(job) for job in jobs]
+
+    async def stop_tasks() -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    cleanups.append(stop_tasks)
+    app._cleanups = cleanups
+    return app

@@ -1,0 +1,118 @@
+"""Automatic publishing: a durable consumer on build.succeeded. A build whose
+recipe has publish: targets is published exactly once: its publication record
+is `auto-<build id>`, finished targets are never done again, and the event is
+acked only once the record says every target ended. A publisher that dies
+mid-upload leaves the event unacked; it comes back after ack_wait and the next
+pod finishes the targets still running (Glance publishing is idempotent per
+artifact, so the half-done one gives the same image)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from kiln_common import jetstream
+from kiln_common.errors import KilnError, Unavailable
+from kiln_common.events import STREAM, from_json, subject_for
+from kiln_publisher.core import PublisherCore, Request
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "kiln-publisher-auto"
+SUBJECT = subject_for("build.succeeded")
+ACK_WAIT = 60.0  # seconds; a running publication says in_progress well within it
+HEARTBEAT = 15.0
+MAX_DELIVER = 20
+FETCH_SECONDS = 5.0
+
+
+def publication_id(build_id: str) -> str:
+    return f"auto-{build_id}"
+
+
+async def ensure(js: JetStreamContext) -> None:
+    config = ConsumerConfig(
+        durable_name=CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        # New builds only: a publisher added to an old stack does not publish history.
+        deliver_policy=DeliverPolicy.NEW,
+        ack_wait=ACK_WAIT,
+        max_deliver=MAX_DELIVER,
+        filter_subject=SUBJECT,
+    )
+    await jetstream.mapped(lambda: js.add_consumer(STREAM, config))
+
+
+async def handle(core: PublisherCore, build_id: str) -> str:
+    """Publishes the build if its recipe asks; the publication's state, or
+    'skipped' when there is nothing to publish."""
+    recipe = await core.recipe_of(build_id)
+    if not recipe.publish.targets:
+        return "skipped"
+    pub = await core.publish(
+        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id)
+    )
+    log.info("build %s auto-published: %s", build_id, pub.state)
+    return pub.state
+
+
+async def _heartbeat(msg: Msg) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+
+async def _one(core: PublisherCore, msg: Msg) -> None:
+    event = from_json(msg.data)
+    beat = asyncio.create_task(_heartbeat(msg))
+    try:
+        await handle(core, event.subject)
+    except Unavailable as exc:
+        log.warning("auto-publish of %s put off: %s", event.subject, exc)
+        await msg.nak(delay=10)
+        return
+    except KilnError as exc:
+        # Nothing could start (no such cloud, marketplace off...): the record says why.
+        log.warning("auto-publish of build %s failed: %s", event.subject, exc)
+        with contextlib.suppress(KilnError):
+            await core.record_failure(publication_id(event.subject), event.subject, str(exc))
+    except Exception:
+        # A failed target is recorded in the publication; only an unexpected
+        # error gets here. It is acked so it does not loop; the log says why.
+        log.exception("auto-publish of build %s failed", event.subject)
+    finally:
+        beat.cancel()
+    await msg.ack()
+
+
+async def run(core: PublisherCore, js: JetStreamContext) -> None:
+    """Takes build.succeeded events one at a time until cancelled."""
+    while True:
+        try:
+            await ensure(js)
+            sub = await js.pull_subscribe_bind(CONSUMER, STREAM)
+            break
+        except Exception as exc:  # noqa: BLE001 - NATS away: wait for it
+            log.warning("auto-publish waits for NATS: %s", jetstream.translate(exc) or exc)
+            await asyncio.sleep(FETCH_SECONDS)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_SECONDS)
+            except (TimeoutError, NatsTimeout):
+                continue
+            except Exception as exc:  # noqa: BLE001 - NATS away: keep the loop
+                log.warning("auto-publish cannot fetch: %s", jetstream.translate(exc) or exc)
+                await asyncio.sleep(FETCH_SECONDS)
+                continue
+            await _one(core, msgs[0])
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

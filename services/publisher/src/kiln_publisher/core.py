@@ -1,0 +1,364 @@
+"""The publisher's core, transport-free: resolves what to publish from storage
+(and the recipe the builder kept), publishes it to Glance (A's GlancePublisher)
+and the marketplace (B's Market), and records each Publication in a NATS KV
+bucket so any replica answers and a publication interrupted by a dying pod is
+finished, not repeated, by the next attempt."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from kiln_api.builder.v1 import builder_pb2 as bpb
+from kiln_api.storage.v1 import storage_pb2 as spb
+from kiln_client import AsyncStorageClient
+from kiln_common import jetstream
+from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
+from kiln_common.events import Publisher
+from kiln_common.ids import new_id
+from kiln_publisher import facts
+from kiln_publisher.glance import GlancePublisher, GlanceTarget
+from kiln_publisher.market import Market, Query, SignedEntry
+from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
+from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
+
+log = logging.getLogger(__name__)
+
+PUBLICATIONS_BUCKET = "KILN_PUBLICATIONS"
+RECIPES_BUCKET = "kiln_recipes"  # the builder's: the submitted recipe of each build
+IMAGE_KIND = "image"
+KIND_LABEL = "kiln-kind"
+
+
+@dataclass(frozen=True)
+class Request:
+    artifact_id: str = ""
+    build_id: str = ""
+    publish: Publish = field(default_factory=Publish)
+
+
+def glance_target(t: GlancePublish) -> GlanceTarget:
+    return GlanceTarget(
+        cloud=t.cloud,
+        region=t.region,
+        name=t.name,
+        visibility=t.visibility,
+        tags=tuple(t.tags),
+        properties=dict(t.properties),
+        min_disk=t.min_disk,
+        min_ram=t.min_ram,
+        keep=t.keep,
+        retire=t.retire,
+    )
+
+
+def target_name(cloud: str, region: str | None) -> str:
+    return f"{cloud}/{region}" if region else cloud
+
+
+def record_key(publication_id: str) -> str:
+    # KV keys take a restricted alphabet: ids are ULIDs, auto ones "auto-<build id>".
+    return publication_id
+
+
+class PublisherCore:
+    def __init__(
+        self,
+        storage: AsyncStorageClient,
+        js: JetStreamContext,
+        events: Publisher,
+        glance: GlancePublisher | None,
+        market: Market | None,
+        *,
+        default_endorser: str = "",
+        url_seconds: int = 7 * 24 * 3600,
+        replicas: int = 1,
+    ) -> None:
+        self.storage = storage
+        self.js = js
+        self.events = events
+        self.glance = glance
+        self.market = market
+        self.default_endorser = default_endorser
+        self.url_seconds = url_seconds
+        self.replicas = replicas
+        self._kv: KeyValue | None = None
+
+    # ---- records -------------------------------------------------------------------
+
+    async def _records(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await jetstream.mapped(
+                lambda: jetstream.key_value(self.js, PUBLICATIONS_BUCKET, replicas=self.replicas)
+            )
+        return self._kv
+
+    async def _save(self, pub: Publication) -> None:
+        kv = await self._records()
+        await jetstream.mapped(lambda: kv.put(record_key(pub.id), pub.to_json()))
+
+    async def get_publication(self, publication_id: str) -> Publication:
+        if not publication_id:
+            raise InvalidArgument("a publication id is required")
+        kv = await self._records()
+        try:
+            found = await jetstream.mapped(lambda: kv.get(record_key(publication_id)))
+        except NotFound:
+            raise NotFound(f"no publication {publication_id}") from None
+        if found.value is None:
+            raise NotFound(f"no publication {publication_id}")
+        return Publication.from_json(found.value)
+
+    async def _find(self, publication_id: str) -> Publication | None:
+        try:
+            return await self.get_publication(publication_id)
+        except NotFound:
+            return None
+
+    async def list_publications(
+        self, build_id: str = "", artifact_id: str = ""
+    ) -> list[Publication]:
+        kv = await self._records()
+        try:
+            keys = await jetstream.mapped(kv.keys)
+        except NotFound:  # nats-py: an empty bucket has "no keys"
+            return []
+        found = []
+        for key in keys:
+            pub = await self._find(key)
+            if pub is None or (build_id and pub.build_id != build_id):
+                continue
+            if artifact_id and all(r.artifact_id != artifact_id for r in pub.results):
+                continue
+            found.append(pub)
+        return sorted(found, key=lambda p: p.created_at, reverse=True)
+
+    async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
+        """A publication that could not start, kept so `GetPublication` says why."""
+        failed = Result("", "request", build_id, state=FAILED, error=error)
+        pub = Publication(id=publication_id, artifact_id="", build_id=build_id)
+        await self._save(pub.with_result(failed))
+
+    # ---- what to publish ----------------------------------------------------------
+
+    async def _artifacts(self, request: Request) -> list[spb.Artifact]:
+        if request.artifact_id:
+            return [await self.storage.stat(request.artifact_id)]
+        if not request.build_id:
+            raise InvalidArgument("name an artifact id or a build id to publish")
+        found = [
+            a
+            async for a in self.storage.list({"build-id": request.build_id, KIND_LABEL: IMAGE_KIND})
+        ]
+        if not found:
+            raise NotFound(f"build {request.build_id} has no image artifacts in storage")
+        return found
+
+    async def recipe_of(self, build_id: str) -> facts.RecipeFacts:
+        """The build's recipe facts, from the recipe the builder kept; empty
+        facts when it is not kept any more (or the build is not Kiln's)."""
+        if not build_id:
+            return facts.RecipeFacts()
+        try:
+            store = await jetstream.mapped(lambda: self.js.object_store(RECIPES_BUCKET))
+            found = await jetstream.mapped(lambda: store.get(build_id))
+        except NotFound:
+            return facts.RecipeFacts()
+        source = bpb.RecipeSource()
+        source.ParseFromString(found.data or b"")
+        text = source.SerializeToString()
+        return facts.recipe_facts(facts.recipe_document(source), hashlib.sha256(text).hexdigest())
+
+    async def _sbom_sha256(self, build_id: str) -> str:
+        if not build_id:
+            return ""
+        async for sbom in self.storage.list({"build-id": build_id, KIND_LABEL: "sbom"}):
+            return str(sbom.checksums.sha256)
+        return ""
+
+    # ---- publishing ----------------------------------------------------------------
+
+    def _check(self, publish: Publish) -> None:
+        if not publish.targets:
+            raise InvalidArgument("name at least one target: a Glance cloud or the marketplace")
+        if publish.glance and self.glance is None:
+            raise FailedPrecondition("this publisher has no clouds.yaml: Glance is not configured")
+        if publish.glance and self.glance is not None:
+            known = set(self.glance.clouds())
+            for t in publish.glance:
+                if t.cloud not in known:
+                    names = ", ".join(sorted(known)) or "none"
+                    raise InvalidArgument(f"unknown cloud {t.cloud!r} (clouds.yaml names: {names})")
+        if publish.marketplace is not None and self.market is None:
+            raise FailedPrecondition("the marketplace is turned off on this publisher")
+
+    async def publish(self, request: Request, publication_id: str = "") -> Publication:
+        """Publishes every artifact of the request to every target. With a
+        publication id that exists already, the targets it finished are kept
+        and only the rest are done (a redelivered build.succeeded)."""
+        self._check(request.publish)
+        artifacts = await self._artifacts(request)
+        pub = await self._find(publication_id) if publication_id else None
+        if pub is None:
+            pub = Publication(
+                id=publication_id or new_id(),
+                artifact_id=request.artifact_id,
+                build_id=request.build_id,
+            )
+        for artifact in artifacts:
+            publish = request.publish
+            if request.build_id and not facts.glance_can_take(artifact):
+                # A build's raw.xz or tar output goes to the marketplace only;
+                # its qcow2 (or raw) output is the one Glance gets.
+                publish = publish.model_copy(update={"glance": []})
+                if not publish.targets:
+                    continue
+            pub = await self._publish_artifact(pub, artifact, publish)
+        if not pub.results:
+            raise FailedPrecondition(
+                f"build {request.build_id} has no qcow2, raw or vmdk image for Glance"
+            )
+        return pub
+
+    async def _publish_artifact(
+        self, pub: Publication, artifact: spb.Artifact, publish: Publish
+    ) -> Publication:
+        build_id = artifact.labels.get("build-id", "") or pub.build_id
+        recipe = await self.recipe_of(build_id)
+        sbom = await self._sbom_sha256(build_id)
+        url = await self.storage.url(artifact.id, self.url_seconds)
+        done = {r.key for r in pub.results if r.state == DONE}
+        for target in publish.glance:
+            result = Result(artifact.id, "glance", target_name(target.cloud, target.region))
+            if result.key in done:
+                continue
+            pub = await self._run(pub, result, self._to_glance(artifact, url, recipe, sbom, target))
+        if publish.marketplace is not None:
+            endorser = publish.marketplace.endorser or self.default_endorser
+            result = Result(artifact.id, "marketplace", endorser)
+            if result.key not in done:
+                work = self._to_market(artifact, url, recipe, sbom, publish.marketplace, endorser)
+                pub = await self._run(pub, result, work)
+        return pub
+
+    async def _run(
+        self, pub: Publication, result: Result, work: AsyncIterator[Result]
+    ) -> Publication:
+        """Records the target as running, then its outcome; a failure is the
+        target's, not the whole request's."""
+        pub = pub.with_result(replace(result, state=RUNNING))
+        await self._save(pub)
+        try:
+            async for outcome in work:
+                result = outcome
+            result = replace(result, state=DONE)
+        except KilnError as exc:
+            log.warning("publishing %s to %s failed: %s", result.artifact_id, result.target, exc)
+            result = replace(result, state=FAILED, error=str(exc))
+        pub = pub.with_result(result)
+        await self._save(pub)
+        return pub
+
+    async def _to_glance(
+        self,
+        artifact: spb.Artifact,
+        url: str,
+        recipe: facts.RecipeFacts,
+        sbom: str,
+        target: GlancePublish,
+    ) -> AsyncIterator[Result]:
+        assert self.glance is not None  # _check made sure
+        source = facts.image_source(artifact, url, lambda: self._stream(artifact.id), recipe, sbom)
+        image = await self.glance.publish(source, glance_target(target))
+        where = target_name(image.cloud, image.region)
+        yield Result(
+            artifact.id,
+            "glance",
+            target_name(target.cloud, target.region),
+            cloud=image.cloud,
+            region=image.region or "",
+            image_id=image.image_id,
+            image_name=image.name,
+            method=image.method,
+            retired=tuple(image.retired),
+        )
+        data = {
+            "artifact_id": artifact.id,
+            "build_id": artifact.labels.get("build-id", ""),
+            "cloud": image.cloud,
+            "region": image.region or "",
+            "image_id": image.image_id,
+            "name": image.name,
+            "method": image.method,
+        }
+        await self.events.publish("image.published", image.image_id, data)
+        for old in image.retired:
+            await self.events.publish(
+                "image.retired",
+                old,
+                {"image_id": old, "cloud": image.cloud, "region": image.region or "",
+                 "name": image.name, "how": target.retire, "where": where},
+            )  # fmt: skip
+
+    async def _to_market(
+        self,
+        artifact: spb.Artifact,
+        url: str,
+        recipe: facts.RecipeFacts,
+        sbom: str,
+        market: MarketplacePublish,
+        endorser: str,
+    ) -> AsyncIterator[Result]:
+        assert self.market is not None  # _check made sure
+        if not endorser:
+            raise InvalidArgument("name an endorser (the publisher has no default endorser)")
+        image = facts.image_facts(
+            artifact, (url,), recipe, endorser, sbom, market.title, market.description
+        )
+        valid_for = timedelta(seconds=market.valid_for) if market.valid_for else None
+        signed = await self.market.publish(image, endorser, valid_for)
+        yield Result(artifact.id, "marketplace", endorser, entry_identifier=signed.identifier)
+
+    async def _stream(self, artifact_id: str) -> AsyncIterator[bytes]:
+        async for chunk in self.storage.stream(artifact_id):
+            yield chunk
+
+    # ---- marketplace ---------------------------------------------------------------
+
+    def _market(self) -> Market:
+        if self.market is None:
+            raise FailedPrecondition("the marketplace is turned off on this publisher")
+        return self.market
+
+    async def search(self, query: Query) -> list[SignedEntry]:
+        return await self._market().search(query)
+
+    async def get_entry(self, identifier: str) -> SignedEntry:
+        return await self._market().get(identifier)
+
+    async def deprecate(self, identifier: str, endorser: str | None) -> SignedEntry:
+        return await self._market().deprecate(identifier, endorser)
+
+    # ---- bases for the builder -----------------------------------------------------
+
+    async def open_entry(self, identifier: str) -> tuple[SignedEntry, AsyncIterator[bytes]]:
+        """A verified entry (Market verifies what it reads) and its image's
+        bytes from the first location that answers; the caller checks digests."""
+        signed = await self.get_entry(identifier)
+        entry = signed.entry
+        if entry.status() != "valid":
+            raise FailedPrecondition(f"marketplace entry {identifier} is {entry.status()}")
+        return signed, self._stream(entry.artifact_id)
+
+    async def open_glance(
+        self, cloud: str, region: str | None, image_id: str
+    ) -> tuple[int, str, AsyncIterator[bytes]]:
+        if self.glance is None:
+            raise FailedPrecondition("this publisher has no clouds.yaml: Glance is not configured")
+        return await self.glance.open_image(cloud, region, image_id)

@@ -1,0 +1,217 @@
+"""The gRPC layer: converts messages and calls the core, nothing more."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from kiln_api.publisher.v1 import publisher_pb2 as pb
+from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
+from kiln_common.errors import DataLoss, InvalidArgument
+from kiln_common.grpc_errors import servicer
+from kiln_publisher.core import PublisherCore, Request
+from kiln_publisher.market import Query, SignedEntry
+from kiln_publisher.market.entry import parse_time
+from kiln_publisher.model import DONE, FAILED, PENDING, RUNNING, Publication, Result
+from kiln_recipe.schema import Publish
+
+Context = grpc.aio.ServicerContext[Any, Any]
+STATES = {
+    PENDING: pb.STATE_PENDING,
+    RUNNING: pb.STATE_RUNNING,
+    DONE: pb.STATE_DONE,
+    FAILED: pb.STATE_FAILED,
+}
+
+
+def publish_from(request: pb.PublishRequest) -> Publish:
+    """The request's targets, checked by the recipe's own publish: schema."""
+    doc: dict[str, Any] = {}
+    if request.glance:
+        doc["glance"] = [_glance(t) for t in request.glance]
+    if request.HasField("marketplace"):
+        m = request.marketplace
+        market: dict[str, Any] = {"title": m.title, "description": m.description}
+        if m.endorser:
+            market["endorser"] = m.endorser
+        if m.HasField("valid_for"):
+            market["valid_for"] = int(m.valid_for.ToTimedelta().total_seconds())
+        doc["marketplace"] = market
+    try:
+        return Publish.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidArgument(f"{where}: {first['msg']}") from None
+
+
+def _glance(t: pb.GlanceTarget) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "cloud": t.cloud,
+        "tags": list(t.tags),
+        "properties": dict(t.properties),
+        "min_disk": t.min_disk,
+        "min_ram": t.min_ram,
+        "keep": t.keep,
+    }
+    for name in ("region", "name", "visibility", "retire"):
+        if getattr(t, name):
+            out[name] = getattr(t, name)
+    return out
+
+
+def result_to(r: Result) -> pb.TargetResult:
+    return pb.TargetResult(
+        artifact_id=r.artifact_id,
+        kind=r.kind,
+        target=r.target,
+        state=STATES[r.state],
+        error=r.error,
+        cloud=r.cloud,
+        region=r.region,
+        image_id=r.image_id,
+        image_name=r.image_name,
+        method=r.method,
+        retired=list(r.retired),
+        entry_identifier=r.entry_identifier,
+    )
+
+
+def publication_to(p: Publication) -> pb.Publication:
+    msg = pb.Publication(
+        id=p.id,
+        artifact_id=p.artifact_id,
+        build_id=p.build_id,
+        state=STATES[p.state],
+        results=[result_to(r) for r in p.results],
+    )
+    msg.created_at.FromDatetime(datetime.fromisoformat(p.created_at))
+    msg.updated_at.FromDatetime(datetime.fromisoformat(p.updated_at))
+    return msg
+
+
+def entry_to(signed: SignedEntry) -> pb.Entry:
+    e = signed.entry
+    msg = pb.Entry(
+        identifier=e.identifier,
+        status=e.status(),
+        endorser=e.endorser.email,
+        os=e.os,
+        os_version=e.os_version,
+        arch=e.arch,
+        title=e.title,
+        description=e.description,
+        size=e.size,
+        format=e.format,
+        sha512=e.checksums.sha512,
+        sha256=e.checksums.sha256,
+        locations=list(e.locations),
+        document=signed.document,
+        artifact_id=e.artifact_id,
+    )
+    msg.created.FromDatetime(parse_time(e.created))
+    msg.valid_until.FromDatetime(parse_time(e.valid_until))
+    return msg
+
+
+class _Digests:
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha512 = hashlib.sha512()
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.sha512.update(data)
+        self.size += len(data)
+
+
+@servicer
+class PublisherServicer(pb_grpc.PublisherServicer):
+    def __init__(self, core: PublisherCore) -> None:
+        self.core = core
+
+    async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.Publication:
+        which = request.WhichOneof("subject")
+        if which is None:
+            raise InvalidArgument("name an artifact_id or a build_id to publish")
+        ask = Request(
+            artifact_id=request.artifact_id if which == "artifact_id" else "",
+            build_id=request.build_id if which == "build_id" else "",
+            publish=publish_from(request),
+        )
+        return publication_to(await self.core.publish(ask))
+
+    async def GetPublication(
+        self, request: pb.GetPublicationRequest, context: Context
+    ) -> pb.Publication:
+        return publication_to(await self.core.get_publication(request.id))
+
+    async def ListPublications(
+        self, request: pb.ListPublicationsRequest, context: Context
+    ) -> pb.ListPublicationsResponse:
+        found = await self.core.list_publications(request.build_id, request.artifact_id)
+        size = request.page_size or 100
+        start = int(request.page_token or 0)
+        page = found[start : start + size]
+        token = str(start + size) if start + size < len(found) else ""
+        return pb.ListPublicationsResponse(
+            publications=[publication_to(p) for p in page], next_page_token=token
+        )
+
+    async def SearchEntries(
+        self, request: pb.SearchEntriesRequest, context: Context
+    ) -> pb.SearchEntriesResponse:
+        query = Query(
+            os=request.os or None,
+            os_version=request.os_version or None,
+            arch=request.arch or None,
+            endorser=request.endorser or None,
+            status=request.status or None,
+            text=request.text or None,
+        )
+        found = await self.core.search(query)
+        return pb.SearchEntriesResponse(entries=[entry_to(s) for s in found])
+
+    async def GetEntry(self, request: pb.GetEntryRequest, context: Context) -> pb.Entry:
+        return entry_to(await self.core.get_entry(request.identifier))
+
+    async def DeprecateEntry(self, request: pb.DeprecateEntryRequest, context: Context) -> pb.Entry:
+        signed = await self.core.deprecate(request.identifier, request.endorser or None)
+        return entry_to(signed)
+
+    async def FetchBase(
+        self, request: pb.FetchBaseRequest, context: Context
+    ) -> AsyncIterator[pb.FetchBaseChunk]:
+        which = request.WhichOneof("source")
+        digests = _Digests()
+        if which == "marketplace":
+            signed, chunks = await self.core.open_entry(request.marketplace)
+            e = signed.entry
+            yield pb.FetchBaseChunk(
+                header=pb.FetchBaseHeader(
+                    size=e.size, sha256=e.checksums.sha256, sha512=e.checksums.sha512,
+                    format=e.format,
+                )
+            )  # fmt: skip
+            want = e.checksums.sha512
+        elif which == "glance":
+            ref = request.glance
+            size, sha512, chunks = await self.core.open_glance(
+                ref.cloud, ref.region or None, ref.image
+            )
+            yield pb.FetchBaseChunk(header=pb.FetchBaseHeader(size=size, sha512=sha512))
+            want = sha512
+        else:
+            raise InvalidArgument("name a marketplace entry or a Glance image")
+        async for data in chunks:
+            digests.add(data)
+            yield pb.FetchBaseChunk(data=data)
+        # The receiver checks too; this says which side was wrong.
+        if digests.sha512.hexdigest() != want:
+            raise DataLoss(f"the base's bytes do not match its SHA-512 {want[:16]}…")
