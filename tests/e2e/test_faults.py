@@ -3,9 +3,10 @@ every attempt (two builders, exactly one build.failed), storage away for the
 first attempt only (retried, then succeeds), a build that can never succeed
 (not retried), nats-server SIGKILLed mid-build and restarted by `kiln up`
 under a following `kiln build --follow`. (The storage service SIGKILLed and
-restarted is the second test: its retry succeeds.) Every build is tiny, from the cached bootstrap layer, without a
-boot test; each test has its own layer cache holding only that layer, so its
-run step really runs (a sleeping one sleeps)."""
+restarted is the second test: its retry succeeds.) Every build is tiny, from
+the cached bootstrap layer, without a boot test; each test has its own layer
+cache holding only that layer, so its run step really runs (a sleeping one
+sleeps)."""
 
 from __future__ import annotations
 
