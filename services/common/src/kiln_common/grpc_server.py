@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -81,3 +83,54 @@ async def serve_until_signalled(
                 log.exception("error during shutdown")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+class ServiceSettings(Protocol):
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def shutdown_grace(self) -> float: ...
+    def public(self) -> dict[str, Any]: ...
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class ServiceApp(Protocol):
+    """What a service's build() returns: its gRPC server and what to run at stop."""
+
+    grpc: GrpcServer
+    _cleanups: list[Callable[[], Awaitable[None]]]
+
+
+def service_main(
+    name: str,
+    settings_type: Callable[[], S],
+    build: Callable[[S], Awaitable[ServiceApp]],
+) -> int:
+    """The body of a service's `main()`: settings from the environment (a bad
+    one is a one-line error, exit 2), logging, then the service until SIGTERM
+    (a start that fails with a KilnError exits 1)."""
+    from pydantic import ValidationError
+
+    from kiln_common.errors import KilnError
+    from kiln_common.logs import setup_logging
+
+    try:
+        settings = settings_type()
+    except ValidationError as exc:
+        print(f"{name}: bad settings:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, name)
+    log.info("settings: %s", settings.public())
+
+    async def serve() -> None:
+        app = await build(settings)
+        await serve_until_signalled(app.grpc, settings.shutdown_grace, app._cleanups[::-1])
+
+    try:
+        asyncio.run(serve())
+    except KilnError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
