@@ -158,3 +158,11 @@ def test_glance_gets_only_a_builds_disk_images() -> None:
     assert facts.glance_can_take(artifact("qcow2")) and facts.glance_can_take(artifact("raw"))
     assert not facts.glance_can_take(artifact("raw.xz"))
     assert not facts.glance_can_take(artifact("tar.zst"))
+
+
+def test_the_guest_agent_property_says_yes_only_when_the_recipe_installs_it() -> None:
+    from kiln_publisher.facts import recipe_facts
+
+    base = {"from": {"bootstrap": {"distro": "debian", "release": "bookworm"}}}
+    assert not recipe_facts(base).guest_agent
+    assert recipe_facts({**base, "packages": ["curl", "qemu-guest-agent"]}).guest_agent

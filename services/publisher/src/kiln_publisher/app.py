@@ -18,6 +18,7 @@ from aiohttp import web
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncStorageClient
 from kiln_common import jetstream
+from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
 from kiln_publisher import autopublish
@@ -89,7 +90,14 @@ async def sweep_once(core: PublisherCore, retire: str) -> None:
     for pub in await core.list_publications():
         for r in pub.results:
             if r.kind == "glance" and r.image_id and r.artifact_id in artifacts:
-                await core.glance.retire(r.cloud, r.region or None, r.image_id, retire)
+                # One image failing must not keep the others from being retired.
+                try:
+                    await core.glance.retire(r.cloud, r.region or None, r.image_id, retire)
+                except NotFound:
+                    continue  # gone already (rotation deleted it): nothing to retire
+                except KilnError as exc:
+                    log.warning("retiring image %s in %s failed: %s", r.image_id, r.cloud, exc)
+                    continue
                 await core.events.publish(
                     "image.retired",
                     r.image_id,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -30,6 +32,9 @@ ACK_WAIT = 60.0  # seconds; a running publication says in_progress well within i
 HEARTBEAT = 15.0
 MAX_DELIVER = 20
 FETCH_SECONDS = 5.0
+# A claim not renewed for this long belongs to a replica that died.
+CLAIM_TTL = 4 * HEARTBEAT
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def publication_id(build_id: str) -> str:
@@ -62,16 +67,31 @@ async def handle(core: PublisherCore, build_id: str) -> str:
     return pub.state
 
 
-async def _heartbeat(msg: Msg) -> None:
+async def _heartbeat(msg: Msg, core: PublisherCore, build_id: str, revision: int) -> None:
+    """Keeps the event from being redelivered and the claim from going stale."""
     while True:
         await asyncio.sleep(HEARTBEAT)
         with contextlib.suppress(Exception):
             await msg.in_progress()
+        with contextlib.suppress(KilnError):
+            revision = await core.renew(publication_id(build_id), OWNER, revision)
 
 
 async def _one(core: PublisherCore, msg: Msg) -> None:
     event = from_json(msg.data)
-    beat = asyncio.create_task(_heartbeat(msg))
+    # Two deliveries of build.succeeded for one build (a duplicate event) may
+    # reach two replicas at once: only the one holding the claim publishes.
+    try:
+        revision = await core.claim(publication_id(event.subject), OWNER, CLAIM_TTL)
+    except KilnError as exc:
+        log.warning("auto-publish of build %s put off: %s", event.subject, exc)
+        await msg.nak(delay=10)
+        return
+    if revision is None:
+        log.info("auto-publish of build %s is under way elsewhere: put off", event.subject)
+        await msg.nak(delay=CLAIM_TTL / 2)
+        return
+    beat = asyncio.create_task(_heartbeat(msg, core, event.subject, revision))
     try:
         await handle(core, event.subject)
     except Unavailable as exc:
@@ -89,6 +109,8 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         log.exception("auto-publish of build %s failed", event.subject)
     finally:
         beat.cancel()
+        with contextlib.suppress(KilnError):
+            await core.release(publication_id(event.subject))
     await msg.ack()
 
 

@@ -6,8 +6,10 @@ finished, not repeated, by the next attempt."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -26,6 +28,7 @@ from kiln_publisher import facts
 from kiln_publisher.glance import GlancePublisher, GlanceTarget
 from kiln_publisher.market import Market, Query, SignedEntry
 from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
+from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,11 @@ def glance_target(t: GlancePublish) -> GlanceTarget:
     )
 
 
-def target_name(cloud: str, region: str | None) -> str:
-    return f"{cloud}/{region}" if region else cloud
+def target_name(cloud: str, region: str | None, name: str | None = None) -> str:
+    """cloud[/region][:name]: one result per image a publication makes (a recipe
+    may publish two names to one cloud)."""
+    where = f"{cloud}/{region}" if region else cloud
+    return f"{where}:{name}" if name else where
 
 
 def record_key(publication_id: str) -> str:
@@ -131,6 +137,8 @@ class PublisherCore:
             return []
         found = []
         for key in keys:
+            if key.startswith("claim."):
+                continue
             pub = await self._find(key)
             if pub is None or (build_id and pub.build_id != build_id):
                 continue
@@ -139,10 +147,48 @@ class PublisherCore:
             found.append(pub)
         return sorted(found, key=lambda p: p.created_at, reverse=True)
 
+    # ---- claims: one replica at a time works on an automatic publication -------------
+
+    async def claim(self, publication_id: str, owner: str, ttl: float) -> int | None:
+        """Takes publication_id for owner; the claim's revision, or None when
+        another owner holds a claim younger than ttl seconds (a stale one, left
+        by a replica that died, is taken over)."""
+        kv = await self._records()
+        key = f"claim.{record_key(publication_id)}"
+        value = json.dumps({"owner": owner, "at": time.time()}).encode()
+        try:
+            return int(await jetstream.mapped(lambda: kv.create(key, value)))
+        except FailedPrecondition:
+            pass  # held (or just released): look at it
+        try:
+            held = await jetstream.mapped(lambda: kv.get(key))
+        except NotFound:
+            return None  # released meanwhile: the next delivery takes it
+        age = time.time() - float(json.loads(held.value or b"{}").get("at", 0))
+        if held.value and age < ttl:
+            return None
+        try:
+            return int(await jetstream.mapped(lambda: kv.update(key, value, last=held.revision)))
+        except FailedPrecondition:
+            return None  # another replica took it over first
+
+    async def renew(self, publication_id: str, owner: str, revision: int) -> int:
+        kv = await self._records()
+        key = f"claim.{record_key(publication_id)}"
+        value = json.dumps({"owner": owner, "at": time.time()}).encode()
+        return int(await jetstream.mapped(lambda: kv.update(key, value, last=revision)))
+
+    async def release(self, publication_id: str) -> None:
+        kv = await self._records()
+        await jetstream.mapped(lambda: kv.delete(f"claim.{record_key(publication_id)}"))
+
     async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
         """A publication that could not start, kept so `GetPublication` says why."""
         failed = Result("", "request", build_id, state=FAILED, error=error)
-        pub = Publication(id=publication_id, artifact_id="", build_id=build_id)
+        # A redelivery that fails keeps what earlier deliveries finished.
+        pub = await self._find(publication_id) or Publication(
+            id=publication_id, artifact_id="", build_id=build_id
+        )
         await self._save(pub.with_result(failed))
 
     # ---- what to publish ----------------------------------------------------------
@@ -172,8 +218,11 @@ class PublisherCore:
             return facts.RecipeFacts()
         source = bpb.RecipeSource()
         source.ParseFromString(found.data or b"")
-        text = source.SerializeToString()
-        return facts.recipe_facts(facts.recipe_document(source), hashlib.sha256(text).hexdigest())
+        try:  # the build record's recipe_digest, worked out the builder's way
+            digest = (await asyncio.to_thread(bundle.check, source))[1]
+        except RecipeError:
+            digest = ""
+        return facts.recipe_facts(facts.recipe_document(source), digest)
 
     async def _sbom_sha256(self, build_id: str) -> str:
         if not build_id:
@@ -235,7 +284,9 @@ class PublisherCore:
         url = await self.storage.url(artifact.id, self.url_seconds)
         done = {r.key for r in pub.results if r.state == DONE}
         for target in publish.glance:
-            result = Result(artifact.id, "glance", target_name(target.cloud, target.region))
+            result = Result(
+                artifact.id, "glance", target_name(target.cloud, target.region, target.name)
+            )
             if result.key in done:
                 continue
             pub = await self._run(pub, result, self._to_glance(artifact, url, recipe, sbom, target))
@@ -261,6 +312,10 @@ class PublisherCore:
         except KilnError as exc:
             log.warning("publishing %s to %s failed: %s", result.artifact_id, result.target, exc)
             result = replace(result, state=FAILED, error=str(exc))
+        except Exception as exc:
+            # Not left RUNNING for good: the record says it failed, the log says how.
+            log.exception("publishing %s to %s failed", result.artifact_id, result.target)
+            result = replace(result, state=FAILED, error=f"internal error: {type(exc).__name__}")
         pub = pub.with_result(result)
         await self._save(pub)
         return pub
@@ -280,7 +335,7 @@ class PublisherCore:
         yield Result(
             artifact.id,
             "glance",
-            target_name(target.cloud, target.region),
+            target_name(target.cloud, target.region, target.name),
             cloud=image.cloud,
             region=image.region or "",
             image_id=image.image_id,
@@ -349,7 +404,8 @@ class PublisherCore:
 
     async def open_entry(self, identifier: str) -> tuple[SignedEntry, AsyncIterator[bytes]]:
         """A verified entry (Market verifies what it reads) and its image's
-        bytes from the first location that answers; the caller checks digests."""
+        bytes, read from this storage service by the entry's artifact id (not
+        from its location URLs: docs/publisher.md); the caller checks digests."""
         signed = await self.get_entry(identifier)
         entry = signed.entry
         if entry.status() != "valid":

@@ -35,6 +35,7 @@ class RecipeFacts:
     arch: str = "amd64"
     recipe_sha256: str = ""
     publish: Publish = field(default_factory=Publish)
+    guest_agent: bool = False  # the recipe installs qemu-guest-agent
 
 
 def split_format(label: str) -> tuple[str, str]:
@@ -55,14 +56,15 @@ def recipe_document(source: bpb.RecipeSource) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def publish_section(raw: object) -> Publish:
-    """The recipe's publish: checked (the builder checked it too at submission)."""
+def publish_section(raw: object, prefix: str = "publish.") -> Publish:
+    """A publish: section checked; the first problem is an InvalidArgument
+    naming its field (the builder checked a recipe's at submission too)."""
     try:
         return Publish.model_validate(raw or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidArgument(f"publish.{where}: {first['msg']}") from None
+        raise InvalidArgument(f"{prefix}{where}: {first['msg']}") from None
 
 
 def recipe_facts(doc: Mapping[str, Any], digest: str = "") -> RecipeFacts:
@@ -74,6 +76,7 @@ def recipe_facts(doc: Mapping[str, Any], digest: str = "") -> RecipeFacts:
         arch=str(boot.get("arch", "amd64")),
         recipe_sha256=digest,
         publish=publish_section(doc.get("publish")),
+        guest_agent="qemu-guest-agent" in (doc.get("packages") or []),
     )
 
 
@@ -90,7 +93,8 @@ def glance_properties(
     props = {
         "hw_disk_bus": "virtio",
         "hw_vif_model": "virtio",
-        "hw_qemu_guest_agent": "yes" if recipe.os else "no",
+        # Only where the image has the agent: Nova then expects it to answer.
+        "hw_qemu_guest_agent": "yes" if recipe.guest_agent else "no",
         "kiln_artifact_id": artifact.id,
     }
     if recipe.os:

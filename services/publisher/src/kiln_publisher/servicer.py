@@ -8,12 +8,12 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from pydantic import ValidationError
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
 from kiln_common.errors import DataLoss, InvalidArgument
 from kiln_common.grpc_errors import servicer
+from kiln_publisher import facts
 from kiln_publisher.core import PublisherCore, Request
 from kiln_publisher.market import Query, SignedEntry
 from kiln_publisher.market.entry import parse_time
@@ -42,12 +42,7 @@ def publish_from(request: pb.PublishRequest) -> Publish:
         if m.HasField("valid_for"):
             market["valid_for"] = int(m.valid_for.ToTimedelta().total_seconds())
         doc["marketplace"] = market
-    try:
-        return Publish.model_validate(doc)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidArgument(f"{where}: {first['msg']}") from None
+    return facts.publish_section(doc, prefix="")
 
 
 def _glance(t: pb.GlanceTarget) -> dict[str, Any]:
@@ -157,6 +152,8 @@ class PublisherServicer(pb_grpc.PublisherServicer):
     ) -> pb.ListPublicationsResponse:
         found = await self.core.list_publications(request.build_id, request.artifact_id)
         size = request.page_size or 100
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgument("page_token: not a token this service gave")
         start = int(request.page_token or 0)
         page = found[start : start + size]
         token = str(start + size) if start + size < len(found) else ""

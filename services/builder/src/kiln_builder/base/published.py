@@ -42,10 +42,15 @@ def request_for(ref: ImageRef) -> pb.FetchBaseRequest:
     )
 
 
+def _source_key(source: str) -> str:
+    """A file-name-safe key for a source such as marketplace:ID or glance:CLOUD/ID."""
+    return hashlib.sha256(source.encode()).hexdigest()[:32]
+
+
 def _index(cache: Path, source: str) -> Path:
     """Glance image data never changes once active, nor does an entry's
     image: the source's digest, once known, names the cached file."""
-    return cache / f"source-{hashlib.sha256(source.encode()).hexdigest()[:32]}.sha256"
+    return cache / f"source-{_source_key(source)}.sha256"
 
 
 def cached(cache: Path, source: str) -> Path | None:
@@ -70,7 +75,7 @@ async def fetch_published(
             " give the builder its address (KILN_BUILDER_PUBLISHER)"
         )
     cache.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(source.encode()).hexdigest()[:32]
+    key = _source_key(source)
     async with file_lock(cache / f"source-{key}.lock"):
         found = cached(cache, source)
         if found is not None:
@@ -82,7 +87,7 @@ async def fetch_published(
 async def _download(
     ref: ImageRef, cache: Path, publisher: str, source: str, max_bytes: int
 ) -> tuple[Path, str, str, int]:
-    partial = cache / f"source-{hashlib.sha256(source.encode()).hexdigest()[:32]}.part"
+    partial = cache / f"source-{_source_key(source)}.part"
     sha256, sha512, size = hashlib.sha256(), hashlib.sha512(), 0
     async with AsyncPublisherClient(publisher) as client:
         header, chunks = await client.fetch_base(request_for(ref))

@@ -17,7 +17,7 @@ from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder.service import bundle, queue, updates
+from kiln_builder.service import queue, updates
 from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.records import BuildRecords, same_recipe
 from kiln_common import jetstream, lifecycle
@@ -25,7 +25,7 @@ from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_common.lifecycle import STATES, TERMINAL, now
-from kiln_recipe import RecipeError
+from kiln_recipe import RecipeError, bundle
 
 log = logging.getLogger(__name__)
 

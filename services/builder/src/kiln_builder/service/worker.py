@@ -27,7 +27,7 @@ from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
-from kiln_builder.service import bundle, queue
+from kiln_builder.service import queue
 from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
@@ -37,7 +37,7 @@ from kiln_common import jetstream, lifecycle
 from kiln_common.errors import KilnError, Unavailable
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
-from kiln_recipe import RecipeError
+from kiln_recipe import RecipeError, bundle
 
 if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
     from kiln_builder.vm import CommandResult

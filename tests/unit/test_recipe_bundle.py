@@ -9,8 +9,7 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_builder.service import bundle
-from kiln_recipe import RecipeError
+from kiln_recipe import RecipeError, bundle
 
 RECIPE = 'name: t\nversion: "1"\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n'
 
