@@ -78,10 +78,24 @@ async def fetch_published(
     key = _source_key(source)
     async with file_lock(cache / f"source-{key}.lock"):
         found = cached(cache, source)
-        if found is not None:
+        if found is not None and await _still_vouched(ref, publisher, found.name):
             log.info("base image %s is cached (%s)", source, found)
             return found, found.name, source, 0
         return await _download(ref, cache, publisher, source, max_bytes)
+
+
+async def _still_vouched(ref: ImageRef, publisher: str, sha256: str) -> bool:
+    """A cached marketplace base is used only while its entry is valid and names
+    the same bytes: a deprecated, expired or revoked entry stops builds that
+    have it cached, as it stops those that do not. (A Glance image's data never
+    changes under its id.)"""
+    if ref.marketplace is None:
+        return True
+    async with AsyncPublisherClient(publisher) as client:
+        entry = await client.entry(ref.marketplace)  # verified by the publisher
+    if entry.status != "valid":
+        raise FailedPrecondition(f"marketplace entry {ref.marketplace} is {entry.status}")
+    return entry.sha256 == sha256
 
 
 async def _download(
