@@ -250,7 +250,7 @@ async def test_the_catalogue_in_chromium_links_a_download_that_answers_a_range(
             links = _Links()
             links.feed(dom)
             link = links.rows[signed.identifier]  # the link as Chromium rendered it
-            assert link == f"/api/v1/entries/{signed.identifier}/download"
+            assert link.startswith(f"/api/v1/entries/{signed.identifier}/download")
             ranged = {"Range": "bytes=1000-1999"}
             async with aiohttp.ClientSession(base) as http:
                 async with http.get(link, allow_redirects=False) as r:
