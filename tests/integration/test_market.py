@@ -6,6 +6,7 @@ Range request with 206."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import AsyncIterator
@@ -24,11 +25,23 @@ from market_support import ENDORSER, endorser_ring, facts_for, public_only
 from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_cli.publish_cmd import cmd_verify
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
 from kiln_common.events import STREAM, SUBJECT_PREFIX, JetStreamPublisher
 from kiln_common.proc import run
-from kiln_publisher.market import Entry, ImageFacts, Keyring, Market, Query, make_app, verify
+from kiln_publisher.app import build
+from kiln_publisher.market import (
+    Entry,
+    ImageFacts,
+    Keyring,
+    Market,
+    Query,
+    Rejected,
+    make_app,
+    verify,
+)
+from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
 
@@ -353,3 +366,40 @@ async def test_publishing_again_keeps_a_valid_entry_and_renews_an_expired_one(
         with pytest.raises(FailedPrecondition, match=f"entry {first.identifier} by {ENDORSER}"):
             await one.publish(facts_for(b"image", title="Web 2"), ENDORSER)
         assert (await one.get(first.identifier)).entry.deprecated
+
+
+async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
+    tmp_path: Path, nats_server: Nats, storage_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with storage_service() as (_, address), market(nats_server.url, keys) as one:
+        first = await one.publish(facts_for(b"image"), ENDORSER)
+        deprecated = await one.deprecate(first.identifier)
+        settings = PublisherSettings(
+            grpc_bind="127.0.0.1:0",
+            http_port=0,
+            storage=address,
+            nats_url=nats_server.url,
+            keyring_dir=tmp_path / "keys",
+            endorser_key_dir=tmp_path / "no-keys",
+            clouds_yaml=tmp_path / "no-clouds.yaml",
+            auto_publish=False,
+            shutdown_grace=1.0,
+        )
+        publisher = await build(settings)
+        try:
+            port = await publisher.grpc.start()
+            monkeypatch.setenv("KILN_PUBLISHER", f"127.0.0.1:{port}")
+            saved = tmp_path / "entry.json"
+            saved.write_bytes(first.document)
+            args = argparse.Namespace(
+                identifier="", file=saved, newest=None, keyring=[tmp_path / "keys"], json=True
+            )
+            # The CLI's client blocks: it runs beside this loop, which serves it.
+            with pytest.raises(Rejected) as caught:
+                await asyncio.to_thread(cmd_verify, args)
+            assert caught.value.reason == "stale"
+            saved.write_bytes(deprecated.document)
+            assert await asyncio.to_thread(cmd_verify, args) == 0
+        finally:
+            await publisher.stop()
