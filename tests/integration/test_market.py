@@ -1,10 +1,12 @@
 """The marketplace against real NATS and a real storage service: entries
 shared by replicas and kept across a NATS restart, deprecation and expiry
 re-signed once with their events, the JSON API, and the HTML catalogue opened
-in headless Chromium whose download link answers a Range request with 206."""
+in headless Chromium whose download link (the fresh-URL redirect) answers a
+Range request with 206."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import AsyncIterator
@@ -23,11 +25,23 @@ from market_support import ENDORSER, endorser_ring, facts_for, public_only
 from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_cli.publish_cmd import cmd_verify
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
-from kiln_common.errors import NotFound
+from kiln_common.errors import FailedPrecondition, NotFound
 from kiln_common.events import STREAM, SUBJECT_PREFIX, JetStreamPublisher
 from kiln_common.proc import run
-from kiln_publisher.market import Entry, ImageFacts, Keyring, Market, Query, make_app, verify
+from kiln_publisher.app import build
+from kiln_publisher.market import (
+    Entry,
+    ImageFacts,
+    Keyring,
+    Market,
+    Query,
+    Rejected,
+    make_app,
+    verify,
+)
+from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
 
@@ -217,11 +231,22 @@ async def test_the_catalogue_in_chromium_links_a_download_that_answers_a_range(
 ) -> None:
     keys = endorser_ring(tmp_path / "keys")
     data = payload(256 * 1024, seed=7)
-    async with storage_service() as (_, address):
+    async with storage_service() as (_, address), storage_stub(address) as stub:
         facts = await stored_image(address, data)
         title = 'Debian <script>alert("x")</script> & co'
-        facts = ImageFacts(**{**vars(facts), "title": title})
-        async with market(nats_server.url, keys) as one, serving(make_app(one)) as base:
+        # As in production: the signed location has expired, and the app
+        # is given a locator, so only the fresh-URL redirect reaches the bytes.
+        expired = (facts.locations[0] + "0",)
+        facts = ImageFacts(**{**vars(facts), "title": title, "locations": expired})
+
+        async def locate(entry: Entry) -> str:
+            request = pb.GetDownloadUrlRequest(id=entry.artifact_id)
+            return str((await stub.GetDownloadUrl(request)).url)
+
+        async with (
+            market(nats_server.url, keys) as one,
+            serving(make_app(one, locate)) as base,
+        ):
             signed = await one.publish(facts, ENDORSER)
             profile = tmp_path / "chromium"
             argv = [
@@ -237,11 +262,14 @@ async def test_the_catalogue_in_chromium_links_a_download_that_answers_a_range(
             assert "<script>alert" not in dom and "&lt;script&gt;" in dom
             links = _Links()
             links.feed(dom)
-            link = links.rows[signed.identifier]
-            assert link == facts.locations[0]
+            link = links.rows[signed.identifier]  # the link as Chromium rendered it
+            assert link.startswith(f"/api/v1/entries/{signed.identifier}/download")
             ranged = {"Range": "bytes=1000-1999"}
-            async with aiohttp.ClientSession() as http, http.get(link, headers=ranged) as r:
-                assert r.status == 206 and await r.read() == data[1000:2000]
+            async with aiohttp.ClientSession(base) as http:
+                async with http.get(link, allow_redirects=False) as r:
+                    assert r.status == 307 and r.headers["Location"] != expired[0]
+                async with http.get(link, headers=ranged) as r:
+                    assert r.status == 206 and await r.read() == data[1000:2000]
 
 
 async def test_with_a_locator_download_links_redirect_to_a_freshly_signed_url(
@@ -291,6 +319,87 @@ async def test_an_older_statement_put_back_inside_nats_is_refused(
         assert await one.search(Query(status="valid")) == []
         with pytest.raises(NotFound):
             await one.get(first.identifier)
-        # Endorsing the image again supersedes both statements.
-        again = await one.publish(facts_for(b"image"), ENDORSER)
-        assert again.entry.sequence == 3 and (await one.get(first.identifier)).entry.sequence == 3
+        # The newest statement deprecated the image: endorsing it again is refused.
+        with pytest.raises(FailedPrecondition, match="deprecated"):
+            await one.publish(facts_for(b"image"), ENDORSER)
+
+
+async def test_a_replica_started_after_a_rollback_refuses_the_older_statement(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with (
+        market(nats_server.url, keys, "one") as one,
+        market(nats_server.url, keys, "two") as two,
+    ):
+        first = await one.publish(facts_for(b"image"), ENDORSER)
+        assert (await two.deprecate(first.identifier)).entry.sequence == 2
+    nc = await nats.connect(nats_server.url)
+    kv = await nc.jetstream().key_value("KILN_MARKET")
+    (key,) = await kv.keys()
+    await kv.put(key, first.document)  # the validly signed, pre-deprecation entry
+    await nc.close()
+    # A new process: nothing in memory, only what NATS holds.
+    async with market(nats_server.url, keys, "three") as three:
+        with pytest.raises(NotFound):
+            await three.get(first.identifier)
+        assert await three.search(Query()) == []
+        with pytest.raises(FailedPrecondition, match="deprecated"):
+            await three.publish(facts_for(b"image"), ENDORSER)
+
+
+async def test_publishing_again_keeps_a_valid_entry_and_renews_an_expired_one(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one:
+        first = await one.publish(facts_for(b"image"), ENDORSER, valid_for=timedelta(hours=1))
+        # A new storage URL each run, as the publisher signs one each time.
+        moved = facts_for(b"image", locations=("https://storage.example.org/other",))
+        assert await one.publish(moved, ENDORSER) == first
+        retitled = await one.publish(facts_for(b"image", title="Web 2"), ENDORSER)
+        assert retitled.entry.sequence == 2 and retitled.entry.title == "Web 2"
+        later = datetime.now(UTC) + timedelta(days=365)
+        renewed = await one.publish(facts_for(b"image", title="Web 2"), ENDORSER, now=later)
+        assert renewed.entry.sequence == 3 and renewed.entry.status(later) == "valid"
+        await one.deprecate(first.identifier)
+        with pytest.raises(FailedPrecondition, match=f"entry {first.identifier} by {ENDORSER}"):
+            await one.publish(facts_for(b"image", title="Web 2"), ENDORSER)
+        assert (await one.get(first.identifier)).entry.deprecated
+
+
+async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
+    tmp_path: Path, nats_server: Nats, storage_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = endorser_ring(tmp_path / "keys")
+    async with storage_service() as (_, address), market(nats_server.url, keys) as one:
+        first = await one.publish(facts_for(b"image"), ENDORSER)
+        deprecated = await one.deprecate(first.identifier)
+        settings = PublisherSettings(
+            grpc_bind="127.0.0.1:0",
+            http_port=0,
+            storage=address,
+            nats_url=nats_server.url,
+            keyring_dir=tmp_path / "keys",
+            endorser_key_dir=tmp_path / "no-keys",
+            clouds_yaml=tmp_path / "no-clouds.yaml",
+            auto_publish=False,
+            shutdown_grace=1.0,
+        )
+        publisher = await build(settings)
+        try:
+            port = await publisher.grpc.start()
+            monkeypatch.setenv("KILN_PUBLISHER", f"127.0.0.1:{port}")
+            saved = tmp_path / "entry.json"
+            saved.write_bytes(first.document)
+            args = argparse.Namespace(
+                identifier="", file=saved, newest=None, keyring=[tmp_path / "keys"], json=True
+            )
+            # The CLI's client blocks: it runs beside this loop, which serves it.
+            with pytest.raises(Rejected) as caught:
+                await asyncio.to_thread(cmd_verify, args)
+            assert caught.value.reason == "stale"
+            saved.write_bytes(deprecated.document)
+            assert await asyncio.to_thread(cmd_verify, args) == 0
+        finally:
+            await publisher.stop()

@@ -3,7 +3,8 @@
   kiln publish ARTIFACT|BUILD [--glance CLOUD]... [--name N] [--visibility private]
                               [--marketplace --endorser EMAIL]
   kiln market search [TEXT] [--os debian] [--status valid]
-  kiln market show ID | verify ID | verify --file ENTRY.json | deprecate ID
+  kiln market show ID | verify ID | verify --file ENTRY.json [--newest NEWER.json]
+  kiln market deprecate ID
 
 Every verb takes --json.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,12 @@ from google.protobuf.message import Message
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_client import PublisherClient
+from kiln_client.discovery import NotRunning
 from kiln_client.publisher import Marketplace, publish_request
 from kiln_common import stack
-from kiln_common.errors import NotFound
-from kiln_publisher.market import Keyring, verify
+from kiln_common.errors import NotFound, Unavailable
+from kiln_common.retry import RetryPolicy
+from kiln_publisher.market import Entry, Keyring, Rejected, verify
 
 STATE_WORDS = {pb.STATE_PENDING: "pending", pb.STATE_RUNNING: "running"}
 STATE_WORDS |= {pb.STATE_DONE: "done", pb.STATE_FAILED: "failed"}
@@ -76,7 +80,12 @@ def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
     m.set_defaults(fn=cmd_show)
     m = market.add_parser("verify", help="check an entry's signature against the keyring")
     m.add_argument("identifier", nargs="?", default="")
-    m.add_argument("--file", type=Path, help="a signed entry document: checked offline")
+    m.add_argument("--file", type=Path,
+                   help="a signed entry document (checked against the publisher's newest "
+                        "statement when it is reachable)")  # fmt: skip
+    m.add_argument("--newest", type=Path, metavar="FILE",
+                   help="with --file: the newest statement known for the same image and "
+                        "endorser; checks fully offline")  # fmt: skip
     m.add_argument("--keyring", type=Path, action="append",
                    help="keyring file or directory (default: the local stack's)")  # fmt: skip
     m.add_argument("--json", action="store_true")
@@ -200,13 +209,71 @@ def _keyring(args: argparse.Namespace) -> Keyring:
     return Keyring.load(*paths)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+# Looks up the publisher's current document for an entry's image and endorser
+# (None: it holds none); raises Unavailable or NotRunning when unreachable.
+Fetch = Callable[[Entry], bytes | None]
+_UNCHECKED = "checked the signature, endorser and revocation only, not whether a newer statement"
+
+
+def newest_for(
+    entry: Entry, keys: Keyring, newest_document: bytes | None, fetch: Fetch
+) -> tuple[Entry | None, str]:
+    """The newest statement to hold entry against, and a note for stderr
+    ('' when there is nothing to say). A --newest document wins and is
+    verified like the entry; else the publisher's current one, trusted only
+    if it verifies (a forged "newer" one must not reject a good entry)."""
+    if newest_document is not None:
+        newest = verify(newest_document, keys)
+        if (newest.identifier, newest.endorser.email.lower()) != (
+            entry.identifier,
+            entry.endorser.email.lower(),
+        ):
+            raise PublishUsageError(
+                f"kiln market verify: --newest is about {newest.identifier} by "
+                f"{newest.endorser.email}, not {entry.identifier} by {entry.endorser.email}"
+            )
+        return newest, ""
+    try:
+        document = fetch(entry)
+    except (Unavailable, NotRunning) as exc:
+        return None, (
+            f"the publisher is unreachable ({exc}): {_UNCHECKED} supersedes it "
+            "(give --newest FILE to check against one)"
+        )
+    if document is None:
+        return None, (
+            f"the publisher holds no entry {entry.identifier} by {entry.endorser.email}: "
+            f"{_UNCHECKED} exists elsewhere"
+        )
+    try:
+        return verify(document, keys), ""
+    except Rejected as exc:
+        return None, f"the publisher's current entry is not trusted ({exc}): {_UNCHECKED} exists"
+
+
+def fetch_current(entry: Entry) -> bytes | None:
+    """The publisher's current document for entry's image by entry's endorser."""
+    quick = RetryPolicy(attempts=2, deadline=10.0)  # offline is an answer, not a wait
+    request = pb.SearchEntriesRequest(text=entry.identifier, endorser=entry.endorser.email)
+    with PublisherClient(policy=quick) as client:
+        found = client.search(request)
+    return next((e.document for e in found if e.identifier == entry.identifier), None)
+
+
+def cmd_verify(args: argparse.Namespace, fetch: Fetch = fetch_current) -> int:
     if bool(args.file) == bool(args.identifier):
         raise PublishUsageError("kiln market verify: give an IDENTIFIER or --file ENTRY.json")
+    if args.newest and not args.file:
+        raise PublishUsageError("kiln market verify: --newest goes with --file")
     keys = _keyring(args)
     if args.file:
         document = args.file.read_bytes()
-        entry = verify(document, keys)  # offline: the keyring only
+        entry = verify(document, keys)
+        newer = args.newest.read_bytes() if args.newest else None
+        newest, note = newest_for(entry, keys, newer, fetch)
+        if note:
+            print(f"kiln market verify: {note}", file=sys.stderr)
+        entry = verify(document, keys, newest=newest)
     else:
         with PublisherClient() as client:
             document = client.entry(args.identifier).document

@@ -1,6 +1,9 @@
 """The marketplace over HTTP: a JSON API and a server-rendered HTML catalogue
 (no script needed). Read-only: publishing and deprecating go through the
-publisher's gRPC API, which authenticates its callers."""
+publisher's gRPC API, which does not authenticate its callers (it listens
+without TLS or credentials): whoever reaches that port can publish and deprecate, so it
+belongs on a trusted network. The endorsers' signatures are what readers
+trust, and only the publisher holds their private keys."""
 
 from __future__ import annotations
 

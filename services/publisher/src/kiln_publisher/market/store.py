@@ -3,7 +3,10 @@ holding the newest signed document. Every replica reads and writes the same
 bucket, each write is a compare-and-set on the key's revision (two replicas
 deprecating at once: one wins, one retries on the winner's entry), and what
 is read back is verified again, so a document altered inside NATS is never
-served as trusted."""
+served as trusted. A second bucket keeps, per entry key, the highest sequence
+ever written (and whether that statement deprecated the image): a document
+rolled back inside NATS to an older, validly signed statement is refused by
+every replica, a freshly started one included."""
 
 from __future__ import annotations
 
@@ -36,7 +39,42 @@ from kiln_publisher.market.signing import Rejected, SignedEntry, sign, verify
 log = logging.getLogger(__name__)
 
 BUCKET = "KILN_MARKET"
+NEWEST_SUFFIX = "_NEWEST"  # the high-water bucket is BUCKET + this
 _CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """The newest statement ever written for one entry key."""
+
+    sequence: int
+    deprecated: bool
+
+    def encode(self) -> bytes:
+        return json.dumps({"sequence": self.sequence, "deprecated": self.deprecated}).encode()
+
+    @classmethod
+    def decode(cls, value: bytes | None) -> _Mark:
+        try:
+            data = json.loads(value or b"{}")
+            sequence, deprecated = data["sequence"], data["deprecated"]
+        except (ValueError, KeyError, TypeError):
+            return cls(0, False)  # unreadable: the documents' own checks still apply
+        if type(sequence) is not int or type(deprecated) is not bool:
+            return cls(0, False)
+        return cls(sequence, deprecated)
+
+
+@dataclass(frozen=True)
+class _Head:
+    """What a new statement about a key supersedes: the newest sequence known
+    (stored document or high-water mark), the stored revision, the stored
+    entry if it is trusted, and whether the newest statement deprecated it."""
+
+    sequence: int
+    revision: int | None  # None: nothing stored under the key now
+    current: SignedEntry | None
+    deprecated: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +130,26 @@ def _sequence_in(document: bytes | None) -> int:
     return sequence if isinstance(sequence, int) else 0
 
 
+async def _put(kv: KeyValue, key: str, value: bytes, revision: int | None) -> None:
+    """A compare-and-set: create the key (revision None) or update that
+    revision; FailedPrecondition if someone else wrote first."""
+    if revision is None:
+        await jetstream.mapped(lambda: kv.create(key, value))
+    else:
+        await jetstream.mapped(lambda: kv.update(key, value, last=revision))
+
+
+def _covers(current: Entry, fresh: Entry, now: datetime) -> bool:
+    """Whether current already says what fresh would, and is valid now.
+    Locations do not count: the publisher signs a new short-lived storage URL
+    each time, and readers get a fresh one through the download link anyway."""
+
+    def facts(entry: Entry) -> Entry:
+        return replace(entry, sequence=0, created="", valid_until="", expired=False, locations=())
+
+    return current.status(now) == "valid" and facts(current) == facts(fresh)
+
+
 def event_data(entry: Entry, now: datetime) -> dict[str, Any]:
     return {
         "identifier": entry.identifier,
@@ -111,21 +169,63 @@ def event_data(entry: Entry, now: datetime) -> dict[str, Any]:
 
 class Market:
     def __init__(
-        self, js: JetStreamContext, keys: Keyring, events: Publisher, bucket: str = BUCKET
+        self,
+        js: JetStreamContext,
+        keys: Keyring,
+        events: Publisher,
+        bucket: str = BUCKET,
+        replicas: int = 1,
     ) -> None:
         self._js = js
         self.keys = keys
         self._events = events
         self._bucket = bucket
+        self._replicas = replicas
         self._kv: KeyValue | None = None
-        # The newest entry this replica has verified per key: a document
-        # rolled back inside NATS (a replayed older statement) is refused.
+        self._marks: KeyValue | None = None
+        # The newest entry this replica has verified per key: a second
+        # guard beside the durable high-water marks.
         self._seen: dict[str, Entry] = {}
+
+    async def _bucket_named(self, name: str) -> KeyValue:
+        return await jetstream.mapped(
+            lambda: jetstream.key_value(self._js, name, replicas=self._replicas)
+        )
 
     async def _store(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await jetstream.mapped(lambda: jetstream.key_value(self._js, self._bucket))
+            self._kv = await self._bucket_named(self._bucket)
         return self._kv
+
+    async def _newest(self) -> KeyValue:
+        if self._marks is None:
+            self._marks = await self._bucket_named(self._bucket + NEWEST_SUFFIX)
+        return self._marks
+
+    async def _mark(self, key: str) -> tuple[_Mark, int | None]:
+        """The key's high-water mark and its revision (None: never written)."""
+        marks = await self._newest()
+        try:
+            found = await jetstream.mapped(lambda: marks.get(key))
+        except NotFound:
+            return _Mark(0, False), None
+        return _Mark.decode(found.value), found.revision
+
+    async def _raise_mark(self, key: str, entry: Entry) -> None:
+        """Records entry as the key's newest statement unless a newer one is
+        recorded; a compare-and-set, so racing replicas keep the highest."""
+        marks = await self._newest()
+        mark = _Mark(entry.sequence, entry.deprecated)
+        for _ in range(_CAS_ATTEMPTS):
+            known, revision = await self._mark(key)
+            if known.sequence >= entry.sequence:
+                return
+            try:
+                await _put(marks, key, mark.encode(), revision)
+                return
+            except FailedPrecondition:
+                continue  # another replica moved it: look again
+        raise FailedPrecondition(f"entry {entry.identifier} keeps changing; try again")
 
     async def _read(self, key: str) -> tuple[SignedEntry, int] | None:
         kv = await self._store()
@@ -136,6 +236,16 @@ class Market:
         if found.value is None or found.revision is None:
             return None
         entry = verify(found.value, self.keys, newest=self._seen.get(key))
+        mark, _ = await self._mark(key)
+        if entry.sequence < mark.sequence:
+            raise Rejected(
+                "stale",
+                f"entry {entry.identifier} #{entry.sequence} by {entry.endorser.email} is "
+                f"older than the newest written (#{mark.sequence}): a rolled-back statement",
+            )
+        if entry.sequence > mark.sequence:
+            # Written by a replica that stopped before recording it.
+            await self._raise_mark(key, entry)
         self._saw(key, entry)
         return SignedEntry(entry, found.value), found.revision
 
@@ -145,11 +255,7 @@ class Market:
             self._seen[key] = entry
 
     async def _write(self, key: str, signed: SignedEntry, revision: int | None) -> None:
-        kv = await self._store()
-        if revision is None:
-            await jetstream.mapped(lambda: kv.create(key, signed.document))
-        else:
-            await jetstream.mapped(lambda: kv.update(key, signed.document, last=revision))
+        await _put(await self._store(), key, signed.document, revision)
 
     async def publish(
         self,
@@ -158,8 +264,11 @@ class Market:
         valid_for: timedelta | None = None,
         now: datetime | None = None,
     ) -> SignedEntry:
-        """Signs and stores the endorser's entry for the image; an image the
-        endorser had endorsed before gets a new statement superseding it."""
+        """Signs and stores the endorser's entry for the image. An image the
+        endorser already vouches for, with the same facts and still valid,
+        keeps its entry as it is; an expired one, or one whose facts
+        changed, gets a new statement superseding it. A deprecated image is
+        not endorsed again (FailedPrecondition): deprecation is final."""
         signer = self.keys.signer(endorser)
         moment = now or datetime.now(UTC)
         validity = valid_for if valid_for is not None else DEFAULT_VALIDITY
@@ -167,20 +276,31 @@ class Market:
         key = _key(fresh.identifier, signer.email)
         for _ in range(_CAS_ATTEMPTS):
             head = await self._head(key)
-            entry = replace(fresh, sequence=head[0] + 1) if head else fresh
+            if head is not None and head.deprecated:
+                raise FailedPrecondition(
+                    f"entry {fresh.identifier} by {signer.email} is deprecated, and a "
+                    "deprecated image stays so: build and publish a new image instead"
+                )
+            if head and head.current and _covers(head.current.entry, fresh, moment):
+                return head.current  # re-running a publish changes nothing
+            entry = replace(fresh, sequence=head.sequence + 1) if head else fresh
             signed = sign(entry, signer)
-            if await self._try_write(key, signed, head[1] if head else None):
-                self._saw(key, entry)
+            if await self._try_write(key, signed, head.revision if head else None):
+                await self._wrote(key, entry)
                 await self._events.publish(
                     "entry.published", entry.identifier, event_data(entry, moment)
                 )
                 return signed
         raise FailedPrecondition(f"entry {fresh.identifier} keeps changing; try again")
 
-    async def _head(self, key: str) -> tuple[int, int] | None:
-        """The stored entry's sequence and revision, or None. An entry no
-        longer trusted (its key revoked since, or rolled back) still counts,
-        so the new statement supersedes it and every one seen before."""
+    async def _wrote(self, key: str, entry: Entry) -> None:
+        self._saw(key, entry)
+        await self._raise_mark(key, entry)
+
+    async def _head(self, key: str) -> _Head | None:
+        """What is stored under key, or None. An entry no longer trusted
+        (its key revoked since, or rolled back) still counts, so the new
+        statement supersedes it and every one written before."""
         try:
             current = await self._read(key)
         except Rejected as exc:
@@ -190,8 +310,19 @@ class Market:
             if found.revision is None:
                 return None
             seen = self._seen.get(key)
-            return max(_sequence_in(found.value), seen.sequence if seen else 0), found.revision
-        return (current[0].entry.sequence, current[1]) if current else None
+            mark, _ = await self._mark(key)
+            sequence = max(_sequence_in(found.value), seen.sequence if seen else 0, mark.sequence)
+            deprecated = mark.deprecated or bool(seen and seen.deprecated)
+            return _Head(sequence, found.revision, None, deprecated)
+        if current is None:
+            # Gone from NATS (purged): a new statement still outranks the
+            # newest ever written, and a deprecation still holds.
+            mark, _ = await self._mark(key)
+            if mark.sequence == 0:
+                return None
+            return _Head(mark.sequence, None, None, mark.deprecated)
+        signed, revision = current
+        return _Head(signed.entry.sequence, revision, signed, signed.entry.deprecated)
 
     async def _try_write(self, key: str, signed: SignedEntry, revision: int | None) -> bool:
         try:
@@ -286,7 +417,7 @@ class Market:
             changed = replace(changed, endorser=Endorser(signer.email, signer.kid))
             signed = sign(changed, signer)
             if await self._try_write(key, signed, revision):
-                self._saw(key, changed)
+                await self._wrote(key, changed)
                 await self._events.publish(event, changed.identifier, event_data(changed, now))
                 return signed, True
         raise FailedPrecondition(f"entry {current.identifier} keeps changing; try again")
