@@ -138,7 +138,9 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     if settings.local_endorser:
         local_endorser(settings)
     keys = load_keyring(settings)
-    market = Market(js, keys, events) if settings.marketplace else None
+    market = (
+        Market(js, keys, events, replicas=settings.nats_replicas) if settings.marketplace else None
+    )
     core = PublisherCore(
         storage,
         js,
