@@ -27,6 +27,8 @@ from kiln_common.errors import DataLoss, NotFound, Unavailable
 from kiln_common.proc import run_sync
 from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
+from kiln_publisher.glance.api import GlanceApi, config
+from kiln_publisher.glance.publisher import _create_body
 from tests.support import ImageServer, await_until
 
 pytestmark = pytest.mark.integration
@@ -216,6 +218,39 @@ async def test_cancelled_publication_leaves_no_image(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert glance_images(clouds_yaml, art.name) == []
+
+
+def left_by_a_dead_pod(clouds_yaml: Path, art: ImageSource, target: GlanceTarget) -> str:
+    """An image created as the publisher creates it, then abandoned: what a
+    pod killed mid-publication leaves (its cleanup never ran)."""
+    glance = GlanceApi(config(clouds_yaml), target.cloud, "RegionOne")
+    return str(glance.create(_create_body(art, target, art.name))["id"])
+
+
+async def test_a_dead_pods_queued_image_is_deleted_and_the_artifact_published_once(
+    publisher: GlancePublisher, images: ImageServer, clouds_yaml: Path
+) -> None:
+    art, target = source(images, url=""), GlanceTarget("kiln-a", keep=1, retire="delete")
+    queued = left_by_a_dead_pod(clouds_yaml, art, target)
+    done = await publisher.publish(art, target)
+    assert done.method != "existing" and done.retired == ()  # rotation did not count it
+    [image] = glance_images(clouds_yaml, art.name)
+    assert image["id"] == done.image_id != queued and image["status"] == "active"
+
+
+async def test_an_import_a_dead_pod_started_is_adopted_not_uploaded_again(
+    publisher: GlancePublisher, images: ImageServer, clouds_yaml: Path
+) -> None:
+    art, target = source(images, 48), GlanceTarget("kiln-a")
+    importing = left_by_a_dead_pod(clouds_yaml, art, target)
+    glance = GlanceApi(config(clouds_yaml), "kiln-a", "RegionOne")
+    fetched = len(images.gets("48.qcow2"))
+    glance.start_import(importing, "web-download", art.url)  # then the pod died
+    done = await publisher.publish(art, target)
+    assert (done.image_id, done.method) == (importing, "existing")
+    [image] = glance_images(clouds_yaml, art.name)
+    assert image["status"] == "active" and image["os_hash_value"] == art.sha512
+    assert len(images.gets("48.qcow2")) == fetched + 1  # the dead pod's import's fetch only
 
 
 async def test_glance_or_keystone_down_fails_clearly_after_bounded_retries(
