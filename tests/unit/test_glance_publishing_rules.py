@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from kiln_common.errors import DataLoss, FailedPrecondition, InvalidArgument, Un
 from kiln_publisher.glance import GlanceTarget, ImageSource
 from kiln_publisher.glance.api import translate
 from kiln_publisher.glance.bridge import Opened, ToThread, from_thread
-from kiln_publisher.glance.publisher import _create_body, _validate, _verify
+from kiln_publisher.glance.publisher import _age, _create_body, _in_flight, _validate, _verify
 from kiln_publisher.glance.rotation import to_retire
 
 
@@ -57,6 +58,18 @@ def test_rotation_neither_counts_nor_retires_half_made_images() -> None:
     images += [img(i, "2026-01-02T00:00:00Z", status=status) for i, status in half]
     assert [i["id"] for i in to_retire(images, "new", 1, "delete")] == ["old"]
     assert to_retire(images, "new", 2, "delete") == []
+
+
+def test_a_half_made_image_is_in_flight_while_glance_fills_it() -> None:
+    task = {"os_glance_import_task": "t"}
+    for status, extra in (("importing", {}), ("saving", {}), ("queued", task),
+                          ("uploading", task)):  # fmt: skip
+        assert _in_flight({"status": status, **extra})
+    for status, extra in (("queued", {}), ("uploading", {}), ("killed", task)):
+        assert not _in_flight({"status": status, **extra})
+    assert 0 <= _age({"updated_at": datetime.now(UTC).isoformat()}) < 5
+    assert _age({"updated_at": "2020-01-01T00:00:00Z"}) > 600
+    assert _age({}) == float("inf")  # unknown: stale
 
 
 def test_create_body_merges_properties_and_marks_the_artifact() -> None:

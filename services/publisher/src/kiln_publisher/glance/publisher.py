@@ -36,7 +36,6 @@ CLEANUP_WAIT = 30.0  # seconds an abandoned upload thread gets to notice and sto
 # A half-made image of the artifact that Glance is still filling (importing
 # from storage's URL after the publisher that asked died) is waited for when
 # it changed this recently; an older one, or one nobody fills, is deleted.
-IN_FLIGHT = ("saving", "importing")
 STALE_AFTER = 600.0
 
 
@@ -125,7 +124,7 @@ class GlancePublisher:
             if image.get(KILN_MARK) != source.artifact_id or image["status"] not in HALF_MADE:
                 continue
             image_id, age = str(image["id"]), _age(image)
-            if adopt and adopted is None and image["status"] in IN_FLIGHT and age < STALE_AFTER:
+            if adopt and adopted is None and _in_flight(image) and age < STALE_AFTER:
                 log.info("%s: waiting for image %s (%s)", glance.where, image_id, image["status"])
                 try:
                     done = await self._wait_active(glance, image_id, True, STALE_AFTER - age)
@@ -134,10 +133,7 @@ class GlancePublisher:
                     continue
                 except KilnError as exc:
                     log.info("%s: image %s not adopted: %s", glance.where, image_id, exc)
-            log.info(
-                "%s: deleting half-made image %s (%s)", glance.where, image_id, image["status"]
-            )
-            await self._discard(glance, image_id)
+            await self._discard(glance, image_id, f"left {image['status']} by an earlier try")
         return adopted
 
     async def _upload(
@@ -193,7 +189,9 @@ class GlancePublisher:
                 await self._discard(glance, str((await creating)["id"]))
             raise
 
-    async def _discard(self, glance: GlanceApi, image_id: str) -> None:
+    async def _discard(
+        self, glance: GlanceApi, image_id: str, why: str = "its publication failed"
+    ) -> None:
         """Deletes an image a failed try made, retried (Glance may still be
         finishing the broken upload: SQLite's "database is locked" is a 500);
         shielded, so a cancel cannot stop it half-way. A Glance that stays
@@ -204,7 +202,7 @@ class GlancePublisher:
 
         try:
             await asyncio.shield(self.retry.acall(delete, f"deleting image {image_id}"))
-            log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
+            log.info("%s: image %s deleted (%s)", glance.where, image_id, why)
         except BaseException as exc:  # noqa: BLE001 - the original error matters more
             log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
 
@@ -316,6 +314,15 @@ def _named(glance: GlanceApi, project: str, name: str) -> list[dict[str, Any]]:
 
 def _is_copy_of(image: dict[str, Any], source: ImageSource) -> bool:
     return image.get(KILN_MARK) == source.artifact_id and image["status"] == "active"
+
+
+def _in_flight(image: Mapping[str, Any]) -> bool:
+    """Glance fills it without its publisher: importing or saving, or an
+    import Glance accepted but has not started (the image still queued, or
+    uploading once staged, with its task noted)."""
+    if image["status"] in ("saving", "importing"):
+        return True
+    return image["status"] in ("queued", "uploading") and bool(image.get("os_glance_import_task"))
 
 
 def _age(image: Mapping[str, Any]) -> float:
