@@ -4,8 +4,11 @@ tests/conftest.py): each test asserts what Glance holds afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import http.server
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,6 +30,8 @@ from kiln_common.errors import DataLoss, NotFound, Unavailable
 from kiln_common.proc import run_sync
 from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
+from kiln_publisher.glance.api import GlanceApi, config
+from kiln_publisher.glance.publisher import _create_body
 from tests.support import ImageServer, await_until
 
 pytestmark = pytest.mark.integration
@@ -216,6 +221,68 @@ async def test_cancelled_publication_leaves_no_image(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert glance_images(clouds_yaml, art.name) == []
+
+
+def left_by_a_dead_pod(clouds_yaml: Path, art: ImageSource, target: GlanceTarget) -> str:
+    """An image created as the publisher creates it, then abandoned: what a
+    pod killed mid-publication leaves (its cleanup never ran)."""
+    glance = GlanceApi(config(clouds_yaml), target.cloud, "RegionOne")
+    return str(glance.create(_create_body(art, target, art.name))["id"])
+
+
+async def test_a_dead_pods_queued_image_is_deleted_and_the_artifact_published_once(
+    publisher: GlancePublisher, images: ImageServer, clouds_yaml: Path
+) -> None:
+    art, target = source(images, url=""), GlanceTarget("kiln-a", keep=1, retire="delete")
+    queued = left_by_a_dead_pod(clouds_yaml, art, target)
+    done = await publisher.publish(art, target)
+    assert done.method != "existing" and done.retired == ()  # rotation did not count it
+    [image] = glance_images(clouds_yaml, art.name)
+    assert image["id"] == done.image_id != queued and image["status"] == "active"
+
+
+@contextlib.contextmanager
+def slow_server(path: Path, delay: float) -> Iterator[tuple[str, list[str]]]:
+    """path served over HTTP after delay seconds, and the GETs it answered:
+    an import that stays `importing` long enough to be found so."""
+    gets: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            gets.append(self.path)
+            time.sleep(delay)
+            data = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/{path.name}", gets
+    finally:
+        httpd.shutdown()
+
+
+async def test_an_import_a_dead_pod_started_is_adopted_not_uploaded_again(
+    publisher: GlancePublisher, images: ImageServer, clouds_yaml: Path
+) -> None:
+    art, target = source(images), GlanceTarget("kiln-a")
+    importing = left_by_a_dead_pod(clouds_yaml, art, target)
+    glance = GlanceApi(config(clouds_yaml), "kiln-a", "RegionOne")
+    with slow_server(images.root / "16.qcow2", 1.5) as (url, gets):
+        glance.start_import(importing, "web-download", url)  # then the pod died
+        await await_until("importing", lambda: gets, 10)  # Glance is fetching: importing
+        assert glance.get(importing)["status"] == "importing"
+        done = await publisher.publish(art, target)
+    assert (done.image_id, done.method) == (importing, "existing")
+    [image] = glance_images(clouds_yaml, art.name)
+    assert image["status"] == "active" and image["os_hash_value"] == art.sha512
+    assert len(gets) == 1  # the dead pod's import fetched it; nothing sent it again
 
 
 async def test_glance_or_keystone_down_fails_clearly_after_bounded_retries(

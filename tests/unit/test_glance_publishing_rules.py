@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,8 +14,8 @@ from keystoneauth1 import exceptions as ksa
 from kiln_common.errors import DataLoss, FailedPrecondition, InvalidArgument, Unavailable
 from kiln_publisher.glance import GlanceTarget, ImageSource
 from kiln_publisher.glance.api import translate
-from kiln_publisher.glance.bridge import ToThread
-from kiln_publisher.glance.publisher import _create_body, _validate, _verify
+from kiln_publisher.glance.bridge import Opened, ToThread, from_thread
+from kiln_publisher.glance.publisher import _age, _create_body, _in_flight, _validate, _verify
 from kiln_publisher.glance.rotation import to_retire
 
 
@@ -49,6 +50,26 @@ def test_rotation_counts_the_new_image_newest_and_skips_foreign_and_retired_ones
     ]
     assert [i["id"] for i in to_retire(images, "new", 1, "hide")] == ["old"]
     assert [i["id"] for i in to_retire(images, "new", 1, "delete")] == ["old", "hidden"]
+
+
+def test_rotation_neither_counts_nor_retires_half_made_images() -> None:
+    images = [img("new", "2026-01-03T00:00:00Z"), img("old", "2026-01-01T00:00:00Z")]
+    half = (("q", "queued"), ("imp", "importing"), ("k", "killed"))
+    images += [img(i, "2026-01-02T00:00:00Z", status=status) for i, status in half]
+    assert [i["id"] for i in to_retire(images, "new", 1, "delete")] == ["old"]
+    assert to_retire(images, "new", 2, "delete") == []
+
+
+def test_a_half_made_image_is_in_flight_while_glance_fills_it() -> None:
+    task = {"os_glance_import_task": "t"}
+    for status, extra in (("importing", {}), ("saving", {}), ("queued", task),
+                          ("uploading", task)):  # fmt: skip
+        assert _in_flight({"status": status, **extra})
+    for status, extra in (("queued", {}), ("uploading", {}), ("killed", task)):
+        assert not _in_flight({"status": status, **extra})
+    assert 0 <= _age({"updated_at": datetime.now(UTC).isoformat()}) < 5
+    assert _age({"updated_at": "2020-01-01T00:00:00Z"}) > 600
+    assert _age({}) == float("inf")  # unknown: stale
 
 
 def test_create_body_merges_properties_and_marks_the_artifact() -> None:
@@ -97,3 +118,40 @@ async def test_an_aborted_body_stops_even_while_the_stream_stalls() -> None:
     body.abort()
     with pytest.raises(Exception, match="abandoned"):
         await asyncio.wait_for(reading, 5)
+
+
+async def test_aclose_closes_the_stream_even_with_a_read_in_flight() -> None:
+    closed = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[bytes]:
+        try:
+            yield b"x" * (2 << 20)
+            await asyncio.Event().wait()
+            yield b""
+        finally:
+            closed.set()
+
+    body = ToThread(stalls(), asyncio.get_running_loop())
+    chunks = iter(body)
+    reading = asyncio.ensure_future(asyncio.to_thread(lambda: [next(chunks), next(chunks)]))
+    await asyncio.sleep(0.2)  # the second read now waits on the stalled stream
+    await asyncio.wait_for(body.aclose(), 5)
+    assert closed.is_set()
+    with pytest.raises(Exception, match="abandoned"):
+        await asyncio.wait_for(reading, 5)
+
+
+async def test_a_download_opens_at_the_first_read_and_closes_however_it_stops() -> None:
+    events: list[str] = []
+
+    async def opener() -> Opened:
+        events.append("open")
+        return iter([b"a", b"b"]), lambda: events.append("close")
+
+    dropped = from_thread(opener)
+    await dropped.aclose()  # dropped unread: nothing was opened, nothing to close
+    assert events == []
+    partial = from_thread(opener)
+    assert await anext(partial) == b"a"
+    await partial.aclose()
+    assert events == ["open", "close"]

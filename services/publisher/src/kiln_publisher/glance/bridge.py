@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from kiln_common.errors import Cancelled
 
@@ -26,6 +27,7 @@ class ToThread:
         self._loop = loop
         self._aborted = threading.Event()
         self._waiting: concurrent.futures.Future[bytes | None] | None = None
+        self._reading: asyncio.Task[bytes | None] | None = None  # the read on the loop
         self.sent = 0
 
     def abort(self) -> None:
@@ -35,10 +37,31 @@ class ToThread:
         if self._waiting is not None:
             self._waiting.cancel()
 
+    async def aclose(self) -> None:
+        """From the loop, however the upload ended: no further reads, the one
+        in flight cancelled and finished, then the stream closed, even when
+        the sending thread is still stuck (a stream is never left open)."""
+        self.abort()
+        reading = self._reading
+        if reading is not None and not reading.done():
+            reading.cancel()
+            await asyncio.wait({reading})
+        aclose = getattr(self._stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
+
+    async def _read(self) -> bytes | None:
+        self._reading = asyncio.current_task()
+        try:
+            return await anext(self._stream)
+        except StopAsyncIteration:
+            return None
+
     def _next(self) -> bytes | None:
         if self._aborted.is_set():
             raise Cancelled("the upload was abandoned")
-        self._waiting = asyncio.run_coroutine_threadsafe(_anext_or_none(self._stream), self._loop)
+        self._waiting = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
         if self._aborted.is_set():  # abort() ran between the check and the assignment
             self._waiting.cancel()
         try:
@@ -59,16 +82,15 @@ class ToThread:
             yield bytes(pending)
 
 
-async def _anext_or_none(stream: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await anext(stream)
-    except StopAsyncIteration:
-        return None
+Opened = tuple[Iterator[bytes], Callable[[], None]]
 
 
-async def from_thread(chunks: Iterator[bytes], close: Callable[[], None]) -> AsyncIterator[bytes]:
+async def from_thread(open_: Callable[[], Awaitable[Opened]]) -> AsyncIterator[bytes]:
     """An async stream over a blocking iterator (a download's body), each
-    chunk read in a thread; close() runs however the consumer stops."""
+    chunk read in a thread. open_ runs at the first read, not before: a
+    stream dropped unread opens nothing, so there is nothing to leak; once
+    opened, its close() runs however the consumer stops."""
+    chunks, close = await open_()
     try:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from kiln_common.errors import (
 from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import api
 from kiln_publisher.glance.api import GlanceApi
-from kiln_publisher.glance.bridge import ToThread, from_thread
+from kiln_publisher.glance.bridge import Opened, ToThread, from_thread
 from kiln_publisher.glance.model import RETIRE_HOW, GlanceImage, GlanceTarget, ImageSource
-from kiln_publisher.glance.rotation import KILN_MARK, to_retire
+from kiln_publisher.glance.rotation import HALF_MADE, KILN_MARK, to_retire
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ VISIBILITIES = ("private", "shared", "community", "public")
 # No overall deadline: one try of a large upload may itself take minutes.
 DEFAULT_RETRY = RetryPolicy(attempts=4, initial=0.5, maximum=5.0, deadline=None)
 CLEANUP_WAIT = 30.0  # seconds an abandoned upload thread gets to notice and stop
+# A half-made image of the artifact that Glance is still filling (importing
+# from storage's URL after the publisher that asked died) is waited for when
+# it changed this recently; an older one, or one nobody fills, is deleted.
+STALE_AFTER = 600.0
 
 
 class ImportFailed(FailedPrecondition):
@@ -88,12 +93,15 @@ class GlancePublisher:
     ) -> GlanceImage:
         project = await asyncio.to_thread(glance.project_id)
         named = await asyncio.to_thread(_named, glance, project, name)
-        found = [i for i in named if _is_copy_of(i, source)]
-        if found:
-            image_id, method = found[0]["id"], "existing"
+        found = [str(i["id"]) for i in named if _is_copy_of(i, source)]
+        adopted = await self._settle_leftovers(glance, source, named, adopt=not found)
+        existing = found[0] if found else adopted
+        if existing is not None:
+            image_id, method = existing, "existing"
             log.info(
                 "%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id
             )
+            named = await asyncio.to_thread(_named, glance, project, name)
         else:
             image_id, method = await self._upload(glance, source, target, name)
             named = await asyncio.to_thread(_named, glance, project, name)
@@ -102,6 +110,31 @@ class GlancePublisher:
             await asyncio.to_thread(_retire, glance, image, target.retire)
             retired.append(str(image["id"]))
         return GlanceImage(target.cloud, target.region, image_id, name, method, tuple(retired))
+
+    async def _settle_leftovers(
+        self, glance: GlanceApi, source: ImageSource, named: list[dict[str, Any]], adopt: bool
+    ) -> str | None:
+        """The artifact's half-made images, which a publisher that died mid-way
+        left (its own cleanup never ran). One that Glance is still filling, and
+        recently, is waited for and, active and verified, adopted (its id
+        returned) rather than uploaded a second time; every other one (queued,
+        uploading, killed, stale, failed) is deleted so none lingers."""
+        adopted: str | None = None
+        for image in named:
+            if image.get(KILN_MARK) != source.artifact_id or image["status"] not in HALF_MADE:
+                continue
+            image_id, age = str(image["id"]), _age(image)
+            if adopt and adopted is None and _in_flight(image) and age < STALE_AFTER:
+                log.info("%s: waiting for image %s (%s)", glance.where, image_id, image["status"])
+                try:
+                    done = await self._wait_active(glance, image_id, True, STALE_AFTER - age)
+                    _verify(done, source, glance.where)
+                    adopted = image_id
+                    continue
+                except KilnError as exc:
+                    log.info("%s: image %s not adopted: %s", glance.where, image_id, exc)
+            await self._discard(glance, image_id, f"left {image['status']} by an earlier try")
+        return adopted
 
     async def _upload(
         self, glance: GlanceApi, source: ImageSource, target: GlanceTarget, name: str
@@ -136,7 +169,9 @@ class GlancePublisher:
                 await _send(source, lambda chunks: send(image_id, chunks))
                 if method == "glance-direct":
                     await asyncio.to_thread(glance.start_import, image_id, method)
-            image = await self._wait_active(glance, image_id, method != "upload")
+            image = await self._wait_active(
+                glance, image_id, method != "upload", self.active_timeout
+            )
             _verify(image, source, glance.where)
         except BaseException:
             await self._discard(glance, image_id)
@@ -154,7 +189,9 @@ class GlancePublisher:
                 await self._discard(glance, str((await creating)["id"]))
             raise
 
-    async def _discard(self, glance: GlanceApi, image_id: str) -> None:
+    async def _discard(
+        self, glance: GlanceApi, image_id: str, why: str = "its publication failed"
+    ) -> None:
         """Deletes an image a failed try made, retried (Glance may still be
         finishing the broken upload: SQLite's "database is locked" is a 500);
         shielded, so a cancel cannot stop it half-way. A Glance that stays
@@ -165,14 +202,14 @@ class GlancePublisher:
 
         try:
             await asyncio.shield(self.retry.acall(delete, f"deleting image {image_id}"))
-            log.info("%s: image %s deleted (its publication failed)", glance.where, image_id)
+            log.info("%s: image %s deleted (%s)", glance.where, image_id, why)
         except BaseException as exc:  # noqa: BLE001 - the original error matters more
             log.warning("%s: could not delete image %s: %s", glance.where, image_id, exc)
 
     async def _wait_active(
-        self, glance: GlanceApi, image_id: str, imported: bool
+        self, glance: GlanceApi, image_id: str, imported: bool, within: float
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + self.active_timeout
+        deadline = time.monotonic() + within
         while True:
             image = await asyncio.to_thread(glance.get, image_id)
             if image["status"] == "active":
@@ -187,8 +224,7 @@ class GlancePublisher:
                 raise ImportFailed(f"{glance.where}: Glance's import failed: {reason}")
             if time.monotonic() > deadline:
                 raise DeadlineExceeded(
-                    f"{glance.where}: image {image_id} still {image['status']} "
-                    f"after {self.active_timeout:g}s"
+                    f"{glance.where}: image {image_id} still {image['status']} after {within:g}s"
                 )
             await asyncio.sleep(self.poll)
 
@@ -196,8 +232,7 @@ class GlancePublisher:
 
     async def retire(self, cloud: str, region: str | None, image_id: str, how: str) -> None:
         """Hides, deactivates or deletes one image (the marketplace's expiry)."""
-        if how not in RETIRE_HOW:
-            raise InvalidArgument(f"retire must be one of {', '.join(RETIRE_HOW)}, not {how!r}")
+        _check_retire(how)
         glance = self._api(cloud, region)
 
         async def once() -> None:
@@ -210,30 +245,44 @@ class GlancePublisher:
         self, cloud: str, region: str | None, image_id: str
     ) -> tuple[int, str, AsyncIterator[bytes]]:
         """An active image's size, Glance's SHA-512 of it, and its bytes as they
-        arrive (the caller checks them against the hash: Glance computed it)."""
+        arrive (the caller checks them against the hash: Glance computed it).
+        The download itself starts at the first read: a caller that drops the
+        stream unread leaves no open response behind."""
         glance = self._api(cloud, region)
 
-        async def once() -> tuple[dict[str, Any], Iterator[bytes], Callable[[], None]]:
+        async def check() -> dict[str, Any]:
             image = await asyncio.to_thread(glance.get, image_id)
             if image["status"] != "active":
                 raise FailedPrecondition(f"{glance.where}: image {image_id} is {image['status']}")
             if image.get("os_hash_algo") != "sha512" or not image.get("os_hash_value"):
                 raise FailedPrecondition(f"{glance.where}: image {image_id} has no SHA-512")
-            chunks, close = await asyncio.to_thread(glance.download, image_id)
-            return image, chunks, close
+            return image
 
-        image, chunks, close = await self.retry.acall(once, f"opening image {image_id}")
-        return int(image["size"]), str(image["os_hash_value"]), from_thread(chunks, close)
+        async def download() -> Opened:
+            # Shielded like _create: a cancel while Glance answers still closes the response.
+            opening = asyncio.ensure_future(asyncio.to_thread(glance.download, image_id))
+            try:
+                return await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    (await opening)[1]()
+                raise
+
+        image = await self.retry.acall(check, f"opening image {image_id}")
+        chunks = from_thread(lambda: self.retry.acall(download, f"downloading image {image_id}"))
+        return int(image["size"]), str(image["os_hash_value"]), chunks
 
 
 # ---- helpers (blocking ones run in threads) ----------------------------------------------
 
 
+def _check_retire(how: str) -> None:
+    if how not in RETIRE_HOW:
+        raise InvalidArgument(f"retire must be one of {', '.join(RETIRE_HOW)}, not {how!r}")
+
+
 def _validate(target: GlanceTarget) -> None:
-    if target.retire not in RETIRE_HOW:
-        raise InvalidArgument(
-            f"retire must be one of {', '.join(RETIRE_HOW)}, not {target.retire!r}"
-        )
+    _check_retire(target.retire)
     if target.visibility not in VISIBILITIES:
         raise InvalidArgument(
             f"visibility must be one of {', '.join(VISIBILITIES)}, not {target.visibility!r}"
@@ -265,6 +314,27 @@ def _named(glance: GlanceApi, project: str, name: str) -> list[dict[str, Any]]:
 
 def _is_copy_of(image: dict[str, Any], source: ImageSource) -> bool:
     return image.get(KILN_MARK) == source.artifact_id and image["status"] == "active"
+
+
+def _in_flight(image: Mapping[str, Any]) -> bool:
+    """Glance fills it without its publisher: importing or saving, or an
+    import Glance accepted but has not started (the image still queued, or
+    uploading once staged, with its task noted)."""
+    if image["status"] in ("saving", "importing"):
+        return True
+    return image["status"] in ("queued", "uploading") and bool(image.get("os_glance_import_task"))
+
+
+def _age(image: Mapping[str, Any]) -> float:
+    """Seconds since Glance last changed the image (its clock and ours agree
+    well enough for a bound of minutes); unknown reads as stale."""
+    try:
+        changed = datetime.fromisoformat(str(image["updated_at"]))
+    except (KeyError, ValueError):
+        return float("inf")
+    if changed.tzinfo is None:
+        changed = changed.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - changed).total_seconds()
 
 
 def _verify(image: dict[str, Any], source: ImageSource, where: str) -> None:
@@ -315,10 +385,9 @@ def _task_message(glance: GlanceApi, image_id: str) -> str:
 async def _send(source: ImageSource, send: Callable[[Iterator[bytes]], None]) -> None:
     """Runs send in a thread over the source's bytes as they come from
     storage. Cancelled or failed, the thread's body stops at its next chunk
-    and is waited for (briefly), so no upload outlives its publication."""
-    loop = asyncio.get_running_loop()
-    stream = source.stream()
-    body = ToThread(stream, loop)
+    and is waited for (briefly), so no upload outlives its publication; the
+    storage stream is closed on every path."""
+    body = ToThread(source.stream(), asyncio.get_running_loop())
     sending = asyncio.ensure_future(asyncio.to_thread(send, iter(body)))
     try:
         await asyncio.shield(sending)
@@ -328,8 +397,4 @@ async def _send(source: ImageSource, send: Callable[[Iterator[bytes]], None]) ->
             await asyncio.wait_for(asyncio.shield(sending), CLEANUP_WAIT)
         raise
     finally:
-        if sending.done():
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+        await body.aclose()  # on every path, even with the thread still stuck in send

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 KILN_MARK = "kiln_artifact_id"  # only images Kiln published are ever rotated
+# Not (yet) an image: a publication in flight, or what a dead one left behind.
+HALF_MADE = ("queued", "saving", "uploading", "importing", "killed")
 
 
 def to_retire(
@@ -13,10 +15,11 @@ def to_retire(
 ) -> list[Mapping[str, Any]]:
     """The images beyond the newest keep (the one just published first, the rest
     by created_at, newest first), Kiln's only, and only those not retired the
-    same way already. keep 0: no rotation."""
+    same way already. Half-made images neither count toward keep nor are
+    retired: the publisher deletes them itself. keep 0: no rotation."""
     if keep <= 0:
         return []
-    ours = [i for i in images if KILN_MARK in i]
+    ours = [i for i in images if KILN_MARK in i and i.get("status") not in HALF_MADE]
     ours.sort(key=lambda i: (i["id"] == newest_id, str(i.get("created_at", ""))), reverse=True)
     return [i for i in ours[keep:] if not already(i, how)]
 
