@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,11 +80,11 @@ def glance_publisher(clouds: Path | None) -> GlancePublisher | None:
     return publisher
 
 
-async def sweep_once(core: PublisherCore, retire: str) -> None:
+async def sweep_once(core: PublisherCore, retire: str, now: datetime | None = None) -> None:
     """Marks expired entries; their artifacts' Glance images are retired as configured."""
     if core.market is None:
         return
-    expired = await core.market.sweep()
+    expired = await core.market.sweep(now=now)
     if not expired or retire == "none" or core.glance is None:
         return
     artifacts = {s.entry.artifact_id for s in expired}

@@ -1,0 +1,58 @@
+"""The publisher's expiry sweep against real servers (NATS, the storage
+service, Keystone and Glance): an entry past its validity is marked expired and
+the Glance image of its artifact is retired as the publisher is configured."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from market_support import ENDORSER
+
+from kiln_client import AsyncStorageClient
+from kiln_common.devservers import Glance, Nats
+from kiln_common.proc import run
+from kiln_publisher.app import build, sweep_once
+from kiln_publisher.core import Request
+from kiln_publisher.settings import PublisherSettings
+from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
+from tests.integration.test_glance_publish import glance_images
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_sweep_expires_an_entry_and_hides_its_glance_image(
+    tmp_path: Path, nats_server: Nats, storage_service: Any, glance: Glance, clouds_yaml: Path
+) -> None:
+    image = tmp_path / "sweep.qcow2"
+    await run(["qemu-img", "create", "-q", "-f", "qcow2", image, "16M"])
+    async with storage_service() as (_, address):
+        async with AsyncStorageClient(address) as storage:
+            labels = {"name": "sweep", "version": "1", "format": "qcow2", "kiln-kind": "image"}
+            artifact = await storage.push(image, labels)
+        settings = PublisherSettings(
+            grpc_bind="127.0.0.1:0", http_port=0, storage=address, nats_url=nats_server.url,
+            keyring_dir=tmp_path / "keyring", endorser_key_dir=tmp_path / "endorsers",
+            local_endorser=ENDORSER, default_endorser=ENDORSER, clouds_yaml=clouds_yaml,
+            auto_publish=False, retire_action="hide", shutdown_grace=1.0,
+        )  # fmt: skip
+        publisher = await build(settings)
+        try:
+            targets = Publish(
+                glance=[GlancePublish(cloud="kiln-a")],
+                marketplace=MarketplacePublish(endorser=ENDORSER, valid_for=3600),
+            )
+            pub = await publisher.core.publish(Request(artifact_id=artifact.id, publish=targets))
+            glanced = next(r for r in pub.results if r.kind == "glance")
+            entry = next(r for r in pub.results if r.kind == "marketplace").entry_identifier
+            assert glance_images(clouds_yaml, "sweep-1", "kiln-a")[0]["os_hidden"] is False
+
+            await sweep_once(publisher.core, "hide", now=datetime.now(UTC) + timedelta(hours=2))
+            (shown,) = glance_images(clouds_yaml, "sweep-1", "kiln-a")
+            assert shown["id"] == glanced.image_id and shown["os_hidden"] is True
+            swept = await publisher.core.get_entry(entry)
+            assert swept.entry.expired
+        finally:
+            await publisher.stop()
