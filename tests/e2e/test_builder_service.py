@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import kiln, kiln_domains, kiln_up, loops_under, mounts_under, wait_until
+from support import kiln, kiln_up, loops_under, mounts_under, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -84,26 +84,22 @@ def ended(stub: pb_grpc.BuilderStub, build_id: str) -> pb.Build | None:
     return build if build.state in TERMINAL else None
 
 
-def test_kiln_build_follow_builds_boots_and_stores_an_image(
-    env: dict[str, str], tmp_path: Path
-) -> None:
+def test_kiln_build_follow_builds_and_stores_an_image(env: dict[str, str], tmp_path: Path) -> None:
+    """Through the service without a boot: the README demo's test boots an image
+    through it, and seed 003's vm test runs a command in the booted guest."""
     # Requirement checks ride along: the cloud profile, advisory (no cloud-init here).
-    recipe = write_recipe(tmp_path / "r", commands='["cat /etc/kiln-release"]',
-                          checks="{profile: cloud, advisory: true}")  # fmt: skip
-    done = kiln(env, "build", str(recipe), "--follow", timeout=900)
+    recipe = write_recipe(tmp_path / "r", checks="{profile: cloud, advisory: true}")
+    done = kiln(env, "build", str(recipe), "--follow", "--no-boot-test", timeout=900)
     build_id = done.stderr.split()[1]
-    assert "boot-test done" in done.stderr and "build succeeded" in done.stderr
+    assert "build succeeded" in done.stderr and "boot-test" not in done.stderr
     record = builder(env).GetBuild(pb.GetBuildRequest(id=build_id))
     assert record.state == pb.BUILD_STATE_SUCCEEDED and record.attempt == 1
-    assert record.accel in ("kvm", "tcg")
     names = [s.name for s in record.steps]
-    assert names[0] == "bootstrap" and names[-2:] == ["boot-test", "upload"]
+    assert names[0] == "bootstrap" and names[-1] == "upload" and "boot-test" not in names
     assert names[names.index("sysprep") + 1 : names.index("sysprep") + 3] == ["checks", "disk"]
     assert record.steps[0].cached  # the shared bootstrap layer
     kinds = sorted(a.kind for a in record.artifacts)
-    assert kinds == ["build-log", "checks", "console-log", "image", "sbom", "tests"]
-    (test,) = record.test_commands  # run inside the guest: the image's own file
-    assert (test.command, test.exit_status, test.output) == ("cat /etc/kiln-release", 0, "kiln\n")
+    assert kinds == ["build-log", "checks", "image", "sbom"]
     results = {c.rule: c for c in record.checks}
     assert results["cloud.virtio"].passed and results["cloud.growable-root"].passed
     warned = results["cloud.contextualisation"]
@@ -117,12 +113,10 @@ def test_kiln_build_follow_builds_boots_and_stores_an_image(
     listed = kiln(env, "build", "ls").stdout
     assert build_id in listed and "succeeded" in listed
     shown = kiln(env, "build", "show", build_id).stdout
-    assert "state       succeeded" in shown and "boot-test" in shown and "cached" in shown
-    assert "passed" in shown and "cat /etc/kiln-release" in shown
+    assert "state       succeeded" in shown and "cached" in shown
     assert "check       WARN cloud.contextualisation" in shown
     logs = kiln(env, "build", "logs", build_id).stdout
-    assert "mkfs.ext4" in logs and "boot test: login prompt" in logs
-    assert kiln_domains() == []
+    assert "mkfs.ext4" in logs
 
 
 def test_a_failing_build_exits_non_zero_with_its_step_and_log(

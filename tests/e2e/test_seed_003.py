@@ -122,6 +122,18 @@ def test_seed_003_in_vm_mode_from_the_stored_artifact(
     assert made.base.source == f"artifact:{base.artifact_id}"
     assert made.base.sha256 == base.sha256 and "qcow2" in made.base.description
     assert made.isolation == "vm" and made.appliance_accel in ("kvm", "tcg")
+    assert sorted(a.kind for a in made.artifacts) == [
+        "build-log",
+        "console-log",
+        "image",
+        "sbom",
+        "tests",
+    ]
+    shown = kiln(env, "build", "show", made.id).stdout
+    assert "boot-test" in shown and "curl -fs http://localhost/cloud.txt" in shown
+    assert f"artifact:{base.artifact_id}" in shown
+    logs = kiln(env, "build", "logs", made.id).stdout
+    assert "boot test: login prompt" in logs
     image = next(a for a in made.artifacts if a.kind == "image")
     with StorageClient(stack_of(env).storage) as client:
         labels = client.stat(image.artifact_id).labels
