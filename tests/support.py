@@ -346,3 +346,22 @@ class ImageServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def glance_images(clouds_yaml: Path, name: str, cloud: str = "admin", **query: str) -> list[Any]:
+    """The images of name as a real Glance lists them to cloud (hidden ones too),
+    as JSON (openstacksdk is imported here: most tests never need it)."""
+    import openstack
+    import openstack.config
+
+    config = openstack.config.OpenStackConfig(config_files=[str(clouds_yaml)])
+    region = query.pop("region", "RegionOne")
+    api = openstack.connection.Connection(config=config.get_one(cloud=cloud, region_name=region))
+    try:
+        found: list[Any] = []
+        for hidden in ("false", "true"):
+            params = {"name": name, "os_hidden": hidden, **query}
+            found += api.image.get("/images", params=params).json()["images"]
+        return found
+    finally:
+        api.close()

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import openstack
-import openstack.config
 import pytest
 
 from kiln_common.devservers import (
@@ -32,7 +30,7 @@ from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
 from kiln_publisher.glance.api import GlanceApi, config
 from kiln_publisher.glance.publisher import _create_body
-from tests.support import ImageServer, await_until
+from tests.support import ImageServer, await_until, glance_images
 
 pytestmark = pytest.mark.integration
 
@@ -77,23 +75,6 @@ def source(images: ImageServer, mib: int = 16, **changes: Any) -> ImageSource:
         "stream": stream,
     }
     return ImageSource(**{**fields, **changes})
-
-
-def conn(
-    clouds_yaml: Path, cloud: str, region: str = "RegionOne"
-) -> openstack.connection.Connection:
-    config = openstack.config.OpenStackConfig(config_files=[str(clouds_yaml)])
-    return openstack.connection.Connection(config=config.get_one(cloud=cloud, region_name=region))
-
-
-def glance_images(clouds_yaml: Path, name: str, cloud: str = "admin", **query: str) -> list[Any]:
-    """The images of name as Glance lists them to cloud (hidden ones too)."""
-    api = conn(clouds_yaml, cloud, query.pop("region", "RegionOne")).image
-    found = []
-    for hidden in ("false", "true"):
-        params = {"name": name, "os_hidden": hidden, **query}
-        found += api.get("/images", params=params).json()["images"]
-    return found
 
 
 async def test_publish_web_download_properties_hash_idempotent_and_open(

@@ -18,7 +18,7 @@ from kiln_publisher.app import build, sweep_once
 from kiln_publisher.core import Request
 from kiln_publisher.settings import PublisherSettings
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
-from tests.integration.test_glance_publish import glance_images
+from tests.support import glance_images
 
 pytestmark = pytest.mark.integration
 

@@ -34,6 +34,7 @@ from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 log = logging.getLogger(__name__)
 
 PUBLICATIONS_BUCKET = "KILN_PUBLICATIONS"
+CLAIM_PREFIX = "claim."  # beside the records: who works on an automatic publication
 RECIPES_BUCKET = "kiln_recipes"  # the builder's: the submitted recipe of each build
 IMAGE_KIND = "image"
 KIND_LABEL = "kiln-kind"
@@ -137,7 +138,7 @@ class PublisherCore:
             return []
         found = []
         for key in keys:
-            if key.startswith("claim."):
+            if key.startswith(CLAIM_PREFIX):
                 continue
             pub = await self._find(key)
             if pub is None or (build_id and pub.build_id != build_id):
@@ -153,9 +154,7 @@ class PublisherCore:
         """Takes publication_id for owner; the claim's revision, or None when
         another owner holds a claim younger than ttl seconds (a stale one, left
         by a replica that died, is taken over)."""
-        kv = await self._records()
-        key = f"claim.{record_key(publication_id)}"
-        value = json.dumps({"owner": owner, "at": time.time()}).encode()
+        kv, key, value = await self._claim(publication_id, owner)
         try:
             return int(await jetstream.mapped(lambda: kv.create(key, value)))
         except FailedPrecondition:
@@ -173,14 +172,17 @@ class PublisherCore:
             return None  # another replica took it over first
 
     async def renew(self, publication_id: str, owner: str, revision: int) -> int:
-        kv = await self._records()
-        key = f"claim.{record_key(publication_id)}"
-        value = json.dumps({"owner": owner, "at": time.time()}).encode()
+        kv, key, value = await self._claim(publication_id, owner)
         return int(await jetstream.mapped(lambda: kv.update(key, value, last=revision)))
 
     async def release(self, publication_id: str) -> None:
-        kv = await self._records()
-        await jetstream.mapped(lambda: kv.delete(f"claim.{record_key(publication_id)}"))
+        kv, key, _ = await self._claim(publication_id, "")
+        await jetstream.mapped(lambda: kv.delete(key))
+
+    async def _claim(self, publication_id: str, owner: str) -> tuple[KeyValue, str, bytes]:
+        """The bucket, the claim's key and a fresh value saying owner holds it now."""
+        value = json.dumps({"owner": owner, "at": time.time()}).encode()
+        return await self._records(), f"{CLAIM_PREFIX}{record_key(publication_id)}", value
 
     async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
         """A publication that could not start, kept so `GetPublication` says why."""
