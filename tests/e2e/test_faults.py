@@ -51,9 +51,11 @@ run:
 outputs: [tar]
 """
 # Settings that make faults quick to see: a silent worker is presumed dead
-# after 4 s, a passing failure is retried after 1 s, three deliveries in all.
+# after 4 s, an unreachable storage service fails the attempt after 3 s of
+# retries, a passing failure is retried after 1 s, three deliveries in all.
 FAST = {
     "KILN_BUILDER_ACK_WAIT_SECONDS": "4",
+    "KILN_BUILDER_STORAGE_RETRY_SECONDS": "3",
     "KILN_BUILDER_MAX_DELIVER": "3",
     "KILN_BUILDER_RETRY_BACKOFF_SECONDS": "[1]",
     "KILN_BUILDER_BOOT_TEST": "false",

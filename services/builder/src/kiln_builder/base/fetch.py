@@ -26,7 +26,7 @@ from pathlib import Path
 from kiln_builder.base import published
 from kiln_builder.layers import prune_oldest
 from kiln_builder.resources import file_lock
-from kiln_client import AsyncStorageClient
+from kiln_builder.storage import storage_client
 from kiln_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from kiln_recipe.schema import ImageRef
 
@@ -101,7 +101,7 @@ async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> B
             "from.image.artifact needs the storage service: give the builder its address"
         )
     dest = work / "base.download"
-    async with AsyncStorageClient(storage) as client:
+    async with storage_client(storage) as client:
         # get() checks the bytes against the SHA-256 the service recorded.
         artifact = await client.get(artifact_id, dest)
     return Base(dest, artifact.checksums.sha256, f"artifact:{artifact_id}", artifact.size)

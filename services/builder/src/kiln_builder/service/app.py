@@ -21,6 +21,7 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
+from kiln_builder.storage import set_retry_seconds as set_storage_retry_seconds
 from kiln_common import jetstream
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
@@ -61,6 +62,7 @@ class BuilderApp:
 
 
 async def build(settings: BuilderSettings) -> BuilderApp:
+    set_storage_retry_seconds(settings.storage_retry_seconds)
     nc = await jetstream.connect(settings.nats_url, settings.name())
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
     shared = await Nats.open(nc, policy, settings.nats_replicas)

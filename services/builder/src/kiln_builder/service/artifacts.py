@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.engine import BaseImage
-from kiln_client import AsyncStorageClient
+from kiln_builder.storage import storage_client
 
 KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
@@ -55,7 +55,7 @@ class BuildArtifacts:
         self, upload: Upload, name: str, version: str, progress: Callable[[int], None]
     ) -> bpb.BuildArtifact:
         labels = self._labels(name, version, upload)
-        async with AsyncStorageClient(self.address) as client:
+        async with storage_client(self.address) as client:
             stored = await client.push(upload.path, labels, progress=progress, stop=self.stop)
             url = await client.url(stored.id, URL_SECONDS)
         return bpb.BuildArtifact(
@@ -73,7 +73,7 @@ class BuildArtifacts:
         """Deletes this build's artifacts: all of them, those of earlier (or
         other) attempts, or this attempt's. Returns how many."""
         removed = 0
-        async with AsyncStorageClient(self.address) as client:
+        async with storage_client(self.address) as client:
             found = [a async for a in client.list({"build-id": self.build_id})]
             for artifact in found:
                 mine = artifact.labels.get(ATTEMPT_LABEL) == str(self.attempt)

@@ -28,6 +28,9 @@ class BuilderSettings(KilnSettings):
     a clustered NATS, as deploy/k8s runs it)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service: artifacts and the shared layer cache."""
+    storage_retry_seconds: float = Field(default=30.0, gt=0)
+    """How long one call to an unreachable storage service is retried before
+    the build's attempt fails for a passing reason (and is retried later)."""
     publisher: str = ""
     """host:port of the publisher: from.image.marketplace and from.image.glance bases."""
     log_level: str = "INFO"
