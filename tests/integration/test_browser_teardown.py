@@ -1,5 +1,6 @@
 """The browser tests' Chromium leaves no process behind, whether the test
-body fails or is cancelled (a pytest timeout cancels it)."""
+body fails or its task is cancelled (a SIGKILLed test run is covered by
+die_with_parent: tests/unit/test_proc.py)."""
 
 from __future__ import annotations
 
