@@ -13,8 +13,9 @@ apt_packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
   # vm isolation: the relay to the package mirrors, copying a tree back
   socat rsync
-  # the marketplace catalogue's browser test
-  chromium
+  # the marketplace catalogue's browser test: Debian's chromium, driven by
+  # Playwright (pip), whose bundled node needs libatomic1
+  chromium libatomic1
 )
 missing=()
 for pkg in "${apt_packages[@]}"; do

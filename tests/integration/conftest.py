@@ -1,6 +1,6 @@
 """Fixtures for integration tests that boot real VMs: a small bootable Debian root
 filesystem (built once with mmdebstrap and cached by its inputs under
-.cache/test-images/) and a libvirtd that answers."""
+.cache/test-images/), a libvirtd that answers, and Debian's headless Chromium."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from browser_support import headless_chromium
 from support import REPO
 
 from kiln_builder.bootstrap import bootstrap, spec_for
@@ -26,6 +27,8 @@ from kiln_builder.layers import LayerStore, extract
 from kiln_common.proc import run_sync
 
 if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
     from kiln_builder.vm import Accel
 
 TEST_IMAGES = REPO / ".cache" / "test-images"
@@ -140,3 +143,11 @@ def libvirt_uri() -> str:
     from kiln_builder.libvirtd import ensure_libvirtd
 
     return ensure_libvirtd()
+
+
+@pytest.fixture
+async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
+    """Debian's headless Chromium under Playwright, stopped (every process of
+    it) when the test ends, however it ends."""
+    async with headless_chromium(tmp_path / "chromium") as browser:
+        yield browser

@@ -114,19 +114,31 @@ async def test_on_line_gets_each_line_instead_of_the_log() -> None:
     assert result.stdout == "one\r\ntwo\nthree"
 
 
-PARENT = """
+CHILD = '["sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 60"]'
+RUN_PARENT = f"""
 import asyncio, sys
 from kiln_common.proc import run
-asyncio.run(run(["sh", "-c", "echo $$ > " + sys.argv[1] + "; exec sleep 60"], die_with_parent=True))
+asyncio.run(run({CHILD}, die_with_parent=True))
+"""
+HELPER_PARENT = f"""
+import asyncio, sys
+from kiln_common.proc import helper
+async def main():
+    async with helper({CHILD}, die_with_parent=True):
+        await asyncio.sleep(60)
+asyncio.run(main())
 """
 
 
-def test_die_with_parent_kills_the_command_when_its_parent_is_sigkilled(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parent_code", [RUN_PARENT, HELPER_PARENT], ids=["run", "helper"])
+def test_die_with_parent_kills_the_command_when_its_parent_is_sigkilled(
+    tmp_path: Path, parent_code: str
+) -> None:
     import subprocess
     import sys
 
     pidfile = tmp_path / "child.pid"
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pidfile)])
+    parent = subprocess.Popen([sys.executable, "-c", parent_code, str(pidfile)])
     try:
         child = int(
             wait_until(

@@ -262,10 +262,13 @@ async def helper(
     env: Mapping[str, str] | None = None,
     pass_fds: Sequence[int] = (),
     terminate_timeout: float = 5.0,
+    die_with_parent: bool = False,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """A helper process that lives exactly as long as the with block (the
-    user-mode network of a sandbox): its output goes to OUTPUT_LOG; on exit,
-    or on any error or cancel, its process group is terminated, then killed."""
+    user-mode network of a sandbox, a test's browser): its output goes to
+    OUTPUT_LOG; on exit, or on any error or cancel, its process group is
+    terminated, then killed. die_with_parent: as for run(), the kernel kills
+    it if this process dies, even by SIGKILL, when no finally block runs."""
     args = _announce([os.fspath(a) for a in argv], None)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -276,6 +279,7 @@ async def helper(
             env=scrubbed_env(env),
             start_new_session=True,
             pass_fds=tuple(pass_fds),
+            preexec_fn=_kill_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
