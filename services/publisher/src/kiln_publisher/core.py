@@ -404,16 +404,6 @@ class PublisherCore:
 
     # ---- bases for the builder -----------------------------------------------------
 
-    async def open_entry(self, identifier: str) -> tuple[SignedEntry, AsyncIterator[bytes]]:
-        """A verified entry (Market verifies what it reads) and its image's
-        bytes, read from this storage service by the entry's artifact id (not
-        from its location URLs: docs/publisher.md); the caller checks digests."""
-        signed = await self.get_entry(identifier)
-        entry = signed.entry
-        if entry.status() != "valid":
-            raise FailedPrecondition(f"marketplace entry {identifier} is {entry.status()}")
-        return signed, self._stream(entry.artifact_id)
-
     async def open_glance(
         self, cloud: str, region: str | None, image_id: str
     ) -> tuple[int, str, AsyncIterator[bytes]]:

@@ -537,23 +537,19 @@ Global___DeprecateEntryRequest: _TypeAlias = DeprecateEntryRequest  # noqa: Y015
 class FetchBaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    MARKETPLACE_FIELD_NUMBER: _builtins.int
     GLANCE_FIELD_NUMBER: _builtins.int
-    marketplace: _builtins.str
-    """an entry identifier"""
     @_builtins.property
     def glance(self) -> Global___GlanceImageRef: ...
     def __init__(
         self,
         *,
-        marketplace: _builtins.str = ...,
         glance: Global___GlanceImageRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "marketplace", b"marketplace", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "marketplace", b"marketplace", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["marketplace", "glance"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["glance"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -595,7 +591,7 @@ class FetchBaseHeader(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     sha256: _builtins.str
-    """where known (marketplace)"""
+    """where known"""
     sha512: _builtins.str
     format: _builtins.str
     """qcow2 | raw | ..."""
