@@ -4,24 +4,30 @@ downloads the image from the entry's locations (the real storage service's
 URL, or a local Range-capable HTTP server), checked against the entry's
 digests. A dead or lying location is passed over for the next; a build whose
 every location fails says which and why; a tampered entry or one from an
-unknown endorser is refused before any download."""
+unknown endorser is refused before any download. An entry whose signed
+storage URLs have expired is downloaded from the URL the publisher signs for
+it when asked."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import nats
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from market_support import ENDORSER, endorser_ring, facts_for, stored_image
-from support import ImageServer, payload
+from support import ImageServer, payload, storage_stub
 
+from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_builder.base.download import NoGoodLocation
 from kiln_builder.base.fetch import fetch_base
 from kiln_builder.engine import Bake, BakeOptions
@@ -123,6 +129,23 @@ async def test_a_marketplace_base_comes_from_its_location_then_from_the_cache(
     await marketplace.market.deprecate(signed.identifier)
     with pytest.raises(FailedPrecondition, match="is deprecated"):
         await fetch(signed.identifier, marketplace, cache)
+
+
+async def test_an_entry_whose_storage_url_expired_is_downloaded_from_a_freshly_signed_one(
+    marketplace: Marketplace, tmp_path: Path
+) -> None:
+    data = payload(1 << 20, seed=14)
+    facts = await stored_image(marketplace.storage, data)
+    async with storage_stub(marketplace.storage) as stub:
+        second = Duration(seconds=1)
+        ask = spb.GetDownloadUrlRequest(id=facts.artifact_id, expires_in=second)
+        short = (await stub.GetDownloadUrl(ask)).url
+    await asyncio.sleep(2)
+    async with aiohttp.ClientSession() as http, http.get(short) as answer:
+        assert answer.status == 403  # storage refuses the expired URL
+    signed = await marketplace.market.publish(replace(facts, locations=(short,)), ENDORSER)
+    base = await fetch(signed.identifier, marketplace, tmp_path / "cache")
+    assert base.path.read_bytes() == data and base.downloaded == len(data)
 
 
 @pytest.mark.parametrize("first", ["refused", "wrong bytes"])

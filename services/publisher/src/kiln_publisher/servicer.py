@@ -176,7 +176,10 @@ class PublisherServicer(pb_grpc.PublisherServicer):
         return pb.SearchEntriesResponse(entries=[entry_to(s) for s in found])
 
     async def GetEntry(self, request: pb.GetEntryRequest, context: Context) -> pb.Entry:
-        return entry_to(await self.core.get_entry(request.identifier))
+        signed = await self.core.get_entry(request.identifier)
+        msg = entry_to(signed)
+        msg.fresh_location = await self.core.fresh_location(signed.entry)
+        return msg
 
     async def DeprecateEntry(self, request: pb.DeprecateEntryRequest, context: Context) -> pb.Entry:
         signed = await self.core.deprecate(request.identifier, request.endorser or None)

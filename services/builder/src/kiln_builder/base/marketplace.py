@@ -2,8 +2,10 @@
 verified it (signature, a known endorser, not older than the newest statement
 about the image); here it must also be valid (neither expired nor deprecated).
 The image is then downloaded like a url base, from the entry's locations in
-order, pinned by the entry's SHA-256 and SHA-512: a location that is down,
-answers an error or serves other bytes is passed over for the next one.
+order, then from the fresh URL the publisher's storage signed for it (the
+URLs signed into an entry expire before the entry does), pinned by the
+entry's SHA-256 and SHA-512: a location that is down, answers an error or
+serves other bytes is passed over for the next one.
 
 Every build asks for the entry first, a build whose base is cached too: a
 deprecated, expired or revoked entry stops every build that names it, and a
@@ -38,7 +40,10 @@ async def fetch_marketplace(
     # No location may serve more than the entry says the image is.
     bounded = replace(limits, max_bytes=entry.size)
     pin = Pin(entry.sha256, entry.sha512)
-    base = await fetch_first(list(entry.locations), pin, cache, bounded, field)
+    urls = list(entry.locations)
+    if entry.fresh_location and entry.fresh_location not in urls:
+        urls.append(entry.fresh_location)  # signed now: the entry's may have expired
+    base = await fetch_first(urls, pin, cache, bounded, field)
     if base.downloaded:
         log.info("base image %s downloaded from %s", source, base.source)
     return replace(base, source=source)

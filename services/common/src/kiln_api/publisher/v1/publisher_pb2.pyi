@@ -383,6 +383,7 @@ class Entry(_message.Message):
     DOCUMENT_FIELD_NUMBER: _builtins.int
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    FRESH_LOCATION_FIELD_NUMBER: _builtins.int
     identifier: _builtins.str
     status: _builtins.str
     """valid | expired | deprecated"""
@@ -401,6 +402,13 @@ class Entry(_message.Message):
     """
     artifact_id: _builtins.str
     sha256: _builtins.str
+    fresh_location: _builtins.str
+    """GetEntry only, not part of the signed document: a download URL of the
+    entry's artifact that this publisher's storage service signed just now
+    (entries outlive the storage URLs signed into their locations); empty if
+    that storage service does not hold the artifact. The builder tries it
+    after the locations, checked against the same digests.
+    """
     @_builtins.property
     def locations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -427,10 +435,11 @@ class Entry(_message.Message):
         document: _builtins.bytes = ...,
         artifact_id: _builtins.str = ...,
         sha256: _builtins.str = ...,
+        fresh_location: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "artifact_id", b"artifact_id", "created", b"created", "description", b"description", "document", b"document", "endorser", b"endorser", "format", b"format", "identifier", b"identifier", "locations", b"locations", "os", b"os", "os_version", b"os_version", "sha256", b"sha256", "sha512", b"sha512", "size", b"size", "status", b"status", "title", b"title", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "artifact_id", b"artifact_id", "created", b"created", "description", b"description", "document", b"document", "endorser", b"endorser", "format", b"format", "fresh_location", b"fresh_location", "identifier", b"identifier", "locations", b"locations", "os", b"os", "os_version", b"os_version", "sha256", b"sha256", "sha512", b"sha512", "size", b"size", "status", b"status", "title", b"title", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -104,7 +104,8 @@ class PublisherServicer:
     def GetEntry(self, request, context):
         """The entry with its signed document (verifiable offline), served only once
         verified. The builder takes a marketplace base this way: it downloads the
-        image from the entry's locations itself, checked against its digests.
+        image from the entry's locations (then fresh_location) itself, checked
+        against its digests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,8 @@ class PublisherStub:
     GetEntry: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.GetEntryRequest, _publisher_pb2.Entry]
     """The entry with its signed document (verifiable offline), served only once
     verified. The builder takes a marketplace base this way: it downloads the
-    image from the entry's locations itself, checked against its digests.
+    image from the entry's locations (then fresh_location) itself, checked
+    against its digests.
     """
     DeprecateEntry: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.DeprecateEntryRequest, _publisher_pb2.Entry]
     FetchBase: _grpc.UnaryStreamMultiCallable[_publisher_pb2.FetchBaseRequest, _publisher_pb2.FetchBaseChunk]
@@ -67,7 +68,8 @@ class PublisherAsyncStub(PublisherStub):
     GetEntry: _aio.UnaryUnaryMultiCallable[_publisher_pb2.GetEntryRequest, _publisher_pb2.Entry]  # type: ignore[assignment]
     """The entry with its signed document (verifiable offline), served only once
     verified. The builder takes a marketplace base this way: it downloads the
-    image from the entry's locations itself, checked against its digests.
+    image from the entry's locations (then fresh_location) itself, checked
+    against its digests.
     """
     DeprecateEntry: _aio.UnaryUnaryMultiCallable[_publisher_pb2.DeprecateEntryRequest, _publisher_pb2.Entry]  # type: ignore[assignment]
     FetchBase: _aio.UnaryStreamMultiCallable[_publisher_pb2.FetchBaseRequest, _publisher_pb2.FetchBaseChunk]  # type: ignore[assignment]
@@ -117,7 +119,8 @@ class PublisherServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_publisher_pb2.Entry, _abc.Awaitable[_publisher_pb2.Entry]]:
         """The entry with its signed document (verifiable offline), served only once
         verified. The builder takes a marketplace base this way: it downloads the
-        image from the entry's locations itself, checked against its digests.
+        image from the entry's locations (then fresh_location) itself, checked
+        against its digests.
         """
 
     @_abc_1.abstractmethod
