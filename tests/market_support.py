@@ -1,10 +1,16 @@
-"""Marketplace test helpers: image facts for given bytes, endorser keyrings."""
+"""Marketplace test helpers: image facts for given bytes, images stored in a
+real storage service, endorser keyrings."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
+from support import storage_stub
+
+from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_publisher.market import ImageFacts, Keyring, generate_endorser
 
 ENDORSER = "ops@example.org"
@@ -54,3 +60,21 @@ def public_only(ring: Keyring) -> Keyring:
     public = Keyring()
     public.merge(ring.to_document(private=False), "test")
     return public
+
+
+async def stored_image(address: str, data: bytes) -> ImageFacts:
+    """Uploads data to the storage service: facts whose location is its real download URL."""
+    async with storage_stub(address) as stub:
+
+        async def requests() -> AsyncIterator[pb.UploadRequest]:
+            labels = {"name": "web", "version": "1.0", "format": "qcow2"}
+            yield pb.UploadRequest(header=pb.UploadHeader(labels=labels))
+            yield pb.UploadRequest(chunk=data)
+
+        artifact = await stub.Upload(requests())
+        week = Duration(seconds=7 * 24 * 3600)
+        reply = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id, expires_in=week))
+    facts = facts_for(data, locations=(reply.url,), artifact_id=artifact.id)
+    sums = artifact.checksums
+    assert (facts.sha256, facts.sha1, facts.md5) == (sums.sha256, sums.sha1, sums.md5)
+    return facts

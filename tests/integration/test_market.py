@@ -19,8 +19,7 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
-from google.protobuf.duration_pb2 import Duration
-from market_support import ENDORSER, endorser_ring, facts_for, public_only
+from market_support import ENDORSER, endorser_ring, facts_for, public_only, stored_image
 from playwright.async_api import Browser
 from support import payload, storage_stub
 
@@ -56,24 +55,6 @@ async def market(url: str, keys: Keyring, name: str = "publisher-1") -> AsyncIte
     finally:
         await events.close()
         await nc.close()
-
-
-async def stored_image(address: str, data: bytes) -> ImageFacts:
-    """Uploads data to the storage service: facts whose location is its real download URL."""
-    async with storage_stub(address) as stub:
-
-        async def requests() -> AsyncIterator[pb.UploadRequest]:
-            labels = {"name": "web", "version": "1.0", "format": "qcow2"}
-            yield pb.UploadRequest(header=pb.UploadHeader(labels=labels))
-            yield pb.UploadRequest(chunk=data)
-
-        artifact = await stub.Upload(requests())
-        week = Duration(seconds=7 * 24 * 3600)
-        reply = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id, expires_in=week))
-    facts = facts_for(data, locations=(reply.url,), artifact_id=artifact.id)
-    sums = artifact.checksums
-    assert (facts.sha256, facts.sha1, facts.md5) == (sums.sha256, sums.sha1, sums.md5)
-    return facts
 
 
 async def events_about(url: str, subject: str) -> list[dict[str, Any]]:

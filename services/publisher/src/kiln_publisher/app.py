@@ -25,7 +25,7 @@ from kiln_common.grpc_server import GrpcServer
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
-from kiln_publisher.market import Entry, Keyring, Market, generate_endorser, make_app, write_keyring
+from kiln_publisher.market import Keyring, Market, generate_endorser, make_app, write_keyring
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 
@@ -158,12 +158,8 @@ async def build(settings: PublisherSettings) -> PublisherApp:
 
     app = PublisherApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
     if market is not None:
-
-        async def locate(entry: Entry) -> str:
-            # Entries outlive storage's URLs: the catalogue's links get a fresh one.
-            return await storage.url(entry.artifact_id, settings.url_seconds)
-
-        http = make_app(market, locate)
+        # Entries outlive storage's URLs: the catalogue's links get a fresh one.
+        http = make_app(market, core.locate)
         runner, port = await start_http(http, settings.http_host, settings.http_port)
         cleanups.append(runner.cleanup)
         app.http_port = port

@@ -26,7 +26,7 @@ from kiln_common.events import Publisher
 from kiln_common.ids import new_id
 from kiln_publisher import facts
 from kiln_publisher.glance import GlancePublisher, GlanceTarget
-from kiln_publisher.market import Market, Query, SignedEntry
+from kiln_publisher.market import Entry, Market, Query, SignedEntry
 from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
@@ -399,20 +399,25 @@ class PublisherCore:
     async def get_entry(self, identifier: str) -> SignedEntry:
         return await self._market().get(identifier)
 
+    async def locate(self, entry: Entry) -> str:
+        """A download URL of the entry's artifact signed now: entries outlive
+        the storage URLs signed into their locations."""
+        return await self.storage.url(entry.artifact_id, self.url_seconds)
+
+    async def fresh_location(self, entry: Entry) -> str:
+        """locate(), or '' where this storage service cannot give one (an entry
+        about an artifact stored elsewhere, storage down): the entry's own
+        locations may still serve."""
+        try:
+            return await self.locate(entry)
+        except KilnError as exc:
+            log.info("no fresh location for entry %s: %s", entry.identifier, exc)
+            return ""
+
     async def deprecate(self, identifier: str, endorser: str | None) -> SignedEntry:
         return await self._market().deprecate(identifier, endorser)
 
     # ---- bases for the builder -----------------------------------------------------
-
-    async def open_entry(self, identifier: str) -> tuple[SignedEntry, AsyncIterator[bytes]]:
-        """A verified entry (Market verifies what it reads) and its image's
-        bytes, read from this storage service by the entry's artifact id (not
-        from its location URLs: docs/publisher.md); the caller checks digests."""
-        signed = await self.get_entry(identifier)
-        entry = signed.entry
-        if entry.status() != "valid":
-            raise FailedPrecondition(f"marketplace entry {identifier} is {entry.status()}")
-        return signed, self._stream(entry.artifact_id)
 
     async def open_glance(
         self, cloud: str, region: str | None, image_id: str

@@ -176,7 +176,10 @@ class PublisherServicer(pb_grpc.PublisherServicer):
         return pb.SearchEntriesResponse(entries=[entry_to(s) for s in found])
 
     async def GetEntry(self, request: pb.GetEntryRequest, context: Context) -> pb.Entry:
-        return entry_to(await self.core.get_entry(request.identifier))
+        signed = await self.core.get_entry(request.identifier)
+        msg = entry_to(signed)
+        msg.fresh_location = await self.core.fresh_location(signed.entry)
+        return msg
 
     async def DeprecateEntry(self, request: pb.DeprecateEntryRequest, context: Context) -> pb.Entry:
         signed = await self.core.deprecate(request.identifier, request.endorser or None)
@@ -185,27 +188,15 @@ class PublisherServicer(pb_grpc.PublisherServicer):
     async def FetchBase(
         self, request: pb.FetchBaseRequest, context: Context
     ) -> AsyncIterator[pb.FetchBaseChunk]:
-        which = request.WhichOneof("source")
-        digests = _Digests()
-        if which == "marketplace":
-            signed, chunks = await self.core.open_entry(request.marketplace)
-            e = signed.entry
-            yield pb.FetchBaseChunk(
-                header=pb.FetchBaseHeader(
-                    size=e.size, sha256=e.checksums.sha256, sha512=e.checksums.sha512,
-                    format=e.format,
-                )
-            )  # fmt: skip
-            want = e.checksums.sha512
-        elif which == "glance":
-            ref = request.glance
-            size, sha512, chunks = await self.core.open_glance(
-                ref.cloud, ref.region or None, ref.image
+        if request.WhichOneof("source") != "glance":
+            raise InvalidArgument(
+                "name a Glance image (marketplace bases are downloaded from the"
+                " entry's locations: GetEntry)"
             )
-            yield pb.FetchBaseChunk(header=pb.FetchBaseHeader(size=size, sha512=sha512))
-            want = sha512
-        else:
-            raise InvalidArgument("name a marketplace entry or a Glance image")
+        ref = request.glance
+        size, want, chunks = await self.core.open_glance(ref.cloud, ref.region or None, ref.image)
+        yield pb.FetchBaseChunk(header=pb.FetchBaseHeader(size=size, sha512=want))
+        digests = _Digests()
         async for data in chunks:
             digests.add(data)
             yield pb.FetchBaseChunk(data=data)

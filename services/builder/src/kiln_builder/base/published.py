@@ -1,9 +1,9 @@
-"""Bases that come through the publisher service: a marketplace entry (the
-publisher verifies its signature, then streams the image it describes) or a
-Glance image (streamed from Glance). The bytes are checked here against the
-digests the publisher announces first (the entry's SHA-256 and SHA-512, or
-Glance's os_hash_value), and cached like url bases: CACHE/bases/<sha256>,
-renamed into place only once verified, so a second build downloads nothing."""
+"""Glance bases, streamed through the publisher service from Glance. The
+bytes are checked here against the digest the publisher announces first
+(Glance's os_hash_value), and cached like url bases: CACHE/bases/<sha256>,
+renamed into place only once verified, so a second build downloads nothing.
+(Marketplace bases only ask the publisher for the verified entry:
+kiln_builder.base.marketplace.)"""
 
 from __future__ import annotations
 
@@ -23,19 +23,24 @@ log = logging.getLogger(__name__)
 
 
 class PublishedBaseMismatch(FailedPrecondition):
-    """The bytes are not the ones the entry or Glance vouches for."""
+    """The bytes are not the ones Glance vouches for."""
 
 
 def describe(ref: ImageRef) -> str:
-    if ref.marketplace is not None:
-        return f"marketplace:{ref.marketplace}"
     assert ref.glance is not None
     return f"glance:{ref.glance.cloud}/{ref.glance.id}"
 
 
+def need_publisher(source: str, publisher: str | None) -> str:
+    if not publisher:
+        raise FailedPrecondition(
+            f"from.image: {source.split(':')[0]} bases come through the publisher service:"
+            " give the builder its address (KILN_BUILDER_PUBLISHER)"
+        )
+    return publisher
+
+
 def request_for(ref: ImageRef) -> pb.FetchBaseRequest:
-    if ref.marketplace is not None:
-        return pb.FetchBaseRequest(marketplace=ref.marketplace)
     assert ref.glance is not None
     return pb.FetchBaseRequest(
         glance=pb.GlanceImageRef(cloud=ref.glance.cloud, image=ref.glance.id)
@@ -43,13 +48,13 @@ def request_for(ref: ImageRef) -> pb.FetchBaseRequest:
 
 
 def _source_key(source: str) -> str:
-    """A file-name-safe key for a source such as marketplace:ID or glance:CLOUD/ID."""
+    """A file-name-safe key for a source such as glance:CLOUD/ID."""
     return hashlib.sha256(source.encode()).hexdigest()[:32]
 
 
 def _index(cache: Path, source: str) -> Path:
-    """Glance image data never changes once active, nor does an entry's
-    image: the source's digest, once known, names the cached file."""
+    """Glance image data never changes once active: the source's digest, once
+    known, names the cached file."""
     return cache / f"source-{_source_key(source)}.sha256"
 
 
@@ -69,33 +74,15 @@ async def fetch_published(
 ) -> tuple[Path, str, str, int]:
     """(path, sha256, source, bytes downloaded) of the base."""
     source = describe(ref)
-    if not publisher:
-        raise FailedPrecondition(
-            f"from.image: {source.split(':')[0]} bases come through the publisher service:"
-            " give the builder its address (KILN_BUILDER_PUBLISHER)"
-        )
+    publisher = need_publisher(source, publisher)
     cache.mkdir(parents=True, exist_ok=True)
     key = _source_key(source)
     async with file_lock(cache / f"source-{key}.lock"):
         found = cached(cache, source)
-        if found is not None and await _still_vouched(ref, publisher, found.name):
+        if found is not None:
             log.info("base image %s is cached (%s)", source, found)
             return found, found.name, source, 0
         return await _download(ref, cache, publisher, source, max_bytes)
-
-
-async def _still_vouched(ref: ImageRef, publisher: str, sha256: str) -> bool:
-    """A cached marketplace base is used only while its entry is valid and names
-    the same bytes: a deprecated, expired or revoked entry stops builds that
-    have it cached, as it stops those that do not. (A Glance image's data never
-    changes under its id.)"""
-    if ref.marketplace is None:
-        return True
-    async with AsyncPublisherClient(publisher) as client:
-        entry = await client.entry(ref.marketplace)  # verified by the publisher
-    if entry.status != "valid":
-        raise FailedPrecondition(f"marketplace entry {ref.marketplace} is {entry.status}")
-    return entry.sha256 == sha256
 
 
 async def _download(
@@ -127,8 +114,8 @@ async def _download(
     if wrong:
         partial.unlink(missing_ok=True)
         raise PublishedBaseMismatch(
-            f"from.image {source}: the bytes received do not match the digests "
-            "vouched for (size, SHA-512); nothing was cached"
+            f"from.image {source}: the bytes received do not match the digest "
+            "Glance vouches for (size, SHA-512); nothing was cached"
         )
     final = cache / digest
     os.replace(partial, final)

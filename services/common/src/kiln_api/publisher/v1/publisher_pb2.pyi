@@ -383,6 +383,7 @@ class Entry(_message.Message):
     DOCUMENT_FIELD_NUMBER: _builtins.int
     ARTIFACT_ID_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    FRESH_LOCATION_FIELD_NUMBER: _builtins.int
     identifier: _builtins.str
     status: _builtins.str
     """valid | expired | deprecated"""
@@ -401,6 +402,13 @@ class Entry(_message.Message):
     """
     artifact_id: _builtins.str
     sha256: _builtins.str
+    fresh_location: _builtins.str
+    """GetEntry only, not part of the signed document: a download URL of the
+    entry's artifact that this publisher's storage service signed just now
+    (entries outlive the storage URLs signed into their locations); empty if
+    that storage service does not hold the artifact. The builder tries it
+    after the locations, checked against the same digests.
+    """
     @_builtins.property
     def locations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -427,10 +435,11 @@ class Entry(_message.Message):
         document: _builtins.bytes = ...,
         artifact_id: _builtins.str = ...,
         sha256: _builtins.str = ...,
+        fresh_location: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "valid_until", b"valid_until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "artifact_id", b"artifact_id", "created", b"created", "description", b"description", "document", b"document", "endorser", b"endorser", "format", b"format", "identifier", b"identifier", "locations", b"locations", "os", b"os", "os_version", b"os_version", "sha256", b"sha256", "sha512", b"sha512", "size", b"size", "status", b"status", "title", b"title", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "artifact_id", b"artifact_id", "created", b"created", "description", b"description", "document", b"document", "endorser", b"endorser", "format", b"format", "fresh_location", b"fresh_location", "identifier", b"identifier", "locations", b"locations", "os", b"os", "os_version", b"os_version", "sha256", b"sha256", "sha512", b"sha512", "size", b"size", "status", b"status", "title", b"title", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,23 +546,19 @@ Global___DeprecateEntryRequest: _TypeAlias = DeprecateEntryRequest  # noqa: Y015
 class FetchBaseRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    MARKETPLACE_FIELD_NUMBER: _builtins.int
     GLANCE_FIELD_NUMBER: _builtins.int
-    marketplace: _builtins.str
-    """an entry identifier"""
     @_builtins.property
     def glance(self) -> Global___GlanceImageRef: ...
     def __init__(
         self,
         *,
-        marketplace: _builtins.str = ...,
         glance: Global___GlanceImageRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "marketplace", b"marketplace", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "marketplace", b"marketplace", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["glance", b"glance", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["marketplace", "glance"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["glance"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -595,7 +600,7 @@ class FetchBaseHeader(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     sha256: _builtins.str
-    """where known (marketplace)"""
+    """where known"""
     sha512: _builtins.str
     format: _builtins.str
     """qcow2 | raw | ..."""

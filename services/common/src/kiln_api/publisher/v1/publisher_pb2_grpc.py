@@ -102,7 +102,10 @@ class PublisherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetEntry(self, request, context):
-        """The entry with its signed document (verifiable offline).
+        """The entry with its signed document (verifiable offline), served only once
+        verified. The builder takes a marketplace base this way: it downloads the
+        image from the entry's locations (then fresh_location) itself, checked
+        against its digests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,10 +118,9 @@ class PublisherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchBase(self, request, context):
-        """The bytes of a base image for the builder: a verified marketplace entry
-        (downloaded from its locations, checked against its digests) or a Glance
-        image (checked against os_hash_value). The first message carries the
-        header (size and checksums), the rest the data.
+        """The bytes of a Glance image for the builder (checked against
+        os_hash_value). The first message carries the header (size and
+        checksums), the rest the data.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,13 +42,16 @@ class PublisherStub:
     ListPublications: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.ListPublicationsRequest, _publisher_pb2.ListPublicationsResponse]
     SearchEntries: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.SearchEntriesRequest, _publisher_pb2.SearchEntriesResponse]
     GetEntry: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.GetEntryRequest, _publisher_pb2.Entry]
-    """The entry with its signed document (verifiable offline)."""
+    """The entry with its signed document (verifiable offline), served only once
+    verified. The builder takes a marketplace base this way: it downloads the
+    image from the entry's locations (then fresh_location) itself, checked
+    against its digests.
+    """
     DeprecateEntry: _grpc.UnaryUnaryMultiCallable[_publisher_pb2.DeprecateEntryRequest, _publisher_pb2.Entry]
     FetchBase: _grpc.UnaryStreamMultiCallable[_publisher_pb2.FetchBaseRequest, _publisher_pb2.FetchBaseChunk]
-    """The bytes of a base image for the builder: a verified marketplace entry
-    (downloaded from its locations, checked against its digests) or a Glance
-    image (checked against os_hash_value). The first message carries the
-    header (size and checksums), the rest the data.
+    """The bytes of a Glance image for the builder (checked against
+    os_hash_value). The first message carries the header (size and
+    checksums), the rest the data.
     """
 
 @_typing.type_check_only
@@ -63,13 +66,16 @@ class PublisherAsyncStub(PublisherStub):
     ListPublications: _aio.UnaryUnaryMultiCallable[_publisher_pb2.ListPublicationsRequest, _publisher_pb2.ListPublicationsResponse]  # type: ignore[assignment]
     SearchEntries: _aio.UnaryUnaryMultiCallable[_publisher_pb2.SearchEntriesRequest, _publisher_pb2.SearchEntriesResponse]  # type: ignore[assignment]
     GetEntry: _aio.UnaryUnaryMultiCallable[_publisher_pb2.GetEntryRequest, _publisher_pb2.Entry]  # type: ignore[assignment]
-    """The entry with its signed document (verifiable offline)."""
+    """The entry with its signed document (verifiable offline), served only once
+    verified. The builder takes a marketplace base this way: it downloads the
+    image from the entry's locations (then fresh_location) itself, checked
+    against its digests.
+    """
     DeprecateEntry: _aio.UnaryUnaryMultiCallable[_publisher_pb2.DeprecateEntryRequest, _publisher_pb2.Entry]  # type: ignore[assignment]
     FetchBase: _aio.UnaryStreamMultiCallable[_publisher_pb2.FetchBaseRequest, _publisher_pb2.FetchBaseChunk]  # type: ignore[assignment]
-    """The bytes of a base image for the builder: a verified marketplace entry
-    (downloaded from its locations, checked against its digests) or a Glance
-    image (checked against os_hash_value). The first message carries the
-    header (size and checksums), the rest the data.
+    """The bytes of a Glance image for the builder (checked against
+    os_hash_value). The first message carries the header (size and
+    checksums), the rest the data.
     """
 
 class PublisherServicer(metaclass=_abc_1.ABCMeta):
@@ -111,7 +117,11 @@ class PublisherServicer(metaclass=_abc_1.ABCMeta):
         request: _publisher_pb2.GetEntryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_publisher_pb2.Entry, _abc.Awaitable[_publisher_pb2.Entry]]:
-        """The entry with its signed document (verifiable offline)."""
+        """The entry with its signed document (verifiable offline), served only once
+        verified. The builder takes a marketplace base this way: it downloads the
+        image from the entry's locations (then fresh_location) itself, checked
+        against its digests.
+        """
 
     @_abc_1.abstractmethod
     def DeprecateEntry(
@@ -126,10 +136,9 @@ class PublisherServicer(metaclass=_abc_1.ABCMeta):
         request: _publisher_pb2.FetchBaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_publisher_pb2.FetchBaseChunk], _abc.AsyncIterator[_publisher_pb2.FetchBaseChunk]]:
-        """The bytes of a base image for the builder: a verified marketplace entry
-        (downloaded from its locations, checked against its digests) or a Glance
-        image (checked against os_hash_value). The first message carries the
-        header (size and checksums), the rest the data.
+        """The bytes of a Glance image for the builder (checked against
+        os_hash_value). The first message carries the header (size and
+        checksums), the rest the data.
         """
 
 def add_PublisherServicer_to_server(servicer: PublisherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

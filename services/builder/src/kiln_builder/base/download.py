@@ -1,0 +1,208 @@
+"""Downloading a base image by URL, pinned by its digest: into
+CACHE/bases/<sha256>.part, resumed with a Range request after a cut, bounded in
+size and time, and renamed to CACHE/bases/<sha256> only once its digests are the
+pinned ones. A second build of the same base finds that file and downloads
+nothing; a mismatch removes the partial file and caches nothing.
+
+One download of a base at a time on this node (a lock file beside it). A base
+may be offered at several URLs (a marketplace entry's locations): they are tried
+in order under that one lock, and a URL that fails leaves no partial file for
+the next one to resume from, since its bytes may be the wrong ones."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from kiln_builder.resources import file_lock
+from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, Unavailable
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+ATTEMPTS = 5  # connections per URL: a cut is resumed where it stopped
+SPARE_ATTEMPTS = 2  # per URL when another URL is left to try
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = 64 << 30  # a base larger than this is refused while downloading
+    timeout: float = 3600.0  # seconds for the whole download
+    read_timeout: float = 60.0  # seconds without a byte before the connection is retried
+    attempts: int = ATTEMPTS  # connections per URL
+
+
+@dataclass(frozen=True)
+class Base:
+    """The base image as fetched: still compressed and uninspected."""
+
+    path: Path
+    sha256: str
+    source: str  # what the build record and labels name: the URL, artifact:<id>, ...
+    downloaded: int  # bytes fetched by this build (0: all from the cache)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The digests the bytes must have: the SHA-256 names the cached file; the
+    SHA-512, where one vouches for it (a marketplace entry), is checked too."""
+
+    sha256: str
+    sha512: str = ""
+
+
+class BaseDigestMismatch(FailedPrecondition):
+    """The bytes are not the ones the recipe or entry pinned."""
+
+
+class NoGoodLocation(FailedPrecondition):
+    """Every URL a base is offered at failed."""
+
+
+async def fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
+    """A from.image.url base: the recipe's URL, pinned by the recipe's SHA-256."""
+    cache.mkdir(parents=True, exist_ok=True)
+    # Two builds of the same base would otherwise append to one .part file together.
+    async with file_lock(cache / f"{sha256}.lock"):
+        try:
+            return await _fetch_url(url, Pin(sha256), cache, limits)
+        except KilnError as exc:
+            raise type(exc)(f"from.image.url: {exc}") from None
+
+
+async def fetch_first(
+    urls: Sequence[str], pin: Pin, cache: Path, limits: FetchLimits, field: str
+) -> Base:
+    """The base from the first of urls that gives the pinned bytes (the cached
+    file, if any, without asking any). Fails naming every URL and why."""
+    if not urls:
+        raise NoGoodLocation(f"{field}: there is no location to download it from")
+    cache.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    async with file_lock(cache / f"{pin.sha256}.lock"):
+        for number, url in enumerate(urls, 1):
+            spare = number < len(urls)  # another URL is left: do not insist on this one
+            tries = replace(limits, attempts=min(limits.attempts, SPARE_ATTEMPTS))
+            try:
+                return await _fetch_url(url, pin, cache, tries if spare else limits)
+            except KilnError as exc:
+                (cache / f"{pin.sha256}.part").unlink(missing_ok=True)
+                log.warning("%s: location %d of %d failed: %s", field, number, len(urls), exc)
+                failures.append(f"({number}) {exc}")
+    raise NoGoodLocation(
+        f"{field}: no location gave the image; tried {len(urls)}: " + "; ".join(failures)
+    )
+
+
+async def _fetch_url(url: str, pin: Pin, cache: Path, limits: FetchLimits) -> Base:
+    final = cache / pin.sha256
+    if final.is_file():
+        # Named by its digest and renamed only once verified: no need to read it again.
+        os.utime(final)  # the cache's pruning keeps recently used bases
+        log.info("base image %s is cached (%s)", pin.sha256[:12], final)
+        return Base(final, pin.sha256, url, 0)
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise InvalidArgument(f"{url} is not an http or https URL")
+    partial = cache / f"{pin.sha256}.part"
+    fetched = await asyncio.to_thread(_download, url, partial, limits)
+    wrong = await asyncio.to_thread(_mismatch, partial, pin)
+    if wrong:
+        partial.unlink(missing_ok=True)
+        raise BaseDigestMismatch(f"{url} does not have the {wrong}; nothing was cached")
+    os.replace(partial, final)
+    return Base(final, pin.sha256, url, fetched)
+
+
+def _mismatch(path: Path, pin: Pin) -> str:
+    """Which pinned digest the file does not have ('' if none); one read for both."""
+    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            sha256.update(block)
+            if pin.sha512:
+                sha512.update(block)
+    if sha256.hexdigest() != pin.sha256:
+        return f"SHA-256 {pin.sha256}"
+    if pin.sha512 and sha512.hexdigest() != pin.sha512:
+        return f"SHA-512 {pin.sha512[:16]}…"
+    return ""
+
+
+def _download(url: str, partial: Path, limits: FetchLimits) -> int:
+    """Appends to partial until the server has no more; returns the bytes fetched."""
+    deadline = time.monotonic() + limits.timeout
+    fetched = 0
+    last_error: Exception | None = None
+    for attempt in range(limits.attempts):
+        if attempt:
+            time.sleep(min(2 ** (attempt - 1), 10))
+        have = partial.stat().st_size if partial.exists() else 0
+        try:
+            done, count = _one_request(url, partial, have, limits, deadline)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and exc.code != 416 and exc.code < 500:
+                raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
+            last_error = exc
+            log.warning("download of %s stopped (%s)", url, exc)
+            continue
+        fetched += count
+        if done:
+            return fetched
+        log.warning("download of %s stopped after %d bytes", url, have + count)
+    raise Unavailable(f"could not download {url}: {last_error or 'cut short every time'}")
+
+
+def _one_request(
+    url: str, partial: Path, have: int, limits: FetchLimits, deadline: float
+) -> tuple[bool, int]:
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=limits.read_timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing beyond what we have: complete
+            return True, 0
+        raise
+    with response:
+        if have and response.status != 206:
+            have = 0  # the server ignored the range: start again
+        length = response.headers.get("Content-Length")
+        if length is not None and have + int(length) > limits.max_bytes:
+            raise InvalidArgument(
+                f"{url} is {have + int(length)} bytes, more than the limit of {limits.max_bytes}"
+            )
+        count = _copy(response.read, partial, have, limits, deadline, url)
+        # A connection closed early is not an error to urllib: the length says.
+        return length is None or count >= int(length), count
+
+
+def _copy(
+    read: Callable[[int], bytes], partial: Path, have: int, limits: FetchLimits,
+    deadline: float, url: str,
+) -> int:  # fmt: skip
+    count = 0
+    with open(partial, "r+b" if have else "wb") as out:
+        out.seek(have)
+        out.truncate()
+        while block := read(CHUNK):
+            out.write(block)
+            count += len(block)
+            if have + count > limits.max_bytes:
+                out.close()
+                partial.unlink(missing_ok=True)
+                raise InvalidArgument(f"{url} is larger than the limit of {limits.max_bytes} bytes")
+            if time.monotonic() > deadline:
+                raise FailedPrecondition(
+                    f"{url} took longer than {limits.timeout:.0f} s to download"
+                )
+    return count
