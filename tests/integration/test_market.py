@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ import pytest
 from aiohttp import web
 from market_support import ENDORSER, endorser_ring, facts_for, public_only, stored_image
 from playwright.async_api import Browser
-from support import payload, storage_stub
+from support import await_until, payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli.publish_cmd import cmd_verify
@@ -392,5 +393,63 @@ async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
             assert caught.value.reason == "stale"
             saved.write_bytes(deprecated.document)
             assert await asyncio.to_thread(cmd_verify, args) == 0
+        finally:
+            await publisher.stop()
+
+
+def swap_secret(mount: Path, name: str, document: dict[str, Any]) -> None:
+    """Updates a mounted Secret as the kubelet does: the files are links through
+    `..data`, which is swapped atomically to a new directory."""
+    version = mount / f"..{time.time_ns()}"
+    version.mkdir(parents=True)
+    (version / name).write_text(json.dumps(document))
+    link = mount / "..data_tmp"
+    link.symlink_to(version.name)
+    link.replace(mount / "..data")
+    if not (mount / name).is_symlink():
+        (mount / name).symlink_to(f"..data/{name}")
+
+
+async def test_a_revocation_added_to_the_mounted_keyring_is_used_without_a_restart(
+    tmp_path: Path, nats_server: Nats, storage_service: Any
+) -> None:
+    signers = endorser_ring(tmp_path / "signers")
+    keyring = tmp_path / "keyring"
+    swap_secret(keyring, "trusted.json", public_only(signers).to_document())
+    async with storage_service() as (_, address):
+        settings = PublisherSettings(
+            grpc_bind="127.0.0.1:0",
+            http_port=0,
+            storage=address,
+            nats_url=nats_server.url,
+            keyring_dir=keyring,
+            endorser_key_dir=tmp_path / "signers",
+            clouds_yaml=tmp_path / "no-clouds.yaml",
+            auto_publish=False,
+            shutdown_grace=1.0,
+            keyring_reload_seconds=0.2,
+        )
+        publisher = await build(settings)
+        try:
+            market = publisher.core.market
+            assert market is not None
+            # The session's NATS holds other tests' entries: this image is new.
+            first = await market.publish(facts_for(f"image {time.time_ns()}".encode()), ENDORSER)
+            assert (await market.get(first.identifier)).entry.sequence == 1
+            revoked = {**public_only(signers).to_document(), "revoked_endorsers": [ENDORSER]}
+            swap_secret(keyring, "trusted.json", revoked)
+
+            async def distrusted() -> bool:
+                try:
+                    await market.get(first.identifier)
+                except NotFound:
+                    return True  # an untrusted entry is not served
+                return False
+
+            await await_until("the revocation to be used", distrusted, timeout=10)
+            with pytest.raises(Rejected, match="revoked"):
+                verify(first.document, market.keys)
+            with pytest.raises(FailedPrecondition, match="revoked"):
+                await market.publish(facts_for(b"other image"), ENDORSER)
         finally:
             await publisher.stop()

@@ -63,6 +63,38 @@ def load_keyring(s: PublisherSettings) -> Keyring:
     return Keyring.load(*paths) if paths else Keyring()
 
 
+def keyring_files(s: PublisherSettings) -> tuple[tuple[str, int, int, int], ...]:
+    """What the key files look like now. A mounted Secret is updated in place
+    (a new directory swapped in behind symlinks), so each file is stat'ed
+    through its links."""
+    found = []
+    for root in (s.keyring_dir, s.endorser_key_dir):
+        for file in sorted(root.glob("*.json")) if root.is_dir() else []:
+            with contextlib.suppress(OSError):  # removed meanwhile: seen next time
+                st = file.stat()
+                found.append((str(file), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(found)
+
+
+async def _keyring_watcher(s: PublisherSettings, market: Market) -> None:
+    """Reloads the keyring when its files change; a file that cannot be read
+    keeps the keyring in use (and is tried again) rather than trusting nobody."""
+    seen = keyring_files(s)
+    while True:
+        await asyncio.sleep(s.keyring_reload_seconds)
+        now = keyring_files(s)
+        if now == seen:
+            continue
+        try:
+            market.keys = load_keyring(s)
+        except KilnError as exc:
+            log.warning("keyring changed but not reloaded, the one in use stays: %s", exc)
+            continue
+        seen = now
+        log.info("keyring reloaded: %d keys, %d endorsers revoked",
+                 len(market.keys.keys), len(market.keys.revoked_endorsers))  # fmt: skip
+
+
 def default_endorser(s: PublisherSettings, keys: Keyring) -> str:
     """The setting, else the one endorser this publisher can sign for."""
     if s.default_endorser:
@@ -169,6 +201,8 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     ]
     if settings.auto_publish:
         jobs.append(autopublish.run(core, js))
+    if market is not None and settings.keyring_reload_seconds:
+        jobs.append(_keyring_watcher(settings, market))
     tasks = [asyncio.create_task(job) for job in jobs]
 
     async def stop_tasks() -> None:

@@ -70,6 +70,9 @@ class PublisherSettings(KilnSettings):
     with its public key written to keyring_dir: `kiln up`'s local marketplace."""
     marketplace: bool = True
     """Serve the marketplace (entries, HTTP API and catalogue)."""
+    keyring_reload_seconds: float = Field(default=30.0, ge=0)
+    """How often the keyring and endorser key files are looked at: a changed
+    Secret (a revocation added) is used without a restart; 0: never."""
     sweep_interval_seconds: float = 300.0
     """How often expired entries are looked for."""
     retire_action: Literal["none", "hide", "deactivate"] = "hide"
