@@ -41,7 +41,8 @@ _HEX = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 def identifier_for(sha1: str) -> str:
     """The image's identifier: its SHA-1, read as a 160-bit number, written in
     27 base-64 digits (the top digit carries the 2 spare bits), as the
-    StratusLab Marketplace named images, so one image has one name wherever
+    StratusLab Marketplace named images (its MetadataUtils.sha1ToIdentifier:
+    same alphabet, digit count and order), so one image has one name wherever
     it is endorsed."""
     if not re.fullmatch(r"[0-9a-fA-F]{40}", sha1):
         raise InvalidArgument(f"a SHA-1 is 40 hex digits, not {sha1!r}")
