@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats
 from google.protobuf.duration_pb2 import Duration
 from support import storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_publisher.market import ImageFacts, Keyring, generate_endorser
+from kiln_common.events import JetStreamPublisher
+from kiln_publisher.market import ImageFacts, Keyring, Market, generate_endorser
 
 ENDORSER = "ops@example.org"
 
@@ -78,3 +81,15 @@ async def stored_image(address: str, data: bytes) -> ImageFacts:
     sums = artifact.checksums
     assert (facts.sha256, facts.sha1, facts.md5) == (sums.sha256, sums.sha1, sums.md5)
     return facts
+
+
+@asynccontextmanager
+async def market(url: str, keys: Keyring, name: str = "publisher-1") -> AsyncIterator[Market]:
+    """One publisher replica's marketplace: its own NATS connection and event publisher."""
+    events = await JetStreamPublisher.connect(url, name)
+    nc = await nats.connect(url)
+    try:
+        yield Market(nc.jetstream(), keys, events)
+    finally:
+        await events.close()
+        await nc.close()

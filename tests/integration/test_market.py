@@ -20,7 +20,7 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
-from market_support import ENDORSER, endorser_ring, facts_for, public_only, stored_image
+from market_support import ENDORSER, endorser_ring, facts_for, market, public_only, stored_image
 from playwright.async_api import Browser
 from support import await_until, payload, storage_stub
 
@@ -29,13 +29,11 @@ from kiln_cli.publish_cmd import cmd_verify
 from kiln_client.storage import AsyncStorageClient
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
-from kiln_common.events import STREAM, SUBJECT_PREFIX, JetStreamPublisher
+from kiln_common.events import STREAM, SUBJECT_PREFIX
 from kiln_publisher.app import build
 from kiln_publisher.market import (
     Entry,
     ImageFacts,
-    Keyring,
-    Market,
     Query,
     Rejected,
     make_app,
@@ -44,18 +42,6 @@ from kiln_publisher.market import (
 from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def market(url: str, keys: Keyring, name: str = "publisher-1") -> AsyncIterator[Market]:
-    """One publisher replica: its own NATS connection and event publisher."""
-    events = await JetStreamPublisher.connect(url, name)
-    nc = await nats.connect(url)
-    try:
-        yield Market(nc.jetstream(), keys, events)
-    finally:
-        await events.close()
-        await nc.close()
 
 
 async def events_about(url: str, subject: str) -> list[dict[str, Any]]:

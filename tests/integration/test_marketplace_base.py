@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ import nats
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from market_support import ENDORSER, endorser_ring, facts_for, stored_image
+from market_support import market as signing_market
 from support import ImageServer, payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as spb
@@ -33,10 +33,9 @@ from kiln_builder.base.fetch import fetch_base
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_common.devservers import Nats, free_port
 from kiln_common.errors import FailedPrecondition, NotFound
-from kiln_common.events import JetStreamPublisher
 from kiln_common.proc import run_sync
 from kiln_publisher.app import build
-from kiln_publisher.market import Keyring, Market
+from kiln_publisher.market import Market
 from kiln_publisher.settings import PublisherSettings
 from kiln_recipe.loader import parse_recipe
 from kiln_recipe.schema import ImageRef
@@ -58,23 +57,15 @@ class Marketplace:
     nats_url: str
 
 
-@asynccontextmanager
-async def signing_market(url: str, keys: Keyring) -> AsyncIterator[Market]:
-    events = await JetStreamPublisher.connect(url, "test-signer")
-    nc = await nats.connect(url)
-    try:
-        yield Market(nc.jetstream(), keys, events)
-    finally:
-        await events.close()
-        await nc.close()
-
-
 @pytest.fixture
 async def marketplace(
     tmp_path: Path, nats_server: Nats, storage_service: Any
 ) -> AsyncIterator[Marketplace]:
     keys = endorser_ring(tmp_path / "keys")
-    async with storage_service() as (_, storage), signing_market(nats_server.url, keys) as market:
+    async with (
+        storage_service() as (_, storage),
+        signing_market(nats_server.url, keys, "test-signer") as market,
+    ):
         settings = PublisherSettings(
             grpc_bind="127.0.0.1:0", http_port=0, storage=storage, nats_url=nats_server.url,
             keyring_dir=tmp_path / "keys", endorser_key_dir=tmp_path / "no-keys",
@@ -225,7 +216,7 @@ async def test_an_entry_from_an_unknown_endorser_is_refused_before_any_download(
     data = payload(1 << 20, seed=13)
     (server.root / "base.img").write_bytes(data)
     rogue = endorser_ring(tmp_path / "rogue", "rogue@example.org")  # the publisher lacks it
-    async with signing_market(marketplace.nats_url, rogue) as theirs:
+    async with signing_market(marketplace.nats_url, rogue, "test-signer") as theirs:
         facts = facts_for(data, locations=(f"{server.url}/base.img",))
         signed = await theirs.publish(facts, "rogue@example.org")
     with pytest.raises(NotFound, match=f"no marketplace entry {signed.identifier}"):
