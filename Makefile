@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish demo clean
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish demo \
+	images smoke-images clean
 
 setup:
 	scripts/setup.sh
@@ -62,6 +63,14 @@ bench-publish: setup
 
 demo: setup
 	scripts/demo.sh
+
+# The service images (kiln/storage, kiln/builder, kiln/publisher) built with podman from a
+# local Debian base (minutes; not part of `make test`), then each run and checked.
+images:
+	scripts/build-images.sh
+
+smoke-images: setup
+	$(PY) scripts/smoke_images.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

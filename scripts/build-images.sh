@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Builds the service images kiln/storage, kiln/builder and kiln/publisher with podman,
+# each tagged with its package's version, on Debian 12 as root. No registry is needed:
+#   podman + runc (installed if missing) -> a local Debian base, made once with mmdebstrap
+#   from this host's apt sources and imported as localhost/debian:bookworm -> the images.
+# Usage: scripts/build-images.sh [storage|builder|publisher]...   (default: all three)
+# Podman's configuration is left alone; only where a container cannot start with it
+# (crun, or rlimits conmon refuses) is a Kiln-local containers.conf used, through
+# CONTAINERS_CONF, written under .cache/images/ (scripts/smoke-images.sh uses it too).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cache=.cache/images
+base=localhost/debian:bookworm
+services=("$@")
+[ ${#services[@]} -gt 0 ] || services=(storage builder publisher)
+mkdir -p "$cache"
+
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v mmdebstrap >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || { echo "build-images: need root to install podman, runc, mmdebstrap" >&2; exit 1; }
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    podman runc mmdebstrap
+fi
+
+# The base: minbase bookworm with this host's apt sources (so builds reach the same mirror).
+if ! podman image exists "$base"; then
+  if [ ! -s "$cache/base-bookworm.tar" ]; then
+    sources=()
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+      [ -s "$f" ] && sources+=("$f")
+    done
+    # No manuals, translations or docs (copyright files stay), now or in images' installs.
+    mmdebstrap --variant=minbase --format=tar \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      bookworm "$cache/base-bookworm.tar.part" "${sources[@]}"
+    mv "$cache/base-bookworm.tar.part" "$cache/base-bookworm.tar"
+  fi
+  podman import "$cache/base-bookworm.tar" "$base"
+fi
+
+# Does a container start with podman's own configuration? If not, use runc with bounded
+# rlimits (crun fails on this kind of host; conmon refuses nproc above 32768).
+[ -n "${CONTAINERS_CONF:-}" ] || rm -f "$cache/containers.conf"
+if [ -z "${CONTAINERS_CONF:-}" ] && ! podman run --rm --network none "$base" true 2>/dev/null; then
+  printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n\n[engine]\nruntime = "runc"\n' \
+    >"$cache/containers.conf"
+  export CONTAINERS_CONF=$root/$cache/containers.conf
+  echo "build-images: podman's configuration cannot start a container here: using $CONTAINERS_CONF"
+  podman run --rm --network none "$base" true
+fi
+
+# Behind a TLS-inspecting proxy pip needs the proxy's CA: the one this host's pip uses.
+cert=${PIP_CERT:-$(.venv/bin/pip config get global.cert 2>/dev/null || true)}
+secret=()
+[ -z "$cert" ] || [ ! -s "$cert" ] || secret=(--secret "id=pip-cert,src=$cert")
+
+for name in "${services[@]}"; do
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "services/$name/pyproject.toml")
+  start=$SECONDS
+  podman build --layers -f "services/$name/Containerfile" --build-arg BASE="$base" "${secret[@]}" \
+    -t "kiln/$name:$version" .
+  size=$(podman image inspect --format '{{.Size}}' "kiln/$name:$version")
+  echo "build-images: kiln/$name:$version built in $((SECONDS - start))s, $((size / 1000000)) MB"
+done

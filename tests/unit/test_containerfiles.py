@@ -1,0 +1,90 @@
+"""Offline checks of services/*/Containerfile against the repository and deploy/k8s:
+what each COPY names exists, the image's user is the one the pod runs as, the
+ports it binds by default are the ones it exposes and the manifests name. Building
+and running the images is scripts/build-images.sh and scripts/smoke_images.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from support import REPO
+
+SERVICES = ("storage", "builder", "publisher")
+# The uid each image runs as: the builder is root by design (loop devices, mounts).
+UIDS = {"storage": 10001, "publisher": 10001, "builder": 0}
+
+
+def instructions(service: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Containerfile, continuation lines joined."""
+    text = (REPO / "services" / service / "Containerfile").read_text()
+    joined = re.sub(r"\\\n", " ", text)
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            found.append((word.upper(), rest.strip()))
+    return found
+
+
+def final_stage(service: str) -> list[tuple[str, str]]:
+    steps = instructions(service)
+    last = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last:]
+
+
+def deployment_container(service: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    doc = yaml.safe_load((REPO / "deploy/k8s" / service / "deployment.yaml").read_text())
+    spec = doc["spec"]["template"]["spec"]
+    return spec, spec["containers"][0]
+
+
+def env_of(steps: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, rest in steps:
+        if word == "ENV":
+            env.update(dict(re.findall(r"(\w+)=(\S+)", rest)))
+    return env
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_copied_path_exists_in_the_build_context(service: str) -> None:
+    for word, rest in instructions(service):
+        if word == "COPY" and "--from=" not in rest:
+            source = rest.split()[0]
+            assert (REPO / source).exists(), f"{service}: COPY {source}: not in the repository"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_image_runs_as_the_user_the_pod_runs_as(service: str) -> None:
+    users = [rest for word, rest in final_stage(service) if word == "USER"]
+    uid = int(users[-1].split(":")[0]) if users else 0
+    assert uid == UIDS[service]
+    spec, container = deployment_container(service)
+    context = {**spec.get("securityContext", {}), **container.get("securityContext", {})}
+    assert context.get("runAsUser", uid) == uid
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_default_binds_are_exposed_and_are_the_pods_ports(service: str) -> None:
+    steps = final_stage(service)
+    exposed = {int(p) for word, rest in steps if word == "EXPOSE" for p in rest.split()}
+    env = env_of(steps)
+    binds = {int(v.rsplit(":", 1)[1]) for k, v in env.items() if k.endswith("_GRPC_BIND")}
+    binds |= {int(v) for k, v in env.items() if k.endswith("_HTTP_PORT")}
+    _, container = deployment_container(service)
+    ports = {p["containerPort"] for p in container["ports"]}
+    # The pod may leave one out: storage on S3 serves no downloads of its own.
+    assert binds and binds == exposed >= ports, (service, binds, exposed, ports)
+    grpc_port = int(env[f"KILN_{service.upper()}_GRPC_BIND"].rsplit(":", 1)[1])
+    assert grpc_port in ports
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_runtime_stage_carries_no_compiler_or_package_cache(service: str) -> None:
+    runs = " ".join(rest for word, rest in final_stage(service) if word == "RUN")
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+    for tool in ("gcc", "python3-dev", "python3-venv", "libvirt-dev", "pkg-config"):
+        assert tool not in runs, f"{service}: {tool} in the runtime stage"
