@@ -8,7 +8,8 @@ default network with its ports published on 127.0.0.1; publisher and builder,
 which reach that NATS and storage on the host's loopback, share the host's
 network and bind 127.0.0.1. Per image it checks the user its process runs as,
 gRPC health (SERVING), its own check (storage: an upload downloaded over HTTP;
-publisher: the HTML catalogue, HTTP 200; builder: its tools), a graceful stop
+publisher: that upload published to the marketplace and listed on the HTML
+catalogue page, HTTP 200; builder: its tools and its libvirtd), a graceful stop
 on SIGTERM (exit status 0), and prints the image's size. Exit status 0 when all pass.
 """
 
@@ -28,7 +29,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kiln_client import StorageClient
+from kiln_api.publisher.v1 import publisher_pb2 as ppb
+from kiln_client import PublisherClient, StorageClient
 from kiln_common.devservers import free_port, start_nats, stopping
 from kiln_common.proc import ProcessError, run_sync
 
@@ -44,6 +46,7 @@ class SmokeError(Exception):
 class Ctx:
     nats_url: str
     ports: dict[str, int]  # host ports: each service's gRPC, and storage-http, publisher-http
+    artifacts: list[str]  # what the storage check stored
 
     @property
     def storage(self) -> str:
@@ -130,7 +133,9 @@ def check_storage(name: str, ctx: Ctx) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp, StorageClient(ctx.storage) as client:
         path = Path(tmp, "smoke.bin")
         path.write_bytes(data)
-        url = client.url(client.push(path, {"name": "smoke"}).id)
+        artifact = client.push(path, {"name": "smoke", "format": "raw"})
+        ctx.artifacts.append(artifact.id)
+        url = client.url(artifact.id)
     status, body = http_get(url)
     if status != 200 or body != data:
         raise SmokeError(f"download of {url}: HTTP {status}, {len(body)} bytes (256 KiB sent)")
@@ -138,12 +143,34 @@ def check_storage(name: str, ctx: Ctx) -> list[str]:
     return notes
 
 
+def publish_entry(ctx: Ctx, timeout: float = 60) -> str:
+    """Publishes storage's artifact to the marketplace (signed by the local endorser,
+    whose key the publisher made on its volume); returns the entry's identifier."""
+    request = ppb.PublishRequest(
+        artifact_id=ctx.artifacts[0], marketplace=ppb.MarketplaceTarget(title="Kiln smoke")
+    )
+    deadline = time.monotonic() + timeout
+    with PublisherClient(f"127.0.0.1:{ctx.ports['publisher']}") as client:
+        pub = client.publish(request)
+        while pub.state not in (ppb.STATE_DONE, ppb.STATE_FAILED):
+            if time.monotonic() > deadline:
+                raise SmokeError(f"publication {pub.id} not finished within {timeout:.0f}s")
+            time.sleep(0.5)
+            pub = client.publication(pub.id)
+    if pub.state != ppb.STATE_DONE or not pub.results:
+        raise SmokeError(f"publication {pub.id} failed: {[r.error for r in pub.results]}")
+    return str(pub.results[0].entry_identifier)
+
+
 def check_publisher(name: str, ctx: Ctx) -> list[str]:
     notes = [expect_uid(name, 10001)]
+    identifier = publish_entry(ctx)
     status, body = http_get(f"http://127.0.0.1:{ctx.ports['publisher-http']}/")
     if status != 200 or b"<html" not in body.lower():
         raise SmokeError(f"catalogue page: HTTP {status}, not an HTML page")
-    notes.append(f"catalogue page HTTP {status}, {len(body)} bytes of HTML")
+    if identifier.encode() not in body:
+        raise SmokeError(f"catalogue page does not list the entry {identifier} just published")
+    notes.append(f"entry {identifier} signed and listed on the catalogue page (HTTP {status})")
     return notes
 
 
@@ -153,6 +180,12 @@ def check_builder(name: str, ctx: Ctx) -> list[str]:
     tools = ["mmdebstrap", "bwrap", "qemu-img", "qemu-system-x86_64", "virsh", "mkfs.ext4"]
     podman("exec", name, "sh", "-c", " && ".join(f"command -v {t} >/dev/null" for t in tools))
     notes.append("tools on PATH: " + ", ".join(tools))
+    # The boot test's libvirtd, which the service starts in its own container.
+    libvirt = podman("exec", name, "virsh", "-c", "qemu:///system", "version", "--daemon")
+    daemon = [line for line in libvirt.splitlines() if line.startswith("Running against daemon")]
+    if not daemon:
+        raise SmokeError(f"libvirtd does not answer in {name}:\n{libvirt}")
+    notes.append(f"libvirtd {daemon[0].split()[-1]} answers")
     return notes
 
 
@@ -215,7 +248,7 @@ def main(argv: list[str]) -> int:
         ):
             nats = start_nats(Path(tmp, "nats"), Path(tmp, "nats.log"))
             stack.enter_context(stopping(nats.pid))
-            ctx = Ctx(nats.url, ports)
+            ctx = Ctx(nats.url, ports, [])
             names = [smoke(service, ctx, stack) for service in services]
             # Stop in reverse (dependants first), each must exit 0 on SIGTERM.
             for name in reversed(names):
