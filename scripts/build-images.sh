@@ -6,7 +6,7 @@
 # Usage: scripts/build-images.sh [storage|builder|publisher]...   (default: all three)
 # Podman's configuration is left alone; only where a container cannot start with it
 # (crun, or rlimits conmon refuses) is a Kiln-local containers.conf used, through
-# CONTAINERS_CONF, written under .cache/images/ (scripts/smoke-images.sh uses it too).
+# CONTAINERS_CONF, written under .cache/images/ (scripts/smoke_images.py uses it too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,6 +30,7 @@ if ! podman image exists "$base"; then
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
       [ -s "$f" ] && sources+=("$f")
     done
+    rm -f "$cache/base-bookworm.tar.part"  # an interrupted run's
     # No manuals, translations or docs (copyright files stay), now or in images' installs.
     mmdebstrap --variant=minbase --format=tar \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \

@@ -30,8 +30,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln_api.publisher.v1 import publisher_pb2 as ppb
-from kiln_client import PublisherClient, StorageClient
-from kiln_common.devservers import free_port, start_nats, stopping
+from kiln_client import ClientError, PublisherClient, StorageClient
+from kiln_common.devservers import ServerError, free_port, start_nats, stopping
 from kiln_common.proc import ProcessError, run_sync
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +55,8 @@ class Ctx:
 
 def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
     # The Kiln-local containers.conf, where build-images.sh found podman's own wanting.
-    env = {"CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", "")}
-    if not env["CONTAINERS_CONF"] and KILN_CONF.is_file():
-        env["CONTAINERS_CONF"] = str(KILN_CONF)
+    conf = os.environ.get("CONTAINERS_CONF") or (str(KILN_CONF) if KILN_CONF.is_file() else "")
+    env = {"CONTAINERS_CONF": conf} if conf else {}
     return run_sync(["podman", *args], env=env, check=check, timeout=timeout).stdout.strip()
 
 
@@ -254,7 +253,7 @@ def main(argv: list[str]) -> int:
             for name in reversed(names):
                 graceful_stop(name)
             print(f"smoke: SIGTERM stops {len(names)} containers with exit status 0")
-    except (SmokeError, ProcessError) as exc:
+    except (SmokeError, ProcessError, ServerError, ClientError, OSError) as exc:
         print(f"smoke: FAILED: {exc}", file=sys.stderr)
         return 1
     print("smoke: all passed")
