@@ -139,13 +139,19 @@ async def test_an_entry_whose_storage_url_expired_is_downloaded_from_a_freshly_s
     assert base.path.read_bytes() == data and base.downloaded == len(data)
 
 
-@pytest.mark.parametrize("first", ["refused", "wrong bytes"])
+@pytest.mark.parametrize("first", ["refused", "wrong bytes", "longer than the entry"])
 async def test_a_dead_or_lying_first_location_is_passed_over_for_the_second(
-    first: str, marketplace: Marketplace, server: ImageServer, tmp_path: Path
+    first: str,
+    marketplace: Marketplace,
+    server: ImageServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = payload(2 << 20, seed=8)
     (server.root / "good.img").write_bytes(data)
-    (server.root / "bad.img").write_bytes(payload(2 << 20, seed=9))
+    # Longer: the entry's bytes and more (no download may outgrow the entry's size).
+    lying = data + b"more" if first == "longer than the entry" else payload(2 << 20, seed=9)
+    (server.root / "bad.img").write_bytes(lying)
     bad = dead_url() if first == "refused" else f"{server.url}/bad.img"
     facts = facts_for(data, locations=(bad, f"{server.url}/good.img"))
     signed = await marketplace.market.publish(facts, ENDORSER)
@@ -153,8 +159,10 @@ async def test_a_dead_or_lying_first_location_is_passed_over_for_the_second(
     base = await fetch(signed.identifier, marketplace, cache)
     assert base.path.read_bytes() == data and base.downloaded == len(data)
     assert len(server.gets("good.img")) == 1
-    assert len(server.gets("bad.img")) == (1 if first == "wrong bytes" else 0)
+    assert len(server.gets("bad.img")) == (0 if first == "refused" else 1)
     assert leftovers(cache) == [facts.sha256]  # the wrong bytes left nothing behind
+    if first == "longer than the entry":  # refused by its size, before any byte was kept
+        assert f"{len(data) + 4} bytes, more than the limit of {len(data)}" in caplog.text
 
 
 def bake_from(identifier: str, publisher: str, work: Path) -> Bake:

@@ -12,10 +12,13 @@ the next one to resume from, since its bytes may be the wrong ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import logging
 import os
+import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -61,6 +64,44 @@ class Pin:
     sha512: str = ""
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to http and https URLs only (urllib's own also
+    follows them to ftp)."""
+
+    def redirect_request(  # type: ignore[no-untyped-def]
+        self, req, fp, code, msg, headers, newurl
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.HTTPError(
+                newurl, code, f"redirected to {newurl[:200]}, not an http URL", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _http_opener() -> urllib.request.OpenerDirector:
+    """urlopen's handlers less ftp:, file: and data:: a base comes over http(s)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _HttpRedirectsOnly(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+_OPENER = _http_opener()
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
+
+
+class _Stopped(Exception):
+    """The build was cancelled: the download thread ends at its next chunk."""
+
+
 class BaseDigestMismatch(FailedPrecondition):
     """The bytes are not the ones the recipe or entry pinned."""
 
@@ -89,12 +130,18 @@ async def fetch_first(
         raise NoGoodLocation(f"{field}: there is no location to download it from")
     cache.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
+    deadline = time.monotonic() + limits.timeout  # one time limit for all the URLs
     async with file_lock(cache / f"{pin.sha256}.lock"):
         for number, url in enumerate(urls, 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                failures.append(f"({number}) not tried: {limits.timeout:.0f} s were used up")
+                continue
             spare = number < len(urls)  # another URL is left: do not insist on this one
-            tries = replace(limits, attempts=min(limits.attempts, SPARE_ATTEMPTS))
+            attempts = min(limits.attempts, SPARE_ATTEMPTS) if spare else limits.attempts
+            tries = replace(limits, attempts=attempts, timeout=left)
             try:
-                return await _fetch_url(url, pin, cache, tries if spare else limits)
+                return await _fetch_url(url, pin, cache, tries)
             except KilnError as exc:
                 (cache / f"{pin.sha256}.part").unlink(missing_ok=True)
                 log.warning("%s: location %d of %d failed: %s", field, number, len(urls), exc)
@@ -114,13 +161,30 @@ async def _fetch_url(url: str, pin: Pin, cache: Path, limits: FetchLimits) -> Ba
     if urlsplit(url).scheme not in ("http", "https"):
         raise InvalidArgument(f"{url} is not an http or https URL")
     partial = cache / f"{pin.sha256}.part"
-    fetched = await asyncio.to_thread(_download, url, partial, limits)
+    fetched = await _stoppable(_download, url, partial, limits)
     wrong = await asyncio.to_thread(_mismatch, partial, pin)
     if wrong:
         partial.unlink(missing_ok=True)
         raise BaseDigestMismatch(f"{url} does not have the {wrong}; nothing was cached")
     os.replace(partial, final)
     return Base(final, pin.sha256, url, fetched)
+
+
+async def _stoppable(
+    download: Callable[[str, Path, FetchLimits, threading.Event], int],
+    url: str, partial: Path, limits: FetchLimits,
+) -> int:  # fmt: skip
+    """download in a thread; on cancel the thread is told to stop, and waited
+    for, so that it never writes the partial file after the lock is released."""
+    stop = threading.Event()
+    thread = asyncio.ensure_future(asyncio.to_thread(download, url, partial, limits, stop))
+    try:
+        return await asyncio.shield(thread)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await thread  # within a chunk, or the read timeout of a stalled server
+        raise
 
 
 def _mismatch(path: Path, pin: Pin) -> str:
@@ -138,17 +202,17 @@ def _mismatch(path: Path, pin: Pin) -> str:
     return ""
 
 
-def _download(url: str, partial: Path, limits: FetchLimits) -> int:
+def _download(url: str, partial: Path, limits: FetchLimits, stop: threading.Event) -> int:
     """Appends to partial until the server has no more; returns the bytes fetched."""
     deadline = time.monotonic() + limits.timeout
     fetched = 0
     last_error: Exception | None = None
     for attempt in range(limits.attempts):
-        if attempt:
-            time.sleep(min(2 ** (attempt - 1), 10))
+        if attempt and stop.wait(min(2 ** (attempt - 1), 10)):
+            raise _Stopped(url)
         have = partial.stat().st_size if partial.exists() else 0
         try:
-            done, count = _one_request(url, partial, have, limits, deadline)
+            done, count = _one_request(url, partial, have, limits, deadline, stop)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code != 416 and exc.code < 500:
                 raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
@@ -163,12 +227,13 @@ def _download(url: str, partial: Path, limits: FetchLimits) -> int:
 
 
 def _one_request(
-    url: str, partial: Path, have: int, limits: FetchLimits, deadline: float
-) -> tuple[bool, int]:
+    url: str, partial: Path, have: int, limits: FetchLimits, deadline: float,
+    stop: threading.Event,
+) -> tuple[bool, int]:  # fmt: skip
     headers = {"Range": f"bytes={have}-"} if have else {}
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=limits.read_timeout)
+        response = _OPENER.open(request, timeout=limits.read_timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # nothing beyond what we have: complete
             return True, 0
@@ -176,25 +241,36 @@ def _one_request(
     with response:
         if have and response.status != 206:
             have = 0  # the server ignored the range: start again
-        length = response.headers.get("Content-Length")
-        if length is not None and have + int(length) > limits.max_bytes:
+        elif have and not _continues(response.headers.get("Content-Range", ""), have):
+            partial.unlink(missing_ok=True)  # another part than asked for: start again
+            log.warning("%s answered a range not starting at %d: starting again", url, have)
+            return False, 0
+        length = response.length  # None where absent or not a number
+        if length is not None and have + length > limits.max_bytes:
             raise InvalidArgument(
-                f"{url} is {have + int(length)} bytes, more than the limit of {limits.max_bytes}"
+                f"{url} is {have + length} bytes, more than the limit of {limits.max_bytes}"
             )
-        count = _copy(response.read, partial, have, limits, deadline, url)
+        count = _copy(response.read, partial, have, limits, deadline, url, stop)
         # A connection closed early is not an error to urllib: the length says.
-        return length is None or count >= int(length), count
+        return length is None or count >= length, count
+
+
+def _continues(content_range: str, have: int) -> bool:
+    found = _CONTENT_RANGE.fullmatch(content_range.strip())
+    return found is not None and int(found.group(1)) == have
 
 
 def _copy(
     read: Callable[[int], bytes], partial: Path, have: int, limits: FetchLimits,
-    deadline: float, url: str,
+    deadline: float, url: str, stop: threading.Event,
 ) -> int:  # fmt: skip
     count = 0
     with open(partial, "r+b" if have else "wb") as out:
         out.seek(have)
         out.truncate()
         while block := read(CHUNK):
+            if stop.is_set():
+                raise _Stopped(url)
             out.write(block)
             count += len(block)
             if have + count > limits.max_bytes:
