@@ -8,18 +8,24 @@ cache, base fetches and artifact uploads each open clients deep inside a build.
 
 from __future__ import annotations
 
-import dataclasses
-
 from kiln_client import AsyncStorageClient
 from kiln_common.retry import RetryPolicy
 
-_policy = RetryPolicy(attempts=10)  # the client library's default: about half a minute
+DEFAULT_RETRY_SECONDS = 30.0
+
+
+def retry_policy(seconds: float) -> RetryPolicy:
+    """Tries for this long in all: the deadline, not a count of tries, ends them."""
+    return RetryPolicy(attempts=1_000_000, deadline=seconds)
+
+
+_policy = retry_policy(DEFAULT_RETRY_SECONDS)
 
 
 def set_retry_seconds(seconds: float) -> None:
     """Every later storage call is retried for at most this long."""
     global _policy
-    _policy = dataclasses.replace(_policy, deadline=seconds)
+    _policy = retry_policy(seconds)
 
 
 def storage_client(address: str) -> AsyncStorageClient:

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kiln_builder.sandbox import SandboxPolicy
+from kiln_builder.storage import DEFAULT_RETRY_SECONDS
 from kiln_common.settings import KilnSettings
 
 
@@ -28,7 +29,7 @@ class BuilderSettings(KilnSettings):
     a clustered NATS, as deploy/k8s runs it)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service: artifacts and the shared layer cache."""
-    storage_retry_seconds: float = Field(default=30.0, gt=0)
+    storage_retry_seconds: float = Field(default=DEFAULT_RETRY_SECONDS, gt=0)
     """How long one call to an unreachable storage service is retried before
     the build's attempt fails for a passing reason (and is retried later)."""
     publisher: str = ""
