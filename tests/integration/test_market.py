@@ -422,6 +422,10 @@ async def test_a_revocation_added_to_the_mounted_keyring_is_used_without_a_resta
             # The session's NATS holds other tests' entries: this image is new.
             first = await market.publish(facts_for(f"image {time.time_ns()}".encode()), ENDORSER)
             assert (await market.get(first.identifier)).entry.sequence == 1
+            # A malformed file keeps the keyring in use, and the watcher alive.
+            swap_secret(keyring, "trusted.json", {"keys": 5, "revoked_endorsers": [1]})
+            await asyncio.sleep(1.0)  # five looks at the files
+            assert (await market.get(first.identifier)).entry.sequence == 1
             revoked = {**public_only(signers).to_document(), "revoked_endorsers": [ENDORSER]}
             swap_secret(keyring, "trusted.json", revoked)
 

@@ -63,7 +63,10 @@ def load_keyring(s: PublisherSettings) -> Keyring:
     return Keyring.load(*paths) if paths else Keyring()
 
 
-def keyring_files(s: PublisherSettings) -> tuple[tuple[str, int, int, int], ...]:
+KeyringFiles = tuple[tuple[str, int, int, int], ...]
+
+
+def keyring_files(s: PublisherSettings) -> KeyringFiles:
     """What the key files look like now. A mounted Secret is updated in place
     (a new directory swapped in behind symlinks), so each file is stat'ed
     through its links."""
@@ -76,23 +79,27 @@ def keyring_files(s: PublisherSettings) -> tuple[tuple[str, int, int, int], ...]
     return tuple(found)
 
 
-async def _keyring_watcher(s: PublisherSettings, market: Market) -> None:
-    """Reloads the keyring when its files change; a file that cannot be read
-    keeps the keyring in use (and is tried again) rather than trusting nobody."""
-    seen = keyring_files(s)
+async def _keyring_watcher(
+    s: PublisherSettings, core: PublisherCore, market: Market, seen: KeyringFiles
+) -> None:
+    """Reloads the keyring when its files change (seen: as they were when it was
+    loaded); a file that cannot be read keeps the keyring in use (and is tried
+    again) rather than trusting nobody."""
     while True:
         await asyncio.sleep(s.keyring_reload_seconds)
         now = keyring_files(s)
         if now == seen:
             continue
         try:
-            market.keys = load_keyring(s)
-        except KilnError as exc:
+            keys = load_keyring(s)
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong, the old keyring stays
             log.warning("keyring changed but not reloaded, the one in use stays: %s", exc)
             continue
+        market.keys = keys
+        core.default_endorser = default_endorser(s, keys)  # the Secret may name another
         seen = now
         log.info("keyring reloaded: %d keys, %d endorsers revoked",
-                 len(market.keys.keys), len(market.keys.revoked_endorsers))  # fmt: skip
+                 len(keys.keys), len(keys.revoked_endorsers))  # fmt: skip
 
 
 def default_endorser(s: PublisherSettings, keys: Keyring) -> str:
@@ -170,6 +177,7 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     cleanups.append(storage.close)
     if settings.local_endorser:
         local_endorser(settings)
+    seen = keyring_files(settings)  # before loading: a change meanwhile is reloaded
     keys = load_keyring(settings)
     market = (
         Market(js, keys, events, replicas=settings.nats_replicas) if settings.marketplace else None
@@ -202,7 +210,7 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     if settings.auto_publish:
         jobs.append(autopublish.run(core, js))
     if market is not None and settings.keyring_reload_seconds:
-        jobs.append(_keyring_watcher(settings, market))
+        jobs.append(_keyring_watcher(settings, core, market, seen))
     tasks = [asyncio.create_task(job) for job in jobs]
 
     async def stop_tasks() -> None:

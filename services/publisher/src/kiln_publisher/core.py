@@ -37,6 +37,8 @@ PUBLICATIONS_BUCKET = "KILN_PUBLICATIONS"
 CLAIM_PREFIX = "claim."  # beside the records: who works on an automatic publication
 RECIPES_BUCKET = "kiln_recipes"  # the builder's: the submitted recipe of each build
 IMAGE_KIND = "image"
+# GetEntry gives a freshly signed URL only if storage answers this fast.
+FRESH_LOCATION_SECONDS = 3.0
 KIND_LABEL = "kiln-kind"
 
 
@@ -405,13 +407,16 @@ class PublisherCore:
         return await self.storage.url(entry.artifact_id, self.url_seconds)
 
     async def fresh_location(self, entry: Entry) -> str:
-        """locate(), or '' where this storage service cannot give one (an entry
-        about an artifact stored elsewhere, storage down): the entry's own
-        locations may still serve."""
+        """locate(), or '' where this storage service cannot give one quickly
+        (an entry about an artifact stored elsewhere, storage down): the
+        entry's own locations may still serve, and a caller of GetEntry must
+        not wait out the storage client's retries for an extra."""
         try:
-            return await self.locate(entry)
-        except KilnError as exc:
-            log.info("no fresh location for entry %s: %s", entry.identifier, exc)
+            return await asyncio.wait_for(self.locate(entry), FRESH_LOCATION_SECONDS)
+        except (KilnError, TimeoutError) as exc:
+            log.info(
+                "no fresh location for entry %s: %s", entry.identifier, str(exc) or "timed out"
+            )
             return ""
 
     async def deprecate(self, identifier: str, endorser: str | None) -> SignedEntry:

@@ -78,7 +78,10 @@ class Keyring:
     def merge(self, document: dict[str, Any], origin: str) -> None:
         if not isinstance(document, dict):
             raise InvalidArgument(f"{origin}: a keyring file is a JSON object")
-        for item in document.get("keys", []):
+        items = document.get("keys", [])
+        if not isinstance(items, list):
+            raise InvalidArgument(f"{origin}: keys is a list of JWKs")
+        for item in items:
             email = item.get("email") if isinstance(item, dict) else None
             if not isinstance(email, str) or "@" not in email:
                 raise InvalidArgument(f"{origin}: every key needs an endorser email")
@@ -88,8 +91,10 @@ class Keyring:
             except (JoseError, ValueError, TypeError) as exc:
                 raise InvalidArgument(f"{origin}: not an {CURVE} JWK: {exc}") from exc
             self.add(email, key)
-        self.revoked_keys.update(document.get("revoked_keys", []))
-        self.revoked_endorsers.update(e.lower() for e in document.get("revoked_endorsers", []))
+        self.revoked_keys.update(_strings(document, "revoked_keys", origin))
+        self.revoked_endorsers.update(
+            e.lower() for e in _strings(document, "revoked_endorsers", origin)
+        )
 
     @classmethod
     def load(cls, *paths: Path) -> Keyring:
@@ -116,6 +121,13 @@ class Keyring:
             "revoked_keys": sorted(self.revoked_keys),
             "revoked_endorsers": sorted(self.revoked_endorsers),
         }
+
+
+def _strings(document: dict[str, Any], name: str, origin: str) -> list[str]:
+    found = document.get(name, [])
+    if not isinstance(found, list) or not all(isinstance(item, str) for item in found):
+        raise InvalidArgument(f"{origin}: {name} is a list of strings")
+    return found
 
 
 def write_keyring(path: Path, ring: Keyring, private: bool = False) -> None:
