@@ -1,8 +1,9 @@
 """Debian's headless Chromium for browser tests, driven by Playwright.
 
 Chromium is started through kiln_common.proc.helper (so its whole process
-group is stopped on every path: a failed assertion, a cancel, a timeout, and
-by the kernel if the test run is killed) with a DevTools port of its own;
+group is stopped on every path: a failed assertion, a cancel, a timeout; if
+the test run itself is SIGKILLed, the kernel kills Chromium's main process,
+whose children then exit as it goes) with a DevTools port of its own;
 Playwright only connects to that port, so no browser is downloaded and
 `playwright install` is never needed. (Playwright's own driver, a bundled
 node, is started and stopped by async_playwright itself.)"""

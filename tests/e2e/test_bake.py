@@ -257,16 +257,23 @@ test: {boot: false}
 """
 
 
+MINUTE_APART = 61  # seconds between the starts of the two builds
+
+
 def test_the_same_recipe_twice_without_cache_gives_the_same_image(tmp_path: Path) -> None:
     """Reproducible builds: same recipe, same mirror (within minutes), no cache at
     all (not even the bootstrap) -> the same raw disk image, byte for byte. (No
     packages step: the bootstrap already runs apt and dpkg, at half the time.)
-    The two builds run side by side, in workspaces and caches of their own: each
-    waits on the mirror and on the disk much of the time."""
+    The two builds run side by side, in workspaces and caches of their own (each
+    waits on the mirror and on the disk much of the time), the second started a
+    minute after the first, so that a clock read into the image, to the minute,
+    would differ between them."""
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(REPRODUCIBLE)
 
     def build(run: str) -> subprocess.CompletedProcess[str]:
+        if run == "b":
+            time.sleep(MINUTE_APART)
         return bake(recipe, tmp_path / f"out-{run}", tmp_path / f"work-{run}", "--no-cache",
                     "--no-boot-test", "--cache-dir", str(tmp_path / f"cache-{run}"))  # fmt: skip
 

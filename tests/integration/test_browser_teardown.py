@@ -1,6 +1,7 @@
 """The browser tests' Chromium leaves no process behind, whether the test
-body fails or its task is cancelled (a SIGKILLed test run is covered by
-die_with_parent: tests/unit/test_proc.py)."""
+body fails or its task is cancelled. (For a SIGKILLed test run,
+die_with_parent kills Chromium's main process: tests/unit/test_proc.py shows
+the flag on a plain child; Chromium's own children are not shown here.)"""
 
 from __future__ import annotations
 

@@ -200,7 +200,8 @@ async def test_chromium_follows_the_catalogues_download_link_to_a_206_range_repl
     async with storage_service() as (_, address), AsyncStorageClient(address) as storage:
         facts = await stored_image(address, data)
         title = 'Debian <script>alert("x")</script> & co'
-        # As in production: the signed location has expired, and the app
+        # As in production once a week has passed: the signed location no longer
+        # serves (here it is spoilt rather than waited out), and the app
         # is given a locator, so only the fresh-URL redirect reaches the bytes.
         expired = facts.locations[0] + "0"
         facts = ImageFacts(**{**vars(facts), "title": title, "locations": (expired,)})

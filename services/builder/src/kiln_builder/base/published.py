@@ -34,7 +34,7 @@ def describe(ref: ImageRef) -> str:
 def need_publisher(source: str, publisher: str | None) -> str:
     if not publisher:
         raise FailedPrecondition(
-            f"from.image: {source.split(':')[0]} bases come through the publisher service:"
+            f"from.image: {source.split(':')[0]} bases need the publisher service:"
             " give the builder its address (KILN_BUILDER_PUBLISHER)"
         )
     return publisher

@@ -600,7 +600,7 @@ class FetchBaseHeader(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     size: _builtins.int
     sha256: _builtins.str
-    """where known"""
+    """unset: Glance gives the SHA-512 only"""
     sha512: _builtins.str
     format: _builtins.str
     """qcow2 | raw | ..."""
