@@ -122,7 +122,9 @@ def test_a_recipe_builds_boots_and_leaves_nothing_behind(first_build) -> None:  
 def test_a_late_change_rebuilds_only_the_steps_after_it(first_build) -> None:  # type: ignore[no-untyped-def]
     base, _ = first_build
     # Unique content: the cache outlives test runs, and this change must be new.
-    recipe = write_recipe(base / "changed", content=f"Sunny Spells Expected {time.time_ns()}")
+    recipe = write_recipe(
+        base / "changed", content=f"Sunny Spells Expected {time.time_ns()}", outputs="[raw]"
+    )
     done = bake(recipe, base / "changed-out", base / "work", "--no-boot-test")
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
@@ -218,7 +220,7 @@ def test_layers_are_shared_through_the_storage_service(first_build, tmp_path: Pa
     subprocess.run([kiln, "up"], env=env, check=True, capture_output=True)
     try:
         stack = json.loads((tmp_path / "home/stack.json").read_text())
-        recipe = write_recipe(tmp_path, content=f"shared {time.time_ns()}")
+        recipe = write_recipe(tmp_path, content=f"shared {time.time_ns()}", outputs="[raw]")
         # One builder builds the late steps and shares them ...
         first = bake(recipe, tmp_path / "out1", base / "work", "--no-boot-test",
                      "--storage", stack["storage"])  # fmt: skip
