@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import pytest
 from support import ImageServer, loops_under, mounts_under
 
-from kiln_builder.base.fetch import BaseDigestMismatch, FetchLimits, fetch_url, prune_bases
+from kiln_builder.base.download import BaseDigestMismatch, FetchLimits, fetch_url
+from kiln_builder.base.fetch import prune_bases
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError
 from kiln_common.proc import run_sync

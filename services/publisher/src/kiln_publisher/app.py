@@ -25,7 +25,14 @@ from kiln_common.grpc_server import GrpcServer
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
-from kiln_publisher.market import Keyring, Market, generate_endorser, make_app, write_keyring
+from kiln_publisher.market import (
+    Keyring,
+    Market,
+    generate_endorser,
+    keyring_files,
+    make_app,
+    write_keyring,
+)
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 
@@ -58,24 +65,26 @@ def local_endorser(s: PublisherSettings) -> None:
     write_keyring(s.keyring_dir / "local.json", public, private=False)
 
 
+def keyring_paths(s: PublisherSettings) -> list[Path]:
+    return [p for p in (s.keyring_dir, s.endorser_key_dir) if p.exists()]
+
+
 def load_keyring(s: PublisherSettings) -> Keyring:
-    paths = [p for p in (s.keyring_dir, s.endorser_key_dir) if p.exists()]
-    return Keyring.load(*paths) if paths else Keyring()
+    return Keyring.load(*keyring_paths(s))
 
 
 KeyringFiles = tuple[tuple[str, int, int, int], ...]
 
 
-def keyring_files(s: PublisherSettings) -> KeyringFiles:
+def keyring_state(s: PublisherSettings) -> KeyringFiles:
     """What the key files look like now. A mounted Secret is updated in place
     (a new directory swapped in behind symlinks), so each file is stat'ed
     through its links."""
     found = []
-    for root in (s.keyring_dir, s.endorser_key_dir):
-        for file in sorted(root.glob("*.json")) if root.is_dir() else []:
-            with contextlib.suppress(OSError):  # removed meanwhile: seen next time
-                st = file.stat()
-                found.append((str(file), st.st_ino, st.st_mtime_ns, st.st_size))
+    for file in keyring_files(*keyring_paths(s)):
+        with contextlib.suppress(OSError):  # removed meanwhile: seen next time
+            st = file.stat()
+            found.append((str(file), st.st_ino, st.st_mtime_ns, st.st_size))
     return tuple(found)
 
 
@@ -87,7 +96,7 @@ async def _keyring_watcher(
     again) rather than trusting nobody."""
     while True:
         await asyncio.sleep(s.keyring_reload_seconds)
-        now = keyring_files(s)
+        now = keyring_state(s)
         if now == seen:
             continue
         try:
@@ -177,7 +186,7 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     cleanups.append(storage.close)
     if settings.local_endorser:
         local_endorser(settings)
-    seen = keyring_files(settings)  # before loading: a change meanwhile is reloaded
+    seen = keyring_state(settings)  # before loading: a change meanwhile is reloaded
     keys = load_keyring(settings)
     market = (
         Market(js, keys, events, replicas=settings.nats_replicas) if settings.marketplace else None

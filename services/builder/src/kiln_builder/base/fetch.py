@@ -10,13 +10,11 @@ import re
 from pathlib import Path
 
 from kiln_builder.base import marketplace, published
-from kiln_builder.base.download import Base, BaseDigestMismatch, FetchLimits, fetch_url
+from kiln_builder.base.download import Base, FetchLimits, fetch_url
 from kiln_builder.layers import prune_oldest
 from kiln_builder.storage import storage_client
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe.schema import ImageRef
-
-__all__ = ["Base", "BaseDigestMismatch", "FetchLimits", "fetch_base", "fetch_url", "prune_bases"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_LIMITS = FetchLimits()

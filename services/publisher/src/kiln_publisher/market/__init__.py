@@ -15,7 +15,13 @@ from kiln_publisher.market.entry import (
     new_entry,
 )
 from kiln_publisher.market.http import make_app
-from kiln_publisher.market.keys import EndorserKey, Keyring, generate_endorser, write_keyring
+from kiln_publisher.market.keys import (
+    EndorserKey,
+    Keyring,
+    generate_endorser,
+    keyring_files,
+    write_keyring,
+)
 from kiln_publisher.market.signing import Rejected, SignedEntry, canonical, sign, verify
 from kiln_publisher.market.store import BUCKET, Market, Query
 
@@ -37,6 +43,7 @@ __all__ = [
     "canonical",
     "generate_endorser",
     "identifier_for",
+    "keyring_files",
     "make_app",
     "new_entry",
     "sign",

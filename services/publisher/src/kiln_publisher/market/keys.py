@@ -101,14 +101,12 @@ class Keyring:
         """The keys in each path: a keyring file, or a directory (a mounted
         Secret) whose *.json files are keyring files."""
         ring = cls()
-        for path in paths:
-            files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-            for file in files:
-                try:
-                    document = json.loads(file.read_text())
-                except (OSError, ValueError) as exc:
-                    raise InvalidArgument(f"cannot read the keyring file {file}: {exc}") from exc
-                ring.merge(document, str(file))
+        for file in keyring_files(*paths):
+            try:
+                document = json.loads(file.read_text())
+            except (OSError, ValueError) as exc:
+                raise InvalidArgument(f"cannot read the keyring file {file}: {exc}") from exc
+            ring.merge(document, str(file))
         return ring
 
     def to_document(self, private: bool = False) -> dict[str, Any]:
@@ -121,6 +119,12 @@ class Keyring:
             "revoked_keys": sorted(self.revoked_keys),
             "revoked_endorsers": sorted(self.revoked_endorsers),
         }
+
+
+def keyring_files(*paths: Path) -> list[Path]:
+    """The files Keyring.load reads: each path that is a file, and the *.json
+    files of each that is a directory (a mounted Secret)."""
+    return [f for p in paths for f in (sorted(p.glob("*.json")) if p.is_dir() else [p])]
 
 
 def _strings(document: dict[str, Any], name: str, origin: str) -> list[str]:
