@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import os
 import shutil
 import signal
@@ -23,7 +24,13 @@ from support import REPO, await_until, wait_until
 from kiln_builder import cgroups, customize
 from kiln_builder.cgroups import PREFIX
 from kiln_builder.engine import DEFAULT_EPOCH
-from kiln_builder.sandbox import CAPABILITIES, SandboxPolicy, run_in
+from kiln_builder.sandbox import (
+    CAPABILITIES,
+    LAUNCH_ATTEMPTS,
+    SandboxNotStarted,
+    SandboxPolicy,
+    run_in,
+)
 from kiln_common.devservers import Nats
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import ProcessError, ProcessTimeout, run_sync
@@ -260,6 +267,47 @@ async def test_a_cancelled_command_takes_its_network_and_processes_with_it(
         not _children_named(os.getpid(), "slirp4netns") and not Path(f"/proc/{slirp[0]}").exists()
     )
     assert not [g for p in cgroups._parents() for g in p.glob(f"{PREFIX}{os.getpid()}-*")]
+
+
+async def test_a_sandbox_bwrap_cannot_set_up_fails_with_bwraps_own_reason(
+    image_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bwrap's set-up dies while the network is being made (here: a bind whose
+    source is missing; in the wild: a mount that vanished under a recursive
+    bind). Its reason is the error, not the network's failure to reach a
+    sandbox already gone, and the launch is tried LAUNCH_ATTEMPTS times."""
+    missing = image_root.parent / "never-there"
+    with pytest.raises(SandboxNotStarted, match=r"Can't find source path .*never-there") as caught:
+        await run_in(image_root, ["true"], ro_binds=[(missing, "/x")])
+    assert str(caught.value).startswith("the sandbox could not be set up: bwrap: ")
+    retries = [r for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(retries) == LAUNCH_ATTEMPTS - 1
+    assert not _children_named(os.getpid(), "slirp4netns")
+    assert not [g for p in cgroups._parents() for g in p.glob(f"{PREFIX}{os.getpid()}-*")]
+
+
+async def test_a_set_up_that_fails_once_is_tried_again_and_the_command_runs_once(
+    image_root: Path, tmp_path: Path
+) -> None:
+    """The bind's source appears as the first failure is logged: the second
+    launch starts the command, which runs exactly once."""
+    source = tmp_path / "late"
+
+    class Appear(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            source.write_text("here\n")
+
+    appear = Appear(logging.WARNING)
+    sandbox_log = logging.getLogger("kiln_builder.sandbox")
+    sandbox_log.addHandler(appear)
+    count = image_root / "var/tmp/kiln-runs"
+    try:
+        done = await run_in(image_root, ["sh", "-c", "cat /x; echo ran >> /var/tmp/kiln-runs"],
+                            ro_binds=[(source, "/x")])  # fmt: skip
+        assert done.stdout == "here\n" and count.read_text() == "ran\n"
+    finally:
+        sandbox_log.removeHandler(appear)
+        count.unlink(missing_ok=True)
 
 
 DRIVER = """

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +26,9 @@ from pathlib import Path
 
 from kiln_builder import cgroups, sandbox_net
 from kiln_builder.inroot import in_root
-from kiln_common.proc import Result, run
+from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
+
+log = logging.getLogger(__name__)
 
 # Kept, each for a reason; every other capability is dropped (CAP_SYS_ADMIN:
 # mounts and most of the kernel; CAP_MKNOD: device nodes that reach host disks;
@@ -122,6 +125,7 @@ class _Launch:
         self.info_r, self.info_w = os.pipe()
         self.block_r, self.block_w = os.pipe()
         self._open = {self.info_r, self.info_w, self.block_r, self.block_w}
+        self.stillborn = False  # bwrap's set-up failed: the command never ran
 
     def close(self, *fds: int) -> None:
         for fd in fds:
@@ -156,6 +160,21 @@ class _Launch:
         self.close(self.block_w)
 
 
+# bwrap sets up the sandbox's mounts while its network is made, and can fail
+# there for a reason of the moment: its recursive binds race with mounts
+# coming and going elsewhere on the host (containers/bubblewrap#650). The
+# command has not started then, so the launch is tried again.
+LAUNCH_ATTEMPTS = 3
+
+
+class SandboxNotStarted(ProcessError):
+    """bwrap stopped before the command started: its output says why (the
+    whole bwrap command line is in the log)."""
+
+    def __str__(self) -> str:
+        return "the sandbox could not be set up: " + (self.output.strip() or "bwrap said nothing")
+
+
 async def run_in(
     root: Path,
     argv: Sequence[str],
@@ -166,8 +185,28 @@ async def run_in(
     policy: SandboxPolicy = DEFAULT_POLICY,
 ) -> Result:
     """Runs argv in the sandbox on root under policy; raises ProcessError
-    (ProcessTimeout past the time limit) if it fails. The network, the
-    control group and the pipes are released on every path, in that order."""
+    (ProcessTimeout past the time limit) if it fails, SandboxNotStarted if
+    bwrap could not set the sandbox up, LAUNCH_ATTEMPTS times."""
+    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
+        try:
+            return await _run_once(root, argv, env, network, ro_binds, policy)
+        except SandboxNotStarted as exc:
+            if attempt == LAUNCH_ATTEMPTS:
+                raise
+            log.warning("%s (attempt %d of %d); trying again", exc, attempt, LAUNCH_ATTEMPTS)
+    raise AssertionError("unreachable")
+
+
+async def _run_once(
+    root: Path,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    network: bool,
+    ro_binds: Sequence[tuple[Path, str]],
+    policy: SandboxPolicy,
+) -> Result:
+    """One launch. The network, the control group and the pipes are released
+    on every path, in that order."""
     launch = _Launch()
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -180,24 +219,38 @@ async def run_in(
                 pid = await launch.first_pid()
                 if pid is None:
                     return
-                if group is not None:  # before the command forks anything
-                    group.add(bwrap_pid)
-                    group.add(pid)
-                if network:
-                    await stack.enter_async_context(
-                        sandbox_net.user_network(pid, policy.blocked_networks)
-                    )
+                try:
+                    if group is not None:  # before the command forks anything
+                        group.add(bwrap_pid)
+                        group.add(pid)
+                    if network:
+                        await stack.enter_async_context(
+                            sandbox_net.user_network(pid, policy.blocked_networks)
+                        )
+                except Exception:
+                    if process_start(pid) is not None:
+                        raise
+                # The command waits for the release, so a first process gone by
+                # now died in bwrap's set-up: bwrap exits saying why.
+                if process_start(pid) is None:
+                    launch.stillborn = True
+                    return
                 launch.release()
 
             binds = [*ro_binds, (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]
-            return await run(
-                sandbox_argv(root, argv, ro_binds=binds,
-                             info_fd=launch.info_w, block_fd=launch.block_r),
-                env={**BASE_ENV, **(env or {})},
-                time_limit=policy.timeout,
-                pass_fds=(launch.info_w, launch.block_r),
-                started=started,
-            )  # fmt: skip
+            try:
+                return await run(
+                    sandbox_argv(root, argv, ro_binds=binds,
+                                 info_fd=launch.info_w, block_fd=launch.block_r),
+                    env={**BASE_ENV, **(env or {})},
+                    time_limit=policy.timeout,
+                    pass_fds=(launch.info_w, launch.block_r),
+                    started=started,
+                )  # fmt: skip
+            except ProcessError as exc:
+                if launch.stillborn and not isinstance(exc, ProcessTimeout):
+                    raise SandboxNotStarted(exc.argv, exc.returncode, exc.output) from exc
+                raise
     finally:
         launch.close_all()
 
