@@ -239,7 +239,7 @@ async def _run_once(
 
             binds = [*ro_binds, (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]
             try:
-                return await run(
+                done = await run(
                     sandbox_argv(root, argv, ro_binds=binds,
                                  info_fd=launch.info_w, block_fd=launch.block_r),
                     env={**BASE_ENV, **(env or {})},
@@ -251,6 +251,9 @@ async def _run_once(
                 if launch.stillborn and not isinstance(exc, ProcessTimeout):
                     raise SandboxNotStarted(exc.argv, exc.returncode, exc.output) from exc
                 raise
+            if launch.stillborn:  # bwrap exits 1 then; never a success unrun
+                raise SandboxNotStarted(done.argv, done.returncode, done.stdout)
+            return done
     finally:
         launch.close_all()
 
