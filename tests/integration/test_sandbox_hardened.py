@@ -276,6 +276,7 @@ async def test_a_sandbox_bwrap_cannot_set_up_fails_with_bwraps_own_reason(
     source is missing; in the wild: a mount that vanished under a recursive
     bind). Its reason is the error, not the network's failure to reach a
     sandbox already gone, and the launch is tried LAUNCH_ATTEMPTS times."""
+    caplog.set_level(logging.INFO, logger="kiln_common.retry")
     missing = image_root.parent / "never-there"
     with pytest.raises(SandboxNotStarted, match=r"Can't find source path .*never-there") as caught:
         await run_in(image_root, ["true"], ro_binds=[(missing, "/x")])
@@ -297,16 +298,19 @@ async def test_a_set_up_that_fails_once_is_tried_again_and_the_command_runs_once
         def emit(self, record: logging.LogRecord) -> None:
             source.write_text("here\n")
 
-    appear = Appear(logging.WARNING)
-    sandbox_log = logging.getLogger("kiln_builder.sandbox")
-    sandbox_log.addHandler(appear)
+    appear = Appear(logging.INFO)
+    retry_log = logging.getLogger("kiln_common.retry")
+    level = retry_log.level
+    retry_log.setLevel(logging.INFO)
+    retry_log.addHandler(appear)
     count = image_root / "var/tmp/kiln-runs"
     try:
         done = await run_in(image_root, ["sh", "-c", "cat /x; echo ran >> /var/tmp/kiln-runs"],
                             ro_binds=[(source, "/x")])  # fmt: skip
         assert done.stdout == "here\n" and count.read_text() == "ran\n"
     finally:
-        sandbox_log.removeHandler(appear)
+        retry_log.removeHandler(appear)
+        retry_log.setLevel(level)
         count.unlink(missing_ok=True)
 
 

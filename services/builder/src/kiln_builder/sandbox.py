@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,8 +26,7 @@ from pathlib import Path
 from kiln_builder import cgroups, sandbox_net
 from kiln_builder.inroot import in_root
 from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
-
-log = logging.getLogger(__name__)
+from kiln_common.retry import RetryPolicy
 
 # Kept, each for a reason; every other capability is dropped (CAP_SYS_ADMIN:
 # mounts and most of the kernel; CAP_MKNOD: device nodes that reach host disks;
@@ -163,7 +161,7 @@ class _Launch:
 # bwrap sets up the sandbox's mounts while its network is made, and can fail
 # there for a reason of the moment: its recursive binds race with mounts
 # coming and going elsewhere on the host (containers/bubblewrap#650). The
-# command has not started then, so the launch is tried again.
+# command has not started then, so the launch is tried again, a moment later.
 LAUNCH_ATTEMPTS = 3
 
 
@@ -173,6 +171,11 @@ class SandboxNotStarted(ProcessError):
 
     def __str__(self) -> str:
         return "the sandbox could not be set up: " + (self.output.strip() or "bwrap said nothing")
+
+
+_LAUNCH = RetryPolicy(
+    attempts=LAUNCH_ATTEMPTS, initial=0.2, maximum=1.0, deadline=None, retry_on=(SandboxNotStarted,)
+)
 
 
 async def run_in(
@@ -187,14 +190,9 @@ async def run_in(
     """Runs argv in the sandbox on root under policy; raises ProcessError
     (ProcessTimeout past the time limit) if it fails, SandboxNotStarted if
     bwrap could not set the sandbox up, LAUNCH_ATTEMPTS times."""
-    for attempt in range(1, LAUNCH_ATTEMPTS + 1):
-        try:
-            return await _run_once(root, argv, env, network, ro_binds, policy)
-        except SandboxNotStarted as exc:
-            if attempt == LAUNCH_ATTEMPTS:
-                raise
-            log.warning("%s (attempt %d of %d); trying again", exc, attempt, LAUNCH_ATTEMPTS)
-    raise AssertionError("unreachable")
+    return await _LAUNCH.acall(
+        lambda: _run_once(root, argv, env, network, ro_binds, policy), "the sandbox's launch"
+    )
 
 
 async def _run_once(
