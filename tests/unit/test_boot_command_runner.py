@@ -5,12 +5,15 @@ by, the failure message, the domain's second port and the recipe's settings."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from kiln_builder.resources import OWNER_FILE, claim, janitor
+from kiln_builder import cleanup, sandbox, vm
+from kiln_builder.resources import OWNER_FILE, claim, claimed_tempdir, janitor
 from kiln_builder.service.worker import RECORD_OUTPUT_MAX, command_result_pb
 from kiln_builder.vm import (
     Accel,
@@ -238,3 +241,23 @@ async def test_the_janitor_removes_only_claimed_scratch_dirs_of_dead_builders(
     assert released == [f"workspace {tmp_path / 'kiln-vm-dead'}"]
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["kiln-vm-live", "kiln-vm-unclaimed", "other-dead"]
+
+
+@pytest.mark.parametrize("prefix", [vm.SCRATCH_PREFIX, sandbox.SCRATCH_PREFIX])
+async def test_a_killed_builders_scratch_dirs_are_reclaimed_at_the_next_start(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A VM's or a sandbox's scratch dir in the temp dir is claimed while its
+    # builder lives, so the next builder's clean-up knows a dead one's leftovers.
+    with claimed_tempdir(prefix, tmp_path) as scratch:
+        assert (scratch / OWNER_FILE).read_text().split()[0] == str(os.getpid())
+    assert not scratch.exists()
+    (tmp_path / f"{prefix}dead").mkdir()
+    (tmp_path / f"{prefix}dead" / OWNER_FILE).write_text("4194999 1\n")  # no such process
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(cleanup, "answers", lambda uri: "no libvirtd here")
+
+    released = await cleanup.reclaim_all(tmp_path / "work")
+
+    assert f"workspace {tmp_path / f'{prefix}dead'}" in released
+    assert list(tmp_path.iterdir()) == []

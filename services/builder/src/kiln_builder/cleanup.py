@@ -7,9 +7,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from kiln_builder import sandbox, vm
 from kiln_builder.libvirtd import SYSTEM_URI, answers
 from kiln_builder.resources import janitor
-from kiln_builder.vm import SCRATCH_PREFIX, reap_orphans
 
 
 async def reclaim_all(work_root: Path) -> list[str]:
@@ -17,9 +17,11 @@ async def reclaim_all(work_root: Path) -> list[str]:
     domain to reap."""
     released = await janitor(work_root)
     # The VMs' scratch directories (overlays, the test commands' throwaway disks,
-    # mounted for a moment) live in the temp dir, where QEMU's user can reach them.
+    # mounted for a moment) live in the temp dir, where QEMU's user can reach them;
+    # so do the sandboxes' (their resolv.conf).
     scratch = Path(tempfile.gettempdir())
-    released += await janitor(scratch, f"{SCRATCH_PREFIX}*", claimed_only=True)
+    for prefix in (vm.SCRATCH_PREFIX, sandbox.SCRATCH_PREFIX):
+        released += await janitor(scratch, f"{prefix}*", claimed_only=True)
     if answers(SYSTEM_URI) is None:  # None: libvirtd answers
-        released += [f"VM {name}" for name in await reap_orphans(SYSTEM_URI)]
+        released += [f"VM {name}" for name in await vm.reap_orphans(SYSTEM_URI)]
     return released

@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import AsyncIterator, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from kiln_builder import cgroups
@@ -239,6 +240,16 @@ def claim(workspace: Path) -> None:
     the process lives and reclaims it once it does not."""
     workspace.mkdir(parents=True, exist_ok=True)
     (workspace / OWNER_FILE).write_text(f"{os.getpid()} {process_start(os.getpid())}\n")
+
+
+@contextlib.contextmanager
+def claimed_tempdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
+    """A temporary directory claimed by this process: removed on every path
+    while the process lives, and by the next builder's janitor
+    (cleanup.reclaim_all) if the process is killed first."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+        claim(Path(tmp))
+        yield Path(tmp)
 
 
 def _owner_alive(workspace: Path) -> bool:

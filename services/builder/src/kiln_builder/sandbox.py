@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_builder import cgroups, sandbox_net
 from kiln_builder.inroot import in_root
+from kiln_builder.resources import claimed_tempdir
 from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
 from kiln_common.retry import RetryPolicy
 
@@ -49,6 +49,7 @@ CAPABILITIES = (
     "CAP_NET_BIND_SERVICE",  # a test server on a low port in the sandbox's own netns
 )
 
+SCRATCH_PREFIX = "kiln-sandbox-"  # in the temp dir; cleanup.reclaim_all sweeps a dead build's
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "DEBIAN_FRONTEND": "noninteractive",
@@ -208,7 +209,7 @@ async def _run_once(
     launch = _Launch()
     try:
         async with contextlib.AsyncExitStack() as stack:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-sandbox-")))
+            scratch = stack.enter_context(claimed_tempdir(SCRATCH_PREFIX))
             group = await stack.enter_async_context(
                 cgroups.limited(policy.memory_bytes, policy.max_pids)
             )

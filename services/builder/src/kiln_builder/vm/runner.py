@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import libvirt
 
 from kiln_builder.libvirtd import ensure_libvirtd
-from kiln_builder.resources import claim
+from kiln_builder.resources import claimed_tempdir
 from kiln_builder.vm.accel import Accel, _read, default_vcpus, host_accel
 from kiln_builder.vm.domain import (
     DiskBoot,
@@ -202,11 +201,10 @@ SCRATCH_PREFIX = "kiln-vm-"
 
 @contextlib.contextmanager
 def _scratch_dir(parent: Path | None) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=parent) as tmp:
+    with claimed_tempdir(SCRATCH_PREFIX, parent) as tmp:
         # libvirt runs QEMU as an unprivileged user, which must reach the overlay.
         os.chmod(tmp, 0o711)
-        claim(Path(tmp))  # if this process dies, a janitor removes it (cleanup.reclaim_all)
-        yield Path(tmp)
+        yield tmp
 
 
 async def _staged(machine: Machine, tmp: Path) -> Machine:
