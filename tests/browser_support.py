@@ -11,6 +11,7 @@ node, is started and stopped by async_playwright itself.)"""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -65,19 +66,29 @@ async def headless_chromium(profile: Path) -> AsyncIterator[Browser]:
     processes outlive EXIT_TIMEOUT."""
     profile.mkdir(parents=True, exist_ok=True)
     argv = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
+    # Chromium makes its singleton socket's directory in TMPDIR and leaves it
+    # there, so it gets one of its own. Not inside the profile: a socket's path
+    # must fit in 108 bytes, or Chromium aborts.
+    with tempfile.TemporaryDirectory(prefix="kiln-chromium-") as scratch:
+        async with _chromium(argv, profile, scratch) as port, async_playwright() as playwright:
+            connected = await playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
+            try:
+                yield connected
+            finally:
+                await connected.close()
+
+
+@asynccontextmanager
+async def _chromium(argv: list[str], profile: Path, scratch: str) -> AsyncIterator[int]:
+    """Chromium's process group, started and awaited until its DevTools port is
+    known; on exit, awaited until all of it is gone."""
     pgid = 0
     try:
-        async with helper(argv, die_with_parent=True) as browser:
+        async with helper(argv, env={"TMPDIR": scratch}, die_with_parent=True) as browser:
             pgid = browser.pid  # helper starts a new session: pid == process group
-            port = await await_until(
+            yield await await_until(
                 "Chromium's DevTools port", lambda: _devtools_port(profile, browser), START_TIMEOUT
             )
-            async with async_playwright() as playwright:
-                connected = await playwright.chromium.connect_over_cdp(f"http://127.0.0.1:{port}")
-                try:
-                    yield connected
-                finally:
-                    await connected.close()
     finally:
         if pgid:
             await await_until(

@@ -6,6 +6,7 @@ the flag on a plain child; Chromium's own children are not shown here.)"""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,16 @@ async def test_no_chromium_process_outlives_a_cancelled_test(tmp_path: Path) -> 
         await task
     assert len(seen) >= 3
     assert processes_using(tmp_path / "profile") == []
+
+
+async def test_chromium_leaves_nothing_in_the_temp_dir(tmp_path: Path) -> None:
+    # Chromium makes its singleton socket's directory in TMPDIR and leaves it
+    # behind: in the system's temp dir, one per browser test, run after run.
+    def leftovers() -> list[Path]:
+        return sorted(Path(tempfile.gettempdir()).glob("org.chromium.Chromium.*"))
+
+    before = leftovers()
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    await browse(tmp_path / "profile", [], done)
+    assert leftovers() == before
