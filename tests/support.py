@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import nats
+import pytest
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2_grpc
@@ -115,6 +117,37 @@ def loops_under(root: Path) -> list[str]:
 def mounts_under(root: Path) -> list[str]:
     with open("/proc/self/mounts") as f:
         return [line.split()[1] for line in f if line.split()[1].startswith(str(root.resolve()))]
+
+
+# Files above this size go when a module's scratch directory is released after a
+# failure: images, layers and stored blobs, never the logs a reader needs.
+BIG_FILE = 16 << 20
+
+
+@contextlib.contextmanager
+def scratch(request: pytest.FixtureRequest, name: str) -> Iterator[Path]:
+    """A directory for a module- or session-scoped fixture, released when the
+    fixture ends. pytest keeps tmp_path_factory's directories until the session
+    ends, and the image tests' hold gigabytes each: kept side by side they filled
+    CI's disk. After a failure in the module only the big files go, so its logs
+    stay to read; anything still mounted or attached there is left alone (the
+    test that leaked it fails its own check)."""
+    factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    path = factory.mktemp(name)
+    failed = request.session.testsfailed
+    try:
+        yield path
+    finally:
+        if not (mounts_under(path) or loops_under(path)):
+            if request.session.testsfailed > failed:
+                for big in [p for p in path.rglob("*") if _is_big_file(p)]:
+                    big.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_big_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink() and path.stat().st_size > BIG_FILE
 
 
 def qemus_using(path: Path) -> list[int]:

@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import REPO, kiln_domains, loops_under, mounts_under, wait_until
+from support import REPO, kiln_domains, loops_under, mounts_under, scratch, wait_until
 
 from kiln_common.proc import run_sync
 
@@ -80,12 +81,12 @@ def debugfs(raw: Path, offset: int, request: str) -> str:
 
 @pytest.fixture(scope="module")
 def first_build(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    base = tmp_path_factory.mktemp("bake")
-    done = bake(write_recipe(base), base / "out", base / "work")
-    assert done.returncode == 0, done.stderr
-    return base, done
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    with scratch(request, "bake") as base:
+        done = bake(write_recipe(base), base / "out", base / "work")
+        assert done.returncode == 0, done.stderr
+        yield base, done
 
 
 def test_a_recipe_builds_boots_and_leaves_nothing_behind(first_build) -> None:  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ import nats
 import openstack
 import pytest
 from openstack.config.loader import OpenStackConfig
-from support import kill_part, kiln, kiln_up, restart_dead_parts, wait_until
+from support import kill_part, kiln, kiln_up, restart_dead_parts, scratch, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.publisher.v1 import publisher_pb2 as pb
@@ -47,9 +47,12 @@ def cloud(glance: Glance, clouds_yaml: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, cloud: Path) -> Iterator[dict[str, str]]:
+def env(request: pytest.FixtureRequest, cloud: Path) -> Iterator[dict[str, str]]:
     """`kiln up` with the clouds.yaml found the way openstacksdk finds it."""
-    with kiln_up(tmp_path_factory.mktemp("stack"), OS_CLIENT_CONFIG_FILE=str(cloud)) as environ:
+    with (
+        scratch(request, "stack") as where,
+        kiln_up(where, OS_CLIENT_CONFIG_FILE=str(cloud)) as environ,
+    ):
         yield environ
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ImageServer, kiln, kiln_domains, kiln_up, loops_under, mounts_under
+from support import (
+    ImageServer,
+    kiln,
+    kiln_domains,
+    kiln_up,
+    loops_under,
+    mounts_under,
+    scratch,
+)
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -56,8 +64,8 @@ echo "Cloudy Weather Expected" > /var/www/html/cloud.txt
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with kiln_up(tmp_path_factory.mktemp("stack")) as environ:
+def env(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    with scratch(request, "stack") as where, kiln_up(where) as environ:
         yield environ
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import _bootstrap_into
+from support import scratch
 
 from kiln_builder import checks, customize, disk
 from kiln_builder.checks import CheckResult, Facts, Tree
@@ -26,13 +28,14 @@ FACTS = Facts(outputs=("qcow2", "ext3.bz2"), root_fs="ext4", partitioned=True, b
 
 
 @pytest.fixture(scope="module")
-def finished_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("checks") / "root"
-    asyncio.run(_bootstrap_into(root))
-    customize.sysprep(root, SYSPREP_OPERATIONS)
-    disk.configure_boot(root, fs_type="ext4", fs_uuid="0b6f3a1e-3c2d-4f5a-9b1c-2d3e4f5a6b7c",
-                        title="checks 1", partitioning="gpt")  # fmt: skip
-    return root
+def finished_tree(request: pytest.FixtureRequest) -> Iterator[Path]:
+    with scratch(request, "checks") as where:
+        root = where / "root"
+        asyncio.run(_bootstrap_into(root))
+        customize.sysprep(root, SYSPREP_OPERATIONS)
+        disk.configure_boot(root, fs_type="ext4", fs_uuid="0b6f3a1e-3c2d-4f5a-9b1c-2d3e4f5a6b7c",
+                            title="checks 1", partitioning="gpt")  # fmt: skip
+        yield root
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, await_until, wait_until
+from support import REPO, await_until, scratch, wait_until
 
 from kiln_builder import cgroups, customize
 from kiln_builder.cgroups import PREFIX
@@ -53,19 +53,18 @@ CAP_NUMBERS = {
 
 
 @pytest.fixture(scope="module")
-def image_root(test_rootfs: TestRootfs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def image_root(test_rootfs: TestRootfs, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A writable copy of the cached root filesystem, loop-mounted."""
-    work = tmp_path_factory.mktemp("sandbox")
-    image = work / "rootfs.ext4"
-    run_sync(["cp", "--sparse=always", test_rootfs.image, image], timeout=120)
-    root = work / "root"
-    root.mkdir()
-    run_sync(["mount", "-o", "loop", image, root])
-    try:
-        yield root
-    finally:
-        run_sync(["umount", root], check=False)
-        image.unlink(missing_ok=True)
+    with scratch(request, "sandbox") as work:
+        image = work / "rootfs.ext4"
+        run_sync(["cp", "--sparse=always", test_rootfs.image, image], timeout=120)
+        root = work / "root"
+        root.mkdir()
+        run_sync(["mount", "-o", "loop", image, root])
+        try:
+            yield root
+        finally:
+            run_sync(["umount", root], check=False)
 
 
 def _own_addresses() -> list[str]:

@@ -11,11 +11,12 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, ImageServer, loops_under, mounts_under
+from support import REPO, ImageServer, loops_under, mounts_under, scratch
 
 from kiln_builder.base import formats
 from kiln_common.proc import run_sync
@@ -47,9 +48,13 @@ test: {boot: false}
 
 
 @pytest.fixture(scope="module")
-def ext3_bz2(test_rootfs: TestRootfs, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ext3_bz2(test_rootfs: TestRootfs, request: pytest.FixtureRequest) -> Iterator[Path]:
     """A kernel-less ext3 image of a Debian tree, bzip2-compressed."""
-    work = tmp_path_factory.mktemp("tycoon-base")
+    with scratch(request, "tycoon-base") as work:
+        yield _tycoon_base(test_rootfs, work)
+
+
+def _tycoon_base(test_rootfs: TestRootfs, work: Path) -> Path:
     tree, mnt = work / "tree", work / "mnt"
     mnt.mkdir()
     run_sync(["mount", "-o", "ro,noload", test_rootfs.image, mnt])
