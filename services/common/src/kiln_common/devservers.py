@@ -413,6 +413,9 @@ def start_keystone(
                 "database": {"connection": f"sqlite:///{data / 'keystone.db'}"},
                 "token": {"provider": "fernet"},
                 "fernet_tokens": {"key_repository": str(data / "fernet-keys")},
+                # Auth receipts share the tokens' keys, as by default; left unset, their
+                # repository is /etc/keystone/fernet-keys and Keystone will not start.
+                "fernet_receipts": {"key_repository": str(data / "fernet-keys")},
                 "credential": {"key_repository": str(data / "credential-keys")},
             }
         )
