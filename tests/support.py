@@ -228,7 +228,9 @@ def stream_counts(url: str) -> dict[str, int]:
     return asyncio.run(_stream_counts(url))
 
 
-async def _events(url: str, build_id: str) -> list[dict[str, Any]]:
+async def events_about(url: str, subject: str) -> list[dict[str, Any]]:
+    """Every event on the KILN_EVENTS stream about subject (a build id, an
+    image id, an entry identifier), in stream order."""
     from kiln_common.events import STREAM, SUBJECT_PREFIX
 
     nc = await nats.connect(url)
@@ -240,7 +242,7 @@ async def _events(url: str, build_id: str) -> list[dict[str, Any]]:
         for _ in range(pending):
             msg = await sub.next_msg(timeout=5)
             event = json.loads(msg.data)
-            if event.get("subject") == build_id:
+            if event.get("subject") == subject:
                 found.append(event)
             if msg.metadata.num_pending == 0:
                 break
@@ -253,7 +255,7 @@ async def _events(url: str, build_id: str) -> list[dict[str, Any]]:
 def build_events(url: str, build_id: str) -> list[dict[str, Any]]:
     """Every event on the KILN_EVENTS stream about build_id, in stream order
     (what a consumer of kiln.events.> would see)."""
-    return asyncio.run(_events(url, build_id))
+    return asyncio.run(events_about(url, build_id))
 
 
 def event_types(events: list[dict[str, Any]]) -> list[str]:

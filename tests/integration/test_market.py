@@ -22,14 +22,13 @@ import pytest
 from aiohttp import web
 from market_support import ENDORSER, endorser_ring, facts_for, market, public_only, stored_image
 from playwright.async_api import Browser
-from support import await_until, payload, storage_stub
+from support import await_until, events_about, payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli.publish_cmd import cmd_verify
 from kiln_client.storage import AsyncStorageClient
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
-from kiln_common.events import STREAM, SUBJECT_PREFIX
 from kiln_publisher.app import build
 from kiln_publisher.market import (
     Entry,
@@ -42,24 +41,6 @@ from kiln_publisher.market import (
 from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
-
-
-async def events_about(url: str, subject: str) -> list[dict[str, Any]]:
-    """Every event on KILN_EVENTS about subject, in stream order."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        pending = int((await js.stream_info(STREAM)).state.messages)
-        sub = await js.subscribe(SUBJECT_PREFIX + ">", ordered_consumer=True)
-        found = []
-        for _ in range(pending):
-            event = json.loads((await sub.next_msg(timeout=5)).data)
-            if event.get("subject") == subject:
-                found.append(event)
-        await sub.unsubscribe()
-        return found
-    finally:
-        await nc.close()
 
 
 async def test_replicas_share_entries_and_a_nats_restart_loses_nothing(

@@ -4,12 +4,14 @@ the Glance image of its artifact is retired as the publisher is configured."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from market_support import ENDORSER
+from support import await_until, events_about, glance_images
 
 from kiln_client import AsyncStorageClient
 from kiln_common.devservers import Glance, Nats
@@ -18,7 +20,6 @@ from kiln_publisher.app import build, sweep_once
 from kiln_publisher.core import Request
 from kiln_publisher.settings import PublisherSettings
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
-from tests.support import glance_images
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +57,24 @@ async def test_the_sweep_expires_an_entry_and_hides_its_glance_image(
             assert swept.entry.expired
         finally:
             await publisher.stop()
+
+    # The image's life, announced: published, then retired by the sweep.
+    events = await await_until(
+        "the image's two events",
+        lambda: _two(events_about(nats_server.url, glanced.image_id)),
+        30,
+    )
+    assert [e["type"] for e in events] == ["image.published", "image.retired"]
+    published, retired = (e["data"] for e in events)
+    assert published["artifact_id"] == artifact.id and published["name"] == "sweep-1"
+    assert (published["cloud"], published["image_id"]) == ("kiln-a", glanced.image_id)
+    assert published["method"] in ("web-download", "glance-direct")
+    assert retired == {
+        "image_id": glanced.image_id, "cloud": "kiln-a", "region": published["region"],
+        "name": "sweep-1", "how": "hide", "why": "entry expired",
+    }  # fmt: skip
+
+
+async def _two(found: Awaitable[list[dict[str, Any]]]) -> list[dict[str, Any]] | None:
+    events = await found
+    return events if len(events) >= 2 else None
