@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import CACHE_MAX_GIB
 
 from kiln_common.devservers import (
     Glance,
@@ -88,6 +89,11 @@ def _disk_use(root: Path) -> int:
 
 
 _disk: DiskWatch | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every builder service the tests start (kiln up, the README demo) inherits it.
+    os.environ.setdefault("KILN_BUILDER_CACHE_MAX_GIB", CACHE_MAX_GIB)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

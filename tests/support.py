@@ -300,6 +300,11 @@ def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
 # ---- the layer cache builds share ---------------------------------------------------------
 
 LAYERS = REPO / ".cache" / "kiln" / "layers"  # the builder's cache under KILN_CACHE=REPO/.cache
+# The size every builder the tests start prunes that cache to (its layers, and
+# apart its bases). A layer is a whole root tree, about 240 MB, and most test
+# recipes are one-offs: unbounded, one run left 9 GiB. Sixteen layers keep the
+# bootstraps every build touches and a test's rebuild of its own recipe.
+CACHE_MAX_GIB = "4"
 
 
 def bookworm_bootstrap_layer() -> list[Path]:

@@ -15,7 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import REPO, kiln_domains, loops_under, mounts_under, scratch, wait_until
+from support import (
+    CACHE_MAX_GIB,
+    REPO,
+    kiln_domains,
+    loops_under,
+    mounts_under,
+    scratch,
+    wait_until,
+)
 
 from kiln_common.proc import run_sync
 
@@ -23,7 +31,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
 BUILDER = str(Path(sys.executable).parent / "kiln-builder")
 CACHE = REPO / ".cache/kiln"  # shared by every build test (and kept between runs)
-CACHE_GIB = "4"  # enough for the bootstraps and recent layers; bounded on a small disk
 
 RECIPE = """\
 name: web
@@ -61,7 +68,7 @@ def write_recipe(
 def bake(recipe: Path, out: Path, work: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BUILDER, "bake", str(recipe), "--out", str(out), "--cache-dir", str(CACHE),
-         "--work-root", str(work), "--cache-max-gib", CACHE_GIB, *extra],
+         "--work-root", str(work), "--cache-max-gib", CACHE_MAX_GIB, *extra],
         capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip
 

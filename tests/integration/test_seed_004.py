@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import REPO, ImageServer, loops_under, mounts_under, scratch
+from support import CACHE_MAX_GIB, REPO, ImageServer, loops_under, mounts_under, scratch
 
 from kiln_builder.base import formats
 from kiln_common.proc import run_sync
@@ -81,7 +81,7 @@ def bake(
     recipe.write_text(text)
     return subprocess.run(
         [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out"), "--cache-dir", str(CACHE),
-         "--work-root", str(tmp_path / "work")],
+         "--work-root", str(tmp_path / "work"), "--cache-max-gib", CACHE_MAX_GIB],
         capture_output=True, text=True, timeout=1200, check=False,
     )  # fmt: skip
 
