@@ -4,17 +4,15 @@ stopped on every path."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CACHE_MAX_GIB
+from support import CACHE_MAX_GIB, REPO
 
 from kiln_common.devservers import (
     Glance,
@@ -31,88 +29,13 @@ from kiln_common.devservers import (
 from kiln_storage.app import StorageApp, build
 from kiln_storage.settings import StorageSettings
 
-GiB = 1 << 30
-REPO = Path(__file__).resolve().parent.parent
-
-
-# ---- the suite's disk use -----------------------------------------------------------------
-# CI's free disk varies from run to run and a full disk fails every test after it,
-# so each test's effect is sampled and the summary names the low point.
-
-
-class DiskWatch:
-    """Free space on the filesystems of the repo's cache and of pytest's basetemp,
-    sampled after each test's teardown (module fixtures end in the last one's)."""
-
-    def __init__(self, paths: dict[str, Path]) -> None:
-        self.paths = paths
-        self.fs: dict[int, list[str]] = {}  # a filesystem's device: the paths on it
-        for name, path in paths.items():
-            self.fs.setdefault(os.stat(path).st_dev, []).append(name)
-        self.start = {dev: self._free(dev) for dev in self.fs}
-        self.low = {dev: (free, "the start") for dev, free in self.start.items()}
-
-    def _free(self, dev: int) -> int:
-        path = self.paths[self.fs[dev][0]]
-        while not path.exists():  # pytest removes an empty basetemp at the end
-            path = path.parent
-        return shutil.disk_usage(path).free
-
-    def sample(self, nodeid: str) -> None:
-        for dev in self.fs:
-            free = self._free(dev)
-            if free < self.low[dev][0]:
-                self.low[dev] = (free, nodeid)
-
-    def lines(self) -> list[str]:
-        lines = []
-        for dev, names in self.fs.items():
-            (low, when), start = self.low[dev], self.start[dev]
-            lines.append(
-                f"the filesystem of {' and '.join(names)}: {start / GiB:.1f} GiB free at the "
-                f"start, {self._free(dev) / GiB:.1f} at the end, lowest {low / GiB:.1f} "
-                f"(the suite held {(start - low) / GiB:.1f} GiB at most) after {when}"
-            )
-        for name, path in self.paths.items():
-            lines.append(f"{name} ({path}) holds {_disk_use(path) / GiB:.1f} GiB at the end")
-        return lines
-
-
-def _disk_use(root: Path) -> int:
-    """Bytes allocated under root (sparse files count what they hold)."""
-    total = 0
-    for parent, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(parent, name)).st_blocks * 512
-    return total
-
-
-_disk: DiskWatch | None = None
+# The suite's disk use, in the summary (tests/disk_watch.py).
+pytest_plugins = ["disk_watch"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Every builder service the tests start (kiln up, the README demo) inherits it.
     os.environ.setdefault("KILN_BUILDER_CACHE_MAX_GIB", CACHE_MAX_GIB)
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    global _disk
-    basetemp = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    (REPO / ".cache").mkdir(exist_ok=True)
-    _disk = DiskWatch({"the repo's .cache": REPO / ".cache", "pytest's basetemp": basetemp})
-
-
-def pytest_runtest_logfinish(nodeid: str) -> None:
-    if _disk is not None:
-        _disk.sample(nodeid)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _disk is not None:
-        terminalreporter.section("disk use")
-        for line in _disk.lines():
-            terminalreporter.write_line(line)
 
 
 @pytest.fixture
