@@ -22,7 +22,9 @@ import libvirt
 import pytest
 from support import await_until
 
+from kiln_builder.resources import OWNER_FILE, janitor
 from kiln_builder.vm import (
+    SCRATCH_PREFIX,
     Accel,
     BootTimeout,
     DiskBoot,
@@ -229,6 +231,21 @@ async def test_a_builder_killed_with_sigkill_leaves_no_domain(
         return name not in await kiln_domains(libvirt_uri)
 
     await await_until(f"{name} to go with its builder", gone, 15, interval=0.2)
+
+    # Its scratch dir (the overlay) stays behind, claimed by the dead builder:
+    # the next builder's clean-up removes it.
+    temp = Path(tempfile.gettempdir())
+    scratch = [d for d in temp.glob(f"{SCRATCH_PREFIX}*") if _owner(d) == child.pid]
+    assert len(scratch) == 1 and (scratch[0] / "overlay.qcow2").exists()
+    released = await janitor(temp, f"{SCRATCH_PREFIX}*", claimed_only=True)
+    assert f"workspace {scratch[0]}" in released and not scratch[0].exists()
+
+
+def _owner(directory: Path) -> int | None:
+    try:
+        return int((directory / OWNER_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def dead_pid() -> int:

@@ -175,6 +175,7 @@ def start_seaweed(
     proc = spawn(
         [
             find_binary("weed"),
+            f"-logdir={log.parent}",  # its own log files, which it keeps in /tmp by default
             "mini",
             f"-dir={data}",
             "-ip=127.0.0.1",
