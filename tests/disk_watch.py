@@ -32,13 +32,14 @@ class DiskWatch:
         self.start = {dev: self._free(dev) for dev in self.fs}
         self.low = {dev: (free, "the start") for dev, free in self.start.items()}
         self.running = "the start"  # the test under way, as pytest names it
+        self._lock = threading.Lock()  # the watcher and pytest's hooks both sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="disk-watch", daemon=True)
         self._thread.start()
 
     def _free(self, dev: int) -> int:
         path = self.paths[self.fs[dev][0]]
-        while not path.exists():  # pytest removes an empty basetemp at the end
+        while not path.exists():  # pytest removes basetemp when every test passed
             path = path.parent
         return shutil.disk_usage(path).free
 
@@ -47,10 +48,12 @@ class DiskWatch:
             self.sample()
 
     def sample(self) -> None:
-        for dev in self.fs:
-            free = self._free(dev)
-            if free < self.low[dev][0]:
-                self.low[dev] = (free, self.running)
+        with self._lock:
+            running = self.running
+            for dev in self.fs:
+                free = self._free(dev)
+                if free < self.low[dev][0]:
+                    self.low[dev] = (free, running)
 
     def stop(self) -> None:
         self._stop.set()
@@ -67,18 +70,30 @@ class DiskWatch:
                 f"(the suite held {(start - low) / GiB:.1f} GiB at most) during {during}"
             )
         for name, path in self.paths.items():
-            lines.append(f"{name} ({path}) holds {disk_use(path) / GiB:.1f} GiB at the end")
+            if path.exists():
+                lines.append(f"{name} ({path}) holds {disk_use(path) / GiB:.1f} GiB at the end")
+            else:
+                lines.append(f"{name} ({path}) is gone: pytest removes it when every test passed")
         return lines
 
 
 def disk_use(root: Path) -> int:
-    """Bytes allocated under root (sparse files count what they hold)."""
-    total = 0
-    for parent, _, files in os.walk(root):
+    """Bytes allocated under root (sparse files count what they hold), not
+    counting what is mounted there (a failed build's leftover mounts)."""
+    total, dev = 0, os.stat(root).st_dev
+    for parent, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if _same_fs(os.path.join(parent, d), dev)]
         for name in files:
             with contextlib.suppress(OSError):  # gone meanwhile
                 total += os.lstat(os.path.join(parent, name)).st_blocks * 512
     return total
+
+
+def _same_fs(path: str, dev: int) -> bool:
+    try:
+        return os.lstat(path).st_dev == dev
+    except OSError:
+        return False
 
 
 _watch: DiskWatch | None = None
@@ -86,6 +101,8 @@ _watch: DiskWatch | None = None
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _watch
+    # Made now rather than at the first tmp_path: so even a run without one makes
+    # a numbered basetemp (and pytest prunes the older ones as it always does).
     basetemp = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
     (REPO / ".cache").mkdir(exist_ok=True)
     _watch = DiskWatch({"the repo's .cache": REPO / ".cache", "pytest's basetemp": basetemp})

@@ -135,11 +135,15 @@ def scratch(request: pytest.FixtureRequest, name: str) -> Iterator[Path]:
     factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
     path = factory.mktemp(name)
     failed = request.session.testsfailed
+    errored = False
     try:
         yield path
+    except BaseException:
+        errored = True  # the fixture's own set-up failed: not counted as a test yet
+        raise
     finally:
         if not (mounts_under(path) or loops_under(path)):
-            if request.session.testsfailed > failed:
+            if errored or request.session.testsfailed > failed:
                 for big in [p for p in path.rglob("*") if _is_big_file(p)]:
                     big.unlink()
             else:
@@ -300,10 +304,11 @@ def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
 # ---- the layer cache builds share ---------------------------------------------------------
 
 LAYERS = REPO / ".cache" / "kiln" / "layers"  # the builder's cache under KILN_CACHE=REPO/.cache
-# The size every builder the tests start prunes that cache to (its layers, and
-# apart its bases). A layer is a whole root tree, about 240 MB, and most test
-# recipes are one-offs: unbounded, one run left 9 GiB. Sixteen layers keep the
-# bootstraps every build touches and a test's rebuild of its own recipe.
+# The size every builder the tests start prunes that cache to (its layers; its
+# downloaded bases are held to the same size apart). A layer is a whole root
+# tree, about 240 MB, and most test recipes are one-offs: unbounded, one run
+# left 9 GiB. Sixteen layers keep the bootstraps every build touches and a
+# test's rebuild of its own recipe.
 CACHE_MAX_GIB = "4"
 
 

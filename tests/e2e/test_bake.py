@@ -150,7 +150,7 @@ def _start_and_wait_for_a_loop(recipe: Path, base: Path) -> subprocess.Popen[str
     work = base / "work"
     proc = subprocess.Popen(
         [BUILDER, "bake", str(recipe), "--out", str(base / "out"), "--cache-dir", str(CACHE),
-         "--work-root", str(work), "--no-boot-test"],
+         "--work-root", str(work), "--cache-max-gib", CACHE_MAX_GIB, "--no-boot-test"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # A test run in the background inherits SIGINT ignored; the bake must hear it.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),

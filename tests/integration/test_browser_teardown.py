@@ -1,5 +1,5 @@
 """The browser tests' Chromium leaves no process behind, whether the test
-body fails or its task is cancelled. (For a SIGKILLed test run,
+body fails or its task is cancelled, and nothing in the temp dir. (For a SIGKILLed test run,
 die_with_parent kills Chromium's main process: tests/unit/test_proc.py shows
 the flag on a plain child; Chromium's own children are not shown here.)"""
 
@@ -73,7 +73,8 @@ async def test_chromium_leaves_nothing_in_the_temp_dir(tmp_path: Path) -> None:
     # Chromium makes its singleton socket's directory in TMPDIR and leaves it
     # behind: in the system's temp dir, one per browser test, run after run.
     def leftovers() -> list[Path]:
-        return sorted(Path(tempfile.gettempdir()).glob("org.chromium.Chromium.*"))
+        temp = Path(tempfile.gettempdir())
+        return sorted([*temp.glob("org.chromium.Chromium.*"), *temp.glob("kiln-chromium-*")])
 
     before = leftovers()
     done = asyncio.get_running_loop().create_future()

@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import ImageServer, await_until, glance_images
 
 from kiln_common.devservers import (
     Glance,
@@ -30,7 +31,6 @@ from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
 from kiln_publisher.glance.api import GlanceApi, config
 from kiln_publisher.glance.publisher import _create_body
-from tests.support import ImageServer, await_until, glance_images
 
 pytestmark = pytest.mark.integration
 

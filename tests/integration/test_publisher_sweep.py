@@ -24,7 +24,7 @@ from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 pytestmark = pytest.mark.integration
 
 
-async def test_the_sweep_expires_an_entry_and_hides_its_glance_image(
+async def test_the_sweep_expires_an_entry_and_hides_its_glance_image_announcing_each_step(
     tmp_path: Path, nats_server: Nats, storage_service: Any, glance: Glance, clouds_yaml: Path
 ) -> None:
     image = tmp_path / "sweep.qcow2"

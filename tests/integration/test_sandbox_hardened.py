@@ -65,6 +65,7 @@ def image_root(test_rootfs: TestRootfs, request: pytest.FixtureRequest) -> Itera
             yield root
         finally:
             run_sync(["umount", root], check=False)
+            image.unlink(missing_ok=True)  # 1 GiB, gone even if the loop lingers
 
 
 def _own_addresses() -> list[str]:

@@ -1,6 +1,7 @@
 """The builder's VM runner against real libvirtd and QEMU: a Debian root filesystem
 boots to a login prompt, every domain is destroyed on every path, the janitor
-reaps orphans, and the KVM probe tells a KVM that cannot run a guest."""
+reaps orphans and a killed builder's scratch dirs, and the KVM probe tells a KVM
+that cannot run a guest."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from kiln_builder.vm import (
     read_owner,
     reap_orphans,
 )
-from kiln_common.proc import run, run_sync, spawn, stop_pid
+from kiln_common.proc import process_start, run, run_sync, spawn, stop_pid
 
 if TYPE_CHECKING:
     from conftest import TestRootfs  # the fixture's type; conftest is not imported at run time
@@ -203,7 +204,7 @@ asyncio.run(main())
 """
 
 
-async def test_a_builder_killed_with_sigkill_leaves_no_domain(
+async def test_a_builder_killed_with_sigkill_leaves_no_domain_and_a_reclaimable_scratch_dir(
     libvirt_uri: str, blank_dir: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "builder.log"
@@ -220,6 +221,7 @@ async def test_a_builder_killed_with_sigkill_leaves_no_domain(
         assert "running " in log.read_text(), log.read_text()
         name = log.read_text().split("running ", 1)[1].split()[0]
         assert name in await kiln_domains(libvirt_uri)
+        owner = f"{child.pid} {process_start(child.pid)}"  # as the builder claims
         os.kill(child.pid, signal.SIGKILL)  # no finally, no atexit: only libvirt can clean up
         child.wait()
     finally:
@@ -235,16 +237,16 @@ async def test_a_builder_killed_with_sigkill_leaves_no_domain(
     # Its scratch dir (the overlay) stays behind, claimed by the dead builder:
     # the next builder's clean-up removes it.
     temp = Path(tempfile.gettempdir())
-    scratch = [d for d in temp.glob(f"{SCRATCH_PREFIX}*") if _owner(d) == child.pid]
+    scratch = [d for d in temp.glob(f"{SCRATCH_PREFIX}*") if _owner(d) == owner]
     assert len(scratch) == 1 and (scratch[0] / "overlay.qcow2").exists()
     released = await janitor(temp, f"{SCRATCH_PREFIX}*", claimed_only=True)
     assert f"workspace {scratch[0]}" in released and not scratch[0].exists()
 
 
-def _owner(directory: Path) -> int | None:
+def _owner(directory: Path) -> str | None:
     try:
-        return int((directory / OWNER_FILE).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        return (directory / OWNER_FILE).read_text().strip()
+    except OSError:
         return None
 
 

@@ -142,7 +142,7 @@ async def user_network(pid: int, extra_blocked: Sequence[str]) -> AsyncIterator[
 
 
 async def _firewall(pid: int, blocked: Sequence[str]) -> None:
-    with tempfile.NamedTemporaryFile("w", prefix="kiln-sandbox-", suffix=".nft") as rules:
+    with tempfile.NamedTemporaryFile("w", prefix="kiln-nft-", suffix=".nft") as rules:
         rules.write(firewall_rules(blocked))
         rules.flush()
         try:
