@@ -17,7 +17,13 @@ import nats.errors as nerr
 import nats.js.errors as jerr
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.api import (
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -135,6 +141,40 @@ async def key_value(
     return await _open_or_create(
         lambda: js.key_value(name), lambda: js.create_key_value(config=config)
     )
+
+
+_KV_REMOVED = ("DEL", "PURGE")  # a deleted or purged key's KV-Operation header
+_KV_KEYS_WAIT = 10.0  # seconds for the next key: longer is NATS away (Unavailable)
+
+
+async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The live keys of a bucket, oldest newest-write first.
+
+    Not KeyValue.keys(): its watcher can mark the end of the initial values
+    before it has processed the first of them, and a full bucket then looks
+    empty (nats-io/nats.py#842; a restarted publisher found no marketplace
+    entries). Here an empty bucket is told by its stream's message count, and
+    the end by the message after which nothing is pending."""
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    if not (await js.stream_info(stream)).state.messages:
+        return []
+    sub = await js.subscribe(
+        f"{prefix}>",
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        headers_only=True,
+    )
+    keys = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=_KV_KEYS_WAIT)
+            if (msg.headers or {}).get("KV-Operation") not in _KV_REMOVED:
+                keys.append(msg.subject.removeprefix(prefix))
+            if msg.metadata.num_pending == 0:
+                return keys
+    finally:
+        await sub.unsubscribe()
 
 
 async def object_store(

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from kiln_api.builder.v1 import builder_pb2 as pb
@@ -24,7 +24,8 @@ Mutation = Callable[[pb.Build], bool]  # a lifecycle transition: True if it chan
 
 
 class BuildRecords:
-    def __init__(self, builds: KeyValue, keys: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, builds: KeyValue, keys: KeyValue) -> None:
+        self._js = js
         self.builds = builds  # public: the list index watches this bucket
         self._keys = keys
 
@@ -32,7 +33,7 @@ class BuildRecords:
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> BuildRecords:
         builds = await jetstream.key_value(js, BUILDS_BUCKET, replicas=replicas)
         keys = await jetstream.key_value(js, KEYS_BUCKET, replicas=replicas)
-        return cls(builds, keys)
+        return cls(js, builds, keys)
 
     async def create(self, build: pb.Build) -> None:
         await self.builds.create(build.id, build.SerializeToString())
@@ -78,10 +79,8 @@ class BuildRecords:
             return (entry.value or b"").decode()
 
     async def ids(self) -> list[str]:
-        try:
-            return sorted(await self.builds.keys(), reverse=True)  # ids sort by time
-        except NoKeysError:
-            return []
+        ids = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, BUILDS_BUCKET))
+        return sorted(ids, reverse=True)  # ids sort by time
 
 
 def same_recipe(existing: pb.Build, digest: str) -> pb.Build:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import nats.js.errors as jerr
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -334,11 +333,8 @@ class Market:
     async def _all(self, identifier: str | None = None) -> list[SignedEntry]:
         """Every trusted entry, or every one about identifier (its keys share
         the identifier as their first token)."""
-        kv = await self._store()
-        try:
-            keys = await jetstream.mapped(lambda: kv.keys())
-        except jerr.NoKeysError:
-            return []
+        await self._store()  # made if missing
+        keys = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, self._bucket))
         if identifier is not None:
             keys = [key for key in keys if key.startswith(identifier + ".")]
         entries = []
