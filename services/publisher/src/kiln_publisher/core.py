@@ -49,6 +49,15 @@ class Request:
     publish: Publish = field(default_factory=Publish)
 
 
+def _publish_for(request: Request, artifact: spb.Artifact) -> Publish:
+    """The request's targets for one artifact: a build's raw.xz or tar output
+    goes to the marketplace only; its qcow2 (or raw) output is the one Glance
+    gets."""
+    if request.build_id and not facts.glance_can_take(artifact):
+        return request.publish.model_copy(update={"glance": []})
+    return request.publish
+
+
 def glance_target(t: GlancePublish) -> GlanceTarget:
     return GlanceTarget(
         cloud=t.cloud,
@@ -264,19 +273,40 @@ class PublisherCore:
                 artifact_id=request.artifact_id,
                 build_id=request.build_id,
             )
-        for artifact in artifacts:
-            publish = request.publish
-            if request.build_id and not facts.glance_can_take(artifact):
-                # A build's raw.xz or tar output goes to the marketplace only;
-                # its qcow2 (or raw) output is the one Glance gets.
-                publish = publish.model_copy(update={"glance": []})
-                if not publish.targets:
-                    continue
+        plan = [(a, p) for a in artifacts if (p := _publish_for(request, a)).targets]
+        pub = await self._planned(pub, plan)
+        for artifact, publish in plan:
             pub = await self._publish_artifact(pub, artifact, publish)
         if not pub.results:
             raise FailedPrecondition(
                 f"build {request.build_id} has no qcow2, raw or vmdk image for Glance"
             )
+        return pub
+
+    def _targets(
+        self, artifact: spb.Artifact, publish: Publish
+    ) -> list[tuple[Result, GlancePublish | MarketplacePublish]]:
+        """The artifact's result for each target, not yet started."""
+        targets: list[tuple[Result, GlancePublish | MarketplacePublish]] = [
+            (Result(artifact.id, "glance", target_name(t.cloud, t.region, t.name)), t)
+            for t in publish.glance
+        ]
+        if publish.marketplace is not None:
+            endorser = publish.marketplace.endorser or self.default_endorser
+            targets.append((Result(artifact.id, "marketplace", endorser), publish.marketplace))
+        return targets
+
+    async def _planned(
+        self, pub: Publication, plan: list[tuple[spb.Artifact, Publish]]
+    ) -> Publication:
+        """Records every target not recorded yet as pending, before any runs: a
+        publication whose first target is done is not done while others wait."""
+        known = {r.key for r in pub.results}
+        new = [r for a, p in plan for r, _ in self._targets(a, p) if r.key not in known]
+        for result in new:
+            pub = pub.with_result(result)
+        if new:
+            await self._save(pub)
         return pub
 
     async def _publish_artifact(
@@ -287,19 +317,14 @@ class PublisherCore:
         sbom = await self._sbom_sha256(build_id)
         url = await self.storage.url(artifact.id, self.url_seconds)
         done = {r.key for r in pub.results if r.state == DONE}
-        for target in publish.glance:
-            result = Result(
-                artifact.id, "glance", target_name(target.cloud, target.region, target.name)
-            )
+        for result, target in self._targets(artifact, publish):
             if result.key in done:
                 continue
-            pub = await self._run(pub, result, self._to_glance(artifact, url, recipe, sbom, target))
-        if publish.marketplace is not None:
-            endorser = publish.marketplace.endorser or self.default_endorser
-            result = Result(artifact.id, "marketplace", endorser)
-            if result.key not in done:
-                work = self._to_market(artifact, url, recipe, sbom, publish.marketplace, endorser)
-                pub = await self._run(pub, result, work)
+            if isinstance(target, GlancePublish):
+                work = self._to_glance(artifact, url, recipe, sbom, target)
+            else:
+                work = self._to_market(artifact, url, recipe, sbom, target, result.target)
+            pub = await self._run(pub, result, work)
         return pub
 
     async def _run(
