@@ -142,11 +142,8 @@ class PublisherCore:
     async def list_publications(
         self, build_id: str = "", artifact_id: str = ""
     ) -> list[Publication]:
-        kv = await self._records()
-        try:
-            keys = await jetstream.mapped(kv.keys)
-        except NotFound:  # nats-py: an empty bucket has "no keys"
-            return []
+        await self._records()  # made if missing
+        keys = await jetstream.mapped(lambda: jetstream.kv_keys(self.js, PUBLICATIONS_BUCKET))
         found = []
         for key in keys:
             if key.startswith(CLAIM_PREFIX):
