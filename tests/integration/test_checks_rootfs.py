@@ -16,6 +16,7 @@ from support import scratch
 
 from kiln_builder import checks, customize, disk
 from kiln_builder.checks import CheckResult, Facts, Tree
+from kiln_builder.imageroot import ImageRoot
 from kiln_recipe.schema import SYSPREP_OPERATIONS
 
 pytestmark = [
@@ -33,8 +34,9 @@ def finished_tree(request: pytest.FixtureRequest) -> Iterator[Path]:
         root = where / "root"
         asyncio.run(_bootstrap_into(root))
         customize.sysprep(root, SYSPREP_OPERATIONS)
-        disk.configure_boot(root, fs_type="ext4", fs_uuid="0b6f3a1e-3c2d-4f5a-9b1c-2d3e4f5a6b7c",
-                            title="checks 1", partitioning="gpt")  # fmt: skip
+        uuid = "0b6f3a1e-3c2d-4f5a-9b1c-2d3e4f5a6b7c"
+        disk.configure_boot(ImageRoot(root), fs_type="ext4", fs_uuid=uuid, title="checks 1",
+                            partitioning="gpt")  # fmt: skip
         yield root
 
 

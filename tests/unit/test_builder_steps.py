@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kiln_builder import customize, disk, layers
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.sandbox import sandbox_argv
 from kiln_common.errors import InvalidArgument
 from kiln_common.proc import run
@@ -89,16 +90,18 @@ def test_files_get_mode_and_owner_from_the_image_and_cannot_escape(tmp_path: Pat
     host = tmp_path / "host"  # a directory of the build host's, outside the image
     host.mkdir()
     (root / "etc/evil").symlink_to(host)
-    with pytest.raises(InvalidArgument, match="cannot be written"):
-        customize.write_file(root, "/etc/evil/passwd", b"x", 0o644)  # no such path inside
+    customize.write_file(root, "/etc/evil/passwd", b"x", 0o644)  # the link leads inside
     assert list(host.iterdir()) == []  # the link was followed inside the image only
+    assert (root / str(host).lstrip("/") / "passwd").read_bytes() == b"x"
+    with pytest.raises(InvalidArgument, match="symlink or directory"):
+        customize.write_file(root, "/etc/evil", b"x", 0o644)
     with pytest.raises(InvalidArgument, match="no user or group"):
         customize.write_file(root, "/etc/x", b"x", 0o644, "mallory")
 
 
 def test_boot_configuration_names_the_root_by_uuid_with_a_serial_console(tmp_path: Path) -> None:
     root = fake_root(tmp_path)
-    version = disk.configure_boot(root, fs_type="ext4", fs_uuid="u-u-i-d", title="t 1",
+    version = disk.configure_boot(ImageRoot(root), fs_type="ext4", fs_uuid="u-u-i-d", title="t 1",
                                   partitioning="gpt")  # fmt: skip
     assert version == "6.1.0-10-amd64"  # the newest kernel, compared numerically
     assert (root / "etc/fstab").read_text() == "UUID=u-u-i-d / ext4 defaults 0 1\n"

@@ -4,12 +4,11 @@ files, scripts and sysprep. Commands run in the sandbox, never on the host."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
-from kiln_builder.inroot import in_root
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.sandbox import BASE_ENV, DEFAULT_POLICY, SandboxPolicy, run_in, services_held
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 
@@ -38,21 +37,10 @@ async def install_packages(
         await run_in(root, ["apt-get", "clean"], env=env, policy=policy)
 
 
-def _inside(root: Path, path: str) -> Path:
-    """The host path of an absolute image path, refusing any way out of root
-    (.. or a symlink in the image pointing elsewhere)."""
-    relative = PurePosixPath(path).relative_to("/")
-    target = root.joinpath(*relative.parts)
-    parent = target.parent.resolve()
-    if not parent.is_relative_to(root.resolve()):
-        raise InvalidArgument(f"files: {path} leads outside the image")
-    return target
-
-
-def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
+def _ids(tree: ImageRoot, owner: str, group: str) -> tuple[int, int]:
     """Owner and group are looked up in the IMAGE's passwd and group files."""
-    users = _id_table(root / "etc/passwd")
-    groups = _id_table(root / "etc/group")
+    users = _id_table(tree.read_text("/etc/passwd"))
+    groups = _id_table(tree.read_text("/etc/group"))
     try:
         uid = int(owner) if owner.isdigit() else users[owner]
         gid = int(group) if group.isdigit() else groups[group]
@@ -61,11 +49,9 @@ def _ids(root: Path, owner: str, group: str) -> tuple[int, int]:
     return uid, gid
 
 
-def _id_table(path: Path) -> dict[str, int]:
+def _id_table(text: str | None) -> dict[str, int]:
     table: dict[str, int] = {}
-    if not path.is_file():  # a bare filesystem may have none: only numbers then
-        return table
-    for line in path.read_text(errors="replace").splitlines():
+    for line in (text or "").splitlines():  # a bare filesystem may have none: numbers then
         fields = line.split(":")
         if len(fields) >= 3 and fields[2].isdigit():
             table[fields[0]] = int(fields[2])
@@ -75,27 +61,19 @@ def _id_table(path: Path) -> dict[str, int]:
 def write_file(
     root: Path, path: str, data: bytes, mode: int, owner: str = "root", group: str = "root"
 ) -> None:
-    """Writes one file of the recipe's `files` into the image (chrooted: a
-    symlink in the image cannot lead the write onto the build host)."""
-    try:
-        in_root(root, _write_file, path, data, mode, owner, group)
-    except OSError as exc:
-        raise InvalidArgument(f"files: {path} cannot be written in the image: {exc}") from None
-
-
-def _write_file(
-    root: Path, path: str, data: bytes, mode: int, owner: str = "root", group: str = "root"
-) -> None:
-    target = _inside(root, path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.is_dir():
-        raise InvalidArgument(f"files: {path} is a symlink or directory in the image")
-    tmp = target.with_name(f".{target.name}.kiln-tmp")
-    tmp.write_bytes(data)
-    uid, gid = _ids(root, owner, group)
-    os.chown(tmp, uid, gid)
-    os.chmod(tmp, mode)
-    tmp.replace(target)
+    """Writes one file of the recipe's `files` into the image. Its path is
+    resolved inside the image (imageroot): a link in the image cannot lead the
+    write onto the build host."""
+    if PurePosixPath(path).name in ("", ".", ".."):
+        raise InvalidArgument(f"files: {path} does not name a file")
+    with ImageRoot(root) as tree:
+        if tree.is_link(path) or tree.is_dir(path):
+            raise InvalidArgument(f"files: {path} is a symlink or directory in the image")
+        uid, gid = _ids(tree, owner, group)
+        try:
+            tree.write(path, data, mode, uid, gid)
+        except (OSError, FailedPrecondition) as exc:
+            raise InvalidArgument(f"files: {path} cannot be written in the image: {exc}") from None
 
 
 async def run_script(
@@ -163,108 +141,106 @@ def _require_on_path(root: Path, program: str, name: str) -> None:
 
 
 def image_executable(root: Path, path: str) -> bool:
-    """Whether path, resolved inside the image (its symlinks followed as the
-    image would follow them, never out of root), is an executable file."""
-    found = _resolve_in(root, path)
-    return found is not None and found.is_file() and os.access(found, os.X_OK)
+    """Whether path, resolved inside the image (its links followed as the image
+    would follow them, never out of it), is an executable regular file."""
+    with ImageRoot(root) as tree:
+        found = tree.stat(path)
+    return found is not None and stat.S_ISREG(found.st_mode) and bool(found.st_mode & 0o111)
 
 
-def _resolve_in(root: Path, path: str, hops: int = 40) -> Path | None:
-    parts = list(PurePosixPath(path).parts[1:])
-    current = root
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            current = current.parent if current != root else root
-            continue
-        candidate = current / part
-        if candidate.is_symlink():
-            hops -= 1
-            if hops < 0:
-                return None
-            target = PurePosixPath(os.readlink(candidate))
-            if target.is_absolute():
-                current = root
-                parts = list(target.parts[1:]) + parts
-            else:
-                parts = list(target.parts) + parts
-            continue
-        if not candidate.exists():
-            return None
-        current = candidate
-    return current
-
-
-def _truncate_logs(root: Path) -> None:
-    for path in (root / "var/log").rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            if path.suffix in (".gz", ".xz") or path.name[-1:].isdigit():
-                path.unlink()
-            else:
-                path.write_bytes(b"")
-
-
-def _clear_dir(path: Path, keep: Sequence[str] = ()) -> None:
-    if not path.is_dir():
+def _truncate_logs(tree: ImageRoot) -> None:
+    if not tree.is_dir("/var/log"):
         return
-    for child in path.iterdir():
-        if child.name in keep:
-            continue
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    for where, _, filenames, _ in tree.walk("/var/log"):
+        for name in filenames:
+            path = where / name
+            if not tree.is_file(path) or tree.is_link(path):
+                continue
+            if path.suffix in (".gz", ".xz") or name[-1:].isdigit():
+                tree.unlink(path)
+            else:
+                tree.truncate(path)
+
+
+def _clear_dir(tree: ImageRoot, path: str, keep: Sequence[str] = ()) -> None:
+    if tree.is_link(path):
+        return  # what a link names is not this directory
+    for name in tree.listdir(path):
+        if name not in keep:
+            tree.rmtree(f"{path}/{name}")
 
 
 def sysprep(root: Path, operations: Sequence[str]) -> list[str]:
     """Removes what must not be shared by every copy of the image. Returns the
-    operations done, for the build log. Chrooted: `var/log -> /etc` in the image
-    empties the image's /etc, never the build host's."""
+    operations done, for the build log. Every path is resolved inside the image:
+    `var/log -> /etc` in it empties the image's /etc, never the build host's."""
+    unknown = [op for op in operations if op not in _SYSPREP]
+    if unknown:
+        raise InvalidArgument(f"sysprep: unknown operation {unknown[0]!r}")
     try:
-        return in_root(root, _sysprep, operations)
+        with ImageRoot(root) as tree:
+            for op in operations:
+                _SYSPREP[op](tree)
     except OSError as exc:
         raise FailedPrecondition(f"sysprep: {exc}") from None
-
-
-def _sysprep(root: Path, operations: Sequence[str]) -> list[str]:
-    for op in operations:
-        if op == "ssh-host-keys":
-            for key in (root / "etc/ssh").glob("ssh_host_*"):
-                key.unlink()
-        elif op == "machine-id":
-            # Empty, not absent: systemd then treats the next boot as the first.
-            if (root / "etc/machine-id").exists():
-                (root / "etc/machine-id").write_text("")
-            (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
-        elif op == "udev-persistent-net":
-            (root / "etc/udev/rules.d/70-persistent-net.rules").unlink(missing_ok=True)
-        elif op == "root-password":
-            _lock_root(root / "etc/shadow")
-        elif op == "logs":
-            _truncate_logs(root)
-        elif op == "shell-history":
-            for history in [root / "root", *(root / "home").glob("*")]:
-                (history / ".bash_history").unlink(missing_ok=True)
-        elif op == "apt-lists":
-            _clear_dir(root / "var/lib/apt/lists", keep=("lock", "partial", "auxfiles"))
-            _clear_dir(root / "var/cache/apt/archives", keep=("lock", "partial"))
-            for cache in (root / "var/cache/apt").glob("*.bin"):
-                cache.unlink()
-        elif op == "resolv-conf":
-            resolv = root / "etc/resolv.conf"
-            if resolv.is_file() and not resolv.is_symlink():
-                resolv.write_text("")
-        else:
-            raise InvalidArgument(f"sysprep: unknown operation {op!r}")
     return list(operations)
 
 
-def _lock_root(shadow: Path) -> None:
-    lines = shadow.read_text().splitlines()
+def _ssh_host_keys(tree: ImageRoot) -> None:
+    for key in tree.glob("/etc/ssh", "ssh_host_*"):
+        tree.unlink(key)
+
+
+def _machine_id(tree: ImageRoot) -> None:
+    # Empty, not absent: systemd then treats the next boot as the first.
+    tree.truncate("/etc/machine-id")
+    tree.unlink("/var/lib/dbus/machine-id")
+
+
+def _udev_persistent_net(tree: ImageRoot) -> None:
+    tree.unlink("/etc/udev/rules.d/70-persistent-net.rules")
+
+
+def _shell_history(tree: ImageRoot) -> None:
+    for home in ["/root", *tree.glob("/home", "*")]:
+        tree.unlink(f"{home}/.bash_history")
+
+
+def _apt_lists(tree: ImageRoot) -> None:
+    _clear_dir(tree, "/var/lib/apt/lists", keep=("lock", "partial", "auxfiles"))
+    _clear_dir(tree, "/var/cache/apt/archives", keep=("lock", "partial"))
+    for cache in tree.glob("/var/cache/apt", "*.bin"):
+        tree.unlink(cache)
+
+
+def _resolv_conf(tree: ImageRoot) -> None:
+    if tree.is_file("/etc/resolv.conf") and not tree.is_link("/etc/resolv.conf"):
+        tree.truncate("/etc/resolv.conf")
+
+
+def _lock_root(tree: ImageRoot) -> None:
+    found = tree.stat("/etc/shadow")
+    text = tree.read_text("/etc/shadow")
+    if text is None or found is None:
+        return
     out = []
-    for line in lines:
+    for line in text.splitlines():
         fields = line.split(":")
         if fields[0] == "root" and len(fields) > 1:
             fields[1] = "*"
         out.append(":".join(fields))
-    shadow.write_text("\n".join(out) + "\n")
+    # Rewritten with the owner and mode it had (root:shadow 0640 on Debian).
+    tree.write("/etc/shadow", ("\n".join(out) + "\n").encode(),
+               found.st_mode & 0o7777, found.st_uid, found.st_gid)  # fmt: skip
+
+
+_SYSPREP: dict[str, Callable[[ImageRoot], None]] = {
+    "ssh-host-keys": _ssh_host_keys,
+    "machine-id": _machine_id,
+    "udev-persistent-net": _udev_persistent_net,
+    "root-password": _lock_root,
+    "logs": _truncate_logs,
+    "shell-history": _shell_history,
+    "apt-lists": _apt_lists,
+    "resolv-conf": _resolv_conf,
+}

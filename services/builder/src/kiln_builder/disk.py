@@ -13,8 +13,9 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import loop_device, mounted, partition_devices
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
@@ -73,19 +74,19 @@ DHCP=yes
 HOST_CACHES = ("var/cache/ldconfig/aux-cache",)
 
 
-def normalise_tree(root: Path, epoch: int) -> None:
+def normalise_tree(tree: ImageRoot, epoch: int) -> None:
     """Drops host-specific caches and, like tar's --clamp-mtime, makes nothing
     in the image newer than the epoch, so files written at build time do not
     make two builds differ."""
     for cache in HOST_CACHES:
-        (root / cache).unlink(missing_ok=True)
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        tree.unlink(cache)
+    for _, dirnames, filenames, dir_fd in tree.walk(topdown=False):
         for name in [*filenames, *dirnames]:
-            path = os.path.join(dirpath, name)
-            if os.lstat(path).st_mtime > epoch:
-                os.utime(path, (epoch, epoch), follow_symlinks=False)
-    if os.lstat(root).st_mtime > epoch:
-        os.utime(root, (epoch, epoch))
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime > epoch:
+                os.utime(name, (epoch, epoch), dir_fd=dir_fd, follow_symlinks=False)
+    with tree.directory("/") as top:
+        if os.fstat(top).st_mtime > epoch:
+            os.utime(f"/proc/self/fd/{top}", (epoch, epoch))
 
 
 def derived_uuid(seed: str, what: str) -> str:
@@ -102,9 +103,9 @@ class Layout:
     count: int
 
 
-def _kernel(root: Path) -> str:
+def _kernel(tree: ImageRoot) -> str:
     versions = sorted(
-        (p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*")),
+        (PurePosixPath(p).name.removeprefix("vmlinuz-") for p in tree.glob("/boot", "vmlinuz-*")),
         key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)],
     )
     if not versions:
@@ -112,24 +113,21 @@ def _kernel(root: Path) -> str:
     return versions[-1]
 
 
-def _enable(root: Path, unit: str, target: str = "multi-user.target") -> None:
-    wants = root / f"etc/systemd/system/{target}.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / Path(unit).name
-    link.unlink(missing_ok=True)
-    link.symlink_to(unit)
+def _enable(tree: ImageRoot, unit: str, target: str = "multi-user.target") -> None:
+    tree.symlink(f"/etc/systemd/system/{target}.wants/{PurePosixPath(unit).name}", unit)
 
 
-def configure_boot(root: Path, *, fs_type: str, fs_uuid: str, title: str, partitioning: str) -> str:
+def configure_boot(
+    tree: ImageRoot, *, fs_type: str, fs_uuid: str, title: str, partitioning: str
+) -> str:
     """Writes fstab, grub.cfg, network and first-boot units into the root.
     Returns the kernel version booted."""
-    version = _kernel(root)
-    (root / "etc/fstab").write_text(f"UUID={fs_uuid} / {fs_type} defaults 0 1\n")
+    version = _kernel(tree)
+    tree.write_text("/etc/fstab", f"UUID={fs_uuid} / {fs_type} defaults 0 1\n")
     part_module = "part_gpt" if partitioning == "gpt" else "part_msdos"
     fs_module = "xfs" if fs_type == "xfs" else "ext2"
-    grub = root / "boot/grub"
-    grub.mkdir(parents=True, exist_ok=True)
-    (grub / "grub.cfg").write_text(
+    tree.write_text(
+        "/boot/grub/grub.cfg",
         "serial --unit=0 --speed=115200\n"
         "terminal_input serial console\nterminal_output serial console\n"
         "set timeout=1\n"
@@ -138,21 +136,15 @@ def configure_boot(root: Path, *, fs_type: str, fs_uuid: str, title: str, partit
         f'menuentry "{title}" {{\n'
         f"  linux /boot/vmlinuz-{version} root=UUID={fs_uuid} ro"
         " console=tty0 console=ttyS0,115200n8\n"
-        f"  initrd /boot/initrd.img-{version}\n}}\n"
+        f"  initrd /boot/initrd.img-{version}\n}}\n",
     )
-    network = root / "etc/systemd/network/80-kiln-dhcp.network"
-    network.parent.mkdir(parents=True, exist_ok=True)
-    network.write_text(DHCP_NETWORK)
-    _enable(root, "/lib/systemd/system/systemd-networkd.service")
-    growroot = root / "usr/local/sbin/kiln-growroot"
-    growroot.parent.mkdir(parents=True, exist_ok=True)
-    growroot.write_text(GROWROOT_SH)
-    growroot.chmod(0o755)
-    units = root / "etc/systemd/system"
-    (units / "kiln-growroot.service").write_text(GROWROOT_UNIT)
-    (units / "kiln-ssh-host-keys.service").write_text(SSH_KEYS_UNIT)
-    _enable(root, "/etc/systemd/system/kiln-growroot.service")
-    _enable(root, "/etc/systemd/system/kiln-ssh-host-keys.service")
+    tree.write_text("/etc/systemd/network/80-kiln-dhcp.network", DHCP_NETWORK)
+    _enable(tree, "/lib/systemd/system/systemd-networkd.service")
+    tree.write_text("/usr/local/sbin/kiln-growroot", GROWROOT_SH, mode=0o755)
+    tree.write_text("/etc/systemd/system/kiln-growroot.service", GROWROOT_UNIT)
+    tree.write_text("/etc/systemd/system/kiln-ssh-host-keys.service", SSH_KEYS_UNIT)
+    _enable(tree, "/etc/systemd/system/kiln-growroot.service")
+    _enable(tree, "/etc/systemd/system/kiln-ssh-host-keys.service")
     return version
 
 
@@ -220,28 +212,24 @@ BLOCKLIST = 0x200 - 12  # diskboot.img: start (8), length (2), segment (2) of th
 KERNEL_SEGMENT = 0x820
 
 
-def stage_grub(rootdir: Path) -> None:
+def stage_grub(tree: ImageRoot) -> None:
     """GRUB's modules for BIOS boot go into the image's /boot/grub from the
     build host's grub-pc-bin, before the filesystem is made."""
     if not (GRUB_DIR / "boot.img").exists():
         raise FailedPrecondition(f"{GRUB_DIR} is missing: install grub-pc-bin on the builder")
-    target = rootdir / "boot/grub/i386-pc"
-    target.mkdir(parents=True, exist_ok=True)
-    for module in GRUB_DIR.iterdir():
+    for module in sorted(GRUB_DIR.iterdir()):
         if module.suffix in (".mod", ".lst", ".o") or module.name == "modinfo.sh":
-            (target / module.name).write_bytes(module.read_bytes())
+            tree.write(f"/boot/grub/i386-pc/{module.name}", module.read_bytes())
 
 
-def _inode_time_commands(rootdir: Path, epoch: int) -> str:
+def _inode_time_commands(tree: ImageRoot, epoch: int) -> str:
     """debugfs commands setting every inode's atime and ctime to the epoch:
     mkfs -d copies them from the build host (ctime is the time of extraction),
     and they would make every build differ."""
     lines = []
-    for dirpath, dirnames, filenames in os.walk(rootdir):
-        for name in (
-            ["", *dirnames, *filenames] if dirpath == str(rootdir) else [*dirnames, *filenames]
-        ):
-            inside = "/" + os.path.relpath(os.path.join(dirpath, name), rootdir).removeprefix(".")
+    for where, dirnames, filenames, _ in tree.walk():
+        names = [str(where / n) for n in (*dirnames, *filenames)]
+        for inside in ["/", *names] if where == PurePosixPath("/") else names:
             if '"' in inside or "\n" in inside:
                 log.warning("cannot settle the times of %r: left as the host had them", inside)
                 continue
@@ -252,7 +240,8 @@ def _inode_time_commands(rootdir: Path, epoch: int) -> str:
 
 async def _settle_inode_times(device: str, rootdir: Path, epoch: int) -> None:
     commands = rootdir.parent / "debugfs-times.cmd"
-    commands.write_text(await asyncio.to_thread(_inode_time_commands, rootdir, epoch))
+    with ImageRoot(rootdir) as tree:
+        commands.write_text(await asyncio.to_thread(_inode_time_commands, tree, epoch))
     try:
         # debugfs echoes each of its (tens of thousands of) commands: not logged.
         await run(

@@ -15,13 +15,14 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from kiln_builder import checks, customize, disk, layers
 from kiln_builder.base import fetch, formats, layout
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.checks import CheckReport
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
@@ -239,7 +240,8 @@ class Bake:
         if not names:
             return
         async with layout.opened(image, found, mnt, read_only=True) as root:
-            self.distro = _distro_of(root)  # the package names depend on it
+            with ImageRoot(root) as tree:
+                self.distro = _distro_of(tree)  # the package names depend on it
         packages = self._packages()
         steps = tuple(s for n in names for s in appliance.recipe_steps(self.recipe, n, packages))
         job = appliance.Job(steps, self.opts.epoch, root="whole" if found.bare else str(found.root))
@@ -349,16 +351,17 @@ class Bake:
             return
         self._prepared = True
         recipe = self.recipe
-        disk.configure_boot(
-            self.rootdir,
-            fs_type=recipe.disk.filesystem,
-            fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
-            title=f"{recipe.name} {recipe.version}",
-            partitioning=recipe.disk.partitioning,
-        )
-        if self._needs_disk():
-            disk.stage_grub(self.rootdir)
-        await asyncio.to_thread(disk.normalise_tree, self.rootdir, self.opts.epoch)
+        with ImageRoot(self.rootdir) as tree:
+            disk.configure_boot(
+                tree,
+                fs_type=recipe.disk.filesystem,
+                fs_uuid=disk.derived_uuid(self.seed, "rootfs"),
+                title=f"{recipe.name} {recipe.version}",
+                partitioning=recipe.disk.partitioning,
+            )
+            if self._needs_disk():
+                disk.stage_grub(tree)
+            await asyncio.to_thread(disk.normalise_tree, tree, self.opts.epoch)
 
     async def _disk(self) -> Path:
         recipe = self.recipe
@@ -412,6 +415,9 @@ class Bake:
         image = await self._disk() if self._needs_disk() else self.work / "no-disk"
         if not self._needs_disk():
             await self._prepare_tree()
+        if self._booting():
+            with ImageRoot(self.rootdir) as tree:
+                copy_kernels(tree, self.work / "kernel")
         return image, await self._outputs(image)
 
     async def run(self) -> BakeResult:
@@ -511,7 +517,8 @@ class Bake:
             await self._edit_disk_in_vm(image, found, mnt)
         async with layout.opened(image, found, mnt) as root:
             self.rootdir = root
-            self.distro = _distro_of(root)
+            with ImageRoot(root) as tree:
+                self.distro = _distro_of(tree)
             for name, _, action in self._edit_steps():
                 if self._vm_edits() and name in APPLIANCE_STEPS:
                     continue  # done in the appliance above
@@ -521,13 +528,13 @@ class Bake:
                 self._partitioned = not found.bare
                 await self._checks()
             if self._booting():
-                _copy_kernels(root / "boot", self.work / "kernel")
+                with ImageRoot(root) as tree:
+                    copy_kernels(tree, self.work / "kernel")
         # Unmounted cleanly (journal closed) before its bytes are converted; read
         # back read-only for the tree outputs and the SBOM.
         async with layout.opened(image, found, mnt, read_only=True) as root:
             self.rootdir = root
             result = await self._outputs(image)
-        self.rootdir = self.work / "kernel"  # what the boot test probes KVM with
         return image, result
 
     async def _boot_test(self, image: Path, result: BakeResult) -> None:
@@ -539,7 +546,7 @@ class Bake:
             name=self.opts.build_id,
             console_log=console,
             timeout=self.recipe.test.boot.timeout,
-            kernel_dir=self.rootdir if self.customising else self.rootdir / "boot",
+            kernel_dir=self.work / "kernel",  # copied out of the image (copy_kernels)
             cache_dir=self.opts.cache_dir,
             fix_kvm_device=self.opts.fix_kvm_device,
         )
@@ -559,31 +566,27 @@ class Bake:
             vm.raise_on_failure(run.results)
 
 
-def _distro_of(root: Path) -> str:
+def _distro_of(tree: ImageRoot) -> str:
     """debian or ubuntu, from the image's os-release (ID, then ID_LIKE)."""
-    for name in ("etc/os-release", "usr/lib/os-release"):
-        if layout.plain_file(root, name):
-            fields = dict(
-                line.split("=", 1) for line in (root / name).read_text().splitlines() if "=" in line
-            )
-            ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
-            for distro in ("ubuntu", "debian"):
-                if distro in (i.strip('"') for i in ids):
-                    return distro
+    for name in ("/etc/os-release", "/usr/lib/os-release"):
+        text = tree.read_text(name)
+        if text is None:
+            continue
+        fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
+        for distro in ("ubuntu", "debian"):
+            if distro in (i.strip('"') for i in ids):
+                return distro
     log.warning("the base image does not say it is Debian or Ubuntu: package names are Debian's")
     return "debian"
 
 
-def _copy_kernels(boot: Path, dest: Path) -> None:
-    """The image's kernels and initrds, copied out for the KVM probe (the image
-    is not mounted by then). Only regular files: a symlink could lead out."""
+def copy_kernels(tree: ImageRoot, dest: Path) -> None:
+    """The image's kernels and initrds, copied out of its /boot for the boot
+    test's KVM probe (regular files only, read inside the image)."""
     dest.mkdir(parents=True, exist_ok=True)
-    if boot.is_symlink() or not boot.is_dir():
-        return
-    for path in boot.iterdir():
-        wanted = path.name.startswith(("vmlinuz-", "initrd.img-"))
-        if wanted and path.is_file() and not path.is_symlink():
-            shutil.copyfile(path, dest / path.name)
+    for path in tree.glob("/boot", "vmlinuz-*") + tree.glob("/boot", "initrd.img-*"):
+        tree.copy_out(path, dest / PurePosixPath(path).name)
 
 
 def summary(steps: Sequence[StepRecord]) -> str:

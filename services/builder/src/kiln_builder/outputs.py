@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
+import stat
 import threading
 import uuid
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kiln_builder.imageroot import ImageRoot
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_common.proc import run
 
@@ -265,34 +267,31 @@ async def _write_filesystem(src: _Sources, dest: Path, fstype: str) -> None:
 
 def tree_usage(root: Path) -> tuple[int, int]:
     """(bytes, inodes) a directory tree needs on ext2/3/4: whole blocks per file,
-    hard links counted once, directories by their entries."""
+    hard links counted once, directories by their entries. Read inside the
+    image (imageroot), links never followed."""
     linked: set[int] = set()
     data = _BLOCK  # the root directory
     inodes = 1
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        entries = 24  # "." and ".."
-        with os.scandir(directory) as it:
-            for entry in it:
-                entries += 8 + (len(os.fsencode(entry.name)) + 3) // 4 * 4
-                st = entry.stat(follow_symlinks=False)
-                if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+    with ImageRoot(root) as tree:
+        for _, dirnames, filenames, dir_fd in tree.walk():
+            entries = 24  # "." and ".."
+            for name in (*dirnames, *filenames):
+                entries += 8 + (len(os.fsencode(name)) + 3) // 4 * 4
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                     if st.st_ino in linked:
                         continue
                     linked.add(st.st_ino)
                 inodes += 1
-                data += _inode_data(entry, st.st_size)
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-        data += _blocks(entries) * _BLOCK
+                data += _inode_data(st)
+            data += _blocks(entries) * _BLOCK
     return data, inodes
 
 
-def _inode_data(entry: os.DirEntry[str], size: int) -> int:
-    if entry.is_file(follow_symlinks=False):
-        return _blocks(size) * _BLOCK * 1025 // 1024  # + one indirect block per 1024
-    if entry.is_symlink() and size > 59:  # shorter targets live in the inode itself
+def _inode_data(st: os.stat_result) -> int:
+    if stat.S_ISREG(st.st_mode):
+        return _blocks(st.st_size) * _BLOCK * 1025 // 1024  # + one indirect block per 1024
+    if stat.S_ISLNK(st.st_mode) and st.st_size > 59:  # shorter targets live in the inode
         return _BLOCK
     return 0
 

@@ -131,7 +131,8 @@ def is_mounted(target: Path) -> bool:
 
 @contextlib.asynccontextmanager
 async def mounted(source: str, target: Path, *options: str) -> AsyncIterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
+    if not target.is_dir():  # a mount point inside an image is made by imageroot
+        target.mkdir(parents=True)
     await run(["mount", *options, source, target])
     try:
         yield target

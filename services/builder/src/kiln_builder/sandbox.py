@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_builder import cgroups, sandbox_net
-from kiln_builder.inroot import in_root
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import claimed_tempdir
 from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
 from kiln_common.retry import RetryPolicy
@@ -262,40 +262,40 @@ def services_held(root: Path) -> Iterator[None]:
     """policy-rc.d forbids starting services while packages install, and a
     resolv.conf pointing at the sandbox's resolver lets apt resolve names;
     both are removed afterwards (sysprep removes any resolv.conf the build left).
-    Both edits are made chrooted, so links in the image stay inside it."""
-    held = in_root(root, _hold)
+    Both edits resolve their paths inside the image (imageroot)."""
+    with ImageRoot(root) as tree:
+        held = _hold(tree)
     try:
         yield
     finally:
-        in_root(root, _release, held)
+        with ImageRoot(root) as tree:
+            _release(tree, held)
 
 
-_Held = tuple[bytes | None, int, str | None]  # resolv.conf's bytes, mode, link target
+@dataclass(frozen=True)
+class _Held:
+    """resolv.conf as it was: a file's bytes and stat, or a link's target."""
+
+    data: bytes | None
+    found: os.stat_result | None
+    link: str | None
 
 
-def _hold(root: Path) -> _Held:
-    policy = root / "usr/sbin/policy-rc.d"
-    resolv = root / "etc/resolv.conf"
-    policy.parent.mkdir(parents=True, exist_ok=True)
-    policy.unlink(missing_ok=True)  # a link planted there is replaced, not followed
-    policy.write_text(POLICY_RC)
-    policy.chmod(0o755)
-    original = resolv.read_bytes() if resolv.is_file() and not resolv.is_symlink() else None
-    mode = resolv.stat().st_mode if original is not None else 0o644  # put back as it was
-    link = str(resolv.readlink()) if resolv.is_symlink() else None
-    resolv.parent.mkdir(parents=True, exist_ok=True)
-    resolv.unlink(missing_ok=True)
-    resolv.symlink_to("/run/kiln-resolv.conf")
-    return original, mode, link
+def _hold(tree: ImageRoot) -> _Held:
+    # A link planted at either path is replaced, not followed.
+    tree.write("/usr/sbin/policy-rc.d", POLICY_RC.encode(), 0o755)
+    link = tree.readlink("/etc/resolv.conf")
+    data = None if link is not None else tree.read_bytes("/etc/resolv.conf")
+    found = tree.lstat("/etc/resolv.conf") if data is not None else None
+    tree.symlink("/etc/resolv.conf", "/run/kiln-resolv.conf")
+    return _Held(data, found, link)
 
 
-def _release(root: Path, held: _Held) -> None:
-    original, mode, link = held
-    resolv = root / "etc/resolv.conf"
-    (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
-    resolv.unlink(missing_ok=True)
-    if link is not None:
-        resolv.symlink_to(link)
-    elif original is not None:
-        resolv.write_bytes(original)
-        resolv.chmod(mode & 0o7777)
+def _release(tree: ImageRoot, held: _Held) -> None:
+    tree.unlink("/usr/sbin/policy-rc.d")
+    tree.unlink("/etc/resolv.conf")
+    if held.link is not None:
+        tree.symlink("/etc/resolv.conf", held.link)
+    elif held.data is not None and held.found is not None:
+        mode, uid, gid = held.found.st_mode & 0o7777, held.found.st_uid, held.found.st_gid
+        tree.write("/etc/resolv.conf", held.data, mode, uid, gid)

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from kiln_builder.imageroot import ImageRoot
 from kiln_common.errors import FailedPrecondition
 
-DPKG_STATUS = Path("var/lib/dpkg/status")
+DPKG_STATUS = "var/lib/dpkg/status"
+MAX_STATUS = 256 << 20  # a status file of 10,000 packages is about 30 MB
 TOOL = "kiln-builder"
 # documentNamespace only has to be a unique URI; it is never fetched.
 NAMESPACE_BASE = "https://kiln.invalid/spdx"
@@ -36,12 +38,13 @@ class Package:
 
 
 def package_manifest(rootfs: Path) -> list[Package]:
-    """The packages dpkg has installed in rootfs, sorted by name, architecture, version."""
-    path = rootfs / DPKG_STATUS
-    try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except FileNotFoundError as exc:
-        raise FailedPrecondition(f"no dpkg database in the image ({path} is missing)") from exc
+    """The packages dpkg has installed in rootfs, sorted by name, architecture,
+    version. The database is read inside the image (imageroot): a link there
+    leads to the image's own files, never the build host's."""
+    with ImageRoot(rootfs) as tree:
+        text = tree.read_text(DPKG_STATUS, limit=MAX_STATUS)
+    if text is None:
+        raise FailedPrecondition(f"no dpkg database in the image (/{DPKG_STATUS} is missing)")
     packages = (_package(fields) for fields in parse_control(text) if _installed(fields))
     return sorted(packages, key=_order)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from kiln_builder.base.formats import Inspected
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import loop_device, mounted, partition_devices
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_common.proc import run
@@ -128,8 +129,9 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
         with tempfile.TemporaryDirectory(dir=work, prefix="probe-") as probe:
             options = _ro_options(part.fstype)
             async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
-                if any(plain_file(mnt, name) for name in ROOT_MARKS):
-                    return part
+                with ImageRoot(mnt) as tree:
+                    if any(tree.is_file(name) for name in ROOT_MARKS):
+                        return part
     found = "; ".join(p.describe() for p in parts)
     hint = (
         " Kiln cannot open LVM or LUKS volumes"
@@ -139,17 +141,6 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
     raise FailedPrecondition(
         f"no Linux root filesystem (ext3, ext4 or xfs) in the base: {found}.{hint}"
     )
-
-
-def plain_file(root: Path, name: str) -> bool:
-    """A regular file at root/name reached through no symlink (which could
-    lead out of the image, into the build host's own files)."""
-    path = root
-    for part in PurePosixPath(name).parts:
-        path = path / part
-        if path.is_symlink():
-            return False
-    return path.is_file()
 
 
 def _ro_options(fstype: str | None) -> str:
@@ -214,12 +205,11 @@ async def _grow_fs(device: str, fstype: str, work: Path) -> None:
 # --- mounting -------------------------------------------------------------------------
 
 
-def _fstab_mounts(root: Path, layout: Layout) -> list[tuple[int, PurePosixPath, str]]:
+def _fstab_mounts(tree: ImageRoot, layout: Layout) -> list[tuple[int, PurePosixPath, str]]:
     """(partition, mount point, type) for each fstab line below / on this disk."""
-    if layout.bare or not plain_file(root, "etc/fstab"):
-        return []
+    text = None if layout.bare else tree.read_text("/etc/fstab")
     found = []
-    for line in (root / "etc/fstab").read_text(errors="replace").splitlines():
+    for line in (text or "").splitlines():
         fields = line.split()
         if len(fields) < 3 or fields[0].startswith("#"):
             continue
@@ -250,19 +240,17 @@ def _resolve(spec: str, layout: Layout) -> int | None:
     return None
 
 
-def _mount_point(root: Path, where: PurePosixPath, *, create: bool) -> Path:
-    """A directory inside root, refusing a symlink anywhere on the way: mount
-    follows symlinks on the host, so one in the image could aim it anywhere."""
-    path = root
-    for part in where.parts[1:]:
-        if part in ("..", "."):
-            raise FailedPrecondition(f"fstab mount point {where} is not a plain path")
-        path = path / part
-        if path.is_symlink():
-            raise FailedPrecondition(f"fstab mount point {where} is a symlink in the image")
+def _mount_point(tree: ImageRoot, where: PurePosixPath, *, create: bool) -> Path:
+    """The host path of a directory inside the image, its links resolved inside
+    the image (mount follows links on the host, so it is given a path with none)."""
+    if any(part in ("..", ".") for part in where.parts):
+        raise FailedPrecondition(f"fstab mount point {where} is not a plain path")
+    try:
         if create:
-            path.mkdir(exist_ok=True)
-    return path
+            tree.makedirs(where)
+        return tree.host_dir(where)
+    except OSError as exc:
+        raise FailedPrecondition(f"fstab mount point {where} is not a directory: {exc}") from None
 
 
 @contextlib.asynccontextmanager
@@ -281,8 +269,9 @@ async def opened(
             nodes = dict(zip(numbers, made, strict=True))
         options = _ro_options(layout.root_fs) if read_only else _rw_options(layout.root_fs)
         root = await stack.enter_async_context(mounted(nodes[layout.root], mnt, "-o", options))
-        for number, where, fstype in _fstab_mounts(root, layout):
+        tree = stack.enter_context(ImageRoot(root))
+        for number, where, fstype in _fstab_mounts(tree, layout):
             options = _ro_options(fstype) if read_only else _rw_options(fstype)
-            target = _mount_point(root, where, create=not read_only)
+            target = _mount_point(tree, where, create=not read_only)
             await stack.enter_async_context(mounted(nodes[number], target, "-o", options))
         yield root

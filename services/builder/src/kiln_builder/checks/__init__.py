@@ -60,7 +60,12 @@ def _evaluate(rule: Rule, tree: Tree, facts: Facts) -> Verdict:
 
 def run(root: Path, profiles: Sequence[tuple[str, bool]], facts: Facts) -> CheckReport:
     """Every rule of each (profile, advisory) over the tree at root."""
-    tree = Tree(root)
+    with Tree(root) as tree:
+        results = _results(tree, profiles, facts)
+    return CheckReport(tuple((str(p), bool(a)) for p, a in profiles), tuple(results))
+
+
+def _results(tree: Tree, profiles: Sequence[tuple[str, bool]], facts: Facts) -> list[CheckResult]:
     results = []
     for profile, advisory in profiles:
         if profile not in PROFILES:
@@ -78,7 +83,7 @@ def run(root: Path, profiles: Sequence[tuple[str, bool]], facts: Facts) -> Check
                     verdict.why,
                 )
             )
-    return CheckReport(tuple((str(p), bool(a)) for p, a in profiles), tuple(results))
+    return results
 
 
 class _Output(Protocol):

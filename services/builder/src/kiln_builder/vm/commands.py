@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from kiln_builder.inroot import in_root
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.libvirtd import ensure_libvirtd
 from kiln_builder.resources import loop_device, mounted
 from kiln_builder.vm.accel import host_accel
@@ -165,23 +165,15 @@ def guest_files(commands: Sequence[str], timeout: int) -> dict[str, tuple[str, i
 
 
 def add_to_root(root: Path, files: dict[str, tuple[str, int]]) -> None:
-    """Writes files into a mounted root and enables the unit, chrooted: the
-    image's links (a run script may plant them) cannot lead onto the host."""
-    in_root(root, _add, files)
-
-
-def _add(root: Path, files: dict[str, tuple[str, int]]) -> None:
-    for relative, (text, mode) in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)  # a link planted there is replaced, not followed
-        path.write_text(text)
-        path.chmod(mode)
-    wants = root / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True, exist_ok=True)
-    link = wants / UNIT
-    link.unlink(missing_ok=True)
-    link.symlink_to(f"/etc/systemd/system/{UNIT}")
+    """Writes files into a mounted root and enables the unit, every path resolved
+    inside the image (imageroot): links a run script planted cannot lead onto
+    the host."""
+    with ImageRoot(root) as tree:
+        for relative, (text, mode) in files.items():
+            tree.write(relative, text.encode(), mode)  # a link there is replaced
+        tree.symlink(
+            f"/etc/systemd/system/multi-user.target.wants/{UNIT}", f"/etc/systemd/system/{UNIT}"
+        )
 
 
 # --- what comes out ----------------------------------------------------------------
@@ -312,7 +304,9 @@ async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
             except Exception as exc:  # noqa: BLE001 - not a filesystem: try the next
                 tried.append(f"offset {offset}: {str(exc).strip().splitlines()[-1:]}")
                 continue
-            if (root / "etc/os-release").exists() or (root / "usr/lib/os-release").exists():
+            with ImageRoot(root) as tree:
+                found = tree.exists("/etc/os-release") or tree.exists("/usr/lib/os-release")
+            if found:
                 yield root
                 return
             tried.append(f"offset {offset}: no etc/os-release")
