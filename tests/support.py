@@ -341,12 +341,15 @@ def cache_with(layers: list[Path], cache_dir: Path) -> Path:
 
 
 class ImageServer:
-    """Serves a directory over HTTP with Range support, counting GETs; can cut
-    its first answer short to show that a download resumes."""
+    """Serves a directory over HTTP with Range support, counting connections and
+    GETs; can cut its first answer short to show that a download resumes, and
+    answer a path with a redirect. host: a loopback address to listen on."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
         self.root = root
         self.requests: list[dict[str, str]] = []
+        self.connections = 0
+        self.redirects: dict[str, str] = {}  # "/path" -> where a GET of it is sent
         self.cut_first_after: int | None = None
         server = self
 
@@ -354,8 +357,18 @@ class ImageServer:
             def log_message(self, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                server.connections += 1
+                super().setup()
+
             def do_GET(self) -> None:
                 server.requests.append({"path": self.path, "range": self.headers.get("Range", "")})
+                if self.path in server.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 path = server.root / self.path.lstrip("/")
                 if not path.is_file():
                     self.send_error(404)
@@ -377,8 +390,8 @@ class ImageServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def gets(self, name: str) -> list[dict[str, str]]:

@@ -29,6 +29,8 @@ from kiln_builder.appliance import (
     customise_in_vm,
     ensure_appliance,
 )
+from kiln_builder.appliance.runner import ApplianceResult
+from kiln_builder.egress import LOCAL, EgressProxy
 from kiln_builder.layers import LayerStore
 from kiln_builder.resources import loop_device, mounted
 from kiln_common.proc import run_sync
@@ -123,11 +125,15 @@ hello
     )
     lines: list[str] = []
     work = tmp_path / "work"
-    result = asyncio.run(
-        customise_in_vm(
-            image, job, work=work, cache_dir=CACHE, layers=layers, log_line=lines.append
-        )
-    )
+
+    async def through_the_egress_proxy() -> tuple[ApplianceResult, EgressProxy]:
+        async with EgressProxy(LOCAL) as proxy:
+            done = await customise_in_vm(image, job, work=work, cache_dir=CACHE, layers=layers,
+                                         log_line=lines.append, proxy=proxy.url)  # fmt: skip
+        return done, proxy
+
+    result, proxy = asyncio.run(through_the_egress_proxy())
+    assert proxy.served > 0 and proxy.refusals == []  # apt's every connection went through it
     assert [s.name for s in result.steps] == ["packages", "files /etc/kiln-test", "run probe.sh"]
     assert all(s.status == "ok" for s in result.steps)
     assert result.accel.kind in ("kvm", "tcg") and result.root == "/dev/vdb ext4"

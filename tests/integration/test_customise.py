@@ -18,6 +18,7 @@ from support import ImageServer, loops_under, mounts_under
 
 from kiln_builder.base.download import BaseDigestMismatch, FetchLimits, fetch_url
 from kiln_builder.base.fetch import prune_bases
+from kiln_builder.egress import LOCAL
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError
 from kiln_common.proc import run_sync
@@ -94,7 +95,7 @@ def bake(recipe_text: str, work: Path, cache: Path) -> Bake:
     recipe = parse_recipe(recipe_text, work)
     options = BakeOptions(
         out_dir=work / "out", work_root=work / "work", cache_dir=cache, build_id="b1",
-        boot_test=False,
+        boot_test=False, egress=LOCAL,  # the test's image server is on loopback
     )  # fmt: skip
     return Bake(recipe, options)
 
@@ -235,7 +236,7 @@ def test_a_base_without_a_kernel_cannot_be_boot_tested(server: ImageServer, tmp_
     text = recipe(f"{server.url}/fs.ext3", sha256(server.root / "fs.ext3"), "outputs: [ext3]\n")
     recipe_ = parse_recipe(text, tmp_path)
     options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "w",
-                          cache_dir=tmp_path / "c", build_id="b")  # fmt: skip
+                          cache_dir=tmp_path / "c", build_id="b", egress=LOCAL)  # fmt: skip
     with pytest.raises(FailedPrecondition, match=r"set test: \{boot: false\}"):
         asyncio.run(Bake(recipe_, options).run())
     shutil.rmtree(tmp_path / "c")

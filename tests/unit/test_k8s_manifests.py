@@ -381,6 +381,23 @@ def test_builder_env_is_accepted_by_the_builder_settings(monkeypatch: pytest.Mon
     assert settings.cache_max_gib < gibibytes(cache["sizeLimit"])
 
 
+def test_builder_refuses_the_node_and_says_what_it_does_without_cluster_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (container,) = pod_spec(find("Deployment", "builder"))["containers"]
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert env["KILN_BUILDER_NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    builder_settings(monkeypatch)  # the pod's environment, then what the kubelet adds:
+    monkeypatch.setenv("KILN_BUILDER_NODE_IP", "192.0.2.10")
+    settings = BuilderSettings()
+    assert "192.0.2.10/32" in settings.sandbox_policy().blocked_networks
+    assert settings.egress_policy().refusal("192.0.2.10") is not None
+    assert not settings.egress_allow_loopback
+    # No cluster network is guessed: until the operator names them, builds run in vm.
+    assert settings.cluster_networks is None
+    assert "sandbox builds run in vm" in settings.unconfigured()
+
+
 def test_builder_probes_use_grpc_health_on_the_bound_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -2,7 +2,7 @@
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
 kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
-                    [--default-mirror URL] [--vm]
+                    [--default-mirror URL] [--vm] [--egress-deny CIDR] [--egress-deny-loopback]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from kiln_builder.checks import CheckReport
 from kiln_builder.cleanup import reclaim_all
+from kiln_builder.egress import EgressPolicy
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
-from kiln_common.errors import KilnError
+from kiln_common.errors import InvalidArgument, KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
 from kiln_common.proc import ProcessError
@@ -60,10 +61,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("KILN_BUILDER_DEFAULT_MIRROR", ""),
         help="mirror for a recipe that names none; default: the build host's apt source",
     )
+    bake.add_argument(
+        "--egress-deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a network the build's own fetches (base URL, mirror) may not reach (repeatable)",
+    )
+    bake.add_argument(
+        "--egress-deny-loopback",
+        action="store_true",
+        help="refuse loopback addresses to the build's own fetches (allowed by default here)",
+    )
     sub.add_parser("serve", help="run the Builder service (settings from KILN_BUILDER_*)")
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
     clean.add_argument("--work-root", type=Path, default=WORK_ROOT)
     return parser
+
+
+def _egress(args: argparse.Namespace) -> EgressPolicy:
+    """bake runs for one person on one machine: loopback mirrors and servers
+    are allowed unless --egress-deny-loopback; --egress-deny adds networks."""
+    try:
+        return EgressPolicy(allow_loopback=not args.egress_deny_loopback,
+                            denied=tuple(args.egress_deny))  # fmt: skip
+    except ValueError as exc:
+        raise InvalidArgument(f"--egress-deny: {exc}") from None
 
 
 def _progress(step: StepRecord, what: str) -> None:
@@ -97,6 +120,8 @@ async def _bake(args: argparse.Namespace) -> int:
         boot_test=not args.no_boot_test,
         default_mirror=args.default_mirror,
         force_vm=args.vm,
+        force_vm_why="asked for with --vm",
+        egress=_egress(args),
     )
     bake = Bake(recipe, options, _progress)
     try:

@@ -110,9 +110,12 @@ def spec_for(
     return BootstrapSpec(distro, release, arch, found, packages, epoch)
 
 
-async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
+async def bootstrap(
+    spec: BootstrapSpec, dest: Path, proxy_env: dict[str, str] | None = None
+) -> None:
     """mmdebstrap into dest (a .tar.zst: mmdebstrap compresses by the name),
-    through a temporary name."""
+    through a temporary name. proxy_env: http_proxy and https_proxy for apt,
+    the build's egress proxy (which refuses the mirror if the policy does)."""
     tmp = dest.with_name("partial-" + dest.name)
     tmp.unlink(missing_ok=True)
     kernels = [p for p in spec.packages if p == KERNELS[spec.distro]]
@@ -133,7 +136,7 @@ async def bootstrap(spec: BootstrapSpec, dest: Path) -> None:
                 tmp,
                 spec.mirror,
             ],
-            env={"SOURCE_DATE_EPOCH": str(spec.source_date_epoch)},
+            env={"SOURCE_DATE_EPOCH": str(spec.source_date_epoch), **(proxy_env or {})},
         )
         tmp.rename(dest)
     finally:

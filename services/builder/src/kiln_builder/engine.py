@@ -22,6 +22,7 @@ from kiln_builder import checks, customize, disk, layers
 from kiln_builder.base import fetch, formats, layout
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.checks import CheckReport
+from kiln_builder.egress import STRICT, EgressPolicy, EgressProxy, Route
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
@@ -83,8 +84,11 @@ class BakeOptions:
     fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
     epoch: int = DEFAULT_EPOCH
     force_vm: bool = False  # vm isolation for every recipe (an operator's setting)
+    force_vm_why: str = "forced by the builder's setting"  # said in the log and record
+    sandbox_refused: str = ""  # why this builder runs no sandbox builds ("" if it does)
     sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
     default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
+    egress: EgressPolicy = STRICT  # what the builder's own fetches may reach
 
 
 @dataclass(frozen=True)
@@ -154,10 +158,12 @@ class Bake:
         # same ids whatever its publish or test settings say.
         self.seed = f"{recipe.name}/{recipe.version}"
         self.isolation = "vm" if options.force_vm else recipe.isolation
+        self.isolation_reason = options.force_vm_why if options.force_vm else "the recipe's"
         self.appliance_accel: Any = None
         self._prepared = False
         self.check_report: CheckReport | None = None
         self._partitioned: bool | None = None  # a customised base's layout, once found
+        self.route: Route | None = None  # the egress proxy's, while the build runs
 
     @contextlib.asynccontextmanager
     async def _step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
@@ -196,12 +202,17 @@ class Bake:
             self.opts.default_mirror,
         )
         target = self.layers.path("bootstrap", spec.key())
-        out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target))]
+        out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target, self._proxy_env()))]
         key = spec.key()
         for name, inputs, action in self._edit_steps():
             key = layers.chain_key(key, name, inputs)
             out.append((name, key, action))
         return out
+
+    def _proxy_env(self) -> dict[str, str]:
+        """apt's proxy variables: the build's egress proxy."""
+        assert self.route is not None, "the egress proxy runs while the build does"
+        return {"http_proxy": self.route.proxy, "https_proxy": self.route.proxy, "no_proxy": ""}
 
     async def _in_vm(self, step: str, packages: Sequence[str] = ()) -> None:
         """Runs a step of a from-scratch build in the appliance VM, on the tree
@@ -220,6 +231,7 @@ class Bake:
             target, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
             layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
             mirrors=appliance.recipe_mirrors(self.recipe, self.opts.default_mirror),
+            proxy=self.route.proxy if self.route else None,
         )  # fmt: skip
         self.appliance_accel = result.accel
         accel = result.accel
@@ -420,9 +432,16 @@ class Bake:
                 copy_kernels(tree, self.work / "kernel")
         return image, await self._outputs(image)
 
+    def _runs_user_code(self) -> bool:
+        """Whether a step would run the recipe's code (packages, run) here."""
+        return any(name in ("packages", "run") for name, _, _ in self._edit_steps())
+
     async def run(self) -> BakeResult:
-        forced = " (forced by the builder's setting)" if self.opts.force_vm else ""
-        log.info("isolation: %s%s", self.isolation, forced)
+        log.info("isolation: %s (%s)", self.isolation, self.isolation_reason)
+        if self.isolation == "sandbox" and self.opts.sandbox_refused and self._runs_user_code():
+            raise FailedPrecondition(
+                f"{self.opts.sandbox_refused}; ask for `isolation: vm` in the recipe"
+            )
         for part in self._not_yet():
             log.warning("the recipe's %s are not run by this version of the builder", part)
         if self.recipe.test.commands and not self._booting():
@@ -435,10 +454,13 @@ class Bake:
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
         try:
-            if self.customising:
-                image, result = await self._customised()
-            else:
-                image, result = await self._from_scratch()
+            async with EgressProxy(self.opts.egress) as proxy:
+                self.route = Route(self.opts.egress, proxy.url)
+                await self._check_mirror()
+                if self.customising:
+                    image, result = await self._customised()
+                else:
+                    image, result = await self._from_scratch()
             if self._booting():
                 await self._boot_test(image, result)
             ok = True
@@ -456,6 +478,13 @@ class Bake:
             else:
                 keep(self.work, f"build {self.opts.build_id} failed")
                 log.warning("keeping the failed build's workspace: %s", self.work)
+
+    async def _check_mirror(self) -> None:
+        """The recipe's own mirror, refused at once if the egress policy forbids
+        it (the proxy would refuse each of apt's requests, less readably)."""
+        boot = self.recipe.from_.bootstrap
+        if boot is not None and boot.mirror:
+            await self.opts.egress.check_url(boot.mirror, "from.bootstrap.mirror")
 
     async def _checks(self) -> None:
         """Requirement checks on the finished tree, before any disk or output is
@@ -487,6 +516,7 @@ class Bake:
                 self.work,
                 storage=self.opts.storage,
                 publisher=self.opts.publisher,
+                route=self.route,
             )
             record.cached = base.downloaded == 0
             inspected = await asyncio.to_thread(

@@ -240,7 +240,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         )
     if b.isolation:
         under = f" (appliance under {b.appliance_accel})" if b.appliance_accel else ""
-        print(f"isolation   {b.isolation}{under}")
+        why = f"; {b.isolation_reason}" if b.isolation_reason else ""
+        print(f"isolation   {b.isolation}{under}{why}")
     if b.accel:
         print(f"boot test   under {b.accel}")
     for s in b.steps:

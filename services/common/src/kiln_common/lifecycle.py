@@ -125,6 +125,7 @@ class Outcome:
     checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
     isolation: str = ""  # sandbox or vm, once the build ran
     appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
+    isolation_reason: str = ""  # why: the recipe's choice, or the builder's setting
 
 
 def finish(build: pb.Build, outcome: Outcome) -> bool:
@@ -139,6 +140,7 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     build.accel = outcome.accel
     build.isolation = outcome.isolation
     build.appliance_accel = outcome.appliance_accel
+    build.isolation_reason = outcome.isolation_reason
     if outcome.base is not None:
         build.base.CopyFrom(outcome.base)
     del build.test_commands[:]

@@ -184,6 +184,10 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
         "KILN_BUILDER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         "KILN_BUILDER_CACHE_DIR": str(default_cache_dir()),
+        # One trusted user on one machine: no cluster to keep the sandbox from,
+        # and local mirrors and test servers on loopback are fair game.
+        "KILN_BUILDER_CLUSTER_NETWORKS": "[]",
+        "KILN_BUILDER_EGRESS_ALLOW_LOOPBACK": "true",
     }
     # The builder's own settings, given to `kiln up`, pass through.
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, NamedTuple, Self, get_args
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -33,6 +32,7 @@ from pydantic import (
 
 from kiln_common.digests import file_sha256
 from kiln_common.ids import ID_RE
+from kiln_common.urls import http_target
 from kiln_recipe.issues import Problem, describe
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -111,9 +111,12 @@ def parse_seconds(value: object) -> int:
 
 
 def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
-        raise ValueError(f"expected an http:// or https:// URL, got {value[:200]!r}")
+    try:
+        http_target(value)  # what reaches apt, socat and QEMU is a plain host and port
+    except ValueError as exc:
+        raise ValueError(
+            f"expected an http:// or https:// URL, got {value[:200]!r}: {exc}"
+        ) from None
     return value
 
 

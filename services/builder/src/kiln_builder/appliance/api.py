@@ -39,16 +39,18 @@ async def customise_in_vm(
     layers: LayerStore,
     log_line: Callable[[str], None] | None = None,
     mirrors: Sequence[str] | None = None,
+    proxy: str | None = None,
     timeout: float = JOB_TIMEOUT,  # noqa: ASYNC109 (the VM's whole life)
 ) -> ApplianceResult:
     """Runs job's steps inside a throwaway appliance VM on disk, a RAW image
     (partitioned, or a bare ext3/ext4/xfs filesystem). mirrors: the package
-    mirrors the guest may reach (default: the build host's apt sources)."""
+    mirrors the guest may reach (default: the build host's apt sources);
+    proxy: the build's egress proxy, which each relay connects through."""
     if disk_format(disk) != "raw":
         raise InvalidArgument(f"{disk.name}: the appliance takes a raw image (convert it first)")
     appliance = await ensure_appliance(cache_dir, layers)
     accel = await probe_accel(appliance.kernel, appliance.initrd, cache_dir / "accel.json")
-    found = relays(host_mirrors() if mirrors is None else mirrors)
+    found = relays(host_mirrors() if mirrors is None else mirrors, proxy)
     job = dataclasses.replace(job, hosts=hosts_lines(found))
     return await run_job(appliance, disk, job, work=work, accel=accel, relays=found,
                          log_line=_log_to(log_line), timeout=timeout)  # fmt: skip
@@ -63,6 +65,7 @@ async def customise_tree_in_vm(
     layers: LayerStore,
     log_line: Callable[[str], None] | None = None,
     mirrors: Sequence[str] | None = None,
+    proxy: str | None = None,
     timeout: float = JOB_TIMEOUT,  # noqa: ASYNC109
 ) -> ApplianceResult:
     """The same for a directory tree (a from-scratch build): the tree becomes a
@@ -75,7 +78,7 @@ async def customise_tree_in_vm(
         await run(["mkfs.ext4", "-q", "-F", "-L", "kiln-tree", "-d", rootdir, image, kib(size)])
         result = await customise_in_vm(
             image, dataclasses.replace(job, root="whole"), work=work, cache_dir=cache_dir,
-            layers=layers, log_line=log_line, mirrors=mirrors, timeout=timeout,
+            layers=layers, log_line=log_line, mirrors=mirrors, proxy=proxy, timeout=timeout,
         )  # fmt: skip
         await copy_back(image, rootdir, work / "tree-mnt")
         return result

@@ -23,12 +23,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from kiln_builder.egress import parse_url
 from kiln_common.errors import InvalidArgument
 
 FIRST_RELAY = ipaddress.IPv4Address("10.0.2.100")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,7 @@ class Relay:
     name: str  # the mirror's host name, as the image's apt sources say it
     port: int
     guest_address: str
+    proxy_port: int | None = None  # the build's egress proxy on the host's loopback
 
 
 def host_mirrors(sources: Sequence[Path] | None = None) -> list[str]:
@@ -57,27 +57,37 @@ def host_mirrors(sources: Sequence[Path] | None = None) -> list[str]:
     return found
 
 
-def relays(mirrors: Sequence[str]) -> list[Relay]:
-    """One guest address per mirror host and port."""
+def relays(mirrors: Sequence[str], proxy: str | None = None) -> list[Relay]:
+    """One guest address per mirror host and port. Each mirror's host name was
+    checked (egress.parse_url): nothing but letters, digits, dots and hyphens
+    reaches QEMU's option string or socat's command line. proxy: the build's
+    egress proxy, through which each relay connects (the policy then decides,
+    per connection, at the address it checked)."""
     out: list[Relay] = []
+    proxy_port = parse_url(proxy, "the egress proxy").port if proxy else None
     for url in mirrors:
-        parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise InvalidArgument(f"mirror {url!r}: only http and https mirrors are reachable")
-        port = parts.port or _DEFAULT_PORTS[parts.scheme]
-        if any(r.name == parts.hostname and r.port == port for r in out):
+        try:
+            target = parse_url(url, "mirror")
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{exc}: only http and https mirrors are reachable") from None
+        if any(r.name == target.host and r.port == target.port for r in out):
             continue
         address = str(FIRST_RELAY + len(out))
-        out.append(Relay(parts.hostname, port, address))
+        out.append(Relay(target.host, target.port, address, proxy_port))
     return out
+
+
+def _relay_command(relay: Relay) -> str:
+    if relay.proxy_port is None:
+        return f"socat - TCP:{relay.name}:{relay.port}"
+    # socat's CONNECT through the proxy; QEMU's option syntax doubles the comma.
+    return f"socat - PROXY:127.0.0.1:{relay.name}:{relay.port},,proxyport={relay.proxy_port}"
 
 
 def netdev_args(found: Sequence[Relay]) -> list[str]:
     """QEMU arguments for the guest's one NIC: restricted slirp plus a relay per mirror."""
     rules = "".join(
-        # QEMU's option syntax: a comma inside a value is written twice.
-        f",guestfwd=tcp:{r.guest_address}:{r.port}-cmd:socat - TCP:{r.name}:{r.port}"
-        for r in found
+        f",guestfwd=tcp:{r.guest_address}:{r.port}-cmd:{_relay_command(r)}" for r in found
     )
     return [
         "-netdev", f"user,id=net0,restrict=on{rules}",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kiln_builder.egress import EgressRefused, Route, parse_url
 from kiln_builder.resources import file_lock
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, Unavailable
 
@@ -43,6 +44,7 @@ class FetchLimits:
     timeout: float = 3600.0  # seconds for the whole download
     read_timeout: float = 60.0  # seconds without a byte before the connection is retried
     attempts: int = ATTEMPTS  # connections per URL
+    opener: urllib.request.OpenerDirector | None = None  # default: _OPENER
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,11 @@ class Pin:
 
 class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http and https URLs only (urllib's own also
-    follows them to ftp)."""
+    follows them to ftp), each checked against the egress policy, if any,
+    before it is requested (the proxy checks the connection again)."""
+
+    def __init__(self, route: Route | None = None) -> None:
+        self.route = route
 
     def redirect_request(  # type: ignore[no-untyped-def]
         self, req, fp, code, msg, headers, newurl
@@ -75,19 +81,27 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
             raise urllib.error.HTTPError(
                 newurl, code, f"redirected to {newurl[:200]}, not an http URL", headers, fp
             )
+        if self.route is not None:
+            target = parse_url(newurl, "a redirect")
+            try:
+                self.route.policy.check_addresses_sync(target.host, target.port)
+            except EgressRefused as exc:
+                raise EgressRefused(f"redirected to {newurl[:200]}: {exc}") from None
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _http_opener() -> urllib.request.OpenerDirector:
-    """urlopen's handlers less ftp:, file: and data:: a base comes over http(s)."""
+def _http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
+    """urlopen's handlers less ftp:, file: and data:: a base comes over http(s);
+    through the egress proxy when there is a route (else the environment's)."""
     opener = urllib.request.OpenerDirector()
+    proxies = {"http": route.proxy, "https": route.proxy} if route is not None else None
     for handler in (
-        urllib.request.ProxyHandler(),
+        urllib.request.ProxyHandler(proxies),
         urllib.request.UnknownHandler(),
         urllib.request.HTTPHandler(),
         urllib.request.HTTPSHandler(),
         urllib.request.HTTPDefaultErrorHandler(),
-        _HttpRedirectsOnly(),
+        _HttpRedirectsOnly(route),
         urllib.request.HTTPErrorProcessor(),
     ):
         opener.add_handler(handler)
@@ -110,13 +124,16 @@ class NoGoodLocation(FailedPrecondition):
     """Every URL a base is offered at failed."""
 
 
-async def fetch_url(url: str, sha256: str, cache: Path, limits: FetchLimits) -> Base:
-    """A from.image.url base: the recipe's URL, pinned by the recipe's SHA-256."""
+async def fetch_url(
+    url: str, sha256: str, cache: Path, limits: FetchLimits, route: Route | None = None
+) -> Base:
+    """A from.image.url base: the recipe's URL, pinned by the recipe's SHA-256,
+    fetched under the build's egress route (its URL and each redirect checked)."""
     cache.mkdir(parents=True, exist_ok=True)
     # Two builds of the same base would otherwise append to one .part file together.
     async with file_lock(cache / f"{sha256}.lock"):
         try:
-            return await _fetch_url(url, Pin(sha256), cache, limits)
+            return await _fetch_url(url, Pin(sha256), cache, limits, route)
         except KilnError as exc:
             raise type(exc)(f"from.image.url: {exc}") from None
 
@@ -151,7 +168,9 @@ async def fetch_first(
     )
 
 
-async def _fetch_url(url: str, pin: Pin, cache: Path, limits: FetchLimits) -> Base:
+async def _fetch_url(
+    url: str, pin: Pin, cache: Path, limits: FetchLimits, route: Route | None = None
+) -> Base:
     final = cache / pin.sha256
     if final.is_file():
         # Named by its digest and renamed only once verified: no need to read it again.
@@ -160,8 +179,11 @@ async def _fetch_url(url: str, pin: Pin, cache: Path, limits: FetchLimits) -> Ba
         return Base(final, pin.sha256, url, 0)
     if urlsplit(url).scheme not in ("http", "https"):
         raise InvalidArgument(f"{url} is not an http or https URL")
+    if route is not None:
+        await route.policy.check_url(url)  # before any byte is sent
     partial = cache / f"{pin.sha256}.part"
-    fetched = await _stoppable(_download, url, partial, limits)
+    opener = _http_opener(route) if route is not None else _OPENER
+    fetched = await _stoppable(_download, url, partial, replace(limits, opener=opener))
     wrong = await asyncio.to_thread(_mismatch, partial, pin)
     if wrong:
         partial.unlink(missing_ok=True)
@@ -213,6 +235,8 @@ def _download(url: str, partial: Path, limits: FetchLimits, stop: threading.Even
         have = partial.stat().st_size if partial.exists() else 0
         try:
             done, count = _one_request(url, partial, have, limits, deadline, stop)
+        except EgressRefused:
+            raise  # a redirect the policy forbids: no point in asking again
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code != 416 and exc.code < 500:
                 raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
@@ -233,7 +257,7 @@ def _one_request(
     headers = {"Range": f"bytes={have}-"} if have else {}
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = _OPENER.open(request, timeout=limits.read_timeout)
+        response = (limits.opener or _OPENER).open(request, timeout=limits.read_timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # nothing beyond what we have: complete
             return True, 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kiln_builder.base import marketplace, published
 from kiln_builder.base.download import Base, FetchLimits, fetch_url
+from kiln_builder.egress import Route
 from kiln_builder.layers import prune_oldest
 from kiln_builder.storage import storage_client
 from kiln_common.errors import FailedPrecondition
@@ -37,10 +38,14 @@ async def fetch_base(
     storage: str | None,
     publisher: str | None = None,
     limits: FetchLimits = DEFAULT_LIMITS,
+    route: Route | None = None,
 ) -> Base:
+    """route: the build's egress policy and proxy, for the recipe's own URL.
+    The other sources are Kiln's own services, or a marketplace entry's
+    locations, which its endorser signed."""
     if ref.url is not None:
         assert ref.sha256 is not None  # the schema requires the pin
-        return await fetch_url(ref.url, ref.sha256, cache_dir / "bases", limits)
+        return await fetch_url(ref.url, ref.sha256, cache_dir / "bases", limits, route)
     if ref.artifact is not None:
         return await fetch_artifact(ref.artifact, work, storage)
     if ref.marketplace is not None:

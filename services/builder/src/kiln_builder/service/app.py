@@ -93,3 +93,19 @@ async def _prepare_worker(settings: BuilderSettings) -> None:
         await asyncio.to_thread(ensure_libvirtd, fix_kvm_device=settings.fix_kvm_device)
     for item in await reclaim_all(settings.work_root):
         log.warning("janitor released %s", item)
+    _say_isolation(settings)
+
+
+def _say_isolation(settings: BuilderSettings) -> None:
+    """Where this worker runs recipe code, and what its fetches may reach."""
+    if settings.force_vm:
+        log.info("isolation: every build runs in vm (KILN_BUILDER_FORCE_VM)")
+    elif why := settings.unconfigured():
+        log.warning("isolation: %s", why)
+    else:
+        denied = ", ".join(settings.denied_networks()) or "no network but its own (no cluster)"
+        log.info("isolation: the recipe's; the sandbox refuses %s", denied)
+    policy = settings.egress_policy()
+    log.info("egress: loopback %s; denied %s; allowed %s",
+             "allowed" if policy.allow_loopback else "refused",
+             ", ".join(policy.denied) or "-", ", ".join(policy.allowed) or "-")  # fmt: skip

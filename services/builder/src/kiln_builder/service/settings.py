@@ -7,14 +7,16 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from kiln_builder.egress import EgressPolicy
 from kiln_builder.sandbox import SandboxPolicy
 from kiln_builder.storage import DEFAULT_RETRY_SECONDS
 from kiln_common.settings import KilnSettings
+from kiln_common.urls import http_target
 
 
 class BuilderSettings(KilnSettings):
@@ -79,9 +81,29 @@ class BuilderSettings(KilnSettings):
     """A sandboxed command still running after this long is killed with all it
     started, and the build fails naming it; 0: no limit."""
     sandbox_blocked_networks: list[str] = []
-    """Networks the sandbox may not reach, besides the node's own addresses,
-    the builder's loopback and link-local addresses, which it never reaches:
-    name the cluster's pod and service ranges here (CIDRs)."""
+    """Other networks (CIDRs) neither the sandbox nor the builder's own fetches
+    may reach, besides the cluster's (cluster_networks), the node's, the pod's
+    own addresses, loopback and link-local ones."""
+    node_ip: str = ""
+    """The node's address, refused to the sandbox and to the builder's fetches
+    like the pod's own (on Kubernetes: the downward API's status.hostIP, which
+    deploy/k8s passes; the pod cannot see it among its own addresses)."""
+    cluster_networks: list[str] | None = None
+    """The cluster's pod and service networks (CIDRs), refused to the sandbox
+    and to the builder's fetches. No default, on purpose: unset, the builder
+    does what unconfigured_networks says; `[]` says there is no cluster (one
+    machine: `kiln up` sets it)."""
+    unconfigured_networks: Literal["refuse", "vm"] = "refuse"
+    """With cluster_networks unset: refuse sandbox builds, or run them in vm
+    (whose guest reaches only the package mirrors). Said at start-up and in
+    each build record."""
+    egress_allow_loopback: bool = False
+    """Let the builder's own fetches (a base image URL, a bootstrap mirror, the
+    appliance's relays) reach loopback addresses: one trusted user on one
+    machine (`kiln up` sets it), never a cluster."""
+    egress_allowed_networks: list[str] = []
+    """Networks (CIDRs) the builder's fetches may reach whatever else is denied:
+    an internal mirror inside a cluster network, say."""
 
     ack_wait_seconds: float = Field(default=60.0, ge=1.0)
     """A worker that has not heartbeated this long is presumed dead; its build
@@ -92,27 +114,63 @@ class BuilderSettings(KilnSettings):
     """Delay before each retry of a build that failed for a passing reason
     (storage or NATS unavailable); the last value repeats."""
 
-    @field_validator("sandbox_blocked_networks")
+    @field_validator("sandbox_blocked_networks", "cluster_networks", "egress_allowed_networks")
     @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        for network in value:
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        for network in value or []:
             ipaddress.ip_network(network, strict=False)  # ValueError names it
         return value
+
+    @field_validator("node_ip")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            ipaddress.ip_address(value)
+        return value
+
+    def denied_networks(self) -> tuple[str, ...]:
+        """The cluster's networks, the node's address and the other blocked ones."""
+        node = [str(ipaddress.ip_network(self.node_ip))] if self.node_ip else []
+        return (*(self.cluster_networks or []), *node, *self.sandbox_blocked_networks)
 
     def sandbox_policy(self) -> SandboxPolicy:
         return SandboxPolicy(
             memory_bytes=self.sandbox_memory_mib * 1024**2 or None,
             max_pids=self.sandbox_max_pids or None,
             timeout=self.sandbox_timeout_seconds or None,
-            blocked_networks=tuple(self.sandbox_blocked_networks),
+            blocked_networks=self.denied_networks(),
+        )
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy(
+            allow_loopback=self.egress_allow_loopback,
+            denied=self.denied_networks(),
+            allowed=tuple(self.egress_allowed_networks),
+        )
+
+    def unconfigured(self) -> str:
+        """What this builder does with sandbox builds, when it was not told the
+        cluster's networks ("" when it was)."""
+        if self.cluster_networks is not None:
+            return ""
+        if self.unconfigured_networks == "vm":
+            return (
+                "the builder's cluster networks are not configured"
+                " (KILN_BUILDER_CLUSTER_NETWORKS): sandbox builds run in vm"
+            )
+        return (
+            "the builder's cluster networks are not configured"
+            " (KILN_BUILDER_CLUSTER_NETWORKS): sandbox builds are refused"
         )
 
     @field_validator("default_mirror")
     @classmethod
     def _mirror(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
-            raise ValueError(f"expected an http:// or https:// URL, got {value[:200]!r}")
+        if value:
+            try:
+                http_target(value)
+            except ValueError as exc:
+                raise ValueError(f"expected an http:// or https:// URL: {exc}") from None
         return value
 
     def name(self) -> str:

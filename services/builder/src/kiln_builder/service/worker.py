@@ -289,7 +289,8 @@ class Worker:
                 fix_kvm_device=self.settings.fix_kvm_device,
                 sandbox=self.settings.sandbox_policy(),
                 default_mirror=self.settings.default_mirror,
-                force_vm=self.settings.force_vm,
+                egress=self.settings.egress_policy(),
+                **isolation_options(self.settings),
             )
             bake = Bake(recipe, options, reporter.step)
             job.bake = bake
@@ -376,6 +377,7 @@ class Worker:
             state, error, tuple(stored), log_artifact, job.accel, _base(job), tests, _checks(job),
             isolation=job.bake.isolation if job.bake else "",
             appliance_accel=_appliance_accel(job),
+            isolation_reason=job.bake.isolation_reason if job.bake else "",
         )  # fmt: skip
         await self._finish(job.build_id, outcome)
         await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
@@ -464,6 +466,18 @@ def _base(job: Job) -> pb.BaseImage | None:
     if base is None:
         return None
     return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
+
+
+def isolation_options(settings: BuilderSettings) -> dict[str, Any]:
+    """BakeOptions' isolation fields from the settings: vm forced by the
+    operator, or because the cluster's networks are unknown (or sandbox builds
+    refused then)."""
+    unconfigured = settings.unconfigured()
+    if settings.force_vm:
+        return {"force_vm": True, "force_vm_why": "forced by the builder's setting"}
+    if unconfigured and settings.unconfigured_networks == "vm":
+        return {"force_vm": True, "force_vm_why": unconfigured}
+    return {"sandbox_refused": unconfigured}
 
 
 def _appliance_accel(job: Job) -> str:

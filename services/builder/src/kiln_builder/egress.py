@@ -1,0 +1,310 @@
+"""What the builder itself may connect to on a recipe's behalf: the base image
+URL (and every redirect), the bootstrap mirror, the appliance's mirror relays.
+
+A recipe names these, so they are hostile: `http://169.254.169.254/` is a
+cloud's metadata service, `http://127.0.0.1:4222/` the builder's own NATS,
+`http://10.96.0.1/` the cluster's API. The policy refuses, unless allow-listed:
+- link-local addresses (169.254.0.0/16, fe80::/10) and the metadata services
+  that live elsewhere (fd00:ec2::254, 100.100.100.200);
+- loopback (127.0.0.0/8, ::1), unless the policy allows it (`kiln up` and
+  `kiln-builder bake`, one trusted user on one machine, do; a cluster does not);
+- unspecified, multicast and broadcast addresses;
+- the operator's denied networks: the cluster's pod and service ranges, the
+  node's address, anything else named.
+
+Every connection goes through one EgressProxy per build, on the builder's
+loopback: it resolves the name once, checks every address it got, and connects
+to a checked one, so a name that resolves to an allowed address when checked
+and to a forbidden one a moment later (DNS rebinding) gets nowhere. apt (in
+mmdebstrap) uses it as its http_proxy, the base downloader as its proxy (each
+redirect is a new request through it), the appliance's relays as socat's
+CONNECT proxy. A refusal is answered 403 with the reason, which the builder
+puts in the build's error.
+
+Host names are checked for their syntax wherever they are accepted, so that
+nothing of a URL reaches a command line or QEMU's option syntax
+(`http://x,restrict=off/` would otherwise add a netdev option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from kiln_common.errors import FailedPrecondition, InvalidArgument
+from kiln_common.urls import Target, http_target, valid_host
+
+log = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
+# Metadata services outside link-local: AWS's IPv6 one, Alibaba Cloud's.
+METADATA = ("fd00:ec2::254/128", "100.100.100.200/32")
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+HEAD_LIMIT = 64 << 10  # a request line and headers larger than this are refused
+IDLE_SECONDS = 300.0  # a tunnel with no byte either way for this long is closed
+
+
+class EgressRefused(FailedPrecondition):
+    """The policy forbids the destination; nothing was sent to it."""
+
+
+def parse_url(url: str, what: str = "URL") -> Target:
+    """kiln_common.urls.http_target, its refusal an InvalidArgument naming what."""
+    try:
+        return http_target(url)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} {url[:200]!r}: {exc}") from None
+
+
+def _networks(values: Sequence[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    allow_loopback: bool = False
+    """Loopback addresses are reachable (one user on one machine: local mirrors)."""
+    denied: tuple[str, ...] = ()
+    """Networks refused besides the fixed ones: the cluster's, the node's address."""
+    allowed: tuple[str, ...] = ()
+    """Networks reachable whatever else says (an internal mirror in a denied range)."""
+    resolver: Resolver = field(default=system_resolver, compare=False)
+
+    def __post_init__(self) -> None:
+        _networks([*self.denied, *self.allowed])  # ValueError names a bad one
+
+    def refusal(self, address: str) -> str | None:
+        """Why the policy refuses an address, or None if it allows it."""
+        ip: IPAddress = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if any(ip in net for net in _networks(self.allowed)):
+            return None
+        rules = [
+            (LINK_LOCAL, "link-local (a cloud's metadata service lives there)"),
+            (METADATA, "a cloud's metadata service"),
+            (() if self.allow_loopback else LOOPBACK, "loopback (the builder's own services)"),
+            (self.denied, "in a network the builder's settings deny"),
+        ]
+        for nets, why in rules:
+            for net in _networks(nets):
+                if ip in net:
+                    return f"{ip} is {why} ({net})"
+        if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+            return f"{ip} is not a unicast address"
+        return None
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses host resolves to, every one allowed; raises EgressRefused
+        if any is refused (so a name cannot mix a forbidden address in)."""
+        if not valid_host(host):
+            raise EgressRefused(f"{host[:100]!r} is not a valid host name")
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        try:
+            found = [str(literal)] if literal is not None else await self.resolver(host, port)
+        except OSError as exc:
+            raise EgressRefused(f"{host} cannot be resolved: {exc}") from None
+        if not found:
+            raise EgressRefused(f"{host} resolves to no address")
+        for address in found:
+            if (why := self.refusal(address)) is not None:
+                raise EgressRefused(f"egress to {host}:{port} refused: {why}")
+        return found
+
+    def check_addresses_sync(self, host: str, port: int) -> list[str]:
+        """addresses() for a caller in a thread (the base downloader's)."""
+        return asyncio.run(self.addresses(host, port))
+
+    async def check_url(self, url: str, what: str = "URL") -> Target:
+        """Refuses a URL whose host the policy forbids, before any connection."""
+        target = parse_url(url, what)
+        try:
+            await self.addresses(target.host, target.port)
+        except EgressRefused as exc:
+            raise EgressRefused(f"{what} {url[:200]}: {exc}") from None
+        return target
+
+
+STRICT = EgressPolicy()  # a cluster's builder: no loopback
+LOCAL = EgressPolicy(allow_loopback=True)  # kiln up and kiln-builder bake: one machine
+
+
+class EgressProxy:
+    """An HTTP proxy on the builder's loopback that connects only where the
+    policy allows, to the very address it checked. CONNECT tunnels (https, and
+    the appliance's relays) and plain http requests in absolute form (apt and
+    urllib for http URLs), one request per connection."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+        self.refusals: list[str] = []
+        self.served = 0  # connections made upstream
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> EgressProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=HEAD_LIMIT)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._one(reader, writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass  # a client or server gone mid-way: nothing to answer
+        except Exception:  # a bug here must not leave the client waiting
+            log.exception("the egress proxy failed on a request")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_SECONDS)
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ")
+            connect = method == "CONNECT"
+            host, port, path = _destination(method, target)
+        except ValueError:
+            return await _answer(writer, 400, "a proxy request Kiln does not understand")
+        try:
+            addresses = await self.policy.addresses(host, port)
+        except EgressRefused as exc:
+            self.refusals.append(str(exc))
+            log.warning("%s", exc)
+            return await _answer(writer, 403, str(exc))
+        upstream = await _connect(addresses, port)
+        if upstream is None:
+            return await _answer(writer, 502, f"{host}:{port} does not answer")
+        up_reader, up_writer = upstream
+        self.served += 1
+        try:
+            if connect:
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                up_writer.write(_forwarded(method, path, version, lines[1:], host, port))
+            await _relay(reader, writer, up_reader, up_writer)
+        finally:
+            up_writer.close()
+
+
+def _destination(method: str, target: str) -> tuple[str, int, str]:
+    """(host, port, path) a proxy request names; ValueError if it is malformed."""
+    if method == "CONNECT":
+        host, _, port = target.rpartition(":")
+        return host.strip("[]"), int(port), ""
+    parts = urlsplit(target)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(target)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.hostname, parts.port or 80, path
+
+
+_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "proxy-authorization")
+
+
+def _forwarded(method: str, path: str, version: str, headers: list[str], host: str,
+               port: int) -> bytes:  # fmt: skip
+    """The request in origin form, one request per connection."""
+    kept = [h for h in headers if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
+    if not any(h.lower().startswith("host:") for h in kept):
+        kept.append(f"Host: {host}" + (f":{port}" if port != 80 else ""))
+    return "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode(
+        "latin-1"
+    )
+
+
+async def _connect(
+    addresses: Sequence[str], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    for address in addresses:  # each one checked, none resolved again
+        with contextlib.suppress(OSError, TimeoutError):
+            return await asyncio.wait_for(asyncio.open_connection(address, port), 30)
+    return None
+
+
+async def _answer(writer: asyncio.StreamWriter, status: int, why: str) -> None:
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    body = (why + "\n").encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nX-Kiln-Egress: refused\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> None:
+    """Copies bytes both ways until the server is done (or both sides are idle)."""
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while chunk := await asyncio.wait_for(src.read(1 << 16), IDLE_SECONDS):
+            dst.write(chunk)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+
+    upload = asyncio.ensure_future(pump(reader, up_writer))
+    try:
+        await pump(up_reader, writer)  # the server's side decides the end
+    finally:
+        upload.cancel()
+        with contextlib.suppress(BaseException):
+            await upload
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a build reaches what its recipe names: the policy (to check a URL
+    before anything is sent) and the proxy that enforces it on every connection."""
+
+    policy: EgressPolicy
+    proxy: str  # http://127.0.0.1:PORT
