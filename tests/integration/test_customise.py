@@ -9,12 +9,13 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from support import ImageServer, loops_under, mounts_under
+from support import REPO, ImageServer, loops_under, mounts_under
 
 from kiln_builder.base.download import BaseDigestMismatch, FetchLimits, fetch_url
 from kiln_builder.base.fetch import prune_bases
@@ -176,6 +177,82 @@ def test_a_partitioned_qcow2_is_grown_and_keeps_its_partitions(
     shown = run_sync(["debugfs", "-R", "cat /etc/kiln-df", offset]).stdout  # after a banner
     df = next(line for line in shown.splitlines() if line.startswith("/dev/")).split()
     assert int(df[1]) > 1_800_000  # KiB: the filesystem grew with its partition
+
+
+SHARED_CACHE = REPO / ".cache/kiln"
+
+
+class MountSampler:
+    """Samples the host's mount table every 20 ms while a build runs: every
+    mount that appears of a loop device (where a base's partition would be
+    mounted) or under the build's workspace."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = str(work.resolve())
+        with open("/proc/self/mountinfo") as f:
+            self.before = set(f.read().splitlines())
+        self.seen: set[str] = set()
+        self.samples = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.02):
+            with open("/proc/self/mountinfo") as f:
+                self.seen |= {m for m in set(f.read().splitlines()) - self.before if self._base(m)}
+            self.samples += 1
+
+    def _base(self, line: str) -> bool:
+        fields = line.split()
+        source = fields[fields.index("-") + 2]
+        return source.startswith("/dev/loop") or fields[4].startswith(self.work)
+
+    def __enter__(self) -> MountSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.build
+def test_a_vm_build_of_a_foreign_base_never_mounts_it_on_the_host(
+    test_rootfs: TestRootfs, server: ImageServer, tmp_path: Path
+) -> None:
+    """isolation: vm on a partitioned qcow2: the appliance grows the root, runs
+    files, run and sysprep, and hands the tree back as a tar; the host's mount
+    table, sampled through the whole build, never shows the base's filesystem."""
+    partitioned_qcow2(test_rootfs.image, server.root / "foreign.qcow2")
+    text = recipe(
+        f"{server.url}/foreign.qcow2",
+        sha256(server.root / "foreign.qcow2"),
+        'disk: {size: 2GiB}\nisolation: vm\nfiles:\n  - {path: /etc/motd, content: "vm\\n"}\n'
+        'run:\n  - inline: "df -k / | tail -1 > /etc/kiln-df; echo x > /var/log/kiln.log"\n'
+        "outputs: [raw, tar]\ntest: {boot: false}\nchecks: [{profile: cloud, advisory: true}]\n",
+    )
+    work = tmp_path / "b"
+    with MountSampler(work) as sampler:
+        build = bake(text, work, SHARED_CACHE)  # the appliance, built once for the suite
+        result = asyncio.run(build.run())
+    assert sampler.samples > 100
+    assert sampler.seen == set(), f"mounted on the host during the build: {sampler.seen}"
+    assert [s.name for s in build.steps] == ["base", "appliance", "checks", "outputs"]
+    assert_nothing_held(work)
+    raw = next(o.path for o in result.outputs if o.format == "raw")
+    parts = json.loads(run_sync(["sfdisk", "--json", raw]).stdout)["partitiontable"]["partitions"]
+    assert parts[1]["start"] + parts[1]["size"] >= (2 << 30) // 512 - 34  # grown in the VM
+    offset = f"{raw}?offset={4096 * 512}"
+    df = run_sync(["debugfs", "-R", "cat /etc/kiln-df", offset]).stdout
+    assert int(next(ln for ln in df.splitlines() if ln.startswith("/dev/")).split()[1]) > 1_800_000
+    assert run_sync(["debugfs", "-R", "cat /etc/motd", offset]).stdout.endswith("vm\n")
+    assert "kiln.log" in run_sync(["debugfs", "-R", "ls -l /var/log", offset]).stdout
+    log_text = run_sync(["debugfs", "-R", "cat /var/log/kiln.log", offset]).stdout
+    assert log_text.splitlines()[1:] == []  # emptied by sysprep, in the VM (after the banner)
+    tar = next(o.path for o in result.outputs if o.format == "tar")
+    names = run_sync(["tar", "-tf", tar]).stdout.splitlines()
+    assert "./etc/motd" in names and "./etc/kiln-df" in names  # the tree the VM handed back
+    assert build.check_report is not None  # the checks read the handed-back tree
 
 
 @pytest.mark.build

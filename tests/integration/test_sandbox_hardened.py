@@ -193,6 +193,61 @@ async def test_a_probing_script_finds_every_door_closed(
     assert before == after, "the probe's connection attempts left the sandbox"
 
 
+# Syscalls the seccomp filter refuses that an unprivileged process could otherwise
+# make (x86_64 numbers): keyctl(KEYCTL_GET_KEYRING_ID, session keyring),
+# userfaultfd(UFFD_USER_MODE_ONLY), unshare(CLONE_NEWUSER), add_key, bpf,
+# perf_event_open; then mount and init_module, refused by capabilities too.
+SYSCALLS = {
+    "keyctl": (250, 0, -3, 0), "userfaultfd": (323, 1), "unshare-user": (272, 0x10000000),
+    "add_key": (248, 0, 0, 0, 0, 0), "bpf": (321, 0, 0, 0), "perf_event_open": (298, 0, 0, 0),
+    "mount": (165, 0, 0, 0, 0, 0), "init_module": (175, 0, 0, 0),
+}  # fmt: skip
+SYSCALL_PROBE = "#!/bin/sh\nset -e\necho waiting > /root/uid-probe\n" + "".join(
+    f"perl -e '$r = syscall({', '.join(map(str, args))}); "
+    f'print "{name} $r ", $! + 0, "\\n"\' >> /root/syscalls\n'
+    for name, args in SYSCALLS.items()
+) + "sleep 2\n"  # fmt: skip
+
+
+async def test_user_code_runs_as_an_unprivileged_host_uid_under_a_seccomp_filter(
+    image_root: Path, tmp_path: Path
+) -> None:
+    """Seen from the host, the script's processes run as the namespace's uid
+    range, never uid 0; the syscalls the filter refuses fail with EPERM."""
+    (image_root / "root/syscalls").unlink(missing_ok=True)
+    script = tmp_path / "probe.sh"
+    script.write_text(SYSCALL_PROBE)
+    seen: list[list[str]] = []
+
+    def host_uids() -> bool:
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+                cmdline = (status.parent / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"sleep\x002" in cmdline:
+                seen.append(next(ln for ln in text.splitlines() if ln.startswith("Uid:")).split())
+        return bool(seen)
+
+    running = asyncio.ensure_future(
+        customize.run_script(image_root, script, None, tmp_path, DEFAULT_EPOCH)
+    )
+    await await_until("the probe's sleep on the host", lambda: host_uids(), 30)
+    await running
+    base = SandboxPolicy().ids.base
+    assert seen and all(int(uid) == base for uid in seen[0][1:]), seen  # real, eff, saved, fs
+    results = dict(
+        line.split(" ", 1) for line in (image_root / "root/syscalls").read_text().splitlines()
+    )
+    assert set(results) == set(SYSCALLS)
+    refused = {name: verdict for name, verdict in results.items() if verdict != "-1 1"}
+    assert refused == {}, f"not refused with EPERM: {refused}"
+    assert (
+        image_root / "root/uid-probe"
+    ).stat().st_uid == 0  # root's file, on disk as in the image
+
+
 async def test_apt_installs_a_package_in_the_hardened_sandbox(image_root: Path) -> None:
     await customize.install_packages(image_root, ["hello"], DEFAULT_EPOCH)
     result = await run_in(image_root, ["hello"])

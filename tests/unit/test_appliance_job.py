@@ -293,12 +293,12 @@ def test_a_customised_vm_build_runs_its_edit_steps_in_one_appliance_step(
     mode: str, tmp_path: Path
 ) -> None:
     """On a base image, vm mode boots the appliance once, with the base's own disk
-    attached, for packages, files and run; sysprep stays on the host (chrooted)."""
+    attached, for packages, files, run and sysprep (the host never mounts it)."""
     from kiln_builder.engine import Bake, BakeOptions
     from kiln_recipe.loader import parse_recipe
 
     options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
                           cache_dir=tmp_path / "cache", build_id="b1")  # fmt: skip
     plan = Bake(parse_recipe(CUSTOMISED.replace("MODE", mode), tmp_path), options).plan()
-    edits = ["appliance"] if mode == "vm" else ["packages", "files", "run"]
-    assert plan == ["base", *edits, "sysprep", "outputs"]
+    edits = ["appliance"] if mode == "vm" else ["packages", "files", "run", "sysprep"]
+    assert plan == ["base", *edits, "outputs"]

@@ -46,10 +46,6 @@ class StepFailed(FailedPrecondition):
     """A command of a build step failed; the message names the step."""
 
 
-# The steps that run the recipe's own content: in vm mode they run in the appliance.
-APPLIANCE_STEPS = ("packages", "files", "run")
-
-
 def _in_step(name: str, exc: Exception) -> Exception:
     """The same kind of error (retryable or not), its message naming the step."""
     message = f"step {name} failed: {exc}"
@@ -222,8 +218,9 @@ class Bake:
         job = appliance.Job(appliance.recipe_steps(self.recipe, step, packages), self.opts.epoch)
         await self._appliance(appliance.customise_tree_in_vm, self.rootdir, job, step)
 
-    async def _appliance(self, runner: Any, target: Path, job: Any, what: str) -> None:
-        """runner (customise_in_vm or customise_tree_in_vm) on target, logged."""
+    async def _appliance(self, runner: Any, target: Path, job: Any, what: str) -> Any:
+        """runner (customise_in_vm or customise_tree_in_vm) on target, logged;
+        returns its ApplianceResult."""
         from kiln_builder import appliance
         from kiln_common.proc import OUTPUT_LOG
 
@@ -237,28 +234,80 @@ class Bake:
         accel = result.accel
         log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
                  what, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
+        return result
 
     def _vm_edits(self) -> bool:
-        """A customised build in vm mode runs packages, files and run in one
-        appliance boot on the base's own disk (no tree to copy in and out)."""
+        """A customised build in vm mode runs packages, files, run and sysprep in
+        one appliance boot on the base's own disk, which the host never mounts."""
         return self.customising and self.isolation == "vm"
 
-    async def _edit_disk_in_vm(self, image: Path, found: layout.Layout, mnt: Path) -> None:
-        """The appliance step of a customised vm build: every step that runs the
-        recipe's content, in order, in one boot, with the raw disk attached."""
+    async def _customised_in_vm(self, image: Path, found: layout.Layout, grow: bool) -> BakeResult:
+        """vm isolation for a customised build: one appliance boot grows the base,
+        runs packages, files, run and sysprep on its own disk, and hands back the
+        tree (or the files the host needs) as a tar. The host never mounts the
+        base: checks, kernels, SBOM and tree outputs read the extracted tree."""
         from kiln_builder import appliance
 
-        names = [name for name, _, _ in self._edit_steps() if name in APPLIANCE_STEPS]
-        if not names:
-            return
-        async with layout.opened(image, found, mnt, read_only=True) as root:
-            with ImageRoot(root) as tree:
-                self.distro = _distro_of(tree)  # the package names depend on it
-        packages = self._packages()
-        steps = tuple(s for n in names for s in appliance.recipe_steps(self.recipe, n, packages))
-        job = appliance.Job(steps, self.opts.epoch, root="whole" if found.bare else str(found.root))
+        names = [name for name, _, _ in self._edit_steps()]
+        job = appliance.Job(
+            self._vm_steps(names), self.opts.epoch, root="whole" if found.bare else None,
+            grow=grow, export=self._export(),
+        )  # fmt: skip
         async with self._step("appliance"):
-            await self._appliance(appliance.customise_in_vm, image, job, " and ".join(names))
+            done = await self._appliance(
+                appliance.customise_in_vm, image, job, " and ".join(names) or "the hand-back"
+            )
+            self.rootdir = self.work / "tree"
+            await appliance.extract_export(done, self.rootdir)
+        with ImageRoot(self.rootdir) as tree:
+            self.distro = _distro_of(tree)
+        if self.recipe.checks:
+            await self._checks()
+        if self._booting():
+            with ImageRoot(self.rootdir) as tree:
+                copy_kernels(tree, self.work / "kernel")
+        return await self._outputs(image)
+
+    async def _add_test_files_in_vm(self, disk: Path, files: dict[str, tuple[str, int]]) -> None:
+        from kiln_builder import appliance, vm
+
+        steps: list[Any] = [
+            appliance.WriteFile("/" + path, text.encode(), mode)
+            for path, (text, mode) in files.items()
+        ]
+        link, target = vm.WANTS_LINK
+        script = f"#!/bin/sh\nset -e\nmkdir -p {link.rsplit('/', 1)[0]}\nln -sfn {target} {link}\n"
+        steps.append(appliance.RunScript(script.encode(), "the test runner's unit"))
+        job = appliance.Job(tuple(steps), self.opts.epoch)
+        await self._appliance(appliance.customise_in_vm, disk, job, "the test runner")
+
+    def _vm_steps(self, names: Sequence[str]) -> tuple[Any, ...]:
+        """The appliance's steps: the package names for both distros (which one
+        the base is, only the appliance reads), files, run, sysprep."""
+        from kiln_builder import appliance
+
+        steps: list[Any] = []
+        for name in names:
+            if name == "packages":
+                debian = map_packages(list(self.recipe.packages), "debian")
+                ubuntu = map_packages(list(self.recipe.packages), "ubuntu")
+                steps.append(appliance.Packages(tuple(debian), tuple(ubuntu)))
+            elif name == "sysprep":
+                steps.append(appliance.Sysprep(tuple(self.recipe.sysprep_operations())))
+            else:
+                steps += appliance.recipe_steps(self.recipe, name)
+        return tuple(steps)
+
+    def _export(self) -> tuple[str, ...]:
+        """What the host needs back: the whole tree for checks and tree outputs,
+        else dpkg's database (the SBOM), os-release and, to boot, /boot."""
+        from kiln_builder import appliance
+
+        tree_outputs = any(o.format in TREE_FORMATS for o in self.recipe.outputs)
+        if self.recipe.checks or tree_outputs:
+            return appliance.WHOLE
+        wanted = ("var/lib/dpkg/status", "etc/os-release", "usr/lib/os-release")
+        return wanted + (("boot",) if self._booting() else ())
 
     def _packages(self) -> list[str]:
         """The distro's names for the recipe's packages (xfsprogs added for an xfs
@@ -342,9 +391,8 @@ class Bake:
         """The names of the steps this bake will run, in order."""
         if self.customising:
             edits = [name for name, _, _ in self._edit_steps()]
-            if self._vm_edits():
-                held = [name for name in edits if name in APPLIANCE_STEPS]
-                edits = ["appliance"] * bool(held) + [n for n in edits if n not in held]
+            if self._vm_edits():  # one boot runs them all, and hands the tree back
+                edits = ["appliance"]
             names = ["base", *edits]
             names += ["checks"] if self.recipe.checks else []
             names.append("outputs")
@@ -504,8 +552,9 @@ class Bake:
 
     # ---- customising an existing image -----------------------------------------------
 
-    async def _open_base(self, image: Path) -> layout.Layout:
-        """Fetches, inspects, copies and grows the base into image (raw)."""
+    async def _open_base(self, image: Path) -> tuple[layout.Layout, bool]:
+        """Fetches, inspects, copies and grows the base into image (raw);
+        returns its layout and whether the disk was made bigger."""
         ref = self.recipe.from_.image
         assert ref is not None
         size = self.recipe.disk_size_given()
@@ -531,31 +580,32 @@ class Bake:
                     " to boot, so set test: {boot: false}"
                 )
             await layout.working_copy(inspected, image)
-            found = await layout.find_layout(image, inspected)
+            # In vm mode the host mounts nothing of the base: the appliance finds
+            # its root, and grows it, on the disk the host made bigger.
+            found = await layout.find_layout(image, inspected, probe=not self._vm_edits())
+            grew = False
             if size is not None:
-                await layout.grow(image, found, size)
+                grew = await layout.grow(image, found, size, resize=not self._vm_edits())
             self.base = BaseImage(base.source, base.sha256, inspected.describe())
-        return found
+        return found, grew
 
     async def _customised(self) -> tuple[Path, BakeResult]:
         """The base's own disk, changed in place: its partitions, filesystems and
         bootloader stay as they were."""
         image = self.work / "disk.raw"
-        found = await self._open_base(image)
-        mnt = self.work / "mnt"
+        found, grew = await self._open_base(image)
+        self._partitioned = not found.bare
         if self._vm_edits():
-            await self._edit_disk_in_vm(image, found, mnt)
+            return image, await self._customised_in_vm(image, found, grew)
+        mnt = self.work / "mnt"
         async with layout.opened(image, found, mnt) as root:
             self.rootdir = root
             with ImageRoot(root) as tree:
                 self.distro = _distro_of(tree)
             for name, _, action in self._edit_steps():
-                if self._vm_edits() and name in APPLIANCE_STEPS:
-                    continue  # done in the appliance above
                 async with self._step(name):
                     await action()
             if self.recipe.checks:
-                self._partitioned = not found.bare
                 await self._checks()
             if self._booting():
                 with ImageRoot(root) as tree:
@@ -586,8 +636,15 @@ class Bake:
                 result.boot = await vm.boot_test(image, **common)
                 return
             test = self.recipe.test
+            # In vm mode the appliance writes the test runner into the throwaway
+            # copy: the host mounts nothing a recipe's code wrote.
+            add = self._add_test_files_in_vm if self.isolation == "vm" else None
             run = await vm.boot_test_commands(
-                image, test.commands, command_timeout=test.command_timeout, **common
+                image,
+                test.commands,
+                command_timeout=test.command_timeout,
+                add_files=add,
+                **common,
             )
             result.boot = run.boot
             self.test_commands[:] = run.results

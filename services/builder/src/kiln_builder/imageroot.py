@@ -336,6 +336,24 @@ class ImageRoot:
     ) -> None:
         """Writes a regular file at path (parents made), replacing whatever is
         there but a directory: a temporary file beside it, renamed into place."""
+        with self.creating(path, mode, uid, gid) as fd, os.fdopen(fd, "wb", closefd=False) as out:
+            out.write(data)
+
+    @contextlib.contextmanager
+    def creating(
+        self,
+        path: str | PurePosixPath,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        xattrs: dict[str, bytes] | None = None,
+        mtime: float | None = None,
+    ) -> Iterator[int]:
+        """An fd to write a new regular file at path through (parents made):
+        written under a temporary name, renamed into place when the block ends
+        without an error (replacing what was there but a directory). Owner,
+        mode, then extended attributes (a chown clears file capabilities) and
+        the modification time are set last."""
         parent, name = _split(path)
         self.makedirs(parent)
         with self.directory(parent) as parent_fd:
@@ -346,10 +364,14 @@ class ImageRoot:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, 0o600, dir_fd=parent_fd)
             try:
-                with os.fdopen(fd, "wb", closefd=False) as out:
-                    out.write(data)
+                yield fd
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)  # after chown, which clears setuid bits
+                for key, value in (xattrs or {}).items():
+                    with contextlib.suppress(OSError):  # a namespace this filesystem lacks
+                        os.setxattr(fd, key, value)
+                if mtime is not None:
+                    os.utime(fd, (mtime, mtime))
                 os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -378,6 +400,37 @@ class ImageRoot:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=parent_fd)
                 raise
+
+    def link(self, existing: str | PurePosixPath, path: str | PurePosixPath) -> None:
+        """A hard link at path to what is at existing, both inside the tree (a
+        link at existing is linked itself, never followed); what was at path,
+        but a directory, is replaced."""
+        src_parent, src_name = _split(existing)
+        parent, name = _split(path)
+        self.makedirs(parent)
+        with self.directory(src_parent) as src_fd, self.directory(parent) as parent_fd:
+            _clear(parent_fd, name, path)
+            os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
+                    follow_symlinks=False)  # fmt: skip
+
+    def mknod(self, path: str | PurePosixPath, mode: int, device: int = 0) -> None:
+        """A device node or FIFO at path (what was there, but a directory, is
+        replaced). Nothing on this side ever opens one (see _regular)."""
+        parent, name = _split(path)
+        self.makedirs(parent)
+        with self.directory(parent) as parent_fd:
+            _clear(parent_fd, name, path)
+            os.mknod(name, mode, device, dir_fd=parent_fd)
+
+    @contextlib.contextmanager
+    def opened_dir(self, path: str | PurePosixPath) -> Iterator[int]:
+        """A readable fd of the directory at path, to set its owner, mode,
+        times and attributes through."""
+        fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
 
     def unlink(self, path: str | PurePosixPath) -> bool:
         """Removes the file or link at path (a link itself, never what it names);
@@ -443,6 +496,16 @@ class _Frame:
             return _Frame(self.where / name, os.open(name, flags, dir_fd=self.fd))
         except OSError:  # gone, or replaced by a link since it was listed
             return None
+
+
+def _clear(dir_fd: int, name: str, path: str | PurePosixPath) -> None:
+    """Removes the file or link at dir_fd/name, if any; a directory is refused."""
+    found = _lstat_at(dir_fd, name)
+    if found is None:
+        return
+    if stat.S_ISDIR(found.st_mode):
+        raise FailedPrecondition(f"{path} is a directory in the image")
+    os.unlink(name, dir_fd=dir_fd)
 
 
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

@@ -25,6 +25,8 @@ from pathlib import Path
 from kiln_builder import cgroups, sandbox_net
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import claimed_tempdir
+from kiln_builder.seccomp import program_fd
+from kiln_builder.userns import DEFAULT_IDS, IdRange, idmapped, user_namespace
 from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
 from kiln_common.retry import RetryPolicy
 
@@ -71,6 +73,12 @@ class SandboxPolicy:
     blocked_networks: tuple[str, ...] = ()
     """Networks the sandbox may not reach besides the node's own addresses
     (a cluster's pod and service ranges, a private network's)."""
+    user_namespace: bool = True
+    """Run the command as root of a user namespace mapped to ids (an unprivileged
+    host uid range), on an idmapped mount of the tree; false: as host root with
+    dropped capabilities (for a kernel or filesystem without idmapped mounts)."""
+    ids: IdRange = DEFAULT_IDS
+    """The host uids and gids the namespace's 0..65535 map to."""
 
 
 DEFAULT_POLICY = SandboxPolicy()
@@ -83,10 +91,20 @@ def sandbox_argv(
     ro_binds: Sequence[tuple[Path, str]] = (),
     info_fd: int | None = None,
     block_fd: int | None = None,
+    seccomp_fd: int | None = None,
+    userns_pid: int | None = None,
 ) -> list[str]:
     """bwrap's command line. info_fd receives the sandbox's first pid; the
-    command waits for a byte on block_fd (its network is set up meanwhile)."""
+    command waits for a byte on block_fd (its network is set up meanwhile);
+    seccomp_fd holds the filter's BPF; userns_pid holds the user namespace
+    bwrap runs in, as its root (nsenter), on root (an idmapped mount)."""
+    enter = (
+        ["nsenter", f"--user=/proc/{userns_pid}/ns/user", "--setuid=0", "--setgid=0", "--"]
+        if userns_pid is not None
+        else []
+    )
     args = [
+        *enter,
         "bwrap",
         "--bind", str(root), "/",
         "--dev", "/dev",
@@ -111,6 +129,8 @@ def sandbox_argv(
         args += ["--info-fd", str(info_fd)]
     if block_fd is not None:
         args += ["--block-fd", str(block_fd)]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
     for source, target in ro_binds:
         args += ["--ro-bind", str(source), target]
     return [*args, "--", *argv]
@@ -210,9 +230,18 @@ async def _run_once(
     try:
         async with contextlib.AsyncExitStack() as stack:
             scratch = stack.enter_context(claimed_tempdir(SCRATCH_PREFIX))
+            # Traversable (not listable) by the namespace's root, which is no
+            # host root: it reaches the tree's mount and the files bound in.
+            scratch.chmod(0o711)
             group = await stack.enter_async_context(
                 cgroups.limited(policy.memory_bytes, policy.max_pids)
             )
+            userns_pid = None
+            if policy.user_namespace:
+                userns_pid = await stack.enter_async_context(user_namespace(policy.ids))
+                root = stack.enter_context(idmapped(root, userns_pid, scratch / "root"))
+            seccomp_fd = program_fd()
+            stack.callback(os.close, seccomp_fd)
 
             async def started(bwrap_pid: int) -> None:
                 pid = await launch.first_pid()
@@ -236,14 +265,16 @@ async def _run_once(
                     return
                 launch.release()
 
-            binds = [*ro_binds, (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]
+            binds = [*_readable_copies(ro_binds, scratch),
+                     (sandbox_net.resolv_conf(scratch), "/run/kiln-resolv.conf")]  # fmt: skip
             try:
                 done = await run(
-                    sandbox_argv(root, argv, ro_binds=binds,
-                                 info_fd=launch.info_w, block_fd=launch.block_r),
+                    sandbox_argv(root, argv, ro_binds=binds, info_fd=launch.info_w,
+                                 block_fd=launch.block_r, seccomp_fd=seccomp_fd,
+                                 userns_pid=userns_pid),
                     env={**BASE_ENV, **(env or {})},
                     time_limit=policy.timeout,
-                    pass_fds=(launch.info_w, launch.block_r),
+                    pass_fds=(launch.info_w, launch.block_r, seccomp_fd),
                     started=started,
                 )  # fmt: skip
             except ProcessError as exc:
@@ -255,6 +286,23 @@ async def _run_once(
             return done
     finally:
         launch.close_all()
+
+
+def _readable_copies(binds: Sequence[tuple[Path, str]], scratch: Path) -> list[tuple[Path, str]]:
+    """Copies of the files to bind in, in the scratch directory, readable by
+    anyone: the namespace's root is no host root, and the originals may sit
+    in a directory it cannot enter (a recipe under /root). A missing one is
+    left as it is, for bwrap to name in its failure."""
+    copies = []
+    for number, (source, target) in enumerate(binds):
+        if not source.is_file():
+            copies.append((source, target))
+            continue
+        copy = scratch / f"bind-{number}"
+        copy.write_bytes(source.read_bytes())
+        copy.chmod(0o644)
+        copies.append((copy, target))
+    return copies
 
 
 @contextlib.contextmanager

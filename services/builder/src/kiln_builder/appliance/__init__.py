@@ -9,14 +9,24 @@ report lines), network (the guest's only way out: the package mirrors), runner
 is init.sh. See docs/isolation.md.
 """
 
-from kiln_builder.appliance.api import copy_back, customise_in_vm, customise_tree_in_vm
+from kiln_builder.appliance.api import customise_in_vm, customise_tree_in_vm, extract_export
 from kiln_builder.appliance.from_recipe import recipe_mirrors, recipe_steps
 from kiln_builder.appliance.image import Appliance, appliance_key, ensure_appliance
-from kiln_builder.appliance.job import Job, Packages, RunScript, Step, WriteFile, encode
+from kiln_builder.appliance.job import (
+    WHOLE,
+    Job,
+    Packages,
+    RunScript,
+    Step,
+    Sysprep,
+    WriteFile,
+    encode,
+)
 from kiln_builder.appliance.protocol import Report, StepReport
 from kiln_builder.appliance.runner import ApplianceResult, JobFailed
 
 __all__ = [
+    "WHOLE",
     "Appliance",
     "ApplianceResult",
     "Job",
@@ -26,13 +36,14 @@ __all__ = [
     "RunScript",
     "Step",
     "StepReport",
+    "Sysprep",
     "WriteFile",
     "appliance_key",
-    "copy_back",
     "customise_in_vm",
     "customise_tree_in_vm",
     "encode",
     "ensure_appliance",
+    "extract_export",
     "recipe_mirrors",
     "recipe_steps",
 ]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kiln_builder.appliance.image import ensure_appliance, kib, tree_bytes
-from kiln_builder.appliance.job import Job
+from kiln_builder.appliance.job import WHOLE, Job
 from kiln_builder.appliance.network import host_mirrors, hosts_lines, relays
 from kiln_builder.appliance.runner import ApplianceResult, run_job
 from kiln_builder.layers import LayerStore
-from kiln_builder.resources import loop_device, mounted
+from kiln_builder.untar import Extracted, extract
 from kiln_builder.vm.accel import probe_accel
 from kiln_builder.vm.domain import disk_format
 from kiln_common.errors import InvalidArgument
@@ -21,6 +23,7 @@ from kiln_common.proc import run
 log = logging.getLogger(__name__)
 
 JOB_TIMEOUT = 3600.0
+EXPORT_ROOM = 1024**3  # beyond the disk's size: tar's headers (sparse, costs nothing)
 # Room a tree's image gets beyond its contents, for what the steps install. The
 # file is sparse: unused room costs nothing.
 TREE_HEADROOM = 2 * 1024**3
@@ -52,8 +55,37 @@ async def customise_in_vm(
     accel = await probe_accel(appliance.kernel, appliance.initrd, cache_dir / "accel.json")
     found = relays(host_mirrors() if mirrors is None else mirrors, proxy)
     job = dataclasses.replace(job, hosts=hosts_lines(found))
+    out = _export_disk(work, disk) if job.export else None
     return await run_job(appliance, disk, job, work=work, accel=accel, relays=found,
-                         log_line=_log_to(log_line), timeout=timeout)  # fmt: skip
+                         log_line=_log_to(log_line), timeout=timeout, out=out)  # fmt: skip
+
+
+def _export_disk(work: Path, disk: Path) -> Path:
+    """A sparse file for the tar the job hands back: the tree fits in its disk."""
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "export.tar"
+    out.unlink(missing_ok=True)
+    with open(out, "wb") as handle:
+        handle.truncate(disk.stat().st_size + EXPORT_ROOM)
+    return out
+
+
+async def extract_export(result: ApplianceResult, dest: Path) -> None:
+    """The tree the appliance handed back, extracted into dest (made empty)
+    through imageroot (untar); the tar's disk is removed afterwards."""
+    assert result.export is not None, "the job asked for no export"
+    await asyncio.to_thread(shutil.rmtree, dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    try:
+        done = await asyncio.to_thread(_extract_file, result.export, dest)
+        log.info("the appliance handed back %d entries", done.members)
+    finally:
+        result.export.unlink(missing_ok=True)
+
+
+def _extract_file(tar: Path, dest: Path) -> Extracted:
+    with open(tar, "rb") as stream:
+        return extract(stream, dest)
 
 
 async def customise_tree_in_vm(
@@ -69,28 +101,24 @@ async def customise_tree_in_vm(
     timeout: float = JOB_TIMEOUT,  # noqa: ASYNC109
 ) -> ApplianceResult:
     """The same for a directory tree (a from-scratch build): the tree becomes a
-    bare ext4 image, the job runs on it, and the result is copied back, owners,
-    modes, ACLs, xattrs, hard links and device nodes kept."""
+    bare ext4 image, the job runs on it, and the appliance hands the result back
+    as a tar, extracted in place of the tree (owners, modes, xattrs, hard links
+    and device nodes kept; see untar)."""
     work.mkdir(parents=True, exist_ok=True)
     image = work / "tree.ext4"
     size = await tree_bytes(rootdir) + TREE_HEADROOM
     try:
         await run(["mkfs.ext4", "-q", "-F", "-L", "kiln-tree", "-d", rootdir, image, kib(size)])
         result = await customise_in_vm(
-            image, dataclasses.replace(job, root="whole"), work=work, cache_dir=cache_dir,
-            layers=layers, log_line=log_line, mirrors=mirrors, proxy=proxy, timeout=timeout,
+            image, dataclasses.replace(job, root="whole", export=WHOLE), work=work,
+            cache_dir=cache_dir, layers=layers, log_line=log_line, mirrors=mirrors, proxy=proxy,
+            timeout=timeout,
         )  # fmt: skip
-        await copy_back(image, rootdir, work / "tree-mnt")
+        # The image is never mounted here: its tree comes back as a tar.
+        fresh = rootdir.with_name(rootdir.name + ".new")
+        await extract_export(result, fresh)
+        await asyncio.to_thread(shutil.rmtree, rootdir)
+        fresh.rename(rootdir)
         return result
     finally:
         image.unlink(missing_ok=True)
-
-
-async def copy_back(image: Path, rootdir: Path, mountpoint: Path) -> None:
-    """rootdir becomes exactly the filesystem in image (mounted read-only)."""
-    async with loop_device(image) as device, mounted(device, mountpoint, "-o", "ro") as mnt:
-        await run(
-            ["rsync", "-aHAX", "--numeric-ids", "--delete", "--exclude=/lost+found",
-             f"{mnt}/", f"{rootdir}/"],
-            log_output=False,
-        )  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from kiln_builder import customize, layers
 from kiln_builder.appliance import initramfs
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
+from kiln_builder.imageroot import ImageRoot
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import file_lock
 from kiln_common.errors import FailedPrecondition
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 RECIPE = Path(__file__).with_name("recipe.yaml")
 INIT = Path(__file__).with_name("init.sh")
 INIT_PATH = "usr/local/sbin/kiln-appliance-init"
+SYSPREP = Path(__file__).with_name("sysprep.sh")
+SYSPREP_PATH = "usr/local/lib/kiln/sysprep.sh"  # where init.sh finds it
 ASSEMBLY = "kiln-appliance-assembly-2"  # bump when assemble() changes
 # The engine's DEFAULT_EPOCH: the same bootstrap layer as every default build.
 EPOCH = 1_700_000_000
@@ -53,7 +56,8 @@ def _plan() -> tuple[BootstrapSpec, list[str], str]:
 def appliance_key() -> str:
     _, _, packages_key = _plan()
     digest = hashlib.sha256()
-    parts = (ASSEMBLY, packages_key, INIT.read_text(), initramfs.INIT, *initramfs.MODULES)
+    parts = (ASSEMBLY, packages_key, INIT.read_text(), SYSPREP.read_text(), initramfs.INIT,
+             *initramfs.MODULES)  # fmt: skip
     for part in parts:
         digest.update(hashlib.sha256(part.encode()).digest())
     return digest.hexdigest()[:16]
@@ -107,10 +111,9 @@ async def _tree(tree: Path, store: layers.LayerStore) -> None:
 async def _assemble(out: Path, store: layers.LayerStore) -> None:
     tree = out / "tree"
     await _tree(tree, store)
-    init = tree / INIT_PATH
-    init.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(INIT, init)
-    init.chmod(0o755)
+    with ImageRoot(tree) as root:
+        root.write(INIT_PATH, INIT.read_bytes(), 0o755)
+        root.write(SYSPREP_PATH, SYSPREP.read_bytes(), 0o755)
     kernel = _one(tree / "boot", "vmlinuz-*")
     shutil.copy2(kernel, out / "vmlinuz")
     release = kernel.name.removeprefix("vmlinuz-")

@@ -94,7 +94,8 @@ prepare_chroot() {
 	CHROOTED=1
 }
 
-undo_chroot() {
+# The chroot's own mounts go, the image's stay mounted (for the export).
+unbind() {
 	[ $CHROOTED = 1 ] || return 0
 	rm -f $R/usr/sbin/policy-rc.d
 	[ -e /run/kiln/policy-rc.d.image ] && mv /run/kiln/policy-rc.d.image $R/usr/sbin/policy-rc.d
@@ -102,9 +103,14 @@ undo_chroot() {
 	[ -e $R/run/kiln-made-hosts ] && made=1
 	umount -R $R/etc/hosts $R/run $R/tmp $R/sys $R/proc $R/dev 2>/dev/null
 	[ $made = 1 ] && rm -f $R/etc/hosts
+	CHROOTED=0
+}
+
+undo_chroot() {
+	unbind
+	mountpoint -q $R || return 0
 	umount -R $R || say "INFO unmounting the image failed"
 	sync
-	CHROOTED=0
 }
 
 in_image() {
@@ -112,11 +118,74 @@ in_image() {
 		DEBIAN_FRONTEND=noninteractive SOURCE_DATE_EPOCH="$(cat $J/epoch)" "$@"
 }
 
+# Whether the image says it is (or is like) $1, by its own os-release.
+image_is() {
+	in_image /bin/sh -c '. /etc/os-release 2>/dev/null || . /usr/lib/os-release 2>/dev/null
+		for id in $ID $ID_LIKE; do [ "$id" = "$1" ] && exit 0; done; exit 1' sh "$1"
+}
+
 do_packages() {
-	local dir=$1
+	local dir=$1 list=$1/packages
+	# Package names differ by distro: the host cannot read the image to choose.
+	if [ -s "$dir/packages-ubuntu" ] && image_is ubuntu; then list=$dir/packages-ubuntu; fi
 	in_image apt-get update -q || return
-	in_image apt-get install -y -q --no-install-recommends $(cat "$dir/packages") || return
+	in_image apt-get install -y -q --no-install-recommends $(cat "$list") || return
 	in_image apt-get clean
+}
+
+do_sysprep() {
+	cp /usr/local/lib/kiln/sysprep.sh $R/tmp/kiln-sysprep.sh || return
+	in_image /bin/sh /tmp/kiln-sysprep.sh $(cat "$1/operations")
+	local rc=$?
+	rm -f $R/tmp/kiln-sysprep.sh
+	return $rc
+}
+
+# Grows the root partition (the disk's last) and its filesystem to the disk the
+# host made bigger; an XFS grows once mounted (grow_mounted).
+grow_root() {
+	local disk=$1 root=$2 type part last label
+	type=$(blkid -o value -s TYPE "$root")
+	if [ "$root" != "$disk" ]; then
+		part=${root#"$disk"}
+		last=$(ls -d /sys/block/${disk##*/}/${disk##*/}* | sed 's/.*[^0-9]//' | sort -n | tail -1)
+		[ "$part" = "$last" ] || {
+			echo "disk.size: the root is partition $part, not the last one; Kiln can only grow the last partition"
+			return 1
+		}
+		label=$(sfdisk --dump "$disk" | sed -n 's/^label: //p')
+		[ "$label" = gpt ] && { sfdisk --relocate gpt-bak-std "$disk" || return; }
+		echo ", +" | sfdisk --quiet --no-reread -N "$part" "$disk" || return
+		partx -u "$disk" || blockdev --rereadpt "$disk" || return
+		udevadm settle 2>/dev/null
+	fi
+	case "$type" in
+	ext2 | ext3 | ext4)
+		e2fsck -f -p "$root"
+		[ $? -le 1 ] || return 1
+		resize2fs "$root" || return
+		;;
+	esac
+	say "INFO grew the image's root ($type on $root) to the disk"
+}
+
+grow_mounted() {
+	[ "$(blkid -o value -s TYPE "$1")" = xfs ] || return 0
+	xfs_growfs $R >/dev/null || return
+	say "INFO grew the image's root (xfs on $1) to the disk"
+}
+
+# The tree (or the paths the job names) as a tar on the disk kiln-out: the host
+# reads it as bytes and never mounts the image.
+export_tree() {
+	local out paths
+	out=$(disk_with_serial kiln-out) || { echo "no export disk"; return 1; }
+	mapfile -t paths <$J/export
+	tar -C $R --numeric-owner --xattrs --xattrs-include='*' --acls --exclude=./lost+found \
+		--ignore-failed-read -cf "$out" -- "${paths[@]}"
+	[ $? -le 1 ] || return 1  # 1: a file changed while read (logs), not fatal
+	sync
+	say "INFO handed the tree back ($(printf '%s ' "${paths[@]}"))"
 }
 
 do_file() {
@@ -169,14 +238,26 @@ job_disk=$(disk_with_serial kiln-job) || die "no job disk"
 tar -xf "$job_disk" -C $J || die "the job disk holds no readable job"
 target=$(disk_with_serial kiln-target) || die "no image disk"
 root=$(find_root "$target") || die "no Linux root filesystem (ext3, ext4 or xfs with /etc/os-release) on the image: $(blkid "$target"* 2>&1 | tr '\n' ' ')"
+if [ -s $J/grow ]; then
+	why=$(grow_root "$target" "$root" 2>&1) || die "growing the image failed: $(echo "$why" | tail -3 | tr '\n' ' ')"
+fi
 mount "$root" $R || die "cannot mount the image's root $root"
 say "ROOT $root $(blkid -o value -s TYPE "$root")"
+if [ -s $J/grow ]; then grow_mounted "$root" || die "growing the image's XFS failed"; fi
 mount_fstab
 prepare_chroot
 
 for dir in $(ls -d $J/steps/* 2>/dev/null); do
 	run_step "$dir" || die "step $(cat "$dir/name") failed"
 done
+# Whatever a step started in the image is stopped before its files are read
+# (PID 1 survives kill -1), then the chroot's mounts go.
+kill -KILL -1 2>/dev/null
+sleep 0.2
+unbind
+if [ -s $J/export ]; then
+	why=$(export_tree 2>&1) || die "handing the tree back failed: $(echo "$why" | tail -3 | tr '\n' ' ')"
+fi
 undo_chroot
 say "DONE OK"
 power_off

@@ -6,9 +6,15 @@ The job disk is a plain tar (no filesystem: the appliance reads it with
     epoch                 SOURCE_DATE_EPOCH for every step
     root                  optional: the root's partition number, or "whole"
     hosts                 /etc/hosts lines giving the mirror names their relays
-    steps/NNN/kind        packages | file | run
+    grow                  optional: "1" to grow the root partition and filesystem
+                          to the disk (the host made the file bigger)
+    export                optional: paths under the root, one a line ("." for the
+                          whole tree), written as a tar to the disk kiln-out
+    steps/NNN/kind        packages | file | run | sysprep
     steps/NNN/name        the step's name in the build log and in errors
     steps/NNN/packages    (packages) one package name a line
+    steps/NNN/packages-ubuntu  (packages) the same for an Ubuntu image, if the names differ
+    steps/NNN/operations  (sysprep) one operation a line (sysprep.sh)
     steps/NNN/path        (file) absolute path in the image
     steps/NNN/data        (file) the bytes
     steps/NNN/mode        (file) octal, e.g. 0644
@@ -34,10 +40,20 @@ _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.:=~-]*")
 @dataclass(frozen=True)
 class Packages:
     packages: tuple[str, ...]
+    ubuntu: tuple[str, ...] | None = None  # the names for an Ubuntu image, if they differ
 
     @property
     def name(self) -> str:
         return "packages"
+
+
+@dataclass(frozen=True)
+class Sysprep:
+    operations: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return "sysprep"
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,13 @@ class RunScript:
         return f"run {self.label}"
 
 
-Step = Packages | WriteFile | RunScript
+Step = Packages | WriteFile | RunScript | Sysprep
+# What sysprep.sh knows (the recipe's own list is checked against it too).
+SYSPREP = (
+    "ssh-host-keys", "machine-id", "udev-persistent-net", "root-password", "logs",
+    "shell-history", "apt-lists", "resolv-conf",
+)  # fmt: skip
+WHOLE = (".",)  # export: the whole tree
 
 
 @dataclass(frozen=True)
@@ -72,11 +94,13 @@ class Job:
     epoch: int
     root: str | None = None  # partition number or "whole"; None: the appliance finds it
     hosts: tuple[tuple[str, str], ...] = ()  # (guest address, name) for the mirrors
+    grow: bool = False  # grow the root partition and filesystem to the disk
+    export: tuple[str, ...] = ()  # paths under the root to hand back as a tar; WHOLE
 
 
 def _check(step: Step) -> None:
     if isinstance(step, Packages):
-        bad = [p for p in step.packages if not _PACKAGE.fullmatch(p)]
+        bad = [p for p in (*step.packages, *(step.ubuntu or ())) if not _PACKAGE.fullmatch(p)]
         if bad:
             raise InvalidArgument(f"packages: not a package name: {', '.join(bad)}")
     elif isinstance(step, WriteFile):
@@ -86,11 +110,24 @@ def _check(step: Step) -> None:
         for name in (step.owner, step.group):
             if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
                 raise InvalidArgument(f"files: {name!r} is not a user or group name")
+    elif isinstance(step, Sysprep):
+        unknown = [op for op in step.operations if op not in SYSPREP]
+        if unknown:
+            raise InvalidArgument(f"sysprep: unknown operation {unknown[0]!r}")
+
+
+def _lines(values: Sequence[str]) -> bytes:
+    return "".join(f"{v}\n" for v in values).encode()
 
 
 def _fields(step: Step) -> dict[str, bytes]:
     if isinstance(step, Packages):
-        return {"kind": b"packages", "packages": "".join(f"{p}\n" for p in step.packages).encode()}
+        found = {"kind": b"packages", "packages": _lines(step.packages)}
+        if step.ubuntu is not None:
+            found["packages-ubuntu"] = _lines(step.ubuntu)
+        return found
+    if isinstance(step, Sysprep):
+        return {"kind": b"sysprep", "operations": _lines(step.operations)}
     if isinstance(step, WriteFile):
         return {
             "kind": b"file",
@@ -109,6 +146,13 @@ def encode(job: Job) -> bytes:
     if job.root is not None:
         files["root"] = job.root.encode()
     files["hosts"] = "".join(f"{addr} {name}\n" for addr, name in job.hosts).encode()
+    if job.grow:
+        files["grow"] = b"1\n"
+    if job.export:
+        bad = [p for p in job.export if p.startswith("/") or ".." in p.split("/") or "\n" in p]
+        if bad:
+            raise InvalidArgument(f"export: {bad[0]!r} is not a path under the root")
+        files["export"] = _lines(job.export)
     for index, step in enumerate(job.steps, start=1):
         _check(step)
         fields = {**_fields(step), "name": step.name.encode()}

@@ -43,6 +43,7 @@ class ApplianceResult:
     seconds: float
     root: str | None
     steps: list[StepReport] = field(default_factory=list)
+    export: Path | None = None  # the tar the job handed back (its disk), if it asked
 
 
 def _drive(path: Path, ident: str, *, readonly: bool) -> list[str]:
@@ -61,6 +62,7 @@ def qemu_argv(
     accel: Accel,
     relays: Sequence[Relay],
     memory_mib: int = MEMORY_MIB,
+    out: Path | None = None,
 ) -> list[str]:
     machine = ["-accel", "kvm", "-cpu", "host"] if accel.kind == "kvm" else ["-accel", "tcg"]
     return [
@@ -72,6 +74,7 @@ def qemu_argv(
         *_drive(appliance.root, "appliance", readonly=True),  # /dev/vda: root=
         *_drive(disk, "target", readonly=False),
         *_drive(job_disk, "job", readonly=True),
+        *(_drive(out, "out", readonly=False) if out is not None else []),
         *netdev_args(relays),
         "-serial", f"file:{console}",
         # ttyS1, the report channel, is QEMU's standard output.
@@ -97,6 +100,7 @@ async def run_job(
     relays: Sequence[Relay],
     log_line: Callable[[str], None],
     timeout: float,  # noqa: ASYNC109 (the whole VM's life)
+    out: Path | None = None,
 ) -> ApplianceResult:
     work.mkdir(parents=True, exist_ok=True)
     job_disk = work / "job.tar"
@@ -113,7 +117,7 @@ async def run_job(
         if said is not None:
             log_line(said)
 
-    argv = qemu_argv(appliance, disk, job_disk, console, accel, relays)
+    argv = qemu_argv(appliance, disk, job_disk, console, accel, relays, out=out)
     log.info("appliance %s under %s (%s)", appliance.key, accel.kind, accel.reason)
     try:
         done = await asyncio.wait_for(
@@ -128,7 +132,7 @@ async def run_job(
         job_disk.unlink(missing_ok=True)
     result = ApplianceResult(
         accel, round(booted[0] if booted else 0.0, 1),
-        round(time.monotonic() - started, 1), report.root, report.steps,
+        round(time.monotonic() - started, 1), report.root, report.steps, out,
     )  # fmt: skip
     _check(report, done.returncode, done.stdout, console)
     return result

@@ -89,7 +89,10 @@ async def _blkid(device: str) -> dict[str, str]:
     return {key: value for key, _, value in pairs if key}
 
 
-async def find_layout(disk: Path, base: Inspected) -> Layout:
+async def find_layout(disk: Path, base: Inspected, *, probe: bool = True) -> Layout:
+    """The disk's partitions and filesystems (blkid reads their bytes) and its
+    root. probe=False (vm isolation) mounts nothing: the root is left for the
+    appliance to find (root 0), the partitions are still described."""
     if base.filesystem is not None:
         return Layout((), 0, base.filesystem, None)
     table = await _table(disk)
@@ -116,6 +119,10 @@ async def find_layout(disk: Path, base: Inspected) -> Layout:
                     found.get("PART_ENTRY_NAME"),
                 )
             )
+        if not probe:
+            if not any(p.fstype in LINUX_ROOT_TYPES for p in parts):
+                raise FailedPrecondition(_no_root(parts))
+            return Layout(tuple(parts), 0, "", str(table.get("label")))
         root = await _root_of(parts, dict(zip(numbers, nodes, strict=True)), disk.parent)
     label = str(table.get("label"))
     return Layout(tuple(parts), root.number, str(root.fstype), label)
@@ -132,15 +139,17 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
                 with ImageRoot(mnt) as tree:
                     if any(tree.is_file(name) for name in ROOT_MARKS):
                         return part
+    raise FailedPrecondition(_no_root(parts))
+
+
+def _no_root(parts: list[Part]) -> str:
     found = "; ".join(p.describe() for p in parts)
     hint = (
         " Kiln cannot open LVM or LUKS volumes"
         if any(p.fstype in UNREADABLE for p in parts)
         else ""
     )
-    raise FailedPrecondition(
-        f"no Linux root filesystem (ext3, ext4 or xfs) in the base: {found}.{hint}"
-    )
+    return f"no Linux root filesystem (ext3, ext4 or xfs) in the base: {found}.{hint}"
 
 
 def _ro_options(fstype: str | None) -> str:
@@ -148,6 +157,13 @@ def _ro_options(fstype: str | None) -> str:
     if fstype == "xfs":
         return "ro,norecovery,nouuid"
     return "ro,noload" if fstype in ("ext3", "ext4") else "ro"
+
+
+def _type(fstype: str | None) -> list[str]:
+    """ext2 and ext3 are mounted by the ext4 driver, which reads and writes them
+    as they are: the kernel allows idmapped mounts (the sandbox's user
+    namespace) of ext4-typed mounts only."""
+    return ["-t", "ext4"] if fstype in ("ext2", "ext3") else []
 
 
 def _rw_options(fstype: str | None) -> str:
@@ -159,9 +175,11 @@ def _rw_options(fstype: str | None) -> str:
 # --- growing --------------------------------------------------------------------------
 
 
-async def grow(disk: Path, layout: Layout, size: int) -> None:
+async def grow(disk: Path, layout: Layout, size: int, *, resize: bool = True) -> bool:
     """Grows the raw disk to size bytes, and its root partition and filesystem
-    with it. A smaller size is refused: shrinking loses data."""
+    with it; returns whether it grew. A smaller size is refused: shrinking loses
+    data. resize=False (vm isolation) only makes the file bigger: the appliance
+    grows the partition and filesystem, which the host does not open."""
     current = disk.stat().st_size
     if size < current:
         raise InvalidArgument(
@@ -169,11 +187,13 @@ async def grow(disk: Path, layout: Layout, size: int) -> None:
             " Kiln grows images, it does not shrink them"
         )
     if size == current:
-        return
+        return False
     os.truncate(disk, size)
+    if not resize:
+        return True
     if layout.bare:
         await _grow_fs(str(disk), layout.root_fs, disk.parent)
-        return
+        return True
     if layout.root != max(p.number for p in layout.parts) or layout.table not in ("gpt", "dos"):
         raise FailedPrecondition(
             f"disk.size: the root is partition {layout.root}, not the last one;"
@@ -189,6 +209,7 @@ async def grow(disk: Path, layout: Layout, size: int) -> None:
         nodes = await stack.enter_async_context(partition_devices(device, 0, numbers))
         await _grow_fs(nodes[numbers.index(layout.root)], layout.root_fs, disk.parent)
     log.info("grew the base disk from %d to %d bytes", current, size)
+    return True
 
 
 async def _grow_fs(device: str, fstype: str, work: Path) -> None:
@@ -268,10 +289,13 @@ async def opened(
             made = await stack.enter_async_context(partition_devices(device, 0, numbers))
             nodes = dict(zip(numbers, made, strict=True))
         options = _ro_options(layout.root_fs) if read_only else _rw_options(layout.root_fs)
-        root = await stack.enter_async_context(mounted(nodes[layout.root], mnt, "-o", options))
+        root = await stack.enter_async_context(
+            mounted(nodes[layout.root], mnt, *_type(layout.root_fs), "-o", options)
+        )
         tree = stack.enter_context(ImageRoot(root))
         for number, where, fstype in _fstab_mounts(tree, layout):
             options = _ro_options(fstype) if read_only else _rw_options(fstype)
             target = _mount_point(tree, where, create=not read_only)
-            await stack.enter_async_context(mounted(nodes[number], target, "-o", options))
+            fs = _type(fstype)
+            await stack.enter_async_context(mounted(nodes[number], target, *fs, "-o", options))
         yield root

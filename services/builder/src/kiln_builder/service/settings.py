@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from kiln_builder.egress import EgressPolicy
 from kiln_builder.sandbox import SandboxPolicy
 from kiln_builder.storage import DEFAULT_RETRY_SECONDS
+from kiln_builder.userns import IdRange
 from kiln_common.settings import KilnSettings
 from kiln_common.urls import http_target
 
@@ -80,6 +81,14 @@ class BuilderSettings(KilnSettings):
     sandbox_timeout_seconds: float = Field(default=3600.0, ge=0)
     """A sandboxed command still running after this long is killed with all it
     started, and the build fails naming it; 0: no limit."""
+    sandbox_user_namespace: bool = True
+    """Run sandboxed commands as root of a user namespace mapped to an
+    unprivileged host uid range, on an idmapped mount of the image's tree (Linux
+    5.12+, ext4/xfs/btrfs/tmpfs work roots); false: as host root with dropped
+    capabilities, for a kernel or filesystem that cannot (less safe)."""
+    sandbox_uid_base: int = Field(default=1_000_000_000, ge=65536, le=4_294_901_759)
+    """The first host uid and gid of that range (65536 ids): a range no host user
+    or other tool uses."""
     sandbox_blocked_networks: list[str] = []
     """Other networks (CIDRs) neither the sandbox nor the builder's own fetches
     may reach, besides the cluster's (cluster_networks), the node's, the pod's
@@ -139,6 +148,8 @@ class BuilderSettings(KilnSettings):
             max_pids=self.sandbox_max_pids or None,
             timeout=self.sandbox_timeout_seconds or None,
             blocked_networks=self.denied_networks(),
+            user_namespace=self.sandbox_user_namespace,
+            ids=IdRange(self.sandbox_uid_base),
         )
 
     def egress_policy(self) -> EgressPolicy:

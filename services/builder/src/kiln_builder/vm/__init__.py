@@ -17,6 +17,8 @@ commands inside the guest), reap (the janitor).
 from kiln_builder.libvirtd import quiet_libvirt
 from kiln_builder.vm.accel import Accel, default_vcpus, host_accel, probe_accel
 from kiln_builder.vm.commands import (
+    WANTS_LINK,
+    AddFiles,
     CommandFailed,
     CommandResult,
     CommandsRun,
@@ -56,7 +58,9 @@ __all__ = [
     "DOMAIN_PREFIX",
     "GROW_TEST_BYTES",
     "SCRATCH_PREFIX",
+    "WANTS_LINK",
     "Accel",
+    "AddFiles",
     "BootFailed",
     "BootResult",
     "BootTimeout",

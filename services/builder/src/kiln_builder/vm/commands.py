@@ -28,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -164,6 +164,11 @@ def guest_files(commands: Sequence[str], timeout: int) -> dict[str, tuple[str, i
     return files
 
 
+WANTS_LINK = (f"/etc/systemd/system/multi-user.target.wants/{UNIT}", f"/etc/systemd/system/{UNIT}")
+# Adds files to a throwaway disk without the host mounting it (vm isolation).
+AddFiles = Callable[[Path, dict[str, tuple[str, int]]], Awaitable[None]]
+
+
 def add_to_root(root: Path, files: dict[str, tuple[str, int]]) -> None:
     """Writes files into a mounted root and enables the unit, every path resolved
     inside the image (imageroot): links a run script planted cannot lead onto
@@ -171,9 +176,7 @@ def add_to_root(root: Path, files: dict[str, tuple[str, int]]) -> None:
     with ImageRoot(root) as tree:
         for relative, (text, mode) in files.items():
             tree.write(relative, text.encode(), mode)  # a link there is replaced
-        tree.symlink(
-            f"/etc/systemd/system/multi-user.target.wants/{UNIT}", f"/etc/systemd/system/{UNIT}"
-        )
+        tree.symlink(*WANTS_LINK)
 
 
 # --- what comes out ----------------------------------------------------------------
@@ -316,12 +319,19 @@ async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
 
 
 async def prepare_disk(
-    image: Path, scratch: Path, commands: Sequence[str], command_timeout: int
-) -> Path:
-    """The throwaway disk: image copied into scratch, the runner added to its root."""
+    image: Path, scratch: Path, commands: Sequence[str], command_timeout: int,
+    add_files: AddFiles | None = None,
+) -> Path:  # fmt: skip
+    """The throwaway disk: image copied into scratch, the runner added to its
+    root: through a loop mount here, or by add_files (vm isolation: the
+    appliance writes them, the host mounts nothing a recipe's code wrote)."""
     copy = await throwaway_copy(image, scratch / "throwaway.raw")
+    files = guest_files(commands, command_timeout)
+    if add_files is not None:
+        await add_files(copy, files)
+        return copy
     async with mounted_root(copy, scratch / "root") as root:
-        await asyncio.to_thread(add_to_root, root, guest_files(commands, command_timeout))
+        await asyncio.to_thread(add_to_root, root, files)
     return copy
 
 
@@ -372,13 +382,14 @@ async def boot_test_commands(
     cache_dir: Path,
     network: Literal["user", "none"] = "user",
     fix_kvm_device: bool = True,
+    add_files: AddFiles | None = None,
 ) -> CommandsRun:
     """boot_test, then the commands inside the guest. Returns every command's result,
     failing ones included (see raise_on_failure): the caller records them first."""
     uri = await asyncio.to_thread(ensure_libvirtd, fix_kvm_device=fix_kvm_device)
     accel = await host_accel(kernel_dir, cache_dir / "accel.json")
     with _scratch_dir(None) as scratch:
-        disk = await prepare_disk(image, scratch, commands, command_timeout)
+        disk = await prepare_disk(image, scratch, commands, command_timeout, add_files)
         machine = DiskBoot(disk, grow_by=GROW_TEST_BYTES)
         channel = scratch / "results.log"
         runner = VmRunner(uri, accel)
