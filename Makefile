@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish demo \
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish bench-isolation demo \
 	images smoke-images clean
 
 setup:
@@ -60,6 +60,9 @@ bench-customise: setup
 
 bench-publish: setup
 	$(PY) bench/publish/bench.py
+
+bench-isolation: setup
+	$(PY) bench/isolation/bench.py
 
 demo: setup
 	scripts/demo.sh

@@ -11,8 +11,8 @@ apt_packages=(
   # the builder: bootstrap, sandbox, disks, bootloader, conversion, compression
   mmdebstrap eatmydata bubblewrap slirp4netns nftables iproute2 fdisk gdisk e2fsprogs xfsprogs dosfstools grub-pc-bin grub2-common
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
-  # vm isolation: the relay to the package mirrors, copying a tree back
-  socat rsync
+  # vm isolation: the relays to the package mirrors
+  socat
   # the marketplace catalogue's browser test: Debian's chromium, driven by
   # Playwright (pip), whose bundled node needs libatomic1
   chromium libatomic1

@@ -23,7 +23,7 @@ import traceback
 from pathlib import Path
 
 # Events whose arguments name paths; subprocess and exec events are left out:
-# the tools Kiln runs (tar, mkfs, rsync) take a tree root by design.
+# the tools Kiln runs (tar, mkfs, cp) take a tree root by design.
 WATCHED = {
     "open", "os.chdir", "os.chflags", "os.chmod", "os.chown", "os.getxattr", "os.link",
     "os.listdir", "os.listxattr", "os.mkdir", "os.mkfifo", "os.mknod", "os.remove",

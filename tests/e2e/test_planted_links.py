@@ -7,8 +7,9 @@ hook that records any host path call under the tree, with inotify watching the
 host's directory: nothing there may be created, changed, opened or read, by the
 builder or any tool it runs, and no byte of it may reach an artifact.
 
-Both isolation modes, through `kiln-builder bake`; the service's side is in
-tests/e2e/test_builder_service.py."""
+Both isolation modes, through `kiln-builder bake` (under the audit hook) and
+through the service (`kiln up`, `kiln build`), whose stored artifacts and logs
+are searched for the host file's bytes."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from host_watch import HostWatch, snapshot
-from support import CACHE_MAX_GIB, REPO, scratch
+from support import CACHE_MAX_GIB, REPO, kiln, kiln_up, scratch
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
@@ -65,11 +66,13 @@ name: planted
 version: "1.0"
 from:
   bootstrap: {distro: debian, release: bookworm}
+isolation: MODE
 run:
   - script: plant.sh
 checks: [{profile: tycoon, advisory: true}, {profile: cloud, advisory: true}]
 disk: {size: 2GiB, filesystem: ext4, partitioning: gpt}
 outputs: [raw, tar, ext4]
+test: {boot: false}
 """
 
 
@@ -86,12 +89,17 @@ def host(request: pytest.FixtureRequest) -> Iterator[tuple[Path, bytes]]:
         yield where, marker
 
 
+def write_recipe(recipe_dir: Path, host: Path, mode: str = "sandbox") -> Path:
+    recipe_dir.mkdir(parents=True)
+    (recipe_dir / "plant.sh").write_text(plant_script(host))
+    (recipe_dir / "recipe.yaml").write_text(RECIPE.replace("MODE", mode))
+    return recipe_dir / "recipe.yaml"
+
+
 def audited_bake(base: Path, host: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str],
                                                                  list[dict[str, str]]]:  # fmt: skip
     recipe_dir = base / "recipe"
-    recipe_dir.mkdir(parents=True)
-    (recipe_dir / "plant.sh").write_text(plant_script(host))
-    (recipe_dir / "recipe.yaml").write_text(RECIPE)
+    write_recipe(recipe_dir, host)
     report = base / "audit.jsonl"
     work = base / "work"
     done = subprocess.run(
@@ -128,7 +136,7 @@ def test_links_planted_by_a_recipe_never_reach_the_build_host(
     watch = HostWatch(where)
     try:
         with scratch(request, f"planted-{mode}") as base:
-            extra = ["--no-boot-test"] + (["--vm"] if mode == "vm" else [])
+            extra = ["--vm"] if mode == "vm" else []
             done, calls = audited_bake(base, where, *extra)
             touches = watch.touches()
             outputs = sorted(p for p in (base / "out").iterdir() if p.is_file())
@@ -149,3 +157,41 @@ def test_links_planted_by_a_recipe_never_reach_the_build_host(
     assert problems == [], "\n".join(problems)
     wanted = {f"planted-1.0.{kind}" for kind in ("raw", "tar", "ext4", "spdx.json")}
     assert {p.name for p in outputs} >= wanted
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    with scratch(request, "planted-stack") as where, kiln_up(where) as environ:
+        yield environ
+
+
+def holding(top: Path, marker: bytes) -> list[str]:
+    return [str(p) for p in sorted(top.rglob("*")) if p.is_file() and contains(p, marker)]
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "vm"])
+def test_links_planted_through_the_service_never_reach_the_build_host(
+    request: pytest.FixtureRequest, host: tuple[Path, bytes], stack: dict[str, str], mode: str
+) -> None:
+    """The same plants through `kiln build` on a `kiln up` stack: the build
+    succeeds, the host's directory is never touched, and no stored artifact,
+    build log or service log holds a byte of the host file."""
+    where, marker = host
+    before = snapshot(where)
+    watch = HostWatch(where)
+    try:
+        with scratch(request, f"planted-service-{mode}") as base:
+            recipe = write_recipe(base / "recipe", where, mode)
+            done = kiln(stack, "build", str(recipe), "--follow", check=False, timeout=1800)
+            touches = watch.touches()
+    finally:
+        watch.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    build_id = done.stderr.split()[1]
+    shown = json.loads(kiln(stack, "build", "show", build_id, "--json").stdout)
+    assert shown["state"] == "BUILD_STATE_SUCCEEDED" and shown["isolation"] == mode
+    assert touches == [], f"the build host's files were touched: {touches[:10]}"
+    home = Path(stack["KILN_HOME"])
+    assert holding(home, marker) == []  # stored artifacts, build logs, service logs
+    assert marker.decode() not in done.stderr
+    assert snapshot(where) == before

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln_builder.appliance import Job, Packages, Report, RunScript, WriteFile, encode
+from kiln_builder.appliance import Job, Packages, Report, RunScript, Sysprep, WriteFile, encode
 from kiln_builder.appliance.image import EPOCH, Appliance, kib
 from kiln_builder.appliance.initramfs import cpio, load_order
 from kiln_builder.appliance.network import host_mirrors, netdev_args, relays
@@ -49,6 +49,39 @@ def test_a_job_encodes_as_one_value_files_numbered_in_order() -> None:
     assert files["steps/003/kind"] == b"run"
     assert files["steps/003/name"] == b"run probe.sh"
     assert files["steps/003/script"].startswith(b"#!/bin/bash\n")
+
+
+def test_a_customising_job_grows_picks_names_by_distro_sysprepps_and_hands_back() -> None:
+    """What a customised vm build asks of the appliance: the host reads nothing of
+    the base, so the names for both distros, sysprep and the hand-back go along."""
+    job = Job(
+        (Packages(("curl",), ("curl", "ubuntu-only")), Sysprep(("logs", "machine-id"))),
+        epoch=1, grow=True, export=("var/lib/dpkg/status", "boot"),
+    )  # fmt: skip
+    files = job_files(encode(job))
+    assert files["grow"] == b"1\n" and files["export"] == b"var/lib/dpkg/status\nboot\n"
+    assert files["steps/001/packages"] == b"curl\n"
+    assert files["steps/001/packages-ubuntu"] == b"curl\nubuntu-only\n"
+    assert files["steps/002/kind"] == b"sysprep"
+    assert files["steps/002/operations"] == b"logs\nmachine-id\n"
+    assert "grow" not in job_files(encode(Job((), epoch=1)))
+    with pytest.raises(InvalidArgument, match="unknown operation"):
+        encode(Job((Sysprep(("format-c",)),), epoch=1))
+    for bad in ("/etc", "../x", "a/../../b"):
+        with pytest.raises(InvalidArgument, match="not a path under the root"):
+            encode(Job((), epoch=1, export=(bad,)))
+
+
+def test_qemu_gets_the_hand_back_disk_only_when_the_job_asks() -> None:
+    appliance = Appliance("k", Path("/a/root.ext4"), Path("/a/vmlinuz"), Path("/a/initrd"))
+    accel = Accel("tcg", "test")
+    argv = qemu_argv(appliance, Path("/w/d.raw"), Path("/w/j.tar"), Path("/w/c"), accel, [],
+                     out=Path("/w/export.tar"))  # fmt: skip
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives[-1] == "file=/w/export.tar,format=raw,if=none,id=out,cache=unsafe,discard=unmap"
+    assert "serial=kiln-out" in " ".join(argv)
+    plain = qemu_argv(appliance, Path("/w/d.raw"), Path("/w/j.tar"), Path("/w/c"), accel, [])
+    assert "serial=kiln-out" not in " ".join(plain)
 
 
 def test_the_job_disk_is_whole_tar_records_and_the_same_bytes_each_time() -> None:

@@ -104,6 +104,9 @@ def test_boot_configuration_names_the_root_by_uuid_with_a_serial_console(tmp_pat
     version = disk.configure_boot(ImageRoot(root), fs_type="ext4", fs_uuid="u-u-i-d", title="t 1",
                                   partitioning="gpt")  # fmt: skip
     assert version == "6.1.0-10-amd64"  # the newest kernel, compared numerically
+    (root / "boot/vmlinuz-9.9.9-planted").symlink_to("/nowhere")  # a name, no kernel
+    (root / "boot/vmlinuz-9.9.10-dir").mkdir()
+    assert disk._kernel(ImageRoot(root)) == "6.1.0-10-amd64"
     assert (root / "etc/fstab").read_text() == "UUID=u-u-i-d / ext4 defaults 0 1\n"
     grub = (root / "boot/grub/grub.cfg").read_text()
     assert "root=UUID=u-u-i-d" in grub and "console=ttyS0,115200n8" in grub

@@ -20,7 +20,10 @@ from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressProxy, Egress
 from kiln_common.errors import InvalidArgument
 from kiln_recipe import RecipeError, load_recipe
 
-METADATA = ["169.254.169.254", "fe80::1", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.1.1"]
+METADATA = [
+    "169.254.169.254", "fe80::1", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.1.1",
+    "64:ff9b::a9fe:a9fe", "::169.254.169.254", "2002:a9fe:a9fe::1", "64:ff9b:1::a9fe:a9fe",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("address", METADATA)
@@ -35,10 +38,28 @@ def test_loopback_is_refused_on_a_cluster_and_allowed_on_one_machine(address: st
     assert LOCAL.refusal(address) is None
 
 
+@pytest.mark.parametrize("address", ["10.96.0.1", "172.20.1.1", "192.168.1.10", "100.64.0.1",
+                                     "fd12::1", "64:ff9b::a60:1"])  # fmt: skip
+def test_private_networks_are_refused_on_a_cluster_and_allowed_on_one_machine(
+    address: str,
+) -> None:
+    """A cluster's pods, services and nodes live in private networks, whether
+    or not the operator named them."""
+    assert STRICT.refusal(address) is not None
+    assert LOCAL.refusal(address) is None
+    assert EgressPolicy(allowed=("10.0.0.0/8", "64:ff9b::a60:0/120")).refusal("10.96.0.1") is None
+
+
+def test_a_public_address_through_nat64_is_allowed() -> None:
+    assert STRICT.refusal("64:ff9b::cb00:7150") is None  # 203.0.113.80
+    assert STRICT.refusal("198.51.100.7") is None
+
+
 def test_denied_networks_are_refused_and_the_allow_list_wins() -> None:
     policy = EgressPolicy(denied=("10.96.0.0/12", "192.0.2.7/32"), allowed=("10.96.5.0/24",))
-    assert "deny" in (policy.refusal("10.96.0.1") or "")
+    assert "private" in (policy.refusal("10.96.0.1") or "")
     assert "deny" in (policy.refusal("192.0.2.7") or "")
+    assert "192.0.2.7/32" not in (policy.refusal("192.0.2.7") or "")  # the operator's, not said
     assert policy.refusal("10.96.5.9") is None  # an internal mirror, allow-listed
     assert policy.refusal("198.51.100.1") is None
     assert policy.refusal("0.0.0.0") is not None and policy.refusal("224.0.0.1") is not None
@@ -89,9 +110,12 @@ async def test_the_proxy_refuses_metadata_before_any_connection(
         tunnel = await ask(proxy, b"CONNECT metadata.test:443 HTTP/1.1\r\n\r\n")
         plain = await ask(proxy, b"GET http://169.254.169.254/latest/meta-data/ HTTP/1.1\r\n\r\n")
         bad = await ask(proxy, b"GET http://x,restrict=off/ HTTP/1.1\r\n\r\n")
+        ports = [await ask(proxy, f"CONNECT mirror.test:{p} HTTP/1.1\r\n\r\n".encode())
+                 for p in ("-1", "99999", "1_0", "x")]  # fmt: skip
     assert tunnel.startswith(b"HTTP/1.1 403") and b"link-local" in tunnel
     assert plain.startswith(b"HTTP/1.1 403")
     assert bad.startswith(b"HTTP/1.1 4")
+    assert all(answer.startswith(b"HTTP/1.1 400") for answer in ports)
     assert no_connection == []
     assert len(proxy.refusals) == 3
 
@@ -107,6 +131,22 @@ async def test_a_refused_base_url_is_never_requested(
     for url in ("http://169.254.169.254/base.qcow2", "http://127.0.0.1:4222/x", "http://[::1]/x"):
         with pytest.raises(EgressRefused, match=r"from\.image\.url"):
             await fetch_url(url, "0" * 64, tmp_path, FetchLimits(), route)
+
+
+async def test_a_pipelined_second_request_never_reaches_the_server(tmp_path: Path) -> None:
+    """One request per connection: what a client sends after it (another host's
+    request) is not passed on."""
+    from support import ImageServer
+
+    (tmp_path / "ok").write_bytes(b"allowed\n")
+    with ImageServer(tmp_path) as server:
+        port = server.httpd.server_address[1]
+        one = f"GET http://127.0.0.1:{port}/ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        two = "GET http://other.test/secret HTTP/1.1\r\nHost: other.test\r\n\r\n"
+        async with EgressProxy(LOCAL) as proxy:
+            answer = await ask(proxy, (one + two).encode())
+    assert answer.endswith(b"allowed\n")
+    assert [r["path"] for r in server.requests] == ["/ok"]
 
 
 async def test_the_proxy_connects_to_the_address_it_checked(tmp_path: Path) -> None:

@@ -118,3 +118,33 @@ def test_a_root_that_is_itself_a_link_is_refused(tmp_path: Path, host: Path) -> 
     (tmp_path / "link").symlink_to(host)
     with pytest.raises(FailedPrecondition, match="cannot be opened"):
         ImageRoot(tmp_path / "link")
+
+
+def test_a_hard_link_to_itself_leaves_the_file(root: Path) -> None:
+    with ImageRoot(root) as tree:
+        tree.link("/etc/os-release", "/etc/os-release")
+        tree.link("/etc/os-release", "/etc/copy")
+    assert (root / "etc/os-release").read_text() == "ID=debian\n"
+    assert (root / "etc/copy").stat().st_ino == (root / "etc/os-release").stat().st_ino
+
+
+def test_a_tree_deeper_than_any_image_is_refused_not_a_crash(root: Path) -> None:
+    here, path = os.getcwd(), root / "deep"
+    try:
+        for _ in range(300):  # os.makedirs would hit PATH_MAX: one level at a time
+            path.mkdir()
+            os.chdir(path)
+            path = Path("d")
+    finally:
+        os.chdir(here)
+    with ImageRoot(root) as tree:
+        with pytest.raises(FailedPrecondition, match="directories deep"):
+            list(tree.walk())
+        with pytest.raises(FailedPrecondition, match="directories deep"):
+            tree.rmtree("/deep")
+    shallow = root / "shallow/a/b/c"
+    shallow.mkdir(parents=True)
+    (shallow / "f").write_text("x")
+    with ImageRoot(root) as tree:
+        tree.rmtree("/shallow")
+    assert not (root / "shallow").exists()

@@ -16,6 +16,7 @@ import pytest
 
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.untar import extract
+from kiln_common.errors import FailedPrecondition
 
 
 def tar_of(*members: tuple[tarfile.TarInfo, bytes | None]) -> io.BytesIO:
@@ -79,17 +80,57 @@ def test_owners_modes_capabilities_and_nodes_are_kept(tmp_path: Path) -> None:
         (ping, b"ping"),
         (entry("home/alice", tarfile.DIRTYPE, mode=0o700, uid=1000, gid=1000, mtime=5), None),
         (entry("dev/sda", tarfile.BLKTYPE, mode=0o660, devmajor=8, devminor=0), None),
+        (entry("dev/mem", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=1), None),
+        (entry("dev/null", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3), None),
         (entry("etc/motd", tarfile.SYMTYPE, linkname="/run/motd", uid=7, gid=7), None),
     )
-    extract(stream, root)
+    done = extract(stream, root)
     su = (root / "usr/bin/su").stat()
     assert stat.S_IMODE(su.st_mode) == 0o4755 and su.st_mtime == 1_700_000_000
     assert os.getxattr(root / "usr/bin/ping", "security.capability") == cap
     alice = (root / "home/alice").stat()
     assert (stat.S_IMODE(alice.st_mode), alice.st_uid, alice.st_gid) == (0o700, 1000, 1000)
     assert alice.st_mtime == 5  # set after its contents, deepest first
-    node = (root / "dev/sda").lstat()
-    assert stat.S_ISBLK(node.st_mode) and node.st_rdev == os.makedev(8, 0)
+    # A host disk or memory is never made reachable; /dev/null is made, and never opened.
+    assert not (root / "dev/sda").exists() and not (root / "dev/mem").exists()
+    assert done.skipped_count == 2
+    node = (root / "dev/null").lstat()
+    assert stat.S_ISCHR(node.st_mode) and node.st_rdev == os.makedev(1, 3)
     with ImageRoot(root) as tree:
-        assert tree.read_bytes("/dev/sda") is None  # made, never opened
+        assert tree.read_bytes("/dev/null") is None
     assert os.lstat(root / "etc/motd").st_uid == 7 and os.readlink(root / "etc/motd") == "/run/motd"
+
+
+def test_what_a_hostile_tar_can_cost_is_bounded(tmp_path: Path) -> None:
+    """A sparse member (1 TiB of holes in a few blocks), a header larger than
+    headers are, more file bytes than allowed, and field values no file can have
+    are refused; a hard link to itself leaves its file as it was."""
+    root, other, third = tmp_path / "root", tmp_path / "other", tmp_path / "third"
+    for where in (root, other, third):
+        where.mkdir()
+    sparse = entry("holes")
+    sparse.pax_headers = {
+        "GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "holes",
+        "GNU.sparse.realsize": str(1 << 40),
+    }  # fmt: skip
+    sparse_map = b"1\n" + str((1 << 40) - 1).encode() + b"\n1\n"
+    stream = tar_of(
+        (entry("a"), b"kept\n"),
+        (entry("a", tarfile.LNKTYPE, linkname="a"), None),
+        (entry("odd", mtime=1e300), b"x"),
+        (sparse, sparse_map.ljust(512, b"\0") + b"z"),
+    )
+    done = extract(stream, root)
+    assert (root / "a").read_bytes() == b"kept\n"
+    assert not (root / "holes").exists() and not (root / "odd").exists()
+    assert (
+        done.skipped_count == 2
+        and "a sparse file" in " ".join(done.skipped)
+        and "a sparse file" in " ".join(done.skipped)
+    )
+    with pytest.raises(FailedPrecondition, match="more than 4 bytes"):
+        extract(tar_of((entry("b"), b"12345")), other, max_bytes=4)
+    huge = entry("x")
+    huge.pax_headers = {"comment": "y" * (2 << 20)}
+    with pytest.raises(FailedPrecondition, match="unreadable"):
+        extract(tar_of((huge, b"")), third)

@@ -2,7 +2,7 @@
 
 kiln-builder serve                  the gRPC Builder service and a worker (settings: KILN_BUILDER_*)
 kiln-builder bake RECIPE --out DIR [--no-cache] [--keep-workspace] [--no-boot-test]
-                    [--default-mirror URL] [--vm] [--egress-deny CIDR] [--egress-deny-loopback]
+                    [--default-mirror URL] [--vm] [--egress-deny CIDR] [--egress-strict]
 kiln-builder janitor                release what dead builds left
 """
 
@@ -69,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="a network the build's own fetches (base URL, mirror) may not reach (repeatable)",
     )
     bake.add_argument(
-        "--egress-deny-loopback",
+        "--egress-strict",
         action="store_true",
-        help="refuse loopback addresses to the build's own fetches (allowed by default here)",
+        help="refuse loopback and private networks to the build's own fetches, as a cluster's"
+        " builder does (allowed by default here: one machine)",
     )
     sub.add_parser("serve", help="run the Builder service (settings from KILN_BUILDER_*)")
     clean = sub.add_parser("janitor", help="release what dead builds left (mounts, loops, files)")
@@ -80,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _egress(args: argparse.Namespace) -> EgressPolicy:
-    """bake runs for one person on one machine: loopback mirrors and servers
-    are allowed unless --egress-deny-loopback; --egress-deny adds networks."""
+    """bake runs for one person on one machine: loopback and private mirrors and
+    servers are allowed unless --egress-strict; --egress-deny adds networks."""
     try:
-        return EgressPolicy(allow_loopback=not args.egress_deny_loopback,
+        return EgressPolicy(allow_loopback=not args.egress_strict,
+                            allow_private=not args.egress_strict,
                             denied=tuple(args.egress_deny))  # fmt: skip
     except ValueError as exc:
         raise InvalidArgument(f"--egress-deny: {exc}") from None

@@ -104,8 +104,11 @@ class Layout:
 
 
 def _kernel(tree: ImageRoot) -> str:
+    """The newest kernel in /boot: a regular file (followed inside the image),
+    never a name a link or anything else merely claims."""
+    found = [p for p in tree.glob("/boot", "vmlinuz-*") if tree.is_file(p)]
     versions = sorted(
-        (PurePosixPath(p).name.removeprefix("vmlinuz-") for p in tree.glob("/boot", "vmlinuz-*")),
+        (PurePosixPath(p).name.removeprefix("vmlinuz-") for p in found),
         key=lambda v: [int(x) if x.isdigit() else x for x in re.split(r"[.-]", v)],
     )
     if not versions:

@@ -49,12 +49,32 @@ LINK_LOCAL = ("169.254.0.0/16", "fe80::/10")
 # Metadata services outside link-local: AWS's IPv6 one, Alibaba Cloud's.
 METADATA = ("fd00:ec2::254/128", "100.100.100.200/32")
 LOOPBACK = ("127.0.0.0/8", "::1/128")
+# Private networks: a cluster's pods, services, nodes and VPC live there, which
+# only an operator can name; refused on a cluster unless allow-listed.
+PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the IPv4 is the tail
+# IPv6 prefixes that carry an IPv4 the policy could not see: NAT64 for local use,
+# 6to4 and Teredo. Refused outright (the well-known NAT64 prefix is translated).
+TUNNELLED = ("64:ff9b:1::/48", "2002::/16", "2001::/32")
+MAX_CONNECTIONS = 64  # a build's apt and relays open a few; more is a flood
 HEAD_LIMIT = 64 << 10  # a request line and headers larger than this are refused
 IDLE_SECONDS = 300.0  # a tunnel with no byte either way for this long is closed
 
 
 class EgressRefused(FailedPrecondition):
     """The policy forbids the destination; nothing was sent to it."""
+
+
+def _embedded_v4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for: IPv4-mapped, the NAT64
+    well-known prefix, or the deprecated IPv4-compatible form."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in NAT64 or (int(ip) >> 32 == 0 and int(ip) > 1):  # not :: or ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
 
 
 def parse_url(url: str, what: str = "URL") -> Target:
@@ -83,6 +103,9 @@ async def system_resolver(host: str, port: int) -> list[str]:
 class EgressPolicy:
     allow_loopback: bool = False
     """Loopback addresses are reachable (one user on one machine: local mirrors)."""
+    allow_private: bool = False
+    """Private networks (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) are
+    reachable: one machine on a LAN; never a cluster, whose own networks are there."""
     denied: tuple[str, ...] = ()
     """Networks refused besides the fixed ones: the cluster's, the node's address."""
     allowed: tuple[str, ...] = ()
@@ -95,20 +118,26 @@ class EgressPolicy:
     def refusal(self, address: str) -> str | None:
         """Why the policy refuses an address, or None if it allows it."""
         ip: IPAddress = ipaddress.ip_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        inner = _embedded_v4(ip)
+        if inner is not None:  # ::ffff:169.254.169.254 is 169.254.169.254
+            return self.refusal(str(inner))
         if any(ip in net for net in _networks(self.allowed)):
             return None
         rules = [
             (LINK_LOCAL, "link-local (a cloud's metadata service lives there)"),
             (METADATA, "a cloud's metadata service"),
             (() if self.allow_loopback else LOOPBACK, "loopback (the builder's own services)"),
-            (self.denied, "in a network the builder's settings deny"),
+            (() if self.allow_private else PRIVATE, "in a private network"),
+            (TUNNELLED, "an IPv6 address that carries an IPv4 one"),
         ]
         for nets, why in rules:
             for net in _networks(nets):
                 if ip in net:
                     return f"{ip} is {why} ({net})"
+        if any(ip in net for net in _networks(self.denied)):
+            # Which of the operator's networks is not said: the build's error is
+            # the recipe author's to read.
+            return f"{ip} is in a network the builder's settings deny"
         if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
             return f"{ip} is not a unicast address"
         return None
@@ -147,8 +176,8 @@ class EgressPolicy:
         return target
 
 
-STRICT = EgressPolicy()  # a cluster's builder: no loopback
-LOCAL = EgressPolicy(allow_loopback=True)  # kiln up and kiln-builder bake: one machine
+STRICT = EgressPolicy()  # a cluster's builder: no loopback, no private network
+LOCAL = EgressPolicy(allow_loopback=True, allow_private=True)  # kiln up and bake: one machine
 
 
 class EgressProxy:
@@ -161,6 +190,7 @@ class EgressProxy:
         self.policy = policy
         self.refusals: list[str] = []
         self.served = 0  # connections made upstream
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -190,7 +220,10 @@ class EgressProxy:
         assert task is not None
         self._tasks.add(task)
         try:
-            await self._one(reader, writer)
+            if self._slots.locked():
+                return await _answer(writer, 503, "too many connections through the egress proxy")
+            async with self._slots:
+                await self._one(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass  # a client or server gone mid-way: nothing to answer
         except Exception:  # a bug here must not leave the client waiting
@@ -208,6 +241,7 @@ class EgressProxy:
             method, target, version = lines[0].split(" ")
             connect = method == "CONNECT"
             host, port, path = _destination(method, target)
+            body = 0 if connect else _body_length(lines[1:])
         except ValueError:
             return await _answer(writer, 400, "a proxy request Kiln does not understand")
         try:
@@ -224,9 +258,14 @@ class EgressProxy:
         try:
             if connect:
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await _relay(reader, writer, up_reader, up_writer)
             else:
+                # One request: its head and body go up, nothing after them (a
+                # second, pipelined request could name another host).
                 up_writer.write(_forwarded(method, path, version, lines[1:], host, port))
-            await _relay(reader, writer, up_reader, up_writer)
+                if body:
+                    up_writer.write(await reader.readexactly(body))
+                await _pump(up_reader, writer)
         finally:
             up_writer.close()
 
@@ -235,12 +274,31 @@ def _destination(method: str, target: str) -> tuple[str, int, str]:
     """(host, port, path) a proxy request names; ValueError if it is malformed."""
     if method == "CONNECT":
         host, _, port = target.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(target)
         return host.strip("[]"), int(port), ""
     parts = urlsplit(target)
     if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(target)
+        raise ValueError(target)  # parts.port raises ValueError for a bad port too
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.hostname, parts.port or 80, path
+
+
+MAX_BODY = 1 << 20  # apt and urllib send none; a request body is bounded
+
+
+def _body_length(headers: list[str]) -> int:
+    """The request body's length; ValueError for chunked or oversized bodies."""
+    length = 0
+    for header in headers:
+        name, _, value = header.partition(":")
+        if name.strip().lower() == "transfer-encoding":
+            raise ValueError("chunked request bodies are not relayed")
+        if name.strip().lower() == "content-length":
+            if not value.strip().isdigit() or int(value) > MAX_BODY:
+                raise ValueError(value)
+            length = int(value)
+    return length
 
 
 _HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "proxy-authorization")
@@ -267,7 +325,7 @@ async def _connect(
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, why: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Busy"}[status]
     body = (why + "\n").encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nX-Kiln-Egress: refused\r\n"
@@ -277,24 +335,25 @@ async def _answer(writer: asyncio.StreamWriter, status: int, why: str) -> None:
     await writer.drain()
 
 
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copies src to dst until src ends (or stays silent IDLE_SECONDS)."""
+    while chunk := await asyncio.wait_for(src.read(1 << 16), IDLE_SECONDS):
+        dst.write(chunk)
+        await dst.drain()
+    if dst.can_write_eof():
+        dst.write_eof()
+
+
 async def _relay(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     up_reader: asyncio.StreamReader,
     up_writer: asyncio.StreamWriter,
 ) -> None:
-    """Copies bytes both ways until the server is done (or both sides are idle)."""
-
-    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        while chunk := await asyncio.wait_for(src.read(1 << 16), IDLE_SECONDS):
-            dst.write(chunk)
-            await dst.drain()
-        if dst.can_write_eof():
-            dst.write_eof()
-
-    upload = asyncio.ensure_future(pump(reader, up_writer))
+    """A tunnel: bytes both ways until the server is done (or both sides are idle)."""
+    upload = asyncio.ensure_future(_pump(reader, up_writer))
     try:
-        await pump(up_reader, writer)  # the server's side decides the end
+        await _pump(up_reader, writer)  # the server's side decides the end
     finally:
         upload.cancel()
         with contextlib.suppress(BaseException):

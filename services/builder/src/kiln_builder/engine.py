@@ -279,7 +279,10 @@ class Bake:
         script = f"#!/bin/sh\nset -e\nmkdir -p {link.rsplit('/', 1)[0]}\nln -sfn {target} {link}\n"
         steps.append(appliance.RunScript(script.encode(), "the test runner's unit"))
         job = appliance.Job(tuple(steps), self.opts.epoch)
-        await self._appliance(appliance.customise_in_vm, disk, job, "the test runner")
+        # No network: the steps only write files (and the build's proxy is gone).
+        await appliance.customise_in_vm(disk, job, work=self.work / "vm",
+                                        cache_dir=self.opts.cache_dir, layers=self.layers,
+                                        mirrors=())  # fmt: skip
 
     def _vm_steps(self, names: Sequence[str]) -> tuple[Any, ...]:
         """The appliance's steps: the package names for both distros (which one
@@ -499,6 +502,7 @@ class Bake:
                 " (--no-boot-test, or the builder's boot_test setting is off)"
             )
         claim(self.work)
+        self.work.chmod(0o700)  # a tree may hold setuid files and device nodes: root's only
         self.opts.out_dir.mkdir(parents=True, exist_ok=True)
         ok = False
         try:

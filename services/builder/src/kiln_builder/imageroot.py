@@ -43,6 +43,8 @@ _SYS_OPENAT2 = 437  # the same number on every architecture (a syscall added aft
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
 MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+MAX_DEPTH = 256  # directories deep: an OS tree has about 20; a walk holds an fd per level
+_RETRIES = 100
 MAX_READ = 64 << 20  # a file the builder reads (dpkg's status, a config) is read this far
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -53,7 +55,7 @@ class _OpenHow(ctypes.Structure):
 
 def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    while True:
+    for _ in range(_RETRIES):
         fd = int(_libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
                                ctypes.sizeof(how)))  # fmt: skip
         if fd >= 0:
@@ -61,6 +63,7 @@ def _openat2(dirfd: int, path: str, flags: int, mode: int = 0) -> int:
         code = ctypes.get_errno()
         if code not in (errno.EAGAIN, errno.EINTR):  # EAGAIN: a rename raced the walk
             raise OSError(code, os.strerror(code), path)
+    raise OSError(errno.EAGAIN, "the path kept changing while it was resolved", path)
 
 
 def _relative(path: str | PurePosixPath) -> str:
@@ -115,9 +118,10 @@ class ImageRoot:
         return _openat2(self.fd, _relative(path), flags, mode)
 
     @contextlib.contextmanager
-    def directory(self, path: str | PurePosixPath) -> Iterator[int]:
-        """A file descriptor of the directory at path (followed inside the tree)."""
-        fd = self._open(path, os.O_PATH | os.O_DIRECTORY)
+    def directory(self, path: str | PurePosixPath, *, readable: bool = False) -> Iterator[int]:
+        """A file descriptor of the directory at path (followed inside the tree);
+        readable: one to set its owner, mode, times and attributes through."""
+        fd = self._open(path, (os.O_RDONLY if readable else os.O_PATH) | os.O_DIRECTORY)
         try:
             yield fd
         finally:
@@ -130,7 +134,8 @@ class ImageRoot:
         the builder's own code is all that runs on it."""
         with self.directory(path) as fd:
             found = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if found != self.root and not found.is_relative_to(self.root):
+        real = Path(os.path.realpath(self.root))  # the kernel's own name of the root
+        if found != real and not found.is_relative_to(real):
             raise FailedPrecondition(f"{path} resolved outside the image's tree")  # cannot be
         return found
 
@@ -231,6 +236,10 @@ class ImageRoot:
                         yield frame.where, frame.dirs, frame.files, frame.fd
                     frame.pending = list(reversed(frame.dirs))
                 if frame.pending:
+                    if len(stack) >= MAX_DEPTH:
+                        raise FailedPrecondition(
+                            f"{frame.where} is more than {MAX_DEPTH} directories deep"
+                        )
                     child = frame.enter(frame.pending.pop())
                     if child is not None:
                         stack.append(child)
@@ -409,9 +418,14 @@ class ImageRoot:
         parent, name = _split(path)
         self.makedirs(parent)
         with self.directory(src_parent) as src_fd, self.directory(parent) as parent_fd:
-            _clear(parent_fd, name, path)
-            os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=parent_fd,
-                    follow_symlinks=False)  # fmt: skip
+            _refuse_dir(parent_fd, name, path)
+            tmp = f".{name[:200]}.kiln-{secrets.token_hex(4)}"
+            os.link(src_name, tmp, src_dir_fd=src_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+            try:  # a link to itself leaves the file as it was
+                os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=parent_fd)
 
     def mknod(self, path: str | PurePosixPath, mode: int, device: int = 0) -> None:
         """A device node or FIFO at path (what was there, but a directory, is
@@ -421,16 +435,6 @@ class ImageRoot:
         with self.directory(parent) as parent_fd:
             _clear(parent_fd, name, path)
             os.mknod(name, mode, device, dir_fd=parent_fd)
-
-    @contextlib.contextmanager
-    def opened_dir(self, path: str | PurePosixPath) -> Iterator[int]:
-        """A readable fd of the directory at path, to set its owner, mode,
-        times and attributes through."""
-        fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            yield fd
-        finally:
-            os.close(fd)
 
     def unlink(self, path: str | PurePosixPath) -> bool:
         """Removes the file or link at path (a link itself, never what it names);
@@ -460,7 +464,12 @@ class ImageRoot:
             if not stat.S_ISDIR(found.st_mode):
                 os.unlink(name, dir_fd=parent_fd)
                 return
-            _rmtree_at(parent_fd, name)
+            for _, dirnames, filenames, fd in self.walk(path, topdown=False):
+                for entry in filenames:
+                    os.unlink(entry, dir_fd=fd)
+                for entry in dirnames:  # emptied already: the walk is bottom-up
+                    os.rmdir(entry, dir_fd=fd)
+            os.rmdir(name, dir_fd=parent_fd)
 
     def truncate(self, path: str | PurePosixPath) -> bool:
         """Empties the regular file at path (its inode, mode and owner kept);
@@ -494,18 +503,23 @@ class _Frame:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             return _Frame(self.where / name, os.open(name, flags, dir_fd=self.fd))
-        except OSError:  # gone, or replaced by a link since it was listed
-            return None
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None  # gone, or replaced by a link since it was listed
+            raise
+
+
+def _refuse_dir(dir_fd: int, name: str, path: str | PurePosixPath) -> None:
+    found = _lstat_at(dir_fd, name)
+    if found is not None and stat.S_ISDIR(found.st_mode):
+        raise FailedPrecondition(f"{path} is a directory in the image")
 
 
 def _clear(dir_fd: int, name: str, path: str | PurePosixPath) -> None:
     """Removes the file or link at dir_fd/name, if any; a directory is refused."""
-    found = _lstat_at(dir_fd, name)
-    if found is None:
-        return
-    if stat.S_ISDIR(found.st_mode):
-        raise FailedPrecondition(f"{path} is a directory in the image")
-    os.unlink(name, dir_fd=dir_fd)
+    _refuse_dir(dir_fd, name, path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
 
 
 def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
@@ -513,20 +527,3 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def _rmtree_at(parent_fd: int, name: str) -> None:
-    """rm -r of parent_fd/name, a directory, through directory fds only."""
-    fd = os.open(
-        name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd
-    )
-    try:
-        for entry in os.listdir(fd):
-            found = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(found.st_mode):
-                _rmtree_at(fd, entry)
-            else:
-                os.unlink(entry, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)

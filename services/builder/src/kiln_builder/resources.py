@@ -247,10 +247,19 @@ def claim(workspace: Path) -> None:
 def claimed_tempdir(prefix: str, parent: Path | None = None) -> Iterator[Path]:
     """A temporary directory claimed by this process: removed on every path
     while the process lives, and by the next builder's janitor
-    (cleanup.reclaim_all) if the process is killed first."""
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
-        claim(Path(tmp))
-        yield Path(tmp)
+    (cleanup.reclaim_all) if the process is killed first. Never removed while
+    something is still mounted under it (a sandbox's idmapped tree whose
+    unmount failed): rmtree would walk into the mount and delete what it shows;
+    the janitor unmounts first."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    claim(path)
+    try:
+        yield path
+    finally:
+        if _mounts_under(path):
+            log.error("%s still has mounts under it: left for the janitor", path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _owner_alive(workspace: Path) -> bool:

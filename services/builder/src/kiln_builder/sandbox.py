@@ -230,9 +230,10 @@ async def _run_once(
     try:
         async with contextlib.AsyncExitStack() as stack:
             scratch = stack.enter_context(claimed_tempdir(SCRATCH_PREFIX))
-            # Traversable (not listable) by the namespace's root, which is no
-            # host root: it reaches the tree's mount and the files bound in.
-            scratch.chmod(0o711)
+            if policy.user_namespace:
+                # The namespace's root (no host root) reaches the tree's mount and
+                # the files bound in through it; no other user of the host does.
+                os.chown(scratch, policy.ids.base, policy.ids.base)
             group = await stack.enter_async_context(
                 cgroups.limited(policy.memory_bytes, policy.max_pids)
             )

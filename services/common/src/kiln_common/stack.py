@@ -188,6 +188,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         # and local mirrors and test servers on loopback are fair game.
         "KILN_BUILDER_CLUSTER_NETWORKS": "[]",
         "KILN_BUILDER_EGRESS_ALLOW_LOOPBACK": "true",
+        "KILN_BUILDER_EGRESS_ALLOW_PRIVATE": "true",
     }
     # The builder's own settings, given to `kiln up`, pass through.
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})

@@ -84,8 +84,9 @@ async def extract_export(result: ApplianceResult, dest: Path) -> None:
 
 
 def _extract_file(tar: Path, dest: Path) -> Extracted:
+    """Extracts at most as many bytes as the disk the tar came on could hold."""
     with open(tar, "rb") as stream:
-        return extract(stream, dest)
+        return extract(stream, dest, max_bytes=tar.stat().st_size)
 
 
 async def customise_tree_in_vm(

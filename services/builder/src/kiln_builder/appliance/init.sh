@@ -30,6 +30,7 @@ die() {
 	say "DONE FAIL $*"
 	undo_chroot
 	power_off
+	exit 1
 }
 
 disk_with_serial() {
@@ -52,7 +53,7 @@ find_root() {
 	for dev in $(ls -d /sys/block/${disk##*/}/${disk##*/}* 2>/dev/null) "$disk"; do
 		dev=/dev/${dev##*/}
 		type=$(blkid -o value -s TYPE "$dev" 2>/dev/null)
-		case "$type" in ext3 | ext4 | xfs) ;; *) continue ;; esac
+		case "$type" in ext2 | ext3 | ext4 | xfs) ;; *) continue ;; esac
 		mount -o ro -t "$type" "$dev" $R 2>/dev/null || continue
 		if [ -e $R/etc/os-release ] || [ -e $R/usr/lib/os-release ]; then
 			umount $R
@@ -72,7 +73,14 @@ mount_fstab() {
 		case "$mp" in / | none | swap | '') continue ;; esac
 		case "$type" in ext2 | ext3 | ext4 | xfs | vfat | btrfs) ;; *) continue ;; esac
 		dev=$(findfs "$src" 2>/dev/null) || { say "INFO fstab: $src for $mp not found, left unmounted"; continue; }
-		mount -t "$type" "$dev" "$R$mp" && say "INFO mounted $dev on $mp"
+		# A mount point through a link, or with .., would land outside the image.
+		case "$(realpath -m "$R$mp")/" in "$R"/*) ;; *)
+			say "INFO fstab: $mp leads outside the image, left unmounted"
+			continue
+			;;
+		esac
+		mount -t "$type" "$dev" "$R$mp" && echo "$R$mp" >>/run/kiln/image-mounts &&
+			say "INFO mounted $dev on $mp"
 	done <$R/etc/fstab
 }
 
@@ -175,6 +183,18 @@ grow_mounted() {
 	say "INFO grew the image's root (xfs on $1) to the disk"
 }
 
+# Unmounts (deepest first) whatever is mounted under the image but its own
+# filesystems (a step, root in the VM, may have mounted /proc or /dev there).
+foreign_mounts_gone() {
+	local mp
+	for mp in $(awk '{print $2}' /proc/mounts | sort -r); do
+		case "$mp/" in "$R"/*) ;; *) continue ;; esac
+		grep -qxF "$mp" /run/kiln/image-mounts && continue
+		umount "$mp" 2>/dev/null || umount -l "$mp" || return 1
+		say "INFO unmounted $mp, which a step left mounted"
+	done
+}
+
 # The tree (or the paths the job names) as a tar on the disk kiln-out: the host
 # reads it as bytes and never mounts the image.
 export_tree() {
@@ -242,6 +262,7 @@ if [ -s $J/grow ]; then
 	why=$(grow_root "$target" "$root" 2>&1) || die "growing the image failed: $(echo "$why" | tail -3 | tr '\n' ' ')"
 fi
 mount "$root" $R || die "cannot mount the image's root $root"
+echo "$R" >/run/kiln/image-mounts
 say "ROOT $root $(blkid -o value -s TYPE "$root")"
 if [ -s $J/grow ]; then grow_mounted "$root" || die "growing the image's XFS failed"; fi
 mount_fstab
@@ -251,10 +272,12 @@ for dir in $(ls -d $J/steps/* 2>/dev/null); do
 	run_step "$dir" || die "step $(cat "$dir/name") failed"
 done
 # Whatever a step started in the image is stopped before its files are read
-# (PID 1 survives kill -1), then the chroot's mounts go.
+# (PID 1 survives kill -1), then the chroot's mounts go, and any a step made:
+# only the image's own filesystems are handed back.
 kill -KILL -1 2>/dev/null
 sleep 0.2
 unbind
+foreign_mounts_gone || die "a mount made by a step could not be removed"
 if [ -s $J/export ]; then
 	why=$(export_tree 2>&1) || die "handing the tree back failed: $(echo "$why" | tail -3 | tr '\n' ' ')"
 fi

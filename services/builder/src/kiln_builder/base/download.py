@@ -90,13 +90,28 @@ class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _ThroughProxy(urllib.request.BaseHandler):
+    """Every request through the egress proxy: unlike urllib's ProxyHandler,
+    no no_proxy in the builder's environment lets one go around it."""
+
+    handler_order = 100  # before the http(s) handlers, as ProxyHandler's
+
+    def __init__(self, proxy: str) -> None:
+        self.hostport = urlsplit(proxy).netloc
+
+    def http_open(self, request: urllib.request.Request) -> None:
+        request.set_proxy(self.hostport, "http")  # https: a CONNECT tunnel through it
+
+    https_open = http_open
+
+
 def _http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
     """urlopen's handlers less ftp:, file: and data:: a base comes over http(s);
     through the egress proxy when there is a route (else the environment's)."""
     opener = urllib.request.OpenerDirector()
-    proxies = {"http": route.proxy, "https": route.proxy} if route is not None else None
+    proxy = _ThroughProxy(route.proxy) if route is not None else urllib.request.ProxyHandler()
     for handler in (
-        urllib.request.ProxyHandler(proxies),
+        proxy,
         urllib.request.UnknownHandler(),
         urllib.request.HTTPHandler(),
         urllib.request.HTTPSHandler(),

@@ -167,9 +167,10 @@ def _type(fstype: str | None) -> list[str]:
 
 
 def _rw_options(fstype: str | None) -> str:
-    # nodev: device nodes in an untrusted image are not honoured; nouuid: an
+    # nodev, nosuid: device nodes and setuid bits in an untrusted image are not
+    # honoured on the host; nouuid: an
     # XFS with the same UUID may be mounted by another build on this node.
-    return "nodev,nouuid" if fstype == "xfs" else "nodev"
+    return "nodev,nosuid,nouuid" if fstype == "xfs" else "nodev,nosuid"
 
 
 # --- growing --------------------------------------------------------------------------

@@ -110,6 +110,11 @@ class BuilderSettings(KilnSettings):
     """Let the builder's own fetches (a base image URL, a bootstrap mirror, the
     appliance's relays) reach loopback addresses: one trusted user on one
     machine (`kiln up` sets it), never a cluster."""
+    egress_allow_private: bool = False
+    """Let the builder's own fetches reach private networks (10/8, 172.16/12,
+    192.168/16, 100.64/10, fc00::/7): one machine on a LAN (`kiln up` sets it).
+    On a cluster its own networks are there: allow-list an internal mirror
+    instead (egress_allowed_networks)."""
     egress_allowed_networks: list[str] = []
     """Networks (CIDRs) the builder's fetches may reach whatever else is denied:
     an internal mirror inside a cluster network, say."""
@@ -155,6 +160,7 @@ class BuilderSettings(KilnSettings):
     def egress_policy(self) -> EgressPolicy:
         return EgressPolicy(
             allow_loopback=self.egress_allow_loopback,
+            allow_private=self.egress_allow_private,
             denied=self.denied_networks(),
             allowed=tuple(self.egress_allowed_networks),
         )

@@ -303,7 +303,8 @@ async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
         async with contextlib.AsyncExitStack() as stack:
             device = await stack.enter_async_context(loop_device(disk, offset=offset, size=size))
             try:
-                root = await stack.enter_async_context(mounted(device, where))
+                # The image's device nodes and setuid bits mean nothing here.
+                root = await stack.enter_async_context(mounted(device, where, "-o", "nodev,nosuid"))
             except Exception as exc:  # noqa: BLE001 - not a filesystem: try the next
                 tried.append(f"offset {offset}: {str(exc).strip().splitlines()[-1:]}")
                 continue
