@@ -345,7 +345,7 @@ class ImageServer:
     GETs; can cut its first answer short to show that a download resumes, and
     answer a path with a redirect. host: a loopback address to listen on."""
 
-    def __init__(self, root: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: Path, host: str = "127.0.0.1", keep_alive: bool = False) -> None:
         self.root = root
         self.requests: list[dict[str, str]] = []
         self.connections = 0
@@ -354,6 +354,8 @@ class ImageServer:
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, *args: object) -> None:
                 pass
 

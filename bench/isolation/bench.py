@@ -34,7 +34,6 @@ BEFORE = "091594d"  # the last commit before issue 16 (imageroot, egress, userns
 WORKTREE = REPO / ".cache/bench/isolation-before"
 CACHE = REPO / ".cache/kiln"
 RESULTS = REPO / "bench/results/isolation.json"
-PACKAGES = ("common", "client", "recipe", "storage", "cli", "builder", "publisher")
 
 SAFE_PATH = """\
 name: safe-path
@@ -52,29 +51,32 @@ outputs: [raw, tar]
 
 
 def worktree() -> Path:
-    """The builder as it was, importable through PYTHONPATH (ahead of the venv's
-    editable install of this tree)."""
+    """The builder as it was, with a virtualenv of its own (its scripts/setup.sh:
+    its child processes, as `python -m kiln_builder.inroot`, must import it)."""
     if not (WORKTREE / ".git").exists():
         WORKTREE.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "-C", REPO, "worktree", "add", "--detach", WORKTREE, BEFORE],
                        check=True, capture_output=True)  # fmt: skip
+    if not (WORKTREE / ".venv/bin/kiln-builder").exists():
+        subprocess.run([WORKTREE / "scripts/setup.sh"], check=True, capture_output=True)
     return WORKTREE
 
 
-def env_for(version: str, home: Path) -> dict[str, str]:
-    env = {**os.environ, "KILN_HOME": str(home), "KILN_STORAGE": ""}
-    if version == "before":
-        env["PYTHONPATH"] = ":".join(str(worktree() / f"services/{p}/src") for p in PACKAGES)
-    return env
+def python_for(version: str) -> str:
+    return str(worktree() / ".venv/bin/python") if version == "before" else sys.executable
+
+
+def env_for(home: Path) -> dict[str, str]:
+    return {**os.environ, "KILN_HOME": str(home), "KILN_STORAGE": ""}
 
 
 def bake(version: str, recipe: Path, out: Path, *extra: str) -> float:
     """Seconds one `kiln-builder bake` took; raises if it failed."""
     work = out.parent / "work"
-    argv = [sys.executable, "-m", "kiln_builder", "bake", str(recipe), "--out", str(out),
+    argv = [python_for(version), "-m", "kiln_builder", "bake", str(recipe), "--out", str(out),
             "--cache-dir", str(CACHE), "--work-root", str(work), *extra]  # fmt: skip
     started = time.monotonic()
-    done = subprocess.run(argv, env=env_for(version, out.parent / "home"), capture_output=True,
+    done = subprocess.run(argv, env=env_for(out.parent / "home"), capture_output=True,
                           text=True, check=False)  # fmt: skip
     seconds = time.monotonic() - started
     if done.returncode != 0:

@@ -30,7 +30,8 @@ from kiln_builder.appliance import (
     ensure_appliance,
 )
 from kiln_builder.appliance.runner import ApplianceResult
-from kiln_builder.egress import LOCAL, EgressProxy
+from kiln_builder.egress import LOCAL
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.layers import LayerStore
 from kiln_builder.resources import loop_device, mounted
 from kiln_common.proc import run_sync

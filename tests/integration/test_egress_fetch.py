@@ -14,7 +14,8 @@ import pytest
 from support import ImageServer
 
 from kiln_builder.base.download import FetchLimits, fetch_url
-from kiln_builder.egress import EgressPolicy, EgressProxy, EgressRefused, Route
+from kiln_builder.egress import EgressPolicy, EgressRefused, Route
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_recipe import load_recipe
 

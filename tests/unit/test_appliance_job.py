@@ -280,7 +280,9 @@ isolation: MODE
 async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     mode: str, force_vm: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The recipe's isolation, or the operator's force_vm setting over it."""
+    """The recipe's isolation, or the operator's force_vm setting over it: in vm
+    mode packages, files and run are one appliance boot, cached as run's layer
+    (the key a sandbox build gives that layer too)."""
     from kiln_builder import customize
     from kiln_builder.engine import Bake, BakeOptions
     from kiln_recipe.loader import parse_recipe
@@ -291,8 +293,8 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     bake = Bake(parse_recipe(VM_RECIPE.replace("MODE", mode), tmp_path), options)
     where: list[str] = []
 
-    async def in_vm(step: str, packages: object = ()) -> None:
-        where.append(f"vm {step}")
+    async def in_vm(names: object) -> None:
+        where.append(f"vm {' '.join(names)}")  # type: ignore[call-overload]
 
     async def on_host(*args: object, **kwargs: object) -> None:
         where.append("host")
@@ -301,11 +303,17 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     monkeypatch.setattr(customize, "install_packages", on_host)
     monkeypatch.setattr(customize, "run_script", on_host)
     monkeypatch.setattr(customize, "write_file", lambda *a, **k: where.append("host"))
-    for _, _, action in bake._edit_steps():
-        await action()
+    plan = [step for step in bake._layer_plan() if step.name not in ("bootstrap", "sysprep")]
+    for step in plan:
+        await step.action()
     in_vm_mode = mode == "vm" or force_vm
-    expected = ["vm packages", "vm files", "vm run"] if in_vm_mode else ["host"] * 3
+    expected = ["vm packages files run"] if in_vm_mode else ["host"] * 3
     assert where == expected
+    if in_vm_mode:
+        same = BakeOptions(tmp_path / "o", tmp_path / "w", tmp_path / "c", "b2")
+        sandbox = Bake(parse_recipe(VM_RECIPE.replace("MODE", "sandbox"), tmp_path), same)
+        last = next(s for s in sandbox._layer_plan() if s.name == "run")
+        assert [(p.name, p.layer, p.key) for p in plan] == [("appliance", "run", last.key)]
 
 
 CUSTOMISED = """\

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from kiln_builder import egress
+from kiln_builder import egress, egress_proxy
 from kiln_builder.appliance.network import netdev_args, relays
 from kiln_builder.base import download
 from kiln_builder.base.download import FetchLimits, fetch_url
-from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressProxy, EgressRefused, Route
+from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressRefused, Route
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_common.errors import InvalidArgument
 from kiln_recipe import RecipeError, load_recipe
 
@@ -89,7 +90,7 @@ def no_connection(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         attempts.append((tuple(addresses), port))
         return None
 
-    monkeypatch.setattr(egress, "_connect", connect)
+    monkeypatch.setattr(egress_proxy, "_connect", connect)
     return attempts
 
 
@@ -133,20 +134,28 @@ async def test_a_refused_base_url_is_never_requested(
             await fetch_url(url, "0" * 64, tmp_path, FetchLimits(), route)
 
 
-async def test_a_pipelined_second_request_never_reaches_the_server(tmp_path: Path) -> None:
-    """One request per connection: what a client sends after it (another host's
-    request) is not passed on."""
+async def test_a_connection_is_kept_alive_for_one_host_only(tmp_path: Path) -> None:
+    """apt pipelines its requests on one connection: those for the same host
+    share one connection upstream; one for another host is checked on its own
+    (refused here) and never reaches the first server."""
     from support import ImageServer
 
-    (tmp_path / "ok").write_bytes(b"allowed\n")
-    with ImageServer(tmp_path) as server:
+    (tmp_path / "a").write_bytes(b"first\n")
+    (tmp_path / "b").write_bytes(b"second\n")
+    with ImageServer(tmp_path, keep_alive=True) as server:
         port = server.httpd.server_address[1]
-        one = f"GET http://127.0.0.1:{port}/ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        two = "GET http://other.test/secret HTTP/1.1\r\nHost: other.test\r\n\r\n"
+        same = "".join(
+            f"GET http://127.0.0.1:{port}/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            for name in ("a", "b")
+        )
+        other = "GET http://169.254.169.254/secret HTTP/1.1\r\nHost: x\r\n\r\n"
         async with EgressProxy(LOCAL) as proxy:
-            answer = await ask(proxy, (one + two).encode())
-    assert answer.endswith(b"allowed\n")
-    assert [r["path"] for r in server.requests] == ["/ok"]
+            answer = await ask(proxy, (same + other).encode())
+    assert answer.count(b"HTTP/1.1 200") == 2 and b"first\n" in answer and b"second\n" in answer
+    assert answer.rstrip().endswith(b"link-local (a cloud's metadata service lives there)"
+                                    b" (169.254.0.0/16)")  # fmt: skip
+    assert proxy.served == 1 and server.connections == 1
+    assert [r["path"] for r in server.requests] == ["/a", "/b"]
 
 
 async def test_the_proxy_connects_to_the_address_it_checked(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ cloud's metadata service, `http://127.0.0.1:4222/` the builder's own NATS,
 - the operator's denied networks: the cluster's pod and service ranges, the
   node's address, anything else named.
 
-Every connection goes through one EgressProxy per build, on the builder's
-loopback: it resolves the name once, checks every address it got, and connects
+Every connection goes through one EgressProxy (egress_proxy) per build, on
+the builder's loopback: it resolves the name once, checks every address it got, and connects
 to a checked one, so a name that resolves to an allowed address when checked
 and to a forbidden one a moment later (DNS rebinding) gets nowhere. apt (in
 mmdebstrap) uses it as its http_proxy, the base downloader as its proxy (each
@@ -29,13 +29,11 @@ nothing of a URL reaches a command line or QEMU's option syntax
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_common.urls import Target, http_target, valid_host
@@ -56,9 +54,6 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the IPv4 
 # IPv6 prefixes that carry an IPv4 the policy could not see: NAT64 for local use,
 # 6to4 and Teredo. Refused outright (the well-known NAT64 prefix is translated).
 TUNNELLED = ("64:ff9b:1::/48", "2002::/16", "2001::/32")
-MAX_CONNECTIONS = 64  # a build's apt and relays open a few; more is a flood
-HEAD_LIMIT = 64 << 10  # a request line and headers larger than this are refused
-IDLE_SECONDS = 300.0  # a tunnel with no byte either way for this long is closed
 
 
 class EgressRefused(FailedPrecondition):
@@ -178,186 +173,6 @@ class EgressPolicy:
 
 STRICT = EgressPolicy()  # a cluster's builder: no loopback, no private network
 LOCAL = EgressPolicy(allow_loopback=True, allow_private=True)  # kiln up and bake: one machine
-
-
-class EgressProxy:
-    """An HTTP proxy on the builder's loopback that connects only where the
-    policy allows, to the very address it checked. CONNECT tunnels (https, and
-    the appliance's relays) and plain http requests in absolute form (apt and
-    urllib for http URLs), one request per connection."""
-
-    def __init__(self, policy: EgressPolicy) -> None:
-        self.policy = policy
-        self.refusals: list[str] = []
-        self.served = 0  # connections made upstream
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> EgressProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=HEAD_LIMIT)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            if self._slots.locked():
-                return await _answer(writer, 503, "too many connections through the egress proxy")
-            async with self._slots:
-                await self._one(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass  # a client or server gone mid-way: nothing to answer
-        except Exception:  # a bug here must not leave the client waiting
-            log.exception("the egress proxy failed on a request")
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.CancelledError):
-                await writer.wait_closed()
-
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_SECONDS)
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ")
-            connect = method == "CONNECT"
-            host, port, path = _destination(method, target)
-            body = 0 if connect else _body_length(lines[1:])
-        except ValueError:
-            return await _answer(writer, 400, "a proxy request Kiln does not understand")
-        try:
-            addresses = await self.policy.addresses(host, port)
-        except EgressRefused as exc:
-            self.refusals.append(str(exc))
-            log.warning("%s", exc)
-            return await _answer(writer, 403, str(exc))
-        upstream = await _connect(addresses, port)
-        if upstream is None:
-            return await _answer(writer, 502, f"{host}:{port} does not answer")
-        up_reader, up_writer = upstream
-        self.served += 1
-        try:
-            if connect:
-                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                await _relay(reader, writer, up_reader, up_writer)
-            else:
-                # One request: its head and body go up, nothing after them (a
-                # second, pipelined request could name another host).
-                up_writer.write(_forwarded(method, path, version, lines[1:], host, port))
-                if body:
-                    up_writer.write(await reader.readexactly(body))
-                await _pump(up_reader, writer)
-        finally:
-            up_writer.close()
-
-
-def _destination(method: str, target: str) -> tuple[str, int, str]:
-    """(host, port, path) a proxy request names; ValueError if it is malformed."""
-    if method == "CONNECT":
-        host, _, port = target.rpartition(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(target)
-        return host.strip("[]"), int(port), ""
-    parts = urlsplit(target)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(target)  # parts.port raises ValueError for a bad port too
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname, parts.port or 80, path
-
-
-MAX_BODY = 1 << 20  # apt and urllib send none; a request body is bounded
-
-
-def _body_length(headers: list[str]) -> int:
-    """The request body's length; ValueError for chunked or oversized bodies."""
-    length = 0
-    for header in headers:
-        name, _, value = header.partition(":")
-        if name.strip().lower() == "transfer-encoding":
-            raise ValueError("chunked request bodies are not relayed")
-        if name.strip().lower() == "content-length":
-            if not value.strip().isdigit() or int(value) > MAX_BODY:
-                raise ValueError(value)
-            length = int(value)
-    return length
-
-
-_HOP_BY_HOP = ("connection", "keep-alive", "proxy-connection", "proxy-authorization")
-
-
-def _forwarded(method: str, path: str, version: str, headers: list[str], host: str,
-               port: int) -> bytes:  # fmt: skip
-    """The request in origin form, one request per connection."""
-    kept = [h for h in headers if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
-    if not any(h.lower().startswith("host:") for h in kept):
-        kept.append(f"Host: {host}" + (f":{port}" if port != 80 else ""))
-    return "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""]).encode(
-        "latin-1"
-    )
-
-
-async def _connect(
-    addresses: Sequence[str], port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    for address in addresses:  # each one checked, none resolved again
-        with contextlib.suppress(OSError, TimeoutError):
-            return await asyncio.wait_for(asyncio.open_connection(address, port), 30)
-    return None
-
-
-async def _answer(writer: asyncio.StreamWriter, status: int, why: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Busy"}[status]
-    body = (why + "\n").encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nX-Kiln-Egress: refused\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    writer.write(head.encode() + body)
-    await writer.drain()
-
-
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    """Copies src to dst until src ends (or stays silent IDLE_SECONDS)."""
-    while chunk := await asyncio.wait_for(src.read(1 << 16), IDLE_SECONDS):
-        dst.write(chunk)
-        await dst.drain()
-    if dst.can_write_eof():
-        dst.write_eof()
-
-
-async def _relay(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-) -> None:
-    """A tunnel: bytes both ways until the server is done (or both sides are idle)."""
-    upload = asyncio.ensure_future(_pump(reader, up_writer))
-    try:
-        await _pump(up_reader, writer)  # the server's side decides the end
-    finally:
-        upload.cancel()
-        with contextlib.suppress(BaseException):
-            await upload
 
 
 @dataclass(frozen=True)

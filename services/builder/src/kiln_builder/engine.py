@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import time
@@ -22,7 +23,8 @@ from kiln_builder import checks, customize, disk, layers
 from kiln_builder.base import fetch, formats, layout
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.checks import CheckReport
-from kiln_builder.egress import STRICT, EgressPolicy, EgressProxy, Route
+from kiln_builder.egress import STRICT, EgressPolicy, Route
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
 from kiln_builder.pkgmap import map_packages
@@ -63,6 +65,18 @@ class StepRecord:
     key: str = ""
     cached: bool = False
     seconds: float = 0.0
+
+
+# The steps that run the recipe's own content: in vm mode one appliance boot runs them.
+APPLIANCE_STEPS = ("packages", "files", "run")
+
+
+@dataclass(frozen=True)
+class PlannedLayer:
+    name: str  # the step in the build's record
+    layer: str  # its layer's name in the store (the last step an appliance boot ran)
+    key: str
+    action: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -185,8 +199,10 @@ class Bake:
         ]
         return [step for step in steps if step[1]]
 
-    def _layer_plan(self) -> list[tuple[str, str, Callable[[], Any]]]:
-        """(step, key, action) for each cached step, keys chained."""
+    def _layer_plan(self) -> list[PlannedLayer]:
+        """Each cached step, keys chained. In vm mode packages, files and run are
+        one appliance boot (a hand-back of the whole tree each would cost about
+        half a minute under TCG), whose layer is the last one's."""
         boot = self.recipe.from_.bootstrap
         assert boot is not None
         spec = spec_for(
@@ -198,11 +214,20 @@ class Bake:
             self.opts.default_mirror,
         )
         target = self.layers.path("bootstrap", spec.key())
-        out = [("bootstrap", spec.key(), lambda: bootstrap(spec, target, self._proxy_env()))]
+        boot_action = lambda: bootstrap(spec, target, self._proxy_env())  # noqa: E731
+        out = [PlannedLayer("bootstrap", "bootstrap", spec.key(), boot_action)]
         key = spec.key()
+        in_vm: list[str] = []
         for name, inputs, action in self._edit_steps():
             key = layers.chain_key(key, name, inputs)
-            out.append((name, key, action))
+            if self.isolation == "vm" and name in APPLIANCE_STEPS:
+                in_vm.append(name)
+                names = tuple(in_vm)
+                out = [p for p in out if p.name != "appliance"]
+                action = functools.partial(self._in_vm, names)
+                out.append(PlannedLayer("appliance", name, key, action))
+            else:
+                out.append(PlannedLayer(name, name, key, action))
         return out
 
     def _proxy_env(self) -> dict[str, str]:
@@ -210,13 +235,17 @@ class Bake:
         assert self.route is not None, "the egress proxy runs while the build does"
         return {"http_proxy": self.route.proxy, "https_proxy": self.route.proxy, "no_proxy": ""}
 
-    async def _in_vm(self, step: str, packages: Sequence[str] = ()) -> None:
-        """Runs a step of a from-scratch build in the appliance VM, on the tree
+    async def _in_vm(self, names: Sequence[str]) -> None:
+        """Runs steps of a from-scratch build in one appliance boot, on the tree
         (docs/isolation.md)."""
         from kiln_builder import appliance
 
-        job = appliance.Job(appliance.recipe_steps(self.recipe, step, packages), self.opts.epoch)
-        await self._appliance(appliance.customise_tree_in_vm, self.rootdir, job, step)
+        packages = self._packages()
+        steps = tuple(s for n in names for s in appliance.recipe_steps(self.recipe, n, packages))
+        job = appliance.Job(steps, self.opts.epoch)
+        await self._appliance(
+            appliance.customise_tree_in_vm, self.rootdir, job, " and ".join(names)
+        )
 
     async def _appliance(self, runner: Any, target: Path, job: Any, what: str) -> Any:
         """runner (customise_in_vm or customise_tree_in_vm) on target, logged;
@@ -322,17 +351,11 @@ class Bake:
         return packages
 
     async def _install_packages(self) -> None:
-        packages = self._packages()
-        if self.isolation == "vm":
-            await self._in_vm("packages", packages)
-        else:
-            await customize.install_packages(
-                self.rootdir, packages, self.opts.epoch, self.opts.sandbox
-            )
+        await customize.install_packages(
+            self.rootdir, self._packages(), self.opts.epoch, self.opts.sandbox
+        )
 
     async def _write_files(self) -> None:
-        if self.isolation == "vm":
-            return await self._in_vm("files")
         for spec in self.recipe.files:
             data = (
                 spec.content.encode()
@@ -343,8 +366,6 @@ class Bake:
                                  spec.owner, spec.group)  # fmt: skip
 
     async def _run_scripts(self) -> None:
-        if self.isolation == "vm":
-            return await self._in_vm("run")
         for step in self.recipe.run:
             script = self.recipe.base_dir / step.script if step.script else None
             await customize.run_script(
@@ -354,14 +375,14 @@ class Bake:
     async def _sysprep(self) -> None:
         customize.sysprep(self.rootdir, self.recipe.sysprep_operations())
 
-    async def _deepest_cached(self, plan: list[tuple[str, str, Any]]) -> tuple[int, Path | None]:
+    async def _deepest_cached(self, plan: list[PlannedLayer]) -> tuple[int, Path | None]:
         """How many steps a cached layer covers, and that layer (verified)."""
         if self.opts.no_cache:
             return 0, None
         for index in reversed(range(len(plan))):
-            name, key, _ = plan[index]
-            if await self.layers.available(name, key):
-                layer = await self.layers.fetch(name, key)
+            layer_name, key = plan[index].layer, plan[index].key
+            if await self.layers.available(layer_name, key):
+                layer = await self.layers.fetch(layer_name, key)
                 if layer is not None:
                     return index + 1, layer
         return 0, None
@@ -369,19 +390,19 @@ class Bake:
     async def _layers(self) -> None:
         plan = self._layer_plan()
         start, cached = await self._deepest_cached(plan)
-        for index, (name, key, action) in enumerate(plan):
-            async with self._step(name, key) as record:
+        for index, step in enumerate(plan):
+            async with self._step(step.name, step.key) as record:
                 if index < start:
                     record.cached = True
                     if index == start - 1 and cached is not None:
                         await layers.extract(cached, self.rootdir)
                     continue
-                await action()
-                if name == "bootstrap":  # mmdebstrap wrote the layer itself
-                    await self.layers.adopt(name, key)
-                    await layers.extract(self.layers.path(name, key), self.rootdir)
+                await step.action()
+                if step.name == "bootstrap":  # mmdebstrap wrote the layer itself
+                    await self.layers.adopt(step.layer, step.key)
+                    await layers.extract(self.layers.path(step.layer, step.key), self.rootdir)
                 else:
-                    await self.layers.save(name, key, self.rootdir, self.opts.epoch)
+                    await self.layers.save(step.layer, step.key, self.rootdir, self.opts.epoch)
 
     def _booting(self) -> bool:
         return self.opts.boot_test and self.recipe.test.boot is not None
@@ -400,7 +421,7 @@ class Bake:
             names += ["checks"] if self.recipe.checks else []
             names.append("outputs")
         else:
-            names = [name for name, _, _ in self._layer_plan()]
+            names = [step.name for step in self._layer_plan()]
             names += ["checks"] if self.recipe.checks else []
             names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
         if self._booting():
