@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from kiln_builder.imageroot import ImageRoot
+from kiln_builder.imageroot import ImageReader
 
 MAX_READ = 4 << 20  # config files are small; a huge one is read only this far
 
 
-class Tree(ImageRoot):
+class Tree(ImageReader):
     def resolve(self, path: str) -> Path | None:
         """The host path of an image path with every link followed inside the
         tree; None if it does not exist or a link loops. For reports and tests:
