@@ -218,18 +218,26 @@ def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
 # ---- NATS state, read the way an operator would (for fault and bad-input tests) --------
 
 
-async def _stream_counts(url: str) -> dict[str, int]:
+async def _stream_counts(url: str, field: str = "messages") -> dict[str, int]:
     nc = await nats.connect(url)
     try:
-        return {s.config.name: int(s.state.messages) for s in await nc.jetstream().streams_info()}
+        infos = await nc.jetstream().streams_info()
+        return {s.config.name: int(getattr(s.state, field)) for s in infos}
     finally:
         await nc.close()
 
 
 def stream_counts(url: str) -> dict[str, int]:
     """Messages in every JetStream stream (records, recipes, queue, updates,
-    events): a request that stored nothing leaves these as they were."""
+    events)."""
     return asyncio.run(_stream_counts(url))
+
+
+def stream_last_seqs(url: str) -> dict[str, int]:
+    """The last sequence of every JetStream stream: a request that stored
+    nothing leaves these as they were, even where a count would not show it (a
+    one-version KV record overwritten keeps its bucket's count)."""
+    return asyncio.run(_stream_counts(url, "last_seq"))
 
 
 async def events_about(url: str, subject: str) -> list[dict[str, Any]]:
@@ -268,9 +276,20 @@ def event_types(events: list[dict[str, Any]]) -> list[str]:
 
 def files_under(root: Path) -> set[str]:
     """Every file below root, relative: an upload refused stores none."""
+    return set(file_states(root))
+
+
+def file_states(root: Path) -> dict[str, tuple[int, int]]:
+    """{file below root, relative: (size, mtime in ns)}: what a request that
+    stores nothing must neither add nor change."""
     if not root.exists():
-        return set()
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+        return {}
+    found = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            st = path.stat()
+            found[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return found
 
 
 # ---- a `kiln up` stack, broken on purpose -------------------------------------------------

@@ -1,16 +1,20 @@
 """Faults, with real processes and nothing mocked: storage unreachable for
-every attempt (two builders, exactly one build.failed), storage away for the
-first attempt only (retried, then succeeds), a build that can never succeed
-(not retried), nats-server SIGKILLed mid-build and restarted by `kiln up`
-under a following `kiln build --follow`. (The storage service SIGKILLed and
-restarted is the second test: its retry succeeds.) Every build is tiny, from
-the cached bootstrap layer, without a boot test; each test has its own layer
-cache holding only that layer, so its run step really runs (a sleeping one
-sleeps)."""
+every attempt (two builders, both taking attempts, exactly one build.failed),
+storage SIGKILLed before the build and brought back by `kiln up` after its
+first attempt failed at the upload (retried, then succeeds), a build that can
+never succeed (not retried), nats-server SIGKILLed mid-build and restarted by
+`kiln up` under a following `kiln build --follow` (the other parts, publisher
+included, keep their pids). Storage SIGKILLed in the middle of a build's
+upload is not staged here: the client's retries of one call are
+tests/integration/test_storage_faults.py's, and a whole attempt lost to
+storage is the second test's. Every build is tiny, from the cached bootstrap
+layer, without a boot test; each test has its own layer cache holding only
+that layer, so its run step really runs (a sleeping one sleeps)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -132,6 +136,13 @@ def stored_artifacts(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
         return list(client.list({"build-id": build_id}))
 
 
+def handed_back(address: str, build_id: str) -> pb.Build | None:
+    """The record once its first attempt failed and went back to the queue."""
+    build = record(address, build_id)
+    queued_again = build.state == pb.BUILD_STATE_QUEUED and build.HasField("error")
+    return build if queued_again or build.attempt >= 2 or build.state in TERMINAL else None
+
+
 def lifecycle_counts(nats_url: str, build_id: str) -> Counter[str]:
     return Counter(t for t in event_types(build_events(nats_url, build_id)) if t != "build.step")
 
@@ -140,8 +151,9 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
     tmp_path: Path, bootstrap_layer: list[Path]
 ) -> None:
     """Two builders whose storage address answers nothing: every attempt
-    fails for a passing reason, the build is retried up to MAX_DELIVER, then
-    fails once, with the last attempt's error."""
+    fails for a passing reason, the build is retried up to MAX_DELIVER (the
+    builder that took the first attempt is paused, so the other takes the
+    second), then fails once, with the last attempt's error."""
     home = tmp_path / "home"
     nats = start_nats(home / "nats", home / "nats.log")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
@@ -158,6 +170,17 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
             pids.append(start_builder(stack, address, home / f"{name}.log", own))
             addresses.append(address)
         build_id = submit(addresses[0], write_recipe(tmp_path / "r"))
+        wait_until("the first attempt to be handed back",
+                   lambda: handed_back(addresses[1], build_id), timeout=300)  # fmt: skip
+        first = next(e for e in build_events(nats.url, build_id) if e["type"] == "build.started")
+        index = ["a", "b"].index(first["data"]["worker"].split(":")[0])
+        os.kill(pids[1 + index], signal.SIGSTOP)  # the other builder takes the second attempt
+        try:
+            other = addresses[1 - index]
+            wait_until("the second attempt", lambda: record(other, build_id).attempt >= 2,
+                       timeout=120)  # fmt: skip
+        finally:
+            os.kill(pids[1 + index], signal.SIGCONT)
         final = wait_until("the build to end", lambda: ended(addresses[1], build_id), timeout=300)
         assert final.state == pb.BUILD_STATE_FAILED, final
         assert final.attempt == 3
@@ -175,9 +198,10 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
         assert not counts["build.succeeded"] and not counts["build.cancelled"]
         failed = next(e for e in events if e["type"] == "build.failed")
         assert failed["data"]["error"] == final.error.message
-        last_start = [e for e in events if e["type"] == "build.started"][-1]
-        assert last_start["data"]["attempt"] == 3
-        assert last_start["data"]["worker"] == final.worker
+        starts = [e for e in events if e["type"] == "build.started"]
+        assert [e["data"]["attempt"] for e in starts] == [1, 2, 3]
+        assert starts[-1]["data"]["worker"] == final.worker
+        assert {e["data"]["worker"].split(":")[0] for e in starts} == {"a", "b"}  # both took one
         assert record(addresses[0], build_id) == final  # nothing changed it since
     finally:
         for pid in reversed(pids):
@@ -275,9 +299,8 @@ def test_nats_killed_mid_build_and_restarted_by_kiln_up(
         after = restart_dead_parts(env)
         assert stack_of(env).nats_url == stack.nats_url  # the same port
         assert after["nats"] != before["nats"]
-        assert {k: after[k] for k in ("storage", "builder")} == {
-            k: before[k] for k in ("storage", "builder")
-        }
+        others = ("storage", "builder", "publisher")
+        assert {k: after[k] for k in others} == {k: before[k] for k in others}
         follower.communicate(timeout=300)
     finally:
         if follower.poll() is None:

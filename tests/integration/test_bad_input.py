@@ -1,10 +1,13 @@
-"""Bad input to every RPC of both services, served as real processes on a
+"""Bad input to every RPC of the three services, served as real processes on a
 real nats-server: each request of the table gets a clear status and message
-(never INTERNAL or UNKNOWN), and stores nothing (no record, recipe, queue
-message, event or artifact appears)."""
+(never INTERNAL or UNKNOWN), and stores nothing: no stream's last sequence
+moves (a record, recipe, queue message, event, publication or entry, written
+or overwritten), no stored file appears or changes, and nothing arrives later
+through an event outbox either (the last test, after they drained)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +17,18 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
-from support import files_under, stream_counts
+from support import file_states, stream_last_seqs, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.builder.v1 import builder_pb2_grpc as bpb_grpc
+from kiln_api.publisher.v1 import publisher_pb2 as ppb
+from kiln_api.publisher.v1 import publisher_pb2_grpc as ppb_grpc
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
 from kiln_common.devservers import free_port, start_nats
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import stop_pid
-from kiln_common.stack import Stack, start_builder, start_storage
+from kiln_common.stack import Stack, start_builder, start_publisher, start_storage
 
 pytestmark = pytest.mark.integration
 
@@ -49,11 +54,14 @@ class World:
     store_root: Path
     builder: bpb_grpc.BuilderStub
     storage: spb_grpc.StorageStub
+    publisher: ppb_grpc.PublisherStub
+    outbox: Path  # the builder's durable event outbox
     artifact_id: str = ""  # a stored artifact of 3 bytes
     upload_id: str = ""  # an open upload session with no parts
     empty_upload_id: str = ""  # another, completed empty (which ends it)
     gap_upload_id: str = ""  # an upload with only part 2
     ended_build: str = ""  # a build cancelled while queued
+    before: tuple[dict[str, int], dict[str, tuple[int, int]]] | None = None  # after set-up
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +73,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         nats_url=nats.url,
         storage=f"127.0.0.1:{free_port()}",
         storage_http=f"http://127.0.0.1:{free_port()}",
+        publisher=f"127.0.0.1:{free_port()}",
+        publisher_http=f"http://127.0.0.1:{free_port()}",
     )
     pids = [nats.pid]
     try:
@@ -72,11 +82,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         address = f"127.0.0.1:{free_port()}"
         api_only = {"KILN_BUILDER_WORKER": "false", "KILN_BUILDER_OUTBOX_DIR": str(home / "ob")}
         pids.append(start_builder(stack, address, home / "builder.log", api_only))
+        pids.append(start_publisher(stack, home / "publisher.log"))
         with (
             grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as b,
             grpc.insecure_channel(stack.storage, options=CHANNEL_OPTIONS) as s,
+            grpc.insecure_channel(stack.publisher, options=CHANNEL_OPTIONS) as p,
         ):
-            w = World(nats.url, home / "storage", bpb_grpc.BuilderStub(b), spb_grpc.StorageStub(s))
+            w = World(nats.url, home / "storage", bpb_grpc.BuilderStub(b),
+                      spb_grpc.StorageStub(s), ppb_grpc.PublisherStub(p), home / "ob")  # fmt: skip
             header = spb.UploadHeader(labels={"name": "x"})
             w.artifact_id = w.storage.Upload(
                 iter([spb.UploadRequest(header=header), spb.UploadRequest(chunk=b"abc")])
@@ -87,6 +100,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             w.storage.UploadPart(part_requests(w.gap_upload_id, 2, [b"late"]))
             build = w.builder.SubmitBuild(bpb.SubmitBuildRequest(recipe=source()))
             w.ended_build = w.builder.CancelBuild(bpb.CancelBuildRequest(id=build.id)).id
+            w.before = settled(w)
             yield w
     finally:
         for pid in reversed(pids):
@@ -120,6 +134,16 @@ def sto(rpc: str, request: Req) -> Callable[[World], Any]:
     def call(w: World) -> Any:
         reply = getattr(w.storage, rpc)(_made(w, request), timeout=30)
         return list(reply) if rpc == "Download" else reply
+
+    return call
+
+
+def pub(rpc: str, request: Req) -> Callable[[World], Any]:
+    """A call of a Publisher RPC (FetchBase is read to its end)."""
+
+    def call(w: World) -> Any:
+        reply = getattr(w.publisher, rpc)(_made(w, request), timeout=30)
+        return list(reply) if rpc == "FetchBase" else reply
 
     return call
 
@@ -459,23 +483,175 @@ STORAGE_CASES: list[Case] = [
 ]
 
 
-def state(w: World) -> tuple[dict[str, int], set[str]]:
-    """What a request could have stored: every stream's message count (build
-    records, recipes, the queue, updates, events) and the storage files."""
-    return stream_counts(w.nats_url), files_under(w.store_root)
+PUBLISHER_CASES: list[Case] = [
+    ("publish/nothing", pub("Publish", ppb.PublishRequest()), IA, "artifact_id or a build_id"),
+    (
+        "publish/no-target",
+        pub("Publish", lambda w: ppb.PublishRequest(artifact_id=w.artifact_id)),
+        IA,
+        "at least one target",
+    ),
+    *bad_ids(
+        "publish-artifact",
+        lambda v: pub(
+            "Publish", ppb.PublishRequest(artifact_id=v, marketplace=ppb.MarketplaceTarget())
+        ),
+        "",
+    ),
+    *bad_ids(
+        "publish-build",
+        lambda v: pub(
+            "Publish", ppb.PublishRequest(build_id=v, marketplace=ppb.MarketplaceTarget())
+        ),
+        "",
+    ),
+    (
+        "publish/unknown-artifact",
+        pub(
+            "Publish",
+            ppb.PublishRequest(artifact_id=UNKNOWN_ID, marketplace=ppb.MarketplaceTarget()),
+        ),
+        NF,
+        UNKNOWN_ID,
+    ),
+    (
+        "publish/unknown-build",
+        pub(
+            "Publish", ppb.PublishRequest(build_id=UNKNOWN_ID, marketplace=ppb.MarketplaceTarget())
+        ),
+        NF,
+        UNKNOWN_ID,
+    ),
+    (
+        "publish/no-glance",
+        pub(
+            "Publish",
+            lambda w: ppb.PublishRequest(
+                artifact_id=w.artifact_id, glance=[ppb.GlanceTarget(cloud="nowhere")]
+            ),
+        ),
+        FP,
+        "clouds.yaml",
+    ),
+    (
+        "publish/visibility",
+        pub(
+            "Publish",
+            lambda w: ppb.PublishRequest(
+                artifact_id=w.artifact_id,
+                glance=[ppb.GlanceTarget(cloud="c", visibility="everyone")],
+            ),
+        ),
+        IA,
+        "visibility",
+    ),
+    (
+        "publish/retire",
+        pub(
+            "Publish",
+            lambda w: ppb.PublishRequest(
+                artifact_id=w.artifact_id, glance=[ppb.GlanceTarget(cloud="c", retire="burn")]
+            ),
+        ),
+        IA,
+        "retire",
+    ),
+    (
+        "publish/valid-for",
+        pub(
+            "Publish",
+            lambda w: ppb.PublishRequest(
+                artifact_id=w.artifact_id,
+                marketplace=ppb.MarketplaceTarget(valid_for=Duration(seconds=-5)),
+            ),
+        ),
+        IA,
+        "valid_for",
+    ),
+    *bad_ids("get-pub", lambda v: pub("GetPublication", ppb.GetPublicationRequest(id=v)), ""),
+    (
+        "get-pub/unknown",
+        pub("GetPublication", ppb.GetPublicationRequest(id=UNKNOWN_ID)),
+        NF,
+        UNKNOWN_ID,
+    ),
+    (
+        "list-pub/page-size",
+        pub("ListPublications", ppb.ListPublicationsRequest(page_size=501)),
+        IA,
+        "page_size",
+    ),
+    *bad_tokens(
+        "list-pub",
+        lambda v: pub("ListPublications", ppb.ListPublicationsRequest(page_token=v)),
+        "page_token",
+    ),
+    (
+        "list-pub/bad-build",
+        pub("ListPublications", ppb.ListPublicationsRequest(build_id="x")),
+        IA,
+        "build id",
+    ),
+    ("search/status", pub("SearchEntries", ppb.SearchEntriesRequest(status="odd")), IA, "status"),
+    *[
+        (f"{verb}/malformed-{i}", pub(rpc, make(v)), IA, "identifier")
+        for verb, rpc, make in (
+            ("get-entry", "GetEntry", lambda v: ppb.GetEntryRequest(identifier=v)),
+            ("deprecate", "DeprecateEntry", lambda v: ppb.DeprecateEntryRequest(identifier=v)),
+        )
+        for i, v in enumerate(["", "x", "A" * 26, "A" * 26 + "/", "A" * 28])
+    ],
+    ("get-entry/unknown", pub("GetEntry", ppb.GetEntryRequest(identifier="A" * 27)), NF, "A" * 27),
+    (
+        "deprecate/unknown",
+        pub("DeprecateEntry", ppb.DeprecateEntryRequest(identifier="A" * 27)),
+        NF,
+        "A" * 27,
+    ),
+    ("fetch/nothing", pub("FetchBase", ppb.FetchBaseRequest()), IA, "Glance image"),
+    (
+        "fetch/no-glance",
+        pub("FetchBase", ppb.FetchBaseRequest(glance=ppb.GlanceImageRef(cloud="c", image="i"))),
+        FP,
+        "clouds.yaml",
+    ),
+]
+
+State = tuple[dict[str, int], dict[str, tuple[int, int]]]
 
 
-def assert_nothing_stored(w: World, before: tuple[dict[str, int], set[str]]) -> None:
+def state(w: World) -> State:
+    """What a request could have stored: every stream's last sequence (build
+    records, recipes, the queue, updates, events, publications, entries) and
+    the storage files with their sizes and times."""
+    # A bucket made empty on first use (the publisher's, when first asked) holds nothing.
+    streams = {name: seq for name, seq in stream_last_seqs(w.nats_url).items() if seq}
+    return streams, file_states(w.store_root)
+
+
+def settled(w: World) -> State:
+    """state() once the builder's durable outbox is empty and the in-memory
+    ones (storage's, the publisher's) have had a second to send."""
+    wait_until("the builder's outbox to drain",
+               lambda: not list(w.outbox.rglob("*.event")), timeout=30)  # fmt: skip
+    time.sleep(1)
+    return state(w)
+
+
+def assert_nothing_stored(w: World, before: State) -> None:
     streams, files = state(w)
     assert streams == before[0]
-    # A refused completion discards its upload: files may go, none may come.
-    assert files <= before[1], files - before[1]
+    # A refused completion discards its upload: files may go, none may come or change.
+    assert set(files) <= set(before[1]), set(files) - set(before[1])
+    changed = [f for f in files if files[f] != before[1][f]]
+    assert changed == [], changed
+
+
+ALL_CASES = BUILDER_CASES + STORAGE_CASES + PUBLISHER_CASES
 
 
 @pytest.mark.parametrize(
-    ("call", "code", "word"),
-    [c[1:] for c in BUILDER_CASES + STORAGE_CASES],
-    ids=[c[0] for c in BUILDER_CASES + STORAGE_CASES],
+    ("call", "code", "word"), [c[1:] for c in ALL_CASES], ids=[c[0] for c in ALL_CASES]
 )
 def test_bad_input_gets_a_clear_status_and_stores_nothing(
     world: World, call: Callable[[World], Any], code: grpc.StatusCode, word: str
@@ -510,3 +686,13 @@ def test_validate_recipe_answers_bad_recipes_with_problems(world: World) -> None
         assert not reply.valid and reply.problems, recipe.files
         assert all(p.message for p in reply.problems)
     assert_nothing_stored(world, before)
+
+
+def test_nothing_arrives_after_the_outboxes_drain(world: World) -> None:
+    """Every case above stored nothing at once; this, run after them all, shows
+    that nothing came later either, through an outbox: the streams and files
+    are as the set-up left them."""
+    assert world.before is not None
+    after = settled(world)
+    assert after[0] == world.before[0]
+    assert after[1] == {k: v for k, v in world.before[1].items() if k in after[1]}

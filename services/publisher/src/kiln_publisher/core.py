@@ -23,7 +23,7 @@ from kiln_client import AsyncStorageClient
 from kiln_common import jetstream
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
-from kiln_common.ids import new_id
+from kiln_common.ids import check_id, new_id
 from kiln_publisher import facts
 from kiln_publisher.glance import GlancePublisher, GlanceTarget
 from kiln_publisher.market import Entry, Market, Query, SignedEntry
@@ -81,7 +81,9 @@ def target_name(cloud: str, region: str | None, name: str | None = None) -> str:
 
 
 def record_key(publication_id: str) -> str:
-    # KV keys take a restricted alphabet: ids are ULIDs, auto ones "auto-<build id>".
+    """The KV key of a publication: its id, checked, since KV keys take a
+    restricted alphabet (ids are Kiln ids; automatic ones "auto-<build id>")."""
+    check_id(publication_id.removeprefix("auto-"), "publication id")
     return publication_id
 
 
@@ -124,6 +126,7 @@ class PublisherCore:
     async def get_publication(self, publication_id: str) -> Publication:
         if not publication_id:
             raise InvalidArgument("a publication id is required")
+        record_key(publication_id)  # a malformed id is the caller's error, before NATS
         kv = await self._records()
         try:
             found = await jetstream.mapped(lambda: kv.get(record_key(publication_id)))
@@ -142,6 +145,9 @@ class PublisherCore:
     async def list_publications(
         self, build_id: str = "", artifact_id: str = ""
     ) -> list[Publication]:
+        for value, what in ((build_id, "build id"), (artifact_id, "artifact id")):
+            if value:
+                check_id(value, what)
         await self._records()  # made if missing
         keys = await jetstream.mapped(lambda: jetstream.kv_keys(self.js, PUBLICATIONS_BUCKET))
         found = []
@@ -208,6 +214,7 @@ class PublisherCore:
             return [await self.storage.stat(request.artifact_id)]
         if not request.build_id:
             raise InvalidArgument("name an artifact id or a build id to publish")
+        check_id(request.build_id, "build id")
         found = [
             a
             async for a in self.storage.list({"build-id": request.build_id, KIND_LABEL: IMAGE_KIND})

@@ -28,6 +28,8 @@ STATES = {
     FAILED: pb.STATE_FAILED,
 }
 
+MAX_PAGE = 500  # publications a page, as ListBuilds
+
 
 def publish_from(request: pb.PublishRequest) -> Publish:
     """The request's targets, checked by the recipe's own publish: schema."""
@@ -150,6 +152,8 @@ class PublisherServicer(pb_grpc.PublisherServicer):
     async def ListPublications(
         self, request: pb.ListPublicationsRequest, context: Context
     ) -> pb.ListPublicationsResponse:
+        if request.page_size > MAX_PAGE:
+            raise InvalidArgument(f"page_size: at most {MAX_PAGE}")
         found = await self.core.list_publications(request.build_id, request.artifact_id)
         size = request.page_size or 100
         if request.page_token and not request.page_token.isdigit():
