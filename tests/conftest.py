@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -36,6 +38,22 @@ pytest_plugins = ["disk_watch"]
 def pytest_configure(config: pytest.Config) -> None:
     # Every builder service the tests start (kiln up, the README demo) inherits it.
     os.environ.setdefault("KILN_BUILDER_CACHE_MAX_GIB", CACHE_MAX_GIB)
+    # Never the user's ~/.kiln: `kiln-builder bake` would share layers with a
+    # `kiln up` stack running there (a corrupted layer came back from it, cached).
+    os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-test-home-")
+    os.environ.pop("KILN_STORAGE", None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.get("KILN_HOME", "/nonexistent"), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def own_kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test a KILN_HOME of its own (a test that starts a stack sets its own)."""
+    home = tmp_path / "kiln-home"
+    monkeypatch.setenv("KILN_HOME", str(home))
+    return home
 
 
 @pytest.fixture

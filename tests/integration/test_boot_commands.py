@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import shutil
 from pathlib import Path
 
@@ -25,13 +26,15 @@ name: cmds
 version: "1"
 from:
   bootstrap: {distro: debian, release: bookworm}
+files:
+  - {path: /etc/kiln-guest-marker, content: "MARKER\n"}
 disk: {size: 2GiB}
 outputs: [qcow2]
 test:
   boot: {timeout: 300s}
   command_timeout: 60s
   commands:
-    - cat /etc/os-release
+    - cat /etc/kiln-guest-marker
     - echo going to fail >&2; exit 3
 """
 
@@ -54,7 +57,10 @@ def throwaway_mounts() -> list[str]:
 def test_commands_run_in_the_guest_and_a_failing_one_fails_the_build(tmp_path: Path) -> None:
     from kiln_recipe import load_recipe
 
-    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    # A token only this image holds: the first command's output is the guest's,
+    # never the build host's (both are bookworm).
+    marker = f"guest-{secrets.token_hex(8)}"
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("MARKER", marker))
     cache = cache_with(bookworm_bootstrap_layer(), tmp_path / "cache")
     if (REPO / ".cache/kiln/accel.json").is_file():  # the accelerator verdict: no new probe
         shutil.copy(REPO / ".cache/kiln/accel.json", cache / "accel.json")
@@ -79,11 +85,11 @@ def test_commands_run_in_the_guest_and_a_failing_one_fails_the_build(tmp_path: P
     assert "1 of 2 boot test commands failed" in message
     assert "`echo going to fail >&2; exit 3` exited with status 3" in message
     assert "going to fail" in message
-    assert "os-release" not in message  # the passing command is not blamed
+    assert "kiln-guest-marker" not in message  # the passing command is not blamed
 
     first, second = bake.test_commands
-    assert first.command == "cat /etc/os-release" and first.passed
-    assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in first.output
+    assert first.command == "cat /etc/kiln-guest-marker" and first.passed
+    assert first.output == f"{marker}\n"
     assert second.exit_status == 3 and not second.passed and not second.timed_out
     assert second.output == "going to fail\n"
     written = json.loads((out / "cmds-1.tests.json").read_text())["commands"]

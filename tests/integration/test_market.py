@@ -29,6 +29,7 @@ from kiln_cli.publish_cmd import cmd_verify
 from kiln_client.storage import AsyncStorageClient
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
+from kiln_common.jetstream import kv_keys
 from kiln_publisher.app import build
 from kiln_publisher.market import (
     Entry,
@@ -109,7 +110,7 @@ async def test_a_document_altered_inside_nats_is_not_served(
         signed = await one.publish(facts_for(b"image"), ENDORSER)
         nc = await nats.connect(nats_server.url)
         kv = await nc.jetstream().key_value("KILN_MARKET")
-        (key,) = await kv.keys()
+        (key,) = await kv_keys(nc.jetstream(), "KILN_MARKET")
         outer = json.loads(signed.document)
         outer["entry"]["locations"] = ["https://evil.example.org/x.qcow2"]
         await kv.put(key, json.dumps(outer).encode())
@@ -273,7 +274,7 @@ async def test_an_older_statement_put_back_inside_nats_is_refused(
         await one.deprecate(first.identifier)
         nc = await nats.connect(nats_server.url)
         kv = await nc.jetstream().key_value("KILN_MARKET")
-        (key,) = await kv.keys()
+        (key,) = await kv_keys(nc.jetstream(), "KILN_MARKET")
         await kv.put(key, first.document)  # the validly signed, pre-deprecation entry
         await nc.close()
         assert await one.search(Query(status="valid")) == []
@@ -296,7 +297,7 @@ async def test_a_replica_started_after_a_rollback_refuses_the_older_statement(
         assert (await two.deprecate(first.identifier)).entry.sequence == 2
     nc = await nats.connect(nats_server.url)
     kv = await nc.jetstream().key_value("KILN_MARKET")
-    (key,) = await kv.keys()
+    (key,) = await kv_keys(nc.jetstream(), "KILN_MARKET")
     await kv.put(key, first.document)  # the validly signed, pre-deprecation entry
     await nc.close()
     # A new process: nothing in memory, only what NATS holds.

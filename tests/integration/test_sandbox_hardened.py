@@ -17,11 +17,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from support import REPO, await_until, scratch, wait_until
 
 from kiln_builder import cgroups, customize
+from kiln_builder.bootstrap import host_mirror
 from kiln_builder.cgroups import PREFIX
 from kiln_builder.engine import DEFAULT_EPOCH
 from kiln_builder.sandbox import (
@@ -100,6 +102,29 @@ def _listeners() -> list[tuple[str, int]]:
     return sorted(found)
 
 
+class UdpListener:
+    """A UDP socket that records every datagram it receives."""
+
+    def __init__(self, address: str) -> None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock.bind((address, 0))
+        self.address, self.port = address, self.sock.getsockname()[1]
+        self.received = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                self.sock.recv(4096)
+            except OSError:
+                return
+            self.received += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Listener:
     """A plain TCP server that records every connection it accepts."""
 
@@ -138,6 +163,7 @@ if (echo "$pattern" > /proc/sys/kernel/core_pattern) 2>/dev/null
 then say proc-sys open; else say proc-sys closed; fi
 ip link add kilnprobe0 type dummy 2>/dev/null && say netdev open || say netdev closed
 ip address add 10.0.2.99/24 dev tap0 2>/dev/null && say address open || say address closed
+ip -o link show tap0 >/dev/null 2>&1 && say tap0 present || say tap0 missing
 before=$(tx)
 while read -r host port; do
   if timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; then
@@ -146,7 +172,17 @@ while read -r host port; do
     say "connect-$host:$port" closed
   fi
 done < /root/kiln-targets
+# UDP: a datagram (a DNS query for one) to each UDP listener; none may arrive.
+header='\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00'
+while read -r host port; do
+  printf "$header\x05kilnx\x04test\x00\x00\x01\x00\x01" > "/dev/udp/$host/$port" 2>/dev/null
+  say "udp-$host:$port" sent
+done < /root/kiln-udp-targets
+sleep 1
 after=$(tx)
+# DNS through slirp's own resolver still answers (the one way to names).
+if getent hosts "$(cat /root/kiln-mirror-host)" >/dev/null
+then say dns-resolver works; else say dns-resolver broken; fi
 say tap0-tx-packets "$before->$after"
 exit 0
 """
@@ -160,6 +196,14 @@ async def test_a_probing_script_finds_every_door_closed(
     probe reaches none of them, nor the host alias, and sends nothing out."""
     node = [a for a in _own_addresses() if not ipaddress.ip_address(a).is_loopback]
     listeners = [Listener("127.0.0.1"), *(Listener(a) for a in node if ":" not in a)]
+    udp = [UdpListener("127.0.0.1"), *(UdpListener(a) for a in node if ":" not in a)]
+    udp_targets = [(u.address, u.port) for u in udp] + [("10.0.2.2", u.port) for u in udp]
+    (image_root / "root/kiln-udp-targets").write_text(
+        "".join(f"{host} {port}\n" for host, port in udp_targets)
+    )
+    mirror = host_mirror("debian")
+    assert mirror, "the build host names no Debian mirror"
+    (image_root / "root/kiln-mirror-host").write_text(str(urlsplit(mirror).hostname))
     async with storage_service():
         targets = _listeners()
         ports = {port for _, port in targets}
@@ -173,7 +217,7 @@ async def test_a_probing_script_finds_every_door_closed(
         script.write_text(PROBE)
         # The recipe's path: run_script reads #!/bin/bash from the script.
         await customize.run_script(image_root, script, None, tmp_path, DEFAULT_EPOCH)
-    for listener in listeners:
+    for listener in [*listeners, *udp]:
         listener.close()
     results = dict(
         line.split(" ", 1) if " " in line else line.split(":", 1)
@@ -185,6 +229,10 @@ async def test_a_probing_script_finds_every_door_closed(
         assert results[what] == "closed"
     assert sum(what.startswith("connect-") for what in results) == len(targets)
     assert all(listener.accepted == 0 for listener in listeners)
+    assert results["tap0"] == "present"  # the counters below are tap0's, so it must exist
+    assert sum(what.startswith("udp-") for what in results) == len(udp_targets)
+    assert all(u.received == 0 for u in udp), [(u.address, u.received) for u in udp]
+    assert results["dns-resolver"] == "works"
     kept = sum(1 << CAP_NUMBERS[c] for c in CAPABILITIES)
     assert int(results["CapEff"], 16) == kept
     assert int(results["CapPrm"], 16) == kept
@@ -321,6 +369,7 @@ async def test_a_cancelled_command_takes_its_network_and_processes_with_it(
     assert (
         not _children_named(os.getpid(), "slirp4netns") and not Path(f"/proc/{slirp[0]}").exists()
     )
+    assert cgroups._parents(), "no cgroup hierarchy to look in"
     assert not [g for p in cgroups._parents() for g in p.glob(f"{PREFIX}{os.getpid()}-*")]
 
 
@@ -339,6 +388,7 @@ async def test_a_sandbox_bwrap_cannot_set_up_fails_with_bwraps_own_reason(
     retries = [r for r in caplog.records if "trying again" in r.getMessage()]
     assert len(retries) == LAUNCH_ATTEMPTS - 1
     assert not _children_named(os.getpid(), "slirp4netns")
+    assert cgroups._parents(), "no cgroup hierarchy to look in"
     assert not [g for p in cgroups._parents() for g in p.glob(f"{PREFIX}{os.getpid()}-*")]
 
 
@@ -405,7 +455,8 @@ def test_sigkill_of_the_builder_leaves_no_sandbox_or_slirp_behind(image_root: Pa
         wait_until("the sandboxed sleep's end", lambda: not _running("sleep", "4244"), 10)
         # Its control group, empty now, goes at the next janitor's pass.
         groups = [g for g in cgroups.reclaim_stale() if f"{PREFIX}{builder.pid}-" in g]
-        assert groups or not cgroups._parents(), "the dead builder's cgroup was not reclaimed"
+        assert cgroups._parents(), "no cgroup hierarchy to look in"
+        assert groups, "the dead builder's cgroup was not reclaimed"
     finally:
         if builder.poll() is None:
             builder.kill()

@@ -34,7 +34,13 @@ WORK_ROOT = Path("/var/tmp/kiln")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln-builder", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    bake = sub.add_parser("bake", help="build a recipe into image files")
+    bake = sub.add_parser(
+        "bake",
+        help="build a recipe into image files",
+        description="Builds a recipe into image files without the services. Layers are"
+        " shared with the storage service of a `kiln up` stack running under $KILN_HOME"
+        " (default ~/.kiln) unless --storage names another.",
+    )
     bake.add_argument("recipe", type=Path)
     bake.add_argument("--out", type=Path, required=True, help="directory for the outputs")
     bake.add_argument("--no-cache", action="store_true", help="rebuild every layer")
