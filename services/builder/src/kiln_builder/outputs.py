@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import logging
 import os
 import secrets
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kiln_builder.imageroot import ImageRoot
+from kiln_common import digests
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_common.proc import run
 
@@ -63,7 +63,6 @@ _QEMU_ARGS: dict[str, list[str]] = {
 }
 
 SUMS_FILES = {"sha256": "SHA256SUMS", "sha512": "SHA512SUMS"}
-_CHUNK = 1 << 20
 
 
 class OutputSpecLike(Protocol):
@@ -316,16 +315,11 @@ async def file_digests(path: Path) -> tuple[int, str, str]:
 
 
 def _digest_blocking(path: Path, stop: threading.Event) -> tuple[int, str, str]:
-    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            if stop.is_set():
-                raise asyncio.CancelledError
-            sha256.update(chunk)
-            sha512.update(chunk)
-            size += len(chunk)
-    return size, sha256.hexdigest(), sha512.hexdigest()
+    try:
+        found = digests.file_digests(path, "sha256", "sha512", stop=stop)
+    except digests.Stopped:
+        raise asyncio.CancelledError from None
+    return found.size, found.hexdigest("sha256"), found.hexdigest("sha512")
 
 
 def _publish(tmp: Path, final: Path, undo: ExitStack) -> None:

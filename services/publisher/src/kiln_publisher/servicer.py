@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -11,6 +10,7 @@ import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
+from kiln_common.digests import Digests
 from kiln_common.errors import DataLoss, InvalidArgument
 from kiln_common.grpc_errors import servicer
 from kiln_publisher import facts
@@ -116,18 +116,6 @@ def entry_to(signed: SignedEntry) -> pb.Entry:
     return msg
 
 
-class _Digests:
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.sha512 = hashlib.sha512()
-        self.size = 0
-
-    def add(self, data: bytes) -> None:
-        self.sha256.update(data)
-        self.sha512.update(data)
-        self.size += len(data)
-
-
 @servicer
 class PublisherServicer(pb_grpc.PublisherServicer):
     def __init__(self, core: PublisherCore) -> None:
@@ -200,10 +188,10 @@ class PublisherServicer(pb_grpc.PublisherServicer):
         ref = request.glance
         size, want, chunks = await self.core.open_glance(ref.cloud, ref.region or None, ref.image)
         yield pb.FetchBaseChunk(header=pb.FetchBaseHeader(size=size, sha512=want))
-        digests = _Digests()
+        digests = Digests("sha512")
         async for data in chunks:
-            digests.add(data)
+            digests.update(data)
             yield pb.FetchBaseChunk(data=data)
         # The receiver checks too; this says which side was wrong.
-        if digests.sha512.hexdigest() != want:
+        if digests.hexdigest("sha512") != want:
             raise DataLoss(f"the base's bytes do not match its SHA-512 {want[:16]}…")

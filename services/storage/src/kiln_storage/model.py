@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kiln_common.digests import Digests
 from kiln_common.errors import InvalidArgument
 
 ALGORITHMS = ("sha256", "sha512", "sha1", "md5")
@@ -50,18 +50,14 @@ class Checksums:
         ]
 
 
-class Hashers:
-    """The four digests of a byte stream, updated part by part."""
+class Hashers(Digests):
+    """The four digests of an artifact's bytes (kiln_common.digests), as Checksums."""
 
     def __init__(self) -> None:
-        self.by_alg = {alg: hashlib.new(alg) for alg in ALGORITHMS}
-
-    def update(self, data: bytes | memoryview) -> None:
-        for h in self.by_alg.values():
-            h.update(data)
+        super().__init__(*ALGORITHMS)
 
     def result(self) -> Checksums:
-        return Checksums(**{alg: h.hexdigest() for alg, h in self.by_alg.items()})
+        return Checksums(**self.hexdigests())
 
 
 def validate_labels(labels: dict[str, str], field_name: str = "labels") -> dict[str, str]:

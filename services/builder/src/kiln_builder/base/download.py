@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http.client
 import logging
 import os
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 
 from kiln_builder.egress import EgressRefused, Route, parse_url
 from kiln_builder.resources import file_lock
+from kiln_common.digests import file_digests
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -226,15 +226,10 @@ async def _stoppable(
 
 def _mismatch(path: Path, pin: Pin) -> str:
     """Which pinned digest the file does not have ('' if none); one read for both."""
-    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            sha256.update(block)
-            if pin.sha512:
-                sha512.update(block)
-    if sha256.hexdigest() != pin.sha256:
+    found = file_digests(path, "sha256", *(("sha512",) if pin.sha512 else ()))
+    if found.hexdigest("sha256") != pin.sha256:
         return f"SHA-256 {pin.sha256}"
-    if pin.sha512 and sha512.hexdigest() != pin.sha512:
+    if pin.sha512 and found.hexdigest("sha512") != pin.sha512:
         return f"SHA-512 {pin.sha512[:16]}…"
     return ""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.resources import file_lock
 from kiln_client import AsyncPublisherClient
+from kiln_common.digests import Digests
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe.schema import ImageRef
 
@@ -89,7 +90,7 @@ async def _download(
     ref: ImageRef, cache: Path, publisher: str, source: str, max_bytes: int
 ) -> tuple[Path, str, str, int]:
     partial = cache / f"source-{_source_key(source)}.part"
-    sha256, sha512, size = hashlib.sha256(), hashlib.sha512(), 0
+    found = Digests("sha256", "sha512")
     async with AsyncPublisherClient(publisher) as client:
         header, chunks = await client.fetch_base(request_for(ref))
         if header.size > max_bytes:
@@ -97,18 +98,16 @@ async def _download(
         out = await asyncio.to_thread(partial.open, "wb")
         try:
             async for data in chunks:
-                size += len(data)
-                if size > max_bytes:
+                found.update(data)
+                if found.size > max_bytes:
                     raise FailedPrecondition(f"{source}: more than {max_bytes} bytes")
-                sha256.update(data)
-                sha512.update(data)
                 await asyncio.to_thread(out.write, data)
         finally:
             out.close()
-    digest = sha256.hexdigest()
+    digest, size = found.hexdigest("sha256"), found.size
     wrong = (
         size != header.size
-        or sha512.hexdigest() != header.sha512
+        or found.hexdigest("sha512") != header.sha512
         or (header.sha256 and digest != header.sha256)
     )
     if wrong:
