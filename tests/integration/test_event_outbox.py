@@ -8,13 +8,18 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nats
 import pytest
 
+from kiln_client.storage import AsyncStorageClient
 from kiln_common.devservers import Nats, port_of, start_nats, stopping
 from kiln_common.events import STREAM, JetStreamPublisher, from_json
 from kiln_common.outbox import Outbox
+
+if TYPE_CHECKING:
+    from conftest import StorageFactory
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +89,34 @@ async def test_a_new_publisher_sends_what_a_dead_one_left(
         assert await stored_events(nats_server.url) == [("artifact.stored", "a1")]
     finally:
         await publisher.close()
+
+
+async def test_the_storage_service_keeps_its_events_on_disk_while_nats_is_away(
+    tmp_path: Path, storage_service: StorageFactory
+) -> None:
+    """The storage service's outbox is the same durable one: an artifact stored
+    while NATS is down leaves its event in OUTBOX_DIR, and whoever takes that
+    directory next sends it once NATS is back, even after storage is gone."""
+    nats_server = start_nats(tmp_path / "nats", tmp_path / "nats.log")
+    outbox = tmp_path / "outbox"
+    try:
+        async with storage_service(nats_url=nats_server.url, outbox_dir=outbox) as (_, address):
+            os.kill(nats_server.pid, signal.SIGKILL)
+            data = tmp_path / "blob"
+            data.write_bytes(b"kept while NATS is away")
+            async with AsyncStorageClient(address) as client:
+                stored = await client.push(data, {"name": "x"})
+            assert [p.name for p in outbox.rglob("*.event")], "no event kept on disk"
+        # Storage has stopped for good; NATS comes back on its data.
+        nats_server = start_nats(tmp_path / "nats", tmp_path / "nats.log",
+                                 port=port_of(nats_server.url))  # fmt: skip
+        publisher = await JetStreamPublisher.connect(nats_server.url, "next", outbox_dir=outbox)
+        try:
+            assert await publisher.flush(30.0)
+        finally:
+            await publisher.close()
+        assert ("artifact.stored", stored.id) in await stored_events(nats_server.url)
+        assert list(outbox.rglob("*.event")) == []
+    finally:
+        with stopping(nats_server.pid):
+            pass

@@ -163,6 +163,7 @@ def start_storage(stack: Stack, log: Path) -> int:
         "KILN_STORAGE_GRPC_BIND": stack.storage,
         "KILN_STORAGE_HTTP_PORT": str(port_of(stack.storage_http)),
         "KILN_STORAGE_NATS_URL": stack.nats_url,
+        "KILN_STORAGE_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
     }
     proc = spawn([sys.executable, "-m", "kiln_storage"], log_file=log, env=env)
     try:
@@ -227,6 +228,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_ENDORSER_KEY_DIR": str(home / "endorsers"),
         "KILN_PUBLISHER_KEYRING_DIR": str(home / "keyring"),
         "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,
+        "KILN_PUBLISHER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_PUBLISHER_")})
     if os.environ.get("OS_CLIENT_CONFIG_FILE"):  # openstacksdk's own variable

@@ -22,6 +22,7 @@ from kiln_common import jetstream
 from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
+from kiln_common.outbox import Outbox
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
@@ -180,7 +181,8 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     cleanups.append(nc.drain)
     js = nc.jetstream()
     await jetstream.mapped(lambda: ensure_stream(js, replicas=settings.nats_replicas))
-    events = JetStreamPublisher(nc, js, default_source("kiln-publisher"))
+    source = default_source("kiln-publisher")
+    events = JetStreamPublisher(nc, js, source, Outbox(settings.outbox_dir, source))
     cleanups.append(events.close)
     storage = AsyncStorageClient(settings.storage)
     cleanups.append(storage.close)

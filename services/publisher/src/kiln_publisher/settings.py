@@ -51,6 +51,10 @@ class PublisherSettings(KilnSettings):
     """NATS server: publications, marketplace entries, events, the build.succeeded consumer."""
     nats_replicas: int = Field(default=1, ge=1, le=5)
     """Replicas of the buckets and streams this service creates (3 on a clustered NATS)."""
+    outbox_dir: Path | None = None
+    """Events that could not be sent while NATS was away, kept on disk until they
+    are (a restarted process, or another on the same directory, sends them);
+    unset: in memory, lost if the process dies first."""
     log_level: str = "INFO"
     """Python log level name."""
     shutdown_grace: float = 10.0

@@ -98,8 +98,9 @@ async def build(settings: StorageSettings) -> StorageApp:
     events: Publisher = NoEvents()
     if settings.nats_url:
         events = await JetStreamPublisher.connect(
-            settings.nats_url, default_source("kiln-storage"), replicas=settings.nats_replicas
-        )
+            settings.nats_url, default_source("kiln-storage"), settings.outbox_dir,
+            replicas=settings.nats_replicas,
+        )  # fmt: skip
         cleanups.append(events.close)
     else:
         log.warning("no nats_url set: artifact events are not published")

@@ -58,6 +58,10 @@ class StorageSettings(KilnSettings):
     """NATS server for events (artifact.stored, artifact.deleted); empty: no events."""
     nats_replicas: int = Field(default=1, ge=1, le=5)
     """Replicas of the events stream if this service creates it (3 on a clustered NATS)."""
+    outbox_dir: Path | None = None
+    """Events that could not be sent while NATS was away, kept on disk until they
+    are (a restarted process, or another on the same directory, sends them);
+    unset: in memory, lost if the process dies first."""
 
     part_size: int = 16 * 1024 * 1024
     """Default part size of uploads, bytes (5 MiB to 64 MiB)."""
