@@ -19,6 +19,7 @@ from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import AsyncStorageClient
 from kiln_common import jetstream
 from kiln_common.devservers import Glance, Nats
+from kiln_common.ids import new_id
 from kiln_common.proc import run
 from kiln_publisher.app import PublisherApp, build, sweep_once
 from kiln_publisher.core import PUBLICATIONS_BUCKET, Request, record_key
@@ -66,7 +67,8 @@ async def test_a_publication_is_done_only_once_every_target_is(
     nc = await nats.connect(nats_server.url)
     try:
         records = await jetstream.key_value(nc.jetstream(), PUBLICATIONS_BUCKET)
-        watcher = await records.watch(record_key("pub-1"))
+        publication = new_id()
+        watcher = await records.watch(record_key(publication))
         async with published_setup(
             tmp_path, nats_server.url, storage_service, clouds_yaml, "done-once"
         ) as (
@@ -74,7 +76,7 @@ async def test_a_publication_is_done_only_once_every_target_is(
             artifact,
         ):
             request = Request(artifact_id=artifact.id, publish=TARGETS)
-            await publisher.core.publish(request, "pub-1")
+            await publisher.core.publish(request, publication)
         saved = []
         while not saved or saved[-1].state != DONE:
             update = await watcher.updates(timeout=10)

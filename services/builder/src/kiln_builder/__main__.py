@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -21,6 +20,7 @@ from kiln_builder.checks import CheckReport
 from kiln_builder.cleanup import reclaim_all
 from kiln_builder.egress import EgressPolicy
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
+from kiln_builder.storage import StorageAccess
 from kiln_common.errors import InvalidArgument, KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
@@ -117,7 +117,7 @@ async def _bake(args: argparse.Namespace) -> int:
         print("kiln-builder: no storage service: layers are cached on this machine only",
               file=sys.stderr)  # fmt: skip
     options = BakeOptions(
-        storage=storage,
+        storage=StorageAccess(storage) if storage else None,
         out_dir=args.out,
         work_root=args.work_root,
         cache_dir=args.cache_dir,
@@ -190,36 +190,20 @@ async def _janitor(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve() -> int:
-    from nats.errors import Error as NatsError
-    from pydantic import ValidationError
-
+def _serve() -> int:
     from kiln_builder.service.app import build
     from kiln_builder.service.settings import BuilderSettings
-    from kiln_common.grpc_server import serve_until_signalled
+    from kiln_common.grpc_server import service_main
 
-    try:
-        settings = BuilderSettings()
-    except ValidationError as exc:
-        print(f"kiln-builder: bad settings:\n{exc}", file=sys.stderr)
-        return 2
-    setup_logging(settings.log_level, "kiln-builder")
-    log = logging.getLogger("kiln_builder")
-    log.info("settings: %s", settings.public())
-    try:
-        app = await build(settings)
-    except (KilnError, OSError, NatsError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    app.start_worker()
-    await serve_until_signalled(app.grpc, settings.shutdown_grace, [app.stop])
-    return 0
+    return service_main("kiln-builder", BuilderSettings, build)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(os.environ.get("KILN_LOG_LEVEL", "WARNING"), "kiln-builder")
-    commands = {"bake": lambda: _bake(args), "janitor": lambda: _janitor(args), "serve": _serve}
+    if args.command == "serve":
+        return _serve()
+    commands = {"bake": lambda: _bake(args), "janitor": lambda: _janitor(args)}
     try:
         return asyncio.run(commands[args.command]())
     except RecipeError as exc:

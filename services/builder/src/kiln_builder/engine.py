@@ -31,6 +31,7 @@ from kiln_builder.pkgmap import map_packages
 from kiln_builder.resources import claim, keep, reclaim
 from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
+from kiln_builder.storage import StorageAccess
 from kiln_common.digests import file_sha256
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
@@ -85,7 +86,7 @@ class BakeOptions:
     work_root: Path
     cache_dir: Path
     build_id: str
-    storage: str | None = None  # the storage service sharing layers between builders
+    storage: StorageAccess | None = None  # the storage service sharing layers between builders
     publisher: str | None = None  # the publisher: marketplace and glance bases
     no_cache: bool = False
     cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_builder.storage import storage_client
+from kiln_builder.storage import StorageAccess
 from kiln_common.digests import file_sha256
 from kiln_common.errors import NotFound
 from kiln_common.proc import run
@@ -55,12 +55,12 @@ def prune_oldest(files: list[Path], max_bytes: int) -> list[Path]:
 class RemoteLayers:
     """Layers as artifacts in the storage service, labelled kiln-layer=STEP-KEY."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    def __init__(self, storage: StorageAccess) -> None:
+        self.storage = storage
         self._found: dict[str, pb.Artifact] = {}  # has() remembers, fetch() reuses
 
     async def _find(self, step: str, key: str) -> pb.Artifact | None:
-        async with storage_client(self.address) as client:
+        async with self.storage.client() as client:
             async for artifact in client.list({LABEL: f"{step}-{key}"}, page_size=1):
                 self._found[f"{step}-{key}"] = artifact
                 return artifact
@@ -73,13 +73,13 @@ class RemoteLayers:
         found = self._found.get(f"{step}-{key}") or await self._find(step, key)
         if found is None:
             raise NotFound(f"layer {step} {key[:12]} is not in storage")
-        async with storage_client(self.address) as client:
+        async with self.storage.client() as client:
             await client.get(found.id, dest)  # checks the SHA-256 the service recorded
         return found.checksums.sha256
 
     async def push(self, step: str, key: str, path: Path, sha256: str) -> None:
         labels = {"name": f"layer-{step}", LABEL: f"{step}-{key}", "format": "tar.zst"}
-        async with storage_client(self.address) as client:
+        async with self.storage.client() as client:
             await client.push(path, labels, sha256=sha256)
 
 

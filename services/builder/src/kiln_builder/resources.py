@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kiln_builder import cgroups
 from kiln_common.proc import ProcessError, process_start, run
+from kiln_common.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -39,25 +40,31 @@ async def loop_device(
         await detach(device)
 
 
+# A busy loop device or mount (a process that has not let go yet) is asked again.
+BUSY = RetryPolicy(attempts=RETRIES, initial=0.2, maximum=2.0, deadline=None,
+                   retry_on=(ProcessError,))  # fmt: skip
+
+
 async def detach(device: str) -> None:
     await run(["sync"])
-    for attempt in range(RETRIES):
+
+    async def once() -> bool:
         try:
             await run(["losetup", "-d", device])
         except ProcessError as exc:
-            if "No such device" in exc.output or "No such device or address" in exc.output:
-                return
-            if attempt == RETRIES - 1:
-                raise
-            await asyncio.sleep(0.2 * (attempt + 1))
-            continue
-        # The kernel detaches lazily; wait until the device is really free.
-        backing = Path(f"/sys/block/{Path(device).name}/loop/backing_file")
-        for _ in range(50):
-            if not backing.exists():
-                return
-            await asyncio.sleep(0.05)
+            if "No such device" in exc.output:  # detached already
+                return False
+            raise
+        return True
+
+    if not await BUSY.acall(once, f"detaching {device}"):
         return
+    # The kernel detaches lazily; wait until the device is really free.
+    backing = Path(f"/sys/block/{Path(device).name}/loop/backing_file")
+    for _ in range(50):
+        if not backing.exists():
+            return
+        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -141,20 +148,19 @@ async def mounted(source: str, target: Path, *options: str) -> AsyncIterator[Pat
 
 
 async def unmount(target: Path) -> None:
-    """Unmounts defensively: only if mounted, after a sync, retrying while busy."""
-    for attempt in range(RETRIES):
-        if not is_mounted(target):
-            return
-        await run(["sync"])
-        try:
+    """Unmounts defensively: only if mounted, after a sync, retrying while busy,
+    lazily in the end."""
+
+    async def once() -> None:
+        if is_mounted(target):
+            await run(["sync"])
             await run(["umount", target])
-            return
-        except ProcessError as exc:
-            if attempt == RETRIES - 1:
-                log.warning("%s stays busy; detaching it lazily: %s", target, exc)
-                await run(["umount", "-l", target])
-                return
-            await asyncio.sleep(0.2 * (attempt + 1))
+
+    try:
+        await BUSY.acall(once, f"unmounting {target}")
+    except ProcessError as exc:
+        log.warning("%s stays busy; detaching it lazily: %s", target, exc)
+        await run(["umount", "-l", target])
 
 
 def _mounts_under(root: Path) -> list[Path]:

@@ -1,12 +1,14 @@
-"""The builder's clients of the storage service, all under one retry policy.
+"""The builder's way to the storage service: an address and how long a call to
+it is retried. One value, handed to what needs it (the layer cache, base
+fetches, artifact uploads), so no module-wide policy is set behind anyone's back.
 
 How long a build waits for an unreachable storage service before its attempt
 fails (for a passing reason, so the build is retried later) is a setting of
-the builder service; it is applied here once at start, because the layer
-cache, base fetches and artifact uploads each open clients deep inside a build.
-"""
+the builder service (storage_retry_seconds)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from kiln_client import AsyncStorageClient
 from kiln_common.retry import RetryPolicy
@@ -19,14 +21,10 @@ def retry_policy(seconds: float) -> RetryPolicy:
     return RetryPolicy(attempts=1_000_000, deadline=seconds)
 
 
-_policy = retry_policy(DEFAULT_RETRY_SECONDS)
+@dataclass(frozen=True)
+class StorageAccess:
+    address: str  # host:port
+    retry_seconds: float = DEFAULT_RETRY_SECONDS
 
-
-def set_retry_seconds(seconds: float) -> None:
-    """Every later storage call is retried for at most this long."""
-    global _policy
-    _policy = retry_policy(seconds)
-
-
-def storage_client(address: str) -> AsyncStorageClient:
-    return AsyncStorageClient(address, policy=_policy)
+    def client(self) -> AsyncStorageClient:
+        return AsyncStorageClient(self.address, policy=retry_policy(self.retry_seconds))

@@ -15,6 +15,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from kiln_common.held import Held
+
 log = logging.getLogger(__name__)
 
 # Data travels in chunks of CHUNK_SIZE: large enough that per-message overhead
@@ -97,10 +99,13 @@ S = TypeVar("S", bound=ServiceSettings)
 
 
 class ServiceApp(Protocol):
-    """What a service's build() returns: its gRPC server and what to run at stop."""
+    """What a service's build() returns: its gRPC server, and what it holds
+    (released in reverse at stop)."""
 
-    grpc: GrpcServer
-    _cleanups: list[Callable[[], Awaitable[None]]]
+    @property
+    def grpc(self) -> GrpcServer: ...
+    @property
+    def held(self) -> Held: ...
 
 
 def service_main(
@@ -111,6 +116,7 @@ def service_main(
     """The body of a service's `main()`: settings from the environment (a bad
     one is a one-line error, exit 2), logging, then the service until SIGTERM
     (a start that fails with a KilnError exits 1)."""
+    from nats.errors import Error as NatsError
     from pydantic import ValidationError
 
     from kiln_common.errors import KilnError
@@ -126,11 +132,11 @@ def service_main(
 
     async def serve() -> None:
         app = await build(settings)
-        await serve_until_signalled(app.grpc, settings.shutdown_grace, app._cleanups[::-1])
+        await serve_until_signalled(app.grpc, settings.shutdown_grace, [app.held.aclose])
 
     try:
         asyncio.run(serve())
-    except KilnError as exc:
+    except (KilnError, OSError, NatsError) as exc:  # NATS or a port away, say
         log.error("cannot start: %s", exc)
         return 1
     return 0

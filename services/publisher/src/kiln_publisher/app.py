@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-from aiohttp import web
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncStorageClient
@@ -22,6 +21,7 @@ from kiln_common import jetstream
 from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
+from kiln_common.held import Held
 from kiln_common.outbox import Outbox
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
@@ -47,14 +47,12 @@ class PublisherApp:
     settings: PublisherSettings
     core: PublisherCore
     grpc: GrpcServer
+    held: Held
     http_port: int = 0
-    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def stop(self) -> None:
         await self.grpc.stop(self.settings.shutdown_grace)
-        while self._cleanups:
-            with contextlib.suppress(Exception):
-                await self._cleanups.pop()()
+        await self.held.aclose()
 
 
 def local_endorser(s: PublisherSettings) -> None:
@@ -165,27 +163,22 @@ async def _sweeper(core: PublisherCore, every: float, retire: str) -> None:
             log.exception("marketplace sweep failed")
 
 
-async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)
-
-
 async def build(settings: PublisherSettings) -> PublisherApp:
-    cleanups: list[Callable[[], Awaitable[None]]] = []
+    held = Held()
+    async with held.unwound_on_failure():
+        return await _build(settings, held)
+
+
+async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     nc = await jetstream.connect(settings.nats_url, default_source("kiln-publisher"))
-    cleanups.append(nc.drain)
+    held.close_with(nc.drain)
     js = nc.jetstream()
     await jetstream.mapped(lambda: ensure_stream(js, replicas=settings.nats_replicas))
     source = default_source("kiln-publisher")
     events = JetStreamPublisher(nc, js, source, Outbox(settings.outbox_dir, source))
-    cleanups.append(events.close)
+    held.close_with(events.close)
     storage = AsyncStorageClient(settings.storage)
-    cleanups.append(storage.close)
+    held.close_with(storage.close)
     if settings.local_endorser:
         local_endorser(settings)
     seen = keyring_state(settings)  # before loading: a change meanwhile is reloaded
@@ -207,14 +200,13 @@ async def build(settings: PublisherSettings) -> PublisherApp:
     def register(server: grpc.aio.Server) -> None:
         publisher_pb2_grpc.add_PublisherServicer_to_server(PublisherServicer(core), server)
 
-    app = PublisherApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
+    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register)
+    app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.
         http = make_app(market, core.locate)
-        runner, port = await start_http(http, settings.http_host, settings.http_port)
-        cleanups.append(runner.cleanup)
-        app.http_port = port
-        log.info("marketplace on http://%s:%d/", settings.http_host, port)
+        app.http_port = await held.http(http, settings.http_host, settings.http_port)
+        log.info("marketplace on http://%s:%d/", settings.http_host, app.http_port)
     jobs: list[Coroutine[Any, Any, None]] = [
         _sweeper(core, settings.sweep_interval_seconds, settings.retire_action)
     ]
@@ -222,15 +214,5 @@ async def build(settings: PublisherSettings) -> PublisherApp:
         jobs.append(autopublish.run(core, js))
     if market is not None and settings.keyring_reload_seconds:
         jobs.append(_keyring_watcher(settings, core, market, seen))
-    tasks = [asyncio.create_task(job) for job in jobs]
-
-    async def stop_tasks() -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    cleanups.append(stop_tasks)
-    app._cleanups = cleanups
+    held.run(*jobs)
     return app

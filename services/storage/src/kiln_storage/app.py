@@ -4,10 +4,9 @@ download HTTP server, janitor and gRPC server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from datetime import timedelta
 
 import grpc
@@ -16,11 +15,13 @@ from minio import Minio
 from kiln_api.storage.v1 import storage_pb2, storage_pb2_grpc
 from kiln_common.events import JetStreamPublisher, NoEvents, Publisher, default_source
 from kiln_common.grpc_server import GrpcServer
+from kiln_common.held import Held
+from kiln_common.retry import RetryPolicy
 from kiln_storage.backends import ObjectStore
 from kiln_storage.backends.fs import FilesystemStore
 from kiln_storage.backends.s3 import S3Store, make_http_client
 from kiln_storage.core import CoreConfig, StorageCore
-from kiln_storage.http import make_app, start_http
+from kiln_storage.http import make_app
 from kiln_storage.servicer import StorageServicer
 from kiln_storage.settings import StorageSettings
 from kiln_storage.urls import HmacSigner, load_or_create_key
@@ -48,19 +49,17 @@ def make_s3_store(s: StorageSettings) -> S3Store:
 
 @dataclass
 class StorageApp:
-    """The running pieces; stop() undoes start() in reverse."""
+    """The running pieces; stop() releases what build() took, in reverse."""
 
     settings: StorageSettings
     core: StorageCore
     grpc: GrpcServer
+    held: Held
     http_port: int = 0
-    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def stop(self) -> None:
         await self.grpc.stop(self.settings.shutdown_grace)
-        while self._cleanups:
-            with contextlib.suppress(Exception):
-                await self._cleanups.pop()()
+        await self.held.aclose()
 
 
 async def _janitor(core: StorageCore, every: float) -> None:
@@ -76,18 +75,19 @@ async def _index_rebuild(core: StorageCore, retry: float) -> None:
     """Indexes the records of a store written before the index existed, once
     (a single HEAD of index/ready when it is done already). Until it has,
     listing reads every record instead, so the service serves meanwhile."""
-    while True:
-        try:
-            await core.rebuild_index()
-            return
-        except Exception:
-            log.exception("index rebuild failed; retrying in %.0f s", retry)
-        await asyncio.sleep(retry)
+    policy = RetryPolicy(attempts=sys.maxsize, initial=retry, maximum=retry, deadline=None,
+                         retry_on=(Exception,))  # fmt: skip
+    await policy.acall(core.rebuild_index, "the index rebuild")
 
 
 async def build(settings: StorageSettings) -> StorageApp:
     """Creates every piece except the gRPC listener, which start() opens."""
-    cleanups: list[Callable[[], Awaitable[None]]] = []
+    held = Held()
+    async with held.unwound_on_failure():
+        return await _build(settings, held)
+
+
+async def _build(settings: StorageSettings, held: Held) -> StorageApp:
     store: ObjectStore
     if settings.backend == "s3":
         s3 = make_s3_store(settings)
@@ -101,7 +101,7 @@ async def build(settings: StorageSettings) -> StorageApp:
             settings.nats_url, default_source("kiln-storage"), settings.outbox_dir,
             replicas=settings.nats_replicas,
         )  # fmt: skip
-        cleanups.append(events.close)
+        held.close_with(events.close)
     else:
         log.warning("no nats_url set: artifact events are not published")
     config = CoreConfig(
@@ -114,7 +114,8 @@ async def build(settings: StorageSettings) -> StorageApp:
     def register(server: grpc.aio.Server) -> None:
         storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(core), server)
 
-    app = StorageApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
+    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register)
+    app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
         secret = settings.url_signing_key
         key = (
@@ -123,26 +124,14 @@ async def build(settings: StorageSettings) -> StorageApp:
             else load_or_create_key(settings.fs_root / ".url-signing-key")
         )
         signer = HmacSigner(key)
-        runner, port = await start_http(
-            make_app(core, store, signer), settings.http_host, settings.http_port
-        )
-        cleanups.append(runner.cleanup)
+        http = make_app(core, store, signer)
+        port = await held.http(http, settings.http_host, settings.http_port)
         signer.base_url = (settings.public_url or f"http://{settings.http_host}:{port}").rstrip("/")
         core.signer = signer
         app.http_port = port
         log.info("download HTTP server on %s", signer.base_url)
-    tasks = [
-        asyncio.create_task(_janitor(core, settings.janitor_interval_seconds)),
-        asyncio.create_task(_index_rebuild(core, INDEX_RETRY_SECONDS)),
-    ]
-
-    async def stop_tasks() -> None:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    cleanups.append(stop_tasks)
-    app._cleanups = cleanups
+    held.run(
+        _janitor(core, settings.janitor_interval_seconds),
+        _index_rebuild(core, INDEX_RETRY_SECONDS),
+    )
     return app

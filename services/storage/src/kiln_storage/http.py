@@ -53,14 +53,3 @@ def make_app(core: StorageCore, store: FilesystemStore, signer: HmacSigner) -> w
     app.router.add_route("HEAD", "/artifacts/{id}/{name}", artifact)
     app.router.add_get("/healthz", healthz)
     return app
-
-
-async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, int(bound)

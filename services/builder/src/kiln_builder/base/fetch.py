@@ -13,7 +13,7 @@ from kiln_builder.base import marketplace, published
 from kiln_builder.base.download import Base, FetchLimits, fetch_url
 from kiln_builder.egress import Route
 from kiln_builder.layers import prune_oldest
-from kiln_builder.storage import storage_client
+from kiln_builder.storage import StorageAccess
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe.schema import ImageRef
 
@@ -35,7 +35,7 @@ async def fetch_base(
     cache_dir: Path,
     work: Path,
     *,
-    storage: str | None,
+    storage: StorageAccess | None,
     publisher: str | None = None,
     limits: FetchLimits = DEFAULT_LIMITS,
     route: Route | None = None,
@@ -58,13 +58,13 @@ async def fetch_base(
     return Base(path, sha256, source, fetched)
 
 
-async def fetch_artifact(artifact_id: str, work: Path, storage: str | None) -> Base:
+async def fetch_artifact(artifact_id: str, work: Path, storage: StorageAccess | None) -> Base:
     if storage is None:
         raise FailedPrecondition(
             "from.image.artifact needs the storage service: give the builder its address"
         )
     dest = work / "base.download"
-    async with storage_client(storage) as client:
+    async with storage.client() as client:
         # get() checks the bytes against the SHA-256 the service recorded.
         artifact = await client.get(artifact_id, dest)
     return Base(dest, artifact.checksums.sha256, f"artifact:{artifact_id}", artifact.size)

@@ -5,9 +5,8 @@ Before the worker takes a build, the janitor reclaims what dead builds left."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -21,10 +20,10 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
-from kiln_builder.storage import set_retry_seconds as set_storage_retry_seconds
 from kiln_common import jetstream
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
+from kiln_common.held import Held
 from kiln_common.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -37,49 +36,46 @@ class BuilderApp:
     settings: BuilderSettings
     core: BuilderCore
     grpc: GrpcServer
+    held: Held
     worker: Worker | None = None
-    _worker_task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def start_worker(self) -> None:
-        if self.worker is not None:
-            self._worker_task = asyncio.create_task(self.worker.run())
 
     async def stop(self) -> None:
-        """Hands running builds back to the queue, then closes everything."""
+        """Stops the API, hands running builds back to the queue, then closes
+        everything (the outbox is sent first, while NATS is there)."""
         await self.grpc.stop(self.settings.shutdown_grace)
-        if self.worker is not None:
-            await self.worker.shutdown()
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker_task
-        if self.core.index is not None:
-            await self.core.index.stop()
-        with contextlib.suppress(Exception):
-            await self.core.events.close()  # sends the outbox first, while it can
-        with contextlib.suppress(Exception):
-            await self.core.nats.nc.drain()
+        await self.held.aclose()
 
 
 async def build(settings: BuilderSettings) -> BuilderApp:
-    set_storage_retry_seconds(settings.storage_retry_seconds)
+    """The service, its worker running (unless settings.worker is off)."""
+    held = Held()
+    async with held.unwound_on_failure():
+        return await _build(settings, held)
+
+
+async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     nc = await jetstream.connect(settings.nats_url, settings.name())
+    held.close_with(nc.drain)  # released last: the others below need it
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
     shared = await Nats.open(nc, policy, settings.nats_replicas)
     await ensure_stream(shared.js, replicas=settings.nats_replicas)
     outbox = Outbox(settings.outbox_dir, settings.name())
     events = JetStreamPublisher(nc, shared.js, default_source("kiln-builder"), outbox)
+    held.close_with(events.close)  # sends the outbox first, while it can
     index = BuildIndex(shared.js, shared.records.builds, BUILDS_BUCKET)
     index.start()
+    held.close_with(index.stop)
     core = BuilderCore(shared, events, index)
 
     def register(server: grpc.aio.Server) -> None:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
 
-    app = BuilderApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register))
+    app = BuilderApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register), held)
     if settings.worker:
         await _prepare_worker(settings)
         app.worker = Worker(core, settings)
+        held.run(app.worker.run())
+        held.close_with(app.worker.shutdown)  # before the task is cancelled: builds go back
     return app
 
 

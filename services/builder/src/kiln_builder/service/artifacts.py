@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.engine import BaseImage
-from kiln_builder.storage import storage_client
+from kiln_builder.storage import StorageAccess
 
 KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
@@ -33,8 +33,8 @@ class Upload:
 
 
 class BuildArtifacts:
-    def __init__(self, address: str, build_id: str, attempt: int) -> None:
-        self.address = address
+    def __init__(self, storage: StorageAccess, build_id: str, attempt: int) -> None:
+        self.storage = storage
         self.build_id = build_id
         self.attempt = attempt
         self.stop = asyncio.Event()  # set: uploads in flight abort
@@ -55,7 +55,7 @@ class BuildArtifacts:
         self, upload: Upload, name: str, version: str, progress: Callable[[int], None]
     ) -> bpb.BuildArtifact:
         labels = self._labels(name, version, upload)
-        async with storage_client(self.address) as client:
+        async with self.storage.client() as client:
             stored = await client.push(upload.path, labels, progress=progress, stop=self.stop)
             url = await client.url(stored.id, URL_SECONDS)
         return bpb.BuildArtifact(
@@ -73,7 +73,7 @@ class BuildArtifacts:
         """Deletes this build's artifacts: all of them, those of earlier (or
         other) attempts, or this attempt's. Returns how many."""
         removed = 0
-        async with storage_client(self.address) as client:
+        async with self.storage.client() as client:
             found = [a async for a in client.list({"build-id": self.build_id})]
             for artifact in found:
                 mine = artifact.labels.get(ATTEMPT_LABEL) == str(self.attempt)

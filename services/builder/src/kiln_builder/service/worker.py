@@ -33,6 +33,7 @@ from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
 from kiln_builder.service.settings import BuilderSettings
+from kiln_builder.storage import StorageAccess
 from kiln_common import jetstream, lifecycle
 from kiln_common.errors import KilnError, Unavailable
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
@@ -67,6 +68,7 @@ class Worker:
         self.nats = core.nats
         self.settings = settings
         self.name = settings.name()
+        self._storage = StorageAccess(settings.storage, settings.storage_retry_seconds)
         self.jobs: dict[str, Job] = {}
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -211,7 +213,7 @@ class Worker:
                 return
             log_file = workspace / f"{build.name}-{build.version}.build.log"
             job.reporter = BuildReporter(self.nats, self.core.events, build, log_file)
-            job.artifacts = BuildArtifacts(self.settings.storage, job.build_id, job.attempt)
+            job.artifacts = BuildArtifacts(self._storage, job.build_id, job.attempt)
             job.task = asyncio.create_task(self._build(job, build, workspace))
             if job.why_stopped:  # asked to stop before the task existed
                 job.task.cancel()
@@ -281,7 +283,7 @@ class Worker:
                 work_root=workspace,
                 cache_dir=self.settings.cache_dir,
                 build_id=f"{job.build_id}-{job.attempt}",
-                storage=self.settings.storage,
+                storage=self._storage,
                 publisher=self.settings.publisher or None,
                 no_cache=build.no_cache,
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
