@@ -27,7 +27,7 @@ version: "1"
 from:
   bootstrap: {distro: debian, release: bookworm}
 files:
-  - {path: /etc/kiln-guest-marker, content: "MARKER\n"}
+  - {path: /etc/kiln-guest-marker, content: "MARKER\\n"}
 disk: {size: 2GiB}
 outputs: [qcow2]
 test:
