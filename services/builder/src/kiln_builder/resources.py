@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -109,25 +108,6 @@ def _make_node(name: str) -> bool:
         return False
     log.warning("made the missing device node %s (%d:%d)", name, major, minor)
     return True
-
-
-@contextlib.asynccontextmanager
-async def file_lock(path: Path, poll: float = 0.5) -> AsyncIterator[None]:
-    """An exclusive flock on path, waited for without blocking the event loop
-    (and so given up at once if the waiter is cancelled): one builder of a node
-    makes a shared thing (a downloaded base, the appliance); the others wait."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:  # noqa: ASYNC230 - creating an empty file does not block
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(poll)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_mounted(target: Path) -> bool:

@@ -9,13 +9,14 @@ free), so a builder killed while NATS was away loses none of its events."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import time
 from collections import deque
 from pathlib import Path
 from typing import IO
+
+from kiln_common.filelock import try_lock
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 LOCK = ".lock"
@@ -37,7 +38,7 @@ class Outbox:
     def _adopt(self, root: Path) -> None:
         assert self._dir is not None
         for other in sorted(p for p in root.iterdir() if p.is_dir() and p != self._dir):
-            lock = _try_lock(other)
+            lock = try_lock(other / LOCK)
             if lock is None:
                 continue  # its owner is alive
             try:
@@ -99,17 +100,7 @@ def _claim(root: Path, name: str) -> tuple[Path, IO[str]]:
     for n in range(1000):
         directory = root / (name if n == 0 else f"{name}.{n}")
         directory.mkdir(parents=True, exist_ok=True)
-        lock = _try_lock(directory)
+        lock = try_lock(directory / LOCK)
         if lock is not None:
             return directory, lock
     raise RuntimeError(f"no free outbox for {name} under {root}")
-
-
-def _try_lock(directory: Path) -> IO[str] | None:
-    handle = open(directory / LOCK, "a")  # noqa: SIM115 - held for the outbox's life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle

@@ -19,8 +19,8 @@ from kiln_builder.appliance import initramfs
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.pkgmap import map_packages
-from kiln_builder.resources import file_lock
 from kiln_common.errors import FailedPrecondition
+from kiln_common.filelock import file_lock
 from kiln_common.proc import run
 from kiln_recipe.loader import load_recipe
 

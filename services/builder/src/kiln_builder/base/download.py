@@ -27,9 +27,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from kiln_builder.egress import EgressRefused, Route, parse_url
-from kiln_builder.resources import file_lock
 from kiln_common.digests import file_digests
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, Unavailable
+from kiln_common.filelock import file_lock
 
 log = logging.getLogger(__name__)
 

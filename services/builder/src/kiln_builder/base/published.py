@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
-from kiln_builder.resources import file_lock
 from kiln_client import AsyncPublisherClient
 from kiln_common.digests import Digests
 from kiln_common.errors import FailedPrecondition
+from kiln_common.filelock import file_lock
 from kiln_recipe.schema import ImageRef
 
 log = logging.getLogger(__name__)
