@@ -14,7 +14,8 @@ from support import storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_common.events import JetStreamPublisher
-from kiln_publisher.market import ImageFacts, Keyring, Market, generate_endorser
+from kiln_market import ImageFacts, Keyring, generate_endorser
+from kiln_publisher.market import Market
 
 ENDORSER = "ops@example.org"
 

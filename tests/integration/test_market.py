@@ -30,15 +30,9 @@ from kiln_client.storage import AsyncStorageClient
 from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
 from kiln_common.jetstream import kv_keys
+from kiln_market import Entry, ImageFacts, Rejected, verify
 from kiln_publisher.app import build
-from kiln_publisher.market import (
-    Entry,
-    ImageFacts,
-    Query,
-    Rejected,
-    make_app,
-    verify,
-)
+from kiln_publisher.market import Query, make_app
 from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration

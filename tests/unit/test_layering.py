@@ -1,6 +1,7 @@
 """Which package may import which: the CLI is a leaf (nothing imports it),
-the client library and the recipe serve everyone, and the services share only
-kiln_common, kiln_client and kiln_recipe."""
+the client library, the recipe and the marketplace's entry serve everyone, and
+the services share only kiln_common, kiln_client, kiln_recipe and kiln_market:
+no service imports another (the CLI does not import the publisher)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,16 @@ ALLOWED = {
     "kiln_common": {"kiln_api", "kiln_common"},
     "kiln_client": {"kiln_api", "kiln_common", "kiln_client"},
     "kiln_recipe": {"kiln_api", "kiln_common", "kiln_recipe"},
+    "kiln_market": {"kiln_common", "kiln_market"},
     "kiln_storage": {"kiln_api", "kiln_common", "kiln_storage"},
     "kiln_builder": {"kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_builder"},
-    "kiln_cli": {"kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_cli"},
-}
+    "kiln_publisher": {
+        "kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_market", "kiln_publisher",
+    },
+    "kiln_cli": {
+        "kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_market", "kiln_cli",
+    },
+}  # fmt: skip
 FIRST_PARTY = set(ALLOWED) | {"kiln_api"}
 
 
@@ -47,3 +54,22 @@ def test_each_package_imports_only_what_it_may(package: str) -> None:
 def test_benchmarks_do_not_import_the_cli() -> None:
     wrong = [p for p in (REPO / "bench").rglob("*.py") if "kiln_cli" in imported(p)]
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_each_package_declares_the_kiln_packages_it_imports_and_no_more(package: str) -> None:
+    """Installing a package pulls in what its pyproject declares: the CLI that
+    declared kiln-publisher brought openstacksdk and aiohttp along."""
+    import tomllib
+
+    (pyproject,) = (REPO / "services").glob(f"*/src/{package}/../../pyproject.toml")
+    declared = {
+        dep.replace("-", "_")
+        for dep in tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+        if dep.startswith("kiln-")
+    }
+    used: set[str] = set()
+    for path in (REPO / "services").glob(f"*/src/{package}/**/*.py"):
+        used |= imported(path)
+    used = {"kiln_common" if name == "kiln_api" else name for name in used} - {package}
+    assert declared == used

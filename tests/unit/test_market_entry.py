@@ -10,7 +10,7 @@ import pytest
 from market_support import facts_for
 
 from kiln_common.errors import InvalidArgument
-from kiln_publisher.market import Endorser, Entry, identifier_for, new_entry
+from kiln_market import Endorser, Entry, identifier_for, new_entry
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 ENDORSER = Endorser("ops@example.org", "kid")

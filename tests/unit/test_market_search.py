@@ -9,7 +9,8 @@ import pytest
 from market_support import ENDORSER, endorser_ring, facts_for
 
 from kiln_common.errors import InvalidArgument
-from kiln_publisher.market import Endorser, Entry, Query, new_entry, sign
+from kiln_market import Endorser, Entry, new_entry, sign
+from kiln_publisher.market import Query
 from kiln_publisher.market.catalogue import render_catalogue
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ import pytest
 from market_support import ENDORSER, endorser_ring, facts_for, public_only
 
 from kiln_common.errors import InvalidArgument, NotFound
-from kiln_publisher.market import (
+from kiln_market import (
     Endorser,
     Entry,
     Keyring,

@@ -15,7 +15,7 @@ from market_support import ENDORSER, endorser_ring, facts_for
 from kiln_cli.publish_cmd import PublishUsageError, cmd_verify, newest_for
 from kiln_client.discovery import NotRunning
 from kiln_common.errors import Unavailable
-from kiln_publisher.market import Endorser, Entry, Keyring, Rejected, SignedEntry, new_entry, sign
+from kiln_market import Endorser, Entry, Keyring, Rejected, SignedEntry, new_entry, sign
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 

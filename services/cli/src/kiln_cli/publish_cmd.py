@@ -28,7 +28,7 @@ from kiln_client.publisher import Marketplace, publish_request
 from kiln_common import stack
 from kiln_common.errors import NotFound, Unavailable
 from kiln_common.retry import RetryPolicy
-from kiln_publisher.market import Entry, Keyring, Rejected, verify
+from kiln_market import Entry, Keyring, Rejected, verify
 
 STATE_WORDS = {pb.STATE_PENDING: "pending", pb.STATE_RUNNING: "running"}
 STATE_WORDS |= {pb.STATE_DONE: "done", pb.STATE_FAILED: "failed"}

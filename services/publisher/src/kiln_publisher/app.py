@@ -23,17 +23,11 @@ from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
+from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
-from kiln_publisher.market import (
-    Keyring,
-    Market,
-    generate_endorser,
-    keyring_files,
-    make_app,
-    write_keyring,
-)
+from kiln_publisher.market import Market, make_app
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 

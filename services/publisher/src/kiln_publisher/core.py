@@ -24,9 +24,10 @@ from kiln_common import jetstream
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
+from kiln_market import Entry, SignedEntry
 from kiln_publisher import facts
 from kiln_publisher.glance import GlancePublisher, GlanceTarget
-from kiln_publisher.market import Entry, Market, Query, SignedEntry
+from kiln_publisher.market import Market, Query
 from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish

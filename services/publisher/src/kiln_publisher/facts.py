@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_common.errors import FailedPrecondition, InvalidArgument
+from kiln_market import ImageFacts
 from kiln_publisher.glance import ImageSource
-from kiln_publisher.market import ImageFacts
 from kiln_recipe.schema import Publish
 
 # Debian's architecture names to the ones Glance's `architecture` property uses.

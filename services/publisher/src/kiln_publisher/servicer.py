@@ -13,10 +13,11 @@ from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
 from kiln_common.digests import Digests
 from kiln_common.errors import DataLoss, InvalidArgument
 from kiln_common.grpc_errors import servicer
+from kiln_market import SignedEntry
+from kiln_market.entry import parse_time
 from kiln_publisher import facts
 from kiln_publisher.core import PublisherCore, Request
-from kiln_publisher.market import Query, SignedEntry
-from kiln_publisher.market.entry import parse_time
+from kiln_publisher.market import Query
 from kiln_publisher.model import DONE, FAILED, PENDING, RUNNING, Publication, Result
 from kiln_recipe.schema import Publish
 

@@ -8,9 +8,9 @@ from datetime import datetime
 from html import escape
 from urllib.parse import urlparse
 
-from kiln_publisher.market.entry import STATUSES
+from kiln_market.entry import STATUSES
+from kiln_market.signing import SignedEntry
 from kiln_publisher.market.links import links
-from kiln_publisher.market.signing import SignedEntry
 from kiln_publisher.market.store import Query
 
 _STYLE = """

@@ -16,10 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from kiln_common.errors import InvalidArgument, KilnError, NotFound, Unavailable
+from kiln_market.entry import Entry
+from kiln_market.signing import SignedEntry
 from kiln_publisher.market.catalogue import render_catalogue
-from kiln_publisher.market.entry import Entry
 from kiln_publisher.market.links import API, links
-from kiln_publisher.market.signing import SignedEntry
 from kiln_publisher.market.store import Market, Query
 
 log = logging.getLogger(__name__)

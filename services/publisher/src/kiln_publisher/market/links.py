@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from kiln_publisher.market.entry import Entry
+from kiln_market.entry import Entry
 
 API = "/api/v1/entries"
 

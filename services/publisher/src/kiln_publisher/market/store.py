@@ -23,7 +23,7 @@ from nats.js.kv import KeyValue
 from kiln_common import jetstream
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
-from kiln_publisher.market.entry import (
+from kiln_market.entry import (
     DEFAULT_VALIDITY,
     STATUSES,
     Endorser,
@@ -32,8 +32,8 @@ from kiln_publisher.market.entry import (
     check_identifier,
     new_entry,
 )
-from kiln_publisher.market.keys import Keyring
-from kiln_publisher.market.signing import Rejected, SignedEntry, sign, verify
+from kiln_market.keys import Keyring
+from kiln_market.signing import Rejected, SignedEntry, sign, verify
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from kiln_common.errors import FailedPrecondition, InvalidArgument
-from kiln_publisher.market.entry import Entry
-from kiln_publisher.market.keys import EndorserKey, Keyring
+from kiln_market.entry import Entry
+from kiln_market.keys import EndorserKey, Keyring
 
 ALGORITHM = "Ed25519"
 TYPE = "kiln-market-entry+jws"
