@@ -47,7 +47,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     -c requirements/constraints.txt -r requirements/dev.in
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
     -e services/common -e services/client -e services/recipe -e services/storage \
-    -e services/market -e services/cli -e services/builder -e services/publisher
+    -e services/market -e services/devstack -e services/cli -e services/builder -e services/publisher
   echo "$want" >"$stamp"
 fi
 echo "setup: ready (.venv/bin/kiln)"

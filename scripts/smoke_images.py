@@ -31,8 +31,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_client import ClientError, PublisherClient, StorageClient
-from kiln_common.devservers import ServerError, free_port, start_nats, stopping
 from kiln_common.proc import ProcessError, run_sync
+from kiln_devstack.devservers import ServerError, free_port, start_nats, stopping
 
 ROOT = Path(__file__).resolve().parent.parent
 KILN_CONF = ROOT / ".cache/images/containers.conf"

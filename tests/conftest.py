@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from support import CACHE_MAX_GIB, REPO
 
-from kiln_common.devservers import (
+from kiln_devstack.devservers import (
     Glance,
     Keystone,
     Nats,

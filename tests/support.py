@@ -27,9 +27,9 @@ import pytest
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2_grpc
-from kiln_common.devservers import Seaweed
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import run_sync
+from kiln_devstack.devservers import Seaweed
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -299,7 +299,7 @@ def kill_part(home: Path, part: str) -> int:
     """SIGKILLs one part of the `kiln up` stack under home (nats, storage or
     builder), as a crash would; returns its pid once it is gone."""
     from kiln_common.proc import pid_alive
-    from kiln_common.stack import Stack
+    from kiln_devstack.stack import Stack
 
     stack = Stack.load(home)
     assert stack is not None, f"no stack under {home}"
@@ -312,7 +312,7 @@ def kill_part(home: Path, part: str) -> int:
 def restart_dead_parts(env: dict[str, str]) -> dict[str, int]:
     """`kiln up` on a stack with dead parts: they start again on their ports.
     Returns the stack's pids afterwards."""
-    from kiln_common.stack import Stack
+    from kiln_devstack.stack import Stack
 
     kiln(env, "up", timeout=180)
     stack = Stack.load(Path(env["KILN_HOME"]))

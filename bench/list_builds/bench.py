@@ -31,10 +31,10 @@ from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_builder.service.app import build
 from kiln_builder.service.records import BuildRecords
 from kiln_builder.service.settings import BuilderSettings
-from kiln_common.devservers import start_nats, stopping
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.ids import new_id
 from kiln_common.lifecycle import now
+from kiln_devstack.devservers import start_nats, stopping
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["web", "db", "cache", "edge"]

@@ -127,7 +127,8 @@ def main() -> int:
         return 0
 
     from kiln_client import StorageClient
-    from kiln_common.devservers import (
+    from kiln_common.proc import run_sync, spawn
+    from kiln_devstack.devservers import (
         free_port,
         start_glance,
         start_keystone,
@@ -135,7 +136,6 @@ def main() -> int:
         wait_grpc_health,
         write_clouds_yaml,
     )
-    from kiln_common.proc import run_sync, spawn
 
     base = Path(tempfile.mkdtemp(prefix="kiln-bench-publish-", dir=os.environ.get("BENCH_DIR")))
     schemas = REPO / ".cache" / "openstack"

@@ -36,10 +36,10 @@ import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
-from kiln_common import stack as kiln_stack
-from kiln_common.devservers import free_port
 from kiln_common.events import from_json
 from kiln_common.proc import stop_pid
+from kiln_devstack import stack as kiln_stack
+from kiln_devstack.devservers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench/results/queue.json"

@@ -41,12 +41,12 @@ import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
-from kiln_common import stack as kiln_stack
-from kiln_common.devservers import free_port
 from kiln_common.events import STREAM, from_json
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import stop_pid
 from kiln_common.retry import RetryPolicy
+from kiln_devstack import stack as kiln_stack
+from kiln_devstack.devservers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench/results/soak.json"

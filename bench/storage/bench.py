@@ -24,7 +24,7 @@ from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_client import StorageClient
-from kiln_common.devservers import free_port, start_seaweed, stopping, wait_grpc_health
+from kiln_devstack.devservers import free_port, start_seaweed, stopping, wait_grpc_health
 
 MiB = 1024 * 1024
 PART = 16 * MiB

@@ -37,10 +37,10 @@ from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
-from kiln_common.devservers import Seaweed, free_port, start_seaweed, stopping, wait_grpc_health
 from kiln_common.events import NoEvents
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.ids import new_id
+from kiln_devstack.devservers import Seaweed, free_port, start_seaweed, stopping, wait_grpc_health
 from kiln_storage.backends import ObjectStore
 from kiln_storage.backends.fs import FilesystemStore
 from kiln_storage.backends.s3 import S3Store, make_http_client

@@ -21,11 +21,11 @@ from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
-from kiln_common.devservers import free_port
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import pid_alive, stop_pid
-from kiln_common.stack import Stack
-from kiln_common.stack import start_builder as stack_start_builder
+from kiln_devstack.devservers import free_port
+from kiln_devstack.stack import Stack
+from kiln_devstack.stack import start_builder as stack_start_builder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 

@@ -38,10 +38,10 @@ from support import (
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import BuilderClient, StorageClient
-from kiln_common.devservers import free_port, start_nats
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import stop_pid
-from kiln_common.stack import Stack, start_builder
+from kiln_devstack.devservers import free_port, start_nats
+from kiln_devstack.stack import Stack, start_builder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 

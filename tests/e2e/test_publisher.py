@@ -26,10 +26,10 @@ from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
 from kiln_common import jetstream
-from kiln_common.devservers import Glance
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
-from kiln_common.stack import Stack
+from kiln_devstack.devservers import Glance
+from kiln_devstack.stack import Stack
 from kiln_publisher.core import PUBLICATIONS_BUCKET
 from kiln_publisher.model import RUNNING, Publication, Result
 from kiln_recipe.schema import ImageRef

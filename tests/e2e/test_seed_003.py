@@ -26,7 +26,7 @@ from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_client import StorageClient
 from kiln_common.proc import run_sync
-from kiln_common.stack import Stack
+from kiln_devstack.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 

@@ -17,7 +17,7 @@ from support import s3_settings
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
-from kiln_common.devservers import Nats, Seaweed, free_port, wait_grpc_health
+from kiln_devstack.devservers import Nats, Seaweed, free_port, wait_grpc_health
 
 pytestmark = pytest.mark.e2e
 

@@ -25,10 +25,10 @@ from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_api.publisher.v1 import publisher_pb2_grpc as ppb_grpc
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_api.storage.v1 import storage_pb2_grpc as spb_grpc
-from kiln_common.devservers import free_port, start_nats
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.proc import stop_pid
-from kiln_common.stack import Stack, start_builder, start_publisher, start_storage
+from kiln_devstack.devservers import free_port, start_nats
+from kiln_devstack.stack import Stack, start_builder, start_publisher, start_storage
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_builder.service import queue
 from kiln_builder.service.app import build
 from kiln_builder.service.settings import BuilderSettings
-from kiln_common.devservers import Nats
 from kiln_common.events import STREAM as EVENTS
 from kiln_common.grpc_server import CHANNEL_OPTIONS
+from kiln_devstack.devservers import Nats
 
 pytestmark = pytest.mark.integration
 

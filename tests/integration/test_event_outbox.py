@@ -14,9 +14,9 @@ import nats
 import pytest
 
 from kiln_client.storage import AsyncStorageClient
-from kiln_common.devservers import Nats, port_of, start_nats, stopping
 from kiln_common.events import STREAM, JetStreamPublisher, from_json
 from kiln_common.outbox import Outbox
+from kiln_devstack.devservers import Nats, port_of, start_nats, stopping
 
 if TYPE_CHECKING:
     from conftest import StorageFactory

@@ -18,16 +18,16 @@ import aiohttp
 import pytest
 from support import ImageServer, await_until, glance_images
 
-from kiln_common.devservers import (
+from kiln_common.errors import DataLoss, NotFound, Unavailable
+from kiln_common.proc import run_sync
+from kiln_common.retry import RetryPolicy
+from kiln_devstack.devservers import (
     Glance,
     Keystone,
     free_port,
     register_image_endpoint,
     write_clouds_yaml,
 )
-from kiln_common.errors import DataLoss, NotFound, Unavailable
-from kiln_common.proc import run_sync
-from kiln_common.retry import RetryPolicy
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
 from kiln_publisher.glance.api import GlanceApi, config
 from kiln_publisher.glance.publisher import _create_body

@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from kiln_common import jetstream
-from kiln_common.devservers import Nats
+from kiln_devstack.devservers import Nats
 
 pytestmark = pytest.mark.integration
 

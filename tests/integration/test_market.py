@@ -27,9 +27,9 @@ from support import await_until, events_about, payload, storage_stub
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli.publish_cmd import cmd_verify
 from kiln_client.storage import AsyncStorageClient
-from kiln_common.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_common.errors import FailedPrecondition, NotFound
 from kiln_common.jetstream import kv_keys
+from kiln_devstack.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_market import Entry, ImageFacts, Rejected, verify
 from kiln_publisher.app import build
 from kiln_publisher.market import Query, make_app

@@ -31,9 +31,9 @@ from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_builder.base.download import NoGoodLocation
 from kiln_builder.base.fetch import fetch_base
 from kiln_builder.engine import Bake, BakeOptions
-from kiln_common.devservers import Nats, free_port
 from kiln_common.errors import FailedPrecondition, NotFound
 from kiln_common.proc import run_sync
+from kiln_devstack.devservers import Nats, free_port
 from kiln_publisher.app import build
 from kiln_publisher.market import Market
 from kiln_publisher.settings import PublisherSettings

@@ -18,9 +18,9 @@ from support import await_until, events_about, glance_images
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import AsyncStorageClient
 from kiln_common import jetstream
-from kiln_common.devservers import Glance, Nats
 from kiln_common.ids import new_id
 from kiln_common.proc import run
+from kiln_devstack.devservers import Glance, Nats
 from kiln_publisher.app import PublisherApp, build, sweep_once
 from kiln_publisher.core import PUBLICATIONS_BUCKET, Request, record_key
 from kiln_publisher.model import DONE, Publication

@@ -33,9 +33,9 @@ from kiln_builder.sandbox import (
     SandboxPolicy,
     run_in,
 )
-from kiln_common.devservers import Nats
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import ProcessError, ProcessTimeout, run_sync
+from kiln_devstack.devservers import Nats
 
 if TYPE_CHECKING:
     from conftest import StorageFactory, TestRootfs  # the fixtures' types

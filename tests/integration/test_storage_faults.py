@@ -18,8 +18,8 @@ import pytest
 from support import payload, s3_settings
 
 from kiln_client import AsyncStorageClient
-from kiln_common.devservers import start_seaweed, stopping
 from kiln_common.retry import RetryPolicy
+from kiln_devstack.devservers import start_seaweed, stopping
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_client.storage import AsyncStorageClient, StopFlag, UploadPlan
-from kiln_common.devservers import Nats
 from kiln_common.events import STREAM, from_json
+from kiln_devstack.devservers import Nats
 
 pytestmark = pytest.mark.integration
 

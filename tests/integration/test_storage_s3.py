@@ -15,9 +15,9 @@ from support import payload, s3_client, s3_settings, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_client import AsyncStorageClient
-from kiln_common.devservers import Seaweed, free_port, start_seaweed, stopping
 from kiln_common.proc import run, stop_pid
 from kiln_common.retry import RetryPolicy
+from kiln_devstack.devservers import Seaweed, free_port, start_seaweed, stopping
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,8 @@
 """Which package may import which: the CLI is a leaf (nothing imports it),
 the client library, the recipe and the marketplace's entry serve everyone, and
 the services share only kiln_common, kiln_client, kiln_recipe and kiln_market:
-no service imports another (the CLI does not import the publisher)."""
+no service imports another (the CLI does not import the publisher), and the local
+stack and dev servers (kiln_devstack) serve only the CLI's `kiln up`, tests and benches."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ ALLOWED = {
     "kiln_client": {"kiln_api", "kiln_common", "kiln_client"},
     "kiln_recipe": {"kiln_api", "kiln_common", "kiln_recipe"},
     "kiln_market": {"kiln_common", "kiln_market"},
+    "kiln_devstack": {"kiln_common", "kiln_devstack"},
     "kiln_storage": {"kiln_api", "kiln_common", "kiln_storage"},
     "kiln_builder": {"kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_builder"},
     "kiln_publisher": {
         "kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_market", "kiln_publisher",
     },
     "kiln_cli": {
-        "kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_market", "kiln_cli",
+        "kiln_api", "kiln_common", "kiln_client", "kiln_recipe", "kiln_market", "kiln_devstack",
+        "kiln_cli",
     },
 }  # fmt: skip
 FIRST_PARTY = set(ALLOWED) | {"kiln_api"}

@@ -17,12 +17,12 @@ from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_client import ClientError, StorageClient
 from kiln_client.discovery import NotRunning
 from kiln_client.storage import Progress
-from kiln_common import stack
-from kiln_common.devservers import ServerError
 from kiln_common.digests import file_sha256
 from kiln_common.errors import KilnError
 from kiln_common.grpc_errors import code_name
 from kiln_common.proc import ProcessError
+from kiln_devstack import stack
+from kiln_devstack.devservers import ServerError
 
 
 class UsageError(Exception):

@@ -25,8 +25,8 @@ from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_client import PublisherClient
 from kiln_client.discovery import NotRunning
 from kiln_client.publisher import Marketplace, publish_request
-from kiln_common import stack
 from kiln_common.errors import NotFound, Unavailable
+from kiln_common.home import kiln_home
 from kiln_common.retry import RetryPolicy
 from kiln_market import Entry, Keyring, Rejected, verify
 
@@ -41,7 +41,7 @@ class PublishUsageError(Exception):
 
 def default_keyring() -> Path:
     """The keyring `kiln up`'s publisher trusts (KILN_HOME/publisher/keyring)."""
-    return stack.kiln_home() / "publisher" / "keyring"
+    return kiln_home() / "publisher" / "keyring"
 
 
 def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from kiln_common.errors import FailedPrecondition
-from kiln_common.stack import Stack, kiln_home
+from kiln_common.home import Stack, kiln_home
 
 __all__ = ["NotRunning", "Stack", "address", "kiln_home"]
 

@@ -8,15 +8,14 @@ the same ports and data directory, so the clients and the other services
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kiln_common.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
+from kiln_common.home import Stack, kiln_home
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
+from kiln_devstack.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
 
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
 PARTS = ("nats", "storage", "builder", "publisher")  # in start order; stopped in reverse
@@ -35,48 +34,6 @@ __all__ = [
 
 class StackError(ServerError):
     """The stack cannot start or be found; printed as it is."""
-
-
-def kiln_home() -> Path:
-    return Path(os.environ.get("KILN_HOME") or Path.home() / ".kiln")
-
-
-@dataclass
-class Stack:
-    """What `kiln up` started: addresses, ports and pids, kept in stack.json."""
-
-    home: str
-    nats_url: str
-    storage: str
-    storage_http: str
-    builder: str = ""
-    publisher: str = ""
-    publisher_http: str = ""  # the marketplace's JSON API and catalogue
-    pids: dict[str, int] = field(default_factory=dict)
-
-    @staticmethod
-    def path(home: Path) -> Path:
-        return home / "stack.json"
-
-    def save(self) -> None:
-        target = Stack.path(Path(self.home))
-        staged = target.with_suffix(".tmp")
-        staged.write_text(json.dumps(asdict(self), indent=2))
-        staged.replace(target)  # a reader never sees half a file
-
-    @classmethod
-    def load(cls, home: Path) -> Stack | None:
-        try:
-            return cls(**json.loads(Stack.path(home).read_text()))
-        except FileNotFoundError:
-            return None
-
-    def dead(self) -> list[str]:
-        """The parts of the stack whose process is gone."""
-        return [name for name, pid in self.pids.items() if not pid_alive(pid)]
-
-    def alive(self) -> bool:
-        return bool(self.pids) and not self.dead()
 
 
 def up(home: Path) -> Stack:
