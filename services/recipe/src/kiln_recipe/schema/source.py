@@ -1,0 +1,128 @@
+"""The recipe's `from:` section: a bootstrap (distro, release, mirror) or an
+existing image (a URL, a storage artifact, a Glance image or a marketplace entry)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import ClassVar, Literal, Self
+
+from pydantic import (
+    field_validator,
+    model_validator,
+)
+
+from kiln_common.ids import ID_RE
+from kiln_recipe.issues import Problem
+from kiln_recipe.schema.base import (
+    _CLOUD_RE,
+    _MARKETPLACE_RE,
+    _RELEASE_RE,
+    _SHA256_RE,
+    Distro,
+    Model,
+    _exactly_one,
+    _http_url,
+)
+
+
+class Bootstrap(Model):
+    distro: Distro
+    release: str
+    arch: Literal["amd64"] = "amd64"
+    mirror: str | None = None  # None: the builder's default mirror, else its apt source
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, value: str) -> str:
+        if not _RELEASE_RE.fullmatch(value):
+            raise ValueError("expected a suite or codename such as bookworm, trixie or noble")
+        return value
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @model_validator(mode="after")
+    def _ubuntu_needs_mirror(self) -> Self:
+        if self.distro == "ubuntu" and self.mirror is None:
+            raise Problem(
+                "required for ubuntu: the build host's apt sources are Debian's", "mirror"
+            )
+        return self
+
+
+class GlanceRef(Model):
+    cloud: str  # a cloud name in the publisher's clouds.yaml
+    id: str
+
+    @field_validator("cloud")
+    @classmethod
+    def _cloud(cls, value: str) -> str:
+        if not _CLOUD_RE.fullmatch(value):
+            raise ValueError("expected a cloud name (1-64 of A-Z a-z 0-9 . _ -)")
+        return value
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            raise ValueError(f"expected a Glance image id (a UUID), got {value[:64]!r}") from None
+
+
+class ImageRef(Model):
+    url: str | None = None
+    sha256: str | None = None
+    artifact: str | None = None
+    marketplace: str | None = None
+    glance: GlanceRef | None = None
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("url", "artifact", "marketplace", "glance")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256_RE.fullmatch(value.lower()):
+            raise ValueError("expected 64 hex digits")
+        return None if value is None else value.lower()
+
+    @field_validator("artifact")
+    @classmethod
+    def _artifact(cls, value: str | None) -> str | None:
+        if value is not None and not ID_RE.fullmatch(value):
+            raise ValueError(f"{value[:64]!r} is not a Kiln artifact id")
+        return value
+
+    @field_validator("marketplace")
+    @classmethod
+    def _marketplace(cls, value: str | None) -> str | None:
+        if value is not None and not _MARKETPLACE_RE.fullmatch(value):
+            raise ValueError("expected a marketplace identifier (27 characters of base64url)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        _exactly_one(self, self.SOURCES)
+        # Only a URL needs a pin: the other sources carry their own checksums.
+        if self.url is not None and self.sha256 is None:
+            raise Problem("required with url, so the download is verified", "sha256")
+        if self.url is None and self.sha256 is not None:
+            raise Problem("only for url: other sources carry their own checksums", "sha256")
+        return self
+
+
+class From(Model):
+    bootstrap: Bootstrap | None = None
+    image: ImageRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        _exactly_one(self, ("bootstrap", "image"))
+        return self
