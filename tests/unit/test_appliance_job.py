@@ -285,6 +285,7 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     (the key a sandbox build gives that layer too)."""
     from kiln_builder import customize
     from kiln_builder.engine import Bake, BakeOptions
+    from kiln_builder.stages import in_appliance
     from kiln_recipe.loader import parse_recipe
 
     options = BakeOptions(out_dir=tmp_path / "out", work_root=tmp_path / "work",
@@ -293,13 +294,13 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     bake = Bake(parse_recipe(VM_RECIPE.replace("MODE", mode), tmp_path), options)
     where: list[str] = []
 
-    async def in_vm(names: object) -> None:
+    async def in_vm(bake: object, names: object) -> None:
         where.append(f"vm {' '.join(names)}")  # type: ignore[call-overload]
 
     async def on_host(*args: object, **kwargs: object) -> None:
         where.append("host")
 
-    monkeypatch.setattr(bake, "_in_vm", in_vm)
+    monkeypatch.setattr(in_appliance, "in_vm", in_vm)
     monkeypatch.setattr(customize, "install_packages", on_host)
     monkeypatch.setattr(customize, "run_script", on_host)
     monkeypatch.setattr(customize, "write_file", lambda *a, **k: where.append("host"))

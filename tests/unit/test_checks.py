@@ -562,7 +562,7 @@ async def test_the_engine_step_checks_the_tree_with_its_boot_configuration(tmp_p
     (bake.rootdir / "etc/systemd/network/80-dhcp.network").unlink()
     (bake.rootdir / "home").rmdir()
     with pytest.raises(ChecksFailed) as caught:
-        await bake._checks()
+        await bake.run_checks()
     assert str(caught.value).startswith("step checks failed: 2 requirement checks failed: ")
     assert bake.steps[-1].name == "checks"
     assert bake.check_report is not None

@@ -2,7 +2,8 @@
 
 Steps, each timed and reported: bootstrap -> packages -> files -> run ->
 sysprep (each a layer keyed by its inputs and its parent, reused when cached)
--> disk -> outputs -> boot test. Every privileged resource is held by a
+-> disk -> outputs -> boot test. The steps' own code is in kiln_builder.stages;
+Bake plans them, chains and caches the layers, and holds the build's state. Every privileged resource is held by a
 context manager on one AsyncExitStack-like path, so a failure or a cancel
 releases it; a failed workspace is kept only when asked for."""
 
@@ -15,24 +16,33 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln_builder import checks, customize, disk, layers
-from kiln_builder.base import fetch, formats, layout
+from kiln_builder import checks, disk, layers
+from kiln_builder.base import fetch, layout
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.checks import CheckReport
-from kiln_builder.egress import STRICT, EgressPolicy, Route
+from kiln_builder.egress import Route
 from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.imageroot import ImageRoot
-from kiln_builder.outputs import TREE_FORMATS, OutputFile, write_outputs
-from kiln_builder.pkgmap import map_packages
+from kiln_builder.outputs import TREE_FORMATS, write_outputs
 from kiln_builder.resources import claim, keep, reclaim
-from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.sbom import package_manifest, spdx_document, write_sbom
-from kiln_builder.storage import StorageAccess
-from kiln_common.digests import file_sha256
+from kiln_builder.stages import base as base_stage
+from kiln_builder.stages import boot_test, edits, in_appliance
+from kiln_builder.stages.model import (
+    APPLIANCE_STEPS,
+    DEFAULT_EPOCH,
+    BakeOptions,
+    BakeResult,
+    BaseImage,
+    PlannedLayer,
+    Progress,
+    StepFailed,
+    StepRecord,
+    in_step,
+)
 from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_common.proc import ProcessError
 from kiln_recipe.schema import Recipe
@@ -40,113 +50,18 @@ from kiln_recipe.schema import Recipe
 if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
     from kiln_builder.vm import CommandResult
 
+__all__ = [
+    "DEFAULT_EPOCH",
+    "Bake",
+    "BakeOptions",
+    "BakeResult",
+    "BaseImage",
+    "StepFailed",
+    "StepRecord",
+    "summary",
+]
+
 log = logging.getLogger(__name__)
-
-DEFAULT_EPOCH = 1_700_000_000  # SOURCE_DATE_EPOCH when a recipe names none
-
-
-class StepFailed(FailedPrecondition):
-    """A command of a build step failed; the message names the step."""
-
-
-def _in_step(name: str, exc: Exception) -> Exception:
-    """The same kind of error (retryable or not), its message naming the step."""
-    message = f"step {name} failed: {exc}"
-    if isinstance(exc, KilnError):
-        try:
-            return type(exc)(message)
-        except TypeError:  # an error class with a constructor of its own
-            pass
-    return StepFailed(message)
-
-
-@dataclass
-class StepRecord:
-    name: str
-    key: str = ""
-    cached: bool = False
-    seconds: float = 0.0
-
-
-# The steps that run the recipe's own content: in vm mode one appliance boot runs them.
-APPLIANCE_STEPS = ("packages", "files", "run")
-
-
-@dataclass(frozen=True)
-class PlannedLayer:
-    name: str  # the step in the build's record
-    layer: str  # its layer's name in the store (the last step an appliance boot ran)
-    key: str
-    action: Callable[[], Any]
-
-
-@dataclass(frozen=True)
-class BakeOptions:
-    out_dir: Path
-    work_root: Path
-    cache_dir: Path
-    build_id: str
-    storage: StorageAccess | None = None  # the storage service sharing layers between builders
-    publisher: str | None = None  # the publisher: marketplace and glance bases
-    no_cache: bool = False
-    cache_max_bytes: int = 16 * 1024**3  # local layers beyond this are pruned, oldest use first
-    keep_workspace: bool = False
-    boot_test: bool = True
-    fix_kvm_device: bool = True  # see libvirtd.kvm_device_as_udev_would
-    epoch: int = DEFAULT_EPOCH
-    force_vm: bool = False  # vm isolation for every recipe (an operator's setting)
-    force_vm_why: str = "forced by the builder's setting"  # said in the log and record
-    sandbox_refused: str = ""  # why this builder runs no sandbox builds ("" if it does)
-    sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
-    default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
-    egress: EgressPolicy = STRICT  # what the builder's own fetches may reach
-
-
-@dataclass(frozen=True)
-class BaseImage:
-    """What a customised build started from, for its record and labels."""
-
-    source: str  # the URL, or artifact:<id>
-    sha256: str  # of the bytes as fetched (compressed, if they were)
-    description: str  # "qcow2, 2147483648 bytes", "bare ext3 filesystem, bz2-compressed, ..."
-
-
-@dataclass
-class BakeResult:
-    outputs: list[OutputFile]
-    sbom: Path
-    steps: list[StepRecord] = field(default_factory=list)
-    console_log: Path | None = None
-    boot: Any = None  # the VM runner's BootResult, when the boot test ran
-    isolation: str = "sandbox"  # where packages, files and run ran: sandbox | vm
-    appliance_accel: Any = None  # vm.Accel the appliance ran under, when one ran
-    tests: Path | None = None  # the test commands' results (JSON), when there were any
-    base: BaseImage | None = None  # a customised build's base
-    checks: CheckReport | None = None  # when the recipe lists checks
-
-
-Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
-
-
-def _file_inputs(recipe: Recipe) -> list[dict[str, Any]]:
-    out = []
-    for spec in recipe.files:
-        data = spec.content if spec.content is not None else _read_source(recipe, spec.source)
-        out.append({"path": spec.path, "data": data, "mode": spec.mode,
-                    "owner": spec.owner, "group": spec.group})  # fmt: skip
-    return out
-
-
-def _read_source(recipe: Recipe, source: str | None) -> str:
-    assert source is not None
-    return "sha256:" + file_sha256(recipe.base_dir / source)  # the key needs its digest only
-
-
-def _run_inputs(recipe: Recipe) -> list[str]:
-    return [
-        (recipe.base_dir / step.script).read_text() if step.script else (step.inline or "")
-        for step in recipe.run
-    ]
 
 
 class Bake:
@@ -177,7 +92,7 @@ class Bake:
         self.route: Route | None = None  # the egress proxy's, while the build runs
 
     @contextlib.asynccontextmanager
-    async def _step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
+    async def step(self, name: str, key: str = "") -> AsyncIterator[StepRecord]:
         record = StepRecord(name, key)
         self.steps.append(record)
         self.progress(record, "start")
@@ -185,18 +100,19 @@ class Bake:
         try:
             yield record
         except (KilnError, ProcessError) as exc:
-            raise _in_step(name, exc) from exc
+            raise in_step(name, exc) from exc
         record.seconds = round(time.monotonic() - started, 2)
         self.progress(record, "done")
 
-    def _edit_steps(self) -> list[tuple[str, Any, Callable[[], Any]]]:
+    def edit_steps(self) -> list[tuple[str, Any, Callable[[], Any]]]:
         """(step, inputs, action) for each step that changes the image's tree and
         has something to do (a step with nothing to do is left out)."""
+        recipe, act = self.recipe, functools.partial
         steps: list[tuple[str, Any, Callable[[], Any]]] = [
-            ("packages", self._packages(), self._install_packages),
-            ("files", _file_inputs(self.recipe), self._write_files),
-            ("run", _run_inputs(self.recipe), self._run_scripts),
-            ("sysprep", list(self.recipe.sysprep_operations()), self._sysprep),
+            ("packages", edits.packages(self), act(edits.install_packages, self)),
+            ("files", edits.file_inputs(recipe), act(edits.write_files, self)),
+            ("run", edits.run_inputs(recipe), act(edits.run_scripts, self)),
+            ("sysprep", list(recipe.sysprep_operations()), act(edits.sysprep, self)),
         ]
         return [step for step in steps if step[1]]
 
@@ -219,13 +135,13 @@ class Bake:
         out = [PlannedLayer("bootstrap", "bootstrap", spec.key(), boot_action)]
         key = spec.key()
         in_vm: list[str] = []
-        for name, inputs, action in self._edit_steps():
+        for name, inputs, action in self.edit_steps():
             key = layers.chain_key(key, name, inputs)
             if self.isolation == "vm" and name in APPLIANCE_STEPS:
                 in_vm.append(name)
                 names = tuple(in_vm)
                 out = [p for p in out if p.name != "appliance"]
-                action = functools.partial(self._in_vm, names)
+                action = functools.partial(in_appliance.in_vm, self, names)
                 out.append(PlannedLayer("appliance", name, key, action))
             else:
                 out.append(PlannedLayer(name, name, key, action))
@@ -236,145 +152,10 @@ class Bake:
         assert self.route is not None, "the egress proxy runs while the build does"
         return {"http_proxy": self.route.proxy, "https_proxy": self.route.proxy, "no_proxy": ""}
 
-    async def _in_vm(self, names: Sequence[str]) -> None:
-        """Runs steps of a from-scratch build in one appliance boot, on the tree
-        (docs/isolation.md)."""
-        from kiln_builder import appliance
-
-        packages = self._packages()
-        steps = tuple(s for n in names for s in appliance.recipe_steps(self.recipe, n, packages))
-        job = appliance.Job(steps, self.opts.epoch)
-        await self._appliance(
-            appliance.customise_tree_in_vm, self.rootdir, job, " and ".join(names)
-        )
-
-    async def _appliance(self, runner: Any, target: Path, job: Any, what: str) -> Any:
-        """runner (customise_in_vm or customise_tree_in_vm) on target, logged;
-        returns its ApplianceResult."""
-        from kiln_builder import appliance
-        from kiln_common.proc import OUTPUT_LOG
-
-        result = await runner(
-            target, job, work=self.work / "vm", cache_dir=self.opts.cache_dir,
-            layers=self.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
-            mirrors=appliance.recipe_mirrors(self.recipe, self.opts.default_mirror),
-            proxy=self.route.proxy if self.route else None,
-        )  # fmt: skip
-        self.appliance_accel = result.accel
-        accel = result.accel
-        log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
-                 what, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
-        return result
-
-    def _vm_edits(self) -> bool:
+    def vm_edits(self) -> bool:
         """A customised build in vm mode runs packages, files, run and sysprep in
         one appliance boot on the base's own disk, which the host never mounts."""
         return self.customising and self.isolation == "vm"
-
-    async def _customised_in_vm(self, image: Path, found: layout.Layout, grow: bool) -> BakeResult:
-        """vm isolation for a customised build: one appliance boot grows the base,
-        runs packages, files, run and sysprep on its own disk, and hands back the
-        tree (or the files the host needs) as a tar. The host never mounts the
-        base: checks, kernels, SBOM and tree outputs read the extracted tree."""
-        from kiln_builder import appliance
-
-        names = [name for name, _, _ in self._edit_steps()]
-        job = appliance.Job(
-            self._vm_steps(names), self.opts.epoch, root="whole" if found.bare else None,
-            grow=grow, export=self._export(),
-        )  # fmt: skip
-        async with self._step("appliance"):
-            done = await self._appliance(
-                appliance.customise_in_vm, image, job, " and ".join(names) or "the hand-back"
-            )
-            self.rootdir = self.work / "tree"
-            await appliance.extract_export(done, self.rootdir)
-        with ImageRoot(self.rootdir) as tree:
-            self.distro = _distro_of(tree)
-        if self.recipe.checks:
-            await self._checks()
-        if self._booting():
-            with ImageRoot(self.rootdir) as tree:
-                copy_kernels(tree, self.work / "kernel")
-        return await self._outputs(image)
-
-    async def _add_test_files_in_vm(self, disk: Path, files: dict[str, tuple[str, int]]) -> None:
-        from kiln_builder import appliance, vm
-
-        steps: list[Any] = [
-            appliance.WriteFile("/" + path, text.encode(), mode)
-            for path, (text, mode) in files.items()
-        ]
-        link, target = vm.WANTS_LINK
-        script = f"#!/bin/sh\nset -e\nmkdir -p {link.rsplit('/', 1)[0]}\nln -sfn {target} {link}\n"
-        steps.append(appliance.RunScript(script.encode(), "the test runner's unit"))
-        job = appliance.Job(tuple(steps), self.opts.epoch)
-        # No network: the steps only write files (and the build's proxy is gone).
-        await appliance.customise_in_vm(disk, job, work=self.work / "vm",
-                                        cache_dir=self.opts.cache_dir, layers=self.layers,
-                                        mirrors=())  # fmt: skip
-
-    def _vm_steps(self, names: Sequence[str]) -> tuple[Any, ...]:
-        """The appliance's steps: the package names for both distros (which one
-        the base is, only the appliance reads), files, run, sysprep."""
-        from kiln_builder import appliance
-
-        steps: list[Any] = []
-        for name in names:
-            if name == "packages":
-                debian = map_packages(list(self.recipe.packages), "debian")
-                ubuntu = map_packages(list(self.recipe.packages), "ubuntu")
-                steps.append(appliance.Packages(tuple(debian), tuple(ubuntu)))
-            elif name == "sysprep":
-                steps.append(appliance.Sysprep(tuple(self.recipe.sysprep_operations())))
-            else:
-                steps += appliance.recipe_steps(self.recipe, name)
-        return tuple(steps)
-
-    def _export(self) -> tuple[str, ...]:
-        """What the host needs back: the whole tree for checks and tree outputs,
-        else dpkg's database (the SBOM), os-release and, to boot, /boot."""
-        from kiln_builder import appliance
-
-        tree_outputs = any(o.format in TREE_FORMATS for o in self.recipe.outputs)
-        if self.recipe.checks or tree_outputs:
-            return appliance.WHOLE
-        wanted = ("var/lib/dpkg/status", "etc/os-release", "usr/lib/os-release")
-        return wanted + (("boot",) if self._booting() else ())
-
-    def _packages(self) -> list[str]:
-        """The distro's names for the recipe's packages (xfsprogs added for an xfs
-        root made from scratch). A base image says which distro it is only once
-        open, so this is called again then."""
-        packages = map_packages(list(self.recipe.packages), self.distro)
-        if self.recipe.from_.bootstrap is not None and self.recipe.disk.filesystem == "xfs":
-            packages = sorted({*packages, "xfsprogs"})
-        return packages
-
-    async def _install_packages(self) -> None:
-        await customize.install_packages(
-            self.rootdir, self._packages(), self.opts.epoch, self.opts.sandbox
-        )
-
-    async def _write_files(self) -> None:
-        for spec in self.recipe.files:
-            data = (
-                spec.content.encode()
-                if spec.content is not None
-                else (self.recipe.base_dir / str(spec.source)).read_bytes()
-            )
-            customize.write_file(self.rootdir, spec.path, data, int(spec.mode, 8),
-                                 spec.owner, spec.group)  # fmt: skip
-
-    async def _run_scripts(self) -> None:
-        for step in self.recipe.run:
-            script = self.recipe.base_dir / step.script if step.script else None
-            await customize.run_script(
-                self.rootdir, script, step.inline, self.work, self.opts.epoch, self.opts.sandbox
-            )
-
-    async def _sysprep(self) -> None:
-        customize.sysprep(self.rootdir, self.recipe.sysprep_operations())
 
     async def _deepest_cached(self, plan: list[PlannedLayer]) -> tuple[int, Path | None]:
         """How many steps a cached layer covers, and that layer (verified)."""
@@ -392,7 +173,7 @@ class Bake:
         plan = self._layer_plan()
         start, cached = await self._deepest_cached(plan)
         for index, step in enumerate(plan):
-            async with self._step(step.name, step.key) as record:
+            async with self.step(step.name, step.key) as record:
                 if index < start:
                     record.cached = True
                     if index == start - 1 and cached is not None:
@@ -405,18 +186,18 @@ class Bake:
                 else:
                     await self.layers.save(step.layer, step.key, self.rootdir, self.opts.epoch)
 
-    def _booting(self) -> bool:
+    def booting(self) -> bool:
         return self.opts.boot_test and self.recipe.test.boot is not None
 
     def _needs_disk(self) -> bool:
         """Only tree outputs (tar, bare filesystems) and no boot test: no disk."""
-        return self._booting() or any(o.format not in TREE_FORMATS for o in self.recipe.outputs)
+        return self.booting() or any(o.format not in TREE_FORMATS for o in self.recipe.outputs)
 
     def plan(self) -> list[str]:
         """The names of the steps this bake will run, in order."""
         if self.customising:
-            edits = [name for name, _, _ in self._edit_steps()]
-            if self._vm_edits():  # one boot runs them all, and hands the tree back
+            edits = [name for name, _, _ in self.edit_steps()]
+            if self.vm_edits():  # one boot runs them all, and hands the tree back
                 edits = ["appliance"]
             names = ["base", *edits]
             names += ["checks"] if self.recipe.checks else []
@@ -425,7 +206,7 @@ class Bake:
             names = [step.name for step in self._layer_plan()]
             names += ["checks"] if self.recipe.checks else []
             names += ["disk", "outputs"] if self._needs_disk() else ["outputs"]
-        if self._booting():
+        if self.booting():
             names.append("boot-test")
         return names
 
@@ -452,7 +233,7 @@ class Bake:
         recipe = self.recipe
         fs_uuid = disk.derived_uuid(self.seed, "rootfs")
         image = self.work / "disk.raw"
-        async with self._step("disk"):
+        async with self.step("disk"):
             await self._prepare_tree()
             layout = await disk.partition(
                 image, recipe.disk.size, recipe.disk.partitioning, self.seed
@@ -471,9 +252,9 @@ class Bake:
     def _stem(self) -> str:
         return f"{self.recipe.name}-{self.recipe.version}"
 
-    async def _outputs(self, image: Path) -> BakeResult:
+    async def make_outputs(self, image: Path) -> BakeResult:
         """The recipe's output files and the SBOM, from the disk and the tree."""
-        async with self._step("outputs"):
+        async with self.step("outputs"):
             outputs = await write_outputs(
                 disk=image, rootfs=self.rootdir, specs=self.recipe.outputs,
                 out_dir=self.opts.out_dir, stem=self._stem, source_date_epoch=self.opts.epoch,
@@ -496,18 +277,18 @@ class Bake:
     async def _from_scratch(self) -> tuple[Path, BakeResult]:
         await self._layers()
         if self.recipe.checks:
-            await self._checks()
+            await self.run_checks()
         image = await self._disk() if self._needs_disk() else self.work / "no-disk"
         if not self._needs_disk():
             await self._prepare_tree()
-        if self._booting():
+        if self.booting():
             with ImageRoot(self.rootdir) as tree:
-                copy_kernels(tree, self.work / "kernel")
-        return image, await self._outputs(image)
+                base_stage.copy_kernels(tree, self.work / "kernel")
+        return image, await self.make_outputs(image)
 
     def _runs_user_code(self) -> bool:
         """Whether a step would run the recipe's code (packages, run) here."""
-        return any(name in ("packages", "run") for name, _, _ in self._edit_steps())
+        return any(name in ("packages", "run") for name, _, _ in self.edit_steps())
 
     async def run(self) -> BakeResult:
         log.info("isolation: %s (%s)", self.isolation, self.isolation_reason)
@@ -517,7 +298,7 @@ class Bake:
             )
         for part in self._not_yet():
             log.warning("the recipe's %s are not run by this version of the builder", part)
-        if self.recipe.test.commands and not self._booting():
+        if self.recipe.test.commands and not self.booting():
             # A recipe that asks for test commands never succeeds without running them.
             raise FailedPrecondition(
                 "the recipe's test.commands run in the boot test, which this build skips"
@@ -535,8 +316,8 @@ class Bake:
                     image, result = await self._customised()
                 else:
                     image, result = await self._from_scratch()
-            if self._booting():
-                await self._boot_test(image, result)
+            if self.booting():
+                await boot_test.run(self, image, result)
             ok = True
             for layer in self.layers.prune(self.opts.cache_max_bytes):
                 log.info("pruned layer %s", layer.name)
@@ -560,10 +341,10 @@ class Bake:
         if boot is not None and boot.mirror:
             await self.opts.egress.check_url(boot.mirror, "from.bootstrap.mirror")
 
-    async def _checks(self) -> None:
+    async def run_checks(self) -> None:
         """Requirement checks on the finished tree, before any disk or output is
         made of it: a from-scratch tree gets its boot configuration first."""
-        async with self._step("checks"):
+        async with self.step("checks"):
             if not self.customising:
                 await self._prepare_tree()
             report_file = self.opts.out_dir / f"{self._stem}.checks.json"
@@ -578,128 +359,33 @@ class Bake:
 
     # ---- customising an existing image -----------------------------------------------
 
-    async def _open_base(self, image: Path) -> tuple[layout.Layout, bool]:
-        """Fetches, inspects, copies and grows the base into image (raw);
-        returns its layout and whether the disk was made bigger."""
-        ref = self.recipe.from_.image
-        assert ref is not None
-        size = self.recipe.disk_size_given()
-        async with self._step("base") as record:
-            base = await fetch.fetch_base(
-                ref,
-                self.opts.cache_dir,
-                self.work,
-                storage=self.opts.storage,
-                publisher=self.opts.publisher,
-                route=self.route,
-            )
-            record.cached = base.downloaded == 0
-            inspected = await asyncio.to_thread(
-                formats.prepare, base.path, self.work, size or formats.MAX_VIRTUAL
-            )
-            log.info(
-                "base image %s: %s (sha256 %s)", base.source, inspected.describe(), base.sha256
-            )
-            if inspected.bare and self._booting():
-                raise FailedPrecondition(
-                    f"the base is a {inspected.describe()}: it has no kernel or bootloader"
-                    " to boot, so set test: {boot: false}"
-                )
-            await layout.working_copy(inspected, image)
-            # In vm mode the host mounts nothing of the base: the appliance finds
-            # its root, and grows it, on the disk the host made bigger.
-            found = await layout.find_layout(image, inspected, probe=not self._vm_edits())
-            grew = False
-            if size is not None:
-                grew = await layout.grow(image, found, size, resize=not self._vm_edits())
-            self.base = BaseImage(base.source, base.sha256, inspected.describe())
-        return found, grew
-
     async def _customised(self) -> tuple[Path, BakeResult]:
         """The base's own disk, changed in place: its partitions, filesystems and
         bootloader stay as they were."""
         image = self.work / "disk.raw"
-        found, grew = await self._open_base(image)
+        found, grew = await base_stage.open_base(self, image)
         self._partitioned = not found.bare
-        if self._vm_edits():
-            return image, await self._customised_in_vm(image, found, grew)
+        if self.vm_edits():
+            return image, await in_appliance.customised_in_vm(self, image, found, grew)
         mnt = self.work / "mnt"
         async with layout.opened(image, found, mnt) as root:
             self.rootdir = root
             with ImageRoot(root) as tree:
-                self.distro = _distro_of(tree)
-            for name, _, action in self._edit_steps():
-                async with self._step(name):
+                self.distro = base_stage.distro_of(tree)
+            for name, _, action in self.edit_steps():
+                async with self.step(name):
                     await action()
             if self.recipe.checks:
-                await self._checks()
-            if self._booting():
+                await self.run_checks()
+            if self.booting():
                 with ImageRoot(root) as tree:
-                    copy_kernels(tree, self.work / "kernel")
+                    base_stage.copy_kernels(tree, self.work / "kernel")
         # Unmounted cleanly (journal closed) before its bytes are converted; read
         # back read-only for the tree outputs and the SBOM.
         async with layout.opened(image, found, mnt, read_only=True) as root:
             self.rootdir = root
-            result = await self._outputs(image)
+            result = await self.make_outputs(image)
         return image, result
-
-    async def _boot_test(self, image: Path, result: BakeResult) -> None:
-        from kiln_builder import vm
-
-        assert self.recipe.test.boot is not None
-        console = self.opts.out_dir / f"{self.recipe.name}-{self.recipe.version}.console.log"
-        common: dict[str, Any] = dict(
-            name=self.opts.build_id,
-            console_log=console,
-            timeout=self.recipe.test.boot.timeout,
-            kernel_dir=self.work / "kernel",  # copied out of the image (copy_kernels)
-            cache_dir=self.opts.cache_dir,
-            fix_kvm_device=self.opts.fix_kvm_device,
-        )
-        result.console_log = console
-        async with self._step("boot-test"):
-            if not self.recipe.test.commands:
-                result.boot = await vm.boot_test(image, **common)
-                return
-            test = self.recipe.test
-            # In vm mode the appliance writes the test runner into the throwaway
-            # copy: the host mounts nothing a recipe's code wrote.
-            add = self._add_test_files_in_vm if self.isolation == "vm" else None
-            run = await vm.boot_test_commands(
-                image,
-                test.commands,
-                command_timeout=test.command_timeout,
-                add_files=add,
-                **common,
-            )
-            result.boot = run.boot
-            self.test_commands[:] = run.results
-            tests = self.opts.out_dir / f"{self._stem}.tests.json"
-            result.tests = vm.write_results(tests, run.results)
-            vm.raise_on_failure(run.results)
-
-
-def _distro_of(tree: ImageRoot) -> str:
-    """debian or ubuntu, from the image's os-release (ID, then ID_LIKE)."""
-    for name in ("/etc/os-release", "/usr/lib/os-release"):
-        text = tree.read_text(name)
-        if text is None:
-            continue
-        fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
-        for distro in ("ubuntu", "debian"):
-            if distro in (i.strip('"') for i in ids):
-                return distro
-    log.warning("the base image does not say it is Debian or Ubuntu: package names are Debian's")
-    return "debian"
-
-
-def copy_kernels(tree: ImageRoot, dest: Path) -> None:
-    """The image's kernels and initrds, copied out of its /boot for the boot
-    test's KVM probe (regular files only, read inside the image)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in tree.glob("/boot", "vmlinuz-*") + tree.glob("/boot", "initrd.img-*"):
-        tree.copy_out(path, dest / PurePosixPath(path).name)
 
 
 def summary(steps: Sequence[StepRecord]) -> str:

@@ -1,0 +1,129 @@
+"""vm isolation's stages: the recipe's steps run in the appliance VM, which
+hands the tree back as a tar (docs/isolation.md); the host never mounts what a
+recipe's code wrote."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln_builder.base import layout
+from kiln_builder.imageroot import ImageRoot
+from kiln_builder.outputs import TREE_FORMATS
+from kiln_builder.pkgmap import map_packages
+from kiln_builder.stages import base as base_stage
+from kiln_builder.stages import edits
+from kiln_builder.stages.model import BakeResult
+
+if TYPE_CHECKING:
+    from kiln_builder.engine import Bake
+
+log = logging.getLogger(__name__)
+
+
+async def in_vm(bake: Bake, names: Sequence[str]) -> None:
+    """Runs steps of a from-scratch build in one appliance boot, on the tree
+    (docs/isolation.md)."""
+    from kiln_builder import appliance
+
+    packages = edits.packages(bake)
+    steps = tuple(s for n in names for s in appliance.recipe_steps(bake.recipe, n, packages))
+    job = appliance.Job(steps, bake.opts.epoch)
+    await run_appliance(
+        bake, appliance.customise_tree_in_vm, bake.rootdir, job, " and ".join(names)
+    )
+
+
+async def run_appliance(bake: Bake, runner: Any, target: Path, job: Any, what: str) -> Any:
+    """runner (customise_in_vm or customise_tree_in_vm) on target, logged;
+    returns its ApplianceResult."""
+    from kiln_builder import appliance
+    from kiln_common.proc import OUTPUT_LOG
+
+    result = await runner(
+        target, job, work=bake.work / "vm", cache_dir=bake.opts.cache_dir,
+        layers=bake.layers, log_line=lambda line: OUTPUT_LOG.info("%s", line),
+        mirrors=appliance.recipe_mirrors(bake.recipe, bake.opts.default_mirror),
+        proxy=bake.route.proxy if bake.route else None,
+    )  # fmt: skip
+    bake.appliance_accel = result.accel
+    accel = result.accel
+    log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
+             what, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
+    return result
+
+
+async def customised_in_vm(bake: Bake, image: Path, found: layout.Layout, grow: bool) -> BakeResult:
+    """vm isolation for a customised build: one appliance boot grows the base,
+    runs packages, files, run and sysprep on its own disk, and hands back the
+    tree (or the files the host needs) as a tar. The host never mounts the
+    base: checks, kernels, SBOM and tree outputs read the extracted tree."""
+    from kiln_builder import appliance
+
+    names = [name for name, _, _ in bake.edit_steps()]
+    job = appliance.Job(
+        vm_steps(bake, names), bake.opts.epoch, root="whole" if found.bare else None,
+        grow=grow, export=export(bake),
+    )  # fmt: skip
+    async with bake.step("appliance"):
+        done = await run_appliance(
+            bake, appliance.customise_in_vm, image, job, " and ".join(names) or "the hand-back"
+        )
+        bake.rootdir = bake.work / "tree"
+        await appliance.extract_export(done, bake.rootdir)
+    with ImageRoot(bake.rootdir) as tree:
+        bake.distro = base_stage.distro_of(tree)
+    if bake.recipe.checks:
+        await bake.run_checks()
+    if bake.booting():
+        with ImageRoot(bake.rootdir) as tree:
+            base_stage.copy_kernels(tree, bake.work / "kernel")
+    return await bake.make_outputs(image)
+
+
+async def add_test_files_in_vm(bake: Bake, disk: Path, files: dict[str, tuple[str, int]]) -> None:
+    from kiln_builder import appliance, vm
+
+    steps: list[Any] = [
+        appliance.WriteFile("/" + path, text.encode(), mode) for path, (text, mode) in files.items()
+    ]
+    link, target = vm.WANTS_LINK
+    script = f"#!/bin/sh\nset -e\nmkdir -p {link.rsplit('/', 1)[0]}\nln -sfn {target} {link}\n"
+    steps.append(appliance.RunScript(script.encode(), "the test runner's unit"))
+    job = appliance.Job(tuple(steps), bake.opts.epoch)
+    # No network: the steps only write files (and the build's proxy is gone).
+    await appliance.customise_in_vm(disk, job, work=bake.work / "vm",
+                                    cache_dir=bake.opts.cache_dir, layers=bake.layers,
+                                    mirrors=())  # fmt: skip
+
+
+def vm_steps(bake: Bake, names: Sequence[str]) -> tuple[Any, ...]:
+    """The appliance's steps: the package names for both distros (which one
+    the base is, only the appliance reads), files, run, sysprep."""
+    from kiln_builder import appliance
+
+    steps: list[Any] = []
+    for name in names:
+        if name == "packages":
+            debian = map_packages(list(bake.recipe.packages), "debian")
+            ubuntu = map_packages(list(bake.recipe.packages), "ubuntu")
+            steps.append(appliance.Packages(tuple(debian), tuple(ubuntu)))
+        elif name == "sysprep":
+            steps.append(appliance.Sysprep(tuple(bake.recipe.sysprep_operations())))
+        else:
+            steps += appliance.recipe_steps(bake.recipe, name)
+    return tuple(steps)
+
+
+def export(bake: Bake) -> tuple[str, ...]:
+    """What the host needs back: the whole tree for checks and tree outputs,
+    else dpkg's database (the SBOM), os-release and, to boot, /boot."""
+    from kiln_builder import appliance
+
+    tree_outputs = any(o.format in TREE_FORMATS for o in bake.recipe.outputs)
+    if bake.recipe.checks or tree_outputs:
+        return appliance.WHOLE
+    wanted = ("var/lib/dpkg/status", "etc/os-release", "usr/lib/os-release")
+    return wanted + (("boot",) if bake.booting() else ())
