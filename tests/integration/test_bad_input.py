@@ -270,9 +270,11 @@ BUILDER_CASES: list[Case] = [
         IA,
         "disk",
     ),
-    # GetBuild, WatchBuild, CancelBuild
+    # GetBuild, GetBuildRecipe, WatchBuild, CancelBuild
     *bad_ids("get", lambda v: bld("GetBuild", bpb.GetBuildRequest(id=v)), "build id"),
     ("get/unknown", bld("GetBuild", bpb.GetBuildRequest(id=UNKNOWN_ID)), NF, UNKNOWN_ID),
+    *bad_ids("recipe", lambda v: bld("GetBuildRecipe", bpb.GetBuildRequest(id=v)), "build id"),
+    ("recipe/unknown", bld("GetBuildRecipe", bpb.GetBuildRequest(id=UNKNOWN_ID)), NF, UNKNOWN_ID),
     *bad_ids("watch", lambda v: bld("WatchBuild", bpb.WatchBuildRequest(id=v)), "build id"),
     ("watch/unknown", bld("WatchBuild", bpb.WatchBuildRequest(id=UNKNOWN_ID)), NF, UNKNOWN_ID),
     *bad_ids("cancel", lambda v: bld("CancelBuild", bpb.CancelBuildRequest(id=v)), "build id"),

@@ -150,6 +150,22 @@ async def test_files_the_recipe_names_travel_with_it(builder: Builder) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_a_builds_recipe_is_handed_out_as_it_was_submitted(builder: Builder) -> None:
+    """GetBuildRecipe: how the publisher learns a build's recipe (it reads no
+    bucket of the builder's)."""
+    text = RECIPE + "files:\n  - {path: /etc/motd, source: files/motd}\n"
+    async with builder() as stub:
+        b = await stub.SubmitBuild(
+            pb.SubmitBuildRequest(recipe=source(text, **{"files/motd": b"hello\n"}))
+        )
+        got = await stub.GetBuildRecipe(pb.GetBuildRequest(id=b.id))
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetBuildRecipe(pb.GetBuildRequest(id="0" * 26))
+    assert got.yaml == text
+    assert dict(got.files) == {"files/motd": b"hello\n"}
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_a_structured_recipe_is_the_same_recipe(builder: Builder) -> None:
     doc = Struct()
     doc.update({"name": "api-test", "version": "1.0", "outputs": ["tar"],

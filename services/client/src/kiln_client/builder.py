@@ -72,6 +72,11 @@ class AsyncBuilderClient:
         request = pb.GetBuildRequest(id=build_id)
         return await _rpc.unary(self.policy, "get", lambda: self._stub.GetBuild(request))
 
+    async def recipe(self, build_id: str) -> pb.RecipeSource:
+        """The recipe the build was submitted with (NotFound once not kept)."""
+        request = pb.GetBuildRequest(id=build_id)
+        return await _rpc.unary(self.policy, "recipe", lambda: self._stub.GetBuildRecipe(request))
+
     async def cancel(self, build_id: str) -> pb.Build:
         request = pb.CancelBuildRequest(id=build_id)
         return await _rpc.unary(self.policy, "cancel", lambda: self._stub.CancelBuild(request))

@@ -181,6 +181,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_GRPC_BIND": stack.publisher,
         "KILN_PUBLISHER_HTTP_PORT": str(port_of(stack.publisher_http)),
         "KILN_PUBLISHER_STORAGE": stack.storage,
+        "KILN_PUBLISHER_BUILDER": stack.builder,
         "KILN_PUBLISHER_NATS_URL": stack.nats_url,
         "KILN_PUBLISHER_ENDORSER_KEY_DIR": str(home / "endorsers"),
         "KILN_PUBLISHER_KEYRING_DIR": str(home / "keyring"),

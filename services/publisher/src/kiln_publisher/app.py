@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
-from kiln_client import AsyncStorageClient
+from kiln_client import AsyncBuilderClient, AsyncStorageClient
 from kiln_common import jetstream
 from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
@@ -173,6 +173,11 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     held.close_with(events.close)
     storage = AsyncStorageClient(settings.storage)
     held.close_with(storage.close)
+    builder = AsyncBuilderClient(settings.builder) if settings.builder else None
+    if builder is not None:
+        held.close_with(builder.close)
+    else:
+        log.warning("no builder address (KILN_PUBLISHER_BUILDER): builds' recipes are unknown")
     if settings.local_endorser:
         local_endorser(settings)
     seen = keyring_state(settings)  # before loading: a change meanwhile is reloaded
@@ -186,6 +191,7 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         events,
         glance_publisher(settings.clouds_file()),
         market,
+        builder=builder,
         default_endorser=default_endorser(settings, keys),
         url_seconds=settings.url_seconds,
         replicas=settings.nats_replicas,

@@ -17,9 +17,8 @@ from datetime import timedelta
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.storage.v1 import storage_pb2 as spb
-from kiln_client import AsyncStorageClient
+from kiln_client import AsyncBuilderClient, AsyncStorageClient
 from kiln_common import jetstream
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
@@ -36,7 +35,6 @@ log = logging.getLogger(__name__)
 
 PUBLICATIONS_BUCKET = "KILN_PUBLICATIONS"
 CLAIM_PREFIX = "claim."  # beside the records: who works on an automatic publication
-RECIPES_BUCKET = "kiln_recipes"  # the builder's: the submitted recipe of each build
 IMAGE_KIND = "image"
 # GetEntry gives a freshly signed URL only if storage answers this fast.
 FRESH_LOCATION_SECONDS = 3.0
@@ -97,11 +95,13 @@ class PublisherCore:
         glance: GlancePublisher | None,
         market: Market | None,
         *,
+        builder: AsyncBuilderClient | None = None,
         default_endorser: str = "",
         url_seconds: int = 7 * 24 * 3600,
         replicas: int = 1,
     ) -> None:
         self.storage = storage
+        self.builder = builder
         self.js = js
         self.events = events
         self.glance = glance
@@ -225,17 +225,15 @@ class PublisherCore:
         return found
 
     async def recipe_of(self, build_id: str) -> facts.RecipeFacts:
-        """The build's recipe facts, from the recipe the builder kept; empty
-        facts when it is not kept any more (or the build is not Kiln's)."""
-        if not build_id:
+        """The build's recipe facts, from the recipe the Builder API hands out;
+        empty facts when it is not kept any more, the build is not Kiln's, or
+        this publisher was told no builder."""
+        if not build_id or self.builder is None:
             return facts.RecipeFacts()
         try:
-            store = await jetstream.mapped(lambda: self.js.object_store(RECIPES_BUCKET))
-            found = await jetstream.mapped(lambda: store.get(build_id))
+            source = await self.builder.recipe(build_id)
         except NotFound:
             return facts.RecipeFacts()
-        source = bpb.RecipeSource()
-        source.ParseFromString(found.data or b"")
         try:  # the build record's recipe_digest, worked out the builder's way
             digest = (await asyncio.to_thread(bundle.check, source))[1]
         except RecipeError:

@@ -47,6 +47,10 @@ class PublisherSettings(KilnSettings):
     """Port of the marketplace HTTP server (0 picks a free one)."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service."""
+    builder: str = ""
+    """host:port of the Builder API, which hands out each build's recipe (its
+    facts go into Glance properties and entries; its publish section drives
+    automatic publishing). Unset: no recipe facts, and no automatic publishing."""
     nats_url: str = "nats://127.0.0.1:4222"
     """NATS server: publications, marketplace entries, events, the build.succeeded consumer."""
     nats_replicas: int = Field(default=1, ge=1, le=5)

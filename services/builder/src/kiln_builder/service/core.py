@@ -85,6 +85,7 @@ class BuilderCore:
         )
 
     async def recipe_of(self, build_id: str) -> pb.RecipeSource:
+        check_id(build_id, "build id")
         try:
             found = await self.nats.recipes.get(build_id)
         except ObjectNotFoundError:

@@ -41,6 +41,11 @@ class BuilderServicer(pb_grpc.BuilderServicer):
     async def CancelBuild(self, request: pb.CancelBuildRequest, context: Context) -> pb.Build:
         return await self.core.cancel(request.id)
 
+    async def GetBuildRecipe(
+        self, request: pb.GetBuildRequest, context: Context
+    ) -> pb.RecipeSource:
+        return await self.core.recipe_of(request.id)
+
     async def ValidateRecipe(
         self, request: pb.ValidateRecipeRequest, context: Context
     ) -> pb.ValidateRecipeResponse:

@@ -64,6 +64,11 @@ class BuilderStub:
                 request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeRequest.SerializeToString,
                 response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeResponse.FromString,
                 _registered_method=True)
+        self.GetBuildRecipe = channel.unary_unary(
+                '/kiln.builder.v1.Builder/GetBuildRecipe',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.GetBuildRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RecipeSource.FromString,
+                _registered_method=True)
 
 
 class BuilderServicer:
@@ -115,6 +120,15 @@ class BuilderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBuildRecipe(self, request, context):
+        """The recipe a build was submitted with, while the builder keeps it
+        (NOT_FOUND after): how the publisher learns a build's recipe facts without
+        reading the builder's own buckets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BuilderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +161,11 @@ def add_BuilderServicer_to_server(servicer, server):
                     servicer.ValidateRecipe,
                     request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeRequest.FromString,
                     response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeResponse.SerializeToString,
+            ),
+            'GetBuildRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBuildRecipe,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.GetBuildRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RecipeSource.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +330,33 @@ class Builder:
             '/kiln.builder.v1.Builder/ValidateRecipe',
             kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeRequest.SerializeToString,
             kiln__api_dot_builder_dot_v1_dot_builder__pb2.ValidateRecipeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBuildRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Builder/GetBuildRecipe',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.GetBuildRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.RecipeSource.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,11 @@ class BuilderStub:
     """
     ValidateRecipe: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ValidateRecipeRequest, _builder_pb2.ValidateRecipeResponse]
     """The same checks SubmitBuild runs, without queueing anything."""
+    GetBuildRecipe: _grpc.UnaryUnaryMultiCallable[_builder_pb2.GetBuildRequest, _builder_pb2.RecipeSource]
+    """The recipe a build was submitted with, while the builder keeps it
+    (NOT_FOUND after): how the publisher learns a build's recipe facts without
+    reading the builder's own buckets.
+    """
 
 @_typing.type_check_only
 class BuilderAsyncStub(BuilderStub):
@@ -75,6 +80,11 @@ class BuilderAsyncStub(BuilderStub):
     """
     ValidateRecipe: _aio.UnaryUnaryMultiCallable[_builder_pb2.ValidateRecipeRequest, _builder_pb2.ValidateRecipeResponse]  # type: ignore[assignment]
     """The same checks SubmitBuild runs, without queueing anything."""
+    GetBuildRecipe: _aio.UnaryUnaryMultiCallable[_builder_pb2.GetBuildRequest, _builder_pb2.RecipeSource]  # type: ignore[assignment]
+    """The recipe a build was submitted with, while the builder keeps it
+    (NOT_FOUND after): how the publisher learns a build's recipe facts without
+    reading the builder's own buckets.
+    """
 
 class BuilderServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -131,5 +141,16 @@ class BuilderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_builder_pb2.ValidateRecipeResponse, _abc.Awaitable[_builder_pb2.ValidateRecipeResponse]]:
         """The same checks SubmitBuild runs, without queueing anything."""
+
+    @_abc_1.abstractmethod
+    def GetBuildRecipe(
+        self,
+        request: _builder_pb2.GetBuildRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.RecipeSource, _abc.Awaitable[_builder_pb2.RecipeSource]]:
+        """The recipe a build was submitted with, while the builder keeps it
+        (NOT_FOUND after): how the publisher learns a build's recipe facts without
+        reading the builder's own buckets.
+        """
 
 def add_BuilderServicer_to_server(servicer: BuilderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
