@@ -1,5 +1,5 @@
 """The publisher's core, transport-free: resolves what to publish from storage
-(and the recipe the builder kept), publishes it to Glance (A's GlancePublisher)
+(and the recipe the Builder API hands out), publishes it to Glance (A's GlancePublisher)
 and the marketplace (B's Market), and records each Publication in a NATS KV
 bucket so any replica answers and a publication interrupted by a dying pod is
 finished, not repeated, by the next attempt."""
