@@ -122,9 +122,15 @@ def start_storage(stack: Stack, log: Path) -> int:
         "KILN_STORAGE_NATS_URL": stack.nats_url,
         "KILN_STORAGE_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
     }
-    proc = spawn([sys.executable, "-m", "kiln_storage"], log_file=log, env=env)
+    return _healthy(["kiln_storage"], env, stack.storage, log)
+
+
+def _healthy(module: list[str], env: dict[str, str], address: str, log: Path) -> int:
+    """Starts `python -m <module...>` and returns its pid once its gRPC health
+    check at address answers; stops it if it never does."""
+    proc = spawn([sys.executable, "-m", *module], log_file=log, env=env)
     try:
-        wait_grpc_health(stack.storage, proc.pid, log, READY_TIMEOUT)
+        wait_grpc_health(address, proc.pid, log, READY_TIMEOUT)
     except BaseException:
         stop_pid(proc.pid)
         raise
@@ -160,13 +166,7 @@ def start_builder(
     serving at address; returns its pid once it is healthy. `kiln up` starts
     one; tests and benchmarks start more, named by KILN_BUILDER_WORKER_NAME."""
     env = {**builder_env(stack), "KILN_BUILDER_GRPC_BIND": address, **(extra or {})}
-    proc = spawn([sys.executable, "-m", "kiln_builder", "serve"], log_file=log, env=env)
-    try:
-        wait_grpc_health(address, proc.pid, log, READY_TIMEOUT)
-    except BaseException:
-        stop_pid(proc.pid)
-        raise
-    return proc.pid
+    return _healthy(["kiln_builder", "serve"], env, address, log)
 
 
 LOCAL_ENDORSER = "kiln@localhost.localdomain"
@@ -196,13 +196,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
 
 def start_publisher(stack: Stack, log: Path) -> int:
     """Starts the publisher at the stack's addresses; its pid once healthy."""
-    proc = spawn([sys.executable, "-m", "kiln_publisher"], log_file=log, env=publisher_env(stack))
-    try:
-        wait_grpc_health(stack.publisher, proc.pid, log, READY_TIMEOUT)
-    except BaseException:
-        stop_pid(proc.pid)
-        raise
-    return proc.pid
+    return _healthy(["kiln_publisher"], publisher_env(stack), stack.publisher, log)
 
 
 def down(home: Path) -> bool:
