@@ -71,14 +71,14 @@ def test_the_host_apt_source_is_used_when_neither_names_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     apt = apt_dir(tmp_path, {"sources.list.d/debian.sources": DEB822})
-    monkeypatch.setattr("kiln_builder.bootstrap.APT_DIR", apt)
+    monkeypatch.setattr("kiln_builder.aptsources.APT_DIR", apt)
     assert resolve_mirror("debian", None) == "http://mirror.example/debian"
 
 
 def test_no_mirror_anywhere_is_refused_saying_what_to_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("kiln_builder.bootstrap.APT_DIR", apt_dir(tmp_path, {}))
+    monkeypatch.setattr("kiln_builder.aptsources.APT_DIR", apt_dir(tmp_path, {}))
     with pytest.raises(FailedPrecondition, match=r"set `mirror:` under from\.bootstrap"):
         resolve_mirror("ubuntu", None)
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kiln_builder import aptsources
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 
 BOOTSTRAP_VERSION = "kiln-bootstrap-2"  # bump when the recipe below changes
-APT_DIR = Path("/etc/apt")
 KERNELS = {"debian": "linux-image-amd64", "ubuntu": "linux-image-virtual"}
 # What every image needs to boot and be prepared: kernel, init, udev, an
 # initramfs compressed with zstd (built once), tools to grow the root on first boot.
@@ -53,29 +52,9 @@ class BootstrapSpec:
         return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def _apt_source_files(apt_dir: Path) -> list[Path]:
-    """The files apt itself reads: sources.list, then sources.list.d/*.list and
-    *.sources (apt skips other names, such as a .disabled copy)."""
-    parts = sorted(
-        p for p in (apt_dir / "sources.list.d").glob("*") if p.suffix in (".list", ".sources")
-    )
-    return [apt_dir / "sources.list", *parts]
-
-
 def host_mirror(archive: str, apt_dir: Path | None = None) -> str | None:
-    """The build host's apt source for an archive (the first whose URL ends in
-    /<archive>: /debian, /debian-security, /ubuntu), one-line or deb822; None
-    if it has none."""
-    for path in _apt_source_files(apt_dir or APT_DIR):
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for url in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
-            found = str(url).rstrip("/")
-            if found.endswith(f"/{archive}"):
-                return found
-    return None
+    """The build host's apt source for an archive (kiln_builder.aptsources)."""
+    return aptsources.archive_uri(archive, apt_dir)
 
 
 def resolve_mirror(distro: str, mirror: str | None, default: str = "") -> str:

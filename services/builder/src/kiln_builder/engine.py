@@ -3,9 +3,10 @@
 Steps, each timed and reported: bootstrap -> packages -> files -> run ->
 sysprep (each a layer keyed by its inputs and its parent, reused when cached)
 -> disk -> outputs -> boot test. The steps' own code is in kiln_builder.stages;
-Bake plans them, chains and caches the layers, and holds the build's state. Every privileged resource is held by a
-context manager on one AsyncExitStack-like path, so a failure or a cancel
-releases it; a failed workspace is kept only when asked for."""
+Bake plans them, chains and caches the layers, and holds the build's state.
+Every privileged resource is held by a context manager on one
+AsyncExitStack-like path, so a failure or a cancel releases it; a failed
+workspace is kept only when asked for."""
 
 from __future__ import annotations
 

@@ -19,11 +19,11 @@ network namespace behind slirp4netns --disable-host-loopback) can replace it.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln_builder import aptsources
 from kiln_builder.egress import parse_url
 from kiln_common.errors import InvalidArgument
 
@@ -39,22 +39,8 @@ class Relay:
 
 
 def host_mirrors(sources: Sequence[Path] | None = None) -> list[str]:
-    """Every URI the build host's apt sources name (one-line and deb822 styles)."""
-    if sources is None:
-        sources = [
-            Path("/etc/apt/sources.list"),
-            *sorted(Path("/etc/apt/sources.list.d").glob("*")),
-        ]
-    found: list[str] = []
-    for path in sources:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for match in re.findall(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
-            if str(match) not in found:
-                found.append(str(match))
-    return found
+    """Every URI the build host's apt sources name (kiln_builder.aptsources)."""
+    return aptsources.uris(sources)
 
 
 def relays(mirrors: Sequence[str], proxy: str | None = None) -> list[Relay]:
