@@ -31,6 +31,8 @@ INIT = Path(__file__).with_name("init.sh")
 INIT_PATH = "usr/local/sbin/kiln-appliance-init"
 SYSPREP = Path(__file__).with_name("sysprep.sh")
 SYSPREP_PATH = "usr/local/lib/kiln/sysprep.sh"  # where init.sh finds it
+FINDROOT = Path(__file__).with_name("findroot.sh")
+FINDROOT_PATH = "usr/local/lib/kiln/findroot.sh"  # init.sh sources it
 ASSEMBLY = "kiln-appliance-assembly-2"  # bump when assemble() changes
 # The engine's DEFAULT_EPOCH: the same bootstrap layer as every default build.
 EPOCH = 1_700_000_000
@@ -56,8 +58,8 @@ def _plan() -> tuple[BootstrapSpec, list[str], str]:
 def appliance_key() -> str:
     _, _, packages_key = _plan()
     digest = hashlib.sha256()
-    parts = (ASSEMBLY, packages_key, INIT.read_text(), SYSPREP.read_text(), initramfs.INIT,
-             *initramfs.MODULES)  # fmt: skip
+    scripts = (INIT.read_text(), SYSPREP.read_text(), FINDROOT.read_text())
+    parts = (ASSEMBLY, packages_key, *scripts, initramfs.INIT, *initramfs.MODULES)
     for part in parts:
         digest.update(hashlib.sha256(part.encode()).digest())
     return digest.hexdigest()[:16]
@@ -114,6 +116,7 @@ async def _assemble(out: Path, store: layers.LayerStore) -> None:
     with ImageRoot(tree) as root:
         root.write(INIT_PATH, INIT.read_bytes(), 0o755)
         root.write(SYSPREP_PATH, SYSPREP.read_bytes(), 0o755)
+        root.write(FINDROOT_PATH, FINDROOT.read_bytes(), 0o644)
     kernel = _one(tree / "boot", "vmlinuz-*")
     shutil.copy2(kernel, out / "vmlinuz")
     release = kernel.name.removeprefix("vmlinuz-")

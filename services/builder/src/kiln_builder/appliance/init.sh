@@ -41,28 +41,17 @@ disk_with_serial() {
 	return 1
 }
 
-# The image's root: the partition the job names, else the first ext3/ext4/xfs
-# partition holding /etc/os-release, else the whole disk (a bare filesystem).
+. /usr/local/lib/kiln/findroot.sh
+
+# The image's root: the partition the job names, else by findroot.sh's rule.
 find_root() {
-	local disk=$1 dev type
+	local disk=$1 dev
 	if [ -s $J/root ]; then  # a partition number, or "whole"
 		dev=$(cat $J/root)
 		if [ "$dev" = whole ]; then echo "$disk"; else echo "$disk$dev"; fi
 		return 0
 	fi
-	for dev in $(ls -d /sys/block/${disk##*/}/${disk##*/}* 2>/dev/null) "$disk"; do
-		dev=/dev/${dev##*/}
-		type=$(blkid -o value -s TYPE "$dev" 2>/dev/null)
-		case "$type" in ext2 | ext3 | ext4 | xfs) ;; *) continue ;; esac
-		mount -o ro -t "$type" "$dev" $R 2>/dev/null || continue
-		if [ -e $R/etc/os-release ] || [ -e $R/usr/lib/os-release ]; then
-			umount $R
-			echo "$dev"
-			return 0
-		fi
-		umount $R
-	done
-	return 1
+	find_root_on "$disk"
 }
 
 mount_fstab() {
@@ -257,7 +246,7 @@ ip link set eth0 up 2>/dev/null && ip addr add 10.0.2.15/24 dev eth0 &&
 job_disk=$(disk_with_serial kiln-job) || die "no job disk"
 tar -xf "$job_disk" -C $J || die "the job disk holds no readable job"
 target=$(disk_with_serial kiln-target) || die "no image disk"
-root=$(find_root "$target") || die "no Linux root filesystem (ext3, ext4 or xfs with /etc/os-release) on the image: $(blkid "$target"* 2>&1 | tr '\n' ' ')"
+root=$(find_root "$target") || die "no Linux root filesystem ($ROOT_TYPES holding one of $ROOT_MARKS) on the image: $(blkid "$target"* 2>&1 | tr '\n' ' ')"
 if [ -s $J/grow ]; then
 	why=$(grow_root "$target" "$root" 2>&1) || die "growing the image failed: $(echo "$why" | tail -3 | tr '\n' ' ')"
 fi

@@ -20,15 +20,14 @@ from pathlib import Path, PurePosixPath
 from kiln_builder.base.formats import Inspected
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import loop_device, mounted, partition_devices
+from kiln_builder.rootfs import ROOT_TYPES, holds_root
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_common.proc import run
 
 log = logging.getLogger(__name__)
 
-LINUX_ROOT_TYPES = ("ext4", "ext3", "ext2", "xfs")
-FSTAB_TYPES = (*LINUX_ROOT_TYPES, "vfat")  # what is mounted below the root from its fstab
+FSTAB_TYPES = (*ROOT_TYPES, "vfat")  # what is mounted below the root from its fstab
 UNREADABLE = {"LVM2_member": "an LVM physical volume", "crypto_LUKS": "a LUKS encrypted volume"}
-ROOT_MARKS = ("etc/os-release", "usr/lib/os-release", "etc/fstab")
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ async def find_layout(disk: Path, base: Inspected, *, probe: bool = True) -> Lay
                 )
             )
         if not probe:
-            if not any(p.fstype in LINUX_ROOT_TYPES for p in parts):
+            if not any(p.fstype in ROOT_TYPES for p in parts):
                 raise FailedPrecondition(_no_root(parts))
             return Layout(tuple(parts), 0, "", str(table.get("label")))
         root = await _root_of(parts, dict(zip(numbers, nodes, strict=True)), disk.parent)
@@ -129,16 +128,15 @@ async def find_layout(disk: Path, base: Inspected, *, probe: bool = True) -> Lay
 
 
 async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part:
-    """The Linux filesystem that holds /etc/os-release (or /etc/fstab)."""
-    for part in parts:
-        if part.fstype not in LINUX_ROOT_TYPES:
+    """The root, by kiln_builder.rootfs's rule (the appliance's too)."""
+    for part in sorted(parts, key=lambda p: p.number):
+        if part.fstype not in ROOT_TYPES:
             continue
         with tempfile.TemporaryDirectory(dir=work, prefix="probe-") as probe:
             options = _ro_options(part.fstype)
             async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
-                with ImageRoot(mnt) as tree:
-                    if any(tree.is_file(name) for name in ROOT_MARKS):
-                        return part
+                if holds_root(mnt):
+                    return part
     raise FailedPrecondition(_no_root(parts))
 
 

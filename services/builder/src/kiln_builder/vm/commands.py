@@ -36,6 +36,7 @@ from typing import Any, Literal
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.libvirtd import ensure_libvirtd
 from kiln_builder.resources import loop_device, mounted
+from kiln_builder.rootfs import ROOT_MARKS, ROOT_TYPES, holds_root
 from kiln_builder.vm.accel import host_accel
 from kiln_builder.vm.domain import DiskBoot, disk_format
 from kiln_builder.vm.runner import (
@@ -259,13 +260,6 @@ def write_results(path: Path, results: Sequence[CommandResult]) -> Path:
 
 # --- the throwaway disk ------------------------------------------------------------
 
-# Partition types that never hold a root filesystem (GPT and MBR).
-_NOT_ROOT = {
-    "21686148-6449-6E6F-744E-656564454649",  # BIOS boot
-    "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",  # EFI system
-    "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",  # Linux swap
-    "5", "f", "85", "82", "ef",  # MBR: extended, swap, EFI
-}  # fmt: skip
 SECTOR = 512
 
 
@@ -281,39 +275,39 @@ async def throwaway_copy(image: Path, copy: Path) -> Path:
 
 
 async def _candidates(disk: Path) -> list[tuple[int, int]]:
-    """(offset, size) of the partitions that may hold the root, largest first; the
-    whole disk if it has no partition table (a bare filesystem)."""
+    """(offset, size) of the partitions in number order, then the whole disk."""
     listed = await run(["sfdisk", "--json", disk], check=False, log_output=False)
+    whole = (0, disk.stat().st_size)
     if listed.returncode != 0:
-        return [(0, disk.stat().st_size)]
+        return [whole]
     parts = json.loads(listed.stdout)["partitiontable"].get("partitions", [])
-    found = [
-        (p["start"] * SECTOR, p["size"] * SECTOR)
-        for p in parts
-        if str(p.get("type", "")).upper() not in {t.upper() for t in _NOT_ROOT}
-    ]
-    return sorted(found, key=lambda part: -part[1])
+    # sfdisk lists them in the table's order, which is their numbers'.
+    return [(p["start"] * SECTOR, p["size"] * SECTOR) for p in parts] + [whole]
+
+
+async def _fs_type(device: str) -> str:
+    found = await run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], check=False)
+    return found.stdout.strip()
 
 
 @contextlib.asynccontextmanager
 async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
-    """The disk's root filesystem (the one holding etc/os-release) mounted at where."""
+    """The disk's root filesystem mounted at where, found by kiln_builder.rootfs's
+    rule (the appliance's too)."""
     tried = []
     for offset, size in await _candidates(disk):
         async with contextlib.AsyncExitStack() as stack:
             device = await stack.enter_async_context(loop_device(disk, offset=offset, size=size))
-            try:
-                # The image's device nodes and setuid bits mean nothing here.
-                root = await stack.enter_async_context(mounted(device, where, "-o", "nodev,nosuid"))
-            except Exception as exc:  # noqa: BLE001 - not a filesystem: try the next
-                tried.append(f"offset {offset}: {str(exc).strip().splitlines()[-1:]}")
+            kind = await _fs_type(device)
+            if kind not in ROOT_TYPES:
+                tried.append(f"offset {offset}: {kind or 'no filesystem'}")
                 continue
-            with ImageRoot(root) as tree:
-                found = tree.exists("/etc/os-release") or tree.exists("/usr/lib/os-release")
-            if found:
+            # The image's device nodes and setuid bits mean nothing here.
+            root = await stack.enter_async_context(mounted(device, where, "-o", "nodev,nosuid"))
+            if holds_root(root):
                 yield root
                 return
-            tried.append(f"offset {offset}: no etc/os-release")
+            tried.append(f"offset {offset}: {kind} without {' or '.join(ROOT_MARKS)}")
     raise FailedPrecondition(
         f"no root filesystem found in {disk.name} to add the test commands to ({'; '.join(tried)})"
     )
