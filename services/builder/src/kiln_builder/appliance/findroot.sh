@@ -1,5 +1,5 @@
 # Kiln's root discovery for the appliance, sourced by init.sh: the same rule as
-# kiln_builder/rootfs.py (tests/unit/test_root_discovery.py compares the lists,
+# kiln_builder/rootfs.py (tests/unit/test_root_rule_lists.py compares the lists,
 # tests/integration/test_root_discovery.py the answers). The partitions in
 # number order, then the whole disk; the first whose filesystem is one of
 # ROOT_TYPES and that holds one of ROOT_MARKS as a regular file, reached
