@@ -150,3 +150,56 @@ def test_die_with_parent_kills_the_command_when_its_parent_is_sigkilled(
         wait_until("the child to die with its parent", lambda: not running(child), 5)
     finally:
         parent.kill()
+
+
+GRPC_PARENT = """
+import asyncio, os, sys
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from kiln_common.proc import helper, run
+
+async def busy(port):
+    # Calls in flight while children are forked, as in a serving builder.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            await stub.Check(health_pb2.HealthCheckRequest())
+
+async def main():
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    await server.start()
+    calls = [asyncio.create_task(busy(port)) for _ in range(4)]
+    said = []
+    for n in range(10):
+        said.append((await run(["echo", "ran"], die_with_parent=True)).stdout)
+        mark = os.path.join(sys.argv[1], str(n))
+        script = "echo held > " + mark + "; exec sleep 5"
+        async with helper(["sh", "-c", script], die_with_parent=True):
+            for _ in range(500):
+                if os.path.exists(mark) and open(mark).read():
+                    break
+                await asyncio.sleep(0.01)
+            said.append(open(mark).read() if os.path.exists(mark) else "")
+    for call in calls:
+        call.cancel()
+    await server.stop(None)
+    print(repr(said))
+
+asyncio.run(main())
+"""
+
+
+def test_die_with_parent_works_in_a_process_serving_grpc(tmp_path: Path) -> None:
+    """A service's children: gRPC's at-fork hooks broke a child started with a
+    preexec_fn before it could exec (the sandbox's user namespace was not made)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", GRPC_PARENT, str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == repr(["ran\n", "held\n"] * 10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
@@ -121,7 +120,7 @@ async def run(
     VM that must not outlive its builder)."""
     args = _announce([os.fspath(a) for a in argv], cwd)
     proc = await asyncio.create_subprocess_exec(
-        *args,
+        *(_with_parent(args) if die_with_parent else args),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -129,7 +128,6 @@ async def run(
         cwd=cwd,
         start_new_session=True,  # so cancel can signal the whole process group
         pass_fds=tuple(pass_fds),
-        preexec_fn=_kill_with_parent if die_with_parent else None,
     )
     reading = asyncio.create_task(_read_output(proc, log_output, on_line))
     try:
@@ -151,13 +149,11 @@ async def run(
     return Result(args, proc.returncode, text)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def _kill_with_parent() -> None:
-    """In the child before exec: SIGKILL when the parent dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+def _with_parent(args: list[str]) -> list[str]:
+    """args run by setpriv, which asks the kernel to SIGKILL them when this
+    process dies. Not a preexec_fn: Python runs its at-fork hooks for one, and
+    gRPC's (in a service) broke the child before its exec."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *args]
 
 
 async def _read_output(
@@ -272,14 +268,13 @@ async def helper(
     args = _announce([os.fspath(a) for a in argv], None)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *args,
+            *(_with_parent(args) if die_with_parent else args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=scrubbed_env(env),
             start_new_session=True,
             pass_fds=tuple(pass_fds),
-            preexec_fn=_kill_with_parent if die_with_parent else None,
         )
     except FileNotFoundError as exc:
         raise ProcessError(args, 127, f"{args[0]}: command not found") from exc
