@@ -41,6 +41,7 @@ import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_common.builds import Build, BuildState
 from kiln_common.events import STREAM, from_json
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import stop_pid
@@ -222,7 +223,7 @@ async def one_run(args: argparse.Namespace, home: Path, with_faults: bool) -> di
 
 def summarise(
     submitted: dict[str, float],
-    records: dict[str, pb.Build],
+    records: dict[str, Build],
     events: list[Any],
     kinds: dict[str, Counter[str]],
     leaked: dict[str, int],
@@ -245,7 +246,7 @@ def summarise(
     lost["terminal"] = sum(n == 0 for n in ended)
     duplicated["terminal"] = sum(n > 1 for n in ended)
     succeeded_once = sum(
-        records[i].state == pb.BUILD_STATE_SUCCEEDED and per_build[i]["build.succeeded"] == 1
+        records[i].state == BuildState.SUCCEEDED and per_build[i]["build.succeeded"] == 1
         for i in submitted
     )
     latency = [started_at[i] - at for i, at in submitted.items() if i in started_at]

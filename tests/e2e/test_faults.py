@@ -35,9 +35,9 @@ from support import (
     wait_until,
 )
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import BuilderClient, StorageClient
+from kiln_common.builds import Build, BuildState, StepState
 from kiln_common.lifecycle import TERMINAL
 from kiln_common.proc import stop_pid
 from kiln_devstack.devservers import free_port, start_nats
@@ -121,12 +121,12 @@ def submit(address: str, recipe: Path) -> str:
         return client.submit(checked_source(recipe), skip_boot_test=True).id
 
 
-def record(address: str, build_id: str) -> pb.Build:
+def record(address: str, build_id: str) -> Build:
     with BuilderClient(address) as client:
         return client.get(build_id)
 
 
-def ended(address: str, build_id: str) -> pb.Build | None:
+def ended(address: str, build_id: str) -> Build | None:
     build = record(address, build_id)
     return build if build.state in TERMINAL else None
 
@@ -136,10 +136,10 @@ def stored_artifacts(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
         return list(client.list({"build-id": build_id}))
 
 
-def handed_back(address: str, build_id: str) -> pb.Build | None:
+def handed_back(address: str, build_id: str) -> Build | None:
     """The record once its first attempt failed and went back to the queue."""
     build = record(address, build_id)
-    queued_again = build.state == pb.BUILD_STATE_QUEUED and build.HasField("error")
+    queued_again = build.state == BuildState.QUEUED and build.error is not None
     return build if queued_again or build.attempt >= 2 or build.state in TERMINAL else None
 
 
@@ -182,7 +182,7 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
         finally:
             os.kill(pids[1 + index], signal.SIGCONT)
         final = wait_until("the build to end", lambda: ended(addresses[1], build_id), timeout=300)
-        assert final.state == pb.BUILD_STATE_FAILED, final
+        assert final.state == BuildState.FAILED, final
         assert final.attempt == 3
         assert "failed to connect" in final.error.message, (
             final.error
@@ -228,9 +228,7 @@ def test_storage_back_after_the_first_attempt_the_retry_succeeds(
 
     def handed_back() -> bool:
         build = record(stack.builder, build_id)
-        return build.attempt >= 2 or (
-            build.state == pb.BUILD_STATE_QUEUED and build.HasField("error")
-        )
+        return build.attempt >= 2 or (build.state == BuildState.QUEUED and build.error is not None)
 
     wait_until("the first attempt to fail", handed_back, timeout=300)
     before = dict(stack.pids)
@@ -238,7 +236,7 @@ def test_storage_back_after_the_first_attempt_the_retry_succeeds(
     assert after["storage"] != before["storage"]
     assert {k: after[k] for k in ("nats", "builder")} == {k: before[k] for k in ("nats", "builder")}
     final = wait_until("the build to end", lambda: ended(stack.builder, build_id), timeout=300)
-    assert final.state == pb.BUILD_STATE_SUCCEEDED, final.error
+    assert final.state == BuildState.SUCCEEDED, final.error
     assert final.attempt >= 2
     counts = lifecycle_counts(stack.nats_url, build_id)
     expected = {"build.queued": 1, "build.started": final.attempt, "build.succeeded": 1}
@@ -255,7 +253,7 @@ def test_a_build_that_cannot_succeed_is_not_retried(env: dict[str, str], tmp_pat
     assert done.returncode == 1, done.stderr
     build_id = done.stderr.split()[1]
     final = record(stack.builder, build_id)
-    assert final.state == pb.BUILD_STATE_FAILED and final.attempt == 1
+    assert final.state == BuildState.FAILED and final.attempt == 1
     assert final.error.step == "run"
     counts = lifecycle_counts(stack.nats_url, build_id)
     assert counts == Counter({"build.queued": 1, "build.started": 1, "build.failed": 1}), counts
@@ -274,7 +272,7 @@ def follow(env: dict[str, str], recipe: Path, log: Path) -> subprocess.Popen[str
 
 def running_step(address: str, build_id: str, name: str) -> bool:
     steps = record(address, build_id).steps
-    return any(s.name == name and s.state == pb.STEP_STATE_RUNNING for s in steps)
+    return any(s.name == name and s.state == StepState.RUNNING for s in steps)
 
 
 def build_id_in(log: Path) -> str | None:
@@ -309,7 +307,7 @@ def test_nats_killed_mid_build_and_restarted_by_kiln_up(
     assert follower.returncode == 0, followed
     assert "Traceback" not in followed and "build succeeded" in followed
     final = record(stack.builder, build_id)
-    assert final.state == pb.BUILD_STATE_SUCCEEDED
+    assert final.state == BuildState.SUCCEEDED
     counts = lifecycle_counts(stack.nats_url, build_id)
     assert counts["build.queued"] == 1 and counts["build.succeeded"] == 1, counts
     assert not counts["build.failed"] and counts["build.started"] == final.attempt, counts

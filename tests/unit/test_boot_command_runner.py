@@ -14,7 +14,7 @@ import pytest
 
 from kiln_builder import cleanup, sandbox, vm
 from kiln_builder.resources import OWNER_FILE, claim, claimed_tempdir, janitor
-from kiln_builder.service.worker import RECORD_OUTPUT_MAX, command_result_pb
+from kiln_builder.service.worker import RECORD_OUTPUT_MAX, command_record
 from kiln_builder.vm import (
     Accel,
     BootFailed,
@@ -160,7 +160,7 @@ def test_results_file_and_build_record(tmp_path: Path) -> None:
     assert [c["passed"] for c in written["commands"]] == [True, False]
     assert written["commands"][1]["output"] == long
 
-    record = command_result_pb(results[1])
+    record = command_record(results[1])
     assert record.command == "big" and record.exit_status == 2 and not record.passed
     assert len(record.output) == RECORD_OUTPUT_MAX and record.output.endswith("the end\n")
     assert record.output_bytes == 10009

@@ -10,10 +10,21 @@ from types import TracebackType
 
 import pytest
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_cli import build_cmd
 from kiln_cli.build_cmd import Follower, route
 from kiln_cli.main import main
+from kiln_common.builds import (
+    Build,
+    BuildError,
+    BuildState,
+    BuildUpdate,
+    CheckResult,
+    LogLine,
+    Progress,
+    StepState,
+    StepUpdate,
+    TestCommandResult,
+)
 
 
 def test_a_recipe_argument_means_submit() -> None:
@@ -26,20 +37,18 @@ def test_a_recipe_argument_means_submit() -> None:
 def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
     out = io.StringIO()
     follower = Follower(out)
-    running = pb.BuildUpdate(state=pb.BUILD_STATE_RUNNING, build=pb.Build(worker="w1"))
+    running = BuildUpdate(state=BuildState.RUNNING, build=Build(worker="w1"))
     follower.show(running)
     follower.show(
-        pb.BuildUpdate(
-            step=pb.StepUpdate(name="bootstrap", state=pb.STEP_STATE_RUNNING, index=1, total=3)
-        )
+        BuildUpdate(step=StepUpdate(name="bootstrap", state=StepState.RUNNING, index=1, total=3))
     )
-    follower.show(pb.BuildUpdate(log=pb.LogLine(text="apt says hello")))
-    follower.show(pb.BuildUpdate(progress=pb.Progress(step="upload", fraction=0.5)))
+    follower.show(BuildUpdate(log=LogLine(text="apt says hello")))
+    follower.show(BuildUpdate(progress=Progress(step="upload", fraction=0.5)))
     follower.show(
-        pb.BuildUpdate(
-            step=pb.StepUpdate(
+        BuildUpdate(
+            step=StepUpdate(
                 name="bootstrap",
-                state=pb.STEP_STATE_DONE,
+                state=StepState.DONE,
                 cached=True,
                 seconds=1.25,
                 index=1,
@@ -47,7 +56,7 @@ def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
             )
         )
     )
-    follower.show(pb.BuildUpdate(state=pb.BUILD_STATE_SUCCEEDED))
+    follower.show(BuildUpdate(state=BuildState.SUCCEEDED))
     assert out.getvalue().splitlines() == [
         "build running on w1",
         "[1/3] bootstrap ...",
@@ -60,7 +69,7 @@ def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
 class OneBuild:
     """Stands in for the builder client: answers get() with one record."""
 
-    def __init__(self, build: pb.Build) -> None:
+    def __init__(self, build: Build) -> None:
         self.build = build
 
     def __enter__(self) -> OneBuild:
@@ -69,27 +78,27 @@ class OneBuild:
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         pass
 
-    def get(self, build_id: str) -> pb.Build:
+    def get(self, build_id: str) -> Build:
         return self.build
 
 
-FAILED_CHECKS = pb.Build(
+FAILED_CHECKS = Build(
     id="b1",
-    state=pb.BUILD_STATE_FAILED,
+    state=BuildState.FAILED,
     name="web",
     version="1",
     checks=[
-        pb.CheckResult(
+        CheckResult(
             profile="tycoon", rule="tycoon.home", passed=True, file="/home", why="a directory"
         ),
-        pb.CheckResult(
+        CheckResult(
             profile="tycoon",
             rule="tycoon.network-config",
             passed=False,
             file="/etc/hosts",
             why="missing",
         ),
-        pb.CheckResult(
+        CheckResult(
             profile="cloud",
             rule="cloud.contextualisation",
             passed=False,
@@ -98,7 +107,7 @@ FAILED_CHECKS = pb.Build(
             why="no agent",
         ),
     ],
-    error=pb.BuildError(step="checks", message="step checks failed: 1 requirement check failed"),
+    error=BuildError(step="checks", message="step checks failed: 1 requirement check failed"),
 )
 
 
@@ -123,11 +132,11 @@ def test_show_prints_each_check_and_json_has_them(
 def test_show_lists_each_boot_test_command_and_json_has_them(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    build = pb.Build(id="b1", state=pb.BUILD_STATE_FAILED, name="w", version="1")
+    build = Build(id="b1", state=BuildState.FAILED, name="w", version="1")
     build.test_commands.extend([
-        pb.TestCommandResult(command="cat /etc/os-release", seconds=0.2, passed=True),
-        pb.TestCommandResult(command="exit 3", exit_status=3, seconds=0.1),
-        pb.TestCommandResult(command="sleep 999", exit_status=124, seconds=60, timed_out=True),
+        TestCommandResult(command="cat /etc/os-release", seconds=0.2, passed=True),
+        TestCommandResult(command="exit 3", exit_status=3, seconds=0.1),
+        TestCommandResult(command="sleep 999", exit_status=124, seconds=60, timed_out=True),
     ])  # fmt: skip
     monkeypatch.setattr(build_cmd, "_client", lambda: OneBuild(build))
 

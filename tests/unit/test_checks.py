@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder import checks
 from kiln_builder.checks import CheckReport, ChecksFailed, Facts, Tree
 from kiln_builder.checks.services import enablement
 from kiln_builder.engine import Bake, BakeOptions
-from kiln_builder.service.worker import check_messages
+from kiln_builder.service.worker import check_records
 from kiln_cli.build_cmd import check_lines
+from kiln_common.builds import CheckResult
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe import parse_recipe
 
@@ -474,8 +474,8 @@ def test_a_failure_names_each_failed_rule_file_and_why(tmp_path: Path) -> None:
 def test_results_become_record_messages_and_cli_lines(tmp_path: Path) -> None:
     root = good_tree(tmp_path)
     (root / "home").rmdir()
-    messages = check_messages(checks.run(root, [("tycoon", False)], FACTS))
-    assert messages[2] == pb.CheckResult(
+    messages = check_records(checks.run(root, [("tycoon", False)], FACTS))
+    assert messages[2] == CheckResult(
         profile="tycoon", rule="tycoon.home", statement=checks.tycoon.RULES[2].statement,
         passed=False, advisory=False, file="/home",
         why="does not exist: user accounts are created under /home",

@@ -11,15 +11,22 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from google.protobuf import json_format
-
 from kiln_api.builder.v1 import builder_pb2 as pb
-from kiln_client import BuilderClient
+from kiln_client import BuilderClient, wire
 from kiln_common import lifecycle
+from kiln_common.builds import (
+    Build,
+    BuildState,
+    BuildUpdate,
+    CheckResult,
+    StepState,
+    StepUpdate,
+    TestCommandResult,
+)
 from kiln_common.lifecycle import STATES, TERMINAL, step_word
 from kiln_common.lifecycle import word as state_word
 from kiln_recipe import RecipeError
@@ -131,26 +138,24 @@ class Follower:
             self.show(update)
         self._clear()
 
-    def show(self, update: pb.BuildUpdate) -> None:
-        kind = update.WhichOneof("kind")
-        if kind == "step":
+    def show(self, update: BuildUpdate) -> None:
+        if update.step is not None:
             self._step(update.step)
-        elif kind == "progress":
-            p = update.progress
+        elif (p := update.progress) is not None:
             self.bar = f"{p.step} [{'#' * int(p.fraction * 30):<30}] {p.fraction:4.0%} {p.detail}"
             if not self.tty:
                 return
-        elif kind == "log":
+        elif update.log is not None:
             self.tail = (self.tail + update.log.text.splitlines())[-TAIL:]
-        elif kind == "state":
-            running = update.state == pb.BUILD_STATE_RUNNING and update.build.worker
-            where = f" on {update.build.worker}" if running else ""
+        elif update.state is not None:
+            worker = update.build.worker if update.build else ""
+            where = f" on {worker}" if update.state == BuildState.RUNNING and worker else ""
             self._print(f"build {state_word(update.state)}{where}")
         self._redraw()
 
-    def _step(self, step: pb.StepUpdate) -> None:
+    def _step(self, step: StepUpdate) -> None:
         where = f"[{step.index}/{step.total}]" if step.total else "[-]"
-        if step.state == pb.STEP_STATE_RUNNING:
+        if step.state == StepState.RUNNING:
             self.bar = f"{step.name} running"
             self._print(f"{where} {step.name} ...")
             return
@@ -179,9 +184,9 @@ class Follower:
         self.drawn = len(lines)
 
 
-def print_outcome(build: pb.Build) -> None:
+def print_outcome(build: Build) -> None:
     print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
-    if build.HasField("error"):
+    if build.error is not None:
         where = f" in step {build.error.step}" if build.error.step else ""
         print(f"error{where}: {build.error.message}", file=sys.stderr)
         for line in build.error.log_tail[-10:]:
@@ -196,15 +201,16 @@ def print_outcome(build: pb.Build) -> None:
 # ---- ls, show, logs, cancel ----------------------------------------------------------------
 
 
-def _when(build: pb.Build) -> str:
-    return build.created.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _when(build: Build) -> str:
+    created = build.created or datetime.fromtimestamp(0, UTC)
+    return created.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _took(build: pb.Build) -> str:
-    if not build.HasField("started"):
+def _took(build: Build) -> str:
+    if build.started is None:
         return "-"
-    end = build.finished if build.HasField("finished") else None
-    seconds = (end.ToSeconds() if end else time.time()) - build.started.ToSeconds()
+    end = int(build.finished.timestamp()) if build.finished else time.time()
+    seconds = end - int(build.started.timestamp())
     return f"{seconds:.0f}s"
 
 
@@ -227,14 +233,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         b = client.get(args.id)
     code = STATES[b.state].exit_code if b.state in TERMINAL else 0
     if args.json:
-        print(json_format.MessageToJson(b, preserving_proto_field_name=True))
+        print(wire.build_json(b))
         return code
     print(
         f"id          {b.id}\nstate       {state_word(b.state)}\nrecipe      {b.name} {b.version}"
     )
     print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
     print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
-    if b.HasField("base"):
+    if b.base is not None:
         print(
             f"base        {b.base.source}\n            {b.base.description}, sha256 {b.base.sha256}"
         )
@@ -255,12 +261,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"test        {test_word(t):<9} {t.seconds:7.1f}s  {t.command}")
     for a in b.artifacts:
         print(f"artifact    {a.artifact_id}  {a.kind:<11} {a.name}  {a.size}")
-    if b.HasField("error"):
+    if b.error is not None:
         print(f"error       {b.error.step + ': ' if b.error.step else ''}{b.error.message}")
     return code
 
 
-def check_lines(results: Sequence[pb.CheckResult]) -> list[str]:
+def check_lines(results: Sequence[CheckResult]) -> list[str]:
     """Each requirement rule's result on a line: PASS, FAIL, or WARN (failed,
     in an advisory profile), the rule, the file it looked at and why."""
     lines = []
@@ -270,7 +276,7 @@ def check_lines(results: Sequence[pb.CheckResult]) -> list[str]:
     return lines
 
 
-def test_word(result: pb.TestCommandResult) -> str:
+def test_word(result: TestCommandResult) -> str:
     """passed, timed-out, or exit N."""
     if result.passed:
         return "passed"
@@ -280,7 +286,7 @@ def test_word(result: pb.TestCommandResult) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     with _client() as client:
         for update in client.watch(args.id, stored_only=not args.follow):
-            if update.WhichOneof("kind") == "log":
+            if update.log is not None:
                 print(update.log.text, flush=True)
     return 0
 
@@ -288,6 +294,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.cancel(args.id)
-    done = b.state == pb.BUILD_STATE_CANCELLED
+    done = b.state == BuildState.CANCELLED
     print(f"build {b.id} {'cancelled' if done else 'cancel requested (the worker is stopping it)'}")
     return 0

@@ -14,8 +14,9 @@ import grpc
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
-from kiln_client import _rpc, discovery
+from kiln_client import _rpc, discovery, wire
 from kiln_client._sync import LoopThread
+from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.grpc_errors import from_rpc
 from kiln_common.retry import RetryPolicy
 
@@ -55,52 +56,58 @@ class AsyncBuilderClient:
         idempotency_key: str = "",
         no_cache: bool = False,
         skip_boot_test: bool = False,
-    ) -> pb.Build:
+    ) -> Build:
         request = pb.SubmitBuildRequest(
             recipe=recipe,
             idempotency_key=idempotency_key or f"auto-{uuid.uuid4().hex}",
             no_cache=no_cache,
             skip_boot_test=skip_boot_test,
         )
-        return await _rpc.unary(self.policy, "submit", lambda: self._stub.SubmitBuild(request))
+        reply = await _rpc.unary(self.policy, "submit", lambda: self._stub.SubmitBuild(request))
+        return wire.build_of(reply)
 
     async def validate(self, recipe: pb.RecipeSource) -> pb.ValidateRecipeResponse:
         request = pb.ValidateRecipeRequest(recipe=recipe)
         return await _rpc.unary(self.policy, "validate", lambda: self._stub.ValidateRecipe(request))
 
-    async def get(self, build_id: str) -> pb.Build:
+    async def get(self, build_id: str) -> Build:
         request = pb.GetBuildRequest(id=build_id)
-        return await _rpc.unary(self.policy, "get", lambda: self._stub.GetBuild(request))
+        reply = await _rpc.unary(self.policy, "get", lambda: self._stub.GetBuild(request))
+        return wire.build_of(reply)
 
     async def recipe(self, build_id: str) -> pb.RecipeSource:
         """The recipe the build was submitted with (NotFound once not kept)."""
         request = pb.GetBuildRequest(id=build_id)
         return await _rpc.unary(self.policy, "recipe", lambda: self._stub.GetBuildRecipe(request))
 
-    async def cancel(self, build_id: str) -> pb.Build:
+    async def cancel(self, build_id: str) -> Build:
         request = pb.CancelBuildRequest(id=build_id)
-        return await _rpc.unary(self.policy, "cancel", lambda: self._stub.CancelBuild(request))
+        reply = await _rpc.unary(self.policy, "cancel", lambda: self._stub.CancelBuild(request))
+        return wire.build_of(reply)
 
     def list(
         self,
-        state: pb.BuildState.ValueType = pb.BUILD_STATE_UNSPECIFIED,
+        state: BuildState = BuildState.UNSPECIFIED,
         name: str = "",
         page_size: int = 50,
-    ) -> AsyncIterator[pb.Build]:
+    ) -> AsyncIterator[Build]:
         """Builds, newest first, page after page."""
 
-        async def page(token: str) -> tuple[builtins.list[pb.Build], str]:
+        async def page(token: str) -> tuple[builtins.list[Build], str]:
             request = pb.ListBuildsRequest(
-                state=state, name=name, page_size=min(page_size, MAX_PAGE), page_token=token
+                state=pb.BuildState.ValueType(state),
+                name=name,
+                page_size=min(page_size, MAX_PAGE),
+                page_token=token,
             )
             reply = await _rpc.unary(self.policy, "list", lambda: self._stub.ListBuilds(request))
-            return builtins.list(reply.builds), reply.next_page_token
+            return [wire.build_of(b) for b in reply.builds], reply.next_page_token
 
         return _rpc.pages(page)
 
     async def watch(
         self, build_id: str, after_seq: int = 0, stored_only: bool = False
-    ) -> AsyncIterator[pb.BuildUpdate]:
+    ) -> AsyncIterator[BuildUpdate]:
         """Every update of the build after after_seq, until its final state.
         When the stream breaks on an UNAVAILABLE, it is opened again after the
         last update seen, backing off; an update received resets the backoff."""
@@ -109,7 +116,8 @@ class AsyncBuilderClient:
         while True:
             request = pb.WatchBuildRequest(id=build_id, after_seq=seen, stored_only=stored_only)
             try:
-                async for update in self._stub.WatchBuild(request):
+                async for message in self._stub.WatchBuild(request):
+                    update = wire.update_of(message)
                     seen = update.seq or seen
                     backoff.reset()
                     yield update
@@ -151,7 +159,7 @@ class BuilderClient:
         idempotency_key: str = "",
         no_cache: bool = False,
         skip_boot_test: bool = False,
-    ) -> pb.Build:
+    ) -> Build:
         return self._loop.run(
             self._async.submit(
                 recipe,
@@ -164,21 +172,21 @@ class BuilderClient:
     def validate(self, recipe: pb.RecipeSource) -> pb.ValidateRecipeResponse:
         return self._loop.run(self._async.validate(recipe))
 
-    def get(self, build_id: str) -> pb.Build:
+    def get(self, build_id: str) -> Build:
         return self._loop.run(self._async.get(build_id))
 
-    def cancel(self, build_id: str) -> pb.Build:
+    def cancel(self, build_id: str) -> Build:
         return self._loop.run(self._async.cancel(build_id))
 
     def list(
         self,
-        state: pb.BuildState.ValueType = pb.BUILD_STATE_UNSPECIFIED,
+        state: BuildState = BuildState.UNSPECIFIED,
         name: str = "",
         page_size: int = 50,
-    ) -> Iterator[pb.Build]:
+    ) -> Iterator[Build]:
         return self._loop.iterate(self._async.list(state, name, page_size))
 
     def watch(
         self, build_id: str, after_seq: int = 0, stored_only: bool = False
-    ) -> Iterator[pb.BuildUpdate]:
+    ) -> Iterator[BuildUpdate]:
         return self._loop.iterate(self._async.watch(build_id, after_seq, stored_only))

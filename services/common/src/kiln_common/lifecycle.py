@@ -10,15 +10,21 @@ one build, exactly one ends it, and exactly one terminal event is sent."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TypeAlias
+from datetime import UTC, datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_common.builds import (
+    BaseImage,
+    Build,
+    BuildArtifact,
+    BuildError,
+    BuildState,
+    CheckResult,
+    StepState,
+    TestCommandResult,
+)
 from kiln_common.errors import FailedPrecondition
 
-State: TypeAlias = pb.BuildState.ValueType
-StepState: TypeAlias = pb.StepState.ValueType
+State = BuildState
 
 
 @dataclass(frozen=True)
@@ -30,18 +36,18 @@ class StateInfo:
 
 
 STATES: dict[State, StateInfo] = {
-    pb.BUILD_STATE_QUEUED: StateInfo("queued", "build.queued", False, 1),
-    pb.BUILD_STATE_RUNNING: StateInfo("running", "build.started", False, 1),
-    pb.BUILD_STATE_SUCCEEDED: StateInfo("succeeded", "build.succeeded", True, 0),
-    pb.BUILD_STATE_FAILED: StateInfo("failed", "build.failed", True, 1),
-    pb.BUILD_STATE_CANCELLED: StateInfo("cancelled", "build.cancelled", True, 3),
+    BuildState.QUEUED: StateInfo("queued", "build.queued", False, 1),
+    BuildState.RUNNING: StateInfo("running", "build.started", False, 1),
+    BuildState.SUCCEEDED: StateInfo("succeeded", "build.succeeded", True, 0),
+    BuildState.FAILED: StateInfo("failed", "build.failed", True, 1),
+    BuildState.CANCELLED: StateInfo("cancelled", "build.cancelled", True, 3),
 }
 STEP_WORDS: dict[StepState, str] = {
-    pb.STEP_STATE_PENDING: "pending",
-    pb.STEP_STATE_RUNNING: "running",
-    pb.STEP_STATE_DONE: "done",
-    pb.STEP_STATE_FAILED: "failed",
-    pb.STEP_STATE_CANCELLED: "cancelled",
+    StepState.PENDING: "pending",
+    StepState.RUNNING: "running",
+    StepState.DONE: "done",
+    StepState.FAILED: "failed",
+    StepState.CANCELLED: "cancelled",
 }
 STEP_EVENT = "build.step"
 TERMINAL = frozenset(s for s, info in STATES.items() if info.terminal)
@@ -60,75 +66,69 @@ def state_of(text: str) -> State:
             return state
     if text:
         raise ValueError(f"unknown build state {text!r} (one of {', '.join(WORDS)})")
-    return pb.BUILD_STATE_UNSPECIFIED
+    return BuildState.UNSPECIFIED
 
 
 def step_word(state: StepState) -> str:
     return STEP_WORDS.get(state, "unspecified")
 
 
-def now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 # ---- transitions: each changes the record in place and says whether it did ----------------
 
 
-def start(build: pb.Build, worker: str, attempt: int) -> bool:
+def start(build: Build, worker: str, attempt: int) -> bool:
     """A worker takes the build (a queued one, or a running one whose worker
     was presumed dead). An ended or cancelled build is not taken."""
     if build.state in TERMINAL or build.cancel_requested:
         return False
-    build.state = pb.BUILD_STATE_RUNNING
+    build.state = BuildState.RUNNING
     build.worker = worker
     build.attempt = attempt
-    if not build.HasField("started"):
-        build.started.CopyFrom(now())
-    del build.steps[:]
-    del build.checks[:]
-    build.ClearField("error")
+    if build.started is None:
+        build.started = now()
+    build.steps.clear()
+    build.checks.clear()
+    build.error = None
     return True
 
 
-def held_by(build: pb.Build, worker: str, attempt: int) -> bool:
+def held_by(build: Build, worker: str, attempt: int) -> bool:
     """Whether this worker's attempt still owns the running build."""
-    return (
-        build.state == pb.BUILD_STATE_RUNNING
-        and build.worker == worker
-        and build.attempt == attempt
-    )
+    return build.state == BuildState.RUNNING and build.worker == worker and build.attempt == attempt
 
 
-def requeue(build: pb.Build, worker: str, attempt: int, error: pb.BuildError | None = None) -> bool:
+def requeue(build: Build, worker: str, attempt: int, error: BuildError | None = None) -> bool:
     """The worker's attempt hands the build back to the queue (shutting down,
     or a failure worth another try). Only the attempt that holds it can."""
     if not held_by(build, worker, attempt):
         return False
-    build.state = pb.BUILD_STATE_QUEUED
+    build.state = BuildState.QUEUED
     build.worker = ""
     if error is not None:
-        build.error.CopyFrom(error)
+        build.error = error
     return True
 
 
 @dataclass(frozen=True)
 class Outcome:
     state: State
-    error: pb.BuildError | None = None
-    artifacts: tuple[pb.BuildArtifact, ...] = ()
-    log_artifact: pb.BuildArtifact | None = None
+    error: BuildError | None = None
+    artifacts: tuple[BuildArtifact, ...] = ()
+    log_artifact: BuildArtifact | None = None
     accel: str = ""
-    base: pb.BaseImage | None = None  # a customised build's base, once fetched
-    test_commands: tuple[pb.TestCommandResult, ...] = ()
-    checks: tuple[pb.CheckResult, ...] = ()  # requirement checks, passed or failed
+    base: BaseImage | None = None  # a customised build's base, once fetched
+    test_commands: tuple[TestCommandResult, ...] = ()
+    checks: tuple[CheckResult, ...] = ()  # requirement checks, passed or failed
     isolation: str = ""  # sandbox or vm, once the build ran
     appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
     isolation_reason: str = ""  # why: the recipe's choice, or the builder's setting
 
 
-def finish(build: pb.Build, outcome: Outcome) -> bool:
+def finish(build: Build, outcome: Outcome) -> bool:
     """Ends the build. False if it had already ended: the caller's outcome
     comes too late and must not be announced."""
     if outcome.state not in TERMINAL:
@@ -136,17 +136,16 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     if build.state in TERMINAL:
         return False
     build.state = outcome.state
-    build.finished.CopyFrom(now())
+    build.finished = now()
     build.accel = outcome.accel
     build.isolation = outcome.isolation
     build.appliance_accel = outcome.appliance_accel
     build.isolation_reason = outcome.isolation_reason
     if outcome.base is not None:
-        build.base.CopyFrom(outcome.base)
-    del build.test_commands[:]
-    build.test_commands.extend(outcome.test_commands)
+        build.base = outcome.base
+    build.test_commands[:] = outcome.test_commands
     if outcome.error is not None:
-        build.error.CopyFrom(outcome.error)
+        build.error = outcome.error
     build.artifacts.extend(outcome.artifacts)
     build.checks.extend(outcome.checks)
     if outcome.log_artifact is not None:
@@ -155,16 +154,16 @@ def finish(build: pb.Build, outcome: Outcome) -> bool:
     return True
 
 
-def request_cancel(build: pb.Build) -> bool:
+def request_cancel(build: Build) -> bool:
     """Asks for the build to stop. A queued build ends at once (no worker
     holds it); a running one is marked, and its worker stops it. An ended
     build cannot be cancelled."""
     if build.state in TERMINAL:
         raise FailedPrecondition(f"build {build.id} has already ended ({word(build.state)})")
-    if build.cancel_requested and build.state != pb.BUILD_STATE_QUEUED:
+    if build.cancel_requested and build.state != BuildState.QUEUED:
         return False
     build.cancel_requested = True
-    if build.state == pb.BUILD_STATE_QUEUED:
-        build.state = pb.BUILD_STATE_CANCELLED
-        build.finished.CopyFrom(now())
+    if build.state == BuildState.QUEUED:
+        build.state = BuildState.CANCELLED
+        build.finished = now()
     return True

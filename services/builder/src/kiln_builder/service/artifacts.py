@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.engine import BaseImage
 from kiln_builder.storage import StorageAccess
+from kiln_common.builds import BuildArtifact
 
 KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
@@ -53,12 +53,12 @@ class BuildArtifacts:
 
     async def upload(
         self, upload: Upload, name: str, version: str, progress: Callable[[int], None]
-    ) -> bpb.BuildArtifact:
+    ) -> BuildArtifact:
         labels = self._labels(name, version, upload)
         async with self.storage.client() as client:
             stored = await client.push(upload.path, labels, progress=progress, stop=self.stop)
             url = await client.url(stored.id, URL_SECONDS)
-        return bpb.BuildArtifact(
+        return BuildArtifact(
             artifact_id=stored.id,
             name=upload.path.name,
             kind=upload.kind,

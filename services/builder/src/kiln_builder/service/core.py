@@ -21,6 +21,7 @@ from kiln_builder.service import queue, updates
 from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.records import BuildRecords, same_recipe
 from kiln_common import jetstream, lifecycle
+from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -34,9 +35,10 @@ RECIPE_TTL_SECONDS = 90 * 24 * 3600
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+Page = tuple[list[Build], str]  # builds, newest first, and the next page's token
 
 
-def event_data(build: pb.Build, **extra: Any) -> dict[str, Any]:
+def event_data(build: Build, **extra: Any) -> dict[str, Any]:
     return {
         "id": build.id,
         "name": build.name,
@@ -96,21 +98,23 @@ class BuilderCore:
 
     # ---- builds ----------------------------------------------------------------------
 
-    async def submit(self, request: pb.SubmitBuildRequest) -> pb.Build:
-        key = request.idempotency_key
+    async def submit(
+        self, source: pb.RecipeSource, key: str = "", *, no_cache: bool = False,
+        skip_boot_test: bool = False,
+    ) -> Build:  # fmt: skip
         if key and not _KEY_RE.match(key):
             raise InvalidArgument("idempotency_key: 1 to 128 printable ASCII characters")
-        recipe, digest = bundle.check(request.recipe)  # RecipeError: INVALID_ARGUMENT
-        build = pb.Build(
+        recipe, digest = bundle.check(source)  # RecipeError: INVALID_ARGUMENT
+        build = Build(
             id=new_id(),
-            state=pb.BUILD_STATE_QUEUED,
+            state=BuildState.QUEUED,
             name=recipe.name,
             version=recipe.version,
             recipe_digest=digest,
             idempotency_key=key,
             created=now(),
-            no_cache=request.no_cache,
-            skip_boot_test=request.skip_boot_test,
+            no_cache=no_cache,
+            skip_boot_test=skip_boot_test,
         )
         if key:
             existing = await self.records.claim_key(key, build.id)
@@ -118,7 +122,7 @@ class BuilderCore:
                 return same_recipe(await self._wait_created(existing), digest)
         # Recipe first, record second, queue last: a worker never sees a build
         # id whose record or recipe is missing.
-        kept = bundle.normalised(request.recipe)
+        kept = bundle.normalised(source)
         await self.nats.recipes.put(build.id, kept.SerializeToString())
         await self.records.create(build)
         await self.announce(build)
@@ -129,7 +133,7 @@ class BuilderCore:
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
         return build
 
-    async def _wait_created(self, build_id: str) -> pb.Build:
+    async def _wait_created(self, build_id: str) -> Build:
         """The build a key is bound to; the first submitter may still be
         writing its record, so a missing one is waited for a moment."""
         for _ in range(50):
@@ -142,56 +146,54 @@ class BuilderCore:
             "submit with another key"
         )
 
-    async def announce(self, build: pb.Build) -> None:
+    async def announce(self, build: Build) -> None:
         """A state update on the build's updates stream, the record with it."""
-        update = pb.BuildUpdate(build_id=build.id, time=now(), state=build.state)
-        update.build.CopyFrom(build)
+        update = BuildUpdate(build_id=build.id, time=now(), state=build.state, build=build)
         await updates.publish(self.nats.js, update)
 
-    async def get(self, build_id: str) -> pb.Build:
+    async def get(self, build_id: str) -> Build:
         return await self.records.get(build_id)
 
-    async def list(self, request: pb.ListBuildsRequest) -> pb.ListBuildsResponse:
-        size = request.page_size or DEFAULT_PAGE
+    async def list(
+        self, state: BuildState = BuildState.UNSPECIFIED, name: str = "", page_size: int = 0,
+        page_token: str = "",
+    ) -> Page:  # fmt: skip
+        """A page of builds, newest first, and the next page's token ("" at the end)."""
+        size = page_size or DEFAULT_PAGE
         if size > MAX_PAGE or size < 0:
             raise InvalidArgument(f"page_size: 0 to {MAX_PAGE}")
-        if request.state and request.state not in STATES:
-            raise InvalidArgument(f"state: unknown build state {request.state}")
-        token = request.page_token
-        if token:
-            check_id(token, "page_token")
+        if state and state not in STATES:
+            raise InvalidArgument(f"state: unknown build state {int(state)}")
+        if page_token:
+            check_id(page_token, "page_token")
         if self.index is None or not await self.index.caught_up():
-            return await self._scan(request, size, token)
+            return await self._scan(state, name, size, page_token)
         # Caught up: the index holds every record as of this call's start.
-        builds, next_token = self.index.page(request.state, request.name, token, size)
-        return pb.ListBuildsResponse(builds=builds, next_page_token=next_token)
+        return self.index.page(state, name, page_token, size)
 
-    async def _listed(self, build_id: str) -> pb.Build | None:
+    async def _listed(self, build_id: str) -> Build | None:
         try:
             return await self.records.get(build_id)
         except NotFound:
             return None  # removed while we listed
 
-    async def _scan(
-        self, request: pb.ListBuildsRequest, size: int, token: str
-    ) -> pb.ListBuildsResponse:
+    async def _scan(self, state: BuildState, name: str, size: int, token: str) -> Page:
         """Every record read: the answer while the index is being rebuilt."""
-        out = pb.ListBuildsResponse()
+        builds: list[Build] = []
         for build_id in await self.records.ids():
             if token and build_id >= token:
                 continue
             build = await self._listed(build_id)
-            if build is None or not _matches(build, request):
+            if build is None or not _matches(build, state, name):
                 continue
-            if len(out.builds) == size:
-                out.next_page_token = out.builds[-1].id
-                break
-            out.builds.append(build)
-        return out
+            if len(builds) == size:
+                return builds, builds[-1].id
+            builds.append(build)
+        return builds, ""
 
     async def watch(
         self, build_id: str, after_seq: int, stored_only: bool = False
-    ) -> AsyncIterator[pb.BuildUpdate]:
+    ) -> AsyncIterator[BuildUpdate]:
         await self.records.get(build_id)  # NOT_FOUND before the stream starts
 
         async def ended() -> bool:
@@ -200,11 +202,11 @@ class BuilderCore:
         async for update in updates.watch(self.nats.js, build_id, after_seq, ended, stored_only):
             yield update
 
-    async def cancel(self, build_id: str) -> pb.Build:
+    async def cancel(self, build_id: str) -> Build:
         # A queued build is cancelled at once (no worker holds it). Its queue
         # message stays, and the worker that takes it sees the record and drops it.
         build, changed = await self.records.mutate(build_id, lifecycle.request_cancel)
-        if changed and build.state == pb.BUILD_STATE_CANCELLED:
+        if changed and build.state == BuildState.CANCELLED:
             await self.announce(build)
             await self.events.publish(STATES[build.state].event, build.id, event_data(build))
         elif build.state not in TERMINAL:
@@ -212,7 +214,5 @@ class BuilderCore:
         return build
 
 
-def _matches(build: pb.Build, request: pb.ListBuildsRequest) -> bool:
-    return (not request.state or build.state == request.state) and (
-        not request.name or build.name == request.name
-    )
+def _matches(build: Build, state: BuildState, name: str) -> bool:
+    return (not state or build.state == state) and (not name or build.name == name)

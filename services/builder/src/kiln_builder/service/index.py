@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_client import wire
+from kiln_common.builds import Build
 from kiln_common.lifecycle import State
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ MAX_CATCH_UP_SECONDS = 60.0  # the longest a call waits for a loading index
 class Entry:
     state: State
     name: str
-    record: bytes  # the serialized pb.Build, parsed only when listed
+    record: bytes  # the serialized Build, parsed only when listed
 
 
 class BuildIndex:
@@ -80,11 +81,10 @@ class BuildIndex:
             if self._entries.pop(build_id, None) is not None:
                 self._ids.pop(bisect.bisect_left(self._ids, build_id))
             return
-        build = pb.Build()
-        build.ParseFromString(entry.value or b"")
+        state, name = wire.build_state_and_name(entry.value or b"")
         if build_id not in self._entries:
             bisect.insort(self._ids, build_id)
-        self._entries[build_id] = Entry(build.state, build.name, entry.value or b"")
+        self._entries[build_id] = Entry(state, name, entry.value or b"")
 
     async def caught_up(self) -> bool:
         """Waits until every write made before this call is in the index. A
@@ -113,18 +113,16 @@ class BuildIndex:
         self.start()
         return False
 
-    def page(self, state: State, name: str, before: str, size: int) -> tuple[list[pb.Build], str]:
+    def page(self, state: State, name: str, before: str, size: int) -> tuple[list[Build], str]:
         """Up to size builds, newest first, older than before (the page
         token); and the next token ("" on the last page)."""
         end = bisect.bisect_left(self._ids, before) if before else len(self._ids)
-        found: list[pb.Build] = []
+        found: list[Build] = []
         for index in range(end - 1, -1, -1):
             entry = self._entries[self._ids[index]]
             if (state and entry.state != state) or (name and entry.name != name):
                 continue
             if len(found) == size:
                 return found, found[-1].id
-            build = pb.Build()
-            build.ParseFromString(entry.record)
-            found.append(build)
+            found.append(wire.build_from_bytes(entry.record))
         return found, ""

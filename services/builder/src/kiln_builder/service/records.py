@@ -11,8 +11,9 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_client import wire
 from kiln_common import jetstream
+from kiln_common.builds import Build
 from kiln_common.errors import AlreadyExists, FailedPrecondition, NotFound
 from kiln_common.ids import check_id
 
@@ -20,7 +21,7 @@ BUILDS_BUCKET = "kiln_builds"
 KEYS_BUCKET = "kiln_build_keys"
 CAS_ATTEMPTS = 20
 
-Mutation = Callable[[pb.Build], bool]  # a lifecycle transition: True if it changed the build
+Mutation = Callable[[Build], bool]  # a lifecycle transition: True if it changed the build
 
 
 class BuildRecords:
@@ -35,23 +36,21 @@ class BuildRecords:
         keys = await jetstream.key_value(js, KEYS_BUCKET, replicas=replicas)
         return cls(js, builds, keys)
 
-    async def create(self, build: pb.Build) -> None:
-        await self.builds.create(build.id, build.SerializeToString())
+    async def create(self, build: Build) -> None:
+        await self.builds.create(build.id, wire.build_bytes(build))
 
-    async def get(self, build_id: str) -> pb.Build:
+    async def get(self, build_id: str) -> Build:
         return (await self._entry(build_id))[0]
 
-    async def _entry(self, build_id: str) -> tuple[pb.Build, int]:
+    async def _entry(self, build_id: str) -> tuple[Build, int]:
         check_id(build_id, "build id")
         try:
             entry = await self.builds.get(build_id)
         except KeyNotFoundError:
             raise NotFound(f"build {build_id} does not exist") from None
-        build = pb.Build()
-        build.ParseFromString(entry.value or b"")
-        return build, int(entry.revision or 0)
+        return wire.build_from_bytes(entry.value or b""), int(entry.revision or 0)
 
-    async def mutate(self, build_id: str, change: Mutation) -> tuple[pb.Build, bool]:
+    async def mutate(self, build_id: str, change: Mutation) -> tuple[Build, bool]:
         """Applies change to the newest record and stores it if nothing else
         changed it in between (else reads it again and retries). Returns the
         record and whether this call changed it: only the caller whose write
@@ -61,7 +60,7 @@ class BuildRecords:
             if not change(build):
                 return build, False
             try:
-                await self.builds.update(build_id, build.SerializeToString(), last=revision)
+                await self.builds.update(build_id, wire.build_bytes(build), last=revision)
                 return build, True
             except KeyWrongLastSequenceError:
                 continue
@@ -83,7 +82,7 @@ class BuildRecords:
         return sorted(ids, reverse=True)  # ids sort by time
 
 
-def same_recipe(existing: pb.Build, digest: str) -> pb.Build:
+def same_recipe(existing: Build, digest: str) -> Build:
     if existing.recipe_digest != digest:
         raise AlreadyExists(
             f"idempotency key {existing.idempotency_key!r} was used for build "

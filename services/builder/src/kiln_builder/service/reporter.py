@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.engine import StepRecord
 from kiln_builder.service import updates
 from kiln_builder.service.core import Nats, event_data
+from kiln_common.builds import Build, BuildUpdate, LogLine, Progress, Step, StepState, StepUpdate
 from kiln_common.events import Publisher
 from kiln_common.lifecycle import STEP_EVENT, now
 from kiln_common.proc import OUTPUT_LOG
@@ -64,13 +64,13 @@ def install_log_capture() -> None:
 
 @dataclass
 class _Item:
-    update: pb.BuildUpdate
+    update: BuildUpdate
     step: StepRecord | None = None
     what: str = ""
 
 
 class BuildReporter:
-    def __init__(self, nats: Nats, events: Publisher, build: pb.Build, log_path: Path) -> None:
+    def __init__(self, nats: Nats, events: Publisher, build: Build, log_path: Path) -> None:
         self.nats = nats
         self.events = events
         self.build_id = build.id
@@ -91,27 +91,27 @@ class BuildReporter:
         for line in text.splitlines() or [""]:
             self._file.write(line + "\n")
             self.tail.append(line)
-        self._put(_Item(self._update(log=pb.LogLine(text=text, level=level))))
+        self._put(_Item(self._update(log=LogLine(text=text, level=level))))
 
     def step(self, record: StepRecord, what: str) -> None:
         """The engine's progress callback: what is "start" or "done"."""
-        state = pb.STEP_STATE_RUNNING if what == "start" else pb.STEP_STATE_DONE
+        state = StepState.RUNNING if what == "start" else StepState.DONE
         self._step(record, state)
 
-    def end_step(self, record: StepRecord, state: pb.StepState.ValueType) -> None:
+    def end_step(self, record: StepRecord, state: StepState) -> None:
         self._step(record, state)
 
     def progress(self, step: str, fraction: float, detail: str = "") -> None:
-        progress = pb.Progress(step=step, fraction=max(0.0, min(1.0, fraction)), detail=detail)
+        progress = Progress(step=step, fraction=max(0.0, min(1.0, fraction)), detail=detail)
         self._put(_Item(self._update(progress=progress)))
 
     def running(self) -> list[str]:
-        return [name for name, state in self.states.items() if state == pb.STEP_STATE_RUNNING]
+        return [name for name, state in self.states.items() if state == StepState.RUNNING]
 
-    def _step(self, record: StepRecord, state: pb.StepState.ValueType) -> None:
+    def _step(self, record: StepRecord, state: StepState) -> None:
         self.states[record.name] = state
         index = self.plan.index(record.name) + 1 if record.name in self.plan else 0
-        step = pb.StepUpdate(
+        step = StepUpdate(
             name=record.name,
             state=state,
             cached=record.cached,
@@ -119,10 +119,10 @@ class BuildReporter:
             index=index,
             total=len(self.plan),
         )
-        self._put(_Item(self._update(step=step), record, pb.StepState.Name(state)))
+        self._put(_Item(self._update(step=step), record, StepState(state).name.lower()))
 
-    def _update(self, **kind: object) -> pb.BuildUpdate:
-        return pb.BuildUpdate(build_id=self.build_id, time=now(), **kind)  # type: ignore[arg-type]
+    def _update(self, **kind: object) -> BuildUpdate:
+        return BuildUpdate(build_id=self.build_id, time=now(), **kind)  # type: ignore[arg-type]
 
     def _put(self, item: _Item | None) -> None:
         # Logging may happen on a worker thread: hand over through the loop.
@@ -151,7 +151,7 @@ class BuildReporter:
             if item is None:
                 return
             try:
-                if item.update.WhichOneof("kind") == "log":
+                if item.update.kind == "log":
                     await self._send_logs(item)
                 else:
                     await self._send(item)
@@ -161,6 +161,7 @@ class BuildReporter:
     async def _send_logs(self, first: _Item) -> None:
         """One update for the lines that came within BATCH_SECONDS; whatever
         came after them that is not a line waits its turn in _held."""
+        assert first.update.log is not None
         lines = [first.update.log.text]
         deadline = self._loop.time() + BATCH_SECONDS
         while len(lines) < MAX_BATCH:
@@ -171,7 +172,7 @@ class BuildReporter:
                     break
                 await asyncio.sleep(0.05)
                 continue
-            if item is None or item.update.WhichOneof("kind") != "log":
+            if item is None or item.update.log is None:
                 self._held.append(item)
                 break
             lines.append(item.update.log.text)
@@ -179,7 +180,7 @@ class BuildReporter:
         await updates.publish(self.nats.js, first.update)
 
     async def _send(self, item: _Item) -> None:
-        if item.step is not None:
+        if item.step is not None and item.update.step is not None:
             await self._record_step(item.step, item.update.step.state)
             await self.events.publish(
                 STEP_EVENT,
@@ -187,26 +188,27 @@ class BuildReporter:
                 event_data(
                     self.build,
                     step=item.step.name,
-                    step_state=item.what.removeprefix("STEP_STATE_").lower(),
+                    step_state=item.what,
                     cached=item.step.cached,
                     seconds=item.step.seconds,
                 ),
             )
         await updates.publish(self.nats.js, item.update)
 
-    async def _record_step(self, record: StepRecord, state: pb.StepState.ValueType) -> None:
-        def change(build: pb.Build) -> bool:
+    async def _record_step(self, record: StepRecord, state: StepState) -> None:
+        def change(build: Build) -> bool:
             step = next((s for s in build.steps if s.name == record.name), None)
             if step is None:
-                step = build.steps.add(name=record.name)
+                step = Step(name=record.name)
+                build.steps.append(step)
             step.state = state
             step.cached = record.cached
             step.key = record.key
             step.seconds = record.seconds
-            if state == pb.STEP_STATE_RUNNING:
-                step.started.CopyFrom(now())
+            if state == StepState.RUNNING:
+                step.started = now()
             else:
-                step.finished.CopyFrom(now())
+                step.finished = now()
             return True
 
         self.build, _ = await self.nats.records.mutate(self.build_id, change)

@@ -11,6 +11,9 @@ import grpc
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_builder.service.core import BuilderCore
+from kiln_client import wire
+from kiln_common.builds import BuildState
+from kiln_common.errors import InvalidArgument
 from kiln_common.grpc_errors import servicer
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -22,24 +25,33 @@ class BuilderServicer(pb_grpc.BuilderServicer):
         self.core = core
 
     async def SubmitBuild(self, request: pb.SubmitBuildRequest, context: Context) -> pb.Build:
-        return await self.core.submit(request)
+        build = await self.core.submit(
+            request.recipe, request.idempotency_key, no_cache=request.no_cache,
+            skip_boot_test=request.skip_boot_test,
+        )  # fmt: skip
+        return wire.build_message(build)
 
     async def GetBuild(self, request: pb.GetBuildRequest, context: Context) -> pb.Build:
-        return await self.core.get(request.id)
+        return wire.build_message(await self.core.get(request.id))
 
     async def ListBuilds(
         self, request: pb.ListBuildsRequest, context: Context
     ) -> pb.ListBuildsResponse:
-        return await self.core.list(request)
+        builds, token = await self.core.list(
+            _state(request.state), request.name, request.page_size, request.page_token
+        )
+        return pb.ListBuildsResponse(
+            builds=[wire.build_message(b) for b in builds], next_page_token=token
+        )
 
     async def WatchBuild(
         self, request: pb.WatchBuildRequest, context: Context
     ) -> AsyncIterator[pb.BuildUpdate]:
         async for update in self.core.watch(request.id, request.after_seq, request.stored_only):
-            yield update
+            yield wire.update_message(update)
 
     async def CancelBuild(self, request: pb.CancelBuildRequest, context: Context) -> pb.Build:
-        return await self.core.cancel(request.id)
+        return wire.build_message(await self.core.cancel(request.id))
 
     async def GetBuildRecipe(
         self, request: pb.GetBuildRequest, context: Context
@@ -50,3 +62,10 @@ class BuilderServicer(pb_grpc.BuilderServicer):
         self, request: pb.ValidateRecipeRequest, context: Context
     ) -> pb.ValidateRecipeResponse:
         return self.core.validate(request.recipe)
+
+
+def _state(value: int) -> BuildState:
+    try:
+        return BuildState(value)
+    except ValueError:
+        raise InvalidArgument(f"state: unknown build state {value}") from None

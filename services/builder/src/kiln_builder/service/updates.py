@@ -12,8 +12,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_client import wire
 from kiln_common import jetstream
+from kiln_common.builds import BuildUpdate
 from kiln_common.lifecycle import TERMINAL
 
 STREAM = "KILN_BUILD_UPDATES"
@@ -36,14 +37,15 @@ async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
     await jetstream.ensure_stream(js, config, replicas)
 
 
-async def publish(js: JetStreamContext, update: pb.BuildUpdate) -> int:
+async def publish(js: JetStreamContext, update: BuildUpdate) -> int:
     """Stores the update; its seq is the stream's sequence number."""
-    ack = await js.publish(subject(update.build_id), update.SerializeToString(), timeout=10)
+    data = wire.update_message(update).SerializeToString()
+    ack = await js.publish(subject(update.build_id), data, timeout=10)
     return int(ack.seq)
 
 
-def is_final(update: pb.BuildUpdate) -> bool:
-    return update.WhichOneof("kind") == "state" and update.state in TERMINAL
+def is_final(update: BuildUpdate) -> bool:
+    return update.state is not None and update.state in TERMINAL
 
 
 async def watch(
@@ -52,7 +54,7 @@ async def watch(
     after_seq: int,
     ended: Callable[[], Awaitable[bool]],
     stored_only: bool = False,
-) -> AsyncIterator[pb.BuildUpdate]:
+) -> AsyncIterator[BuildUpdate]:
     """Updates after after_seq until the build's final state update. A quiet
     stream is checked against the record (ended()) now and then, so a watch
     that started after the end, or past the last update, still finishes.
@@ -71,8 +73,7 @@ async def watch(
                 if await ended() and await _last_seq(js, build_id) <= seen:
                     return
                 continue
-            update = pb.BuildUpdate()
-            update.ParseFromString(msg.data)
+            update = wire.update_from_bytes(msg.data)
             update.seq = seen = msg.metadata.sequence.stream
             yield update
             if is_final(update):

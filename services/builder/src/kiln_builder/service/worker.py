@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
@@ -35,6 +35,16 @@ from kiln_builder.service.reporter import BuildReporter
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_common import jetstream, lifecycle
+from kiln_common.builds import (
+    BaseImage,
+    Build,
+    BuildArtifact,
+    BuildError,
+    BuildState,
+    CheckResult,
+    StepState,
+    TestCommandResult,
+)
 from kiln_common.errors import KilnError, Unavailable
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
@@ -53,7 +63,7 @@ class Job:
     build_id: str
     attempt: int
     msg: Delivery
-    task: asyncio.Task[list[pb.BuildArtifact]] | None = None
+    task: asyncio.Task[list[BuildArtifact]] | None = None
     why_stopped: str = ""  # "cancel" or "shutdown" once asked to stop
     artifacts: BuildArtifacts | None = None
     reporter: BuildReporter | None = None
@@ -146,12 +156,12 @@ class Worker:
             stored = await self.nats.js.get_msg(queue.STREAM, seq)
             build_id = (stored.data or b"").decode()
             last = await self.core.get(build_id)
-            error = pb.BuildError(message=f"the build was delivered {self.settings.max_deliver} "
+            error = BuildError(message=f"the build was delivered {self.settings.max_deliver} "
                                   "times without ending")  # fmt: skip
-            if last.HasField("error"):
-                error.CopyFrom(last.error)
+            if last.error is not None:
+                error = dataclasses.replace(last.error)
                 error.message = f"{error.message} (after {last.attempt} attempts)"
-            await self._finish(build_id, Outcome(pb.BUILD_STATE_FAILED, error))
+            await self._finish(build_id, Outcome(BuildState.FAILED, error))
             await self.nats.js.delete_msg(queue.STREAM, seq)
         except Exception:
             log.warning("max-deliveries advisory not handled", exc_info=True)
@@ -170,7 +180,7 @@ class Worker:
             await msg.ack()  # cancelled while queued, or finished by a worker presumed dead
             return
         if build.cancel_requested:
-            await self._finish(build_id, Outcome(pb.BUILD_STATE_CANCELLED))
+            await self._finish(build_id, Outcome(BuildState.CANCELLED))
             await msg.ack()
             return
         if build_id in self.jobs:
@@ -208,7 +218,7 @@ class Worker:
         try:
             build = await self._start(job)
             if build is None:  # ended, or a cancel came first: end it as cancelled
-                await self._finish(job.build_id, Outcome(pb.BUILD_STATE_CANCELLED))
+                await self._finish(job.build_id, Outcome(BuildState.CANCELLED))
                 await job.msg.ack()
                 return
             log_file = workspace / f"{build.name}-{build.version}.build.log"
@@ -221,23 +231,21 @@ class Worker:
         finally:
             await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
-    async def _outcome(
-        self, job: Job
-    ) -> tuple[pb.BuildState.ValueType, pb.BuildError | None, list[pb.BuildArtifact]]:
+    async def _outcome(self, job: Job) -> tuple[BuildState, BuildError | None, list[BuildArtifact]]:
         """Waits for the build task; its end as (state, error, artifacts)."""
         assert job.task is not None
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(job.task)
             if job.task.cancelled() or job.why_stopped:
-                return pb.BUILD_STATE_CANCELLED, None, []
-            return pb.BUILD_STATE_SUCCEEDED, None, job.task.result()
+                return BuildState.CANCELLED, None, []
+            return BuildState.SUCCEEDED, None, job.task.result()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded
             if job.why_stopped:  # e.g. the aborted upload of a stopped build
-                return pb.BUILD_STATE_CANCELLED, None, []
-            return pb.BUILD_STATE_FAILED, self._error(job, exc), []
+                return BuildState.CANCELLED, None, []
+            return BuildState.FAILED, self._error(job, exc), []
 
-    def _error(self, job: Job, exc: BaseException) -> pb.BuildError:
+    def _error(self, job: Job, exc: BaseException) -> BuildError:
         running = job.reporter.running() if job.reporter else []
         message = (
             str(exc)
@@ -247,9 +255,9 @@ class Worker:
         tail = list(job.reporter.tail) if job.reporter else []
         if job.reporter:
             job.reporter.log(f"build failed: {message}", "ERROR")
-        return pb.BuildError(step=running[-1] if running else "", message=message, log_tail=tail)
+        return BuildError(step=running[-1] if running else "", message=message, log_tail=tail)
 
-    async def _start(self, job: Job) -> pb.Build | None:
+    async def _start(self, job: Job) -> Build | None:
         """Takes the build; None if it ended or was cancelled meanwhile."""
         build, changed = await self.core.records.mutate(
             job.build_id, lambda b: lifecycle.start(b, self.name, job.attempt)
@@ -267,7 +275,7 @@ class Worker:
 
     # ---- the build itself ------------------------------------------------------------
 
-    async def _build(self, job: Job, build: pb.Build, workspace: Path) -> list[pb.BuildArtifact]:
+    async def _build(self, job: Job, build: Build, workspace: Path) -> list[BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
         reporter = job.reporter
         with reporter.current():
@@ -301,9 +309,7 @@ class Worker:
             result = await bake.run()
             return await self._upload(job, build, result)
 
-    async def _upload(
-        self, job: Job, build: pb.Build, result: BakeResult
-    ) -> list[pb.BuildArtifact]:
+    async def _upload(self, job: Job, build: Build, result: BakeResult) -> list[BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None
         if result.base is not None:
             job.artifacts.labels.update(base_labels(result.base))
@@ -346,9 +352,9 @@ class Worker:
     async def _conclude(
         self,
         job: Job,
-        state: pb.BuildState.ValueType,
-        error: pb.BuildError | None,
-        stored: list[pb.BuildArtifact],
+        state: BuildState,
+        error: BuildError | None,
+        stored: list[BuildArtifact],
     ) -> None:
         assert job.reporter is not None and job.artifacts is not None
         if not await self._still_mine(job):
@@ -361,7 +367,7 @@ class Worker:
                 job.attempt,
             )
             return
-        if state != pb.BUILD_STATE_SUCCEEDED:
+        if state != BuildState.SUCCEEDED:
             job.artifacts.stop.clear()  # the log is still stored
             await self._remove_partial(job)
             self._mark_steps(job, state)
@@ -370,11 +376,11 @@ class Worker:
             return
         await job.reporter.close()
         log_artifact = await self._store_log(job)
-        retry = state == pb.BUILD_STATE_FAILED and self._retryable(job, error)
+        retry = state == BuildState.FAILED and self._retryable(job, error)
         if retry:
             await self._requeue(job, error)
             return
-        tests = tuple(command_result_pb(r) for r in (job.bake.test_commands if job.bake else []))
+        tests = tuple(command_record(r) for r in (job.bake.test_commands if job.bake else []))
         outcome = Outcome(
             state, error, tuple(stored), log_artifact, job.accel, _base(job), tests, _checks(job),
             isolation=job.bake.isolation if job.bake else "",
@@ -382,7 +388,7 @@ class Worker:
             isolation_reason=job.bake.isolation_reason if job.bake else "",
         )  # fmt: skip
         await self._finish(job.build_id, outcome)
-        await job.msg.ack() if state != pb.BUILD_STATE_FAILED else await job.msg.term()
+        await job.msg.ack() if state != BuildState.FAILED else await job.msg.term()
 
     async def _remove_partial(self, job: Job) -> None:
         """Removes what this failed or stopped attempt stored. Storage may be
@@ -395,15 +401,15 @@ class Worker:
             log.warning("build %s: outputs of attempt %d not removed: %s",
                         job.build_id, job.attempt, exc)  # fmt: skip
 
-    def _mark_steps(self, job: Job, state: pb.BuildState.ValueType) -> None:
+    def _mark_steps(self, job: Job, state: BuildState) -> None:
         assert job.reporter is not None
-        end = pb.STEP_STATE_CANCELLED if state == pb.BUILD_STATE_CANCELLED else pb.STEP_STATE_FAILED
+        end = StepState.CANCELLED if state == BuildState.CANCELLED else StepState.FAILED
         running = job.reporter.running()
         for step in job.steps:
             if step.name in running:
                 job.reporter.end_step(step, end)
 
-    def _retryable(self, job: Job, error: pb.BuildError | None) -> bool:
+    def _retryable(self, job: Job, error: BuildError | None) -> bool:
         """Storage or NATS away (Unavailable), or the disk full: worth another
         try, as long as deliveries are left."""
         exc = job.task.exception() if job.task and not job.task.cancelled() else None
@@ -412,7 +418,7 @@ class Worker:
         passing = isinstance(exc, (Unavailable, OSError)) and not isinstance(exc, RecipeError)
         return passing and job.attempt < self.settings.max_deliver
 
-    async def _requeue(self, job: Job, error: pb.BuildError | None = None) -> None:
+    async def _requeue(self, job: Job, error: BuildError | None = None) -> None:
         assert job.reporter is not None
         await job.reporter.close()
 
@@ -429,7 +435,7 @@ class Worker:
     async def _still_mine(self, job: Job) -> bool:
         return lifecycle.held_by(await self.core.get(job.build_id), self.name, job.attempt)
 
-    async def _store_log(self, job: Job) -> pb.BuildArtifact | None:
+    async def _store_log(self, job: Job) -> BuildArtifact | None:
         assert job.reporter is not None and job.artifacts is not None
         path = job.reporter.log_path
         if not path.is_file() or path.stat().st_size == 0:
@@ -462,12 +468,12 @@ class Worker:
         log.info("build %s %s", build_id, info.word)
 
 
-def _base(job: Job) -> pb.BaseImage | None:
+def _base(job: Job) -> BaseImage | None:
     """The base a customised build fetched, recorded whether it then succeeded or not."""
     base = job.bake.base if job.bake is not None else None
     if base is None:
         return None
-    return pb.BaseImage(source=base.source, sha256=base.sha256, description=base.description)
+    return BaseImage(source=base.source, sha256=base.sha256, description=base.description)
 
 
 def isolation_options(settings: BuilderSettings) -> dict[str, Any]:
@@ -487,16 +493,16 @@ def _appliance_accel(job: Job) -> str:
     return accel.kind if accel is not None else ""
 
 
-def _checks(job: Job) -> tuple[pb.CheckResult, ...]:
+def _checks(job: Job) -> tuple[CheckResult, ...]:
     """The requirement checks' results, recorded whether the build then
     succeeded or failed (a failed check is the failure)."""
     report = job.bake.check_report if job.bake is not None else None
-    return () if report is None else check_messages(report)
+    return () if report is None else check_records(report)
 
 
-def check_messages(report: CheckReport) -> tuple[pb.CheckResult, ...]:
+def check_records(report: CheckReport) -> tuple[CheckResult, ...]:
     return tuple(
-        pb.CheckResult(
+        CheckResult(
             profile=r.profile,
             rule=r.rule,
             statement=r.statement,
@@ -512,11 +518,11 @@ def check_messages(report: CheckReport) -> tuple[pb.CheckResult, ...]:
 RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record
 
 
-def command_result_pb(result: CommandResult) -> pb.TestCommandResult:
+def command_record(result: CommandResult) -> TestCommandResult:
     """A vm.CommandResult for the build record: its output's end only (the whole
     64 KiB end is in the tests artifact), so the record stays small."""
     tail = result.output.encode()[-RECORD_OUTPUT_MAX:].decode(errors="replace")
-    return pb.TestCommandResult(
+    return TestCommandResult(
         command=result.command, exit_status=result.exit_status,
         seconds=round(result.seconds, 3), output=tail, output_bytes=result.output_bytes,
         timed_out=result.timed_out, passed=result.passed,

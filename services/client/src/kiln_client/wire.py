@@ -1,0 +1,157 @@
+"""The wire layer: Kiln's domain models (kiln_common.builds) to and from the
+APIs' protobuf messages, field by field (the names are the same on both
+sides). The only place besides the servicers where a build is protobuf; the
+builder's stored records and updates are these messages' bytes, as before.
+
+A dataclass field is read from the message field of its name: a nested
+dataclass from a sub-message (None when the message does not have it), a list
+from a repeated field, a datetime from a Timestamp, an IntEnum from an enum."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from datetime import UTC
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_common.builds import Build, BuildState, BuildUpdate
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+@functools.cache
+def _hints(cls: Any) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _inner(hint: Any) -> Any:
+    """X from X | None and from list[X]."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin in (list, typing.Union, types.UnionType) and args:
+        return args[0]
+    return hint
+
+
+def to_message(obj: Any, cls: type[M]) -> M:
+    """The message cls holding obj's fields (None fields left unset)."""
+    msg = cls()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        _set(msg, msg.DESCRIPTOR.fields_by_name[f.name], value)
+    return msg
+
+
+def _set(msg: Message, fd: Any, value: Any) -> None:  # fd: a FieldDescriptor (upb's or not)
+    if fd.message_type is None:  # scalars and enums, single or repeated
+        if fd.is_repeated:
+            getattr(msg, fd.name).extend(value)
+        else:
+            setattr(msg, fd.name, int(value) if isinstance(value, enum.IntEnum) else value)
+        return
+    target = getattr(msg, fd.name)
+    if fd.message_type.GetOptions().map_entry:
+        target.update(value)
+    elif fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
+        target.FromDatetime(value)
+    elif fd.is_repeated:
+        for item in value:
+            element = target.add()
+            element.CopyFrom(to_message(item, type(element)))
+    else:
+        target.CopyFrom(to_message(value, type(target)))
+
+
+def from_message(msg: Message, cls: type[T]) -> T:
+    """cls made from msg's fields of the same names."""
+    kwargs: dict[str, Any] = {}
+    model: Any = cls  # a dataclass type (hashable; fields() takes it)
+    hints = _hints(model)
+    for f in dataclasses.fields(model):
+        fd = msg.DESCRIPTOR.fields_by_name[f.name]
+        kwargs[f.name] = _get(msg, fd, hints[f.name])
+    return cls(**kwargs)
+
+
+def _get(msg: Message, fd: Any, hint: Any) -> Any:
+    inner = _inner(hint)
+    value = getattr(msg, fd.name)
+    repeated = fd.is_repeated
+    if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        return dict(value)
+    if repeated:
+        if fd.message_type is None:
+            return [inner(v) if isinstance(inner, type) else v for v in value]
+        return [from_message(v, inner) for v in value]
+    if fd.has_presence and not msg.HasField(fd.name):
+        return None if _optional(hint) else inner()
+    if fd.message_type is None:
+        return (
+            inner(value) if isinstance(inner, type) and issubclass(inner, enum.IntEnum) else value
+        )
+    if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
+        return value.ToDatetime(tzinfo=UTC)
+    return from_message(value, inner)
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+# ---- the Builder API's records and updates ----------------------------------------------
+
+
+def build_message(build: Build) -> pb.Build:
+    return to_message(build, pb.Build)
+
+
+def build_of(msg: pb.Build) -> Build:
+    return from_message(msg, Build)
+
+
+def build_bytes(build: Build) -> bytes:
+    return build_message(build).SerializeToString()
+
+
+def build_from_bytes(data: bytes) -> Build:
+    msg = pb.Build()
+    msg.ParseFromString(data)
+    return build_of(msg)
+
+
+def build_state_and_name(data: bytes) -> tuple[BuildState, str]:
+    """Two fields of a stored record, without converting the rest (the list
+    index reads every record of the bucket)."""
+    msg = pb.Build()
+    msg.ParseFromString(data)
+    return BuildState(msg.state), msg.name
+
+
+def build_json(build: Build) -> str:
+    """The record as the API's JSON (`kiln build show --json`)."""
+    return json_format.MessageToJson(build_message(build), preserving_proto_field_name=True)
+
+
+def update_message(update: BuildUpdate) -> pb.BuildUpdate:
+    return to_message(update, pb.BuildUpdate)
+
+
+def update_of(msg: pb.BuildUpdate) -> BuildUpdate:
+    return from_message(msg, BuildUpdate)
+
+
+def update_from_bytes(data: bytes) -> BuildUpdate:
+    msg = pb.BuildUpdate()
+    msg.ParseFromString(data)
+    return update_of(msg)
