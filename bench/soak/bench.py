@@ -39,7 +39,6 @@ from typing import Any
 
 import nats
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
 from kiln_common.builds import Build, BuildState
 from kiln_common.events import STREAM, from_json
@@ -48,6 +47,7 @@ from kiln_common.proc import stop_pid
 from kiln_common.retry import RetryPolicy
 from kiln_devstack import stack as kiln_stack
 from kiln_devstack.devservers import free_port
+from kiln_recipe.source import RecipeSource
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench/results/soak.json"
@@ -129,7 +129,7 @@ async def submit_all(client: AsyncBuilderClient, count: int, interval: float) ->
     """Submits count builds, one every interval seconds (with jitter); their
     ids and submit times."""
     submitted: dict[str, float] = {}
-    source = pb.RecipeSource(yaml=RECIPE, filename="soak.yaml")
+    source = RecipeSource(yaml=RECIPE, filename="soak.yaml")
     for n in range(count):
         at = time.time()
         build = await client.submit(source, skip_boot_test=True)

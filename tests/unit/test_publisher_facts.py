@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_cli.main import build_parser
@@ -20,6 +19,7 @@ from kiln_publisher import facts
 from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
 from kiln_publisher.servicer import publish_from
 from kiln_publisher.settings import find_clouds_yaml
+from kiln_recipe.source import RecipeSource
 
 SUMS = spb.Checksums(sha256="a" * 64, sha512="b" * 128, sha1="c" * 40, md5="d" * 32)
 RECIPE = """\
@@ -42,7 +42,7 @@ async def nothing() -> AsyncIterator[bytes]:
 
 
 def recipe() -> facts.RecipeFacts:
-    doc = facts.recipe_document(bpb.RecipeSource(yaml=RECIPE))
+    doc = facts.recipe_document(RecipeSource(yaml=RECIPE))
     return facts.recipe_facts(doc, "e" * 64)
 
 

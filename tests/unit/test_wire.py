@@ -58,3 +58,15 @@ def test_a_full_record_and_each_kind_of_update_survive_the_round_trip() -> None:
     for update in updates:
         again = wire.update_of(wire.update_message(update))
         assert again == update and again.kind == update.kind
+
+
+def test_a_recipe_source_either_way_and_a_validation_survive_the_round_trip() -> None:
+    from kiln_recipe.source import RecipeProblem, RecipeSource, Validation
+
+    text = RecipeSource(yaml="name: x\n", files={"a/b.sh": b"\x00\xff"}, filename="r.yaml")
+    structured = RecipeSource(structured={"name": "x", "disk": {"size": 2.0}, "l": [1.0, "a"]})
+    for source in (text, structured):
+        assert wire.recipe_from_bytes(wire.recipe_bytes(source)) == source
+    assert wire.recipe_of(pb.RecipeSource()) == RecipeSource()  # neither: a recipe error later
+    found = Validation(False, [RecipeProblem("disk.size", 6, "too big")])
+    assert wire.validation_of(wire.validation_message(found)) == found

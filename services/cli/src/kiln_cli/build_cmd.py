@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_client import BuilderClient, wire
 from kiln_common import lifecycle
 from kiln_common.builds import (
@@ -30,6 +29,7 @@ from kiln_common.builds import (
 from kiln_common.lifecycle import STATES, TERMINAL, step_word
 from kiln_common.lifecycle import word as state_word
 from kiln_recipe import RecipeError
+from kiln_recipe.source import RecipeSource
 from kiln_recipe.submission import recipe_source
 
 VERBS = ("ls", "show", "logs", "cancel")
@@ -85,7 +85,7 @@ def _client() -> BuilderClient:
 # ---- submit ------------------------------------------------------------------------------
 
 
-def checked_source(path: Path) -> pb.RecipeSource:
+def checked_source(path: Path) -> RecipeSource:
     """The recipe and the files it names, checked locally first (the same
     checks the builder runs): no stack is needed to see why not."""
     try:

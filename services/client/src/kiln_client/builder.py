@@ -19,6 +19,7 @@ from kiln_client._sync import LoopThread
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.grpc_errors import from_rpc
 from kiln_common.retry import RetryPolicy
+from kiln_recipe.source import RecipeSource, Validation
 
 MAX_PAGE = 500
 # A watch outlives a NATS or builder restart: it keeps trying for ten minutes
@@ -51,14 +52,14 @@ class AsyncBuilderClient:
 
     async def submit(
         self,
-        recipe: pb.RecipeSource,
+        recipe: RecipeSource,
         *,
         idempotency_key: str = "",
         no_cache: bool = False,
         skip_boot_test: bool = False,
     ) -> Build:
         request = pb.SubmitBuildRequest(
-            recipe=recipe,
+            recipe=wire.recipe_message(recipe),
             idempotency_key=idempotency_key or f"auto-{uuid.uuid4().hex}",
             no_cache=no_cache,
             skip_boot_test=skip_boot_test,
@@ -66,19 +67,23 @@ class AsyncBuilderClient:
         reply = await _rpc.unary(self.policy, "submit", lambda: self._stub.SubmitBuild(request))
         return wire.build_of(reply)
 
-    async def validate(self, recipe: pb.RecipeSource) -> pb.ValidateRecipeResponse:
-        request = pb.ValidateRecipeRequest(recipe=recipe)
-        return await _rpc.unary(self.policy, "validate", lambda: self._stub.ValidateRecipe(request))
+    async def validate(self, recipe: RecipeSource) -> Validation:
+        request = pb.ValidateRecipeRequest(recipe=wire.recipe_message(recipe))
+        reply = await _rpc.unary(
+            self.policy, "validate", lambda: self._stub.ValidateRecipe(request)
+        )
+        return wire.validation_of(reply)
 
     async def get(self, build_id: str) -> Build:
         request = pb.GetBuildRequest(id=build_id)
         reply = await _rpc.unary(self.policy, "get", lambda: self._stub.GetBuild(request))
         return wire.build_of(reply)
 
-    async def recipe(self, build_id: str) -> pb.RecipeSource:
+    async def recipe(self, build_id: str) -> RecipeSource:
         """The recipe the build was submitted with (NotFound once not kept)."""
         request = pb.GetBuildRequest(id=build_id)
-        return await _rpc.unary(self.policy, "recipe", lambda: self._stub.GetBuildRecipe(request))
+        reply = await _rpc.unary(self.policy, "recipe", lambda: self._stub.GetBuildRecipe(request))
+        return wire.recipe_of(reply)
 
     async def cancel(self, build_id: str) -> Build:
         request = pb.CancelBuildRequest(id=build_id)
@@ -154,7 +159,7 @@ class BuilderClient:
 
     def submit(
         self,
-        recipe: pb.RecipeSource,
+        recipe: RecipeSource,
         *,
         idempotency_key: str = "",
         no_cache: bool = False,
@@ -169,7 +174,7 @@ class BuilderClient:
             )
         )
 
-    def validate(self, recipe: pb.RecipeSource) -> pb.ValidateRecipeResponse:
+    def validate(self, recipe: RecipeSource) -> Validation:
         return self._loop.run(self._async.validate(recipe))
 
     def get(self, build_id: str) -> Build:

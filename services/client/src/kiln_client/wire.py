@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_common.builds import Build, BuildState, BuildUpdate
+from kiln_recipe.source import RecipeSource, Validation
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -61,7 +63,10 @@ def _set(msg: Message, fd: Any, value: Any) -> None:  # fd: a FieldDescriptor (u
             setattr(msg, fd.name, int(value) if isinstance(value, enum.IntEnum) else value)
         return
     target = getattr(msg, fd.name)
-    if fd.message_type.GetOptions().map_entry:
+    if (
+        fd.message_type.full_name == Struct.DESCRIPTOR.full_name
+        or fd.message_type.GetOptions().map_entry
+    ):
         target.update(value)
     elif fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
         target.FromDatetime(value)
@@ -102,6 +107,8 @@ def _get(msg: Message, fd: Any, hint: Any) -> Any:
         )
     if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
         return value.ToDatetime(tzinfo=UTC)
+    if fd.message_type.full_name == Struct.DESCRIPTOR.full_name:
+        return json_format.MessageToDict(value)
     return from_message(value, inner)
 
 
@@ -155,3 +162,32 @@ def update_from_bytes(data: bytes) -> BuildUpdate:
     msg = pb.BuildUpdate()
     msg.ParseFromString(data)
     return update_of(msg)
+
+
+# ---- recipes -------------------------------------------------------------------------------
+
+
+def recipe_message(source: RecipeSource) -> pb.RecipeSource:
+    return to_message(source, pb.RecipeSource)
+
+
+def recipe_of(msg: pb.RecipeSource) -> RecipeSource:
+    return from_message(msg, RecipeSource)
+
+
+def recipe_bytes(source: RecipeSource) -> bytes:
+    return recipe_message(source).SerializeToString()
+
+
+def recipe_from_bytes(data: bytes) -> RecipeSource:
+    msg = pb.RecipeSource()
+    msg.ParseFromString(data)
+    return recipe_of(msg)
+
+
+def validation_message(found: Validation) -> pb.ValidateRecipeResponse:
+    return to_message(found, pb.ValidateRecipeResponse)
+
+
+def validation_of(msg: pb.ValidateRecipeResponse) -> Validation:
+    return from_message(msg, Validation)

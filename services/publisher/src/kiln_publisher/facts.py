@@ -9,15 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 from pydantic import ValidationError
 
-from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_market import ImageFacts
 from kiln_publisher.glance import ImageSource
 from kiln_recipe.schema import Publish
+from kiln_recipe.source import RecipeSource
 
 # Debian's architecture names to the ones Glance's `architecture` property uses.
 GLANCE_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686"}
@@ -44,13 +43,12 @@ def split_format(label: str) -> tuple[str, str]:
     return (base, outer) if outer in COMPRESSIONS else (label, "")
 
 
-def recipe_document(source: bpb.RecipeSource) -> dict[str, Any]:
+def recipe_document(source: RecipeSource) -> dict[str, Any]:
     """The recipe's YAML document as a mapping (the builder kept the source)."""
-    which = source.WhichOneof("recipe")
-    if which == "structured":
-        return dict(json_format.MessageToDict(source.structured))
+    if source.structured is not None:
+        return dict(source.structured)
     try:
-        doc = yaml.safe_load(source.yaml) if which == "yaml" else None
+        doc = yaml.safe_load(source.yaml) if source.yaml is not None else None
     except yaml.YAMLError as exc:
         raise FailedPrecondition(f"the build's recipe cannot be read: {exc}") from None
     return doc if isinstance(doc, dict) else {}

@@ -10,10 +10,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from google.protobuf import json_format
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_recipe import Recipe, RecipeError, RecipeIssue, parse_recipe
+from kiln_recipe.source import RecipeProblem, RecipeSource
 
 MAX_FILES = 256
 MAX_FILES_BYTES = 6 * 1024 * 1024  # under the gRPC message limit, with room for the rest
@@ -32,19 +31,18 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def recipe_text(source: pb.RecipeSource) -> str:
-    which = source.WhichOneof("recipe")
-    if which == "yaml":
+def recipe_text(source: RecipeSource) -> str:
+    if source.yaml is not None:
         return source.yaml
-    if which == "structured":
-        doc = _integral(json_format.MessageToDict(source.structured))
+    if source.structured is not None:
+        doc = _integral(source.structured)
         return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     raise RecipeError(
         [RecipeIssue("", None, "no recipe given (yaml or structured)")], _filename(source)
     )
 
 
-def _filename(source: pb.RecipeSource) -> str:
+def _filename(source: RecipeSource) -> str:
     return source.filename or "<recipe>"
 
 
@@ -68,7 +66,7 @@ def _relative(name: str) -> PurePosixPath:
     return path
 
 
-def _check_sizes(source: pb.RecipeSource) -> None:
+def _check_sizes(source: RecipeSource) -> None:
     total = sum(len(data) for data in source.files.values())
     if len(source.files) > MAX_FILES or total > MAX_FILES_BYTES:
         raise RecipeError(
@@ -83,7 +81,7 @@ def _check_sizes(source: pb.RecipeSource) -> None:
         )
 
 
-def materialise(source: pb.RecipeSource, directory: Path) -> Path:
+def materialise(source: RecipeSource, directory: Path) -> Path:
     """Writes the recipe and its files into directory; returns the recipe's path."""
     _check_sizes(source)
     text = recipe_text(source)
@@ -100,13 +98,13 @@ def materialise(source: pb.RecipeSource, directory: Path) -> Path:
     return recipe
 
 
-def load(source: pb.RecipeSource, directory: Path) -> Recipe:
+def load(source: RecipeSource, directory: Path) -> Recipe:
     """The checked recipe, its files materialised in directory (kept)."""
     recipe_path = materialise(source, directory)
     return parse_recipe(recipe_path.read_text(), directory, _filename(source))
 
 
-def check(source: pb.RecipeSource) -> tuple[Recipe, str]:
+def check(source: RecipeSource) -> tuple[Recipe, str]:
     """The checked recipe and its digest, worked out in a scratch directory
     that is removed afterwards (the digest reads the attached files)."""
     with tempfile.TemporaryDirectory(prefix="kiln-recipe-") as scratch:
@@ -114,16 +112,15 @@ def check(source: pb.RecipeSource) -> tuple[Recipe, str]:
         return recipe, recipe.digest()
 
 
-def problems(error: RecipeError) -> list[pb.RecipeProblem]:
+def problems(error: RecipeError) -> list[RecipeProblem]:
     return [
-        pb.RecipeProblem(field=issue.path, line=issue.line or 0, message=issue.message)
+        RecipeProblem(field=issue.path, line=issue.line or 0, message=issue.message)
         for issue in error.issues
     ]
 
 
-def normalised(source: pb.RecipeSource) -> pb.RecipeSource:
+def normalised(source: RecipeSource) -> RecipeSource:
     """The form a build keeps: YAML text, whatever was submitted."""
-    kept = pb.RecipeSource(yaml=recipe_text(source), filename=source.filename)
-    for name, data in source.files.items():
-        kept.files[name] = data
-    return kept
+    return RecipeSource(
+        yaml=recipe_text(source), files=dict(source.files), filename=source.filename
+    )

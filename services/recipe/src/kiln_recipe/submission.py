@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_recipe.loader import load_recipe
 from kiln_recipe.schema import Recipe
+from kiln_recipe.source import RecipeSource
 
 
-def recipe_source(path: Path) -> tuple[Recipe, pb.RecipeSource]:
+def recipe_source(path: Path) -> tuple[Recipe, RecipeSource]:
     """The checked recipe and its submission; RecipeError if it is invalid."""
     recipe = load_recipe(path)
-    source = pb.RecipeSource(yaml=path.read_text(), filename=path.name)
     names = [f.source for f in recipe.files if f.source]
     names += [r.script for r in recipe.run if r.script]
-    for name in names:
-        source.files[name] = (recipe.base_dir / name).read_bytes()
-    return recipe, source
+    files = {name: (recipe.base_dir / name).read_bytes() for name in names}
+    return recipe, RecipeSource(yaml=path.read_text(), files=files, filename=path.name)

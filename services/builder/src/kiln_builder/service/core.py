@@ -16,10 +16,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_builder.service import queue, updates
 from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.records import BuildRecords, same_recipe
+from kiln_client import wire
 from kiln_common import jetstream, lifecycle
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -27,6 +27,7 @@ from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_common.lifecycle import STATES, TERMINAL, now
 from kiln_recipe import RecipeError, bundle
+from kiln_recipe.source import RecipeSource, Validation
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +78,25 @@ class BuilderCore:
 
     # ---- recipes ---------------------------------------------------------------------
 
-    def validate(self, source: pb.RecipeSource) -> pb.ValidateRecipeResponse:
+    def validate(self, source: RecipeSource) -> Validation:
         try:
             recipe, digest = bundle.check(source)
         except RecipeError as exc:
-            return pb.ValidateRecipeResponse(valid=False, problems=bundle.problems(exc))
-        return pb.ValidateRecipeResponse(
-            valid=True, name=recipe.name, version=recipe.version, digest=digest
-        )
+            return Validation(valid=False, problems=bundle.problems(exc))
+        return Validation(valid=True, name=recipe.name, version=recipe.version, digest=digest)
 
-    async def recipe_of(self, build_id: str) -> pb.RecipeSource:
+    async def recipe_of(self, build_id: str) -> RecipeSource:
         check_id(build_id, "build id")
         try:
             found = await self.nats.recipes.get(build_id)
         except ObjectNotFoundError:
             raise NotFound(f"the recipe of build {build_id} is no longer kept") from None
-        source = pb.RecipeSource()
-        source.ParseFromString(found.data or b"")
-        return source
+        return wire.recipe_from_bytes(found.data or b"")
 
     # ---- builds ----------------------------------------------------------------------
 
     async def submit(
-        self, source: pb.RecipeSource, key: str = "", *, no_cache: bool = False,
+        self, source: RecipeSource, key: str = "", *, no_cache: bool = False,
         skip_boot_test: bool = False,
     ) -> Build:  # fmt: skip
         if key and not _KEY_RE.match(key):
@@ -123,7 +120,7 @@ class BuilderCore:
         # Recipe first, record second, queue last: a worker never sees a build
         # id whose record or recipe is missing.
         kept = bundle.normalised(source)
-        await self.nats.recipes.put(build.id, kept.SerializeToString())
+        await self.nats.recipes.put(build.id, wire.recipe_bytes(kept))
         await self.records.create(build)
         await self.announce(build)
         await queue.enqueue(self.nats.js, build.id)

@@ -26,7 +26,7 @@ class BuilderServicer(pb_grpc.BuilderServicer):
 
     async def SubmitBuild(self, request: pb.SubmitBuildRequest, context: Context) -> pb.Build:
         build = await self.core.submit(
-            request.recipe, request.idempotency_key, no_cache=request.no_cache,
+            wire.recipe_of(request.recipe), request.idempotency_key, no_cache=request.no_cache,
             skip_boot_test=request.skip_boot_test,
         )  # fmt: skip
         return wire.build_message(build)
@@ -56,12 +56,12 @@ class BuilderServicer(pb_grpc.BuilderServicer):
     async def GetBuildRecipe(
         self, request: pb.GetBuildRequest, context: Context
     ) -> pb.RecipeSource:
-        return await self.core.recipe_of(request.id)
+        return wire.recipe_message(await self.core.recipe_of(request.id))
 
     async def ValidateRecipe(
         self, request: pb.ValidateRecipeRequest, context: Context
     ) -> pb.ValidateRecipeResponse:
-        return self.core.validate(request.recipe)
+        return wire.validation_message(self.core.validate(wire.recipe_of(request.recipe)))
 
 
 def _state(value: int) -> BuildState:
