@@ -87,12 +87,9 @@ EDGES = ("servicer.py", "app.py")
 EDGE_PACKAGES = ("kiln_client",)
 EDGE_MODULES = {"services/common/src/kiln_common/events.py"}
 NOT_YET = {
-    "services/builder/src/kiln_builder/layers.py",  # storage's Artifact
     "services/builder/src/kiln_builder/base/marketplace.py",  # the publisher's Entry
     "services/builder/src/kiln_builder/base/published.py",  # the publisher's messages
     "services/cli/src/kiln_cli/publish_cmd.py",  # the publisher's messages
-    "services/publisher/src/kiln_publisher/core.py",  # storage's Artifact
-    "services/publisher/src/kiln_publisher/facts.py",  # storage's Artifact
 }
 
 

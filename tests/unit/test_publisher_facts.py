@@ -5,15 +5,16 @@ records kept in NATS, and the CLI's requests. No services."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
-from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_cli.main import build_parser
 from kiln_cli.publish_cmd import PublishUsageError, request_from
+from kiln_common.artifacts import Artifact, Checksums
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_publisher import facts
 from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
@@ -21,7 +22,7 @@ from kiln_publisher.servicer import publish_from
 from kiln_publisher.settings import find_clouds_yaml
 from kiln_recipe.source import RecipeSource
 
-SUMS = spb.Checksums(sha256="a" * 64, sha512="b" * 128, sha1="c" * 40, md5="d" * 32)
+SUMS = Checksums(sha256="a" * 64, sha512="b" * 128, sha1="c" * 40, md5="d" * 32)
 RECIPE = """\
 name: web
 version: "2"
@@ -32,9 +33,9 @@ publish:
 """
 
 
-def artifact(fmt: str = "qcow2", **labels: str) -> spb.Artifact:
+def artifact(fmt: str = "qcow2", **labels: str) -> Artifact:
     base = {"name": "web", "version": "2", "format": fmt, "build-id": "b1"}
-    return spb.Artifact(id="a1", size=100, checksums=SUMS, labels={**base, **labels})
+    return Artifact(id="a1", size=100, checksums=SUMS, labels={**base, **labels})
 
 
 async def nothing() -> AsyncIterator[bytes]:
@@ -77,8 +78,7 @@ def test_image_facts_split_format_and_compression() -> None:
     assert (found.format, found.compression, found.hypervisor) == ("raw", "xz", "kvm")
     assert (found.md5, found.sha1, found.title) == ("d" * 32, "c" * 40, "web-2")
     with pytest.raises(FailedPrecondition, match="MD5/SHA-1"):
-        bare = artifact()
-        bare.checksums.md5 = ""
+        bare = dataclasses.replace(artifact(), checksums=dataclasses.replace(SUMS, md5=""))
         facts.image_facts(bare, (), recipe(), "ops@example.org")
 
 

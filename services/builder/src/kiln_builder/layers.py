@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_builder.storage import StorageAccess
+from kiln_common.artifacts import Artifact
 from kiln_common.digests import file_sha256
 from kiln_common.errors import NotFound
 from kiln_common.proc import run
@@ -57,9 +57,9 @@ class RemoteLayers:
 
     def __init__(self, storage: StorageAccess) -> None:
         self.storage = storage
-        self._found: dict[str, pb.Artifact] = {}  # has() remembers, fetch() reuses
+        self._found: dict[str, Artifact] = {}  # has() remembers, fetch() reuses
 
-    async def _find(self, step: str, key: str) -> pb.Artifact | None:
+    async def _find(self, step: str, key: str) -> Artifact | None:
         async with self.storage.client() as client:
             async for artifact in client.list({LABEL: f"{step}-{key}"}, page_size=1):
                 self._found[f"{step}-{key}"] = artifact

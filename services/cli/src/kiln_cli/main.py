@@ -8,13 +8,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
-from kiln_client import ClientError, StorageClient
+from kiln_client import ClientError, StorageClient, wire
 from kiln_client.discovery import NotRunning
 from kiln_client.storage import Progress
 from kiln_common.digests import file_sha256
@@ -119,7 +119,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         rows = list(client.list(parse_labels(args.label)))
     for a in rows:
-        created = a.created_at.ToDatetime(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        stored = a.created_at or datetime.fromtimestamp(0, UTC)
+        created = stored.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         labels = ",".join(f"{k}={v}" for k, v in sorted(a.labels.items()))
         print(f"{a.id}  {a.size:>12}  {created}  {a.checksums.sha256[:16]}  {labels}")
     return 0
@@ -128,7 +129,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         a = client.stat(args.id)
-    print(f"id        {a.id}\nsize      {a.size}\ncreated   {a.created_at.ToJsonString()}")
+    created = wire.timestamp_text(a.created_at)
+    print(f"id        {a.id}\nsize      {a.size}\ncreated   {created}")
     for alg in ("sha256", "sha512", "sha1", "md5"):
         print(f"{alg:<9} {getattr(a.checksums, alg)}")
     for k, v in sorted(a.labels.items()):

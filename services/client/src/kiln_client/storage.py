@@ -27,9 +27,10 @@ from google.protobuf.duration_pb2 import Duration
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
-from kiln_client import _rpc, discovery
+from kiln_client import _rpc, discovery, wire
 from kiln_client._sync import LoopThread
 from kiln_client.errors import ClientError, UploadStopped
+from kiln_common.artifacts import Artifact
 from kiln_common.errors import Internal, NotFound, Unavailable
 from kiln_common.grpc_errors import from_rpc
 from kiln_common.grpc_server import CHUNK_SIZE
@@ -93,21 +94,22 @@ class AsyncStorageClient:
 
     # ---- records ---------------------------------------------------------------------
 
-    async def stat(self, artifact_id: str) -> pb.Artifact:
+    async def stat(self, artifact_id: str) -> Artifact:
         request = pb.StatArtifactRequest(id=artifact_id)
-        return await _rpc.unary(self.policy, "stat", lambda: self._stub.StatArtifact(request))
+        reply = await _rpc.unary(self.policy, "stat", lambda: self._stub.StatArtifact(request))
+        return wire.artifact_of(reply)
 
     def list(
         self, labels: dict[str, str] | None = None, page_size: int = MAX_PAGE
-    ) -> AsyncIterator[pb.Artifact]:
+    ) -> AsyncIterator[Artifact]:
         """Every artifact with these labels, page after page."""
 
-        async def page(token: str) -> tuple[builtins.list[pb.Artifact], str]:
+        async def page(token: str) -> tuple[builtins.list[Artifact], str]:
             request = pb.ListArtifactsRequest(
                 label_selector=labels or {}, page_size=page_size, page_token=token
             )
             reply = await _rpc.unary(self.policy, "list", lambda: self._stub.ListArtifacts(request))
-            return builtins.list(reply.artifacts), reply.next_page_token
+            return [wire.artifact_of(a) for a in reply.artifacts], reply.next_page_token
 
         return _rpc.pages(page)
 
@@ -203,7 +205,7 @@ class AsyncStorageClient:
         sha256: str = "",
         progress: Progress | None = None,
         stop: StopFlag | None = None,
-    ) -> pb.Artifact:
+    ) -> Artifact:
         """Uploads path in parts, several at once. A part that fails on a
         dropped connection is sent again; a push interrupted entirely resumes
         from the parts the service has when run again (state in state_dir).
@@ -227,9 +229,10 @@ class AsyncStorageClient:
             raise
         complete = pb.CompleteUploadRequest(upload_id=session.upload_id)
         try:
-            return await _rpc.unary(
+            done = await _rpc.unary(
                 self.policy, "complete", lambda: self._stub.CompleteUpload(complete)
             )
+            return wire.artifact_of(done)
         finally:
             if state is not None:
                 state.unlink(missing_ok=True)
@@ -276,7 +279,7 @@ class AsyncStorageClient:
         progress: Progress | None = None,
         *,
         via_url: bool = True,
-    ) -> pb.Artifact:
+    ) -> Artifact:
         """Downloads into dest.part, resuming from its size, checks the SHA-256
         and renames to dest only when the whole file is right. The check at the
         end is what makes resuming safe, so the partial file needs no fsync.
@@ -444,12 +447,12 @@ class StorageClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def stat(self, artifact_id: str) -> pb.Artifact:
+    def stat(self, artifact_id: str) -> Artifact:
         return self._loop.run(self._async.stat(artifact_id))
 
     def list(
         self, labels: dict[str, str] | None = None, page_size: int = MAX_PAGE
-    ) -> Iterator[pb.Artifact]:
+    ) -> Iterator[Artifact]:
         return self._loop.iterate(self._async.list(labels, page_size))
 
     def url(self, artifact_id: str, expires_seconds: int = 0) -> str:
@@ -468,7 +471,7 @@ class StorageClient:
         sha256: str = "",
         progress: Progress | None = None,
         stop: StopFlag | None = None,
-    ) -> pb.Artifact:
+    ) -> Artifact:
         return self._loop.run(
             self._async.push(
                 path,
@@ -488,5 +491,5 @@ class StorageClient:
         progress: Progress | None = None,
         *,
         via_url: bool = True,
-    ) -> pb.Artifact:
+    ) -> Artifact:
         return self._loop.run(self._async.get(artifact_id, dest, progress, via_url=via_url))

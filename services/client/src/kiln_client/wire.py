@@ -14,7 +14,7 @@ import enum
 import functools
 import types
 import typing
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
@@ -23,6 +23,8 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.storage.v1 import storage_pb2 as spb
+from kiln_common.artifacts import Artifact
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_recipe.source import RecipeSource, Validation
 
@@ -191,3 +193,22 @@ def validation_message(found: Validation) -> pb.ValidateRecipeResponse:
 
 def validation_of(msg: pb.ValidateRecipeResponse) -> Validation:
     return from_message(msg, Validation)
+
+
+# ---- the Storage API's artifacts ------------------------------------------------------------
+
+
+def artifact_of(msg: spb.Artifact) -> Artifact:
+    return from_message(msg, Artifact)
+
+
+def artifact_message(artifact: Artifact) -> spb.Artifact:
+    return to_message(artifact, spb.Artifact)
+
+
+def timestamp_text(when: datetime | None) -> str:
+    """RFC 3339, as the API's JSON writes a Timestamp (what the CLI printed)."""
+    stamp = Timestamp()
+    if when is not None:
+        stamp.FromDatetime(when)
+    return stamp.ToJsonString()

@@ -17,9 +17,9 @@ from datetime import timedelta
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
 from kiln_common import jetstream
+from kiln_common.artifacts import Artifact
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -48,7 +48,7 @@ class Request:
     publish: Publish = field(default_factory=Publish)
 
 
-def _publish_for(request: Request, artifact: spb.Artifact) -> Publish:
+def _publish_for(request: Request, artifact: Artifact) -> Publish:
     """The request's targets for one artifact: a build's raw.xz or tar output
     goes to the marketplace only; its qcow2 (or raw) output is the one Glance
     gets."""
@@ -210,7 +210,7 @@ class PublisherCore:
 
     # ---- what to publish ----------------------------------------------------------
 
-    async def _artifacts(self, request: Request) -> list[spb.Artifact]:
+    async def _artifacts(self, request: Request) -> list[Artifact]:
         if request.artifact_id:
             return [await self.storage.stat(request.artifact_id)]
         if not request.build_id:
@@ -287,7 +287,7 @@ class PublisherCore:
         return pub
 
     def _targets(
-        self, artifact: spb.Artifact, publish: Publish
+        self, artifact: Artifact, publish: Publish
     ) -> list[tuple[Result, GlancePublish | MarketplacePublish]]:
         """The artifact's result for each target, not yet started."""
         targets: list[tuple[Result, GlancePublish | MarketplacePublish]] = [
@@ -299,9 +299,7 @@ class PublisherCore:
             targets.append((Result(artifact.id, "marketplace", endorser), publish.marketplace))
         return targets
 
-    async def _planned(
-        self, pub: Publication, plan: list[tuple[spb.Artifact, Publish]]
-    ) -> Publication:
+    async def _planned(self, pub: Publication, plan: list[tuple[Artifact, Publish]]) -> Publication:
         """Records every target not recorded yet as pending, before any runs: a
         publication whose first target is done is not done while others wait."""
         known = {r.key for r in pub.results}
@@ -313,7 +311,7 @@ class PublisherCore:
         return pub
 
     async def _publish_artifact(
-        self, pub: Publication, artifact: spb.Artifact, publish: Publish
+        self, pub: Publication, artifact: Artifact, publish: Publish
     ) -> Publication:
         build_id = artifact.labels.get("build-id", "") or pub.build_id
         recipe = await self.recipe_of(build_id)
@@ -354,7 +352,7 @@ class PublisherCore:
 
     async def _to_glance(
         self,
-        artifact: spb.Artifact,
+        artifact: Artifact,
         url: str,
         recipe: facts.RecipeFacts,
         sbom: str,
@@ -395,7 +393,7 @@ class PublisherCore:
 
     async def _to_market(
         self,
-        artifact: spb.Artifact,
+        artifact: Artifact,
         url: str,
         recipe: facts.RecipeFacts,
         sbom: str,

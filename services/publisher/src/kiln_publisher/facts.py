@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kiln_api.storage.v1 import storage_pb2 as spb
+from kiln_common.artifacts import Artifact
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_market import ImageFacts
 from kiln_publisher.glance import ImageSource
@@ -78,15 +78,13 @@ def recipe_facts(doc: Mapping[str, Any], digest: str = "") -> RecipeFacts:
     )
 
 
-def default_name(artifact: spb.Artifact) -> str:
+def default_name(artifact: Artifact) -> str:
     labels = artifact.labels
     name = labels.get("name", "") or artifact.id
     return f"{name}-{labels['version']}" if labels.get("version") else name
 
 
-def glance_properties(
-    artifact: spb.Artifact, recipe: RecipeFacts, sbom_sha256: str
-) -> dict[str, str]:
+def glance_properties(artifact: Artifact, recipe: RecipeFacts, sbom_sha256: str) -> dict[str, str]:
     """Glance's well-known image properties and Kiln's own."""
     props = {
         "hw_disk_bus": "virtio",
@@ -110,13 +108,13 @@ def glance_properties(
     return props
 
 
-def glance_can_take(artifact: spb.Artifact) -> bool:
+def glance_can_take(artifact: Artifact) -> bool:
     fmt, compression = split_format(artifact.labels.get("format", "qcow2"))
     return not compression and fmt in GLANCE_FORMATS
 
 
 def image_source(
-    artifact: spb.Artifact,
+    artifact: Artifact,
     url: str,
     stream: Callable[[], AsyncIterator[bytes]],
     recipe: RecipeFacts,
@@ -142,7 +140,7 @@ def image_source(
 
 
 def image_facts(
-    artifact: spb.Artifact,
+    artifact: Artifact,
     locations: tuple[str, ...],
     recipe: RecipeFacts,
     creator: str,
