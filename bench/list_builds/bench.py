@@ -31,6 +31,7 @@ from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
 from kiln_builder.service.app import build
 from kiln_builder.service.records import BuildRecords
 from kiln_builder.service.settings import BuilderSettings
+from kiln_common.builds import Build, BuildState
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.ids import new_id
 from kiln_common.lifecycle import now
@@ -38,7 +39,7 @@ from kiln_devstack.devservers import start_nats, stopping
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["web", "db", "cache", "edge"]
-STATES = [pb.BUILD_STATE_SUCCEEDED, pb.BUILD_STATE_FAILED, pb.BUILD_STATE_CANCELLED]
+STATES = [BuildState.SUCCEEDED, BuildState.FAILED, BuildState.CANCELLED]
 
 
 async def fill(url: str, count: int) -> list[str]:
@@ -49,7 +50,7 @@ async def fill(url: str, count: int) -> list[str]:
     for start in range(0, count, 1000):
         batch = []
         for n in range(start, min(count, start + 1000)):
-            build = pb.Build(id=new_id(), name=NAMES[n % 4], version="1",
+            build = Build(id=new_id(), name=NAMES[n % 4], version="1",
                              state=STATES[n % 3], created=now())  # fmt: skip
             ids.append(build.id)
             batch.append(records.create(build))
@@ -103,7 +104,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     results[label] = await timed(lambda r=request: stub.ListBuilds(r), args.repeat)
             # The scan the index replaced, on the same records (one run: it is slow).
             scan = await timed(
-                lambda: app.core._scan(pb.ListBuildsRequest(page_size=50), 50, ""), 1
+                lambda: app.core._scan(BuildState.UNSPECIFIED, "", 50, ""), 1
             )
             results["first page, scan (before the index)"] = scan
         finally:

@@ -34,8 +34,9 @@ class Held(contextlib.AsyncExitStack):
         async def quietly() -> None:
             try:
                 await close()
-            except Exception:
-                log.exception("error while stopping (%s)", getattr(close, "__qualname__", close))
+            except Exception as exc:  # noqa: BLE001 - stopping goes on (NATS may be gone already)
+                name = getattr(close, "__qualname__", close)
+                log.warning("while stopping, %s failed: %s", name, exc or type(exc).__name__)
 
         self.push_async_callback(quietly)
 
