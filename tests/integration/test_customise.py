@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -154,7 +155,7 @@ def partitioned_qcow2(rootfs: Path, dest: Path) -> None:
 
 @pytest.mark.build
 def test_a_partitioned_qcow2_is_grown_and_keeps_its_partitions(
-    test_rootfs: TestRootfs, server: ImageServer, tmp_path: Path
+    test_rootfs: TestRootfs, server: ImageServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     partitioned_qcow2(test_rootfs.image, server.root / "cloud.qcow2")
     text = recipe(
@@ -163,8 +164,13 @@ def test_a_partitioned_qcow2_is_grown_and_keeps_its_partitions(
         'disk: {size: 2GiB}\nrun:\n  - inline: "df -k / | tail -1 > /etc/kiln-df"\n'
         "outputs: [raw]\ntest: {boot: false}\n",
     )
-    result = asyncio.run(bake(text, tmp_path / "b", tmp_path / "cache").run())
+    with caplog.at_level(logging.INFO, logger="kiln_common.proc"):
+        result = asyncio.run(bake(text, tmp_path / "b", tmp_path / "cache").run())
     assert_nothing_held(tmp_path / "b")
+    # Found, grown, customised and read back on one attachment, scanned once.
+    ran = [r.getMessage() for r in caplog.records if r.getMessage().startswith("run: ")]
+    assert len([c for c in ran if "losetup --find" in c and c.endswith("disk.raw")]) == 1, ran
+    assert len([c for c in ran if c.startswith("run: partx -a")]) == 1, ran
     raw = result.outputs[0].path
     assert raw.stat().st_size == 2 << 30
     parts = json.loads(run_sync(["sfdisk", "--json", raw]).stdout)["partitiontable"]["partitions"]

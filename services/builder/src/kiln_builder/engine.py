@@ -362,30 +362,31 @@ class Bake:
 
     async def _customised(self) -> tuple[Path, BakeResult]:
         """The base's own disk, changed in place: its partitions, filesystems and
-        bootloader stay as they were."""
+        bootloader stay as they were. Attached and scanned once, held to the end."""
         image = self.work / "disk.raw"
-        found, grew = await base_stage.open_base(self, image)
-        self._partitioned = not found.bare
-        if self.vm_edits():
-            return image, await in_appliance.customised_in_vm(self, image, found, grew)
-        mnt = self.work / "mnt"
-        async with layout.opened(image, found, mnt) as root:
-            self.rootdir = root
-            with ImageRoot(root) as tree:
-                self.distro = base_stage.distro_of(tree)
-            for name, _, action in self.edit_steps():
-                async with self.step(name):
-                    await action()
-            if self.recipe.checks:
-                await self.run_checks()
-            if self.booting():
+        async with contextlib.AsyncExitStack() as stack:
+            found, grew, held = await base_stage.open_base(self, image, stack)
+            self._partitioned = not found.bare
+            if held is None:  # vm isolation: the host opens nothing
+                return image, await in_appliance.customised_in_vm(self, image, found, grew)
+            mnt = self.work / "mnt"
+            async with layout.opened(held, found, mnt) as root:
+                self.rootdir = root
                 with ImageRoot(root) as tree:
-                    base_stage.copy_kernels(tree, self.work / "kernel")
-        # Unmounted cleanly (journal closed) before its bytes are converted; read
-        # back read-only for the tree outputs and the SBOM.
-        async with layout.opened(image, found, mnt, read_only=True) as root:
-            self.rootdir = root
-            result = await self.make_outputs(image)
+                    self.distro = base_stage.distro_of(tree)
+                for name, _, action in self.edit_steps():
+                    async with self.step(name):
+                        await action()
+                if self.recipe.checks:
+                    await self.run_checks()
+                if self.booting():
+                    with ImageRoot(root) as tree:
+                        base_stage.copy_kernels(tree, self.work / "kernel")
+            # Unmounted cleanly (journal closed) before its bytes are converted;
+            # read back read-only for the tree outputs and the SBOM.
+            async with layout.opened(held, found, mnt, read_only=True) as root:
+                self.rootdir = root
+                result = await self.make_outputs(image)
         return image, result
 
 

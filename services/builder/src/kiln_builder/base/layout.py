@@ -59,6 +59,32 @@ class Layout:
         return self.table is None
 
 
+@dataclass(frozen=True)
+class Attached:
+    """The working copy on a loop device, its partitions as device nodes: held
+    for the whole build, so the disk is attached and scanned once."""
+
+    device: str
+    nodes: dict[int, str]  # partition number -> node; {} for a bare filesystem
+
+    def node(self, number: int) -> str:
+        return self.device if number == 0 else self.nodes[number]
+
+
+@contextlib.asynccontextmanager
+async def attached(disk: Path, *, bare: bool) -> AsyncIterator[Attached]:
+    """disk on a loop device with its partitions' nodes until the block ends
+    (a bare filesystem has none)."""
+    async with contextlib.AsyncExitStack() as stack:
+        device = await stack.enter_async_context(loop_device(disk))
+        nodes: dict[int, str] = {}
+        if not bare:
+            numbers = _numbers(await _table(disk))
+            made = await stack.enter_async_context(partition_devices(device, 0, numbers))
+            nodes = dict(zip(numbers, made, strict=True))
+        yield Attached(device, nodes)
+
+
 async def working_copy(base: Inspected, disk: Path) -> None:
     """A raw copy the build may write (the cached base is never written)."""
     if base.format == "raw" and base.path.parent == disk.parent:
@@ -88,13 +114,7 @@ async def _blkid(device: str) -> dict[str, str]:
     return {key: value for key, _, value in pairs if key}
 
 
-async def find_layout(disk: Path, base: Inspected, *, probe: bool = True) -> Layout:
-    """The disk's partitions and filesystems (blkid reads their bytes) and its
-    root. probe=False (vm isolation) mounts nothing: the root is left for the
-    appliance to find (root 0), the partitions are still described."""
-    if base.filesystem is not None:
-        return Layout((), 0, base.filesystem, None)
-    table = await _table(disk)
+def _numbers(table: dict[str, object]) -> list[int]:
     entries = table.get("partitions") or []
     try:
         numbers = [_number(str(entry["node"])) for entry in entries]  # type: ignore[attr-defined]
@@ -102,29 +122,36 @@ async def find_layout(disk: Path, base: Inspected, *, probe: bool = True) -> Lay
         raise FailedPrecondition("the base disk's partition table cannot be read") from None
     if not numbers:
         raise FailedPrecondition("the base disk's partition table is empty: no Linux root")
+    return numbers
+
+
+async def find_layout(
+    disk: Path, base: Inspected, *, probe: bool = True, held: Attached | None = None
+) -> Layout:
+    """The disk's partitions and filesystems (blkid reads their bytes) and its
+    root, on the attached disk (held) or one attached for the while. probe=False
+    (vm isolation) mounts nothing: the root is left for the appliance to find
+    (root 0), the partitions are still described."""
+    if base.filesystem is not None:
+        return Layout((), 0, base.filesystem, None)
+    table = await _table(disk)
+    numbers = _numbers(table)
     async with contextlib.AsyncExitStack() as stack:
-        device = await stack.enter_async_context(loop_device(disk))
-        nodes = await stack.enter_async_context(partition_devices(device, 0, numbers))
-        parts = []
-        for number, node in zip(numbers, nodes, strict=True):
-            found = await _blkid(node)
-            parts.append(
-                Part(
-                    number,
-                    found.get("TYPE"),
-                    found.get("UUID"),
-                    found.get("LABEL"),
-                    found.get("PART_ENTRY_UUID"),
-                    found.get("PART_ENTRY_NAME"),
-                )
-            )
+        if held is None:
+            held = await stack.enter_async_context(attached(disk, bare=False))
+        parts = [await _part(number, held.node(number)) for number in numbers]
         if not probe:
             if not any(p.fstype in ROOT_TYPES for p in parts):
                 raise FailedPrecondition(_no_root(parts))
             return Layout(tuple(parts), 0, "", str(table.get("label")))
-        root = await _root_of(parts, dict(zip(numbers, nodes, strict=True)), disk.parent)
-    label = str(table.get("label"))
-    return Layout(tuple(parts), root.number, str(root.fstype), label)
+        root = await _root_of(parts, held.nodes, disk.parent)
+    return Layout(tuple(parts), root.number, str(root.fstype), str(table.get("label")))
+
+
+async def _part(number: int, node: str) -> Part:
+    found = await _blkid(node)
+    return Part(number, found.get("TYPE"), found.get("UUID"), found.get("LABEL"),
+                found.get("PART_ENTRY_UUID"), found.get("PART_ENTRY_NAME"))  # fmt: skip
 
 
 async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part:
@@ -174,11 +201,14 @@ def _rw_options(fstype: str | None) -> str:
 # --- growing --------------------------------------------------------------------------
 
 
-async def grow(disk: Path, layout: Layout, size: int, *, resize: bool = True) -> bool:
+async def grow(
+    disk: Path, layout: Layout, size: int, *, resize: bool = True, held: Attached | None = None
+) -> bool:
     """Grows the raw disk to size bytes, and its root partition and filesystem
-    with it; returns whether it grew. A smaller size is refused: shrinking loses
-    data. resize=False (vm isolation) only makes the file bigger: the appliance
-    grows the partition and filesystem, which the host does not open."""
+    with it (on the held loop device, told the new sizes); returns whether it
+    grew. A smaller size is refused: shrinking loses data. resize=False (vm
+    isolation) only makes the file bigger: the appliance grows the partition
+    and filesystem, which the host does not open."""
     current = disk.stat().st_size
     if size < current:
         raise InvalidArgument(
@@ -188,10 +218,12 @@ async def grow(disk: Path, layout: Layout, size: int, *, resize: bool = True) ->
     if size == current:
         return False
     os.truncate(disk, size)
+    if held is not None:  # the loop device learns the file's new size
+        await run(["losetup", "--set-capacity", held.device])
     if not resize:
         return True
     if layout.bare:
-        await _grow_fs(str(disk), layout.root_fs, disk.parent)
+        await _grow_fs(held.device if held else str(disk), layout.root_fs, disk.parent)
         return True
     if layout.root != max(p.number for p in layout.parts) or layout.table not in ("gpt", "dos"):
         raise FailedPrecondition(
@@ -203,10 +235,11 @@ async def grow(disk: Path, layout: Layout, size: int, *, resize: bool = True) ->
     await run(["sh", "-c", 'echo ", +" | sfdisk --quiet --no-reread -N "$1" "$2"',
                "sfdisk", str(layout.root), disk])  # fmt: skip
     async with contextlib.AsyncExitStack() as stack:
-        device = await stack.enter_async_context(loop_device(disk))
-        numbers = [p.number for p in layout.parts]
-        nodes = await stack.enter_async_context(partition_devices(device, 0, numbers))
-        await _grow_fs(nodes[numbers.index(layout.root)], layout.root_fs, disk.parent)
+        if held is None:
+            held = await stack.enter_async_context(attached(disk, bare=False))
+        else:  # the kernel learns the root partition's new size
+            await run(["partx", "--update", "--nr", str(layout.root), held.device])
+        await _grow_fs(held.node(layout.root), layout.root_fs, disk.parent)
     log.info("grew the base disk from %d to %d bytes", current, size)
     return True
 
@@ -275,18 +308,12 @@ def _mount_point(tree: ImageRoot, where: PurePosixPath, *, create: bool) -> Path
 
 @contextlib.asynccontextmanager
 async def opened(
-    disk: Path, layout: Layout, mnt: Path, *, read_only: bool = False
+    held: Attached, layout: Layout, mnt: Path, *, read_only: bool = False
 ) -> AsyncIterator[Path]:
     """The image's root at mnt, with the partitions its fstab names mounted
-    below it; everything is unmounted and detached on the way out."""
+    below it; everything is unmounted on the way out (the disk stays attached)."""
     async with contextlib.AsyncExitStack() as stack:
-        device = await stack.enter_async_context(loop_device(disk))
-        if layout.bare:
-            nodes = {0: device}
-        else:
-            numbers = [p.number for p in layout.parts]
-            made = await stack.enter_async_context(partition_devices(device, 0, numbers))
-            nodes = dict(zip(numbers, made, strict=True))
+        nodes = {0: held.device, **held.nodes}
         options = _ro_options(layout.root_fs) if read_only else _rw_options(layout.root_fs)
         root = await stack.enter_async_context(
             mounted(nodes[layout.root], mnt, *_type(layout.root_fs), "-o", options)

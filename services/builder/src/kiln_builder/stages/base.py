@@ -4,6 +4,7 @@ and grown; and what the engine reads of any tree (its distro, its kernels)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
@@ -19,9 +20,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def open_base(bake: Bake, image: Path) -> tuple[layout.Layout, bool]:
-    """Fetches, inspects, copies and grows the base into image (raw);
-    returns its layout and whether the disk was made bigger."""
+async def open_base(
+    bake: Bake, image: Path, stack: contextlib.AsyncExitStack
+) -> tuple[layout.Layout, bool, layout.Attached | None]:
+    """Fetches, inspects, copies and grows the base into image (raw); returns
+    its layout, whether the disk was made bigger, and (sandbox isolation) the
+    disk attached once for the whole build, held by stack."""
     ref = bake.recipe.from_.image
     assert ref is not None
     size = bake.recipe.disk_size_given()
@@ -47,12 +51,15 @@ async def open_base(bake: Bake, image: Path) -> tuple[layout.Layout, bool]:
         await layout.working_copy(inspected, image)
         # In vm mode the host mounts nothing of the base: the appliance finds
         # its root, and grows it, on the disk the host made bigger.
-        found = await layout.find_layout(image, inspected, probe=not bake.vm_edits())
+        held = None
+        if not bake.vm_edits():
+            held = await stack.enter_async_context(layout.attached(image, bare=inspected.bare))
+        found = await layout.find_layout(image, inspected, probe=held is not None, held=held)
         grew = False
         if size is not None:
-            grew = await layout.grow(image, found, size, resize=not bake.vm_edits())
+            grew = await layout.grow(image, found, size, resize=held is not None, held=held)
         bake.base = BaseImage(base.source, base.sha256, inspected.describe())
-    return found, grew
+    return found, grew, held
 
 
 def distro_of(tree: ImageRoot) -> str:
