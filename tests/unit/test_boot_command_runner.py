@@ -14,7 +14,7 @@ import pytest
 
 from kiln_builder import cleanup, sandbox, vm
 from kiln_builder.resources import OWNER_FILE, claim, claimed_tempdir, janitor
-from kiln_builder.service.worker import RECORD_OUTPUT_MAX, command_record
+from kiln_builder.service.outcome import RECORD_OUTPUT_MAX, command_record
 from kiln_builder.vm import (
     Accel,
     BootFailed,

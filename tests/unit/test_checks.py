@@ -17,7 +17,7 @@ from kiln_builder import checks
 from kiln_builder.checks import CheckReport, ChecksFailed, Facts, Tree
 from kiln_builder.checks.services import enablement
 from kiln_builder.engine import Bake, BakeOptions
-from kiln_builder.service.worker import check_records
+from kiln_builder.service.outcome import check_records
 from kiln_cli.build_cmd import check_lines
 from kiln_common.builds import CheckResult
 from kiln_common.errors import FailedPrecondition

@@ -12,7 +12,6 @@ import pytest
 
 from kiln_builder.engine import Bake, BakeOptions
 from kiln_builder.service.settings import BuilderSettings
-from kiln_builder.service.worker import isolation_options
 from kiln_common.errors import FailedPrecondition
 from kiln_recipe import load_recipe
 
@@ -39,18 +38,18 @@ def test_unset_cluster_networks_refuse_sandbox_builds_by_default() -> None:
     settings = BuilderSettings()
     assert settings.cluster_networks is None
     assert "sandbox builds are refused" in settings.unconfigured()
-    assert isolation_options(settings) == {"sandbox_refused": settings.unconfigured()}
+    assert settings.isolation_options() == {"sandbox_refused": settings.unconfigured()}
 
 
 def test_unset_cluster_networks_can_send_every_build_to_vm() -> None:
     settings = BuilderSettings(unconfigured_networks="vm")
-    options = isolation_options(settings)
+    options = settings.isolation_options()
     assert options["force_vm"] is True and "sandbox builds run in vm" in options["force_vm_why"]
 
 
 def test_named_networks_and_the_node_are_refused_to_the_sandbox_and_to_fetches() -> None:
     settings = BuilderSettings(cluster_networks=["10.96.0.0/12"], node_ip="192.0.2.10")
-    assert settings.unconfigured() == "" and isolation_options(settings) == {"sandbox_refused": ""}
+    assert settings.unconfigured() == "" and settings.isolation_options() == {"sandbox_refused": ""}
     assert set(settings.sandbox_policy().blocked_networks) == {"10.96.0.0/12", "192.0.2.10/32"}
     policy = settings.egress_policy()
     assert policy.refusal("10.100.0.1") and policy.refusal("192.0.2.10")
@@ -59,7 +58,7 @@ def test_named_networks_and_the_node_are_refused_to_the_sandbox_and_to_fetches()
 
 
 def test_forced_vm_wins_and_says_so() -> None:
-    options = isolation_options(BuilderSettings(force_vm=True))
+    options = BuilderSettings(force_vm=True).isolation_options()
     assert options == {"force_vm": True, "force_vm_why": "forced by the builder's setting"}
 
 

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -179,6 +179,16 @@ class BuilderSettings(KilnSettings):
             "the builder's cluster networks are not configured"
             " (KILN_BUILDER_CLUSTER_NETWORKS): sandbox builds are refused"
         )
+
+    def isolation_options(self) -> dict[str, Any]:
+        """BakeOptions' isolation fields: vm forced by the operator, or because
+        the cluster's networks are unknown (or sandbox builds refused then)."""
+        unconfigured = self.unconfigured()
+        if self.force_vm:
+            return {"force_vm": True, "force_vm_why": "forced by the builder's setting"}
+        if unconfigured and self.unconfigured_networks == "vm":
+            return {"force_vm": True, "force_vm_why": unconfigured}
+        return {"sandbox_refused": unconfigured}
 
     @field_validator("default_mirror")
     @classmethod

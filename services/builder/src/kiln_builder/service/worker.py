@@ -16,60 +16,38 @@ import json
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 
-from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import queue
 from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
+from kiln_builder.service.ending import Ending
+from kiln_builder.service.job import Job
 from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_common import jetstream, lifecycle
 from kiln_common.builds import (
-    BaseImage,
     Build,
     BuildArtifact,
     BuildError,
     BuildState,
-    CheckResult,
-    StepState,
-    TestCommandResult,
 )
-from kiln_common.errors import KilnError, Unavailable
+from kiln_common.errors import KilnError
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.proc import ProcessError
-from kiln_recipe import RecipeError, bundle
-
-if TYPE_CHECKING:  # the vm package (libvirt) is imported only when a build boots
-    from kiln_builder.vm import CommandResult
+from kiln_recipe import bundle
 
 log = logging.getLogger(__name__)
 
 FETCH_SECONDS = 2.0
-
-
-@dataclass
-class Job:
-    build_id: str
-    attempt: int
-    msg: Delivery
-    task: asyncio.Task[list[BuildArtifact]] | None = None
-    why_stopped: str = ""  # "cancel" or "shutdown" once asked to stop
-    artifacts: BuildArtifacts | None = None
-    reporter: BuildReporter | None = None
-    steps: list[StepRecord] = field(default_factory=list)
-    accel: str = ""  # kvm or tcg, once a boot test ran
-    bake: Bake | None = None
 
 
 class Worker:
@@ -78,6 +56,7 @@ class Worker:
         self.nats = core.nats
         self.settings = settings
         self.name = settings.name()
+        self.ending = Ending(core, settings, self.name)
         self._storage = StorageAccess(settings.storage, settings.storage_retry_seconds)
         self.jobs: dict[str, Job] = {}
         self._stopping = asyncio.Event()
@@ -161,7 +140,7 @@ class Worker:
             if last.error is not None:
                 error = dataclasses.replace(last.error)
                 error.message = f"{error.message} (after {last.attempt} attempts)"
-            await self._finish(build_id, Outcome(BuildState.FAILED, error))
+            await self.ending.finish(build_id, Outcome(BuildState.FAILED, error))
             await self.nats.js.delete_msg(queue.STREAM, seq)
         except Exception:
             log.warning("max-deliveries advisory not handled", exc_info=True)
@@ -180,7 +159,7 @@ class Worker:
             await msg.ack()  # cancelled while queued, or finished by a worker presumed dead
             return
         if build.cancel_requested:
-            await self._finish(build_id, Outcome(BuildState.CANCELLED))
+            await self.ending.finish(build_id, Outcome(BuildState.CANCELLED))
             await msg.ack()
             return
         if build_id in self.jobs:
@@ -218,7 +197,7 @@ class Worker:
         try:
             build = await self._start(job)
             if build is None:  # ended, or a cancel came first: end it as cancelled
-                await self._finish(job.build_id, Outcome(BuildState.CANCELLED))
+                await self.ending.finish(job.build_id, Outcome(BuildState.CANCELLED))
                 await job.msg.ack()
                 return
             log_file = workspace / f"{build.name}-{build.version}.build.log"
@@ -227,7 +206,7 @@ class Worker:
             job.task = asyncio.create_task(self._build(job, build, workspace))
             if job.why_stopped:  # asked to stop before the task existed
                 job.task.cancel()
-            await self._conclude(job, *await self._outcome(job))
+            await self.ending.conclude(job, *await self._outcome(job))
         finally:
             await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
@@ -300,7 +279,7 @@ class Worker:
                 sandbox=self.settings.sandbox_policy(),
                 default_mirror=self.settings.default_mirror,
                 egress=self.settings.egress_policy(),
-                **isolation_options(self.settings),
+                **self.settings.isolation_options(),
             )
             bake = Bake(recipe, options, reporter.step)
             job.bake = bake
@@ -346,187 +325,6 @@ class Worker:
             job.reporter.log(f"test command {index} `{test.command}`: exit {test.exit_status} "
                              f"in {test.seconds:.1f}s")  # fmt: skip
         return stored
-
-    # ---- ending ----------------------------------------------------------------------
-
-    async def _conclude(
-        self,
-        job: Job,
-        state: BuildState,
-        error: BuildError | None,
-        stored: list[BuildArtifact],
-    ) -> None:
-        assert job.reporter is not None and job.artifacts is not None
-        if not await self._still_mine(job):
-            await job.reporter.close()
-            removed = await job.artifacts.remove(attempt_only=True)
-            log.warning(
-                "build %s: overtaken by another worker; removed %d artifacts of attempt %d",
-                job.build_id,
-                removed,
-                job.attempt,
-            )
-            return
-        if state != BuildState.SUCCEEDED:
-            job.artifacts.stop.clear()  # the log is still stored
-            await self._remove_partial(job)
-            self._mark_steps(job, state)
-        if job.why_stopped == "shutdown":
-            await self._requeue(job)
-            return
-        await job.reporter.close()
-        log_artifact = await self._store_log(job)
-        retry = state == BuildState.FAILED and self._retryable(job, error)
-        if retry:
-            await self._requeue(job, error)
-            return
-        tests = tuple(command_record(r) for r in (job.bake.test_commands if job.bake else []))
-        outcome = Outcome(
-            state, error, tuple(stored), log_artifact, job.accel, _base(job), tests, _checks(job),
-            isolation=job.bake.isolation if job.bake else "",
-            appliance_accel=_appliance_accel(job),
-            isolation_reason=job.bake.isolation_reason if job.bake else "",
-        )  # fmt: skip
-        await self._finish(job.build_id, outcome)
-        await job.msg.ack() if state != BuildState.FAILED else await job.msg.term()
-
-    async def _remove_partial(self, job: Job) -> None:
-        """Removes what this failed or stopped attempt stored. Storage may be
-        the very thing that failed: the outcome is recorded all the same (a
-        next attempt removes what this one left)."""
-        assert job.artifacts is not None
-        try:
-            await job.artifacts.remove(attempt_only=True)
-        except Exception as exc:  # noqa: BLE001 - the outcome matters more than the cleanup
-            log.warning("build %s: outputs of attempt %d not removed: %s",
-                        job.build_id, job.attempt, exc)  # fmt: skip
-
-    def _mark_steps(self, job: Job, state: BuildState) -> None:
-        assert job.reporter is not None
-        end = StepState.CANCELLED if state == BuildState.CANCELLED else StepState.FAILED
-        running = job.reporter.running()
-        for step in job.steps:
-            if step.name in running:
-                job.reporter.end_step(step, end)
-
-    def _retryable(self, job: Job, error: BuildError | None) -> bool:
-        """Storage or NATS away (Unavailable), or the disk full: worth another
-        try, as long as deliveries are left."""
-        exc = job.task.exception() if job.task and not job.task.cancelled() else None
-        if exc is not None:
-            exc = jetstream.translate(exc) or exc
-        passing = isinstance(exc, (Unavailable, OSError)) and not isinstance(exc, RecipeError)
-        return passing and job.attempt < self.settings.max_deliver
-
-    async def _requeue(self, job: Job, error: BuildError | None = None) -> None:
-        assert job.reporter is not None
-        await job.reporter.close()
-
-        build, changed = await self.core.records.mutate(
-            job.build_id, lambda b: lifecycle.requeue(b, self.name, job.attempt, error)
-        )
-        if changed:
-            await self.core.announce(build)
-        delays = self.settings.retry_backoff_seconds or [0.0]
-        delay = 0.0 if error is None else delays[min(job.attempt, len(delays)) - 1]
-        await job.msg.nak(delay=delay)
-        log.warning("build %s: handed back to the queue (retry in %.0fs)", job.build_id, delay)
-
-    async def _still_mine(self, job: Job) -> bool:
-        return lifecycle.held_by(await self.core.get(job.build_id), self.name, job.attempt)
-
-    async def _store_log(self, job: Job) -> BuildArtifact | None:
-        assert job.reporter is not None and job.artifacts is not None
-        path = job.reporter.log_path
-        if not path.is_file() or path.stat().st_size == 0:
-            return None
-        try:
-            return await job.artifacts.upload(
-                Upload(path, "build-log", "build.log"),
-                job.reporter.build.name,
-                job.reporter.build.version,
-                lambda n: None,
-            )
-        except Exception:
-            log.exception("build %s: the log was not stored", job.build_id)
-            return None
-
-    async def _finish(self, build_id: str, outcome: Outcome) -> None:
-        """Ends the build, and announces it only if this call ended it: with
-        several pods (or an advisory racing a worker) exactly one does."""
-        build, changed = await self.core.records.mutate(
-            build_id, lambda b: lifecycle.finish(b, outcome)
-        )
-        if not changed:
-            return
-        await self.core.announce(build)
-        extra: dict[str, Any] = {"artifacts": [a.artifact_id for a in build.artifacts]}
-        if outcome.error is not None:
-            extra.update(step=outcome.error.step, error=outcome.error.message)
-        info = STATES[build.state]
-        await self.core.events.publish(info.event, build.id, event_data(build, **extra))
-        log.info("build %s %s", build_id, info.word)
-
-
-def _base(job: Job) -> BaseImage | None:
-    """The base a customised build fetched, recorded whether it then succeeded or not."""
-    base = job.bake.base if job.bake is not None else None
-    if base is None:
-        return None
-    return BaseImage(source=base.source, sha256=base.sha256, description=base.description)
-
-
-def isolation_options(settings: BuilderSettings) -> dict[str, Any]:
-    """BakeOptions' isolation fields from the settings: vm forced by the
-    operator, or because the cluster's networks are unknown (or sandbox builds
-    refused then)."""
-    unconfigured = settings.unconfigured()
-    if settings.force_vm:
-        return {"force_vm": True, "force_vm_why": "forced by the builder's setting"}
-    if unconfigured and settings.unconfigured_networks == "vm":
-        return {"force_vm": True, "force_vm_why": unconfigured}
-    return {"sandbox_refused": unconfigured}
-
-
-def _appliance_accel(job: Job) -> str:
-    accel = job.bake.appliance_accel if job.bake is not None else None
-    return accel.kind if accel is not None else ""
-
-
-def _checks(job: Job) -> tuple[CheckResult, ...]:
-    """The requirement checks' results, recorded whether the build then
-    succeeded or failed (a failed check is the failure)."""
-    report = job.bake.check_report if job.bake is not None else None
-    return () if report is None else check_records(report)
-
-
-def check_records(report: CheckReport) -> tuple[CheckResult, ...]:
-    return tuple(
-        CheckResult(
-            profile=r.profile,
-            rule=r.rule,
-            statement=r.statement,
-            passed=r.passed,
-            advisory=r.advisory,
-            file=r.file,
-            why=r.why,
-        )
-        for r in report.results
-    )
-
-
-RECORD_OUTPUT_MAX = 4096  # bytes of a test command's output in the build record
-
-
-def command_record(result: CommandResult) -> TestCommandResult:
-    """A vm.CommandResult for the build record: its output's end only (the whole
-    64 KiB end is in the tests artifact), so the record stays small."""
-    tail = result.output.encode()[-RECORD_OUTPUT_MAX:].decode(errors="replace")
-    return TestCommandResult(
-        command=result.command, exit_status=result.exit_status,
-        seconds=round(result.seconds, 3), output=tail, output_bytes=result.output_bytes,
-        timed_out=result.timed_out, passed=result.passed,
-    )  # fmt: skip
 
 
 def _spec(output: OutputFile) -> str:
