@@ -1,11 +1,13 @@
-"""The wire layer: Kiln's domain models (kiln_common.builds) to and from the
-APIs' protobuf messages, field by field (the names are the same on both
-sides). The only place besides the servicers where a build is protobuf; the
-builder's stored records and updates are these messages' bytes, as before.
+"""The wire layer: Kiln's domain models (kiln_common.builds, kiln_common.artifacts,
+kiln_recipe.source) to and from the APIs' protobuf messages, field by field
+(the names are the same on both sides). Besides the servicers, the only place
+where these are protobuf; the builder's stored records, updates and recipes
+are these messages' bytes, as before.
 
 A dataclass field is read from the message field of its name: a nested
-dataclass from a sub-message (None when the message does not have it), a list
-from a repeated field, a datetime from a Timestamp, an IntEnum from an enum."""
+dataclass from a sub-message (None when the message does not have it and the
+field may be None), a list from a repeated field, a dict from a map or a
+Struct, a datetime from a Timestamp, an IntEnum from an enum."""
 
 from __future__ import annotations
 
