@@ -103,9 +103,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 for label, request in cases.items():
                     results[label] = await timed(lambda r=request: stub.ListBuilds(r), args.repeat)
             # The scan the index replaced, on the same records (one run: it is slow).
-            scan = await timed(
-                lambda: app.core._scan(BuildState.UNSPECIFIED, "", 50, ""), 1
-            )
+            scan = await timed(lambda: app.core._scan(BuildState.UNSPECIFIED, "", 50, ""), 1)
             results["first page, scan (before the index)"] = scan
         finally:
             await app.stop()
