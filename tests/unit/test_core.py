@@ -18,8 +18,9 @@ from support import gather_bytes, payload
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.ids import new_id
 from kiln_storage.backends.fs import FilesystemStore
-from kiln_storage.core import MIN_PART, REF_BATCH, CoreConfig, StorageCore
+from kiln_storage.core import MIN_PART, CoreConfig, StorageCore
 from kiln_storage.model import Checksums
+from kiln_storage.sharing import REF_BATCH
 
 PART = MIN_PART
 

@@ -1,19 +1,10 @@
 """The storage core: artifacts, uploads, deduplication and checksums.
 
-Transport-free: the gRPC servicer and the HTTP server both call it. Object
-layout in the backend:
-  artifacts/<id>.json         the artifact record; written last, so an artifact
-                              is visible only once whole
-  uploads/<upload id>.json    an upload session (resumable, any replica)
-  blobs/<upload id>           the bytes, assembled by a multipart upload
-  content/sha256/<digest>     which blob holds these bytes (deduplication)
-  refs/<digest>/<artifact id> one marker per artifact sharing that content
-  index/...                   the listing index (kiln_storage.index): markers
-                              written before the record and removed before it
+Transport-free: the gRPC servicer and the HTTP server both call it. Where
+things are in the backend: kiln_storage.keys; the bytes' plumbing (digests
+fed part by part, regrouping, read-ahead): kiln_storage.streams.
 
-Sharing a blob between an upload and a delete needs no lock (see _dedup and
-_blob_in_use): each side writes first and reads the other's state after, so at
-least one of them sees the other.
+Identical bytes are stored once (kiln_storage.sharing).
 """
 
 from __future__ import annotations
@@ -32,8 +23,9 @@ from typing import Any, Protocol
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
+from kiln_storage import keys
 from kiln_storage.backends import ObjectStore
-from kiln_storage.index import STALE_AFTER, ArtifactIndex, bounded, id_time
+from kiln_storage.index import ArtifactIndex
 from kiln_storage.model import (
     Artifact,
     Checksums,
@@ -42,6 +34,8 @@ from kiln_storage.model import (
     UploadSession,
     validate_labels,
 )
+from kiln_storage.sharing import BlobSharing
+from kiln_storage.streams import PartDigest, empty, read_ahead, rechunk
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +44,6 @@ MAX_PART = 64 * 1024 * 1024  # a part is buffered in memory
 MAX_PARTS = 10_000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
-REF_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -74,22 +67,6 @@ class UrlSigner(Protocol):
     def url(self, artifact_id: str, filename: str, expires: timedelta) -> str: ...
 
 
-def _artifact_key(artifact_id: str) -> str:
-    return f"artifacts/{artifact_id}.json"
-
-
-def _session_key(upload_id: str) -> str:
-    return f"uploads/{upload_id}.json"
-
-
-def _content_key(sha256: str) -> str:
-    return f"content/sha256/{sha256}"
-
-
-def _ref_prefix(sha256: str) -> str:
-    return f"refs/{sha256}/"
-
-
 def download_name(artifact: Artifact) -> str:
     """A safe file name for Content-Disposition: name-version.format, or the id."""
     parts = [artifact.labels.get(k, "") for k in ("name", "version")]
@@ -97,84 +74,6 @@ def download_name(artifact: Artifact) -> str:
     fmt = artifact.labels.get("format", "")
     name = f"{stem}.{fmt}" if fmt else stem
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)[:200]
-
-
-class _Digest:
-    """Whole-file digests computed as parts arrive.
-
-    Parts may arrive a little out of order (a client sends several at once):
-    up to HOLD_PARTS early ones wait in memory for their predecessors. A part
-    re-sent, too far ahead, or sent to another replica makes it give up;
-    completion then reads the object back once to hash it."""
-
-    HOLD_PARTS = 8
-
-    def __init__(self) -> None:
-        self._hashers = Hashers()
-        self._next = 1
-        self._held: dict[int, bytes] = {}
-        self._valid = True
-        self._tail: asyncio.Future[None] | None = None
-
-    def feed(self, number: int, data: bytes) -> None:
-        if not self._valid:
-            return
-        if (
-            number < self._next
-            or number in self._held
-            or (number > self._next and len(self._held) >= self.HOLD_PARTS)
-        ):
-            self._valid = False
-            self._held.clear()
-            return
-        self._held[number] = data
-        while self._next in self._held:
-            self._chain(self._held.pop(self._next))
-            self._next += 1
-
-    def _chain(self, data: bytes) -> None:
-        previous = self._tail
-
-        async def step() -> None:
-            if previous is not None:
-                await previous
-            # hashlib releases the GIL on large buffers: the four run in parallel.
-            await asyncio.gather(
-                *(asyncio.to_thread(h.update, data) for h in self._hashers.by_alg.values())
-            )
-
-        self._tail = asyncio.ensure_future(step())
-
-    async def result(self, count: int) -> Checksums | None:
-        if not self._valid or self._next != count + 1 or self._held:
-            return None
-        if self._tail is not None:
-            await self._tail
-        return self._hashers.result()
-
-    def cancel(self) -> None:
-        self._held.clear()
-        if self._tail is not None:
-            self._tail.cancel()
-
-
-async def _rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Regroups a stream of chunks into pieces of exactly size bytes (the last
-    shorter), copying each byte once."""
-    held: list[memoryview] = []
-    have = 0
-    async for chunk in chunks:
-        view = memoryview(chunk)
-        while view:
-            take = min(len(view), size - have)
-            held.append(view[:take])
-            have += take
-            view = view[take:]
-            if have == size:
-                yield b"".join(held)
-                held, have = [], 0
-    if have:
-        yield b"".join(held)
 
 
 class StorageCore:
@@ -190,8 +89,9 @@ class StorageCore:
         self.config = config or CoreConfig()
         self.signer = signer
         self.index = ArtifactIndex(store, self._record)
+        self.sharing = BlobSharing(store, self._record, self._at, self.config.commit_wait)
         self.checkpoint: Checkpoint | None = None
-        self._digests: dict[str, _Digest] = {}
+        self._digests: dict[str, PartDigest] = {}
 
     async def _at(self, point: str) -> None:
         if self.checkpoint is not None:
@@ -209,14 +109,14 @@ class StorageCore:
     async def stat(self, artifact_id: str) -> Artifact:
         check_id(artifact_id, "artifact id")
         try:
-            return Artifact.from_record(await self._get_json(_artifact_key(artifact_id)))
+            return Artifact.from_record(await self._get_json(keys.artifact_key(artifact_id)))
         except NotFound:
             raise NotFound(f"artifact {artifact_id} not found") from None
 
     async def _session(self, upload_id: str) -> UploadSession:
         check_id(upload_id, "upload id")
         try:
-            return UploadSession.from_record(await self._get_json(_session_key(upload_id)))
+            return UploadSession.from_record(await self._get_json(keys.session_key(upload_id)))
         except NotFound:
             raise NotFound(
                 f"upload {upload_id} not found (completed, aborted or expired)"
@@ -258,15 +158,15 @@ class StorageCore:
             created_at=datetime.now(UTC),
         )
         try:
-            await self._put_json(_session_key(upload_id), session.to_record())
+            await self._put_json(keys.session_key(upload_id), session.to_record())
         except BaseException:
             await self.store.mp_abort(blob, backend_id)
             raise
-        self._digests[upload_id] = _Digest()
+        self._digests[upload_id] = PartDigest()
         return session
 
     async def _store_part(self, session: UploadSession, number: int, data: bytes) -> None:
-        self._digests.setdefault(session.upload_id, _Digest()).feed(number, data)
+        self._digests.setdefault(session.upload_id, PartDigest()).feed(number, data)
         await self.store.mp_put(session.blob, session.backend_upload_id, number, data)
 
     async def put_part(
@@ -317,7 +217,7 @@ class StorageCore:
             digest.cancel()
         await self.store.mp_abort(session.blob, session.backend_upload_id)
         await self.store.delete(session.blob)
-        await self.store.delete(_session_key(session.upload_id))
+        await self.store.delete(keys.session_key(session.upload_id))
 
     def _check_parts(self, session: UploadSession, parts: dict[int, int]) -> tuple[int, int]:
         count = max(parts, default=0)
@@ -369,12 +269,12 @@ class StorageCore:
         # Tell the janitor which artifact this session becomes, so it never
         # deletes the blob of an artifact whose commit was interrupted.
         record = session.to_record() | {"artifact_id": artifact_id}
-        await self.store.put(_session_key(session.upload_id), json.dumps(record).encode())
-        # The ref comes before the content mapping is read (in _dedup): the
-        # order that lets a racing delete see this upload (see _blob_in_use).
-        await self.store.put(_ref_prefix(checksums.sha256) + artifact_id, b"")
+        await self.store.put(keys.session_key(session.upload_id), json.dumps(record).encode())
+        # The ref comes before the content mapping is read (sharing.dedup): the
+        # order that lets a racing delete see this upload (sharing.in_use).
+        await self.store.put(keys.ref_prefix(checksums.sha256) + artifact_id, b"")
         await self._at("commit.referenced")
-        blob = await self._dedup(session.blob, checksums.sha256, size)
+        blob = await self.sharing.dedup(session.blob, checksums.sha256, size)
         artifact = Artifact(
             id=artifact_id,
             size=size,
@@ -384,27 +284,11 @@ class StorageCore:
             blob=blob,
         )
         await self.index.add(artifact_id, artifact.labels)
-        await self._put_json(_artifact_key(artifact_id), artifact.to_record())
-        await self.store.delete(_session_key(session.upload_id))
+        await self._put_json(keys.artifact_key(artifact_id), artifact.to_record())
+        await self.store.delete(keys.session_key(session.upload_id))
         log.info("stored artifact %s (%d bytes, sha256 %s)", artifact_id, size, checksums.sha256)
         await self.events.publish("artifact.stored", artifact_id, artifact.public())
         return artifact
-
-    async def _dedup(self, blob: str, sha256: str, size: int) -> str:
-        """Returns the blob to use: an existing one with the same bytes if any
-        (and drops the new copy), else the new one, recorded for next time.
-
-        Called after this upload's ref is written. A delete removes the
-        mapping before its last look at the refs, so if the mapping still
-        names a blob here, that look will find our ref and keep the blob."""
-        with contextlib.suppress(NotFound):
-            existing = (await self.store.get(_content_key(sha256))).decode()
-            if existing != blob and await self.store.size(existing) == size:
-                await self._at("commit.sharing")
-                await self.store.delete(blob)
-                return existing
-        await self.store.put(_content_key(sha256), blob.encode())
-        return blob
 
     async def upload(
         self,
@@ -420,7 +304,7 @@ class StorageCore:
         received = 0
         try:
             number = 0
-            async for data in _rechunk(chunks, session.part_size):
+            async for data in rechunk(chunks, session.part_size):
                 number += 1
                 received += len(data)
                 if size is not None and received > size:
@@ -467,7 +351,7 @@ class StorageCore:
         return await self.index.rebuild(force)
 
     async def _record(self, artifact_id: str) -> Artifact | None:
-        return await self._maybe_record(_artifact_key(artifact_id))
+        return await self._maybe_record(keys.artifact_key(artifact_id))
 
     async def _maybe_record(self, key: str) -> Artifact | None:
         try:
@@ -480,72 +364,13 @@ class StorageCore:
         # Out of the listings first (see kiln_storage.index): if this delete
         # fails midway, the record is still there and a retry finishes it.
         await self.index.remove(artifact_id, artifact.labels)
-        await self.store.delete(_artifact_key(artifact_id))
-        await self.store.delete(_ref_prefix(artifact.checksums.sha256) + artifact_id)
-        if not await self._blob_in_use(artifact):
+        await self.store.delete(keys.artifact_key(artifact_id))
+        await self.store.delete(keys.ref_prefix(artifact.checksums.sha256) + artifact_id)
+        if not await self.sharing.in_use(artifact):
             await self._at("delete.blob")
             await self.store.delete(artifact.blob)
         log.info("deleted artifact %s", artifact_id)
         await self.events.publish("artifact.deleted", artifact_id, artifact.public())
-
-    async def _blob_in_use(self, artifact: Artifact) -> bool:
-        """Whether another artifact uses (or may be about to use) this blob.
-
-        First a cheap look: another whole artifact on the blob settles it, and
-        the content mapping stays for later uploads. Otherwise the mapping is
-        removed (if it names this blob) before the refs are read again. An
-        upload writes its ref before it reads the mapping (_commit, _dedup):
-        if it still found the mapping, its ref is older than this second
-        look, which sees it and keeps the blob; if it did not, it keeps its
-        own copy. Either way no record ends up naming a deleted blob."""
-        if await self._shared(artifact, wait=False):
-            return True
-        sha = artifact.checksums.sha256
-        with contextlib.suppress(NotFound):
-            if (await self.store.get(_content_key(sha))).decode() == artifact.blob:
-                await self.store.delete(_content_key(sha))
-        await self._at("delete.unmapped")
-        return await self._shared(artifact, wait=True)
-
-    async def _shared(self, artifact: Artifact, wait: bool) -> bool:
-        """True if a ref of the same content names an artifact on this blob.
-        A ref whose record is not written yet is an upload committing: with
-        wait, it is given commit_wait to finish, and if it does not, the blob
-        is kept (a leak is safe; a record naming a deleted blob is not).
-        Refs are read a batch at a time: identical builds may share a blob
-        thousands of times, and the first sharer found settles it."""
-        prefix = _ref_prefix(artifact.checksums.sha256)
-        deadline = asyncio.get_running_loop().time() + self.config.commit_wait.total_seconds()
-        after = ""
-        while keys := await self.store.list_keys(prefix, start_after=after, limit=REF_BATCH):
-            after = keys[-1]
-            ids = [k[len(prefix) :] for k in keys]
-            if wait:
-                blobs = await bounded(self._blob_of_ref(prefix, i, deadline) for i in ids)
-                if any(b is None or b == artifact.blob for b in blobs):
-                    return True
-            else:
-                records = await bounded(self._record(i) for i in ids)
-                if any(r is not None and r.blob == artifact.blob for r in records):
-                    return True
-        return False
-
-    async def _blob_of_ref(self, prefix: str, artifact_id: str, deadline: float) -> str | None:
-        """The blob of the ref's artifact; '' if the ref is gone (that artifact
-        was deleted); None if still unknown at the deadline."""
-        loop = asyncio.get_running_loop()
-        # A ref this old without a record is left by a crashed commit: waiting
-        # cannot help, and keeping the blob is the safe answer.
-        patient = id_time(artifact_id) > datetime.now(UTC) - STALE_AFTER
-        while True:
-            record = await self._record(artifact_id)
-            if record is not None:
-                return record.blob
-            if await self.store.size(prefix + artifact_id) is None:
-                return ""
-            if not patient or loop.time() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
 
     async def read(
         self, artifact_id: str, offset: int = 0, length: int = 0
@@ -557,8 +382,8 @@ class StorageCore:
             raise InvalidArgument(f"offset {offset} is past the end ({artifact.size} bytes)")
         count = min(length or artifact.size, artifact.size - offset)
         if count == 0:
-            return artifact, _empty()
-        return artifact, _read_ahead(self.store.read(artifact.blob, offset, count))
+            return artifact, empty()
+        return artifact, read_ahead(self.store.read(artifact.blob, offset, count))
 
     async def download_url(
         self, artifact_id: str, expires: timedelta | None = None
@@ -599,7 +424,7 @@ class StorageCore:
                 live_sessions.add(session.upload_id)
                 continue
             committed = raw.get("artifact_id")
-            if committed and await self.store.size(_artifact_key(committed)) is not None:
+            if committed and await self.store.size(keys.artifact_key(committed)) is not None:
                 await self.store.delete(key)  # the artifact is whole; only the session lingered
                 continue
             log.info("janitor: aborting expired upload %s", session.upload_id)
@@ -615,33 +440,3 @@ class StorageCore:
         for upload_id in set(self._digests) - live_sessions:
             self._digests.pop(upload_id).cancel()
         return removed
-
-
-async def _read_ahead(chunks: AsyncIterator[bytes], depth: int = 4) -> AsyncIterator[bytes]:
-    """Keeps reading from the backend while the caller sends what it has, so
-    storage reads and network writes overlap instead of taking turns."""
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
-
-    async def pump() -> None:
-        try:
-            async for chunk in chunks:
-                await queue.put(chunk)
-            await queue.put(None)
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer below
-            await queue.put(exc)
-
-    task = asyncio.create_task(pump())
-    try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield  # pragma: no cover - makes this an async generator
