@@ -14,7 +14,8 @@ import pytest
 from support import payload, storage_stub
 
 from kiln_api.storage.v1 import storage_pb2 as pb
-from kiln_client.storage import AsyncStorageClient, StopFlag, UploadPlan
+from kiln_client.storage import AsyncStorageClient
+from kiln_client.transfer import StopFlag, UploadPlan, state_file
 from kiln_common.events import STREAM, from_json
 from kiln_devstack.devservers import Nats
 
@@ -195,7 +196,7 @@ async def test_an_interrupted_push_resumes_from_the_parts_the_service_has(  # ty
             # The first run stored parts 1 and 3, then died.
             plan = UploadPlan(source, len(data), part)
             session = await client._resume_or_create(
-                plan, {"name": "resumed"}, "", client._state_file(source, len(data))
+                plan, {"name": "resumed"}, "", state_file(client.state_dir, source, len(data))
             )
             for n in (1, 3):
                 await client._send_part(session.upload_id, plan, n)

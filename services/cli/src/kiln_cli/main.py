@@ -16,7 +16,7 @@ from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_client import ClientError, StorageClient, wire
 from kiln_client.discovery import NotRunning
-from kiln_client.storage import Progress
+from kiln_client.transfer import Progress
 from kiln_common.digests import file_sha256
 from kiln_common.errors import KilnError
 from kiln_common.grpc_errors import code_name

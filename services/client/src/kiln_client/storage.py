@@ -9,27 +9,21 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import urllib.error
-import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Protocol
-from urllib.parse import urlsplit
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
-from kiln_client import _rpc, discovery, wire
+from kiln_client import _rpc, discovery, transfer, wire
 from kiln_client._sync import LoopThread
 from kiln_client.errors import ClientError, UploadStopped
+from kiln_client.transfer import Progress, StopFlag, UploadPlan
 from kiln_common.artifacts import Artifact
 from kiln_common.errors import Internal, NotFound, Unavailable
 from kiln_common.grpc_errors import from_rpc
@@ -37,36 +31,8 @@ from kiln_common.grpc_server import CHUNK_SIZE
 from kiln_common.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int], None]
 MAX_PAGE = 500
 GRPC_CORE_INTERNAL = "Internal error from Core"
-
-
-class StopFlag(Protocol):
-    """threading.Event or asyncio.Event: set means stop and abort."""
-
-    def is_set(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class UploadPlan:
-    path: Path
-    size: int
-    part_size: int
-
-    @property
-    def count(self) -> int:
-        return max(1, -(-self.size // self.part_size))
-
-    def part(self, number: int) -> tuple[int, int]:
-        offset = (number - 1) * self.part_size
-        return offset, min(self.part_size, self.size - offset)
-
-
-def _read(path: Path, offset: int, length: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(length)
 
 
 class AsyncStorageClient:
@@ -133,13 +99,6 @@ class AsyncStorageClient:
 
     # ---- upload ----------------------------------------------------------------------
 
-    def _state_file(self, path: Path, size: int) -> Path | None:
-        if self.state_dir is None:
-            return None
-        st = path.stat()
-        ident = f"{path.resolve()}\0{size}\0{st.st_mtime_ns}".encode()
-        return self.state_dir / f"upload-{hashlib.sha256(ident).hexdigest()[:32]}.json"
-
     async def _resume_or_create(
         self, plan: UploadPlan, labels: dict[str, str], sha256: str, state: Path | None
     ) -> pb.UploadSession:
@@ -174,7 +133,7 @@ class AsyncStorageClient:
                 if stop is not None and stop.is_set():
                     raise UploadStopped(f"upload of {plan.path} stopped")
                 want = min(CHUNK_SIZE, length - sent)
-                data = await asyncio.to_thread(_read, plan.path, offset + sent, want)
+                data = await asyncio.to_thread(transfer.read_part, plan.path, offset + sent, want)
                 if len(data) != want:
                     raise ClientError(f"{plan.path} shrank while it was uploaded")
                 sent += want
@@ -214,7 +173,7 @@ class AsyncStorageClient:
         if size == 0:
             raise ClientError(f"{path} is empty: there is nothing to store")
         plan = UploadPlan(path, size, part_size)
-        state = self._state_file(path, size)
+        state = transfer.state_file(self.state_dir, path, size)
         session = await self._resume_or_create(plan, labels, sha256, state)
         have = {p.number for p in session.parts if p.size == plan.part(p.number)[1]}
         if progress:
@@ -293,14 +252,14 @@ class AsyncStorageClient:
         if have > artifact.size:
             partial.unlink()
             have = 0
-        with _Sink(partial, hash_existing=have > 0) as sink:
+        with transfer.Sink(partial, hash_existing=have > 0) as sink:
             if progress:
                 progress(have)
-            counted = _Counter(have, progress)
+            counted = transfer.Counter(have, progress)
             if via_url and have < artifact.size:
                 try:
                     url = await self.url(artifact_id)
-                    await asyncio.to_thread(self._fetch_url, url, sink, counted)
+                    await asyncio.to_thread(transfer.fetch_url, url, sink, counted, self.policy)
                 except (ClientError, OSError, Unavailable) as exc:
                     log.warning("download URL failed (%s); streaming through the service", exc)
             if counted.have < artifact.size:
@@ -314,25 +273,6 @@ class AsyncStorageClient:
             )
         os.replace(partial, dest)
         return artifact
-
-    def _fetch_url(self, url: str, sink: _Sink, counted: _Counter) -> None:
-        def once() -> None:
-            start = counted.have
-            headers = {"Range": f"bytes={start}-"} if start else {}
-            try:
-                request = urllib.request.Request(url, headers=headers)
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    if start and response.status != 206:
-                        raise ClientError(f"{urlsplit(url).netloc} ignored the Range request")
-                    while block := response.read(CHUNK_SIZE):
-                        sink.add(block)
-                        counted.add(len(block))
-            except urllib.error.HTTPError:
-                raise  # refused (expired, forbidden): retrying will not help
-            except OSError as exc:
-                raise Unavailable(f"download from {urlsplit(url).netloc} broke: {exc}") from exc
-
-        self.policy.call(once, "download")
 
     async def stream(self, artifact_id: str, offset: int = 0) -> AsyncIterator[bytes]:
         """The artifact's bytes from offset, as they arrive, without a local copy
@@ -353,7 +293,9 @@ class AsyncStorageClient:
                     raise error from None
                 await backoff.wait(error)
 
-    async def _fetch_stream(self, artifact_id: str, sink: _Sink, counted: _Counter) -> None:
+    async def _fetch_stream(
+        self, artifact_id: str, sink: transfer.Sink, counted: transfer.Counter
+    ) -> None:
         request = pb.DownloadRequest(id=artifact_id, offset=counted.have)
 
         async def stream() -> None:
@@ -362,63 +304,6 @@ class AsyncStorageClient:
                 counted.add(len(chunk.data))
 
         await _rpc.mapped(stream)
-
-
-class _Counter:
-    """Bytes received so far, reported to the progress callback."""
-
-    def __init__(self, have: int, progress: Progress | None) -> None:
-        self.have = have
-        self._progress = progress
-
-    def add(self, n: int) -> None:
-        self.have += n
-        if self._progress:
-            self._progress(n)
-
-
-class _Sink:
-    """Appends chunks to a file and hashes them on two worker threads, so
-    receiving, writing and hashing overlap (each releases the GIL)."""
-
-    IN_FLIGHT = 8
-
-    def __init__(self, path: Path, hash_existing: bool) -> None:
-        self._file = open(path, "ab")  # noqa: SIM115 - closed in __exit__
-        self._digest = hashlib.sha256()
-        self._writer = ThreadPoolExecutor(1)
-        self._hasher = ThreadPoolExecutor(1)
-        self._pending: list[Future[object]] = []
-        if hash_existing:
-            with open(path, "rb") as old:
-                for block in iter(lambda: old.read(CHUNK_SIZE), b""):
-                    self._digest.update(block)
-
-    def add(self, data: bytes) -> None:
-        self._pending.append(self._writer.submit(self._file.write, data))
-        self._pending.append(self._hasher.submit(self._digest.update, data))
-        if len(self._pending) > 2 * self.IN_FLIGHT:
-            for fut in self._pending[:2]:
-                fut.result()
-            del self._pending[:2]
-
-    def finish(self) -> str:
-        for fut in self._pending:
-            fut.result()
-        self._pending.clear()
-        self._file.flush()
-        return self._digest.hexdigest()
-
-    def __enter__(self) -> _Sink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        # Whatever happened, what was received is on disk for the next resume.
-        for fut in self._pending:
-            fut.exception()
-        self._writer.shutdown()
-        self._hasher.shutdown()
-        self._file.close()
 
 
 class StorageClient:
