@@ -22,9 +22,10 @@ from kiln_common.ids import new_id
 from kiln_common.proc import run
 from kiln_devstack.devservers import Glance, Nats
 from kiln_publisher.app import PublisherApp, build, sweep_once
-from kiln_publisher.core import PUBLICATIONS_BUCKET, Request, record_key
-from kiln_publisher.model import DONE, Publication
+from kiln_publisher.core import PUBLICATIONS_BUCKET
+from kiln_publisher.model import DONE, Publication, record_key
 from kiln_publisher.settings import PublisherSettings
+from kiln_publisher.targets import Request
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 
 pytestmark = pytest.mark.integration

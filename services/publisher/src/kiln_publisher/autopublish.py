@@ -22,7 +22,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from kiln_common import jetstream
 from kiln_common.errors import KilnError, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
-from kiln_publisher.core import PublisherCore, Request
+from kiln_publisher.core import PublisherCore
+from kiln_publisher.targets import Request
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ async def _heartbeat(msg: Msg, core: PublisherCore, build_id: str, revision: int
         with contextlib.suppress(Exception):
             await msg.in_progress()
         with contextlib.suppress(KilnError):
-            revision = await core.renew(publication_id(build_id), OWNER, revision)
+            revision = await core.claims.renew(publication_id(build_id), OWNER, revision)
 
 
 async def _one(core: PublisherCore, msg: Msg) -> None:
@@ -82,7 +83,7 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
     # Two deliveries of build.succeeded for one build (a duplicate event) may
     # reach two replicas at once: only the one holding the claim publishes.
     try:
-        revision = await core.claim(publication_id(event.subject), OWNER, CLAIM_TTL)
+        revision = await core.claims.claim(publication_id(event.subject), OWNER, CLAIM_TTL)
     except KilnError as exc:
         log.warning("auto-publish of build %s put off: %s", event.subject, exc)
         await msg.nak(delay=10)
@@ -110,7 +111,7 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
     finally:
         beat.cancel()
         with contextlib.suppress(KilnError):
-            await core.release(publication_id(event.subject))
+            await core.claims.release(publication_id(event.subject))
     await msg.ack()
 
 

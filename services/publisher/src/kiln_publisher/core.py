@@ -7,11 +7,9 @@ finished, not repeated, by the next attempt."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 
 from nats.js import JetStreamContext
@@ -25,65 +23,21 @@ from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_market import Entry, SignedEntry
 from kiln_publisher import facts
-from kiln_publisher.glance import GlancePublisher, GlanceTarget
+from kiln_publisher.claims import CLAIM_PREFIX, Claims
+from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, Query
-from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
+from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result, record_key
+from kiln_publisher.targets import Request, glance_target, publish_for, target_name
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 
 log = logging.getLogger(__name__)
 
 PUBLICATIONS_BUCKET = "KILN_PUBLICATIONS"
-CLAIM_PREFIX = "claim."  # beside the records: who works on an automatic publication
 IMAGE_KIND = "image"
 # GetEntry gives a freshly signed URL only if storage answers this fast.
 FRESH_LOCATION_SECONDS = 3.0
 KIND_LABEL = "kiln-kind"
-
-
-@dataclass(frozen=True)
-class Request:
-    artifact_id: str = ""
-    build_id: str = ""
-    publish: Publish = field(default_factory=Publish)
-
-
-def _publish_for(request: Request, artifact: Artifact) -> Publish:
-    """The request's targets for one artifact: a build's raw.xz or tar output
-    goes to the marketplace only; its qcow2 (or raw) output is the one Glance
-    gets."""
-    if request.build_id and not facts.glance_can_take(artifact):
-        return request.publish.model_copy(update={"glance": []})
-    return request.publish
-
-
-def glance_target(t: GlancePublish) -> GlanceTarget:
-    return GlanceTarget(
-        cloud=t.cloud,
-        region=t.region,
-        name=t.name,
-        visibility=t.visibility,
-        tags=tuple(t.tags),
-        properties=dict(t.properties),
-        min_disk=t.min_disk,
-        min_ram=t.min_ram,
-        keep=t.keep,
-        retire=t.retire,
-    )
-
-
-def target_name(cloud: str, region: str | None, name: str | None = None) -> str:
-    """cloud[/region][:name]: one result per image a publication makes (a recipe
-    may publish two names to one cloud)."""
-    where = f"{cloud}/{region}" if region else cloud
-    return f"{where}:{name}" if name else where
-
-
-def record_key(publication_id: str) -> str:
-    """The KV key of a publication: its id, checked, since KV keys take a
-    restricted alphabet (ids are Kiln ids; automatic ones "auto-<build id>")."""
-    check_id(publication_id.removeprefix("auto-"), "publication id")
-    return publication_id
 
 
 class PublisherCore:
@@ -110,6 +64,7 @@ class PublisherCore:
         self.url_seconds = url_seconds
         self.replicas = replicas
         self._kv: KeyValue | None = None
+        self.claims = Claims(self._records)
 
     # ---- records -------------------------------------------------------------------
 
@@ -162,42 +117,6 @@ class PublisherCore:
                 continue
             found.append(pub)
         return sorted(found, key=lambda p: p.created_at, reverse=True)
-
-    # ---- claims: one replica at a time works on an automatic publication -------------
-
-    async def claim(self, publication_id: str, owner: str, ttl: float) -> int | None:
-        """Takes publication_id for owner; the claim's revision, or None when
-        another owner holds a claim younger than ttl seconds (a stale one, left
-        by a replica that died, is taken over)."""
-        kv, key, value = await self._claim(publication_id, owner)
-        try:
-            return int(await jetstream.mapped(lambda: kv.create(key, value)))
-        except FailedPrecondition:
-            pass  # held (or just released): look at it
-        try:
-            held = await jetstream.mapped(lambda: kv.get(key))
-        except NotFound:
-            return None  # released meanwhile: the next delivery takes it
-        age = time.time() - float(json.loads(held.value or b"{}").get("at", 0))
-        if held.value and age < ttl:
-            return None
-        try:
-            return int(await jetstream.mapped(lambda: kv.update(key, value, last=held.revision)))
-        except FailedPrecondition:
-            return None  # another replica took it over first
-
-    async def renew(self, publication_id: str, owner: str, revision: int) -> int:
-        kv, key, value = await self._claim(publication_id, owner)
-        return int(await jetstream.mapped(lambda: kv.update(key, value, last=revision)))
-
-    async def release(self, publication_id: str) -> None:
-        kv, key, _ = await self._claim(publication_id, "")
-        await jetstream.mapped(lambda: kv.delete(key))
-
-    async def _claim(self, publication_id: str, owner: str) -> tuple[KeyValue, str, bytes]:
-        """The bucket, the claim's key and a fresh value saying owner holds it now."""
-        value = json.dumps({"owner": owner, "at": time.time()}).encode()
-        return await self._records(), f"{CLAIM_PREFIX}{record_key(publication_id)}", value
 
     async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
         """A publication that could not start, kept so `GetPublication` says why."""
@@ -276,7 +195,7 @@ class PublisherCore:
                 artifact_id=request.artifact_id,
                 build_id=request.build_id,
             )
-        plan = [(a, p) for a in artifacts if (p := _publish_for(request, a)).targets]
+        plan = [(a, p) for a in artifacts if (p := publish_for(request, a)).targets]
         pub = await self._planned(pub, plan)
         for artifact, publish in plan:
             pub = await self._publish_artifact(pub, artifact, publish)

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from kiln_common.ids import check_id
+
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 
 
@@ -74,3 +76,10 @@ class Publication:
             Result(**{**r, "retired": tuple(r.get("retired", ()))}) for r in data.pop("results")
         )
         return cls(**data, results=results)
+
+
+def record_key(publication_id: str) -> str:
+    """The KV key of a publication: its id, checked, since KV keys take a
+    restricted alphabet (ids are Kiln ids; automatic ones "auto-<build id>")."""
+    check_id(publication_id.removeprefix("auto-"), "publication id")
+    return publication_id

@@ -16,9 +16,10 @@ from kiln_common.grpc_errors import servicer
 from kiln_market import SignedEntry
 from kiln_market.entry import parse_time
 from kiln_publisher import facts
-from kiln_publisher.core import PublisherCore, Request
+from kiln_publisher.core import PublisherCore
 from kiln_publisher.market import Query
 from kiln_publisher.model import DONE, FAILED, PENDING, RUNNING, Publication, Result
+from kiln_publisher.targets import Request
 from kiln_recipe.schema import Publish
 
 Context = grpc.aio.ServicerContext[Any, Any]
