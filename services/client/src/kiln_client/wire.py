@@ -71,6 +71,8 @@ def _set(msg: Message, fd: Any, value: Any) -> None:  # fd: a FieldDescriptor (u
         fd.message_type.full_name == Struct.DESCRIPTOR.full_name
         or fd.message_type.GetOptions().map_entry
     ):
+        if fd.containing_oneof is not None:
+            target.SetInParent()  # set even when empty: {} is a structured recipe
         target.update(value)
     elif fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
         target.FromDatetime(value)
@@ -131,8 +133,15 @@ def build_of(msg: pb.Build) -> Build:
     return from_message(msg, Build)
 
 
-def build_bytes(build: Build) -> bytes:
-    return build_message(build).SerializeToString()
+def build_bytes(build: Build, over: bytes = b"") -> bytes:
+    """The record's bytes; over: the stored bytes it replaces, whose fields
+    this version does not know (a newer pod wrote them) are kept."""
+    msg: Message = pb.Build()
+    msg.ParseFromString(over)
+    for f in dataclasses.fields(build):
+        msg.ClearField(f.name)
+    msg.MergeFrom(build_message(build))
+    return msg.SerializeToString()
 
 
 def build_from_bytes(data: bytes) -> Build:
@@ -146,7 +155,7 @@ def build_state_and_name(data: bytes) -> tuple[BuildState, str]:
     index reads every record of the bucket)."""
     msg = pb.Build()
     msg.ParseFromString(data)
-    return BuildState(msg.state), msg.name
+    return BuildState(msg.state), msg.name  # an unknown number is kept (builds._Open)
 
 
 def build_json(build: Build) -> str:

@@ -13,7 +13,22 @@ from enum import IntEnum
 from typing import ClassVar
 
 
-class BuildState(IntEnum):
+class _Open(IntEnum):
+    """An API enum is open: a newer pod may store a number this one does not
+    know. It is kept as it is (named UNKNOWN_<n>), not refused, so reading,
+    listing and rewriting such a record neither fails nor changes it."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _Open | None:
+        if not isinstance(value, int):
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
+class BuildState(_Open):
     UNSPECIFIED = 0
     QUEUED = 1
     RUNNING = 2
@@ -22,7 +37,7 @@ class BuildState(IntEnum):
     CANCELLED = 5
 
 
-class StepState(IntEnum):
+class StepState(_Open):
     UNSPECIFIED = 0
     PENDING = 1
     RUNNING = 2

@@ -151,7 +151,7 @@ class PublisherCore:
             return facts.RecipeFacts()
         try:
             source = await self.builder.recipe(build_id)
-        except NotFound:
+        except (NotFound, InvalidArgument):  # not kept, or a build-id label not Kiln's
             return facts.RecipeFacts()
         try:  # the build record's recipe_digest, worked out the builder's way
             digest = (await asyncio.to_thread(bundle.check, source))[1]

@@ -22,7 +22,7 @@ from kiln_builder.imageroot import ImageRoot
 from kiln_builder.resources import loop_device, mounted, partition_devices
 from kiln_builder.rootfs import ROOT_TYPES, holds_root
 from kiln_common.errors import FailedPrecondition, InvalidArgument
-from kiln_common.proc import run
+from kiln_common.proc import ProcessError, run
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,13 @@ async def _root_of(parts: list[Part], nodes: dict[int, str], work: Path) -> Part
             continue
         with tempfile.TemporaryDirectory(dir=work, prefix="probe-") as probe:
             options = _ro_options(part.fstype)
-            async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
-                if holds_root(mnt):
-                    return part
+            try:
+                async with mounted(nodes[part.number], Path(probe), "-o", options) as mnt:
+                    if holds_root(mnt):
+                        return part
+            except ProcessError:  # not mountable here: the rule's next candidate
+                log.warning("partition %d (%s) cannot be mounted: not the root", part.number,
+                            part.fstype)  # fmt: skip
     raise FailedPrecondition(_no_root(parts))
 
 

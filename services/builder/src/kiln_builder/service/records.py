@@ -42,13 +42,14 @@ class BuildRecords:
     async def get(self, build_id: str) -> Build:
         return (await self._entry(build_id))[0]
 
-    async def _entry(self, build_id: str) -> tuple[Build, int]:
+    async def _entry(self, build_id: str) -> tuple[Build, int, bytes]:
         check_id(build_id, "build id")
         try:
             entry = await self.builds.get(build_id)
         except KeyNotFoundError:
             raise NotFound(f"build {build_id} does not exist") from None
-        return wire.build_from_bytes(entry.value or b""), int(entry.revision or 0)
+        stored = entry.value or b""
+        return wire.build_from_bytes(stored), int(entry.revision or 0), stored
 
     async def mutate(self, build_id: str, change: Mutation) -> tuple[Build, bool]:
         """Applies change to the newest record and stores it if nothing else
@@ -56,11 +57,13 @@ class BuildRecords:
         record and whether this call changed it: only the caller whose write
         made a transition announces it."""
         for _ in range(CAS_ATTEMPTS):
-            build, revision = await self._entry(build_id)
+            build, revision, stored = await self._entry(build_id)
             if not change(build):
                 return build, False
             try:
-                await self.builds.update(build_id, wire.build_bytes(build), last=revision)
+                # Over the stored bytes: fields a newer pod wrote survive.
+                data = wire.build_bytes(build, over=stored)
+                await self.builds.update(build_id, data, last=revision)
                 return build, True
             except KeyWrongLastSequenceError:
                 continue

@@ -15,6 +15,7 @@ from kiln_client import wire
 from kiln_common.builds import BuildState
 from kiln_common.errors import InvalidArgument
 from kiln_common.grpc_errors import servicer
+from kiln_recipe.source import RecipeSource
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -26,7 +27,7 @@ class BuilderServicer(pb_grpc.BuilderServicer):
 
     async def SubmitBuild(self, request: pb.SubmitBuildRequest, context: Context) -> pb.Build:
         build = await self.core.submit(
-            wire.recipe_of(request.recipe), request.idempotency_key, no_cache=request.no_cache,
+            _recipe(request.recipe), request.idempotency_key, no_cache=request.no_cache,
             skip_boot_test=request.skip_boot_test,
         )  # fmt: skip
         return wire.build_message(build)
@@ -38,7 +39,7 @@ class BuilderServicer(pb_grpc.BuilderServicer):
         self, request: pb.ListBuildsRequest, context: Context
     ) -> pb.ListBuildsResponse:
         builds, token = await self.core.list(
-            _state(request.state), request.name, request.page_size, request.page_token
+            BuildState(request.state), request.name, request.page_size, request.page_token
         )
         return pb.ListBuildsResponse(
             builds=[wire.build_message(b) for b in builds], next_page_token=token
@@ -61,11 +62,11 @@ class BuilderServicer(pb_grpc.BuilderServicer):
     async def ValidateRecipe(
         self, request: pb.ValidateRecipeRequest, context: Context
     ) -> pb.ValidateRecipeResponse:
-        return wire.validation_message(self.core.validate(wire.recipe_of(request.recipe)))
+        return wire.validation_message(self.core.validate(_recipe(request.recipe)))
 
 
-def _state(value: int) -> BuildState:
+def _recipe(message: pb.RecipeSource) -> RecipeSource:
     try:
-        return BuildState(value)
-    except ValueError:
-        raise InvalidArgument(f"state: unknown build state {value}") from None
+        return wire.recipe_of(message)
+    except ValueError as exc:  # a structure holding NaN or infinity
+        raise InvalidArgument(f"recipe: the structured document cannot be read: {exc}") from None

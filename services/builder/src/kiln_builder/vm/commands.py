@@ -50,7 +50,7 @@ from kiln_builder.vm.runner import (
     _scratch_dir,
 )
 from kiln_common.errors import FailedPrecondition
-from kiln_common.proc import run
+from kiln_common.proc import ProcessError, run
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +302,15 @@ async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
             if kind not in ROOT_TYPES:
                 tried.append(f"offset {offset}: {kind or 'no filesystem'}")
                 continue
-            # The image's device nodes and setuid bits mean nothing here.
-            root = await stack.enter_async_context(mounted(device, where, "-o", "nodev,nosuid"))
+            # The image's device nodes and setuid bits mean nothing here; nouuid:
+            # another build on this node may have the same XFS mounted.
+            options = "nodev,nosuid,nouuid" if kind == "xfs" else "nodev,nosuid"
+            try:
+                root = await stack.enter_async_context(mounted(device, where, "-o", options))
+            except ProcessError as exc:  # not mountable here: the rule's next candidate
+                said = (exc.output.strip().splitlines() or [f"exit {exc.returncode}"])[-1]
+                tried.append(f"offset {offset}: {kind} not mountable ({said})")
+                continue
             if holds_root(root):
                 yield root
                 return
