@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 from kiln_market.entry import STATUSES
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market.links import links
-from kiln_publisher.market.store import Query
+from kiln_publisher.market.query import Query
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; }

@@ -20,7 +20,8 @@ from kiln_market.entry import Entry
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market.catalogue import render_catalogue
 from kiln_publisher.market.links import API, links
-from kiln_publisher.market.store import Market, Query
+from kiln_publisher.market.query import Query
+from kiln_publisher.market.store import Market
 
 log = logging.getLogger(__name__)
 

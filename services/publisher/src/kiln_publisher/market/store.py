@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,6 @@ from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_market.entry import (
     DEFAULT_VALIDITY,
-    STATUSES,
     Endorser,
     Entry,
     ImageFacts,
@@ -34,84 +33,14 @@ from kiln_market.entry import (
 )
 from kiln_market.keys import Keyring
 from kiln_market.signing import Rejected, SignedEntry, sign, verify
+from kiln_publisher.market.marks import Head, Mark
+from kiln_publisher.market.query import Query
 
 log = logging.getLogger(__name__)
 
 BUCKET = "KILN_MARKET"
 NEWEST_SUFFIX = "_NEWEST"  # the high-water bucket is BUCKET + this
 _CAS_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class _Mark:
-    """The newest statement ever written for one entry key."""
-
-    sequence: int
-    deprecated: bool
-
-    def encode(self) -> bytes:
-        return json.dumps({"sequence": self.sequence, "deprecated": self.deprecated}).encode()
-
-    @classmethod
-    def decode(cls, value: bytes | None) -> _Mark:
-        try:
-            data = json.loads(value or b"{}")
-            sequence, deprecated = data["sequence"], data["deprecated"]
-        except (ValueError, KeyError, TypeError):
-            return cls(0, False)  # unreadable: the documents' own checks still apply
-        if type(sequence) is not int or type(deprecated) is not bool:
-            return cls(0, False)
-        return cls(sequence, deprecated)
-
-
-@dataclass(frozen=True)
-class _Head:
-    """What a new statement about a key supersedes: the newest sequence known
-    (stored document or high-water mark), the stored revision, the stored
-    entry if it is trusted, and whether the newest statement deprecated it."""
-
-    sequence: int
-    revision: int | None  # None: nothing stored under the key now
-    current: SignedEntry | None
-    deprecated: bool
-
-
-@dataclass(frozen=True)
-class Query:
-    """Every given filter must match; text matches any of title,
-    description, os, version, arch, creator, endorser, identifier."""
-
-    os: str | None = None
-    os_version: str | None = None
-    arch: str | None = None
-    endorser: str | None = None
-    status: str | None = None
-    text: str | None = None
-    identifier: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.status is not None and self.status not in STATUSES:
-            raise InvalidArgument(f"status is one of {', '.join(STATUSES)}, not {self.status!r}")
-
-    def matches(self, entry: Entry, now: datetime) -> bool:
-        exact = (
-            (self.os, entry.os),
-            (self.os_version, entry.os_version),
-            (self.arch, entry.arch),
-            (self.identifier, entry.identifier),
-        )
-        if any(want is not None and want.lower() != have.lower() for want, have in exact):
-            return False
-        if self.endorser is not None and self.endorser.lower() != entry.endorser.email.lower():
-            return False
-        if self.status is not None and entry.status(now) != self.status:
-            return False
-        if self.text:
-            fields = (entry.title, entry.description, entry.os, entry.os_version, entry.arch)
-            who = (entry.creator, entry.endorser.email, entry.identifier)
-            haystack = " ".join((*fields, *who)).lower()
-            return all(word in haystack for word in self.text.lower().split())
-        return True
 
 
 def _key(identifier: str, email: str) -> str:
@@ -201,20 +130,20 @@ class Market:
             self._marks = await self._bucket_named(self._bucket + NEWEST_SUFFIX)
         return self._marks
 
-    async def _mark(self, key: str) -> tuple[_Mark, int | None]:
+    async def _mark(self, key: str) -> tuple[Mark, int | None]:
         """The key's high-water mark and its revision (None: never written)."""
         marks = await self._newest()
         try:
             found = await jetstream.mapped(lambda: marks.get(key))
         except NotFound:
-            return _Mark(0, False), None
-        return _Mark.decode(found.value), found.revision
+            return Mark(0, False), None
+        return Mark.decode(found.value), found.revision
 
     async def _raise_mark(self, key: str, entry: Entry) -> None:
         """Records entry as the key's newest statement unless a newer one is
         recorded; a compare-and-set, so racing replicas keep the highest."""
         marks = await self._newest()
-        mark = _Mark(entry.sequence, entry.deprecated)
+        mark = Mark(entry.sequence, entry.deprecated)
         for _ in range(_CAS_ATTEMPTS):
             known, revision = await self._mark(key)
             if known.sequence >= entry.sequence:
@@ -296,7 +225,7 @@ class Market:
         self._saw(key, entry)
         await self._raise_mark(key, entry)
 
-    async def _head(self, key: str) -> _Head | None:
+    async def _head(self, key: str) -> Head | None:
         """What is stored under key, or None. An entry no longer trusted
         (its key revoked since, or rolled back) still counts, so the new
         statement supersedes it and every one written before."""
@@ -312,16 +241,16 @@ class Market:
             mark, _ = await self._mark(key)
             sequence = max(_sequence_in(found.value), seen.sequence if seen else 0, mark.sequence)
             deprecated = mark.deprecated or bool(seen and seen.deprecated)
-            return _Head(sequence, found.revision, None, deprecated)
+            return Head(sequence, found.revision, None, deprecated)
         if current is None:
             # Gone from NATS (purged): a new statement still outranks the
             # newest ever written, and a deprecation still holds.
             mark, _ = await self._mark(key)
             if mark.sequence == 0:
                 return None
-            return _Head(mark.sequence, None, None, mark.deprecated)
+            return Head(mark.sequence, None, None, mark.deprecated)
         signed, revision = current
-        return _Head(signed.entry.sequence, revision, signed, signed.entry.deprecated)
+        return Head(signed.entry.sequence, revision, signed, signed.entry.deprecated)
 
     async def _try_write(self, key: str, signed: SignedEntry, revision: int | None) -> bool:
         try:
