@@ -24,19 +24,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kiln_builder import rootfs
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.libvirtd import ensure_libvirtd
-from kiln_builder.resources import loop_device, mounted
-from kiln_builder.rootfs import ROOT_MARKS, ROOT_TYPES, holds_root
 from kiln_builder.vm.accel import host_accel
 from kiln_builder.vm.domain import DiskBoot, disk_format
 from kiln_builder.vm.runner import (
@@ -50,7 +48,7 @@ from kiln_builder.vm.runner import (
     _scratch_dir,
 )
 from kiln_common.errors import FailedPrecondition
-from kiln_common.proc import ProcessError, run
+from kiln_common.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +258,6 @@ def write_results(path: Path, results: Sequence[CommandResult]) -> Path:
 
 # --- the throwaway disk ------------------------------------------------------------
 
-SECTOR = 512
-
 
 async def throwaway_copy(image: Path, copy: Path) -> Path:
     """A sparse raw copy of image at copy: the disk the command-running guest uses."""
@@ -272,52 +268,6 @@ async def throwaway_copy(image: Path, copy: Path) -> Path:
         await run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, copy])
     log.info("throwaway copy of %s in %.1fs", image.name, time.monotonic() - started)
     return copy
-
-
-async def _candidates(disk: Path) -> list[tuple[int, int]]:
-    """(offset, size) of the partitions in number order, then the whole disk."""
-    listed = await run(["sfdisk", "--json", disk], check=False, log_output=False)
-    whole = (0, disk.stat().st_size)
-    if listed.returncode != 0:
-        return [whole]
-    parts = json.loads(listed.stdout)["partitiontable"].get("partitions", [])
-    # sfdisk lists them in the table's order, which is their numbers'.
-    return [(p["start"] * SECTOR, p["size"] * SECTOR) for p in parts] + [whole]
-
-
-async def _fs_type(device: str) -> str:
-    found = await run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], check=False)
-    return found.stdout.strip()
-
-
-@contextlib.asynccontextmanager
-async def mounted_root(disk: Path, where: Path) -> AsyncIterator[Path]:
-    """The disk's root filesystem mounted at where, found by kiln_builder.rootfs's
-    rule (the appliance's too)."""
-    tried = []
-    for offset, size in await _candidates(disk):
-        async with contextlib.AsyncExitStack() as stack:
-            device = await stack.enter_async_context(loop_device(disk, offset=offset, size=size))
-            kind = await _fs_type(device)
-            if kind not in ROOT_TYPES:
-                tried.append(f"offset {offset}: {kind or 'no filesystem'}")
-                continue
-            # The image's device nodes and setuid bits mean nothing here; nouuid:
-            # another build on this node may have the same XFS mounted.
-            options = "nodev,nosuid,nouuid" if kind == "xfs" else "nodev,nosuid"
-            try:
-                root = await stack.enter_async_context(mounted(device, where, "-o", options))
-            except ProcessError as exc:  # not mountable here: the rule's next candidate
-                said = (exc.output.strip().splitlines() or [f"exit {exc.returncode}"])[-1]
-                tried.append(f"offset {offset}: {kind} not mountable ({said})")
-                continue
-            if holds_root(root):
-                yield root
-                return
-            tried.append(f"offset {offset}: {kind} without {' or '.join(ROOT_MARKS)}")
-    raise FailedPrecondition(
-        f"no root filesystem found in {disk.name} to add the test commands to ({'; '.join(tried)})"
-    )
 
 
 async def prepare_disk(
@@ -332,7 +282,7 @@ async def prepare_disk(
     if add_files is not None:
         await add_files(copy, files)
         return copy
-    async with mounted_root(copy, scratch / "root") as root:
+    async with rootfs.mounted_root(copy, scratch / "root") as root:
         await asyncio.to_thread(add_to_root, root, files)
     return copy
 
