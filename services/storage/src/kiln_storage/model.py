@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from kiln_common import artifacts
 from kiln_common.digests import Digests
 from kiln_common.errors import InvalidArgument
 
@@ -21,11 +22,9 @@ MAX_NAME = 128
 
 
 @dataclass(frozen=True)
-class Checksums:
-    sha256: str = ""
-    sha512: str = ""
-    sha1: str = ""
-    md5: str = ""
+class Checksums(artifacts.Checksums):
+    """The artifact's checksums (kiln_common.artifacts), as storage checks
+    declared ones against what it computed."""
 
     def given(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v}
