@@ -14,7 +14,6 @@ that layer, so its run step really runs (a sleeping one sleeps)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -151,37 +150,40 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
     tmp_path: Path, bootstrap_layer: list[Path]
 ) -> None:
     """Two builders whose storage address answers nothing: every attempt
-    fails for a passing reason, the build is retried up to MAX_DELIVER (the
-    builder that took the first attempt is paused, so the other takes the
-    second), then fails once, with the last attempt's error."""
+    fails for a passing reason, the build is retried up to MAX_DELIVER, then
+    fails once, with the last attempt's error. Builder a takes the first
+    attempt and is stopped (not paused: a paused process's NATS client once
+    lost a delivery) while the retry waits, so b takes the second; a is
+    started again for the third."""
     home = tmp_path / "home"
     nats = start_nats(home / "nats", home / "nats.log")
     dead = f"127.0.0.1:{free_port()}"  # nothing listens here
     stack = Stack(str(home), nats.url, storage=dead, storage_http=f"http://{dead}")
     cache_with(bootstrap_layer, tmp_path / "cache")
     pids = [nats.pid]
+    addresses = {name: f"127.0.0.1:{free_port()}" for name in ("a", "b")}
+
+    def start(name: str) -> int:
+        own = {**FAST, "KILN_BUILDER_WORKER_NAME": name,
+               "KILN_BUILDER_CACHE_DIR": str(tmp_path / "cache"),
+               "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work"),
+               # Time to stop a and start b before the second attempt is due.
+               "KILN_BUILDER_RETRY_BACKOFF_SECONDS": "[12]"}  # fmt: skip
+        pid = start_builder(stack, addresses[name], home / f"{name}.log", own)
+        pids.append(pid)
+        return pid
+
     try:
-        addresses = []
-        for name in ("a", "b"):
-            address = f"127.0.0.1:{free_port()}"
-            own = {**FAST, "KILN_BUILDER_WORKER_NAME": name,
-                   "KILN_BUILDER_CACHE_DIR": str(tmp_path / "cache"),
-                   "KILN_BUILDER_WORK_ROOT": str(tmp_path / "work")}  # fmt: skip
-            pids.append(start_builder(stack, address, home / f"{name}.log", own))
-            addresses.append(address)
-        build_id = submit(addresses[0], write_recipe(tmp_path / "r"))
+        first = start("a")
+        build_id = submit(addresses["a"], write_recipe(tmp_path / "r"))
         wait_until("the first attempt to be handed back",
-                   lambda: handed_back(addresses[1], build_id), timeout=300)  # fmt: skip
-        first = next(e for e in build_events(nats.url, build_id) if e["type"] == "build.started")
-        index = ["a", "b"].index(first["data"]["worker"].split(":")[0])
-        os.kill(pids[1 + index], signal.SIGSTOP)  # the other builder takes the second attempt
-        try:
-            other = addresses[1 - index]
-            wait_until("the second attempt", lambda: record(other, build_id).attempt >= 2,
-                       timeout=120)  # fmt: skip
-        finally:
-            os.kill(pids[1 + index], signal.SIGCONT)
-        final = wait_until("the build to end", lambda: ended(addresses[1], build_id), timeout=300)
+                   lambda: handed_back(addresses["a"], build_id), timeout=300)  # fmt: skip
+        stop_pid(first)
+        start("b")
+        wait_until("the second attempt", lambda: record(addresses["b"], build_id).attempt >= 2,
+                   timeout=120)  # fmt: skip
+        start("a")
+        final = wait_until("the build to end", lambda: ended(addresses["b"], build_id), timeout=300)
         assert final.state == BuildState.FAILED, final
         assert final.attempt == 3
         assert "failed to connect" in final.error.message, (
@@ -202,7 +204,7 @@ def test_storage_away_for_every_attempt_fails_the_build_once(
         assert [e["data"]["attempt"] for e in starts] == [1, 2, 3]
         assert starts[-1]["data"]["worker"] == final.worker
         assert {e["data"]["worker"].split(":")[0] for e in starts} == {"a", "b"}  # both took one
-        assert record(addresses[0], build_id) == final  # nothing changed it since
+        assert record(addresses["a"], build_id) == final  # nothing changed it since
     finally:
         for pid in reversed(pids):
             stop_pid(pid)
