@@ -136,8 +136,7 @@ def build_of(msg: pb.Build) -> Build:
 def build_bytes(build: Build, over: bytes = b"") -> bytes:
     """The record's bytes; over: the stored bytes it replaces, whose fields
     this version does not know (a newer pod wrote them) are kept."""
-    msg: Message = pb.Build()
-    msg.ParseFromString(over)
+    msg: Message = pb.Build.FromString(over)
     for f in dataclasses.fields(build):
         msg.ClearField(f.name)
     msg.MergeFrom(build_message(build))
@@ -145,16 +144,13 @@ def build_bytes(build: Build, over: bytes = b"") -> bytes:
 
 
 def build_from_bytes(data: bytes) -> Build:
-    msg = pb.Build()
-    msg.ParseFromString(data)
-    return build_of(msg)
+    return build_of(pb.Build.FromString(data))
 
 
 def build_state_and_name(data: bytes) -> tuple[BuildState, str]:
     """Two fields of a stored record, without converting the rest (the list
     index reads every record of the bucket)."""
-    msg = pb.Build()
-    msg.ParseFromString(data)
+    msg = pb.Build.FromString(data)
     return BuildState(msg.state), msg.name  # an unknown number is kept (builds._Open)
 
 
@@ -172,9 +168,7 @@ def update_of(msg: pb.BuildUpdate) -> BuildUpdate:
 
 
 def update_from_bytes(data: bytes) -> BuildUpdate:
-    msg = pb.BuildUpdate()
-    msg.ParseFromString(data)
-    return update_of(msg)
+    return update_of(pb.BuildUpdate.FromString(data))
 
 
 # ---- recipes -------------------------------------------------------------------------------
@@ -193,9 +187,7 @@ def recipe_bytes(source: RecipeSource) -> bytes:
 
 
 def recipe_from_bytes(data: bytes) -> RecipeSource:
-    msg = pb.RecipeSource()
-    msg.ParseFromString(data)
-    return recipe_of(msg)
+    return recipe_of(pb.RecipeSource.FromString(data))
 
 
 def validation_message(found: Validation) -> pb.ValidateRecipeResponse:
