@@ -22,16 +22,16 @@ from openstack.config.loader import OpenStackConfig
 from support import kill_part, kiln, kiln_up, restart_dead_parts, scratch, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
-from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
 from kiln_common import jetstream
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.ids import new_id
+from kiln_common.publications import Publication, PublicationState
 from kiln_devstack.devservers import Glance
 from kiln_devstack.stack import Stack
 from kiln_publisher.core import PUBLICATIONS_BUCKET
-from kiln_publisher.model import RUNNING, Publication, Result
+from kiln_publisher.model import RUNNING, Result, record_bytes
 from kiln_recipe.schema import ImageRef
 
 pytestmark = [pytest.mark.e2e]
@@ -201,7 +201,7 @@ def test_a_killed_publisher_is_restarted_alone_and_loses_nothing(env: dict[str, 
     again by `kiln up` (on its old port) answers for what the old one did."""
     with PublisherClient(stack_of(env).publisher) as client:
         before = [p.id for p in client.publications()]
-        entries = [e.identifier for e in client.search(pb.SearchEntriesRequest())]
+        entries = [e.identifier for e in client.search()]
     assert before and entries  # the tests above published
     old = stack_of(env).pids
     kill_part(Path(env["KILN_HOME"]), "publisher")
@@ -212,7 +212,7 @@ def test_a_killed_publisher_is_restarted_alone_and_loses_nothing(env: dict[str, 
     }
     with PublisherClient(stack_of(env).publisher) as client:
         assert [p.id for p in client.publications()] == before
-        assert [e.identifier for e in client.search(pb.SearchEntriesRequest())] == entries
+        assert [e.identifier for e in client.search()] == entries
 
 
 async def _record_interrupted(url: str, build_id: str, artifact_id: str) -> None:
@@ -227,7 +227,7 @@ async def _record_interrupted(url: str, build_id: str, artifact_id: str) -> None
     nc = await nats.connect(url)
     try:
         kv = await jetstream.key_value(nc.jetstream(), PUBLICATIONS_BUCKET)
-        await kv.put(pub.id, pub.to_json())
+        await kv.put(pub.id, record_bytes(pub))
     finally:
         await nc.close()
 
@@ -243,13 +243,13 @@ def test_a_publication_cut_short_is_finished_by_the_next_delivery(
     with PublisherClient(stack.publisher) as client:
         wait_until(
             "the publication to be finished",
-            lambda: client.publication(f"auto-{build_id}").state == pb.STATE_DONE,
+            lambda: client.publication(f"auto-{build_id}").state == PublicationState.DONE,
             timeout=120,
             interval=0.5,
         )
         results = client.publication(f"auto-{build_id}").results
     assert [(r.kind, r.state) for r in results] == [
-        ("glance", pb.STATE_DONE),
-        ("marketplace", pb.STATE_DONE),
+        ("glance", PublicationState.DONE),
+        ("marketplace", PublicationState.DONE),
     ]
     assert len(glance_images(cloud, "autocut-1")) == 1

@@ -23,7 +23,7 @@ from kiln_common.proc import run
 from kiln_devstack.devservers import Glance, Nats
 from kiln_publisher.app import PublisherApp, build, sweep_once
 from kiln_publisher.core import PUBLICATIONS_BUCKET
-from kiln_publisher.model import DONE, Publication, record_key
+from kiln_publisher.model import DONE, PENDING, RUNNING, record_key, record_of
 from kiln_publisher.settings import PublisherSettings
 from kiln_publisher.targets import Request
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
@@ -82,17 +82,17 @@ async def test_a_publication_is_done_only_once_every_target_is(
         while not saved or saved[-1].state != DONE:
             update = await watcher.updates(timeout=10)
             if update is not None:
-                saved.append(Publication.from_json(update.value or b""))
+                saved.append(record_of(update.value or b""))
         await watcher.stop()
     finally:
         await nc.close()
     # Both targets are recorded before either runs; until the last is done, the
     # publication is not.
     assert [(r.kind, r.state) for r in saved[0].results] == [
-        ("glance", "pending"),
-        ("marketplace", "pending"),
+        ("glance", PENDING),
+        ("marketplace", PENDING),
     ]
-    assert [p.state for p in saved[:-1]] == ["pending"] + ["running"] * (len(saved) - 2)
+    assert [p.state for p in saved[:-1]] == [PENDING] + [RUNNING] * (len(saved) - 2)
 
 
 async def test_the_sweep_expires_an_entry_and_hides_its_glance_image_announcing_each_step(

@@ -79,18 +79,12 @@ def test_each_package_declares_the_kiln_packages_it_imports_and_no_more(package:
 
 
 # Protobuf stays at the edges: the servicers, the apps that register them, the
-# client library (its wire layer) and the event envelope's encoder. The cores
-# work on domain models (kiln_common.builds). Modules still to move off protobuf
-# (issue 17) are listed, and the list may only shrink: one that no longer
-# imports kiln_api must leave it.
+# client library (its wire layer) and the event envelope's encoder. The cores,
+# the engine and the CLI work on domain models (kiln_common.builds,
+# .artifacts, .publications; kiln_recipe.source).
 EDGES = ("servicer.py", "app.py")
 EDGE_PACKAGES = ("kiln_client",)
 EDGE_MODULES = {"services/common/src/kiln_common/events.py"}
-NOT_YET = {
-    "services/builder/src/kiln_builder/base/marketplace.py",  # the publisher's Entry
-    "services/builder/src/kiln_builder/base/published.py",  # the publisher's messages
-    "services/cli/src/kiln_cli/publish_cmd.py",  # the publisher's messages
-}
 
 
 def test_only_the_edges_import_the_api_messages() -> None:
@@ -105,5 +99,4 @@ def test_only_the_edges_import_the_api_messages() -> None:
         if name.endswith(EDGES) or name in EDGE_MODULES
         or any(f"/src/{package}/" in name for package in EDGE_PACKAGES)
     }  # fmt: skip
-    assert importers - edges - NOT_YET == set()
-    assert importers >= NOT_YET, f"no longer imports kiln_api: {NOT_YET - importers}"
+    assert importers - edges == set()

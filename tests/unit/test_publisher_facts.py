@@ -7,17 +7,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_cli.main import build_parser
 from kiln_cli.publish_cmd import PublishUsageError, request_from
 from kiln_common.artifacts import Artifact, Checksums
 from kiln_common.errors import FailedPrecondition, InvalidArgument
+from kiln_common.publications import GlanceTarget, MarketplaceTarget, Publication, PublishRequest
 from kiln_publisher import facts
-from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result
+from kiln_publisher.model import DONE, FAILED, RUNNING, Result, record_bytes, record_of
 from kiln_publisher.servicer import publish_from
 from kiln_publisher.settings import find_clouds_yaml
 from kiln_recipe.source import RecipeSource
@@ -91,18 +92,20 @@ def test_a_publication_is_done_when_every_target_is() -> None:
     assert pub.state == DONE and [r.key for r in pub.results] == [glance.key]
     pub = pub.with_result(Result("a1", "marketplace", "e", state=FAILED, error="no"))
     assert pub.state == FAILED
-    assert Publication.from_json(pub.to_json()) == pub
+    assert record_of(record_bytes(pub)) == pub
 
 
 def test_a_request_is_checked_by_the_recipe_schema() -> None:
-    request = pb.PublishRequest(artifact_id="a1", glance=[pb.GlanceTarget(cloud="c", keep=2)])
-    request.marketplace.endorser = "ops@example.org"
-    request.marketplace.valid_for.FromSeconds(7 * 86400)
+    request = PublishRequest(
+        artifact_id="a1",
+        glance=(GlanceTarget(cloud="c", keep=2),),
+        marketplace=MarketplaceTarget(endorser="ops@example.org", valid_for=timedelta(days=7)),
+    )
     publish = publish_from(request)
     assert publish.glance[0].keep == 2 and publish.glance[0].visibility == "private"
     assert publish.marketplace is not None and publish.marketplace.valid_for == 7 * 86400
     with pytest.raises(InvalidArgument, match="retire"):
-        publish_from(pb.PublishRequest(glance=[pb.GlanceTarget(cloud="c", retire="burn")]))
+        publish_from(PublishRequest(glance=(GlanceTarget(cloud="c", retire="burn"),)))
 
 
 def cli(*argv: str) -> argparse.Namespace:
@@ -125,9 +128,10 @@ def test_kiln_publish_builds_the_request() -> None:
         ("a", "n", "private"),
         ("b", "n", "private"),
     ]
+    assert as_artifact.marketplace is not None
     assert as_artifact.marketplace.endorser == "ops@example.org"
     assert request_from(args, as_build=True).build_id == "B"
-    assert not request_from(cli("publish", "B", "--glance", "a"), False).HasField("marketplace")
+    assert request_from(cli("publish", "B", "--glance", "a"), False).marketplace is None
 
 
 def test_every_market_verb_takes_json() -> None:

@@ -5,14 +5,17 @@ dropped silently), and a record survives the round trip."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_client import wire
-from kiln_common import artifacts, builds
+from kiln_common import artifacts, builds, publications
+from kiln_common.publications import PublicationState
+from kiln_publisher.model import record_bytes, record_of
 from kiln_recipe import source
 
 PAIRS = [
@@ -24,12 +27,19 @@ PAIRS = [
     (artifacts.Artifact, spb.Artifact), (artifacts.Checksums, spb.Checksums),
     (source.RecipeSource, pb.RecipeSource), (source.RecipeProblem, pb.RecipeProblem),
     (source.Validation, pb.ValidateRecipeResponse),
+    (publications.Publication, ppb.Publication), (publications.TargetResult, ppb.TargetResult),
+    (publications.PublishRequest, ppb.PublishRequest),
+    (publications.GlanceTarget, ppb.GlanceTarget),
+    (publications.MarketplaceTarget, ppb.MarketplaceTarget), (publications.Entry, ppb.Entry),
+    (publications.BaseHeader, ppb.FetchBaseHeader),
 ]  # fmt: skip
+# Message fields a model derives (a property), rather than holding.
+DERIVED = {publications.Publication: {"state"}}
 
 
 @pytest.mark.parametrize(("model", "message"), PAIRS, ids=[m.__name__ for m, _ in PAIRS])
 def test_each_model_has_exactly_its_messages_fields(model: type, message: type) -> None:
-    names = {f.name for f in dataclasses.fields(model)}
+    names = {f.name for f in dataclasses.fields(model)} | DERIVED.get(model, set())
     assert names == set(message.DESCRIPTOR.fields_by_name)  # type: ignore[attr-defined]
 
 
@@ -38,6 +48,7 @@ def test_the_states_are_the_apis_names_and_numbers() -> None:
         pb.BuildState.items()
     )
     assert {f"STEP_STATE_{s.name}": int(s) for s in builds.StepState} == dict(pb.StepState.items())
+    assert {f"STATE_{s.name}": int(s) for s in PublicationState} == dict(ppb.State.items())
 
 
 def test_a_full_record_and_each_kind_of_update_survive_the_round_trip() -> None:
@@ -97,3 +108,44 @@ def test_an_empty_structured_recipe_is_still_a_structured_one() -> None:
     empty = source.RecipeSource(structured={})
     assert wire.recipe_message(empty).WhichOneof("recipe") == "structured"
     assert wire.recipe_of(wire.recipe_message(empty)) == empty
+
+
+def test_a_publication_crosses_the_wire_with_its_state_derived_from_its_results() -> None:
+    at = datetime(2026, 12, 6, 12, 30, 15, 123456, tzinfo=UTC)
+    done = publications.TargetResult(
+        "a1", "glance", "c", state=PublicationState.DONE, image_id="i", retired=("old",)
+    )
+    failed = publications.TargetResult("a1", "marketplace", "e", state=PublicationState.FAILED)
+    pub = publications.Publication("p1", "a1", "", (done,), created_at=at, updated_at=at)
+    msg = wire.publication_message(pub)
+    assert msg.state == ppb.STATE_DONE and list(msg.results[0].retired) == ["old"]
+    assert wire.publication_of(msg) == pub
+    assert wire.publication_message(pub.with_result(failed)).state == ppb.STATE_FAILED
+
+
+def test_a_publish_request_names_one_subject_and_its_targets() -> None:
+    request = publications.PublishRequest(
+        build_id="b1",
+        glance=(publications.GlanceTarget("c", tags=("auto",), properties={"k": "v"}),),
+        marketplace=publications.MarketplaceTarget(valid_for=timedelta(days=7)),
+    )
+    msg = wire.publish_message(request)
+    assert msg.WhichOneof("subject") == "build_id"
+    assert msg.marketplace.valid_for.seconds == 7 * 86400
+    assert wire.publish_of(msg) == request
+    bare = wire.publish_message(publications.PublishRequest(artifact_id="a1"))
+    assert not bare.HasField("marketplace") and wire.publish_of(bare).marketplace is None
+
+
+def test_a_stored_publication_keeps_its_states_as_words() -> None:
+    """Records are JSON with "pending"/"done"… states, as before the models."""
+    old = (
+        b'{"artifact_id": "a1", "build_id": "", "created_at": "2026-12-01T10:00:00+00:00",'
+        b' "id": "p1", "results": [{"artifact_id": "a1", "cloud": "c", "entry_identifier": "",'
+        b' "error": "", "image_id": "i", "image_name": "n", "kind": "glance", "method": "upload",'
+        b' "region": "", "retired": ["x"], "state": "done", "target": "c"}],'
+        b' "updated_at": "2026-12-01T10:01:00+00:00"}'
+    )
+    pub = record_of(old)
+    assert pub.state == PublicationState.DONE and pub.results[0].retired == ("x",)
+    assert record_bytes(pub) == old

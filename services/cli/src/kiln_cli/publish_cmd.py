@@ -16,22 +16,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-from kiln_api.publisher.v1 import publisher_pb2 as pb
-from kiln_client import PublisherClient
+from kiln_client import PublisherClient, wire
 from kiln_client.discovery import NotRunning
-from kiln_client.publisher import Marketplace, publish_request
+from kiln_common import publications as api
 from kiln_common.errors import NotFound, Unavailable
 from kiln_common.home import kiln_home
+from kiln_common.publications import PublicationState
 from kiln_common.retry import RetryPolicy
 from kiln_market import Entry, Keyring, Rejected, verify
 
-STATE_WORDS = {pb.STATE_PENDING: "pending", pb.STATE_RUNNING: "running"}
-STATE_WORDS |= {pb.STATE_DONE: "done", pb.STATE_FAILED: "failed"}
 VISIBILITIES = ("private", "shared", "community", "public")
 
 
@@ -97,8 +91,8 @@ def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
     m.set_defaults(fn=cmd_deprecate)
 
 
-def _json(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+def _word(state: PublicationState) -> str:
+    return state.name.lower()
 
 
 def _print_json(data: object) -> None:
@@ -109,22 +103,24 @@ def _print_json(data: object) -> None:
 # ---- publish ---------------------------------------------------------------------------
 
 
-def request_from(args: argparse.Namespace, as_build: bool) -> pb.PublishRequest:
+def request_from(args: argparse.Namespace, as_build: bool) -> api.PublishRequest:
     if not args.glance and not args.marketplace:
         raise PublishUsageError("kiln publish: give --glance CLOUD and/or --marketplace")
     if args.endorser and not args.marketplace:
         raise PublishUsageError("kiln publish: --endorser goes with --marketplace")
-    targets = [
-        pb.GlanceTarget(cloud=c, region=args.region, name=args.name, visibility=args.visibility)
+    targets = tuple(
+        api.GlanceTarget(cloud=c, region=args.region, name=args.name, visibility=args.visibility)
         for c in args.glance
-    ]
+    )
     market = (
-        Marketplace(endorser=args.endorser, title=args.title, description=args.description)
+        api.MarketplaceTarget(
+            endorser=args.endorser, title=args.title, description=args.description
+        )
         if args.marketplace
         else None
     )
     which = {"build_id" if as_build else "artifact_id": args.subject}
-    return publish_request(glance=targets, marketplace=market, **which)
+    return api.PublishRequest(glance=targets, marketplace=market, **which)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -136,17 +132,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
             # Not an artifact: a build, whose image artifacts are published.
             publication = client.publish(request_from(args, as_build=True))
     if args.json:
-        _print_json(_json(publication))
+        _print_json(wire.publication_json(publication))
     else:
-        print(f"publication {publication.id}: {STATE_WORDS.get(publication.state, '?')}")
+        print(f"publication {publication.id}: {_word(publication.state)}")
         for r in publication.results:
             print("  " + result_line(r))
-    return 0 if publication.state == pb.STATE_DONE else 1
+    return 0 if publication.state == PublicationState.DONE else 1
 
 
-def result_line(r: pb.TargetResult) -> str:
-    state = STATE_WORDS.get(r.state, "?")
-    if r.state == pb.STATE_FAILED:
+def result_line(r: api.TargetResult) -> str:
+    state = _word(r.state)
+    if r.state == PublicationState.FAILED:
         return f"{r.kind} {r.target}: failed: {r.error}"
     if r.kind == "glance":
         retired = f", retired {', '.join(r.retired)}" if r.retired else ""
@@ -159,22 +155,21 @@ def result_line(r: pb.TargetResult) -> str:
 # ---- market ----------------------------------------------------------------------------
 
 
-def entry_line(e: pb.Entry) -> str:
+def entry_line(e: api.Entry) -> str:
     os_ = " ".join(x for x in (e.os, e.os_version, e.arch) if x)
     return f"{e.identifier}  {e.status:<10}  {os_:<20}  {e.endorser}  {e.title}"
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    request = pb.SearchEntriesRequest(
-        text=args.text,
-        os=args.os,
-        os_version=args.os_version,
-        arch=args.arch,
-        endorser=args.endorser,
-        status=args.status,
-    )
     with PublisherClient() as client:
-        entries = client.search(request)
+        entries = client.search(
+            text=args.text,
+            os=args.os,
+            os_version=args.os_version,
+            arch=args.arch,
+            endorser=args.endorser,
+            status=args.status,
+        )
     if args.json:
         _print_json([json.loads(e.document) for e in entries])
     else:
@@ -192,7 +187,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"identifier   {e.identifier}\nstatus       {e.status}\nendorser     {e.endorser}")
     print(f"os           {e.os} {e.os_version} {e.arch}\ntitle        {e.title}")
     print(f"format       {e.format}\nsize         {e.size}\nsha512       {e.sha512}")
-    print(f"created      {e.created.ToJsonString()}\nvalid until  {e.valid_until.ToJsonString()}")
+    print(f"created      {wire.timestamp_text(e.created)}")
+    print(f"valid until  {wire.timestamp_text(e.valid_until)}")
     print(f"artifact     {e.artifact_id}")
     for url in e.locations:
         print(f"location     {url}")
@@ -254,9 +250,8 @@ def newest_for(
 def fetch_current(entry: Entry) -> bytes | None:
     """The publisher's current document for entry's image by entry's endorser."""
     quick = RetryPolicy(attempts=2, deadline=10.0)  # offline is an answer, not a wait
-    request = pb.SearchEntriesRequest(text=entry.identifier, endorser=entry.endorser.email)
     with PublisherClient(policy=quick) as client:
-        found = client.search(request)
+        found = client.search(text=entry.identifier, endorser=entry.endorser.email)
     return next((e.document for e in found if e.identifier == entry.identifier), None)
 
 

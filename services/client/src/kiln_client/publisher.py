@@ -6,53 +6,19 @@ stands for; every unary call is retried by the one retry policy."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-
-from google.protobuf.duration_pb2 import Duration
+from collections.abc import AsyncIterator, Iterator
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
-from kiln_client import _rpc, discovery
+from kiln_client import _rpc, discovery, wire
 from kiln_client._sync import LoopThread
 from kiln_common.errors import DataLoss
+from kiln_common.publications import BaseHeader, Entry, Publication, PublishRequest
 from kiln_common.retry import RetryPolicy
 
 # Publishing a large image to Glance takes a while: one call, with no
 # retries of its own beyond a publisher that is not reachable yet.
 PUBLISH_POLICY = RetryPolicy(attempts=3)
-
-
-@dataclass(frozen=True)
-class Marketplace:
-    endorser: str = ""
-    valid_for_seconds: int = 0
-    title: str = ""
-    description: str = ""
-
-
-def publish_request(
-    *,
-    artifact_id: str = "",
-    build_id: str = "",
-    glance: Sequence[pb.GlanceTarget] = (),
-    marketplace: Marketplace | None = None,
-) -> pb.PublishRequest:
-    request = pb.PublishRequest(glance=list(glance))
-    if artifact_id:
-        request.artifact_id = artifact_id
-    else:
-        request.build_id = build_id
-    if marketplace is not None:
-        m = pb.MarketplaceTarget(
-            endorser=marketplace.endorser,
-            title=marketplace.title,
-            description=marketplace.description,
-        )
-        if marketplace.valid_for_seconds:
-            m.valid_for.CopyFrom(Duration(seconds=marketplace.valid_for_seconds))
-        request.marketplace.CopyFrom(m)
-    return request
 
 
 class AsyncPublisherClient:
@@ -71,47 +37,56 @@ class AsyncPublisherClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def publish(self, request: pb.PublishRequest) -> pb.Publication:
+    async def publish(self, request: PublishRequest) -> Publication:
         """Publishes and waits for the outcome (idempotent: asking again gives
         the same images and entries)."""
-        return await _rpc.unary(PUBLISH_POLICY, "publish", lambda: self._stub.Publish(request))
+        msg = wire.publish_message(request)
+        reply = await _rpc.unary(PUBLISH_POLICY, "publish", lambda: self._stub.Publish(msg))
+        return wire.publication_of(reply)
 
-    async def publication(self, publication_id: str) -> pb.Publication:
+    async def publication(self, publication_id: str) -> Publication:
         request = pb.GetPublicationRequest(id=publication_id)
-        return await _rpc.unary(self.policy, "get", lambda: self._stub.GetPublication(request))
+        reply = await _rpc.unary(self.policy, "get", lambda: self._stub.GetPublication(request))
+        return wire.publication_of(reply)
 
-    def publications(
-        self, build_id: str = "", artifact_id: str = ""
-    ) -> AsyncIterator[pb.Publication]:
-        async def page(token: str) -> tuple[list[pb.Publication], str]:
+    def publications(self, build_id: str = "", artifact_id: str = "") -> AsyncIterator[Publication]:
+        async def page(token: str) -> tuple[list[Publication], str]:
             request = pb.ListPublicationsRequest(
                 build_id=build_id, artifact_id=artifact_id, page_token=token
             )
             reply = await _rpc.unary(
                 self.policy, "list", lambda: self._stub.ListPublications(request)
             )
-            return list(reply.publications), reply.next_page_token
+            return [wire.publication_of(p) for p in reply.publications], reply.next_page_token
 
         return _rpc.pages(page)
 
-    async def search(self, request: pb.SearchEntriesRequest) -> list[pb.Entry]:
+    async def search(self, **filters: str) -> list[Entry]:
+        """Entries matching every filter given: text, os, os_version, arch,
+        endorser, status (valid | expired | deprecated)."""
+        request = pb.SearchEntriesRequest(**filters)
         reply = await _rpc.unary(self.policy, "search", lambda: self._stub.SearchEntries(request))
-        return list(reply.entries)
+        return [wire.entry_of(e) for e in reply.entries]
 
-    async def entry(self, identifier: str) -> pb.Entry:
+    async def entry(self, identifier: str) -> Entry:
         request = pb.GetEntryRequest(identifier=identifier)
-        return await _rpc.unary(self.policy, "entry", lambda: self._stub.GetEntry(request))
+        reply = await _rpc.unary(self.policy, "entry", lambda: self._stub.GetEntry(request))
+        return wire.entry_of(reply)
 
-    async def deprecate(self, identifier: str, endorser: str = "") -> pb.Entry:
+    async def deprecate(self, identifier: str, endorser: str = "") -> Entry:
         request = pb.DeprecateEntryRequest(identifier=identifier, endorser=endorser)
-        return await _rpc.unary(
+        reply = await _rpc.unary(
             self.policy, "deprecate", lambda: self._stub.DeprecateEntry(request)
         )
+        return wire.entry_of(reply)
 
     async def fetch_base(
-        self, request: pb.FetchBaseRequest
-    ) -> tuple[pb.FetchBaseHeader, AsyncIterator[bytes]]:
-        """The base's header (size, digests) and its bytes; the caller checks them."""
+        self, cloud: str, image: str, region: str = ""
+    ) -> tuple[BaseHeader, AsyncIterator[bytes]]:
+        """A Glance image's header (size, digests) and its bytes; the caller checks them."""
+        request = pb.FetchBaseRequest(
+            glance=pb.GlanceImageRef(cloud=cloud, region=region, image=image)
+        )
         call = self._stub.FetchBase(request)
         stream = aiter(call)
         first = await _rpc.mapped(lambda: anext(stream))
@@ -126,7 +101,7 @@ class AsyncPublisherClient:
                     return
                 yield chunk.data
 
-        return first.header, data()
+        return wire.base_header_of(first.header), data()
 
 
 class PublisherClient:
@@ -149,20 +124,20 @@ class PublisherClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def publish(self, request: pb.PublishRequest) -> pb.Publication:
+    def publish(self, request: PublishRequest) -> Publication:
         return self._loop.run(self._async.publish(request))
 
-    def publication(self, publication_id: str) -> pb.Publication:
+    def publication(self, publication_id: str) -> Publication:
         return self._loop.run(self._async.publication(publication_id))
 
-    def publications(self, build_id: str = "", artifact_id: str = "") -> Iterator[pb.Publication]:
+    def publications(self, build_id: str = "", artifact_id: str = "") -> Iterator[Publication]:
         return self._loop.iterate(self._async.publications(build_id, artifact_id))
 
-    def search(self, request: pb.SearchEntriesRequest) -> list[pb.Entry]:
-        return self._loop.run(self._async.search(request))
+    def search(self, **filters: str) -> list[Entry]:
+        return self._loop.run(self._async.search(**filters))
 
-    def entry(self, identifier: str) -> pb.Entry:
+    def entry(self, identifier: str) -> Entry:
         return self._loop.run(self._async.entry(identifier))
 
-    def deprecate(self, identifier: str, endorser: str = "") -> pb.Entry:
+    def deprecate(self, identifier: str, endorser: str = "") -> Entry:
         return self._loop.run(self._async.deprecate(identifier, endorser))

@@ -1,13 +1,13 @@
-"""The wire layer: Kiln's domain models (kiln_common.builds, kiln_common.artifacts,
-kiln_recipe.source) to and from the APIs' protobuf messages, field by field
-(the names are the same on both sides). Besides the servicers, the only place
+"""The wire layer: Kiln's domain models (kiln_common.builds, .artifacts and
+.publications, kiln_recipe.source) to and from the APIs' protobuf messages,
+field by field (the names are the same on both sides). Besides the servicers, the only place
 where these are protobuf; the builder's stored records, updates and recipes
 are these messages' bytes, as before.
 
 A dataclass field is read from the message field of its name: a nested
 dataclass from a sub-message (None when the message does not have it and the
 field may be None), a list from a repeated field, a dict from a map or a
-Struct, a datetime from a Timestamp, an IntEnum from an enum."""
+Struct, a datetime from a Timestamp, a timedelta from a Duration, an IntEnum from an enum."""
 
 from __future__ import annotations
 
@@ -20,14 +20,17 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kiln_api.builder.v1 import builder_pb2 as pb
+from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_common.artifacts import Artifact
 from kiln_common.builds import Build, BuildState, BuildUpdate
+from kiln_common.publications import BaseHeader, Entry, Publication, PublishRequest
 from kiln_recipe.source import RecipeSource, Validation
 
 T = TypeVar("T")
@@ -40,10 +43,10 @@ def _hints(cls: Any) -> dict[str, Any]:
 
 
 def _inner(hint: Any) -> Any:
-    """X from X | None and from list[X]."""
+    """X from X | None, list[X] and tuple[X, ...]."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     origin = typing.get_origin(hint)
-    if origin in (list, typing.Union, types.UnionType) and args:
+    if origin in (list, tuple, typing.Union, types.UnionType) and args:
         return args[0]
     return hint
 
@@ -76,6 +79,8 @@ def _set(msg: Message, fd: Any, value: Any) -> None:  # fd: a FieldDescriptor (u
         target.update(value)
     elif fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
         target.FromDatetime(value)
+    elif fd.message_type.full_name == Duration.DESCRIPTOR.full_name:
+        target.FromTimedelta(value)
     elif fd.is_repeated:
         for item in value:
             element = target.add()
@@ -102,9 +107,10 @@ def _get(msg: Message, fd: Any, hint: Any) -> Any:
     if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
         return dict(value)
     if repeated:
+        made = typing.get_origin(hint) or list  # list or tuple
         if fd.message_type is None:
-            return [inner(v) if isinstance(inner, type) else v for v in value]
-        return [from_message(v, inner) for v in value]
+            return made(inner(v) if isinstance(inner, type) else v for v in value)
+        return made(from_message(v, inner) for v in value)
     if fd.has_presence and not msg.HasField(fd.name):
         return None if _optional(hint) else inner()
     if fd.message_type is None:
@@ -113,6 +119,8 @@ def _get(msg: Message, fd: Any, hint: Any) -> Any:
         )
     if fd.message_type.full_name == Timestamp.DESCRIPTOR.full_name:
         return value.ToDatetime(tzinfo=UTC)
+    if fd.message_type.full_name == Duration.DESCRIPTOR.full_name:
+        return value.ToTimedelta()
     if fd.message_type.full_name == Struct.DESCRIPTOR.full_name:
         return json_format.MessageToDict(value)
     return from_message(value, inner)
@@ -151,7 +159,7 @@ def build_state_and_name(data: bytes) -> tuple[BuildState, str]:
     """Two fields of a stored record, without converting the rest (the list
     index reads every record of the bucket)."""
     msg = pb.Build.FromString(data)
-    return BuildState(msg.state), msg.name  # an unknown number is kept (builds._Open)
+    return BuildState(msg.state), msg.name  # an unknown number is kept (builds.OpenEnum)
 
 
 def build_json(build: Build) -> str:
@@ -207,6 +215,45 @@ def artifact_of(msg: spb.Artifact) -> Artifact:
 
 def artifact_message(artifact: Artifact) -> spb.Artifact:
     return to_message(artifact, spb.Artifact)
+
+
+# ---- the Publisher API's publications and entries -----------------------------------------
+
+
+def publication_message(publication: Publication) -> ppb.Publication:
+    msg = to_message(publication, ppb.Publication)
+    msg.state = typing.cast(Any, int(publication.state))  # derived from the results
+    return msg
+
+
+def publication_json(publication: Publication) -> dict[str, Any]:
+    """The publication as the API's JSON (`kiln publish --json`)."""
+    msg = publication_message(publication)
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def publication_of(msg: ppb.Publication) -> Publication:
+    return from_message(msg, Publication)  # its state is the results' again
+
+
+def publish_message(request: PublishRequest) -> ppb.PublishRequest:
+    return to_message(request, ppb.PublishRequest)
+
+
+def publish_of(msg: ppb.PublishRequest) -> PublishRequest:
+    return from_message(msg, PublishRequest)
+
+
+def entry_message(entry: Entry) -> ppb.Entry:
+    return to_message(entry, ppb.Entry)
+
+
+def entry_of(msg: ppb.Entry) -> Entry:
+    return from_message(msg, Entry)
+
+
+def base_header_of(msg: ppb.FetchBaseHeader) -> BaseHeader:
+    return from_message(msg, BaseHeader)
 
 
 def timestamp_text(when: datetime | None) -> str:

@@ -13,13 +13,13 @@ from enum import IntEnum
 from typing import ClassVar
 
 
-class _Open(IntEnum):
+class OpenEnum(IntEnum):
     """An API enum is open: a newer pod may store a number this one does not
     know. It is kept as it is (named UNKNOWN_<n>), not refused, so reading,
     listing and rewriting such a record neither fails nor changes it."""
 
     @classmethod
-    def _missing_(cls, value: object) -> _Open | None:
+    def _missing_(cls, value: object) -> OpenEnum | None:
         if not isinstance(value, int):
             return None
         member = int.__new__(cls, value)
@@ -28,7 +28,7 @@ class _Open(IntEnum):
         return member
 
 
-class BuildState(_Open):
+class BuildState(OpenEnum):
     UNSPECIFIED = 0
     QUEUED = 1
     RUNNING = 2
@@ -37,7 +37,7 @@ class BuildState(_Open):
     CANCELLED = 5
 
 
-class StepState(_Open):
+class StepState(OpenEnum):
     UNSPECIFIED = 0
     PENDING = 1
     RUNNING = 2

@@ -64,8 +64,9 @@ async def handle(core: PublisherCore, build_id: str) -> str:
     pub = await core.publish(
         Request(build_id=build_id, publish=recipe.publish), publication_id(build_id)
     )
-    log.info("build %s auto-published: %s", build_id, pub.state)
-    return pub.state
+    state = pub.state.name.lower()
+    log.info("build %s auto-published: %s", build_id, state)
+    return state
 
 
 async def _heartbeat(msg: Msg, core: PublisherCore, build_id: str, revision: int) -> None:

@@ -21,12 +21,13 @@ from kiln_common.artifacts import Artifact
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
+from kiln_common.publications import Publication
 from kiln_market import Entry, SignedEntry
 from kiln_publisher import facts
 from kiln_publisher.claims import CLAIM_PREFIX, Claims
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, Query
-from kiln_publisher.model import DONE, FAILED, RUNNING, Publication, Result, record_key
+from kiln_publisher.model import DONE, FAILED, RUNNING, Result, record_bytes, record_key, record_of
 from kiln_publisher.targets import Request, glance_target, publish_for, target_name
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
@@ -77,7 +78,7 @@ class PublisherCore:
 
     async def _save(self, pub: Publication) -> None:
         kv = await self._records()
-        await jetstream.mapped(lambda: kv.put(record_key(pub.id), pub.to_json()))
+        await jetstream.mapped(lambda: kv.put(record_key(pub.id), record_bytes(pub)))
 
     async def get_publication(self, publication_id: str) -> Publication:
         if not publication_id:
@@ -90,7 +91,7 @@ class PublisherCore:
             raise NotFound(f"no publication {publication_id}") from None
         if found.value is None:
             raise NotFound(f"no publication {publication_id}")
-        return Publication.from_json(found.value)
+        return record_of(found.value)
 
     async def _find(self, publication_id: str) -> Publication | None:
         try:

@@ -1,81 +1,47 @@
-"""Publications: what was asked, and per artifact and target what came of it.
-Kept as JSON in a NATS KV bucket, so any publisher replica answers."""
+"""Publications as the publisher keeps them: JSON in a NATS KV bucket, so any
+publisher replica answers. The model is kiln_common.publications'; a stored
+state is its name in lower case (as records written before it say it)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from kiln_common.ids import check_id
+from kiln_common.publications import Publication, PublicationState, TargetResult
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Result:
-    """One target's outcome for one artifact."""
-
-    artifact_id: str
-    kind: str  # glance | marketplace
-    target: str  # cloud[/region] or endorser
-    state: str = PENDING
-    error: str = ""
-    cloud: str = ""
-    region: str = ""
-    image_id: str = ""
-    image_name: str = ""
-    method: str = ""
-    retired: tuple[str, ...] = ()
-    entry_identifier: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.artifact_id}:{self.kind}:{self.target}"
+Result = TargetResult  # one target's outcome for one artifact
+PENDING, RUNNING = PublicationState.PENDING, PublicationState.RUNNING
+DONE, FAILED = PublicationState.DONE, PublicationState.FAILED
 
 
-@dataclass(frozen=True)
-class Publication:
-    id: str
-    artifact_id: str
-    build_id: str
-    results: tuple[Result, ...] = ()
-    created_at: str = field(default_factory=lambda: now().isoformat())
-    updated_at: str = field(default_factory=lambda: now().isoformat())
+def record_bytes(publication: Publication) -> bytes:
+    data = asdict(publication)
+    data["created_at"] = publication.created_at.isoformat()
+    data["updated_at"] = publication.updated_at.isoformat()
+    for result in data["results"]:
+        result["state"] = PublicationState(result["state"]).name.lower()
+    return json.dumps(data, sort_keys=True).encode()
 
-    @property
-    def state(self) -> str:
-        states = {r.state for r in self.results}
-        if FAILED in states:
-            return FAILED
-        if states <= {DONE} and self.results:
-            return DONE
-        return RUNNING if states & {RUNNING, DONE} else PENDING
 
-    def with_result(self, result: Result) -> Publication:
-        kept = [r for r in self.results if r.key != result.key]
-        ordered = (
-            tuple(result if r.key == result.key else r for r in self.results)
-            if len(kept) < len(self.results)
-            else (*self.results, result)
-        )
-        return replace(self, results=ordered, updated_at=now().isoformat())
+def record_of(raw: bytes) -> Publication:
+    data: dict[str, Any] = json.loads(raw)
+    results = tuple(_result(r) for r in data.pop("results"))
+    return Publication(
+        **{k: v for k, v in data.items() if k not in ("created_at", "updated_at")},
+        results=results,
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=datetime.fromisoformat(data["updated_at"]),
+    )
 
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> Publication:
-        data: dict[str, Any] = json.loads(raw)
-        results = tuple(
-            Result(**{**r, "retired": tuple(r.get("retired", ()))}) for r in data.pop("results")
-        )
-        return cls(**data, results=results)
+def _result(data: dict[str, Any]) -> TargetResult:
+    state = data.pop("state", "pending")
+    retired = tuple(data.pop("retired", ()))
+    known = PublicationState[state.upper()] if isinstance(state, str) else PublicationState(state)
+    return TargetResult(**data, state=known, retired=retired)
 
 
 def record_key(publication_id: str) -> str:

@@ -3,119 +3,80 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
+from dataclasses import asdict
 from typing import Any
 
 import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_api.publisher.v1 import publisher_pb2_grpc as pb_grpc
+from kiln_client import wire
 from kiln_common.digests import Digests
 from kiln_common.errors import DataLoss, InvalidArgument
 from kiln_common.grpc_errors import servicer
+from kiln_common.publications import Entry, GlanceTarget, PublishRequest
 from kiln_market import SignedEntry
 from kiln_market.entry import parse_time
 from kiln_publisher import facts
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.market import Query
-from kiln_publisher.model import DONE, FAILED, PENDING, RUNNING, Publication, Result
 from kiln_publisher.targets import Request
 from kiln_recipe.schema import Publish
 
 Context = grpc.aio.ServicerContext[Any, Any]
-STATES = {
-    PENDING: pb.STATE_PENDING,
-    RUNNING: pb.STATE_RUNNING,
-    DONE: pb.STATE_DONE,
-    FAILED: pb.STATE_FAILED,
-}
 
 MAX_PAGE = 500  # publications a page, as ListBuilds
 
 
-def publish_from(request: pb.PublishRequest) -> Publish:
+def publish_from(request: PublishRequest) -> Publish:
     """The request's targets, checked by the recipe's own publish: schema."""
     doc: dict[str, Any] = {}
     if request.glance:
         doc["glance"] = [_glance(t) for t in request.glance]
-    if request.HasField("marketplace"):
-        m = request.marketplace
+    if (m := request.marketplace) is not None:
         market: dict[str, Any] = {"title": m.title, "description": m.description}
         if m.endorser:
             market["endorser"] = m.endorser
-        if m.HasField("valid_for"):
-            market["valid_for"] = int(m.valid_for.ToTimedelta().total_seconds())
+        if m.valid_for is not None:
+            market["valid_for"] = int(m.valid_for.total_seconds())
         doc["marketplace"] = market
     return facts.publish_section(doc, prefix="")
 
 
-def _glance(t: pb.GlanceTarget) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "cloud": t.cloud,
-        "tags": list(t.tags),
-        "properties": dict(t.properties),
-        "min_disk": t.min_disk,
-        "min_ram": t.min_ram,
-        "keep": t.keep,
+def _glance(t: GlanceTarget) -> dict[str, Any]:
+    """The target as the recipe writes it: what the API leaves empty, left out."""
+    given = {
+        k: v
+        for k, v in asdict(t).items()
+        if v or k not in ("region", "name", "visibility", "retire")
     }
-    for name in ("region", "name", "visibility", "retire"):
-        if getattr(t, name):
-            out[name] = getattr(t, name)
-    return out
+    return {**given, "tags": list(t.tags)}
 
 
-def result_to(r: Result) -> pb.TargetResult:
-    return pb.TargetResult(
-        artifact_id=r.artifact_id,
-        kind=r.kind,
-        target=r.target,
-        state=STATES[r.state],
-        error=r.error,
-        cloud=r.cloud,
-        region=r.region,
-        image_id=r.image_id,
-        image_name=r.image_name,
-        method=r.method,
-        retired=list(r.retired),
-        entry_identifier=r.entry_identifier,
-    )
-
-
-def publication_to(p: Publication) -> pb.Publication:
-    msg = pb.Publication(
-        id=p.id,
-        artifact_id=p.artifact_id,
-        build_id=p.build_id,
-        state=STATES[p.state],
-        results=[result_to(r) for r in p.results],
-    )
-    msg.created_at.FromDatetime(datetime.fromisoformat(p.created_at))
-    msg.updated_at.FromDatetime(datetime.fromisoformat(p.updated_at))
-    return msg
-
-
-def entry_to(signed: SignedEntry) -> pb.Entry:
+def entry_to(signed: SignedEntry, fresh_location: str = "") -> pb.Entry:
     e = signed.entry
-    msg = pb.Entry(
-        identifier=e.identifier,
-        status=e.status(),
-        endorser=e.endorser.email,
-        os=e.os,
-        os_version=e.os_version,
-        arch=e.arch,
-        title=e.title,
-        description=e.description,
-        size=e.size,
-        format=e.format,
-        sha512=e.checksums.sha512,
-        sha256=e.checksums.sha256,
-        locations=list(e.locations),
-        document=signed.document,
-        artifact_id=e.artifact_id,
+    return wire.entry_message(
+        Entry(
+            identifier=e.identifier,
+            status=e.status(),
+            endorser=e.endorser.email,
+            os=e.os,
+            os_version=e.os_version,
+            arch=e.arch,
+            title=e.title,
+            description=e.description,
+            size=e.size,
+            format=e.format,
+            sha512=e.checksums.sha512,
+            sha256=e.checksums.sha256,
+            locations=tuple(e.locations),
+            created=parse_time(e.created),
+            valid_until=parse_time(e.valid_until),
+            document=signed.document,
+            artifact_id=e.artifact_id,
+            fresh_location=fresh_location,
+        )
     )
-    msg.created.FromDatetime(parse_time(e.created))
-    msg.valid_until.FromDatetime(parse_time(e.valid_until))
-    return msg
 
 
 @servicer
@@ -124,20 +85,20 @@ class PublisherServicer(pb_grpc.PublisherServicer):
         self.core = core
 
     async def Publish(self, request: pb.PublishRequest, context: Context) -> pb.Publication:
-        which = request.WhichOneof("subject")
-        if which is None:
+        asked = wire.publish_of(request)
+        if asked.artifact_id is None and asked.build_id is None:
             raise InvalidArgument("name an artifact_id or a build_id to publish")
         ask = Request(
-            artifact_id=request.artifact_id if which == "artifact_id" else "",
-            build_id=request.build_id if which == "build_id" else "",
-            publish=publish_from(request),
+            artifact_id=asked.artifact_id or "",
+            build_id=asked.build_id or "",
+            publish=publish_from(asked),
         )
-        return publication_to(await self.core.publish(ask))
+        return wire.publication_message(await self.core.publish(ask))
 
     async def GetPublication(
         self, request: pb.GetPublicationRequest, context: Context
     ) -> pb.Publication:
-        return publication_to(await self.core.get_publication(request.id))
+        return wire.publication_message(await self.core.get_publication(request.id))
 
     async def ListPublications(
         self, request: pb.ListPublicationsRequest, context: Context
@@ -152,7 +113,7 @@ class PublisherServicer(pb_grpc.PublisherServicer):
         page = found[start : start + size]
         token = str(start + size) if start + size < len(found) else ""
         return pb.ListPublicationsResponse(
-            publications=[publication_to(p) for p in page], next_page_token=token
+            publications=[wire.publication_message(p) for p in page], next_page_token=token
         )
 
     async def SearchEntries(
@@ -171,9 +132,7 @@ class PublisherServicer(pb_grpc.PublisherServicer):
 
     async def GetEntry(self, request: pb.GetEntryRequest, context: Context) -> pb.Entry:
         signed = await self.core.get_entry(request.identifier)
-        msg = entry_to(signed)
-        msg.fresh_location = await self.core.fresh_location(signed.entry)
-        return msg
+        return entry_to(signed, await self.core.fresh_location(signed.entry))
 
     async def DeprecateEntry(self, request: pb.DeprecateEntryRequest, context: Context) -> pb.Entry:
         signed = await self.core.deprecate(request.identifier, request.endorser or None)

@@ -18,11 +18,11 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_builder.base.download import Base, FetchLimits, Pin, fetch_first
 from kiln_builder.base.published import need_publisher
 from kiln_client import AsyncPublisherClient
 from kiln_common.errors import FailedPrecondition
+from kiln_common.publications import Entry
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ async def fetch_marketplace(
     return replace(base, source=source)
 
 
-async def valid_entry(identifier: str, publisher: str) -> pb.Entry:
+async def valid_entry(identifier: str, publisher: str) -> Entry:
     async with AsyncPublisherClient(publisher) as client:
         entry = await client.entry(identifier)  # verified by the publisher
     if entry.status != "valid":

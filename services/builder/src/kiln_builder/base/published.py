@@ -13,7 +13,6 @@ import logging
 import os
 from pathlib import Path
 
-from kiln_api.publisher.v1 import publisher_pb2 as pb
 from kiln_client import AsyncPublisherClient
 from kiln_common.digests import Digests
 from kiln_common.errors import FailedPrecondition
@@ -39,13 +38,6 @@ def need_publisher(source: str, publisher: str | None) -> str:
             " give the builder its address (KILN_BUILDER_PUBLISHER)"
         )
     return publisher
-
-
-def request_for(ref: ImageRef) -> pb.FetchBaseRequest:
-    assert ref.glance is not None
-    return pb.FetchBaseRequest(
-        glance=pb.GlanceImageRef(cloud=ref.glance.cloud, image=ref.glance.id)
-    )
 
 
 def _source_key(source: str) -> str:
@@ -92,7 +84,8 @@ async def _download(
     partial = cache / f"source-{_source_key(source)}.part"
     found = Digests("sha256", "sha512")
     async with AsyncPublisherClient(publisher) as client:
-        header, chunks = await client.fetch_base(request_for(ref))
+        assert ref.glance is not None
+        header, chunks = await client.fetch_base(ref.glance.cloud, ref.glance.id)
         if header.size > max_bytes:
             raise FailedPrecondition(f"{source}: {header.size} bytes is more than {max_bytes}")
         out = await asyncio.to_thread(partial.open, "wb")
