@@ -18,9 +18,10 @@ from support import gather_bytes, payload
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.ids import new_id
 from kiln_storage.backends.fs import FilesystemStore
-from kiln_storage.core import MIN_PART, CoreConfig, StorageCore
+from kiln_storage.core import CoreConfig, StorageCore
 from kiln_storage.model import Checksums
 from kiln_storage.sharing import REF_BATCH
+from kiln_storage.uploads import MIN_PART
 
 PART = MIN_PART
 
