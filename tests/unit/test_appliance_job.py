@@ -3,6 +3,7 @@ channel's parsing, the appliance's initramfs and the guest's network rules."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import stat
 import tarfile
@@ -284,7 +285,7 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     mode packages, files and run are one appliance boot, cached as run's layer
     (the key a sandbox build gives that layer too)."""
     from kiln_builder import customize
-    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_builder.engine import Bake, BakeOptions, StepRecord
     from kiln_builder.stages import in_appliance
     from kiln_recipe.loader import parse_recipe
 
@@ -304,16 +305,16 @@ async def test_in_vm_mode_every_edit_step_goes_to_the_appliance(
     monkeypatch.setattr(customize, "install_packages", on_host)
     monkeypatch.setattr(customize, "run_script", on_host)
     monkeypatch.setattr(customize, "write_file", lambda *a, **k: where.append("host"))
-    plan = [step for step in bake._layer_plan() if step.name not in ("bootstrap", "sysprep")]
-    for step in plan:
-        await step.action()
+    plan = [stage for stage in bake.layered() if stage.name not in ("bootstrap", "sysprep")]
+    for stage in plan:
+        await stage.run(bake, StepRecord(stage.name), contextlib.AsyncExitStack())
     in_vm_mode = mode == "vm" or force_vm
     expected = ["vm packages files run"] if in_vm_mode else ["host"] * 3
     assert where == expected
     if in_vm_mode:
         same = BakeOptions(tmp_path / "o", tmp_path / "w", tmp_path / "c", "b2")
         sandbox = Bake(parse_recipe(VM_RECIPE.replace("MODE", "sandbox"), tmp_path), same)
-        last = next(s for s in sandbox._layer_plan() if s.name == "run")
+        last = next(s for s in sandbox.layered() if s.name == "run")
         assert [(p.name, p.layer, p.key) for p in plan] == [("appliance", "run", last.key)]
 
 

@@ -4,31 +4,37 @@ test commands run in the guest."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
 from kiln_builder.stages import in_appliance
-from kiln_builder.stages.model import BakeResult
+from kiln_builder.stages.model import Stage, StepRecord
 
 if TYPE_CHECKING:
     from kiln_builder.engine import Bake
 
 
-async def run(bake: Bake, image: Path, result: BakeResult) -> None:
-    from kiln_builder import vm
+class BootTest(Stage):
+    """Runs once the image is made and every resource that made it released."""
 
-    assert bake.recipe.test.boot is not None
-    console = bake.opts.out_dir / f"{bake.recipe.name}-{bake.recipe.version}.console.log"
-    common: dict[str, Any] = dict(
-        name=bake.opts.build_id,
-        console_log=console,
-        timeout=bake.recipe.test.boot.timeout,
-        kernel_dir=bake.work / "kernel",  # copied out of the image (copy_kernels)
-        cache_dir=bake.opts.cache_dir,
-        fix_kvm_device=bake.opts.fix_kvm_device,
-    )
-    result.console_log = console
-    async with bake.step("boot-test"):
+    name = "boot-test"
+    reads = ("test",)
+
+    async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
+        from kiln_builder import vm
+
+        assert bake.recipe.test.boot is not None and bake.result is not None
+        result, image = bake.result, bake.image
+        console = bake.opts.out_dir / f"{bake.stem}.console.log"
+        common: dict[str, Any] = dict(
+            name=bake.opts.build_id,
+            console_log=console,
+            timeout=bake.recipe.test.boot.timeout,
+            kernel_dir=bake.work / "kernel",  # copied out of the image (copy_kernels)
+            cache_dir=bake.opts.cache_dir,
+            fix_kvm_device=bake.opts.fix_kvm_device,
+        )
+        result.console_log = console
         if not bake.recipe.test.commands:
             result.boot = await vm.boot_test(image, **common)
             return
@@ -46,6 +52,6 @@ async def run(bake: Bake, image: Path, result: BakeResult) -> None:
         )
         result.boot = run.boot
         bake.test_commands[:] = run.results
-        tests = bake.opts.out_dir / f"{bake._stem}.tests.json"
+        tests = bake.opts.out_dir / f"{bake.stem}.tests.json"
         result.tests = vm.write_results(tests, run.results)
         vm.raise_on_failure(run.results)

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln_builder.base import layout
 from kiln_builder.imageroot import ImageRoot
 from kiln_builder.outputs import TREE_FORMATS
 from kiln_builder.pkgmap import map_packages
 from kiln_builder.stages import base as base_stage
-from kiln_builder.stages import edits
-from kiln_builder.stages.model import BakeResult
+from kiln_builder.stages.model import Stage, StepRecord
+from kiln_builder.stages.packages import packages as stage_packages
 
 if TYPE_CHECKING:
     from kiln_builder.engine import Bake
@@ -28,12 +28,56 @@ async def in_vm(bake: Bake, names: Sequence[str]) -> None:
     (docs/isolation.md)."""
     from kiln_builder import appliance
 
-    packages = edits.packages(bake)
+    packages = stage_packages(bake)
     steps = tuple(s for n in names for s in appliance.recipe_steps(bake.recipe, n, packages))
     job = appliance.Job(steps, bake.opts.epoch)
     await run_appliance(
         bake, appliance.customise_tree_in_vm, bake.rootdir, job, " and ".join(names)
     )
+
+
+class TreeAppliance(Stage):
+    """A from-scratch build's packages, files and run in vm isolation: one
+    appliance boot (a hand-back of the whole tree each would cost about half a
+    minute under TCG), cached as the last one's layer, under the same key."""
+
+    name = "appliance"
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.reads = self.names
+
+    async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
+        await in_vm(bake, self.names)
+
+
+class CustomisedAppliance(Stage):
+    """vm isolation for a customised build: one appliance boot grows the base,
+    runs packages, files, run and sysprep on its own disk, and hands back the
+    tree (or the files the host needs) as a tar. The host never mounts the
+    base: checks, kernels, SBOM and tree outputs read the extracted tree."""
+
+    name = "appliance"
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.reads = self.names
+
+    async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
+        from kiln_builder import appliance
+
+        opened = bake.opened
+        assert opened is not None
+        job = appliance.Job(
+            vm_steps(bake, self.names), bake.opts.epoch,
+            root="whole" if opened.found.bare else None, grow=opened.grew, export=export(bake),
+        )  # fmt: skip
+        what = " and ".join(self.names) or "the hand-back"
+        done = await run_appliance(bake, appliance.customise_in_vm, bake.image, job, what)
+        bake.rootdir = bake.work / "tree"
+        await appliance.extract_export(done, bake.rootdir)
+        with ImageRoot(bake.rootdir) as tree:
+            bake.distro = base_stage.distro_of(tree)
 
 
 async def run_appliance(bake: Bake, runner: Any, target: Path, job: Any, what: str) -> Any:
@@ -53,34 +97,6 @@ async def run_appliance(bake: Bake, runner: Any, target: Path, job: Any, what: s
     log.info("%s ran in the appliance under %s (%s): up in %.1fs, done in %.1fs",
              what, accel.kind, accel.reason, result.boot_seconds, result.seconds)  # fmt: skip
     return result
-
-
-async def customised_in_vm(bake: Bake, image: Path, found: layout.Layout, grow: bool) -> BakeResult:
-    """vm isolation for a customised build: one appliance boot grows the base,
-    runs packages, files, run and sysprep on its own disk, and hands back the
-    tree (or the files the host needs) as a tar. The host never mounts the
-    base: checks, kernels, SBOM and tree outputs read the extracted tree."""
-    from kiln_builder import appliance
-
-    names = [name for name, _, _ in bake.edit_steps()]
-    job = appliance.Job(
-        vm_steps(bake, names), bake.opts.epoch, root="whole" if found.bare else None,
-        grow=grow, export=export(bake),
-    )  # fmt: skip
-    async with bake.step("appliance"):
-        done = await run_appliance(
-            bake, appliance.customise_in_vm, image, job, " and ".join(names) or "the hand-back"
-        )
-        bake.rootdir = bake.work / "tree"
-        await appliance.extract_export(done, bake.rootdir)
-    with ImageRoot(bake.rootdir) as tree:
-        bake.distro = base_stage.distro_of(tree)
-    if bake.recipe.checks:
-        await bake.run_checks()
-    if bake.booting():
-        with ImageRoot(bake.rootdir) as tree:
-            base_stage.copy_kernels(tree, bake.work / "kernel")
-    return await bake.make_outputs(image)
 
 
 async def add_test_files_in_vm(bake: Bake, disk: Path, files: dict[str, tuple[str, int]]) -> None:

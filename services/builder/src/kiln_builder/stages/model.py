@@ -1,12 +1,13 @@
-"""What the build's stages share: its options, the record of each step, the
-result, the error a failed step raises, and the layers the plan chains."""
+"""What the build's stages share: the Stage each is, its options, the record
+of each step, the result, and the error a failed step raises."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln_builder.checks import CheckReport
 from kiln_builder.egress import STRICT, EgressPolicy
@@ -45,12 +46,31 @@ class StepRecord:
 APPLIANCE_STEPS = ("packages", "files", "run")
 
 
-@dataclass(frozen=True)
-class PlannedLayer:
-    name: str  # the step in the build's record
-    layer: str  # its layer's name in the store (the last step an appliance boot ran)
-    key: str
-    action: Callable[[], Any]
+class Stage:
+    """One step of a build, as the engine runs it, in a step of the build's
+    record named `name`. `reads` names the recipe's sections it acts on. A
+    layered stage (a from-scratch build's bootstrap and tree edits) makes a
+    cached layer: `inputs` is what it adds to the layer's key, which the plan
+    chains from the previous layer's and sets, with the layer's name, on it;
+    a stage whose layer is cached is not run. Whatever a stage holds past its
+    own step (an attached disk, a mount) it enters into `held`, which the
+    engine releases once the image is made, on every path."""
+
+    name = ""
+    reads: tuple[str, ...] = ()
+    key = ""  # a layered stage's layer key, set by the plan
+    layer = ""  # and the layer's name in the store
+
+    def inputs(self, bake: Bake) -> Any:
+        """What goes into the layer key (empty: nothing to do, left out)."""
+        return None
+
+    async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
+        raise NotImplementedError
+
+    async def keep(self, bake: Bake) -> None:
+        """A layered stage's tree, saved as its layer."""
+        await bake.layers.save(self.layer, self.key, bake.rootdir, bake.opts.epoch)
 
 
 @dataclass(frozen=True)
@@ -99,3 +119,6 @@ class BakeResult:
 
 
 Progress = Callable[[StepRecord, str], None]  # (step, "start" | "done")
+
+if TYPE_CHECKING:
+    from kiln_builder.engine import Bake
