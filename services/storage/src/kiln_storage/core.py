@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from kiln_common.ids import check_id, new_id
 from kiln_storage import keys
 from kiln_storage.backends import ObjectStore
 from kiln_storage.index import ArtifactIndex
-from kiln_storage.model import Artifact, Checksums, Part, UploadSession, validate_labels
+from kiln_storage.model import Artifact, Checksums, UploadSession, validate_labels
 from kiln_storage.sharing import BlobSharing
 from kiln_storage.streams import empty, read_ahead
 from kiln_storage.uploads import Uploads
@@ -88,6 +88,15 @@ class StorageCore:
             ttl=self.config.upload_ttl,
         )
         self.checkpoint: Checkpoint | None = None
+        # The upload sessions are Uploads' (which calls back _commit below); the
+        # servicer and the janitor reach them through the core's names.
+        self.create_upload = self.uploads.create
+        self.put_part = self.uploads.put_part
+        self.get_upload = self.uploads.get
+        self.abort_upload = self.uploads.abort
+        self.complete_upload = self.uploads.complete
+        self.upload = self.uploads.upload  # one-shot: parts stored while more arrive
+        self.sweep = self.uploads.sweep  # the janitor: aborts abandoned uploads
 
     async def _at(self, point: str) -> None:
         if self.checkpoint is not None:
@@ -108,51 +117,6 @@ class StorageCore:
             return Artifact.from_record(await self._get_json(keys.artifact_key(artifact_id)))
         except NotFound:
             raise NotFound(f"artifact {artifact_id} not found") from None
-
-    # ---- uploads (kiln_storage.uploads) --------------------------------------
-    # The API the servicer and the janitor task call stays the core's; the
-    # sessions themselves are Uploads', which calls back _commit below.
-
-    async def create_upload(
-        self,
-        labels: dict[str, str],
-        expected: Checksums,
-        size: int | None = None,
-        part_size: int = 0,
-    ) -> UploadSession:
-        return await self.uploads.create(labels, expected, size, part_size)
-
-    async def put_part(
-        self,
-        upload_id: str,
-        number: int,
-        chunks: AsyncIterable[bytes],
-        expected_sha256: str = "",
-    ) -> Part:
-        return await self.uploads.put_part(upload_id, number, chunks, expected_sha256)
-
-    async def get_upload(self, upload_id: str) -> UploadSession:
-        return await self.uploads.get(upload_id)
-
-    async def abort_upload(self, upload_id: str) -> None:
-        await self.uploads.abort(upload_id)
-
-    async def complete_upload(self, upload_id: str) -> Artifact:
-        return await self.uploads.complete(upload_id)
-
-    async def upload(
-        self,
-        labels: dict[str, str],
-        expected: Checksums,
-        size: int | None,
-        chunks: AsyncIterable[bytes],
-    ) -> Artifact:
-        """One-shot upload: parts are stored concurrently while more arrive."""
-        return await self.uploads.upload(labels, expected, size, chunks)
-
-    async def sweep(self, now: datetime | None = None) -> int:
-        """The janitor: aborts abandoned uploads (Uploads.sweep)."""
-        return await self.uploads.sweep(now)
 
     # ---- commit --------------------------------------------------------------
 

@@ -63,6 +63,15 @@ _ACCOUNT_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _MARKETPLACE_RE = re.compile(r"[A-Za-z0-9_-]{27}")  # base64url of a SHA-1, as StratusLab
 _CLOUD_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def cloud_name(value: str) -> str:
+    """A cloud name of the publisher's clouds.yaml (a field validator)."""
+    if not _CLOUD_RE.fullmatch(value):
+        raise ValueError("expected a cloud name (1-64 of A-Z a-z 0-9 . _ -)")
+    return value
+
+
 _SIZE_RE = re.compile(r"(\d+)\s*([A-Za-z]*)")
 _SIZE_UNITS = {"": 1, "B": 1, "K": KiB, "KiB": KiB, "M": MiB, "MiB": MiB}
 _SIZE_UNITS |= {"G": GiB, "GiB": GiB, "T": TiB, "TiB": TiB}

@@ -12,7 +12,7 @@ from pydantic import (
 )
 
 from kiln_recipe.issues import Problem, describe
-from kiln_recipe.schema.base import _CLOUD_RE, Model
+from kiln_recipe.schema.base import Model, cloud_name
 
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _VALID_FOR_RE = re.compile(r"(\d+)\s*(h|d|w)")
@@ -36,12 +36,7 @@ class GlancePublish(Model):
     keep: int = Field(default=0, ge=0, le=1000)
     retire: RetireAction = "hide"
 
-    @field_validator("cloud")
-    @classmethod
-    def _cloud(cls, value: str) -> str:
-        if not _CLOUD_RE.fullmatch(value):
-            raise ValueError("expected a cloud name (1-64 of A-Z a-z 0-9 . _ -)")
-        return value
+    _cloud = field_validator("cloud")(cloud_name)
 
     @field_validator("name")
     @classmethod

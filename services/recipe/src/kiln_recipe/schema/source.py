@@ -14,7 +14,6 @@ from pydantic import (
 from kiln_common.ids import ID_RE
 from kiln_recipe.issues import Problem
 from kiln_recipe.schema.base import (
-    _CLOUD_RE,
     _MARKETPLACE_RE,
     _RELEASE_RE,
     _SHA256_RE,
@@ -22,6 +21,7 @@ from kiln_recipe.schema.base import (
     Model,
     _exactly_one,
     _http_url,
+    cloud_name,
 )
 
 
@@ -56,12 +56,7 @@ class GlanceRef(Model):
     cloud: str  # a cloud name in the publisher's clouds.yaml
     id: str
 
-    @field_validator("cloud")
-    @classmethod
-    def _cloud(cls, value: str) -> str:
-        if not _CLOUD_RE.fullmatch(value):
-            raise ValueError("expected a cloud name (1-64 of A-Z a-z 0-9 . _ -)")
-        return value
+    _cloud = field_validator("cloud")(cloud_name)
 
     @field_validator("id")
     @classmethod
