@@ -111,3 +111,55 @@ async def test_no_url_reaches_outside_the_store(storage_service, path: str) -> N
         response, body = await _get(app.http_port, path + "?expires=9999999999&signature=00")
         assert response.status in (400, 403, 404)
         assert b"root:" not in body and len(body) < 200
+
+
+@pytest.mark.parametrize(
+    "expires", ["%C2%B2", "%D9%A1%D9%A2", "-1", "1e12", "+99999999999", "", "99999999999999"]
+)
+async def test_a_malformed_expiry_is_refused_not_a_server_error(  # type: ignore[no-untyped-def]
+    storage_service, expires: str
+) -> None:
+    """`expires=²` passed str.isdigit() and then failed in int(): a 500."""
+    async with storage_service() as (app, address), storage_stub(address) as stub:
+        artifact = await _upload(stub, b"bytes", {"name": "e"})
+        reply = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id))
+        path = reply.url[reply.url.index("/artifacts/") :]
+        good = path.split("expires=")[0] + "expires=" + expires + "&" + path.split("&", 1)[1]
+        response, body = await _get(app.http_port, good)
+        assert response.status == 403 and b"no expiry" in body
+
+
+async def test_keys_rotate_with_the_previous_key_accepted_until_it_is_dropped(  # type: ignore[no-untyped-def]
+    storage_service,
+) -> None:
+    old, new = "one:" + "a" * 32, "two:" + "b" * 32
+    async with (
+        storage_service(url_signing_key=old) as (app, address),
+        storage_stub(address) as stub,
+    ):
+        artifact = await _upload(stub, b"rotated", {"name": "r"})
+        signed_by_old = (await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id))).url
+    assert "kid=one&" in signed_by_old
+    path = signed_by_old[signed_by_old.index("/artifacts/") :]
+    switching = {"url_signing_key": new, "url_signing_previous_key": old}
+    async with storage_service(**switching) as (app, address), storage_stub(address) as stub:
+        response, body = await _get(app.http_port, path)
+        assert response.status == 200 and body == b"rotated"
+        fresh = (await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id))).url
+        assert "kid=two&" in fresh
+    async with storage_service(url_signing_key=new) as (app, address):
+        response, body = await _get(app.http_port, path)
+        assert response.status == 403 and b"unknown key" in body
+        response, body = await _get(app.http_port, fresh[fresh.index("/artifacts/") :])
+        assert response.status == 200
+
+
+@pytest.mark.parametrize("key", ["short", "id:" + "x" * 31, "bad id!:" + "x" * 8])
+async def test_a_short_signing_key_stops_the_service_without_showing_it(key: str) -> None:
+    from pydantic import ValidationError
+
+    from kiln_storage.settings import StorageSettings
+
+    with pytest.raises(ValidationError) as caught:
+        StorageSettings(url_signing_key=key)
+    assert "at least 32 bytes" in str(caught.value) or "id" in str(caught.value)

@@ -24,7 +24,7 @@ from kiln_storage.core import CoreConfig, StorageCore
 from kiln_storage.http import make_app
 from kiln_storage.servicer import StorageServicer
 from kiln_storage.settings import StorageSettings
-from kiln_storage.urls import HmacSigner, load_or_create_key
+from kiln_storage.urls import HmacSigner, SigningKey, load_or_create_key
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,10 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
     grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register)
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
-        secret = settings.url_signing_key
-        key = (
-            secret.get_secret_value().encode()
-            if secret
-            else load_or_create_key(settings.fs_root / ".url-signing-key")
-        )
-        signer = HmacSigner(key)
+        current, previous = settings.url_keys()
+        if current is None:
+            current = SigningKey(load_or_create_key(settings.fs_root / ".url-signing-key"))
+        signer = HmacSigner(current, previous=previous)
         http = make_app(core, store, signer)
         port = await held.http(http, settings.http_host, settings.http_port)
         signer.base_url = (settings.public_url or f"http://{settings.http_host}:{port}").rstrip("/")

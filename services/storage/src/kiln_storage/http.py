@@ -26,6 +26,7 @@ def make_app(core: StorageCore, store: FilesystemStore, signer: HmacSigner) -> w
             artifact_id,
             request.query.get("expires", ""),
             request.query.get("signature", ""),
+            request.query.get("kid", ""),
         )
         if why:
             log.info("refused download of %s: %s", artifact_id, why)

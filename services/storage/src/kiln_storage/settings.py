@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kiln_common.settings import KilnSettings
+from kiln_storage.urls import SigningKey
 
 
 class StorageSettings(KilnSettings):
@@ -33,7 +34,25 @@ class StorageSettings(KilnSettings):
     public_url: str = ""
     """Base URL clients reach the HTTP server at; default http://http_host:port."""
     url_signing_key: SecretStr | None = None
-    """HMAC key for download URLs; default: a random key kept in fs_root/.url-signing-key."""
+    """HMAC key for download URLs, ID:SECRET or SECRET (at least 32 bytes; its id
+    then derived); default: a random key kept in fs_root/.url-signing-key."""
+    url_signing_previous_key: SecretStr | None = None
+    """The key before the current one, still accepted (not used to sign) while
+    the URLs it signed live: set it to the old key when rotating, and drop it
+    once the longest-lived URL it signed has expired (7 days at most)."""
+
+    @field_validator("url_signing_key", "url_signing_previous_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            SigningKey.parse(value.get_secret_value())  # BadKey (a ValueError) says why
+        return value
+
+    def url_keys(self) -> tuple[SigningKey | None, SigningKey | None]:
+        """The current key (None: the kept one) and the previous one."""
+        keys = (self.url_signing_key, self.url_signing_previous_key)
+        current, previous = (SigningKey.parse(k.get_secret_value()) if k else None for k in keys)
+        return current, previous
 
     s3_endpoint: str = "127.0.0.1:8333"
     """host:port of the S3 API."""
