@@ -21,6 +21,7 @@ from kiln_common.digests import file_sha256
 from kiln_common.errors import KilnError
 from kiln_common.grpc_errors import code_name
 from kiln_common.proc import ProcessError
+from kiln_common.settings import public_value
 from kiln_devstack import stack
 from kiln_devstack.devservers import ServerError
 
@@ -87,7 +88,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"  storage  {s.storage}  downloads {s.storage_http}")
     print(f"  builder  {s.builder}")
     print(f"  publisher {s.publisher}  marketplace {s.publisher_http}/")
-    print(f"  nats     {s.nats_url}")
+    print(f"  nats     {public_value(s.nats_url)}")
     return 0
 
 

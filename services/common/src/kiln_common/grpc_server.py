@@ -121,11 +121,12 @@ def service_main(
 
     from kiln_common.errors import KilnError
     from kiln_common.logs import setup_logging
+    from kiln_common.settings import settings_error
 
     try:
         settings = settings_type()
     except ValidationError as exc:
-        print(f"{name}: bad settings:\n{exc}", file=sys.stderr)
+        print(f"{name}: bad settings:\n{settings_error(exc)}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, name)
     log.info("settings: %s", settings.public())

@@ -1,15 +1,34 @@
-"""Logging set-up shared by every Kiln process."""
+"""Logging set-up shared by every Kiln process, and the redaction every log
+line, build log and error text goes through: a signed URL's signature, a token
+in a query and a URL's password are credentials, not something to keep."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+
+_SECRET_PARAMS = re.compile(
+    r"(?i)([?&](?:signature|x-amz-signature|x-amz-credential|x-amz-security-token|sig"
+    r"|token|access_token|password|secret)=)[^&\s'\"#<>:;,)]+"
+)
+_PASSWORD = re.compile(r"(://[^/@\s:]*):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """text with every URL's credentials (password, signature, token) masked."""
+    return _PASSWORD.sub(r"\1:***@", _SECRET_PARAMS.sub(r"\1***", text))
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(level: str = "INFO", name: str = "kiln") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+        RedactingFormatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]

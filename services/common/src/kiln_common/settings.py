@@ -7,12 +7,15 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from kiln_common.logs import redact
 
 
 class KilnSettings(BaseSettings):
@@ -38,11 +41,26 @@ class KilnSettings(BaseSettings):
 
     def public(self) -> dict[str, Any]:
         """The settings as a dict safe to log (secrets masked)."""
-        out = self.model_dump()
+        out = {key: public_value(value) for key, value in self.model_dump().items()}
         for key in out:
-            if any(word in key for word in ("secret", "password", "key")):
+            if any(word in key for word in ("secret", "password", "key", "token")):
                 out[key] = "***" if out[key] else out[key]
         return out
+
+
+def settings_error(exc: ValidationError) -> str:
+    """What is wrong with the settings, a line a field, without the values
+    given: a bad value may be a secret (pydantic's own text shows it)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def public_value(value: Any) -> Any:
+    """A setting's value as it may be logged: a URL's credentials masked."""
+    return redact(value) if isinstance(value, str) else value
 
 
 def default_cache_dir() -> Path:

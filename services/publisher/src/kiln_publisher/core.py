@@ -21,6 +21,7 @@ from kiln_common.artifacts import Artifact
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
+from kiln_common.logs import redact
 from kiln_common.publications import Publication
 from kiln_market import Entry, SignedEntry
 from kiln_publisher import facts
@@ -121,7 +122,7 @@ class PublisherCore:
 
     async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
         """A publication that could not start, kept so `GetPublication` says why."""
-        failed = Result("", "request", build_id, state=FAILED, error=error)
+        failed = Result("", "request", build_id, state=FAILED, error=redact(error))
         # A redelivery that fails keeps what earlier deliveries finished.
         pub = await self._find(publication_id) or Publication(
             id=publication_id, artifact_id="", build_id=build_id
@@ -261,7 +262,7 @@ class PublisherCore:
             result = replace(result, state=DONE)
         except KilnError as exc:
             log.warning("publishing %s to %s failed: %s", result.artifact_id, result.target, exc)
-            result = replace(result, state=FAILED, error=str(exc))
+            result = replace(result, state=FAILED, error=redact(str(exc)))  # kept, shown
         except Exception as exc:
             # Not left RUNNING for good: the record says it failed, the log says how.
             log.exception("publishing %s to %s failed", result.artifact_id, result.target)

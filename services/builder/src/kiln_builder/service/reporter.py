@@ -24,6 +24,7 @@ from kiln_builder.service.core import Nats, event_data
 from kiln_common.builds import Build, BuildUpdate, LogLine, Progress, Step, StepState, StepUpdate
 from kiln_common.events import Publisher
 from kiln_common.lifecycle import STEP_EVENT, now
+from kiln_common.logs import redact
 from kiln_common.proc import OUTPUT_LOG
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class _Handler(logging.Handler):
             return
         try:
             text = record.getMessage() if record.name == OUTPUT_LOG.name else self.format(record)
+            text = redact(text)  # the build log is kept and shown: no signed URL in it
             level = "OUTPUT" if record.name == OUTPUT_LOG.name else record.levelname
             reporter.log(text, level)
         except Exception:  # noqa: BLE001 - a log line must never break a build

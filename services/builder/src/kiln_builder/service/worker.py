@@ -42,6 +42,7 @@ from kiln_common.builds import (
 )
 from kiln_common.errors import KilnError
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
+from kiln_common.logs import redact
 from kiln_common.proc import ProcessError
 from kiln_recipe import bundle
 
@@ -226,7 +227,7 @@ class Worker:
 
     def _error(self, job: Job, exc: BaseException) -> BuildError:
         running = job.reporter.running() if job.reporter else []
-        message = (
+        message = redact(  # kept in the record: no credential of a URL in it
             str(exc)
             if isinstance(exc, (KilnError, ProcessError, OSError))
             else (f"internal error: {type(exc).__name__}: {exc}")
