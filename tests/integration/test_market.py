@@ -420,3 +420,59 @@ async def test_a_revocation_added_to_the_mounted_keyring_is_used_without_a_resta
                 await market.publish(facts_for(b"other image"), ENDORSER)
         finally:
             await publisher.stop()
+
+
+async def test_download_refuses_deprecated_and_expired_entries_and_replies_carry_guards(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    """/download sends no one to an image its endorser no longer vouches for;
+    every reply, errors and redirects too, is nosniff and under a CSP."""
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one, serving(make_app(one)) as base:
+        valid = await one.publish(facts_for(f"valid {time.time_ns()}".encode()), ENDORSER)
+        gone = await one.publish(facts_for(f"deprecated {time.time_ns()}".encode()), ENDORSER)
+        await one.deprecate(gone.identifier)
+        past = datetime.now(UTC) - timedelta(hours=2)
+        old = facts_for(f"expired {time.time_ns()}".encode())
+        expired = await one.publish(old, ENDORSER, valid_for=timedelta(hours=1), now=past)
+        async with aiohttp.ClientSession(base) as http:
+            for signed, status in ((gone, "deprecated"), (expired, "expired")):
+                path = f"/api/v1/entries/{signed.identifier}/download"
+                async with http.get(path, allow_redirects=False) as r:
+                    assert r.status == 410 and status in (await r.json())["message"]
+                    assert r.headers["X-Content-Type-Options"] == "nosniff"
+            good = f"/api/v1/entries/{valid.identifier}/download"
+            async with http.get(good, allow_redirects=False) as r:
+                assert r.status == 307
+            for path in ("/", "/api/v1/entries", good, "/api/v1/entries/" + "A" * 27):
+                async with http.get(path, allow_redirects=False) as r:
+                    assert r.headers["X-Content-Type-Options"] == "nosniff", path
+                    assert "default-src 'none'" in r.headers["Content-Security-Policy"], path
+
+
+async def test_a_search_checks_each_stored_statement_once_until_the_keyring_changes(
+    tmp_path: Path, nats_server: Nats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln_market import Keyring
+    from kiln_publisher.market import store
+
+    checked: list[bytes] = []
+    real = store.verify
+
+    def counting(document: bytes, *args: Any, **kwargs: Any) -> Entry:
+        checked.append(document)
+        return real(document, *args, **kwargs)
+
+    monkeypatch.setattr(store, "verify", counting)
+    keys = endorser_ring(tmp_path / "keys")
+    async with market(nats_server.url, keys) as one:
+        signed = await one.publish(facts_for(f"cached {time.time_ns()}".encode()), ENDORSER)
+        query = Query(identifier=signed.identifier)
+        assert [s.identifier for s in await one.search(query)] == [signed.identifier]
+        checked.clear()
+        for _ in range(3):
+            assert [s.identifier for s in await one.search(query)] == [signed.identifier]
+        assert signed.document not in checked
+        one.keys = Keyring.load(tmp_path / "keys")  # a reloaded keyring checks afresh
+        await one.search(query)
+        assert checked.count(signed.document) == 1

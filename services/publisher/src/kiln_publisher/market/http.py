@@ -93,8 +93,15 @@ async def _show(request: web.Request) -> web.Response:
 
 
 async def _download(request: web.Request) -> web.Response:
-    """A redirect to a download URL signed now (Range requests then go there)."""
+    """A redirect to a download URL signed now (Range requests then go there);
+    410 Gone for an entry that is deprecated or expired: its endorser no
+    longer vouches for the image."""
     signed = await _entry(request)
+    status = signed.entry.status(datetime.now(UTC))
+    if status != "valid":
+        message = f"entry {signed.identifier} is {status}: it is not downloaded any more"
+        body = json.dumps({"error": "Gone", "message": message})
+        raise web.HTTPGone(text=body, content_type="application/json")
     locate = request.app[_LOCATE]
     if locate is not None:
         url = await locate(signed.entry)
@@ -123,6 +130,22 @@ async def _catalogue(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
+# The catalogue is server-rendered HTML with its own inline style and a GET
+# form: nothing else may load, run or frame it.
+_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
+        " base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(_HEADERS)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2)
 
@@ -134,6 +157,7 @@ def make_app(market: Market, locate: Locate | None = None) -> web.Application:
     they go through GET .../{identifier}/download, a 307 to a URL that
     works now."""
     app = web.Application(middlewares=[_errors])
+    app.on_response_prepare.append(_secure_headers)
     app[_MARKET] = market
     app[_LOCATE] = locate
     app.router.add_get("/", _catalogue)

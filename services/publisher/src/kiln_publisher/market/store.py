@@ -114,6 +114,10 @@ class Market:
         # The newest entry this replica has verified per key: a second
         # guard beside the durable high-water marks.
         self._seen: dict[str, Entry] = {}
+        # Each key's entry as verified at a revision with a keyring: a KV
+        # revision's bytes never change, so a search does not check every
+        # signature again each time; a reloaded keyring checks them afresh.
+        self._verified: dict[str, tuple[int, Keyring, Entry]] = {}
 
     async def _bucket_named(self, name: str) -> KeyValue:
         return await jetstream.mapped(
@@ -163,7 +167,12 @@ class Market:
             return None
         if found.value is None or found.revision is None:
             return None
-        entry = verify(found.value, self.keys, newest=self._seen.get(key))
+        cached = self._verified.get(key)
+        if cached is not None and cached[0] == found.revision and cached[1] is self.keys:
+            entry = cached[2]
+        else:
+            entry = verify(found.value, self.keys, newest=self._seen.get(key))
+            self._verified[key] = (found.revision, self.keys, entry)
         mark, _ = await self._mark(key)
         if entry.sequence < mark.sequence:
             raise Rejected(
