@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 
+from kiln_client import credentials
 from kiln_common.grpc_errors import from_rpc
 from kiln_common.grpc_server import CHANNEL_OPTIONS
 from kiln_common.retry import RetryPolicy
@@ -35,8 +36,10 @@ OPTIONS = (
 DEFAULT_POLICY = RetryPolicy(attempts=10)
 
 
-def channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=OPTIONS)
+def channel(address: str, token: str = "") -> grpc.aio.Channel:
+    """A channel whose calls carry the bearer token (credentials.token)."""
+    bearer = credentials.interceptors(credentials.token(token))
+    return grpc.aio.insecure_channel(address, options=OPTIONS, interceptors=bearer)
 
 
 async def mapped(call: Callable[[], Awaitable[T]]) -> T:

@@ -34,11 +34,12 @@ class AsyncBuilderClient:
         *,
         policy: RetryPolicy = _rpc.DEFAULT_POLICY,
         watch_policy: RetryPolicy = WATCH_POLICY,
+        token: str = "",  # default: credentials.token()
     ) -> None:
         self.address = discovery.address("builder", address)
         self.policy = policy
         self.watch_policy = watch_policy
-        self._channel = _rpc.channel(self.address)
+        self._channel = _rpc.channel(self.address, token)
         self._stub = pb_grpc.BuilderStub(self._channel)
 
     async def close(self) -> None:
@@ -140,13 +141,18 @@ class BuilderClient:
         *,
         policy: RetryPolicy = _rpc.DEFAULT_POLICY,
         watch_policy: RetryPolicy = WATCH_POLICY,
+        token: str = "",
     ) -> None:
         self.address = discovery.address("builder", address)
         self._loop = LoopThread("kiln-builder-client")
-        self._async = self._loop.run(self._make(policy, watch_policy))
+        self._async = self._loop.run(self._make(policy, watch_policy, token))
 
-    async def _make(self, policy: RetryPolicy, watch_policy: RetryPolicy) -> AsyncBuilderClient:
-        return AsyncBuilderClient(self.address, policy=policy, watch_policy=watch_policy)
+    async def _make(
+        self, policy: RetryPolicy, watch_policy: RetryPolicy, token: str
+    ) -> AsyncBuilderClient:
+        return AsyncBuilderClient(
+            self.address, policy=policy, watch_policy=watch_policy, token=token
+        )
 
     def close(self) -> None:
         self._loop.close(self._async.close())

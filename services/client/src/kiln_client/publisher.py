@@ -22,10 +22,12 @@ PUBLISH_POLICY = RetryPolicy(attempts=3)
 
 
 class AsyncPublisherClient:
-    def __init__(self, address: str = "", *, policy: RetryPolicy = _rpc.DEFAULT_POLICY) -> None:
+    def __init__(
+        self, address: str = "", *, policy: RetryPolicy = _rpc.DEFAULT_POLICY, token: str = ""
+    ) -> None:
         self.address = discovery.address("publisher", address)
         self.policy = policy
-        self._channel = _rpc.channel(self.address)
+        self._channel = _rpc.channel(self.address, token)
         self._stub = pb_grpc.PublisherStub(self._channel)
 
     async def close(self) -> None:
@@ -107,13 +109,15 @@ class AsyncPublisherClient:
 class PublisherClient:
     """The blocking PublisherClient: the async client's calls, waited for."""
 
-    def __init__(self, address: str = "", *, policy: RetryPolicy = _rpc.DEFAULT_POLICY) -> None:
+    def __init__(
+        self, address: str = "", *, policy: RetryPolicy = _rpc.DEFAULT_POLICY, token: str = ""
+    ) -> None:
         self.address = discovery.address("publisher", address)
         self._loop = LoopThread("kiln-publisher-client")
-        self._async = self._loop.run(self._make(policy))
+        self._async = self._loop.run(self._make(policy, token))
 
-    async def _make(self, policy: RetryPolicy) -> AsyncPublisherClient:
-        return AsyncPublisherClient(self.address, policy=policy)
+    async def _make(self, policy: RetryPolicy, token: str) -> AsyncPublisherClient:
+        return AsyncPublisherClient(self.address, policy=policy, token=token)
 
     def close(self) -> None:
         self._loop.close(self._async.close())

@@ -42,11 +42,12 @@ class AsyncStorageClient:
         *,
         policy: RetryPolicy = _rpc.DEFAULT_POLICY,
         state_dir: Path | None = None,
+        token: str = "",  # default: credentials.token()
     ) -> None:
         self.address = discovery.address("storage", address)
         self.policy = policy
         self.state_dir = state_dir  # where interrupted pushes remember their session
-        self._channel = _rpc.channel(self.address)
+        self._channel = _rpc.channel(self.address, token)
         self._stub = pb_grpc.StorageStub(self._channel)
 
     async def close(self) -> None:
@@ -315,13 +316,16 @@ class StorageClient:
         *,
         policy: RetryPolicy = _rpc.DEFAULT_POLICY,
         state_dir: Path | None = None,
+        token: str = "",
     ) -> None:
         self.address = discovery.address("storage", address)
         self._loop = LoopThread("kiln-storage-client")
-        self._async = self._loop.run(self._make(policy, state_dir))
+        self._async = self._loop.run(self._make(policy, state_dir, token))
 
-    async def _make(self, policy: RetryPolicy, state_dir: Path | None) -> AsyncStorageClient:
-        return AsyncStorageClient(self.address, policy=policy, state_dir=state_dir)
+    async def _make(
+        self, policy: RetryPolicy, state_dir: Path | None, token: str
+    ) -> AsyncStorageClient:
+        return AsyncStorageClient(self.address, policy=policy, state_dir=state_dir, token=token)
 
     def close(self) -> None:
         self._loop.close(self._async.close())

@@ -37,6 +37,10 @@ class PermissionDenied(KilnError):
     """The caller may not do this."""
 
 
+class Unauthenticated(KilnError):
+    """The call carries no identity Kiln accepts (missing, expired, forged)."""
+
+
 class Internal(KilnError):
     """A service failed unexpectedly (its message carries only a reference)."""
 

@@ -105,6 +105,7 @@ class JetStreamPublisher:
     ) -> None:
         self._nc = nc
         self._js = js
+        self.js = js  # the service's JetStream context (identities read their tokens there)
         self._source = source
         self.outbox = outbox if outbox is not None else Outbox(None, source)
         self._policy = policy

@@ -26,6 +26,7 @@ STATUS_OF: dict[type[errors.KilnError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Internal: grpc.StatusCode.INTERNAL,
@@ -37,7 +38,6 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.KilnError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
     grpc.StatusCode.ABORTED: errors.Unavailable,
     grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
-    grpc.StatusCode.UNAUTHENTICATED: errors.PermissionDenied,
 }
 
 

@@ -34,11 +34,17 @@ Register = Callable[[grpc.aio.Server], None]
 class GrpcServer:
     """A started grpc.aio server with health; stop() is graceful."""
 
-    def __init__(self, bind: str, service_names: Sequence[str], register: Register) -> None:
+    def __init__(
+        self,
+        bind: str,
+        service_names: Sequence[str],
+        register: Register,
+        interceptors: Sequence[Any] = (),  # grpc.aio.ServerInterceptor: the caller's identity
+    ) -> None:
         self._bind = bind
         self._names = list(service_names)
         self._register = register
-        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
         self.health = HealthServicer()
         self.port = 0
 

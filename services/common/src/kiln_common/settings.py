@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,31 @@ class KilnSettings(BaseSettings):
             if any(word in key for word in ("secret", "password", "key", "token")):
                 out[key] = "***" if out[key] else out[key]
         return out
+
+
+class IdentitySettings(KilnSettings):
+    """What every service's settings say of identities (kiln_common.auth)."""
+
+    auth: Literal["off", "required"] = "off"
+    """required: every gRPC call but health needs a bearer token, a static Kiln
+    token or (with oidc_issuer) an OIDC JWT, whose role must allow the call;
+    off: no identities (one trusted user, as a bare local stack)."""
+    oidc_issuer: str = ""
+    """The OIDC issuer whose JWTs are accepted (its iss); empty: static tokens only."""
+    oidc_audience: str = "kiln"
+    """The aud a JWT must carry."""
+    oidc_jwks_url: str = ""
+    """The issuer's JWKS; empty: from its /.well-known/openid-configuration."""
+    oidc_tenant_claim: str = "kiln_tenant"
+    """The JWT claim naming the caller's tenant."""
+    oidc_role_claim: str = "kiln_role"
+    """The JWT claim naming the caller's role (viewer, builder, publisher, admin)."""
+    oidc_refetch_seconds: float = Field(default=30.0, ge=0)
+    """The least time between two fetches of the issuer's keys: a token naming a
+    key id Kiln does not hold fetches them again, at most this often."""
+    token: SecretStr | None = None
+    """The bearer token this service sends when it calls another Kiln service
+    (a static token of the service role)."""
 
 
 def settings_error(exc: ValidationError) -> str:

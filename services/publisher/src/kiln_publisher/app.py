@@ -17,7 +17,9 @@ import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_client.credentials import use_token
 from kiln_common import jetstream
+from kiln_common.auth.serving import guard
 from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
@@ -197,10 +199,16 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         replicas=settings.nats_replicas,
     )
 
+    if settings.token is not None:  # what it sends when it calls another service
+        use_token(settings.token.get_secret_value())
+    identities = guard(settings, js)
+    await identities.prime()
+
     def register(server: grpc.aio.Server) -> None:
         publisher_pb2_grpc.add_PublisherServicer_to_server(PublisherServicer(core), server)
+        identities.register(server)
 
-    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register)
+    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.

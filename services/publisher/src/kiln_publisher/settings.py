@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from kiln_common.settings import KilnSettings
+from kiln_common.settings import IdentitySettings
 
 # Where openstacksdk looks for clouds.yaml when OS_CLIENT_CONFIG_FILE is not set,
 # in its order: the working directory, the user's config, the system's.
@@ -36,7 +36,7 @@ def find_clouds_yaml(explicit: Path | None = None) -> Path | None:
     return None
 
 
-class PublisherSettings(KilnSettings):
+class PublisherSettings(IdentitySettings):
     model_config = SettingsConfigDict(env_prefix="KILN_PUBLISHER_", use_attribute_docstrings=True)
 
     grpc_bind: str = "127.0.0.1:50053"

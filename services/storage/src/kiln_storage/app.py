@@ -13,6 +13,7 @@ import grpc
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2, storage_pb2_grpc
+from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, NoEvents, Publisher, default_source
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
@@ -111,10 +112,14 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
     )
     core = StorageCore(store, events, config)
 
+    identities = guard(settings, events.js if isinstance(events, JetStreamPublisher) else None)
+    await identities.prime()
+
     def register(server: grpc.aio.Server) -> None:
         storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(core), server)
+        identities.register(server)
 
-    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register)
+    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
         current, previous = settings.url_keys()

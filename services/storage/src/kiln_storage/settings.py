@@ -9,11 +9,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from kiln_common.settings import KilnSettings
+from kiln_common.settings import IdentitySettings
 from kiln_storage.urls import SigningKey
 
 
-class StorageSettings(KilnSettings):
+class StorageSettings(IdentitySettings):
     model_config = SettingsConfigDict(env_prefix="KILN_STORAGE_", use_attribute_docstrings=True)
 
     grpc_bind: str = "127.0.0.1:50051"

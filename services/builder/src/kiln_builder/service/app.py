@@ -20,7 +20,9 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
+from kiln_client.credentials import use_token
 from kiln_common import jetstream
+from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
@@ -67,10 +69,17 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     held.close_with(index.stop)
     core = BuilderCore(shared, events, index)
 
+    if settings.token is not None:  # what it sends when it calls another service
+        use_token(settings.token.get_secret_value())
+    identities = guard(settings, shared.js)
+    await identities.prime()
+
     def register(server: grpc.aio.Server) -> None:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
+        identities.register(server)
 
-    app = BuilderApp(settings, core, GrpcServer(settings.grpc_bind, [SERVICE_NAME], register), held)
+    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
+    app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:
         await _prepare_worker(settings)
         app.worker = Worker(core, settings)

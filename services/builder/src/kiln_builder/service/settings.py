@@ -16,11 +16,11 @@ from kiln_builder.egress import EgressPolicy
 from kiln_builder.sandbox import SandboxPolicy
 from kiln_builder.storage import DEFAULT_RETRY_SECONDS
 from kiln_builder.userns import IdRange
-from kiln_common.settings import KilnSettings
+from kiln_common.settings import IdentitySettings
 from kiln_common.urls import http_target
 
 
-class BuilderSettings(KilnSettings):
+class BuilderSettings(IdentitySettings):
     model_config = SettingsConfigDict(env_prefix="KILN_BUILDER_", use_attribute_docstrings=True)
 
     grpc_bind: str = "127.0.0.1:50052"

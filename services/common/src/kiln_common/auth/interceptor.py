@@ -1,0 +1,139 @@
+"""The one gRPC server interceptor every Kiln service installs when its
+settings require identities: the call's bearer token becomes an Identity
+(kiln_common.auth.authenticator), the method's verb (kiln_common.auth.policy)
+is checked against its role, and the handler runs with caller() set. A call
+without a good token is UNAUTHENTICATED, one its role may not make
+PERMISSION_DENIED, and neither reaches the servicer."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from kiln_common.auth.authenticator import Authenticator
+from kiln_common.auth.identity import Identity, Verb, allowed
+from kiln_common.auth.policy import OPEN, required
+from kiln_common.errors import KilnError, PermissionDenied
+from kiln_common.grpc_errors import status_for
+
+log = logging.getLogger(__name__)
+
+_CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "kiln_caller", default=None
+)
+if TYPE_CHECKING:  # generic in the stubs only
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def caller() -> Identity | None:
+    """The identity of the call being served; None where identities are off."""
+    return _CALLER.get()
+
+
+class AuthInterceptor(_ServerInterceptor):
+    def __init__(self, authenticator: Authenticator) -> None:
+        self.authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        verb = required(details.method)
+        if handler is None or verb == OPEN:
+            return handler
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        try:
+            identity = await self._check(details.method, verb, metadata.get("authorization", ""))
+        except KilnError as exc:
+            log.info("refused %s: %s", details.method, exc)
+            return _wrapped(handler, _refusal(exc))
+        return _wrapped(handler, _as(identity))
+
+    async def _check(self, method: str, verb: Verb | str | None, authorization: str) -> Identity:
+        identity = await self.authenticator.authenticate(authorization)
+        if not isinstance(verb, Verb):
+            raise PermissionDenied(f"{method} is not a method Kiln serves")
+        if not allowed(identity, verb):
+            raise PermissionDenied(f"the {identity.role} role may not {verb} ({method})")
+        return identity
+
+
+Behaviour = Callable[..., Any]
+Wrap = Callable[[Behaviour, bool], Behaviour]
+
+
+def _as(identity: Identity) -> Wrap:
+    """Runs a behaviour with caller() giving identity."""
+
+    def wrap(behaviour: Behaviour, streaming: bool) -> Behaviour:
+        if streaming:
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                token = _CALLER.set(identity)
+                try:
+                    async for item in behaviour(request, context):
+                        yield item
+                finally:
+                    _CALLER.reset(token)
+
+            return stream
+
+        async def unary(request: Any, context: Any) -> Any:
+            token = _CALLER.set(identity)
+            try:
+                return await behaviour(request, context)
+            finally:
+                _CALLER.reset(token)
+
+        return unary
+
+    return wrap
+
+
+def _refusal(exc: KilnError) -> Wrap:
+    """A behaviour that ends the call with exc's status, having done nothing."""
+
+    def wrap(behaviour: Behaviour, streaming: bool) -> Behaviour:
+        if streaming:
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                await context.abort(status_for(exc), str(exc))
+                yield  # an async generator, as the handler it stands for
+
+            return stream
+
+        async def unary(request: Any, context: Any) -> Any:
+            await context.abort(status_for(exc), str(exc))
+
+        return unary
+
+    return wrap
+
+
+def _wrapped(handler: Handler, wrap: Wrap) -> Handler:
+    """handler with its behaviour wrapped, of the same kind."""
+    kinds = (
+        ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+        ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+        ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+        ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+    )
+    for name, make, streaming in kinds:
+        behaviour = getattr(handler, name)
+        if behaviour is not None:
+            return make(
+                wrap(behaviour, streaming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler

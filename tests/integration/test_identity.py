@@ -1,0 +1,235 @@
+"""Who may call: a storage service with `auth: required`, its static tokens in
+a real nats-server and a real OIDC issuer on the loopback. Every bad token is
+UNAUTHENTICATED and every call a role may not make PERMISSION_DENIED, with
+nothing done; the good ones pass, and the caller's identity is what its token
+says."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import grpc
+import nats
+import pytest
+from oidc_support import Issuer, new_key, oidc_issuer
+
+from kiln_api.auth.v1 import auth_pb2 as apb
+from kiln_api.auth.v1 import auth_pb2_grpc as apb_grpc
+from kiln_api.storage.v1 import storage_pb2 as pb
+from kiln_api.storage.v1 import storage_pb2_grpc as pb_grpc
+from kiln_client import AsyncStorageClient
+from kiln_common.auth import Role
+from kiln_common.auth.static import StaticTokens
+from kiln_common.grpc_server import CHANNEL_OPTIONS
+from kiln_devstack.devservers import Nats
+
+pytestmark = pytest.mark.integration
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+
+@asynccontextmanager
+async def issued(nats_url: str) -> AsyncIterator[StaticTokens]:
+    """Tokens made straight in the bucket, as `kiln up` makes its admin's."""
+    nc = await nats.connect(nats_url)
+    try:
+        yield StaticTokens(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def guarded(storage_service: Any, nats_server: Nats, issuer: Issuer) -> AsyncIterator[str]:
+    settings = dict(
+        auth="required", nats_url=nats_server.url, oidc_issuer=issuer.url,
+        oidc_refetch_seconds=0.5,
+    )  # fmt: skip
+    async with storage_service(**settings) as (_, address):
+        yield address
+
+
+@asynccontextmanager
+async def stubs(address: str, token: str | None) -> AsyncIterator[tuple[Any, Any]]:
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        yield (
+            _Authed(pb_grpc.StorageStub(channel), token),
+            _Authed(apb_grpc.TokensStub(channel), token),
+        )
+
+
+class _Authed:
+    """A stub whose calls carry `authorization: Bearer <token>` (or nothing)."""
+
+    def __init__(self, stub: Any, token: str | None) -> None:
+        self._stub, self._token = stub, token
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        metadata = (("authorization", f"Bearer {self._token}"),) if self._token is not None else ()
+        return lambda request: method(request, metadata=metadata)
+
+
+async def code_of(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def upload(storage: Any) -> Any:
+    async def requests() -> AsyncIterator[pb.UploadRequest]:
+        yield pb.UploadRequest(header=pb.UploadHeader(labels={"name": "x"}))
+        yield pb.UploadRequest(chunk=b"bytes")
+
+    return storage.Upload(requests())
+
+
+async def test_bad_tokens_are_unauthenticated_and_do_nothing(
+    storage_service: Any, nats_server: Nats
+) -> None:
+    async with oidc_issuer() as issuer, issued(nats_server.url) as tokens:
+        admin, _ = await tokens.issue("ops", Role.ADMIN)
+        short, _ = await tokens.issue("team-a", Role.BUILDER, timedelta(seconds=1))
+        revoked, record = await tokens.issue("team-a", Role.BUILDER)
+        await tokens.revoke(record.id)
+        forger = new_key("k1")  # the issuer's kid, another key
+        now = int(time.time())
+        bad = {
+            "none": None,
+            "not a bearer": "",
+            "garbage": "x.y.z",
+            "an unknown static token": "kiln_" + "0" * 26 + "_" + "A" * 43,
+            "a static token's secret changed": admin[:-4] + "AAAA",
+            "an expired static token": short,
+            "a revoked static token": revoked,
+            "an expired JWT": issuer.token(exp=now - 120),
+            "a JWT not yet valid": issuer.token(nbf=now + 600),
+            "a JWT wrongly signed": issuer.token(key=forger),
+            "a JWT of another issuer": issuer.token(iss="http://127.0.0.1:1"),
+            "a JWT for another audience": issuer.token(aud="not-kiln"),
+            "a JWT without a tenant": issuer.token(kiln_tenant=None),
+            "a JWT with no Kiln role": issuer.token(kiln_role="root"),
+            "a JWT claiming the service role": issuer.token(kiln_role="service"),
+            "a JWT without exp": issuer.token(exp=None),
+        }
+        await asyncio.sleep(1.1)  # the short-lived token expires
+        async with guarded(storage_service, nats_server, issuer) as address:
+            refused = {}
+            for what, token in bad.items():
+                async with stubs(address, token) as (storage, _):
+                    refused[what] = (
+                        await code_of(storage.ListArtifacts(pb.ListArtifactsRequest())),
+                        await code_of(await upload(storage)),
+                    )
+            async with stubs(address, admin) as (storage, tokens_api):
+                listed = await storage.ListArtifacts(pb.ListArtifactsRequest())
+                who = await tokens_api.WhoAmI(apb.WhoAmIRequest())
+    assert refused == {what: (UNAUTHENTICATED, UNAUTHENTICATED) for what in bad}
+    assert list(listed.artifacts) == []  # no refused upload stored anything
+    assert (who.tenant, who.role, who.via) == ("ops", "admin", "static")
+
+
+async def test_a_jwt_signed_by_a_rotated_key_is_accepted_once_the_keys_are_fetched_again(
+    storage_service: Any, nats_server: Nats
+) -> None:
+    async with oidc_issuer() as issuer, guarded(storage_service, nats_server, issuer) as address:
+        async with stubs(address, issuer.token()) as (_, tokens_api):
+            who = await tokens_api.WhoAmI(apb.WhoAmIRequest())
+        assert (who.subject, who.tenant, who.role, who.via) == (
+            "alice",
+            "team-a",
+            "builder",
+            "oidc",
+        )
+        fetched = issuer.fetches
+        old = issuer.keys[0]
+        issuer.rotate("k2")
+        await asyncio.sleep(0.6)  # oidc_refetch_seconds
+        async with stubs(address, issuer.token(sub="bob")) as (_, tokens_api):
+            assert (await tokens_api.WhoAmI(apb.WhoAmIRequest())).subject == "bob"
+        assert issuer.fetches == fetched + 1
+        # A token of a key no longer published, and a burst of forged kids:
+        # refused, and the issuer is not asked again and again.
+        async with stubs(address, issuer.token(key=old)) as (_, tokens_api):
+            assert await code_of(tokens_api.WhoAmI(apb.WhoAmIRequest())) == UNAUTHENTICATED
+        for n in range(5):
+            forged = issuer.token(key=new_key(f"forged-{n}"))
+            async with stubs(address, forged) as (_, tokens_api):
+                assert await code_of(tokens_api.WhoAmI(apb.WhoAmIRequest())) == UNAUTHENTICATED
+        assert issuer.fetches <= fetched + 2
+
+
+ALLOWED = {
+    Role.VIEWER: {"list"},
+    Role.BUILDER: {"list", "upload"},
+    Role.PUBLISHER: {"list", "upload"},
+    Role.SERVICE: {"list", "upload"},
+    Role.ADMIN: {"list", "upload", "tokens"},
+}
+
+
+@pytest.mark.parametrize("role", list(ALLOWED), ids=[r.value for r in ALLOWED])
+async def test_each_role_may_make_its_calls_and_no_others(
+    storage_service: Any, nats_server: Nats, role: Role
+) -> None:
+    async with oidc_issuer() as issuer, issued(nats_server.url) as tokens:
+        token, _ = await tokens.issue("team-a", role)
+        async with (
+            guarded(storage_service, nats_server, issuer) as address,
+            stubs(address, token) as (storage, tokens_api),
+        ):
+            codes = {
+                "list": await code_of(storage.ListArtifacts(pb.ListArtifactsRequest())),
+                "upload": await code_of(await upload(storage)),
+                "tokens": await code_of(tokens_api.ListTokens(apb.ListTokensRequest())),
+            }
+    assert {verb for verb, code in codes.items() if code == grpc.StatusCode.OK} == ALLOWED[role]
+    assert {code for verb, code in codes.items() if verb not in ALLOWED[role]} <= {DENIED}
+
+
+async def test_an_admin_makes_lists_and_revokes_tokens_and_a_revoked_one_stops_at_once(
+    storage_service: Any, nats_server: Nats
+) -> None:
+    async with oidc_issuer() as issuer, issued(nats_server.url) as tokens:
+        admin, _ = await tokens.issue("ops", Role.ADMIN)
+        async with guarded(storage_service, nats_server, issuer) as address:
+            async with stubs(address, admin) as (_, tokens_api):
+                made = await tokens_api.CreateToken(
+                    apb.CreateTokenRequest(tenant="team-b", role="viewer", description="ci")
+                )
+                assert made.bearer.startswith(f"kiln_{made.token.id}_")
+                listed = await tokens_api.ListTokens(apb.ListTokensRequest(tenant="team-b"))
+                assert [t.id for t in listed.tokens] == [made.token.id]
+                for bad in ("", "Team B", "x" * 64):
+                    request = apb.CreateTokenRequest(tenant=bad, role="viewer")
+                    assert (
+                        await code_of(tokens_api.CreateToken(request))
+                        == grpc.StatusCode.INVALID_ARGUMENT
+                    )
+                request = apb.CreateTokenRequest(tenant="team-b", role="root")
+                assert (
+                    await code_of(tokens_api.CreateToken(request))
+                    == grpc.StatusCode.INVALID_ARGUMENT
+                )
+            async with stubs(address, made.bearer) as (storage, _):
+                assert (
+                    await code_of(storage.ListArtifacts(pb.ListArtifactsRequest()))
+                    == grpc.StatusCode.OK
+                )
+            async with stubs(address, admin) as (_, tokens_api):
+                gone = await tokens_api.RevokeToken(apb.RevokeTokenRequest(id=made.token.id))
+                assert gone.HasField("revoked_at")
+            async with stubs(address, made.bearer) as (storage, _):
+                assert (
+                    await code_of(storage.ListArtifacts(pb.ListArtifactsRequest()))
+                    == UNAUTHENTICATED
+                )
+            # The client library sends the token it is given (or KILN_TOKEN).
+            async with AsyncStorageClient(address, token=admin) as client:
+                assert [a async for a in client.list()] == []
