@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import http.server
 import inspect
@@ -192,6 +193,22 @@ def kiln(
 
 
 @contextlib.contextmanager
+def stack_token(home: Path) -> Iterator[str]:
+    """A `kiln up` stack requires identities: while this holds, this process's
+    clients send its admin token (KILN_TOKEN), as the CLI does from home."""
+    before = os.environ.get("KILN_TOKEN")
+    token = (home / "token").read_text().strip()
+    os.environ["KILN_TOKEN"] = token
+    try:
+        yield token
+    finally:
+        if before is None:
+            os.environ.pop("KILN_TOKEN", None)
+        else:
+            os.environ["KILN_TOKEN"] = before
+
+
+@contextlib.contextmanager
 def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
     """`kiln up` with its home and the builder's workspaces under where, the
     shared layer cache, and settings as KILN_* variables; `kiln down` and the
@@ -207,7 +224,8 @@ def kiln_up(where: Path, **settings: str) -> Iterator[dict[str, str]]:
         environ.pop(name, None)
     try:
         kiln(environ, "up")
-        yield environ
+        with stack_token(where / "home"):
+            yield environ
     finally:
         kiln(environ, "down", check=False)
         janitor = str(Path(sys.executable).parent / "kiln-builder")
@@ -444,3 +462,49 @@ def glance_images(clouds_yaml: Path, name: str, cloud: str = "admin", **query: s
         return found
     finally:
         api.close()
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """A blocking channel's calls, with `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, d: Any) -> _CallDetails:
+        metadata = [*(d.metadata or ()), self._header]
+        return _CallDetails(d.method, d.timeout, metadata, d.credentials,
+                            d.wait_for_ready, d.compression)  # fmt: skip
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def stack_channel(address: str, token: str) -> grpc.Channel:
+    """A blocking channel to a service of a `kiln up` stack, carrying its admin
+    token (stack.token(); none for a stack without identities)."""
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel

@@ -36,6 +36,7 @@ import nats
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
+from kiln_client import credentials
 from kiln_common.events import from_json
 from kiln_common.proc import stop_pid
 from kiln_devstack import stack as kiln_stack
@@ -145,7 +146,8 @@ async def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     sub = await nc.jetstream().subscribe("kiln.events.build.>", ordered_consumer=True, cb=on_event)
     extra: list[int] = []
     try:
-        async with grpc.aio.insecure_channel(stack.builder) as channel:
+        bearer = credentials.interceptors(stack.token())  # the stack requires identities
+        async with grpc.aio.insecure_channel(stack.builder, interceptors=bearer) as channel:
             stub = pb_grpc.BuilderStub(channel)
             print("warming the cache (one build)", flush=True)
             build_id, _ = await submit(stub)

@@ -39,7 +39,7 @@ from typing import Any
 
 import nats
 
-from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_client import AsyncBuilderClient, AsyncStorageClient, credentials
 from kiln_common.builds import Build, BuildState
 from kiln_common.events import STREAM, from_json
 from kiln_common.lifecycle import TERMINAL
@@ -186,6 +186,7 @@ def leaks(home: Path) -> dict[str, int]:
 
 async def one_run(args: argparse.Namespace, home: Path, with_faults: bool) -> dict[str, Any]:
     stack = await asyncio.to_thread(kiln_stack.up, home)
+    credentials.use_token(stack.token())  # the stack requires identities
     builders = Builders(home, stack)
     await asyncio.to_thread(builders.start_second)
     fault_log: list[str] = []

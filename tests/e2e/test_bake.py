@@ -22,6 +22,7 @@ from support import (
     loops_under,
     mounts_under,
     scratch,
+    stack_token,
     wait_until,
 )
 
@@ -227,27 +228,33 @@ def test_layers_are_shared_through_the_storage_service(first_build, tmp_path: Pa
     kiln = str(Path(sys.executable).parent / "kiln")
     subprocess.run([kiln, "up"], env=env, check=True, capture_output=True)
     try:
-        stack = json.loads((tmp_path / "home/stack.json").read_text())
-        recipe = write_recipe(tmp_path, content=f"shared {time.time_ns()}", outputs="[raw]")
-        # One builder builds the late steps and shares them ...
-        first = bake(recipe, tmp_path / "out1", base / "work", "--no-boot-test",
-                     "--storage", stack["storage"])  # fmt: skip
-        assert first.returncode == 0, first.stderr
-        listed = subprocess.run([kiln, "artifact", "ls", "--label", "name=layer-sysprep"],
-                                env=env, capture_output=True, text=True, check=True)  # fmt: skip
-        assert len(listed.stdout.splitlines()) == 1
-        # ... another, with an empty cache of its own, starts from the shared layer.
-        other = subprocess.run(
-            [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out2"),
-             "--cache-dir", str(tmp_path / "empty-cache"), "--work-root", str(base / "work"),
-             "--no-boot-test", "--storage", stack["storage"]],
-            capture_output=True, text=True, timeout=1200, check=False,
-        )  # fmt: skip
-        assert other.returncode == 0, other.stderr
-        for step in ("bootstrap", "packages", "files", "run", "sysprep"):
-            assert "cached" in _step_line(other.stderr, step), step
-        sums = [(tmp_path / out / "SHA256SUMS").read_text() for out in ("out1", "out2")]
-        assert sums[0] == sums[1], "the same layers must give the same image"
+        with stack_token(tmp_path / "home"):
+            stack = json.loads((tmp_path / "home/stack.json").read_text())
+            recipe = write_recipe(tmp_path, content=f"shared {time.time_ns()}", outputs="[raw]")
+            # One builder builds the late steps and shares them ...
+            first = bake(recipe, tmp_path / "out1", base / "work", "--no-boot-test",
+                         "--storage", stack["storage"])  # fmt: skip
+            assert first.returncode == 0, first.stderr
+            listed = subprocess.run(
+                [kiln, "artifact", "ls", "--label", "name=layer-sysprep"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert len(listed.stdout.splitlines()) == 1
+            # ... another, with an empty cache of its own, starts from the shared layer.
+            other = subprocess.run(
+                [BUILDER, "bake", str(recipe), "--out", str(tmp_path / "out2"),
+                 "--cache-dir", str(tmp_path / "empty-cache"), "--work-root", str(base / "work"),
+                 "--no-boot-test", "--storage", stack["storage"]],
+                capture_output=True, text=True, timeout=1200, check=False,
+            )  # fmt: skip
+            assert other.returncode == 0, other.stderr
+            for step in ("bootstrap", "packages", "files", "run", "sysprep"):
+                assert "cached" in _step_line(other.stderr, step), step
+            sums = [(tmp_path / out / "SHA256SUMS").read_text() for out in ("out1", "out2")]
+            assert sums[0] == sums[1], "the same layers must give the same image"
     finally:
         subprocess.run([kiln, "down"], env=env, check=False, capture_output=True)
 

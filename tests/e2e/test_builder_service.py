@@ -13,9 +13,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from support import kiln, kiln_up, loops_under, mounts_under, wait_until
+from support import kiln, kiln_up, loops_under, mounts_under, stack_channel, wait_until
 
 from kiln_api.builder.v1 import builder_pb2 as pb
 from kiln_api.builder.v1 import builder_pb2_grpc as pb_grpc
@@ -70,11 +69,13 @@ def stack_of(env: dict[str, str]) -> Stack:
 
 
 def builder(env: dict[str, str]) -> pb_grpc.BuilderStub:
-    return pb_grpc.BuilderStub(grpc.insecure_channel(stack_of(env).builder))
+    stack = stack_of(env)
+    return pb_grpc.BuilderStub(stack_channel(stack.builder, stack.token()))
 
 
 def artifacts_of(env: dict[str, str], build_id: str) -> list[spb.Artifact]:
-    stub = spb_grpc.StorageStub(grpc.insecure_channel(stack_of(env).storage))
+    stack = stack_of(env)
+    stub = spb_grpc.StorageStub(stack_channel(stack.storage, stack.token()))
     selector = {"build-id": build_id}
     return list(stub.ListArtifacts(spb.ListArtifactsRequest(label_selector=selector)).artifacts)
 
@@ -212,7 +213,7 @@ def test_a_build_whose_builder_is_killed_is_finished_by_another(
         assert mounts_under(work) or loops_under(work), "the kill should have left something"
 
         survivor = stack.builder if victim == "b" else b_address
-        api = pb_grpc.BuilderStub(grpc.insecure_channel(survivor))
+        api = pb_grpc.BuilderStub(stack_channel(survivor, stack.token()))
         final = wait_until("the build to end", lambda: ended(api, build_id), 900)
         assert final.state == pb.BUILD_STATE_SUCCEEDED, final.error
         # Usually attempt 2; a passing failure (retried) may add one.

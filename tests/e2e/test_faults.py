@@ -31,6 +31,7 @@ from support import (
     kill_part,
     kiln,
     restart_dead_parts,
+    stack_token,
     wait_until,
 )
 
@@ -97,7 +98,8 @@ def up(tmp_path: Path, layers: list[Path], **settings: str) -> Iterator[dict[str
         environ.pop(name, None)
     try:
         kiln(environ, "up", timeout=180)
-        yield environ
+        with stack_token(tmp_path / "home"):
+            yield environ
     finally:
         kiln(environ, "down", check=False)
 

@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from support import (
     ImageServer,
@@ -20,6 +19,7 @@ from support import (
     loops_under,
     mounts_under,
     scratch,
+    stack_channel,
 )
 
 from kiln_api.builder.v1 import builder_pb2 as pb
@@ -76,7 +76,8 @@ def stack_of(env: dict[str, str]) -> Stack:
 
 
 def record(env: dict[str, str], build_id: str) -> pb.Build:
-    stub = pb_grpc.BuilderStub(grpc.insecure_channel(stack_of(env).builder))
+    stack = stack_of(env)
+    stub = pb_grpc.BuilderStub(stack_channel(stack.builder, stack.token()))
     return stub.GetBuild(pb.GetBuildRequest(id=build_id))
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
+from kiln_cli.token_cmd import add_token_parsers
+from kiln_cli.usage import UsageError, parse_duration
 from kiln_client import ClientError, StorageClient, wire
 from kiln_client.discovery import NotRunning
 from kiln_client.transfer import Progress
@@ -26,10 +28,6 @@ from kiln_devstack import stack
 from kiln_devstack.devservers import ServerError
 
 
-class UsageError(Exception):
-    pass
-
-
 def parse_labels(values: list[str] | None) -> dict[str, str]:
     labels: dict[str, str] = {}
     for item in values or []:
@@ -38,15 +36,6 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--label {item!r}: expected KEY=VALUE")
         labels[key] = value
     return labels
-
-
-def parse_duration(text: str) -> int:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units and text[:-1].isdigit():
-        return int(text[:-1]) * units[text[-1]]
-    if text.isdigit():
-        return int(text)
-    raise UsageError(f"{text!r} is not a duration like 90s, 15m, 1h or 7d")
 
 
 def human(n: float) -> str:
@@ -206,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_parser(sub)
     add_build_parser(sub)
     add_publish_parsers(sub)
+    add_token_parsers(sub)
     return parser
 
 

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from kiln_common.home import kiln_home
+from kiln_common.home import TOKEN_FILE, kiln_home
 
-TOKEN_FILE = "token"
 _process_token = ""
 
 
@@ -34,52 +33,53 @@ def token(explicit: str = "", home: Path | None = None) -> str:
     return kept.read_text().strip() if kept.is_file() else ""
 
 
-def save_token(value: str, home: Path) -> Path:
-    """Keeps a token for the CLI, readable by its owner only."""
-    path = home / TOKEN_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return path
-
-
 if TYPE_CHECKING:  # generic in the stubs only
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnaryBase = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStreamBase = grpc.aio.StreamStreamClientInterceptor[Any, Any]
 else:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor
+    _UnaryUnaryBase = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStreamBase = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnaryBase = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStreamBase = grpc.aio.StreamStreamClientInterceptor
 
 
-class _Bearer(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
+class _Bearer:
+    """Adds `authorization: Bearer <token>` to a call's metadata."""
 
     def __init__(self, value: str) -> None:
-        self._metadata = ("authorization", f"Bearer {value}")
+        self._header = ("authorization", f"Bearer {value}")
 
     def _with_token(self, details: Any) -> Any:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._metadata)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
         return details._replace(metadata=metadata)
 
+
+# grpc.aio files each interceptor under the first of the four kinds it is
+# (an if/elif on isinstance): one object per kind, or streams go without.
+class _UnaryUnary(_Bearer, _UnaryUnaryBase):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._with_token(client_call_details), request)
 
+
+class _UnaryStream(_Bearer, _UnaryStreamBase):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(self._with_token(client_call_details), request)
 
+
+class _StreamUnary(_Bearer, _StreamUnaryBase):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(self._with_token(client_call_details), request_iterator)
 
+
+class _StreamStream(_Bearer, _StreamStreamBase):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
@@ -87,4 +87,6 @@ class _Bearer(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
 
 
 def interceptors(value: str) -> list[Any]:
-    return [_Bearer(value)] if value else []
+    """The interceptors of a channel whose every call carries the token."""
+    kinds = (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    return [kind(value) for kind in kinds] if value else []

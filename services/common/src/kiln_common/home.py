@@ -11,6 +11,9 @@ from pathlib import Path
 
 from kiln_common.proc import pid_alive
 
+TOKEN_FILE = "token"  # the stack's admin token, for the CLI (0600)
+SERVICE_TOKEN_FILE = "service-token"  # what the stack's services send each other
+
 
 def kiln_home() -> Path:
     return Path(os.environ.get("KILN_HOME") or Path.home() / ".kiln")
@@ -45,6 +48,11 @@ class Stack:
             return cls(**json.loads(Stack.path(home).read_text()))
         except FileNotFoundError:
             return None
+
+    def token(self) -> str:
+        """The stack's admin token ("" for a stack without identities)."""
+        path = Path(self.home) / TOKEN_FILE
+        return path.read_text().strip() if path.is_file() else ""
 
     def dead(self) -> list[str]:
         """The parts of the stack whose process is gone."""

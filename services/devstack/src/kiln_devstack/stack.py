@@ -8,11 +8,17 @@ the same ports and data directory, so the clients and the other services
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import sys
 from pathlib import Path
 
-from kiln_common.home import Stack, kiln_home
+import nats
+
+from kiln_common.auth import Role
+from kiln_common.auth.static import StaticTokens
+from kiln_common.home import SERVICE_TOKEN_FILE, TOKEN_FILE, Stack, kiln_home
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
 from kiln_devstack.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
@@ -101,6 +107,7 @@ def _start(stack: Stack, part: str) -> None:
         old = port_of(stack.nats_url) if stack.nats_url else 0
         nats = start_nats(home / "nats", logs / "nats.log", port=old)
         stack.nats_url, pid = nats.url, nats.pid
+        issue_tokens(stack)
     elif part == "storage":
         pid = start_storage(stack, logs / "storage.log")
     elif part == "publisher":
@@ -109,6 +116,50 @@ def _start(stack: Stack, part: str) -> None:
         pid = start_builder(stack, stack.builder, logs / "builder.log")
     stack.pids[part] = pid
     stack.save()
+
+
+def issue_tokens(stack: Stack) -> None:
+    """The stack's two static tokens, made once in its NATS (which keeps them
+    across restarts): an admin's for the CLI (KILN_HOME/token, so the README's
+    commands need no set-up) and the service identity the builder and the
+    publisher send each other and storage. Both files are the owner's only."""
+    home = Path(stack.home)
+    wanted = {TOKEN_FILE: ("local", Role.ADMIN), SERVICE_TOKEN_FILE: ("kiln", Role.SERVICE)}
+    missing = {name: who for name, who in wanted.items() if not (home / name).is_file()}
+    if missing:
+        # In a thread of its own: `kiln up` may be called where a loop runs.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            issuing = _issue(stack.nats_url, list(missing.values()))
+            made = pool.submit(asyncio.run, issuing).result()
+        for name, token in zip(missing, made, strict=True):
+            _keep_secret(home / name, token)
+
+
+async def _issue(nats_url: str, who: list[tuple[str, Role]]) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        tokens = StaticTokens(nc.jetstream())
+        return [
+            (await tokens.issue(tenant, role, description="kiln up"))[0] for tenant, role in who
+        ]
+    finally:
+        await nc.close()
+
+
+def _keep_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def identity_env(stack: Stack, prefix: str) -> dict[str, str]:
+    """A stack with tokens (every `kiln up`) requires identities, and its
+    services send the service token; one assembled without (a test's own
+    parts) runs with `auth: off`."""
+    kept = Path(stack.home) / SERVICE_TOKEN_FILE
+    if not kept.is_file():
+        return {}
+    return {f"{prefix}AUTH": "required", f"{prefix}TOKEN": kept.read_text().strip()}
 
 
 def start_storage(stack: Stack, log: Path) -> int:
@@ -121,6 +172,7 @@ def start_storage(stack: Stack, log: Path) -> int:
         "KILN_STORAGE_HTTP_PORT": str(port_of(stack.storage_http)),
         "KILN_STORAGE_NATS_URL": stack.nats_url,
         "KILN_STORAGE_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
+        **identity_env(stack, "KILN_STORAGE_"),
     }
     return _healthy(["kiln_storage"], env, stack.storage, log)
 
@@ -153,6 +205,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_CLUSTER_NETWORKS": "[]",
         "KILN_BUILDER_EGRESS_ALLOW_LOOPBACK": "true",
         "KILN_BUILDER_EGRESS_ALLOW_PRIVATE": "true",
+        **identity_env(stack, "KILN_BUILDER_"),
     }
     # The builder's own settings, given to `kiln up`, pass through.
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})
@@ -187,6 +240,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_KEYRING_DIR": str(home / "keyring"),
         "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,
         "KILN_PUBLISHER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
+        **identity_env(stack, "KILN_PUBLISHER_"),
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_PUBLISHER_")})
     if os.environ.get("OS_CLIENT_CONFIG_FILE"):  # openstacksdk's own variable

@@ -166,6 +166,10 @@ async def build(settings: PublisherSettings) -> PublisherApp:
 
 
 async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
+    if (
+        settings.token is not None
+    ):  # what it sends (set before any client is made) when it calls another service
+        use_token(settings.token.get_secret_value())
     nc = await jetstream.connect(settings.nats_url, default_source("kiln-publisher"))
     held.close_with(nc.drain)
     js = nc.jetstream()
@@ -199,8 +203,6 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         replicas=settings.nats_replicas,
     )
 
-    if settings.token is not None:  # what it sends when it calls another service
-        use_token(settings.token.get_secret_value())
     identities = guard(settings, js)
     await identities.prime()
 

@@ -56,6 +56,10 @@ async def build(settings: BuilderSettings) -> BuilderApp:
 
 
 async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
+    if (
+        settings.token is not None
+    ):  # what it sends (set before any client is made) when it calls another service
+        use_token(settings.token.get_secret_value())
     nc = await jetstream.connect(settings.nats_url, settings.name())
     held.close_with(nc.drain)  # released last: the others below need it
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
@@ -69,8 +73,6 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     held.close_with(index.stop)
     core = BuilderCore(shared, events, index)
 
-    if settings.token is not None:  # what it sends when it calls another service
-        use_token(settings.token.get_secret_value())
     identities = guard(settings, shared.js)
     await identities.prime()
 
