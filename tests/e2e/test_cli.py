@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, kiln, payload
+from support import REPO, kiln, payload, wait_until
 
 from kiln_common.proc import pid_alive
 
@@ -128,3 +128,47 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "boot-test done" in done.stderr and "a qcow2 header" in done.stdout
     assert "HTTP 206" in done.stdout and done.stdout.rstrip().endswith("demo: OK")
+
+
+def test_tokens_from_the_cli_give_each_role_its_calls_and_a_revoked_one_none(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """`kiln up` leaves the CLI an admin token; an admin makes a viewer's, which
+    reads but cannot write or manage tokens, and stops at once when revoked."""
+    kiln(env, "up")
+    assert kiln(env, "whoami").stdout.startswith(tuple("0123456789abcdefghjkmnpqrstvwxyz"))
+    assert ": admin of tenant local (static token)" in kiln(env, "whoami").stdout
+    made = kiln(env, "token", "create", "--tenant", "team-a", "--role", "viewer",
+                "--expires", "1d", "--description", "ci")  # fmt: skip
+    bearer = made.stdout.strip()
+    token_id = bearer.split("_")[1]
+    assert "viewer of team-a, expires 20" in made.stderr
+    assert token_id in kiln(env, "token", "ls", "--tenant", "team-a").stdout
+    assert bearer not in kiln(env, "token", "ls").stdout  # never the secret again
+
+    viewer = {**env, "KILN_TOKEN": bearer}
+    assert "viewer of tenant team-a" in kiln(viewer, "whoami").stdout
+    kiln(viewer, "artifact", "ls")
+    src = tmp_path / "f"
+    src.write_bytes(b"x")
+    refused = kiln(viewer, "artifact", "push", str(src), check=False)
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    refused = kiln(viewer, "token", "ls", check=False)
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+
+    assert f"revoked {token_id}" in kiln(env, "token", "revoke", token_id).stdout
+    # Storage sees the revocation within its token cache's 2 s (the builder, at once).
+    gone = wait_until(
+        "the revocation to reach storage",
+        lambda: (r := kiln(viewer, "artifact", "ls", check=False)).returncode and r,
+        timeout=5,
+        interval=0.5,
+    )
+    assert "UNAUTHENTICATED" in gone.stderr and "revoked" in gone.stderr
+    refused = kiln(viewer, "whoami", check=False)  # the builder, which revoked it
+    assert "UNAUTHENTICATED" in refused.stderr
+    forged = kiln({**env, "KILN_TOKEN": "kiln_" + "0" * 26 + "_" + "A" * 43}, "artifact", "ls",
+                  check=False)  # fmt: skip
+    assert forged.returncode == 1 and "UNAUTHENTICATED" in forged.stderr
+    bad = kiln(env, "token", "create", "--tenant", "Team A", "--role", "viewer", check=False)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
