@@ -63,12 +63,14 @@ def stack_of(env: dict[str, str]) -> Stack:
 
 
 def push_image(env: dict[str, str], where: Path, build_id: str, name: str) -> str:
-    """A small qcow2 stored as the image artifact of build_id."""
+    """A small qcow2 stored as the image artifact of build_id, as the builder
+    stores one (its labels are the service identity's to write)."""
     path = where / f"{name}.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "32M"], check=True)
     labels = {"name": name, "version": "1", "format": "qcow2", "build-id": build_id,
               "kiln-kind": "image"}  # fmt: skip
-    with StorageClient(stack_of(env).storage) as storage:
+    service = (Path(env["KILN_HOME"]) / "service-token").read_text().strip()
+    with StorageClient(stack_of(env).storage, token=service) as storage:
         return str(storage.push(path, labels).id)
 
 

@@ -82,9 +82,9 @@ async def code_of(call: Any) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def upload(storage: Any) -> Any:
+async def upload(storage: Any, labels: dict[str, str] | None = None) -> Any:
     async def requests() -> AsyncIterator[pb.UploadRequest]:
-        yield pb.UploadRequest(header=pb.UploadHeader(labels={"name": "x"}))
+        yield pb.UploadRequest(header=pb.UploadHeader(labels=labels or {"name": "x"}))
         yield pb.UploadRequest(chunk=b"bytes")
 
     return storage.Upload(requests())
@@ -233,3 +233,30 @@ async def test_an_admin_makes_lists_and_revokes_tokens_and_a_revoked_one_stops_a
             # The client library sends the token it is given (or KILN_TOKEN).
             async with AsyncStorageClient(address, token=admin) as client:
                 assert [a async for a in client.list()] == []
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [{"name": "layer-run", "kiln-layer": "run-0123"}, {"name": "web", "build-id": "b1"},
+     {"name": "web", "kiln-kind": "image", "kiln-attempt": "1"}],
+    ids=["a cache layer", "a build's output", "an image of an attempt"],
+)  # fmt: skip
+async def test_only_kilns_service_identity_writes_the_builders_labels(
+    storage_service: Any, nats_server: Nats, labels: dict[str, str]
+) -> None:
+    """A tenant cannot make its artifact pass for a build output or a layer."""
+    async with oidc_issuer() as issuer, issued(nats_server.url) as tokens:
+        admin, _ = await tokens.issue("ops", Role.ADMIN)
+        builder, _ = await tokens.issue("team-a", Role.BUILDER)
+        service, _ = await tokens.issue("kiln", Role.SERVICE)
+        async with guarded(storage_service, nats_server, issuer) as address:
+            refused = []
+            for token in (admin, builder, issuer.token(kiln_role="publisher")):
+                async with stubs(address, token) as (storage, _):
+                    refused.append(await code_of(await upload(storage, labels)))
+            async with stubs(address, admin) as (storage, _):
+                found = await storage.ListArtifacts(pb.ListArtifactsRequest())
+            assert refused == [DENIED] * 3 and list(found.artifacts) == []
+            async with stubs(address, service) as (storage, _):
+                stored = await (await upload(storage, labels))
+            assert dict(stored.labels) == labels

@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kiln_common.auth.identity import check_labels_writable
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.ids import check_id, new_id
 from kiln_storage import keys
@@ -89,6 +90,7 @@ class Uploads:
         part_size: int = 0,
     ) -> UploadSession:
         labels = validate_labels(labels)
+        check_labels_writable(labels)
         expected = expected.validated()
         part_size = part_size or self.part_size
         if not MIN_PART <= part_size <= MAX_PART:

@@ -11,8 +11,13 @@ the role `service`: it may write what only Kiln's services write."""
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+
+from kiln_common.errors import PermissionDenied
 
 
 class Role(StrEnum):
@@ -53,3 +58,43 @@ class Identity:
 
 def allowed(identity: Identity, verb: Verb) -> bool:
     return verb in _MAY[identity.role]
+
+
+# The identity of the call being served, set by the interceptor around the
+# servicer (None where identities are off): cores read it, never grpc.
+_CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "kiln_caller", default=None
+)
+
+
+def caller() -> Identity | None:
+    return _CALLER.get()
+
+
+@contextmanager
+def acting_as(identity: Identity) -> Iterator[None]:
+    token = _CALLER.set(identity)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+# Labels only Kiln's builder writes (its outputs, their attempt and build,
+# its cache layers): a tenant's artifact must not pass for one of those.
+RESERVED_PREFIX = "kiln-"
+RESERVED_LABELS = frozenset({"build-id"})
+
+
+def check_labels_writable(labels: Mapping[str, str]) -> None:
+    """PermissionDenied if the caller (not Kiln's service identity) sets a
+    label only the builder writes; anyone may where identities are off."""
+    who = caller()
+    if who is None or who.role is Role.SERVICE:
+        return
+    reserved = sorted(k for k in labels if k.startswith(RESERVED_PREFIX) or k in RESERVED_LABELS)
+    if reserved:
+        raise PermissionDenied(
+            f"labels {', '.join(reserved)}: only Kiln's builder writes them (a build's"
+            " outputs and cache layers)"
+        )

@@ -7,7 +7,6 @@ PERMISSION_DENIED, and neither reaches the servicer."""
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -15,27 +14,19 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from kiln_common.auth.authenticator import Authenticator
-from kiln_common.auth.identity import Identity, Verb, allowed
+from kiln_common.auth.identity import Identity, Verb, acting_as, allowed
 from kiln_common.auth.policy import OPEN, required
 from kiln_common.errors import KilnError, PermissionDenied
 from kiln_common.grpc_errors import status_for
 
 log = logging.getLogger(__name__)
 
-_CALLER: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
-    "kiln_caller", default=None
-)
 if TYPE_CHECKING:  # generic in the stubs only
     Handler = grpc.RpcMethodHandler[Any, Any]
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
     _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-def caller() -> Identity | None:
-    """The identity of the call being served; None where identities are off."""
-    return _CALLER.get()
 
 
 class AuthInterceptor(_ServerInterceptor):
@@ -79,21 +70,15 @@ def _as(identity: Identity) -> Wrap:
         if streaming:
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                token = _CALLER.set(identity)
-                try:
+                with acting_as(identity):
                     async for item in behaviour(request, context):
                         yield item
-                finally:
-                    _CALLER.reset(token)
 
             return stream
 
         async def unary(request: Any, context: Any) -> Any:
-            token = _CALLER.set(identity)
-            try:
+            with acting_as(identity):
                 return await behaviour(request, context)
-            finally:
-                _CALLER.reset(token)
 
         return unary
 

@@ -11,8 +11,7 @@ import grpc
 
 from kiln_api.auth.v1 import auth_pb2 as pb
 from kiln_api.auth.v1 import auth_pb2_grpc as pb_grpc
-from kiln_common.auth.identity import Role
-from kiln_common.auth.interceptor import caller
+from kiln_common.auth.identity import Role, caller
 from kiln_common.auth.static import StaticTokens, TokenRecord, check_tenant
 from kiln_common.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from kiln_common.grpc_errors import servicer
