@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 import pytest
 from support import REPO, await_until, loops_under, mounts_under, qemus_using, wait_until
 
-from kiln_builder.appliance import (
+from kiln_builder.egress import LOCAL
+from kiln_builder.egress_proxy import EgressProxy
+from kiln_builder.isolation.appliance import (
     Job,
     JobFailed,
     Packages,
@@ -29,9 +31,7 @@ from kiln_builder.appliance import (
     customise_in_vm,
     ensure_appliance,
 )
-from kiln_builder.appliance.runner import ApplianceResult
-from kiln_builder.egress import LOCAL
-from kiln_builder.egress_proxy import EgressProxy
+from kiln_builder.isolation.appliance.runner import ApplianceResult
 from kiln_builder.layers import LayerStore
 from kiln_builder.resources import loop_device, mounted
 from kiln_common.proc import run_sync
@@ -206,7 +206,7 @@ def test_a_cancelled_job_leaves_no_qemu(
 KILLED_BUILDER = """
 import asyncio, sys
 from pathlib import Path
-from kiln_builder.appliance import Job, RunScript, customise_in_vm
+from kiln_builder.isolation.appliance import Job, RunScript, customise_in_vm
 from kiln_builder.layers import LayerStore
 cache = Path(sys.argv[1])
 job = Job((RunScript(b"sleep 600\\n", "sleepy.sh"),), epoch=1)
@@ -274,7 +274,7 @@ def test_a_tree_gets_the_same_contents_in_vm_and_sandbox_mode(
     from support import bookworm_bootstrap_layer
 
     from kiln_builder import customize
-    from kiln_builder.appliance import customise_tree_in_vm
+    from kiln_builder.isolation.appliance import customise_tree_in_vm
     from kiln_builder.layers import extract
 
     layer = next(p for p in bookworm_bootstrap_layer() if p.name.endswith(".tar.zst"))

@@ -19,9 +19,9 @@ from conftest import _bootstrap_into
 from support import scratch
 
 from kiln_builder import customize
-from kiln_builder.appliance.image import SYSPREP
-from kiln_builder.appliance.job import SYSPREP as KNOWN
-from kiln_builder.sandbox import run_in
+from kiln_builder.isolation.appliance.image import SYSPREP
+from kiln_builder.isolation.appliance.job import SYSPREP as KNOWN
+from kiln_builder.isolation.sandbox import run_in
 from kiln_common.proc import run_sync
 from kiln_recipe.schema import SYSPREP_OPERATIONS
 

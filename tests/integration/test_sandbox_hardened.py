@@ -22,11 +22,12 @@ from urllib.parse import urlsplit
 import pytest
 from support import REPO, await_until, scratch, wait_until
 
-from kiln_builder import cgroups, customize
+from kiln_builder import customize
 from kiln_builder.bootstrap import host_mirror
-from kiln_builder.cgroups import PREFIX
 from kiln_builder.engine import DEFAULT_EPOCH
-from kiln_builder.sandbox import (
+from kiln_builder.isolation import cgroups
+from kiln_builder.isolation.cgroups import PREFIX
+from kiln_builder.isolation.sandbox import (
     CAPABILITIES,
     LAUNCH_ATTEMPTS,
     SandboxNotStarted,
@@ -422,7 +423,7 @@ async def test_a_set_up_that_fails_once_is_tried_again_and_the_command_runs_once
 DRIVER = """
 import asyncio, sys
 from pathlib import Path
-from kiln_builder.sandbox import run_in
+from kiln_builder.isolation.sandbox import run_in
 asyncio.run(run_in(Path(sys.argv[1]), ["sleep", "4244"]))
 """
 

@@ -11,12 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from kiln_builder.appliance import Job, Packages, Report, RunScript, Sysprep, WriteFile, encode
-from kiln_builder.appliance.image import EPOCH, Appliance, kib
-from kiln_builder.appliance.initramfs import cpio, load_order
-from kiln_builder.appliance.network import host_mirrors, netdev_args, relays
-from kiln_builder.appliance.runner import qemu_argv
 from kiln_builder.engine import DEFAULT_EPOCH
+from kiln_builder.isolation.appliance import (
+    Job,
+    Packages,
+    Report,
+    RunScript,
+    Sysprep,
+    WriteFile,
+    encode,
+)
+from kiln_builder.isolation.appliance.image import EPOCH, Appliance, kib
+from kiln_builder.isolation.appliance.initramfs import cpio, load_order
+from kiln_builder.isolation.appliance.network import host_mirrors, netdev_args, relays
+from kiln_builder.isolation.appliance.runner import qemu_argv
 from kiln_builder.vm import Accel
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 
@@ -247,7 +255,7 @@ def test_the_appliance_shares_the_default_bootstrap_layer() -> None:
 
 
 def test_the_appliance_reaches_the_recipes_mirror_and_the_builders_default() -> None:
-    from kiln_builder.appliance import recipe_mirrors
+    from kiln_builder.isolation.appliance import recipe_mirrors
     from kiln_recipe.loader import parse_recipe
 
     recipe = parse_recipe(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiln_builder import aptsources
-from kiln_builder.appliance.network import host_mirrors
 from kiln_builder.bootstrap import host_mirror
+from kiln_builder.isolation.appliance.network import host_mirrors
 
 
 def test_both_styles_are_read_in_apts_order_and_other_names_skipped(tmp_path: Path) -> None:

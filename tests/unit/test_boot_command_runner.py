@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln_builder import cleanup, sandbox, vm
+from kiln_builder import cleanup, vm
+from kiln_builder.isolation import sandbox
 from kiln_builder.resources import OWNER_FILE, claim, claimed_tempdir, janitor
 from kiln_builder.service.outcome import RECORD_OUTPUT_MAX, command_record
 from kiln_builder.vm import (

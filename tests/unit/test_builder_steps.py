@@ -11,7 +11,7 @@ import pytest
 
 from kiln_builder import customize, disk, layers
 from kiln_builder.imageroot import ImageRoot
-from kiln_builder.sandbox import sandbox_argv
+from kiln_builder.isolation.sandbox import sandbox_argv
 from kiln_common.errors import InvalidArgument
 from kiln_common.proc import run
 from kiln_recipe.schema import SYSPREP_OPERATIONS

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from kiln_builder import egress, egress_proxy
-from kiln_builder.appliance.network import netdev_args, relays
 from kiln_builder.base import download
 from kiln_builder.base.download import FetchLimits, fetch_url
 from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressRefused, Route
 from kiln_builder.egress_proxy import EgressProxy
+from kiln_builder.isolation.appliance.network import netdev_args, relays
 from kiln_common.errors import InvalidArgument
 from kiln_recipe import RecipeError, load_recipe
 

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from kiln_builder.customize import image_executable, require_executable, script_command
-from kiln_builder.sandbox import CAPABILITIES, sandbox_argv
-from kiln_builder.sandbox_net import firewall_rules, node_addresses, slirp_argv
+from kiln_builder.isolation.network import firewall_rules, node_addresses, slirp_argv
+from kiln_builder.isolation.sandbox import CAPABILITIES, sandbox_argv
 from kiln_builder.service.settings import BuilderSettings
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 

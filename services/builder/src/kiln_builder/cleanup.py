@@ -7,7 +7,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from kiln_builder import sandbox, vm
+from kiln_builder import vm
+from kiln_builder.isolation import sandbox
 from kiln_builder.libvirtd import SYSTEM_URI, answers
 from kiln_builder.resources import janitor
 

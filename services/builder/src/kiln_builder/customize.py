@@ -9,7 +9,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 from kiln_builder.imageroot import ImageRoot
-from kiln_builder.sandbox import BASE_ENV, DEFAULT_POLICY, SandboxPolicy, run_in, services_held
+from kiln_builder.isolation.sandbox import (
+    BASE_ENV,
+    DEFAULT_POLICY,
+    SandboxPolicy,
+    run_in,
+    services_held,
+)
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
-from kiln_builder import cgroups
+from kiln_builder.isolation import cgroups
 from kiln_common.proc import ProcessError, process_start, run
 from kiln_common.retry import RetryPolicy
 

@@ -25,7 +25,7 @@ from kiln_common.proc import ProcessError, run
 
 ROOT_TYPES = ("ext4", "ext3", "ext2", "xfs")
 ROOT_MARKS = ("etc/os-release", "usr/lib/os-release", "etc/fstab")
-SHELL = Path(__file__).with_name("appliance") / "findroot.sh"
+SHELL = Path(__file__).with_name("isolation") / "appliance" / "findroot.sh"
 SECTOR = 512
 
 

@@ -13,9 +13,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from kiln_builder.egress import EgressPolicy
-from kiln_builder.sandbox import SandboxPolicy
+from kiln_builder.isolation.sandbox import SandboxPolicy
+from kiln_builder.isolation.userns import IdRange
 from kiln_builder.storage import DEFAULT_RETRY_SECONDS
-from kiln_builder.userns import IdRange
 from kiln_common.settings import IdentitySettings
 from kiln_common.urls import http_target
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 async def in_vm(bake: Bake, names: Sequence[str]) -> None:
     """Runs steps of a from-scratch build in one appliance boot, on the tree
     (docs/isolation.md)."""
-    from kiln_builder import appliance
+    from kiln_builder.isolation import appliance
 
     packages = stage_packages(bake)
     steps = tuple(s for n in names for s in appliance.recipe_steps(bake.recipe, n, packages))
@@ -64,7 +64,7 @@ class CustomisedAppliance(Stage):
         self.reads = self.names
 
     async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
-        from kiln_builder import appliance
+        from kiln_builder.isolation import appliance
 
         opened = bake.opened
         assert opened is not None
@@ -83,7 +83,7 @@ class CustomisedAppliance(Stage):
 async def run_appliance(bake: Bake, runner: Any, target: Path, job: Any, what: str) -> Any:
     """runner (customise_in_vm or customise_tree_in_vm) on target, logged;
     returns its ApplianceResult."""
-    from kiln_builder import appliance
+    from kiln_builder.isolation import appliance
     from kiln_common.proc import OUTPUT_LOG
 
     result = await runner(
@@ -100,7 +100,8 @@ async def run_appliance(bake: Bake, runner: Any, target: Path, job: Any, what: s
 
 
 async def add_test_files_in_vm(bake: Bake, disk: Path, files: dict[str, tuple[str, int]]) -> None:
-    from kiln_builder import appliance, vm
+    from kiln_builder import vm
+    from kiln_builder.isolation import appliance
 
     steps: list[Any] = [
         appliance.WriteFile("/" + path, text.encode(), mode) for path, (text, mode) in files.items()
@@ -118,7 +119,7 @@ async def add_test_files_in_vm(bake: Bake, disk: Path, files: dict[str, tuple[st
 def vm_steps(bake: Bake, names: Sequence[str]) -> tuple[Any, ...]:
     """The appliance's steps: the package names for both distros (which one
     the base is, only the appliance reads), files, run, sysprep."""
-    from kiln_builder import appliance
+    from kiln_builder.isolation import appliance
 
     steps: list[Any] = []
     for name in names:
@@ -136,7 +137,7 @@ def vm_steps(bake: Bake, names: Sequence[str]) -> tuple[Any, ...]:
 def export(bake: Bake) -> tuple[str, ...]:
     """What the host needs back: the whole tree for checks and tree outputs,
     else dpkg's database (the SBOM), os-release and, to boot, /boot."""
-    from kiln_builder import appliance
+    from kiln_builder.isolation import appliance
 
     tree_outputs = any(o.format in TREE_FORMATS for o in bake.recipe.outputs)
     if bake.recipe.checks or tree_outputs:

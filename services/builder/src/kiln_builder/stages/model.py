@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from kiln_builder.checks import CheckReport
 from kiln_builder.egress import STRICT, EgressPolicy
+from kiln_builder.isolation.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.outputs import OutputFile
-from kiln_builder.sandbox import DEFAULT_POLICY, SandboxPolicy
 from kiln_builder.storage import StorageAccess
 from kiln_common.errors import FailedPrecondition, KilnError
 

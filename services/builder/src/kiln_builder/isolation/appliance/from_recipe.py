@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kiln_builder.appliance.job import Packages, RunScript, Step, WriteFile
-from kiln_builder.appliance.network import host_mirrors
+from kiln_builder.isolation.appliance.job import Packages, RunScript, Step, WriteFile
+from kiln_builder.isolation.appliance.network import host_mirrors
 from kiln_recipe.schema import Recipe
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln_builder import customize, layers
-from kiln_builder.appliance import initramfs
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
 from kiln_builder.imageroot import ImageRoot
+from kiln_builder.isolation.appliance import initramfs
 from kiln_builder.pkgmap import map_packages
 from kiln_common.errors import FailedPrecondition
 from kiln_common.filelock import file_lock

@@ -9,10 +9,14 @@ report lines), network (the guest's only way out: the package mirrors), runner
 is init.sh. See docs/isolation.md.
 """
 
-from kiln_builder.appliance.api import customise_in_vm, customise_tree_in_vm, extract_export
-from kiln_builder.appliance.from_recipe import recipe_mirrors, recipe_steps
-from kiln_builder.appliance.image import Appliance, appliance_key, ensure_appliance
-from kiln_builder.appliance.job import (
+from kiln_builder.isolation.appliance.api import (
+    customise_in_vm,
+    customise_tree_in_vm,
+    extract_export,
+)
+from kiln_builder.isolation.appliance.from_recipe import recipe_mirrors, recipe_steps
+from kiln_builder.isolation.appliance.image import Appliance, appliance_key, ensure_appliance
+from kiln_builder.isolation.appliance.job import (
     WHOLE,
     Job,
     Packages,
@@ -22,8 +26,8 @@ from kiln_builder.appliance.job import (
     WriteFile,
     encode,
 )
-from kiln_builder.appliance.protocol import Report, StepReport
-from kiln_builder.appliance.runner import ApplianceResult, JobFailed
+from kiln_builder.isolation.appliance.protocol import Report, StepReport
+from kiln_builder.isolation.appliance.runner import ApplianceResult, JobFailed
 
 __all__ = [
     "WHOLE",

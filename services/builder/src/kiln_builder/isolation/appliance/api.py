@@ -9,10 +9,10 @@ import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from kiln_builder.appliance.image import ensure_appliance, kib, tree_bytes
-from kiln_builder.appliance.job import WHOLE, Job
-from kiln_builder.appliance.network import host_mirrors, hosts_lines, relays
-from kiln_builder.appliance.runner import ApplianceResult, run_job
+from kiln_builder.isolation.appliance.image import ensure_appliance, kib, tree_bytes
+from kiln_builder.isolation.appliance.job import WHOLE, Job
+from kiln_builder.isolation.appliance.network import host_mirrors, hosts_lines, relays
+from kiln_builder.isolation.appliance.runner import ApplianceResult, run_job
 from kiln_builder.layers import LayerStore
 from kiln_builder.untar import Extracted, extract
 from kiln_builder.vm.accel import probe_accel

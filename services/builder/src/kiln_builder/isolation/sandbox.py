@@ -8,7 +8,7 @@ only the capabilities that dpkg, maintainer scripts and recipe scripts need
 to act on the image's own files (CAPABILITIES below) and no_new_privs, so no
 setuid program or file capability gives any back; its network leaves through
 slirp4netns behind a firewall that keeps it off the builder's loopback and the
-node's addresses (sandbox_net); it runs in a control group of its own with
+node's addresses (isolation.network); it runs in a control group of its own with
 memory and process limits (cgroups), and is killed, with everything it
 started, when its time limit passes."""
 
@@ -22,11 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln_builder import cgroups, sandbox_net
 from kiln_builder.imageroot import ImageRoot
+from kiln_builder.isolation import cgroups
+from kiln_builder.isolation import network as sandbox_net  # `network` is a parameter here
+from kiln_builder.isolation.seccomp import program_fd
+from kiln_builder.isolation.userns import DEFAULT_IDS, IdRange, idmapped, user_namespace
 from kiln_builder.resources import claimed_tempdir
-from kiln_builder.seccomp import program_fd
-from kiln_builder.userns import DEFAULT_IDS, IdRange, idmapped, user_namespace
 from kiln_common.proc import ProcessError, ProcessTimeout, Result, process_start, run
 from kiln_common.retry import RetryPolicy
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln_builder.appliance.image import Appliance
-from kiln_builder.appliance.job import Job, encode
-from kiln_builder.appliance.network import Relay, netdev_args
-from kiln_builder.appliance.protocol import Report, StepReport
+from kiln_builder.isolation.appliance.image import Appliance
+from kiln_builder.isolation.appliance.job import Job, encode
+from kiln_builder.isolation.appliance.network import Relay, netdev_args
+from kiln_builder.isolation.appliance.protocol import Report, StepReport
 from kiln_builder.vm.accel import QEMU, Accel, default_vcpus
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
