@@ -202,13 +202,14 @@ async def verify(image: Path, scratch: Path) -> str:
     inspected = await asyncio.to_thread(formats.prepare, image, scratch, formats.MAX_VIRTUAL)
     raw = scratch / "disk.raw"
     await layout.working_copy(inspected, raw)
-    found = await layout.find_layout(raw, inspected)
-    async with layout.opened(raw, found, scratch / "mnt", read_only=True) as root:
-        missing = [p for p in PACKAGES if p not in _installed(root)]
-        missing += [f"/usr/bin/{p}" for p in PACKAGES if not (root / "usr/bin" / p).is_file()]
-        marker = root / MARKER[0].lstrip("/")
-        if not marker.is_file() or marker.read_text() != MARKER[1]:
-            missing.append(f"{MARKER[0]} holding {MARKER[1].strip()!r}")
+    async with layout.attached(raw, bare=inspected.bare) as held:  # once, as a build does
+        found = await layout.find_layout(raw, inspected, held=held)
+        async with layout.opened(held, found, scratch / "mnt", read_only=True) as root:
+            missing = [p for p in PACKAGES if p not in _installed(root)]
+            missing += [f"/usr/bin/{p}" for p in PACKAGES if not (root / "usr/bin" / p).is_file()]
+            marker = root / MARKER[0].lstrip("/")
+            if not marker.is_file() or marker.read_text() != MARKER[1]:
+                missing.append(f"{MARKER[0]} holding {MARKER[1].strip()!r}")
     shutil.rmtree(scratch)
     if missing:
         raise RuntimeError(f"the result lacks {', '.join(missing)}")
