@@ -26,6 +26,7 @@ class Issuer:
     url: str = ""
     keys: list[ECKey] = field(default_factory=lambda: [new_key("k1")])
     fetches: int = 0  # how often the JWKS was fetched
+    broken: bool = False  # serve something that is not a JWKS
 
     def rotate(self, kid: str) -> ECKey:
         """A new signing key; the old ones are no longer published."""
@@ -54,6 +55,8 @@ async def oidc_issuer() -> AsyncIterator[Issuer]:
 
     async def jwks(_: web.Request) -> web.Response:
         issuer.fetches += 1
+        if issuer.broken:
+            return web.json_response({"keys": "none here"})
         public = KeySet(issuer.keys).as_dict(private=False)
         return web.json_response(public)
 

@@ -195,17 +195,23 @@ def kiln(
 @contextlib.contextmanager
 def stack_token(home: Path) -> Iterator[str]:
     """A `kiln up` stack requires identities: while this holds, this process's
-    clients send its admin token (KILN_TOKEN), as the CLI does from home."""
-    before = os.environ.get("KILN_TOKEN")
-    token = (home / "token").read_text().strip()
-    os.environ["KILN_TOKEN"] = token
+    clients send its admin token (KILN_TOKEN), as the CLI does from home, and
+    a `kiln-builder bake` it starts shares layers as the stack's builders do
+    (KILN_BUILDER_TOKEN, its service token)."""
+    tokens = {
+        "KILN_TOKEN": (home / "token").read_text().strip(),
+        "KILN_BUILDER_TOKEN": (home / "service-token").read_text().strip(),
+    }
+    before = {name: os.environ.get(name) for name in tokens}
+    os.environ.update(tokens)
     try:
-        yield token
+        yield tokens["KILN_TOKEN"]
     finally:
-        if before is None:
-            os.environ.pop("KILN_TOKEN", None)
-        else:
-            os.environ["KILN_TOKEN"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -169,8 +169,8 @@ ALLOWED = {
     Role.VIEWER: {"list"},
     Role.BUILDER: {"list", "upload"},
     Role.PUBLISHER: {"list", "upload"},
-    Role.SERVICE: {"list", "upload"},
-    Role.ADMIN: {"list", "upload", "tokens"},
+    Role.SERVICE: {"list", "upload", "delete"},
+    Role.ADMIN: {"list", "upload", "delete", "tokens"},
 }
 
 
@@ -184,13 +184,16 @@ async def test_each_role_may_make_its_calls_and_no_others(
             guarded(storage_service, nats_server, issuer) as address,
             stubs(address, token) as (storage, tokens_api),
         ):
+            nobody = pb.DeleteArtifactRequest(id="0" * 26)  # past the role check: NOT_FOUND
             codes = {
                 "list": await code_of(storage.ListArtifacts(pb.ListArtifactsRequest())),
                 "upload": await code_of(await upload(storage)),
+                "delete": await code_of(storage.DeleteArtifact(nobody)),
                 "tokens": await code_of(tokens_api.ListTokens(apb.ListTokensRequest())),
             }
-    assert {verb for verb, code in codes.items() if code == grpc.StatusCode.OK} == ALLOWED[role]
-    assert {code for verb, code in codes.items() if verb not in ALLOWED[role]} <= {DENIED}
+    assert {verb for verb, code in codes.items() if code != DENIED} == ALLOWED[role]
+    passed = {code for verb, code in codes.items() if verb in ALLOWED[role]}
+    assert passed <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND}
 
 
 async def test_an_admin_makes_lists_and_revokes_tokens_and_a_revoked_one_stops_at_once(
@@ -212,11 +215,10 @@ async def test_an_admin_makes_lists_and_revokes_tokens_and_a_revoked_one_stops_a
                         await code_of(tokens_api.CreateToken(request))
                         == grpc.StatusCode.INVALID_ARGUMENT
                     )
-                request = apb.CreateTokenRequest(tenant="team-b", role="root")
-                assert (
-                    await code_of(tokens_api.CreateToken(request))
-                    == grpc.StatusCode.INVALID_ARGUMENT
-                )
+                for role in ("root", "service"):  # service tokens are the stack's to make
+                    request = apb.CreateTokenRequest(tenant="team-b", role=role)
+                    code = await code_of(tokens_api.CreateToken(request))
+                    assert code == grpc.StatusCode.INVALID_ARGUMENT
             async with stubs(address, made.bearer) as (storage, _):
                 assert (
                     await code_of(storage.ListArtifacts(pb.ListArtifactsRequest()))
@@ -260,3 +262,69 @@ async def test_only_kilns_service_identity_writes_the_builders_labels(
             async with stubs(address, service) as (storage, _):
                 stored = await (await upload(storage, labels))
             assert dict(stored.labels) == labels
+
+
+async def test_an_issuer_that_serves_no_keys_is_asked_once_a_window_not_once_a_call(
+    storage_service: Any, nats_server: Nats
+) -> None:
+    """Unauthenticated callers must not drive requests to the issuer: while its
+    keys cannot be had, JWTs are refused (UNAVAILABLE) without asking again."""
+    async with oidc_issuer() as issuer:
+        issuer.broken = True
+        settings = dict(auth="required", nats_url=nats_server.url, oidc_issuer=issuer.url,
+                        oidc_refetch_seconds=60)  # fmt: skip
+        async with storage_service(**settings) as (_, address):
+            codes = []
+            for n in range(5):
+                async with stubs(address, issuer.token(sub=f"caller-{n}")) as (storage, _):
+                    codes.append(await code_of(storage.ListArtifacts(pb.ListArtifactsRequest())))
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 5
+    assert issuer.fetches == 1  # the service's start; none for the five calls
+
+
+PUBLISHING = """\
+name: id-test
+version: "1.0"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+outputs: [qcow2]
+publish:
+  marketplace: true
+"""
+
+
+async def test_only_a_role_that_may_publish_submits_a_recipe_that_publishes(
+    nats_server: Nats, tmp_path: Any
+) -> None:
+    """The publisher publishes a succeeded build's `publish:` targets on its own:
+    submitting such a recipe is publishing, which the builder role may not do."""
+    from kiln_api.builder.v1 import builder_pb2 as bpb
+    from kiln_api.builder.v1 import builder_pb2_grpc as bpb_grpc
+    from kiln_builder.service.app import build
+    from kiln_builder.service.settings import BuilderSettings
+
+    settings = BuilderSettings(
+        grpc_bind="127.0.0.1:0", nats_url=nats_server.url, worker=False, auth="required",
+        work_root=tmp_path / "work", cache_dir=tmp_path / "cache", shutdown_grace=1.0,
+        outbox_dir=tmp_path / "outbox",
+    )  # fmt: skip
+    async with issued(nats_server.url) as tokens:
+        builder, _ = await tokens.issue("team-a", Role.BUILDER)
+        publisher, _ = await tokens.issue("team-a", Role.PUBLISHER)
+        app = await build(settings)
+        try:
+            address = f"127.0.0.1:{await app.grpc.start()}"
+            codes = {}
+            for who, token in (("builder", builder), ("publisher", publisher)):
+                for text in (PUBLISHING, PUBLISHING.split("publish:")[0]):
+                    request = bpb.SubmitBuildRequest(recipe=bpb.RecipeSource(yaml=text))
+                    metadata = (("authorization", f"Bearer {token}"),)
+                    async with grpc.aio.insecure_channel(address) as channel:
+                        call = bpb_grpc.BuilderStub(channel).SubmitBuild(request, metadata=metadata)
+                        codes[who, "publish:" in text] = await code_of(call)
+        finally:
+            await app.stop()
+    assert codes == {
+        ("builder", True): DENIED, ("builder", False): grpc.StatusCode.OK,
+        ("publisher", True): grpc.StatusCode.OK, ("publisher", False): grpc.StatusCode.OK,
+    }  # fmt: skip

@@ -30,6 +30,8 @@ def test_each_role_has_its_verbs() -> None:
 
     assert verbs(Role.VIEWER) == {Verb.READ}
     assert verbs(Role.BUILDER) == {Verb.READ, Verb.WRITE, Verb.BUILD}
-    assert verbs(Role.PUBLISHER) == {Verb.READ, Verb.WRITE, Verb.PUBLISH}
+    assert verbs(Role.PUBLISHER) == {Verb.READ, Verb.WRITE, Verb.BUILD, Verb.PUBLISH}
     assert verbs(Role.ADMIN) == set(Verb)
     assert Verb.ADMIN not in verbs(Role.SERVICE)
+    deleting = {role for role in Role if Verb.DELETE in verbs(role)}
+    assert deleting == {Role.ADMIN, Role.SERVICE}

@@ -65,3 +65,10 @@ def test_the_previous_key_verifies_what_it_signed_and_signs_nothing_new() -> Non
 @pytest.mark.parametrize("expires", ["\u00b2", "\u0661\u0662", "-1", "1e9", " 1", "", "9" * 13])
 def test_only_ascii_digits_are_an_expiry(expires: str) -> None:
     assert HmacSigner(SigningKey(b"k" * 32)).verify("a", expires, "00") == "no expiry"
+
+
+@pytest.mark.parametrize("signature", ["\u00b2", "\u00e9" * 64, "", "g" * 64, "0" * 63])
+def test_a_signature_that_is_not_64_hex_digits_is_refused_not_an_error(signature: str) -> None:
+    signer = HmacSigner(SigningKey(b"k" * 32))
+    query = parse_qs(urlparse(signer.url("a", "f", timedelta(minutes=5))).query)
+    assert signer.verify("a", query["expires"][0], signature) == "bad signature"

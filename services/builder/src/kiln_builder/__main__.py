@@ -116,6 +116,8 @@ async def _bake(args: argparse.Namespace) -> int:
     if storage is None:
         print("kiln-builder: no storage service: layers are cached on this machine only",
               file=sys.stderr)  # fmt: skip
+    else:
+        _as_a_builder()
     options = BakeOptions(
         storage=StorageAccess(storage) if storage else None,
         out_dir=args.out,
@@ -172,6 +174,22 @@ def _print_tests(tests: Path | None) -> None:
         how = "passed" if entry["passed"] else f"exit {entry['exit_status']}"
         how = "timed-out" if entry["timed_out"] else how
         print(f"    test {how:<9} {entry['seconds']:6.1f}s  {entry['command']}")
+
+
+def _as_a_builder() -> None:
+    """Layers are the builder's to write (kiln-* labels): a bake sends a
+    builder's service token, KILN_BUILDER_TOKEN or the local stack's (its
+    service-token file, the owner's only); else the caller's own token."""
+    from kiln_client.credentials import use_token
+    from kiln_client.discovery import kiln_home
+    from kiln_common.home import SERVICE_TOKEN_FILE
+
+    kept = kiln_home() / SERVICE_TOKEN_FILE
+    token = os.environ.get("KILN_BUILDER_TOKEN") or (
+        kept.read_text().strip() if kept.is_file() else ""
+    )
+    if token:
+        use_token(token)
 
 
 def _running_storage() -> str | None:

@@ -18,7 +18,7 @@ from kiln_client.tokens import TokensClient
 from kiln_common.auth import Role
 from kiln_common.auth.static import expires_text
 
-ROLES = [r.value for r in Role]
+ROLES = [r.value for r in Role if r is not Role.SERVICE]
 
 
 def add_token_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

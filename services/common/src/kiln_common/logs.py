@@ -12,12 +12,18 @@ _SECRET_PARAMS = re.compile(
     r"(?i)([?&](?:signature|x-amz-signature|x-amz-credential|x-amz-security-token|sig"
     r"|token|access_token|password|secret)=)[^&\s'\"#<>:;,)]+"
 )
-_PASSWORD = re.compile(r"(://[^/@\s:]*):[^/@\s]*@")
+_USERINFO = re.compile(r"(://)[^/@\s]+@")  # user:password@, or a token alone (nats://T@h)
+_KILN_TOKEN = re.compile(r"\bkiln_[0-9a-z]{26}_[A-Za-z0-9_-]+")
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[^\s'\",]+")
 
 
 def redact(text: str) -> str:
-    """text with every URL's credentials (password, signature, token) masked."""
-    return _PASSWORD.sub(r"\1:***@", _SECRET_PARAMS.sub(r"\1***", text))
+    """text with every URL's credentials (userinfo, signature, token) and any
+    bearer or Kiln token masked."""
+    text = _SECRET_PARAMS.sub(r"\1***", text)
+    text = _USERINFO.sub(r"\1***@", text)
+    text = _BEARER.sub(r"\1***", text)
+    return _KILN_TOKEN.sub("kiln_***", text)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -119,6 +119,10 @@ class PublishRequest:
     glance: tuple[GlanceTarget, ...] = ()
     marketplace: MarketplaceTarget | None = None  # None: not to the marketplace
 
+    def __post_init__(self) -> None:
+        if self.artifact_id is not None and self.build_id is not None:
+            raise ValueError("a publication names an artifact_id or a build_id, not both")
+
 
 @dataclass(frozen=True)
 class Entry:

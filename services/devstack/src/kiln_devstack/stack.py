@@ -18,6 +18,7 @@ import nats
 
 from kiln_common.auth import Role
 from kiln_common.auth.static import StaticTokens
+from kiln_common.errors import Unauthenticated
 from kiln_common.home import SERVICE_TOKEN_FILE, TOKEN_FILE, Stack, kiln_home
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
@@ -119,29 +120,38 @@ def _start(stack: Stack, part: str) -> None:
 
 
 def issue_tokens(stack: Stack) -> None:
-    """The stack's two static tokens, made once in its NATS (which keeps them
-    across restarts): an admin's for the CLI (KILN_HOME/token, so the README's
+    """The stack's two static tokens, kept in its NATS (which keeps them across
+    restarts): an admin's for the CLI (KILN_HOME/token, so the README's
     commands need no set-up) and the service identity the builder and the
-    publisher send each other and storage. Both files are the owner's only."""
+    publisher send each other and storage. Both files are the owner's only; a
+    file whose token NATS no longer knows (its data lost) is made again."""
     home = Path(stack.home)
     wanted = {TOKEN_FILE: ("local", Role.ADMIN), SERVICE_TOKEN_FILE: ("kiln", Role.SERVICE)}
-    missing = {name: who for name, who in wanted.items() if not (home / name).is_file()}
-    if missing:
-        # In a thread of its own: `kiln up` may be called where a loop runs.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            issuing = _issue(stack.nats_url, list(missing.values()))
-            made = pool.submit(asyncio.run, issuing).result()
-        for name, token in zip(missing, made, strict=True):
-            _keep_secret(home / name, token)
+    kept = {name: (home / name).read_text().strip() for name in wanted if (home / name).is_file()}
+    # In a thread of its own: `kiln up` may be called where a loop runs.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        made = pool.submit(asyncio.run, _issue(stack.nats_url, wanted, kept)).result()
+    for name, token in made.items():
+        _keep_secret(home / name, token)
 
 
-async def _issue(nats_url: str, who: list[tuple[str, Role]]) -> list[str]:
+async def _issue(
+    nats_url: str, wanted: dict[str, tuple[str, Role]], kept: dict[str, str]
+) -> dict[str, str]:
+    """The tokens to write: those not kept, or kept but unknown to NATS."""
     nc = await nats.connect(nats_url)
     try:
         tokens = StaticTokens(nc.jetstream())
-        return [
-            (await tokens.issue(tenant, role, description="kiln up"))[0] for tenant, role in who
-        ]
+        made = {}
+        for name, (tenant, role) in wanted.items():
+            if name in kept:
+                try:
+                    await tokens.authenticate(kept[name])
+                    continue
+                except Unauthenticated:
+                    pass
+            made[name] = (await tokens.issue(tenant, role, description="kiln up"))[0]
+        return made
     finally:
         await nc.close()
 

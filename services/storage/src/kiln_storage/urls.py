@@ -23,6 +23,7 @@ _KID_RE = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # ASCII digits only: str.isdigit() also takes "²" (and other scripts' digits), which
 # int() then refuses or reads.
 _EXPIRES_RE = re.compile(r"[0-9]{1,12}")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")  # compare_digest refuses non-ASCII str
 
 
 class BadKey(ValueError):
@@ -100,6 +101,8 @@ class HmacSigner:
             return "unknown key"
         if int(expires) < time.time():
             return "expired"
+        if not _SIGNATURE_RE.fullmatch(signature):
+            return "bad signature"
         if not hmac.compare_digest(self._mac(key, artifact_id, int(expires)), signature):
             return "bad signature"
         return None

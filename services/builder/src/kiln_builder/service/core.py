@@ -21,8 +21,9 @@ from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.records import BuildRecords, same_recipe
 from kiln_client import wire
 from kiln_common import jetstream, lifecycle
+from kiln_common.auth.identity import Verb, allowed, caller
 from kiln_common.builds import Build, BuildState, BuildUpdate
-from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_common.lifecycle import STATES, TERMINAL, now
@@ -102,6 +103,13 @@ class BuilderCore:
         if key and not _KEY_RE.match(key):
             raise InvalidArgument("idempotency_key: 1 to 128 printable ASCII characters")
         recipe, digest = bundle.check(source)  # RecipeError: INVALID_ARGUMENT
+        who = caller()
+        if recipe.publish.targets and who is not None and not allowed(who, Verb.PUBLISH):
+            # The publisher publishes a succeeded build's recipe targets on its own.
+            raise PermissionDenied(
+                f"the recipe's publish: section publishes the image, which the {who.role}"
+                " role may not do (ask a publisher, or leave publish: out)"
+            )
         build = Build(
             id=new_id(),
             state=BuildState.QUEUED,

@@ -1,10 +1,10 @@
 """A caller as Kiln sees it, and what each role may do.
 
-| role      | may                                    |
-| viewer    | read                                   |
-| builder   | read, submit and cancel builds         |
-| publisher | read, publish and deprecate            |
-| admin     | all of the above, manage tokens        |
+| role      | may                                                      |
+| viewer    | read                                                     |
+| builder   | read, store artifacts, submit and cancel builds, bases   |
+| publisher | what a builder may, publish and deprecate                |
+| admin     | all of it, delete artifacts, manage tokens               |
 
 A service's own identity (the builder writing layers and build outputs) is
 the role `service`: it may write what only Kiln's services write."""
@@ -32,16 +32,19 @@ class Verb(StrEnum):
     READ = "read"
     WRITE = "write"  # store artifacts
     BUILD = "build"  # submit and cancel
-    PUBLISH = "publish"  # publish, deprecate, fetch a base
+    PUBLISH = "publish"  # publish, deprecate
+    DELETE = "delete"  # delete artifacts (a build's outputs, layers)
     ADMIN = "admin"  # tokens, quotas
 
 
 _MAY: dict[Role, frozenset[Verb]] = {
     Role.VIEWER: frozenset({Verb.READ}),
     Role.BUILDER: frozenset({Verb.READ, Verb.WRITE, Verb.BUILD}),
-    Role.PUBLISHER: frozenset({Verb.READ, Verb.WRITE, Verb.PUBLISH}),
+    # A publisher builds too: a recipe's publish: section is published when
+    # its build succeeds, so submitting one is publishing.
+    Role.PUBLISHER: frozenset({Verb.READ, Verb.WRITE, Verb.BUILD, Verb.PUBLISH}),
     Role.ADMIN: frozenset(Verb),
-    Role.SERVICE: frozenset({Verb.READ, Verb.WRITE, Verb.BUILD, Verb.PUBLISH}),
+    Role.SERVICE: frozenset({Verb.READ, Verb.WRITE, Verb.BUILD, Verb.PUBLISH, Verb.DELETE}),
 }
 
 

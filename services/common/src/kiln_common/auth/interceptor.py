@@ -8,6 +8,7 @@ PERMISSION_DENIED, and neither reaches the servicer."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import grpc
 from kiln_common.auth.authenticator import Authenticator
 from kiln_common.auth.identity import Identity, Verb, acting_as, allowed
 from kiln_common.auth.policy import OPEN, required
-from kiln_common.errors import KilnError, PermissionDenied
+from kiln_common.errors import Internal, KilnError, PermissionDenied
 from kiln_common.grpc_errors import status_for
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class AuthInterceptor(_ServerInterceptor):
         except KilnError as exc:
             log.info("refused %s: %s", details.method, exc)
             return _wrapped(handler, _refusal(exc))
+        except Exception:  # never a traceback's text to the caller
+            ref = uuid.uuid4().hex[:12]
+            log.exception("checking the caller of %s failed (ref %s)", details.method, ref)
+            return _wrapped(handler, _refusal(Internal(f"internal error (ref {ref})")))
         return _wrapped(handler, _as(identity))
 
     async def _check(self, method: str, verb: Verb | str | None, authorization: str) -> Identity:

@@ -19,7 +19,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from kiln_common.auth.identity import Identity, Role
-from kiln_common.errors import Unauthenticated, Unavailable
+from kiln_common.auth.static import check_tenant
+from kiln_common.errors import InvalidArgument, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class OidcVerifier:
         if not isinstance(tenant, str) or not tenant:
             raise Unauthenticated(f"the token names no tenant ({self.config.tenant_claim})")
         try:
+            check_tenant(tenant)
+        except InvalidArgument as exc:
+            raise Unauthenticated(f"the token's {exc}") from None
+        try:
             known = Role(str(role))
         except ValueError:
             raise Unauthenticated(
@@ -100,11 +105,19 @@ class OidcVerifier:
 
     async def _load(self, force: bool) -> None:
         async with self._lock:
-            fresh = time.monotonic() - self._fetched < self.config.refetch_seconds
-            if self._keys is not None and (not force or fresh):
+            if self._keys is not None and not force:
+                return
+            # At most one fetch a window, whether keys are held or none could be
+            # had: unauthenticated callers must not drive requests to the issuer.
+            if time.monotonic() - self._fetched < self.config.refetch_seconds:
+                if self._keys is None:
+                    raise Unavailable("the OIDC issuer's keys could not be fetched; try later")
                 return
             self._fetched = time.monotonic()
-            self._keys = KeySet.import_key_set(await self._fetch_jwks())
+            try:
+                self._keys = KeySet.import_key_set(await self._fetch_jwks())
+            except (JoseError, KeyError, TypeError, ValueError) as exc:
+                raise Unavailable(f"the OIDC issuer's keys are not a JWKS: {_why(exc)}") from None
             log.info("OIDC keys of %s loaded: %d", self.config.issuer, len(self._keys.keys))
 
     async def _fetch_jwks(self) -> Any:
@@ -122,7 +135,10 @@ class OidcVerifier:
         well_known = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
         async with http.get(well_known) as reply:
             reply.raise_for_status()
-            return str((await reply.json(content_type=None))["jwks_uri"])
+            found = await reply.json(content_type=None)
+        if not isinstance(found, dict) or not isinstance(found.get("jwks_uri"), str):
+            raise ValueError("the issuer's discovery document names no jwks_uri")
+        return str(found["jwks_uri"])
 
 
 class _NeedKeys(Exception):

@@ -18,7 +18,7 @@ _HEALTH = "/grpc.health.v1.Health/"
 
 _STORAGE_WRITES = (
     "Upload", "CreateUpload", "UploadPart", "GetUpload", "CompleteUpload",
-    "AbortUpload", "DeleteArtifact",
+    "AbortUpload",
 )  # fmt: skip
 
 METHODS: dict[str, Verb | str] = {
@@ -30,6 +30,7 @@ METHODS: dict[str, Verb | str] = {
         for m in ("GetBuild", "ListBuilds", "WatchBuild", "ValidateRecipe", "GetBuildRecipe")
     },
     **{_STORAGE + m: Verb.WRITE for m in _STORAGE_WRITES},
+    _STORAGE + "DeleteArtifact": Verb.DELETE,
     **{
         _STORAGE + m: Verb.READ
         for m in ("StatArtifact", "ListArtifacts", "Download", "GetDownloadUrl")

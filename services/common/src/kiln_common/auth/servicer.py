@@ -47,8 +47,10 @@ class TokensServicer(pb_grpc.TokensServicer):
         try:
             role = Role(request.role)
         except ValueError:
-            roles = ", ".join(r.value for r in Role)
-            raise InvalidArgument(f"role: one of {roles}, not {request.role[:32]!r}") from None
+            role = Role.SERVICE  # refused below, with the roles it may be
+        if role is Role.SERVICE:  # Kiln's own services' identity: made by the stack only
+            roles = ", ".join(r.value for r in Role if r is not Role.SERVICE)
+            raise InvalidArgument(f"role: one of {roles}, not {request.role[:32]!r}")
         expires = request.expires_in.ToTimedelta() if request.HasField("expires_in") else None
         if expires is not None and expires.total_seconds() <= 0:
             raise InvalidArgument("expires_in: a positive duration (or unset: never)")

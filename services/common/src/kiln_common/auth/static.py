@@ -53,8 +53,10 @@ class TokenRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> TokenRecord:
+        """A stored record; fields a newer version added are ignored."""
         data = json.loads(raw)
-        return cls(**{**data, "role": Role(data["role"])})
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known} | {"role": Role(data["role"])})
 
     def usable(self, now: float) -> str | None:
         """None if the token may be used now, else why not."""
@@ -76,7 +78,7 @@ class StaticTokens:
         self._js = js
         self._name = bucket
         self._kv: KeyValue | None = None
-        self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
+        self._cache: dict[str, tuple[float, TokenRecord]] = {}  # only real tokens' records
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
@@ -142,14 +144,17 @@ class StaticTokens:
         return Identity(record.id, record.tenant, record.role, "static")
 
     async def _lookup(self, token_id: str) -> TokenRecord | None:
+        """The token's record, cached briefly; an unknown id is never cached
+        (made-up ids must not grow the cache)."""
         now = time.monotonic()
         cached = self._cache.get(token_id)
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
         try:
-            record: TokenRecord | None = await self.get(token_id)
+            record = await self.get(token_id)
         except NotFound:
-            record = None
+            self._cache.pop(token_id, None)
+            return None
         self._cache[token_id] = (now, record)
         return record
 
