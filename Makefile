@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: setup proto lint test test-fast test-unit test-integration test-e2e bench-storage \
-	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish bench-isolation demo \
+	bench-storage-list bench-build bench-queue bench-list-builds bench-soak bench-customise bench-publish bench-isolation bench-auth demo \
 	images smoke-images clean
 
 setup:
@@ -63,6 +63,9 @@ bench-publish: setup
 
 bench-isolation: setup
 	$(PY) bench/isolation/bench.py
+
+bench-auth: setup
+	$(PY) bench/auth/bench.py
 
 demo: setup
 	scripts/demo.sh
