@@ -451,28 +451,19 @@ async def test_download_refuses_deprecated_and_expired_entries_and_replies_carry
 
 
 async def test_a_search_checks_each_stored_statement_once_until_the_keyring_changes(
-    tmp_path: Path, nats_server: Nats, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, nats_server: Nats
 ) -> None:
     from kiln_market import Keyring
-    from kiln_publisher.market import store
 
-    checked: list[bytes] = []
-    real = store.verify
-
-    def counting(document: bytes, *args: Any, **kwargs: Any) -> Entry:
-        checked.append(document)
-        return real(document, *args, **kwargs)
-
-    monkeypatch.setattr(store, "verify", counting)
     keys = endorser_ring(tmp_path / "keys")
     async with market(nats_server.url, keys) as one:
         signed = await one.publish(facts_for(f"cached {time.time_ns()}".encode()), ENDORSER)
         query = Query(identifier=signed.identifier)
         assert [s.identifier for s in await one.search(query)] == [signed.identifier]
-        checked.clear()
+        checked = one.signatures_checked
         for _ in range(3):
             assert [s.identifier for s in await one.search(query)] == [signed.identifier]
-        assert signed.document not in checked
+        assert one.signatures_checked == checked  # the same revision: not checked again
         one.keys = Keyring.load(tmp_path / "keys")  # a reloaded keyring checks afresh
-        await one.search(query)
-        assert checked.count(signed.document) == 1
+        assert [s.identifier for s in await one.search(query)] == [signed.identifier]
+        assert one.signatures_checked > checked

@@ -36,32 +36,30 @@ async def in_vm(bake: Bake, names: Sequence[str]) -> None:
     )
 
 
-class TreeAppliance(Stage):
-    """A from-scratch build's packages, files and run in vm isolation: one
-    appliance boot (a hand-back of the whole tree each would cost about half a
-    minute under TCG), cached as the last one's layer, under the same key."""
+class _Appliance(Stage):
+    """One appliance boot that runs the edit steps `names`."""
 
     name = "appliance"
 
     def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
         self.reads = self.names
+
+
+class TreeAppliance(_Appliance):
+    """A from-scratch build's packages, files and run in vm isolation: one
+    appliance boot (a hand-back of the whole tree each would cost about half a
+    minute under TCG), cached as the last one's layer, under the same key."""
 
     async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
         await in_vm(bake, self.names)
 
 
-class CustomisedAppliance(Stage):
+class CustomisedAppliance(_Appliance):
     """vm isolation for a customised build: one appliance boot grows the base,
     runs packages, files, run and sysprep on its own disk, and hands back the
     tree (or the files the host needs) as a tar. The host never mounts the
     base: checks, kernels, SBOM and tree outputs read the extracted tree."""
-
-    name = "appliance"
-
-    def __init__(self, names: Sequence[str]) -> None:
-        self.names = tuple(names)
-        self.reads = self.names
 
     async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
         from kiln_builder.isolation import appliance

@@ -49,16 +49,11 @@ class OidcVerifier:
     async def authenticate(self, token: str) -> Identity:
         try:
             header = jwt.decode(token, self._any_key, algorithms=ALGORITHMS)
-        except _NeedKeys:
-            header = None
+        except _NeedKeys:  # a kid the cached set does not hold: fetch again, once
+            await self._load(force=True)
+            header = self._decode(token)
         except (JoseError, ValueError) as exc:
             raise Unauthenticated(f"bad token: {_why(exc)}") from None
-        if header is None:  # a kid the cached set does not hold: fetch again, once
-            await self._load(force=True)
-            try:
-                header = jwt.decode(token, self._any_key, algorithms=ALGORITHMS)
-            except (_NeedKeys, JoseError, ValueError) as exc:
-                raise Unauthenticated(f"bad token: {_why(exc)}") from None
         claims = header.claims
         registry = jwt.JWTClaimsRegistry(
             leeway=self.config.leeway_seconds,
@@ -72,6 +67,12 @@ class OidcVerifier:
         except JoseError as exc:
             raise Unauthenticated(f"bad token: {_why(exc)}") from None
         return self._identity(claims)
+
+    def _decode(self, token: str) -> jwt.Token:
+        try:
+            return jwt.decode(token, self._any_key, algorithms=ALGORITHMS)
+        except (_NeedKeys, JoseError, ValueError) as exc:
+            raise Unauthenticated(f"bad token: {_why(exc)}") from None
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
         tenant = claims.get(self.config.tenant_claim)

@@ -118,6 +118,7 @@ class Market:
         # revision's bytes never change, so a search does not check every
         # signature again each time; a reloaded keyring checks them afresh.
         self._verified: dict[str, tuple[int, Keyring, Entry]] = {}
+        self.signatures_checked = 0  # how many documents were verified (the cache's measure)
 
     async def _bucket_named(self, name: str) -> KeyValue:
         return await jetstream.mapped(
@@ -172,6 +173,7 @@ class Market:
             entry = cached[2]
         else:
             entry = verify(found.value, self.keys, newest=self._seen.get(key))
+            self.signatures_checked += 1
             self._verified[key] = (found.revision, self.keys, entry)
         mark, _ = await self._mark(key)
         if entry.sequence < mark.sequence:
