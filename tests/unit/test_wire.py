@@ -96,7 +96,7 @@ def test_a_record_from_a_newer_builder_is_read_and_rewritten_without_loss() -> N
     newer += bytes([0x98, 0x06, 0x05])  # field 99, varint 5: a field added later
     build = wire.build_from_bytes(newer)
     assert int(build.state) == 7 and build.state.name == "UNKNOWN_7"
-    assert wire.build_state_and_name(newer) == (7, "web")
+    assert wire.build_summary(newer) == (7, "web", "")
     build.worker = "w1"
     rewritten = wire.build_bytes(build, over=newer)
     assert bytes([0x98, 0x06, 0x05]) in rewritten

@@ -5,21 +5,55 @@ which a service with `auth: off` does not ask for."""
 
 from __future__ import annotations
 
+import contextvars
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from kiln_common.auth.identity import ACTING_FOR_HEADER
+from kiln_common.held import Held
 from kiln_common.home import TOKEN_FILE, kiln_home
 
 _process_token = ""
+# The tenant a service's calls are made for (a build's, a publication's):
+# read when each call starts, so it follows the task that makes it.
+_acting_for: contextvars.ContextVar[str] = contextvars.ContextVar("kiln_acting_for", default="")
+
+
+@contextmanager
+def acting_for(tenant: str) -> Iterator[None]:
+    """Calls made inside act for tenant: the server sees and checks them as
+    that tenant's (only a service's token may). "" acts for nobody."""
+    reset = _acting_for.set(tenant)
+    try:
+        yield
+    finally:
+        _acting_for.reset(reset)
 
 
 def use_token(token: str) -> None:
     """The token every client of this process sends unless given another."""
     global _process_token
     _process_token = token
+
+
+def serve_with_token(secret: str | None, held: Held) -> None:
+    """A service's own token (None: none): what every client of its process
+    sends, set before any client is made and taken back when the service
+    stops (several services may run, one after another, in one process)."""
+    if secret is None:
+        return
+    previous = _process_token
+    use_token(secret)
+
+    async def restore() -> None:
+        use_token(previous)
+
+    held.close_with(restore)
 
 
 def token(explicit: str = "", home: Path | None = None) -> str:
@@ -52,7 +86,10 @@ class _Bearer:
         self._header = ("authorization", f"Bearer {value}")
 
     def _with_token(self, details: Any) -> Any:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._header)
+        headers = [self._header]
+        if tenant := _acting_for.get():
+            headers.append((ACTING_FOR_HEADER, tenant))
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), *headers)
         return details._replace(metadata=metadata)
 
 

@@ -155,11 +155,12 @@ def build_from_bytes(data: bytes) -> Build:
     return build_of(pb.Build.FromString(data))
 
 
-def build_state_and_name(data: bytes) -> tuple[BuildState, str]:
-    """Two fields of a stored record, without converting the rest (the list
-    index reads every record of the bucket)."""
+def build_summary(data: bytes) -> tuple[BuildState, str, str]:
+    """The state, name and tenant of a stored record, without converting the
+    rest (the list index reads every record of the bucket)."""
     msg = pb.Build.FromString(data)
-    return BuildState(msg.state), msg.name  # an unknown number is kept (builds.OpenEnum)
+    # An unknown state number is kept (builds.OpenEnum).
+    return BuildState(msg.state), msg.name, msg.tenant
 
 
 def build_json(build: Build) -> str:

@@ -24,3 +24,4 @@ class Artifact:
     # Well-known keys: name, version, format, build-id; any other key is free.
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
+    tenant: str = ""  # whose artifact it is ("" with identities off)

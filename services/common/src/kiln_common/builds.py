@@ -140,6 +140,7 @@ class Build:
     isolation: str = ""  # where packages, files and run ran: sandbox or vm
     appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
     isolation_reason: str = ""  # why that isolation: the recipe's, or the builder's setting
+    tenant: str = ""  # whose build it is: its submitter's tenant ("" with identities off)
 
 
 @dataclass

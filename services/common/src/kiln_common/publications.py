@@ -69,6 +69,7 @@ class Publication:
     results: tuple[TargetResult, ...] = ()
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
+    tenant: str = ""  # whose publication it is ("" with identities off)
 
     @property
     def state(self) -> PublicationState:

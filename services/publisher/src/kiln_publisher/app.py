@@ -17,7 +17,7 @@ import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
-from kiln_client.credentials import use_token
+from kiln_client.credentials import serve_with_token
 from kiln_common import jetstream
 from kiln_common.auth.serving import guard
 from kiln_common.errors import KilnError, NotFound
@@ -32,6 +32,7 @@ from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, make_app
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
+from kiln_publisher.tenants import TenantPolicy
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,7 @@ async def build(settings: PublisherSettings) -> PublisherApp:
 
 
 async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
-    if (
-        settings.token is not None
-    ):  # what it sends (set before any client is made) when it calls another service
-        use_token(settings.token.get_secret_value())
+    serve_with_token(settings.token.get_secret_value() if settings.token else None, held)
     nc = await jetstream.connect(settings.nats_url, default_source("kiln-publisher"))
     held.close_with(nc.drain)
     js = nc.jetstream()
@@ -201,6 +199,7 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         default_endorser=default_endorser(settings, keys),
         url_seconds=settings.url_seconds,
         replicas=settings.nats_replicas,
+        tenants=TenantPolicy(settings.tenants),
     )
 
     identities = guard(settings, js)

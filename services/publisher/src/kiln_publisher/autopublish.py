@@ -61,8 +61,10 @@ async def handle(core: PublisherCore, build_id: str) -> str:
     recipe = await core.recipe_of(build_id)
     if not recipe.publish.targets:
         return "skipped"
+    # The build's tenant publishes it: its targets, its artifacts only.
+    tenant = await core.tenant_of(build_id)
     pub = await core.publish(
-        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id)
+        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id), tenant
     )
     state = pub.state.name.lower()
     log.info("build %s auto-published: %s", build_id, state)
@@ -103,8 +105,13 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
     except KilnError as exc:
         # Nothing could start (no such cloud, marketplace off...): the record says why.
         log.warning("auto-publish of build %s failed: %s", event.subject, exc)
+        tenant = ""  # the build's, if the builder says; else the record is the services' only
         with contextlib.suppress(KilnError):
-            await core.record_failure(publication_id(event.subject), event.subject, str(exc))
+            tenant = await core.tenant_of(event.subject)
+        with contextlib.suppress(KilnError):
+            await core.record_failure(
+                publication_id(event.subject), event.subject, str(exc), tenant
+            )
     except Exception:
         # A failed target is recorded in the publication; only an unexpected
         # error gets here. It is acked so it does not loop; the log says why.

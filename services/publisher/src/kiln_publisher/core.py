@@ -16,8 +16,10 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_client.credentials import acting_for
 from kiln_common import jetstream
 from kiln_common.artifacts import Artifact
+from kiln_common.auth.identity import owner, visible
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -27,9 +29,11 @@ from kiln_market import Entry, SignedEntry
 from kiln_publisher import facts
 from kiln_publisher.claims import CLAIM_PREFIX, Claims
 from kiln_publisher.glance import GlancePublisher
+from kiln_publisher.glance.api import where
 from kiln_publisher.market import Market, Query
 from kiln_publisher.model import DONE, FAILED, RUNNING, Result, record_bytes, record_key, record_of
 from kiln_publisher.targets import Request, glance_target, publish_for, target_name
+from kiln_publisher.tenants import ANY, EVERY, TenantPolicy
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
 
@@ -55,6 +59,7 @@ class PublisherCore:
         default_endorser: str = "",
         url_seconds: int = 7 * 24 * 3600,
         replicas: int = 1,
+        tenants: TenantPolicy | None = None,
     ) -> None:
         self.storage = storage
         self.builder = builder
@@ -65,6 +70,7 @@ class PublisherCore:
         self.default_endorser = default_endorser
         self.url_seconds = url_seconds
         self.replicas = replicas
+        self.tenants = tenants or TenantPolicy({ANY: EVERY})
         self._kv: KeyValue | None = None
         self.claims = Claims(self._records)
 
@@ -89,10 +95,11 @@ class PublisherCore:
         try:
             found = await jetstream.mapped(lambda: kv.get(record_key(publication_id)))
         except NotFound:
-            raise NotFound(f"no publication {publication_id}") from None
-        if found.value is None:
+            found = None
+        pub = record_of(found.value) if found is not None and found.value is not None else None
+        if pub is None or not visible(pub.tenant):  # another tenant's: the same words
             raise NotFound(f"no publication {publication_id}")
-        return record_of(found.value)
+        return pub
 
     async def _find(self, publication_id: str) -> Publication | None:
         try:
@@ -112,7 +119,7 @@ class PublisherCore:
         for key in keys:
             if key.startswith(CLAIM_PREFIX):
                 continue
-            pub = await self._find(key)
+            pub = await self._find(key)  # None for another tenant's
             if pub is None or (build_id and pub.build_id != build_id):
                 continue
             if artifact_id and all(r.artifact_id != artifact_id for r in pub.results):
@@ -120,12 +127,14 @@ class PublisherCore:
             found.append(pub)
         return sorted(found, key=lambda p: p.created_at, reverse=True)
 
-    async def record_failure(self, publication_id: str, build_id: str, error: str) -> None:
+    async def record_failure(
+        self, publication_id: str, build_id: str, error: str, tenant: str
+    ) -> None:
         """A publication that could not start, kept so `GetPublication` says why."""
         failed = Result("", "request", build_id, state=FAILED, error=redact(error))
         # A redelivery that fails keeps what earlier deliveries finished.
         pub = await self._find(publication_id) or Publication(
-            id=publication_id, artifact_id="", build_id=build_id
+            id=publication_id, artifact_id="", build_id=build_id, tenant=tenant
         )
         await self._save(pub.with_result(failed))
 
@@ -144,6 +153,12 @@ class PublisherCore:
         if not found:
             raise NotFound(f"build {request.build_id} has no image artifacts in storage")
         return found
+
+    async def tenant_of(self, build_id: str) -> str:
+        """The build's tenant: its automatic publication is that tenant's."""
+        if self.builder is None:
+            return ""
+        return (await self.builder.get(build_id)).tenant
 
     async def recipe_of(self, build_id: str) -> facts.RecipeFacts:
         """The build's recipe facts, from the recipe the Builder API hands out;
@@ -170,9 +185,13 @@ class PublisherCore:
 
     # ---- publishing ----------------------------------------------------------------
 
-    def _check(self, publish: Publish) -> None:
+    def _check(self, publish: Publish, tenant: str) -> None:
         if not publish.targets:
             raise InvalidArgument("name at least one target: a Glance cloud or the marketplace")
+        endorser = None
+        if publish.marketplace is not None:
+            endorser = publish.marketplace.endorser or self.default_endorser
+        self.tenants.check(tenant, [t.cloud for t in publish.glance], endorser)
         if publish.glance and self.glance is None:
             raise FailedPrecondition("this publisher has no clouds.yaml: Glance is not configured")
         if publish.glance and self.glance is not None:
@@ -184,11 +203,22 @@ class PublisherCore:
         if publish.marketplace is not None and self.market is None:
             raise FailedPrecondition("the marketplace is turned off on this publisher")
 
-    async def publish(self, request: Request, publication_id: str = "") -> Publication:
-        """Publishes every artifact of the request to every target. With a
-        publication id that exists already, the targets it finished are kept
-        and only the rest are done (a redelivered build.succeeded)."""
-        self._check(request.publish)
+    async def publish(
+        self, request: Request, publication_id: str = "", tenant: str | None = None
+    ) -> Publication:
+        """Publishes every artifact of the request to every target, for the
+        tenant (the caller's unless given: automatic publishing gives the
+        build's). With a publication id that exists already, the targets it
+        finished are kept and only the rest are done (a redelivered
+        build.succeeded)."""
+        tenant = owner() if tenant is None else tenant
+        self._check(request.publish, tenant)
+        # What it reads from storage and the builder, it reads as the tenant:
+        # another tenant's artifact or build is not found.
+        with acting_for(tenant):
+            return await self._publish(request, publication_id, tenant)
+
+    async def _publish(self, request: Request, publication_id: str, tenant: str) -> Publication:
         artifacts = await self._artifacts(request)
         pub = await self._find(publication_id) if publication_id else None
         if pub is None:
@@ -196,6 +226,7 @@ class PublisherCore:
                 id=publication_id or new_id(),
                 artifact_id=request.artifact_id,
                 build_id=request.build_id,
+                tenant=tenant,
             )
         plan = [(a, p) for a in artifacts if (p := publish_for(request, a)).targets]
         pub = await self._planned(pub, plan)
@@ -245,7 +276,9 @@ class PublisherCore:
             if isinstance(target, GlancePublish):
                 work = self._to_glance(artifact, url, recipe, sbom, target)
             else:
-                work = self._to_market(artifact, url, recipe, sbom, target, result.target)
+                work = self._to_market(
+                    artifact, url, recipe, sbom, target, result.target, pub.tenant
+                )
             pub = await self._run(pub, result, work)
         return pub
 
@@ -320,6 +353,7 @@ class PublisherCore:
         sbom: str,
         market: MarketplacePublish,
         endorser: str,
+        tenant: str,
     ) -> AsyncIterator[Result]:
         assert self.market is not None  # _check made sure
         if not endorser:
@@ -328,7 +362,7 @@ class PublisherCore:
             artifact, (url,), recipe, endorser, sbom, market.title, market.description
         )
         valid_for = timedelta(seconds=market.valid_for) if market.valid_for else None
-        signed = await self.market.publish(image, endorser, valid_for)
+        signed = await self.market.publish(image, endorser, valid_for, tenant=tenant)
         yield Result(artifact.id, "marketplace", endorser, entry_identifier=signed.identifier)
 
     async def _stream(self, artifact_id: str) -> AsyncIterator[bytes]:
@@ -376,4 +410,7 @@ class PublisherCore:
     ) -> tuple[int, str, AsyncIterator[bytes]]:
         if self.glance is None:
             raise FailedPrecondition("this publisher has no clouds.yaml: Glance is not configured")
+        if not self.tenants.of(owner()).cloud(cloud):
+            # A cloud the tenant may not publish to holds nothing for it.
+            raise NotFound(f"{where(cloud, region)}: image {image_id} not found")
         return await self.glance.open_image(cloud, region, image_id)

@@ -23,6 +23,8 @@ def record_bytes(publication: Publication) -> bytes:
     data["updated_at"] = publication.updated_at.isoformat()
     for result in data["results"]:
         result["state"] = PublicationState(result["state"]).name.lower()
+    if not data["tenant"]:
+        del data["tenant"]  # as records from before tenants are: byte for byte
     return json.dumps(data, sort_keys=True).encode()
 
 

@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from kiln_common.settings import IdentitySettings
+from kiln_publisher.tenants import ANY, EVERY, TenantTargets
 
 # Where openstacksdk looks for clouds.yaml when OS_CLIENT_CONFIG_FILE is not set,
 # in its order: the working directory, the user's config, the system's.
@@ -89,6 +90,12 @@ class PublisherSettings(IdentitySettings):
     """Publish builds whose recipe has publish targets when build.succeeded arrives."""
     url_seconds: int = 7 * 24 * 3600
     """Lifetime of the storage download URLs put into entries and given to Glance."""
+    tenants: dict[str, TenantTargets] = Field(default_factory=lambda: {ANY: EVERY})
+    """Per tenant, the Glance clouds it publishes to (and fetches bases from)
+    and the endorsers its entries are signed by, e.g. `{"web": {"clouds":
+    ["prod"], "endorsers": ["web@example.org"]}}`. A tenant not named gets
+    the "*" entry, else nothing. Default: every tenant every target (one
+    team's stack); a shared publisher names its tenants and drops "*"."""
 
     def clouds_file(self) -> Path | None:
         return find_clouds_yaml(self.clouds_yaml)

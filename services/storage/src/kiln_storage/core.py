@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from kiln_common.auth.identity import scope, visible
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_storage import keys
 from kiln_storage.backends import ObjectStore
 from kiln_storage.index import ArtifactIndex
-from kiln_storage.model import Artifact, Checksums, UploadSession, validate_labels
+from kiln_storage.model import TENANT_LABEL, Artifact, Checksums, UploadSession, validate_labels
 from kiln_storage.sharing import BlobSharing
 from kiln_storage.streams import empty, read_ahead
 from kiln_storage.uploads import Uploads
@@ -112,11 +113,16 @@ class StorageCore:
         await self.store.put(key, json.dumps(value, sort_keys=True).encode())
 
     async def stat(self, artifact_id: str) -> Artifact:
+        """The artifact, if the caller's tenant may see it: another tenant's
+        is NOT_FOUND in the same words as an unknown id."""
         check_id(artifact_id, "artifact id")
         try:
-            return Artifact.from_record(await self._get_json(keys.artifact_key(artifact_id)))
+            artifact = Artifact.from_record(await self._get_json(keys.artifact_key(artifact_id)))
         except NotFound:
-            raise NotFound(f"artifact {artifact_id} not found") from None
+            artifact = None
+        if artifact is None or not visible(artifact.tenant):
+            raise NotFound(f"artifact {artifact_id} not found")
+        return artifact
 
     # ---- commit --------------------------------------------------------------
 
@@ -138,8 +144,9 @@ class StorageCore:
             labels=session.labels,
             created_at=datetime.now(UTC),
             blob=blob,
+            tenant=session.tenant,
         )
-        await self.index.add(artifact_id, artifact.labels)
+        await self.index.add(artifact_id, artifact.indexed())
         await self._put_json(keys.artifact_key(artifact_id), artifact.to_record())
         await self.store.delete(keys.session_key(session.upload_id))
         log.info("stored artifact %s (%d bytes, sha256 %s)", artifact_id, size, checksums.sha256)
@@ -155,6 +162,8 @@ class StorageCore:
         The token is the last id of the page: ids sort like the index keys, so
         a page resumes from it on any replica, through any index."""
         selector = validate_labels(selector, "label_selector")
+        if (tenant := scope()) is not None:  # a tenant lists its own only
+            selector[TENANT_LABEL] = tenant
         page_size = page_size or DEFAULT_PAGE
         if not 1 <= page_size <= MAX_PAGE:
             raise InvalidArgument(f"page_size: must be 1..{MAX_PAGE}, got {page_size}")
@@ -181,7 +190,7 @@ class StorageCore:
         artifact = await self.stat(artifact_id)
         # Out of the listings first (see kiln_storage.index): if this delete
         # fails midway, the record is still there and a retry finishes it.
-        await self.index.remove(artifact_id, artifact.labels)
+        await self.index.remove(artifact_id, artifact.indexed())
         await self.store.delete(keys.artifact_key(artifact_id))
         await self.store.delete(keys.ref_prefix(artifact.checksums.sha256) + artifact_id)
         if not await self.sharing.in_use(artifact):

@@ -236,7 +236,7 @@ class ArtifactIndex:
             ids = [k.removeprefix("artifacts/").removesuffix(".json") for k in keys]
             records = [r for r in await bounded(self._read(i) for i in ids) if r is not None]
             await bounded(
-                self.store.put(k, b"") for a in records for k in marker_keys(a.id, a.labels)
+                self.store.put(k, b"") for a in records for k in marker_keys(a.id, a.indexed())
             )
             count += len(records)
         note = {"version": INDEX_VERSION, "records": count, "at": datetime.now(UTC).isoformat()}

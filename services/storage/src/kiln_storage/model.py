@@ -19,6 +19,7 @@ WELL_KNOWN_LABELS = ("name", "version", "format", "build-id")
 MAX_LABELS = 64
 MAX_LABEL_VALUE = 256
 MAX_NAME = 128
+TENANT_LABEL = "kiln-tenant"  # an artifact's tenant, as the listing index files it
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class Artifact:
     labels: dict[str, str]
     created_at: datetime
     blob: str  # the object key holding the bytes (shared by identical artifacts)
+    tenant: str = ""  # whose it is ("" if stored with identities off)
 
     def to_record(self) -> dict[str, Any]:
         out = asdict(self)
@@ -101,6 +103,7 @@ class Artifact:
             labels=raw["labels"],
             created_at=datetime.fromisoformat(raw["created_at"]),
             blob=raw["blob"],
+            tenant=raw.get("tenant", ""),
         )
 
     def public(self) -> dict[str, Any]:
@@ -109,8 +112,15 @@ class Artifact:
         del out["blob"]
         return out
 
+    def indexed(self) -> dict[str, str]:
+        """The labels the listing index files it under: its own, and its
+        tenant as the label kiln-tenant (which no caller can set: kiln-*
+        labels are the builder's), so a tenant's listing walks its own index."""
+        return self.labels | {TENANT_LABEL: self.tenant} if self.tenant else self.labels
+
     def matches(self, selector: dict[str, str]) -> bool:
-        return all(self.labels.get(k) == v for k, v in selector.items())
+        indexed = self.indexed()
+        return all(indexed.get(k) == v for k, v in selector.items())
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,7 @@ class UploadSession:
     backend_upload_id: str
     created_at: datetime
     parts: list[Part] = field(default_factory=list)
+    tenant: str = ""  # the uploader's: its artifact's tenant
 
     def to_record(self) -> dict[str, Any]:
         out = asdict(self)

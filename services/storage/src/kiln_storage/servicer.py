@@ -28,6 +28,7 @@ def artifact_to(a: Artifact) -> pb.Artifact:
         size=a.size,
         checksums=pb.Checksums(**a.checksums.given()),
         labels=a.labels,
+        tenant=a.tenant,
     )
     msg.created_at.FromDatetime(a.created_at)
     return msg

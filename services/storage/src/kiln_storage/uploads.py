@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kiln_common.auth.identity import check_labels_writable
+from kiln_common.auth.identity import check_labels_writable, owner, visible
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.ids import check_id, new_id
 from kiln_storage import keys
@@ -67,11 +67,12 @@ class Uploads:
     async def _session(self, upload_id: str) -> UploadSession:
         check_id(upload_id, "upload id")
         try:
-            return UploadSession.from_record(await self._get_json(keys.session_key(upload_id)))
+            session = UploadSession.from_record(await self._get_json(keys.session_key(upload_id)))
         except NotFound:
-            raise NotFound(
-                f"upload {upload_id} not found (completed, aborted or expired)"
-            ) from None
+            session = None
+        if session is None or not visible(session.tenant):  # another tenant's: the same words
+            raise NotFound(f"upload {upload_id} not found (completed, aborted or expired)")
+        return session
 
     async def _get_json(self, key: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(await self.store.get(key))
@@ -115,6 +116,7 @@ class Uploads:
             blob=blob,
             backend_upload_id=backend_id,
             created_at=datetime.now(UTC),
+            tenant=owner(),
         )
         try:
             await self._put_json(keys.session_key(upload_id), session.to_record())

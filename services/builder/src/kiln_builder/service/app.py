@@ -20,7 +20,7 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
-from kiln_client.credentials import use_token
+from kiln_client.credentials import serve_with_token
 from kiln_common import jetstream
 from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
@@ -56,10 +56,7 @@ async def build(settings: BuilderSettings) -> BuilderApp:
 
 
 async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
-    if (
-        settings.token is not None
-    ):  # what it sends (set before any client is made) when it calls another service
-        use_token(settings.token.get_secret_value())
+    serve_with_token(settings.token.get_secret_value() if settings.token else None, held)
     nc = await jetstream.connect(settings.nats_url, settings.name())
     held.close_with(nc.drain)  # released last: the others below need it
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)

@@ -17,11 +17,11 @@ from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from kiln_builder.service import queue, updates
-from kiln_builder.service.index import BuildIndex
-from kiln_builder.service.records import BuildRecords, same_recipe
+from kiln_builder.service.index import BuildIndex, Wanted
+from kiln_builder.service.records import BuildRecords, missing, same_recipe
 from kiln_client import wire
 from kiln_common import jetstream, lifecycle
-from kiln_common.auth.identity import Verb, allowed, caller
+from kiln_common.auth.identity import Verb, allowed, caller, owner, scope, visible
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kiln_common.events import Publisher
@@ -87,7 +87,7 @@ class BuilderCore:
         return Validation(valid=True, name=recipe.name, version=recipe.version, digest=digest)
 
     async def recipe_of(self, build_id: str) -> RecipeSource:
-        check_id(build_id, "build id")
+        await self.get(build_id)  # NOT_FOUND for another tenant's
         try:
             found = await self.nats.recipes.get(build_id)
         except ObjectNotFoundError:
@@ -120,9 +120,10 @@ class BuilderCore:
             created=now(),
             no_cache=no_cache,
             skip_boot_test=skip_boot_test,
+            tenant=owner(),
         )
         if key:
-            existing = await self.records.claim_key(key, build.id)
+            existing = await self.records.claim_key(build.tenant, key, build.id)
             if existing is not None:
                 return same_recipe(await self._wait_created(existing), digest)
         # Recipe first, record second, queue last: a worker never sees a build
@@ -157,7 +158,12 @@ class BuilderCore:
         await updates.publish(self.nats.js, update)
 
     async def get(self, build_id: str) -> Build:
-        return await self.records.get(build_id)
+        """The build, if the caller's tenant may see it: another tenant's is
+        NOT_FOUND, word for word as an unknown id is."""
+        build = await self.records.get(build_id)
+        if not visible(build.tenant):
+            raise missing(build_id)
+        return build
 
     async def list(
         self, state: BuildState = BuildState.UNSPECIFIED, name: str = "", page_size: int = 0,
@@ -171,10 +177,11 @@ class BuilderCore:
             raise InvalidArgument(f"state: unknown build state {int(state)}")
         if page_token:
             check_id(page_token, "page_token")
+        wanted = Wanted(state, name, scope())
         if self.index is None or not await self.index.caught_up():
-            return await self._scan(state, name, size, page_token)
+            return await self._scan(wanted, size, page_token)
         # Caught up: the index holds every record as of this call's start.
-        return self.index.page(state, name, page_token, size)
+        return self.index.page(wanted, page_token, size)
 
     async def _listed(self, build_id: str) -> Build | None:
         try:
@@ -182,14 +189,14 @@ class BuilderCore:
         except NotFound:
             return None  # removed while we listed
 
-    async def _scan(self, state: BuildState, name: str, size: int, token: str) -> Page:
+    async def _scan(self, wanted: Wanted, size: int, token: str) -> Page:
         """Every record read: the answer while the index is being rebuilt."""
         builds: list[Build] = []
         for build_id in await self.records.ids():
             if token and build_id >= token:
                 continue
             build = await self._listed(build_id)
-            if build is None or not _matches(build, state, name):
+            if build is None or not wanted.matches(build.state, build.name, build.tenant):
                 continue
             if len(builds) == size:
                 return builds, builds[-1].id
@@ -199,7 +206,7 @@ class BuilderCore:
     async def watch(
         self, build_id: str, after_seq: int, stored_only: bool = False
     ) -> AsyncIterator[BuildUpdate]:
-        await self.records.get(build_id)  # NOT_FOUND before the stream starts
+        await self.get(build_id)  # NOT_FOUND before the stream starts
 
         async def ended() -> bool:
             return (await self.records.get(build_id)).state in TERMINAL
@@ -210,6 +217,7 @@ class BuilderCore:
     async def cancel(self, build_id: str) -> Build:
         # A queued build is cancelled at once (no worker holds it). Its queue
         # message stays, and the worker that takes it sees the record and drops it.
+        await self.get(build_id)  # NOT_FOUND for another tenant's
         build, changed = await self.records.mutate(build_id, lifecycle.request_cancel)
         if changed and build.state == BuildState.CANCELLED:
             await self.announce(build)
@@ -217,7 +225,3 @@ class BuilderCore:
         elif build.state not in TERMINAL:
             await self.nats.nc.publish(queue.cancel_subject(build_id), b"cancel")
         return build
-
-
-def _matches(build: Build, state: BuildState, name: str) -> bool:
-    return (not state or build.state == state) and (not name or build.name == name)

@@ -31,9 +31,27 @@ MAX_CATCH_UP_SECONDS = 60.0  # the longest a call waits for a loading index
 
 
 @dataclass(frozen=True)
+class Wanted:
+    """Which builds a listing asks for: a state and a name (each "" or 0 for
+    any), of one tenant (None: every tenant)."""
+
+    state: State
+    name: str
+    tenant: str | None
+
+    def matches(self, state: State, name: str, tenant: str) -> bool:
+        return (
+            (not self.state or state == self.state)
+            and (not self.name or name == self.name)
+            and (self.tenant is None or tenant == self.tenant)
+        )
+
+
+@dataclass(frozen=True)
 class Entry:
     state: State
     name: str
+    tenant: str
     record: bytes  # the serialized Build, parsed only when listed
 
 
@@ -81,10 +99,10 @@ class BuildIndex:
             if self._entries.pop(build_id, None) is not None:
                 self._ids.pop(bisect.bisect_left(self._ids, build_id))
             return
-        state, name = wire.build_state_and_name(entry.value or b"")
+        state, name, tenant = wire.build_summary(entry.value or b"")
         if build_id not in self._entries:
             bisect.insort(self._ids, build_id)
-        self._entries[build_id] = Entry(state, name, entry.value or b"")
+        self._entries[build_id] = Entry(state, name, tenant, entry.value or b"")
 
     async def caught_up(self) -> bool:
         """Waits until every write made before this call is in the index. A
@@ -113,14 +131,18 @@ class BuildIndex:
         self.start()
         return False
 
-    def page(self, state: State, name: str, before: str, size: int) -> tuple[list[Build], str]:
+    def count(self, wanted: Wanted) -> int:
+        """How many builds match (a tenant's queued ones, for its quota)."""
+        return sum(1 for e in self._entries.values() if wanted.matches(e.state, e.name, e.tenant))
+
+    def page(self, wanted: Wanted, before: str, size: int) -> tuple[list[Build], str]:
         """Up to size builds, newest first, older than before (the page
         token); and the next token ("" on the last page)."""
         end = bisect.bisect_left(self._ids, before) if before else len(self._ids)
         found: list[Build] = []
         for index in range(end - 1, -1, -1):
             entry = self._entries[self._ids[index]]
-            if (state and entry.state != state) or (name and entry.name != name):
+            if not wanted.matches(entry.state, entry.name, entry.tenant):
                 continue
             if len(found) == size:
                 return found, found[-1].id

@@ -47,7 +47,7 @@ class BuildRecords:
         try:
             entry = await self.builds.get(build_id)
         except KeyNotFoundError:
-            raise NotFound(f"build {build_id} does not exist") from None
+            raise missing(build_id) from None
         stored = entry.value or b""
         return wire.build_from_bytes(stored), int(entry.revision or 0), stored
 
@@ -69,10 +69,12 @@ class BuildRecords:
                 continue
         raise FailedPrecondition(f"build {build_id} is changing too fast to update")
 
-    async def claim_key(self, key: str, build_id: str) -> str | None:
-        """Binds an idempotency key to build_id; returns the build it is
-        already bound to instead, if any."""
-        name = "k" + hashlib.sha256(key.encode()).hexdigest()
+    async def claim_key(self, tenant: str, key: str, build_id: str) -> str | None:
+        """Binds a tenant's idempotency key to build_id; returns the build it
+        is already bound to instead, if any. Keys are the tenant's own: one
+        tenant's key never finds, or blocks, another's build."""
+        scoped = f"{tenant}\0{key}" if tenant else key  # no tenant: the name it always had
+        name = "k" + hashlib.sha256(scoped.encode()).hexdigest()
         try:
             await self._keys.create(name, build_id.encode())
             return None
@@ -83,6 +85,11 @@ class BuildRecords:
     async def ids(self) -> list[str]:
         ids = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, BUILDS_BUCKET))
         return sorted(ids, reverse=True)  # ids sort by time
+
+
+def missing(build_id: str) -> NotFound:
+    """An unknown build, and another tenant's: the same words for both."""
+    return NotFound(f"build {build_id} does not exist")
 
 
 def same_recipe(existing: Build, digest: str) -> Build:

@@ -33,6 +33,7 @@ from kiln_builder.service.queue import Delivery, JetStreamDelivery
 from kiln_builder.service.reporter import BuildReporter
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
+from kiln_client.credentials import acting_for
 from kiln_common import jetstream, lifecycle
 from kiln_common.builds import (
     Build,
@@ -172,7 +173,10 @@ class Worker:
         self.jobs[build_id] = job
         heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
-            await self._attempt(job)
+            # Its layers, base and outputs are the build's tenant's: every call
+            # to storage and the publisher from here on acts for that tenant.
+            with acting_for(build.tenant):
+                await self._attempt(job)
         except Exception as exc:  # noqa: BLE001 - NATS away at the start or the end
             # Left unacked: the message comes back after ack_wait, to any worker.
             log.warning("build %s: attempt %d interrupted: %s", build_id, attempt,

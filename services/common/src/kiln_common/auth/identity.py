@@ -54,9 +54,13 @@ class Identity:
     tenant: str
     role: Role
     via: str  # static | oidc
+    # A service's call made for one tenant's work (a build's layers and
+    # outputs, a publication's artifact): seen and checked as that tenant's.
+    acting_for: str = ""
 
     def __str__(self) -> str:
-        return f"{self.subject} ({self.role} of {self.tenant}, {self.via})"
+        acting = f", for {self.acting_for}" if self.acting_for else ""
+        return f"{self.subject} ({self.role} of {self.tenant}{acting}, {self.via})"
 
 
 def allowed(identity: Identity, verb: Verb) -> bool:
@@ -81,6 +85,39 @@ def acting_as(identity: Identity) -> Iterator[None]:
         yield
     finally:
         _CALLER.reset(token)
+
+
+# ---- tenants ------------------------------------------------------------------
+# Every build, artifact, publication and entry has a tenant. A caller sees and
+# acts on its tenant's only; another tenant's object is answered exactly as an
+# unknown id is (NOT_FOUND), so ids do not leak. Records made while identities
+# were off have no tenant ("") and are seen only where no tenant is in scope.
+
+
+# The metadata a service's call names the tenant it acts for with.
+ACTING_FOR_HEADER = "kiln-acting-for"
+
+
+def scope() -> str | None:
+    """The one tenant the call acts in, or None for every tenant: identities
+    off, or Kiln's own service identity not acting for a tenant."""
+    who = caller()
+    if who is None:
+        return None
+    if who.role is Role.SERVICE:
+        return who.acting_for or None
+    return who.tenant
+
+
+def visible(tenant: str) -> bool:
+    """Whether an object of this tenant exists for the caller."""
+    wanted = scope()
+    return wanted is None or tenant == wanted
+
+
+def owner() -> str:
+    """The tenant a new object belongs to ("" with identities off)."""
+    return scope() or ""
 
 
 # Labels only Kiln's builder writes (its outputs, their attempt and build,

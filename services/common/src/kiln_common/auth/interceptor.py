@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from kiln_common.auth.authenticator import Authenticator
-from kiln_common.auth.identity import Identity, Verb, acting_as, allowed
+from kiln_common.auth.identity import ACTING_FOR_HEADER, Identity, Role, Verb, acting_as, allowed
 from kiln_common.auth.policy import OPEN, required
+from kiln_common.auth.static import check_tenant
 from kiln_common.errors import Internal, KilnError, PermissionDenied
 from kiln_common.grpc_errors import status_for
 
@@ -46,6 +48,7 @@ class AuthInterceptor(_ServerInterceptor):
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         try:
             identity = await self._check(details.method, verb, metadata.get("authorization", ""))
+            identity = _acting(identity, metadata.get(ACTING_FOR_HEADER, ""))
         except KilnError as exc:
             log.info("refused %s: %s", details.method, exc)
             return _wrapped(handler, _refusal(exc))
@@ -62,6 +65,16 @@ class AuthInterceptor(_ServerInterceptor):
         if not allowed(identity, verb):
             raise PermissionDenied(f"the {identity.role} role may not {verb} ({method})")
         return identity
+
+
+def _acting(identity: Identity, tenant: str) -> Identity:
+    """The service identity, acting for the tenant a call names; nobody else
+    may name one (a tenant's caller is its own tenant's, always)."""
+    if not tenant:
+        return identity
+    if identity.role is not Role.SERVICE:
+        raise PermissionDenied("only Kiln's services act for a tenant")
+    return replace(identity, acting_for=check_tenant(tenant))
 
 
 Behaviour = Callable[..., Any]

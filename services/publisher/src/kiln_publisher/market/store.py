@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from kiln_common import jetstream
-from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kiln_common.events import Publisher
 from kiln_market.entry import (
     DEFAULT_VALIDITY,
@@ -34,6 +34,7 @@ from kiln_market.entry import (
 from kiln_market.keys import Keyring
 from kiln_market.signing import Rejected, SignedEntry, sign, verify
 from kiln_publisher.market.marks import Head, Mark
+from kiln_publisher.market.owners import OWNERS_SUFFIX, Owners
 from kiln_publisher.market.query import Query
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ def _key(identifier: str, email: str) -> str:
     # NATS keys allow [-/_=.A-Za-z0-9]: the email goes in as base64url.
     tag = base64.urlsafe_b64encode(email.lower().encode()).decode().rstrip("=")
     return f"{identifier}.{tag}"
+
+
+def _no_entry(identifier: str, endorser: str | None) -> NotFound:
+    by = f" endorsed by {endorser}" if endorser else ""
+    return NotFound(f"no marketplace entry {identifier}{by}")
 
 
 def _sequence_in(document: bytes | None) -> int:
@@ -119,6 +125,7 @@ class Market:
         # signature again each time; a reloaded keyring checks them afresh.
         self._verified: dict[str, tuple[int, Keyring, Entry]] = {}
         self.signatures_checked = 0  # how many documents were verified (the cache's measure)
+        self.owners = Owners(lambda: self._bucket_named(self._bucket + OWNERS_SUFFIX))
 
     async def _bucket_named(self, name: str) -> KeyValue:
         return await jetstream.mapped(
@@ -202,6 +209,7 @@ class Market:
         endorser: str,
         valid_for: timedelta | None = None,
         now: datetime | None = None,
+        tenant: str = "",
     ) -> SignedEntry:
         """Signs and stores the endorser's entry for the image. An image the
         endorser already vouches for, with the same facts and still valid,
@@ -213,6 +221,12 @@ class Market:
         validity = valid_for if valid_for is not None else DEFAULT_VALIDITY
         fresh = new_entry(facts, Endorser(signer.email, signer.kid), moment, validity)
         key = _key(fresh.identifier, signer.email)
+        if not await self.owners.claim(key, tenant):
+            # Entries are public, so saying it exists leaks nothing; whose it is stays unsaid.
+            raise PermissionDenied(
+                f"entry {fresh.identifier} by {signer.email} is another tenant's: this"
+                " tenant may not endorse that image again"
+            )
         for _ in range(_CAS_ATTEMPTS):
             head = await self._head(key)
             if head is not None and head.deprecated:
@@ -300,8 +314,7 @@ class Market:
             if endorser is None or s.entry.endorser.email.lower() == endorser.lower()
         ]
         if not found:
-            by = f" endorsed by {endorser}" if endorser else ""
-            raise NotFound(f"no marketplace entry {identifier}{by}")
+            raise _no_entry(identifier, endorser)
         return max(found, key=lambda s: s.entry.created)
 
     async def search(self, query: Query, now: datetime | None = None) -> list[SignedEntry]:
@@ -317,7 +330,12 @@ class Market:
         endorser named, the one endorser this replica signs for that
         endorsed the image."""
         moment = now or datetime.now(UTC)
-        current = await self.get(identifier, endorser or self._only_endorser(identifier))
+        endorser = endorser or self._only_endorser(identifier)
+        current = await self.get(identifier, endorser)
+        # Another tenant's entry is not there for this caller: the same words.
+        await self.owners.check(
+            _key(identifier, current.entry.endorser.email), _no_entry(identifier, endorser)
+        )
         if current.entry.deprecated:
             return current
         signed, _ = await self._supersede(current, moment, "entry.deprecated", deprecated=True)

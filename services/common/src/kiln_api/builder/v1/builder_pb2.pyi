@@ -348,6 +348,7 @@ class Build(_message.Message):
     ISOLATION_FIELD_NUMBER: _builtins.int
     APPLIANCE_ACCEL_FIELD_NUMBER: _builtins.int
     ISOLATION_REASON_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -372,6 +373,8 @@ class Build(_message.Message):
     """kvm or tcg, when the vm appliance ran"""
     isolation_reason: _builtins.str
     """why that isolation: the recipe's, or the builder's setting"""
+    tenant: _builtins.str
+    """whose build it is (its submitter's tenant)"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
     @_builtins.property
@@ -424,10 +427,11 @@ class Build(_message.Message):
         isolation: _builtins.str = ...,
         appliance_accel: _builtins.str = ...,
         isolation_reason: _builtins.str = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

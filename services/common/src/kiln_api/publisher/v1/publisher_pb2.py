@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kiln_api/publisher/v1/publisher.proto\x12\x11kiln.publisher.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n\x0cGlanceTarget\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nvisibility\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x43\n\nproperties\x18\x06 \x03(\x0b\x32/.kiln.publisher.v1.GlanceTarget.PropertiesEntry\x12\x10\n\x08min_disk\x18\x07 \x01(\r\x12\x0f\n\x07min_ram\x18\x08 \x01(\r\x12\x0c\n\x04keep\x18\t \x01(\r\x12\x0e\n\x06retire\x18\n \x01(\t\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x11MarketplaceTarget\x12\x10\n\x08\x65ndorser\x18\x01 \x01(\t\x12,\n\tvalid_for\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xb2\x01\n\x0ePublishRequest\x12\x15\n\x0b\x61rtifact_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x62uild_id\x18\x02 \x01(\tH\x00\x12/\n\x06glance\x18\x03 \x03(\x0b\x32\x1f.kiln.publisher.v1.GlanceTarget\x12\x39\n\x0bmarketplace\x18\x04 \x01(\x0b\x32$.kiln.publisher.v1.MarketplaceTargetB\t\n\x07subject\"\xf9\x01\n\x0cTargetResult\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.kiln.publisher.v1.State\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\r\n\x05\x63loud\x18\x06 \x01(\t\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x10\n\x08image_id\x18\x08 \x01(\t\x12\x12\n\nimage_name\x18\t \x01(\t\x12\x0e\n\x06method\x18\n \x01(\t\x12\x0f\n\x07retired\x18\x0b \x03(\t\x12\x18\n\x10\x65ntry_identifier\x18\x0c \x01(\t\"\xfb\x01\n\x0bPublication\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.kiln.publisher.v1.State\x12\x30\n\x07results\x18\x05 \x03(\x0b\x32\x1f.kiln.publisher.v1.TargetResult\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\x15GetPublicationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"g\n\x17ListPublicationsRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"i\n\x18ListPublicationsResponse\x12\x34\n\x0cpublications\x18\x01 \x03(\x0b\x32\x1e.kiln.publisher.v1.Publication\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xfd\x02\n\x05\x45ntry\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x12\n\nos_version\x18\x05 \x01(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x0c\n\x04size\x18\t \x01(\x04\x12\x0e\n\x06\x66ormat\x18\n \x01(\t\x12\x0e\n\x06sha512\x18\x0b \x01(\t\x12\x11\n\tlocations\x18\x0c \x03(\t\x12+\n\x07\x63reated\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x0f \x01(\x0c\x12\x13\n\x0b\x61rtifact_id\x18\x10 \x01(\t\x12\x0e\n\x06sha256\x18\x11 \x01(\t\x12\x16\n\x0e\x66resh_location\x18\x12 \x01(\t\"t\n\x14SearchEntriesRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\"B\n\x15SearchEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.kiln.publisher.v1.Entry\"%\n\x0fGetEntryRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\"=\n\x15\x44\x65precateEntryRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x02 \x01(\t\"d\n\x10\x46\x65tchBaseRequest\x12\x33\n\x06glance\x18\x02 \x01(\x0b\x32!.kiln.publisher.v1.GlanceImageRefH\x00\x42\x08\n\x06sourceJ\x04\x08\x01\x10\x02R\x0bmarketplace\">\n\x0eGlanceImageRef\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\"O\n\x0f\x46\x65tchBaseHeader\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06sha512\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"]\n\x0e\x46\x65tchBaseChunk\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".kiln.publisher.v1.FetchBaseHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg*f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x0e\n\nSTATE_DONE\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x32\xfd\x04\n\tPublisher\x12L\n\x07Publish\x12!.kiln.publisher.v1.PublishRequest\x1a\x1e.kiln.publisher.v1.Publication\x12Z\n\x0eGetPublication\x12(.kiln.publisher.v1.GetPublicationRequest\x1a\x1e.kiln.publisher.v1.Publication\x12k\n\x10ListPublications\x12*.kiln.publisher.v1.ListPublicationsRequest\x1a+.kiln.publisher.v1.ListPublicationsResponse\x12\x62\n\rSearchEntries\x12\'.kiln.publisher.v1.SearchEntriesRequest\x1a(.kiln.publisher.v1.SearchEntriesResponse\x12H\n\x08GetEntry\x12\".kiln.publisher.v1.GetEntryRequest\x1a\x18.kiln.publisher.v1.Entry\x12T\n\x0e\x44\x65precateEntry\x12(.kiln.publisher.v1.DeprecateEntryRequest\x1a\x18.kiln.publisher.v1.Entry\x12U\n\tFetchBase\x12#.kiln.publisher.v1.FetchBaseRequest\x1a!.kiln.publisher.v1.FetchBaseChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%kiln_api/publisher/v1/publisher.proto\x12\x11kiln.publisher.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x02\n\x0cGlanceTarget\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nvisibility\x18\x04 \x01(\t\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x43\n\nproperties\x18\x06 \x03(\x0b\x32/.kiln.publisher.v1.GlanceTarget.PropertiesEntry\x12\x10\n\x08min_disk\x18\x07 \x01(\r\x12\x0f\n\x07min_ram\x18\x08 \x01(\r\x12\x0c\n\x04keep\x18\t \x01(\r\x12\x0e\n\x06retire\x18\n \x01(\t\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x11MarketplaceTarget\x12\x10\n\x08\x65ndorser\x18\x01 \x01(\t\x12,\n\tvalid_for\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05title\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xb2\x01\n\x0ePublishRequest\x12\x15\n\x0b\x61rtifact_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08\x62uild_id\x18\x02 \x01(\tH\x00\x12/\n\x06glance\x18\x03 \x03(\x0b\x32\x1f.kiln.publisher.v1.GlanceTarget\x12\x39\n\x0bmarketplace\x18\x04 \x01(\x0b\x32$.kiln.publisher.v1.MarketplaceTargetB\t\n\x07subject\"\xf9\x01\n\x0cTargetResult\x12\x13\n\x0b\x61rtifact_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.kiln.publisher.v1.State\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\r\n\x05\x63loud\x18\x06 \x01(\t\x12\x0e\n\x06region\x18\x07 \x01(\t\x12\x10\n\x08image_id\x18\x08 \x01(\t\x12\x12\n\nimage_name\x18\t \x01(\t\x12\x0e\n\x06method\x18\n \x01(\t\x12\x0f\n\x07retired\x18\x0b \x03(\t\x12\x18\n\x10\x65ntry_identifier\x18\x0c \x01(\t\"\x8b\x02\n\x0bPublication\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x10\n\x08\x62uild_id\x18\x03 \x01(\t\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.kiln.publisher.v1.State\x12\x30\n\x07results\x18\x05 \x03(\x0b\x32\x1f.kiln.publisher.v1.TargetResult\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x08 \x01(\t\"#\n\x15GetPublicationRequest\x12\n\n\x02id\x18\x01 \x01(\t\"g\n\x17ListPublicationsRequest\x12\x10\n\x08\x62uild_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"i\n\x18ListPublicationsResponse\x12\x34\n\x0cpublications\x18\x01 \x03(\x0b\x32\x1e.kiln.publisher.v1.Publication\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xfd\x02\n\x05\x45ntry\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x03 \x01(\t\x12\n\n\x02os\x18\x04 \x01(\t\x12\x12\n\nos_version\x18\x05 \x01(\t\x12\x0c\n\x04\x61rch\x18\x06 \x01(\t\x12\r\n\x05title\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\x0c\n\x04size\x18\t \x01(\x04\x12\x0e\n\x06\x66ormat\x18\n \x01(\t\x12\x0e\n\x06sha512\x18\x0b \x01(\t\x12\x11\n\tlocations\x18\x0c \x03(\t\x12+\n\x07\x63reated\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bvalid_until\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64ocument\x18\x0f \x01(\x0c\x12\x13\n\x0b\x61rtifact_id\x18\x10 \x01(\t\x12\x0e\n\x06sha256\x18\x11 \x01(\t\x12\x16\n\x0e\x66resh_location\x18\x12 \x01(\t\"t\n\x14SearchEntriesRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\n\n\x02os\x18\x02 \x01(\t\x12\x12\n\nos_version\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x05 \x01(\t\x12\x0e\n\x06status\x18\x06 \x01(\t\"B\n\x15SearchEntriesResponse\x12)\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x18.kiln.publisher.v1.Entry\"%\n\x0fGetEntryRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\"=\n\x15\x44\x65precateEntryRequest\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x10\n\x08\x65ndorser\x18\x02 \x01(\t\"d\n\x10\x46\x65tchBaseRequest\x12\x33\n\x06glance\x18\x02 \x01(\x0b\x32!.kiln.publisher.v1.GlanceImageRefH\x00\x42\x08\n\x06sourceJ\x04\x08\x01\x10\x02R\x0bmarketplace\">\n\x0eGlanceImageRef\x12\r\n\x05\x63loud\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\"O\n\x0f\x46\x65tchBaseHeader\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0e\n\x06sha512\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"]\n\x0e\x46\x65tchBaseChunk\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".kiln.publisher.v1.FetchBaseHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x05\n\x03msg*f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x0e\n\nSTATE_DONE\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x32\xfd\x04\n\tPublisher\x12L\n\x07Publish\x12!.kiln.publisher.v1.PublishRequest\x1a\x1e.kiln.publisher.v1.Publication\x12Z\n\x0eGetPublication\x12(.kiln.publisher.v1.GetPublicationRequest\x1a\x1e.kiln.publisher.v1.Publication\x12k\n\x10ListPublications\x12*.kiln.publisher.v1.ListPublicationsRequest\x1a+.kiln.publisher.v1.ListPublicationsResponse\x12\x62\n\rSearchEntries\x12\'.kiln.publisher.v1.SearchEntriesRequest\x1a(.kiln.publisher.v1.SearchEntriesResponse\x12H\n\x08GetEntry\x12\".kiln.publisher.v1.GetEntryRequest\x1a\x18.kiln.publisher.v1.Entry\x12T\n\x0e\x44\x65precateEntry\x12(.kiln.publisher.v1.DeprecateEntryRequest\x1a\x18.kiln.publisher.v1.Entry\x12U\n\tFetchBase\x12#.kiln.publisher.v1.FetchBaseRequest\x1a!.kiln.publisher.v1.FetchBaseChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GLANCETARGET_PROPERTIESENTRY']._loaded_options = None
   _globals['_GLANCETARGET_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_STATE']._serialized_start=2477
-  _globals['_STATE']._serialized_end=2579
+  _globals['_STATE']._serialized_start=2493
+  _globals['_STATE']._serialized_end=2595
   _globals['_GLANCETARGET']._serialized_start=126
   _globals['_GLANCETARGET']._serialized_end=404
   _globals['_GLANCETARGET_PROPERTIESENTRY']._serialized_start=355
@@ -48,31 +48,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TARGETRESULT']._serialized_start=709
   _globals['_TARGETRESULT']._serialized_end=958
   _globals['_PUBLICATION']._serialized_start=961
-  _globals['_PUBLICATION']._serialized_end=1212
-  _globals['_GETPUBLICATIONREQUEST']._serialized_start=1214
-  _globals['_GETPUBLICATIONREQUEST']._serialized_end=1249
-  _globals['_LISTPUBLICATIONSREQUEST']._serialized_start=1251
-  _globals['_LISTPUBLICATIONSREQUEST']._serialized_end=1354
-  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_start=1356
-  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_end=1461
-  _globals['_ENTRY']._serialized_start=1464
-  _globals['_ENTRY']._serialized_end=1845
-  _globals['_SEARCHENTRIESREQUEST']._serialized_start=1847
-  _globals['_SEARCHENTRIESREQUEST']._serialized_end=1963
-  _globals['_SEARCHENTRIESRESPONSE']._serialized_start=1965
-  _globals['_SEARCHENTRIESRESPONSE']._serialized_end=2031
-  _globals['_GETENTRYREQUEST']._serialized_start=2033
-  _globals['_GETENTRYREQUEST']._serialized_end=2070
-  _globals['_DEPRECATEENTRYREQUEST']._serialized_start=2072
-  _globals['_DEPRECATEENTRYREQUEST']._serialized_end=2133
-  _globals['_FETCHBASEREQUEST']._serialized_start=2135
-  _globals['_FETCHBASEREQUEST']._serialized_end=2235
-  _globals['_GLANCEIMAGEREF']._serialized_start=2237
-  _globals['_GLANCEIMAGEREF']._serialized_end=2299
-  _globals['_FETCHBASEHEADER']._serialized_start=2301
-  _globals['_FETCHBASEHEADER']._serialized_end=2380
-  _globals['_FETCHBASECHUNK']._serialized_start=2382
-  _globals['_FETCHBASECHUNK']._serialized_end=2475
-  _globals['_PUBLISHER']._serialized_start=2582
-  _globals['_PUBLISHER']._serialized_end=3219
+  _globals['_PUBLICATION']._serialized_end=1228
+  _globals['_GETPUBLICATIONREQUEST']._serialized_start=1230
+  _globals['_GETPUBLICATIONREQUEST']._serialized_end=1265
+  _globals['_LISTPUBLICATIONSREQUEST']._serialized_start=1267
+  _globals['_LISTPUBLICATIONSREQUEST']._serialized_end=1370
+  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_start=1372
+  _globals['_LISTPUBLICATIONSRESPONSE']._serialized_end=1477
+  _globals['_ENTRY']._serialized_start=1480
+  _globals['_ENTRY']._serialized_end=1861
+  _globals['_SEARCHENTRIESREQUEST']._serialized_start=1863
+  _globals['_SEARCHENTRIESREQUEST']._serialized_end=1979
+  _globals['_SEARCHENTRIESRESPONSE']._serialized_start=1981
+  _globals['_SEARCHENTRIESRESPONSE']._serialized_end=2047
+  _globals['_GETENTRYREQUEST']._serialized_start=2049
+  _globals['_GETENTRYREQUEST']._serialized_end=2086
+  _globals['_DEPRECATEENTRYREQUEST']._serialized_start=2088
+  _globals['_DEPRECATEENTRYREQUEST']._serialized_end=2149
+  _globals['_FETCHBASEREQUEST']._serialized_start=2151
+  _globals['_FETCHBASEREQUEST']._serialized_end=2251
+  _globals['_GLANCEIMAGEREF']._serialized_start=2253
+  _globals['_GLANCEIMAGEREF']._serialized_end=2315
+  _globals['_FETCHBASEHEADER']._serialized_start=2317
+  _globals['_FETCHBASEHEADER']._serialized_end=2396
+  _globals['_FETCHBASECHUNK']._serialized_start=2398
+  _globals['_FETCHBASECHUNK']._serialized_end=2491
+  _globals['_PUBLISHER']._serialized_start=2598
+  _globals['_PUBLISHER']._serialized_end=3235
 # @@protoc_insertion_point(module_scope)

@@ -259,12 +259,15 @@ class Publication(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     artifact_id: _builtins.str
     """the artifact asked for, or empty for a build"""
     build_id: _builtins.str
     state: Global___State.ValueType
     """DONE when every target is, FAILED when any failed"""
+    tenant: _builtins.str
+    """whose publication it is (its artifact's tenant)"""
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetResult]: ...
     @_builtins.property
@@ -281,10 +284,11 @@ class Publication(_message.Message):
         results: _abc.Iterable[Global___TargetResult] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "build_id", b"build_id", "created_at", b"created_at", "id", b"id", "results", b"results", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_id", b"artifact_id", "build_id", b"build_id", "created_at", b"created_at", "id", b"id", "results", b"results", "state", b"state", "tenant", b"tenant", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -81,8 +81,11 @@ class Artifact(_message.Message):
     CHECKSUMS_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     size: _builtins.int
+    tenant: _builtins.str
+    """whose artifact it is (its uploader's, or the build's)"""
     @_builtins.property
     def checksums(self) -> Global___Checksums: ...
     @_builtins.property
@@ -99,10 +102,11 @@ class Artifact(_message.Message):
         checksums: Global___Checksums | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checksums", b"checksums", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksums", b"checksums", "created_at", b"created_at", "id", b"id", "labels", b"labels", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checksums", b"checksums", "created_at", b"created_at", "id", b"id", "labels", b"labels", "size", b"size", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
