@@ -24,8 +24,10 @@ from support import kill_part, kiln, kiln_up, restart_dead_parts, scratch, wait_
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.base.fetch import fetch_base
 from kiln_client import PublisherClient, StorageClient
+from kiln_client.credentials import acting_for
 from kiln_common import jetstream
 from kiln_common.events import make_event, subject_for, to_json
+from kiln_common.home import LOCAL_TENANT
 from kiln_common.ids import new_id
 from kiln_common.publications import Publication, PublicationState
 from kiln_devstack.devservers import Glance
@@ -70,7 +72,8 @@ def push_image(env: dict[str, str], where: Path, build_id: str, name: str) -> st
     labels = {"name": name, "version": "1", "format": "qcow2", "build-id": build_id,
               "kiln-kind": "image"}  # fmt: skip
     service = (Path(env["KILN_HOME"]) / "service-token").read_text().strip()
-    with StorageClient(stack_of(env).storage, token=service) as storage:
+    # Acting for the stack's admin tenant, as a builder does for a build of it.
+    with acting_for(LOCAL_TENANT), StorageClient(stack_of(env).storage, token=service) as storage:
         return str(storage.push(path, labels).id)
 
 

@@ -179,10 +179,12 @@ def _print_tests(tests: Path | None) -> None:
 def _as_a_builder() -> None:
     """Layers are the builder's to write (kiln-* labels): a bake sends a
     builder's service token, KILN_BUILDER_TOKEN or the local stack's (its
-    service-token file, the owner's only); else the caller's own token."""
-    from kiln_client.credentials import use_token
+    service-token file, the owner's only); else the caller's own token. With
+    a service token it acts for a tenant, whose layers it shares as that
+    tenant's builds do: KILN_TENANT, else the local stack's admin tenant."""
+    from kiln_client.credentials import use_tenant, use_token
     from kiln_client.discovery import kiln_home
-    from kiln_common.home import SERVICE_TOKEN_FILE
+    from kiln_common.home import LOCAL_TENANT, SERVICE_TOKEN_FILE
 
     kept = kiln_home() / SERVICE_TOKEN_FILE
     token = os.environ.get("KILN_BUILDER_TOKEN") or (
@@ -190,6 +192,7 @@ def _as_a_builder() -> None:
     )
     if token:
         use_token(token)
+        use_tenant(os.environ.get("KILN_TENANT") or LOCAL_TENANT)
 
 
 def _running_storage() -> str | None:

@@ -20,8 +20,16 @@ from kiln_common.home import TOKEN_FILE, kiln_home
 
 _process_token = ""
 # The tenant a service's calls are made for (a build's, a publication's):
-# read when each call starts, so it follows the task that makes it.
+# read when each call starts, so it follows the task that makes it; else the
+# process's (a bake's, use_tenant).
 _acting_for: contextvars.ContextVar[str] = contextvars.ContextVar("kiln_acting_for", default="")
+_process_tenant = ""
+
+
+def use_tenant(tenant: str) -> None:
+    """The tenant every call of this process acts for unless told another."""
+    global _process_tenant
+    _process_tenant = tenant
 
 
 @contextmanager
@@ -87,7 +95,7 @@ class _Bearer:
 
     def _with_token(self, details: Any) -> Any:
         headers = [self._header]
-        if tenant := _acting_for.get():
+        if tenant := _acting_for.get() or _process_tenant:
             headers.append((ACTING_FOR_HEADER, tenant))
         metadata = grpc.aio.Metadata(*(details.metadata or ()), *headers)
         return details._replace(metadata=metadata)

@@ -37,6 +37,10 @@ class PermissionDenied(KilnError):
     """The caller may not do this."""
 
 
+class ResourceExhausted(KilnError):
+    """Over a quota (the message names the limit): nothing was done."""
+
+
 class Unauthenticated(KilnError):
     """The call carries no identity Kiln accepts (missing, expired, forged)."""
 

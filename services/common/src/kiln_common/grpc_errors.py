@@ -27,6 +27,7 @@ STATUS_OF: dict[type[errors.KilnError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Internal: grpc.StatusCode.INTERNAL,
@@ -35,7 +36,6 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.KilnError]] = {
     code: cls for cls, code in STATUS_OF.items()
 } | {
     # Codes no core raises, as the nearest domain error a caller handles.
-    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
     grpc.StatusCode.ABORTED: errors.Unavailable,
     grpc.StatusCode.OUT_OF_RANGE: errors.InvalidArgument,
 }

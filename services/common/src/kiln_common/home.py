@@ -13,6 +13,7 @@ from kiln_common.proc import pid_alive
 
 TOKEN_FILE = "token"  # the stack's admin token, for the CLI (0600)
 SERVICE_TOKEN_FILE = "service-token"  # what the stack's services send each other
+LOCAL_TENANT = "local"  # the tenant of the stack's admin token (and so of what the CLI makes)
 
 
 def kiln_home() -> Path:

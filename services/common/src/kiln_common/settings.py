@@ -15,6 +15,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from kiln_common.auth.quotas import Quota
 from kiln_common.logs import redact
 
 
@@ -71,6 +72,11 @@ class IdentitySettings(KilnSettings):
     token: SecretStr | None = None
     """The bearer token this service sends when it calls another Kiln service
     (a static token of the service role)."""
+    quotas: dict[str, Quota] = Field(default_factory=dict)
+    """Per tenant, what it may hold at once: `concurrent_builds`,
+    `queued_builds` (the builder's) and `stored_bytes` (storage's), e.g.
+    `{"*": {"queued_builds": 50}, "web": {"concurrent_builds": 4}}`. A tenant
+    not named gets the "*" entry; a limit not set is none. Default: none."""
 
 
 def settings_error(exc: ValidationError) -> str:

@@ -19,7 +19,7 @@ import nats
 from kiln_common.auth import Role
 from kiln_common.auth.static import StaticTokens
 from kiln_common.errors import Unauthenticated
-from kiln_common.home import SERVICE_TOKEN_FILE, TOKEN_FILE, Stack, kiln_home
+from kiln_common.home import LOCAL_TENANT, SERVICE_TOKEN_FILE, TOKEN_FILE, Stack, kiln_home
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
 from kiln_devstack.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
@@ -126,7 +126,7 @@ def issue_tokens(stack: Stack) -> None:
     publisher send each other and storage. Both files are the owner's only; a
     file whose token NATS no longer knows (its data lost) is made again."""
     home = Path(stack.home)
-    wanted = {TOKEN_FILE: ("local", Role.ADMIN), SERVICE_TOKEN_FILE: ("kiln", Role.SERVICE)}
+    wanted = {TOKEN_FILE: (LOCAL_TENANT, Role.ADMIN), SERVICE_TOKEN_FILE: ("kiln", Role.SERVICE)}
     kept = {name: (home / name).read_text().strip() for name in wanted if (home / name).is_file()}
     # In a thread of its own: `kiln up` may be called where a loop runs.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
