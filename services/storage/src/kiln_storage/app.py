@@ -13,6 +13,7 @@ import grpc
 from minio import Minio
 
 from kiln_api.storage.v1 import storage_pb2, storage_pb2_grpc
+from kiln_common.auth.quotas import Quotas
 from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, NoEvents, Publisher, default_source
 from kiln_common.grpc_server import GrpcServer
@@ -110,7 +111,7 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
         upload_concurrency=settings.upload_concurrency,
         upload_ttl=timedelta(seconds=settings.upload_ttl_seconds),
     )
-    core = StorageCore(store, events, config)
+    core = StorageCore(store, events, config, quotas=Quotas(settings.quotas))
 
     identities = guard(settings, events.js if isinstance(events, JetStreamPublisher) else None)
     await identities.prime()

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from kiln_common.auth.identity import scope, visible
+from kiln_common.auth.quotas import Quotas, check
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -74,11 +75,13 @@ class StorageCore:
         events: Publisher,
         config: CoreConfig | None = None,
         signer: UrlSigner | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
         self.events = events
         self.config = config or CoreConfig()
         self.signer = signer
+        self.quotas = quotas or Quotas({})
         self.index = ArtifactIndex(store, self._record)
         self.sharing = BlobSharing(store, self._record, self._at, self.config.commit_wait)
         self.uploads = Uploads(
@@ -87,6 +90,7 @@ class StorageCore:
             part_size=self.config.part_size,
             concurrency=self.config.upload_concurrency,
             ttl=self.config.upload_ttl,
+            admit=self._admit,
         )
         self.checkpoint: Checkpoint | None = None
         # The upload sessions are Uploads' (which calls back _commit below); the
@@ -172,6 +176,25 @@ class StorageCore:
         if await self.index.ready():
             return await self.index.page(selector, page_size, page_token)
         return await self.index.scan(selector, page_size, page_token)
+
+    async def stored_bytes(self, tenant: str) -> int:
+        """The sizes of the tenant's artifacts, each counted whole (its quota's
+        measure): its own listing index walked to the end."""
+        selector, total, after = {TENANT_LABEL: tenant}, 0, ""
+        while True:
+            if await self.index.ready():
+                page, after = await self.index.page(selector, MAX_PAGE, after)
+            else:
+                page, after = await self.index.scan(selector, MAX_PAGE, after)
+            total += sum(a.size for a in page)
+            if not after:
+                return total
+
+    async def _admit(self, tenant: str, size: int) -> None:
+        """ResourceExhausted if size more bytes would pass the tenant's quota."""
+        limit = self.quotas.of(tenant).stored_bytes
+        if limit is not None:
+            check(tenant, "stored bytes", await self.stored_bytes(tenant), size, limit)
 
     async def rebuild_index(self, force: bool = False) -> int:
         """Indexes records written before the index existed (once per store)."""

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kiln_common.auth.identity import check_labels_writable, owner, visible
-from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from kiln_common.ids import check_id, new_id
 from kiln_storage import keys
 from kiln_storage.backends import ObjectStore
@@ -47,6 +47,14 @@ MAX_PARTS = 10_000
 Commit = Callable[[UploadSession, Checksums, int], Awaitable[Artifact]]
 
 
+# Checks that the tenant may store this many more bytes (ResourceExhausted if not).
+Admit = Callable[[str, int], Awaitable[None]]
+
+
+async def _anything(tenant: str, size: int) -> None:
+    return None
+
+
 class Uploads:
     def __init__(
         self,
@@ -55,9 +63,11 @@ class Uploads:
         part_size: int,
         concurrency: int,
         ttl: timedelta,
+        admit: Admit | None = None,
     ) -> None:
         self.store = store
         self._commit = commit
+        self._admit = admit or _anything
         self.part_size = part_size  # when the client does not choose one
         self.concurrency = concurrency  # parts of one one-shot upload in flight
         self.ttl = ttl  # a session older than this is the janitor's
@@ -93,6 +103,8 @@ class Uploads:
         labels = validate_labels(labels)
         check_labels_writable(labels)
         expected = expected.validated()
+        if size is not None:  # a declared size over the quota: refused before any byte
+            await self._admit(owner(), size)
         part_size = part_size or self.part_size
         if not MIN_PART <= part_size <= MAX_PART:
             raise InvalidArgument(
@@ -206,6 +218,11 @@ class Uploads:
             raise InvalidArgument(
                 f"size mismatch: declared {session.size} bytes, got {total}; nothing was stored"
             )
+        try:
+            await self._admit(session.tenant, total)
+        except ResourceExhausted:
+            await self._discard(session)
+            raise
         digest = self._digests.get(upload_id)
         checksums = await digest.result(count) if digest else None
         await self.store.mp_complete(session.blob, session.backend_upload_id, count, total)

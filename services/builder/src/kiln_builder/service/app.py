@@ -22,6 +22,7 @@ from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
 from kiln_client.credentials import serve_with_token
 from kiln_common import jetstream
+from kiln_common.auth.quotas import Quotas
 from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
@@ -68,7 +69,7 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     index = BuildIndex(shared.js, shared.records.builds, BUILDS_BUCKET)
     index.start()
     held.close_with(index.stop)
-    core = BuilderCore(shared, events, index)
+    core = BuilderCore(shared, events, index, Quotas(settings.quotas))
 
     identities = guard(settings, shared.js)
     await identities.prime()

@@ -22,6 +22,7 @@ from kiln_builder.service.records import BuildRecords, missing, same_recipe
 from kiln_client import wire
 from kiln_common import jetstream, lifecycle
 from kiln_common.auth.identity import Verb, allowed, caller, owner, scope, visible
+from kiln_common.auth.quotas import Quotas, check
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from kiln_common.events import Publisher
@@ -58,6 +59,7 @@ class Nats:
     js: JetStreamContext
     records: BuildRecords
     recipes: ObjectStore
+    policy: queue.QueuePolicy
 
     @classmethod
     async def open(cls, nc: NatsClient, policy: queue.QueuePolicy, replicas: int = 1) -> Nats:
@@ -67,15 +69,20 @@ class Nats:
         recipes = await jetstream.object_store(
             js, RECIPES_BUCKET, ttl=RECIPE_TTL_SECONDS, replicas=replicas
         )
-        return cls(nc, js, await BuildRecords.open(js, replicas), recipes)
+        return cls(nc, js, await BuildRecords.open(js, replicas), recipes, policy)
 
 
 class BuilderCore:
-    def __init__(self, nats: Nats, events: Publisher, index: BuildIndex | None = None) -> None:
+    def __init__(
+        self, nats: Nats, events: Publisher, index: BuildIndex | None = None,
+        quotas: Quotas | None = None,
+    ) -> None:  # fmt: skip
         self.nats = nats
         self.records = nats.records
         self.events = events
         self.index = index
+        self.quotas = quotas or Quotas({})
+        self._queues: set[str] = set()  # tenants whose queue this pod has made sure of
 
     # ---- recipes ---------------------------------------------------------------------
 
@@ -110,6 +117,7 @@ class BuilderCore:
                 f"the recipe's publish: section publishes the image, which the {who.role}"
                 " role may not do (ask a publisher, or leave publish: out)"
             )
+        await self._check_queued(owner())  # nothing is stored past a quota
         build = Build(
             id=new_id(),
             state=BuildState.QUEUED,
@@ -132,12 +140,29 @@ class BuilderCore:
         await self.nats.recipes.put(build.id, wire.recipe_bytes(kept))
         await self.records.create(build)
         await self.announce(build)
-        await queue.enqueue(self.nats.js, build.id)
+        await self._enqueue(build)
         await self.events.publish(
             STATES[build.state].event, build.id, event_data(build, recipe_digest=digest)
         )
         log.info("build %s queued: %s %s", build.id, build.name, build.version)
         return build
+
+    async def _enqueue(self, build: Build) -> None:
+        if build.tenant not in self._queues:
+            await queue.ensure_queue(self.nats.js, self.nats.policy, build.tenant)
+            self._queues.add(build.tenant)
+        await queue.enqueue(self.nats.js, build.id, build.tenant)
+
+    async def _check_queued(self, tenant: str) -> None:
+        """RESOURCE_EXHAUSTED if the tenant has its quota of queued builds."""
+        limit = self.quotas.of(tenant).queued_builds
+        if limit is None:
+            return
+        if self.index is not None and await self.index.caught_up():
+            queued = self.index.count(tenant, BuildState.QUEUED)
+        else:
+            queued = len((await self._scan(Wanted(BuildState.QUEUED, "", tenant), MAX_PAGE, ""))[0])
+        check(tenant, "queued builds", queued, 1, limit)
 
     async def _wait_created(self, build_id: str) -> Build:
         """The build a key is bound to; the first submitter may still be

@@ -16,6 +16,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -65,6 +66,10 @@ class BuildIndex:
         self._revision = 0  # the newest bucket write applied
         self._ready = asyncio.Event()
         self._moved = asyncio.Event()  # set by each write applied
+        self.wake = asyncio.Event()  # set by each write applied; the scheduler clears it
+        # Builds per (tenant, state), kept as writes are applied: what the
+        # scheduler and the quotas ask for every free slot and submit.
+        self._counts: Counter[tuple[str, State]] = Counter()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,15 +99,20 @@ class BuildIndex:
     def _apply(self, entry: KeyValue.Entry) -> None:
         self._revision = max(self._revision, int(entry.revision or 0))
         self._moved.set()
+        self.wake.set()
         build_id = entry.key
+        old = self._entries.get(build_id)
+        if old is not None:
+            self._counts[old.tenant, old.state] -= 1
         if entry.operation in (KV_DEL, KV_PURGE):
             if self._entries.pop(build_id, None) is not None:
                 self._ids.pop(bisect.bisect_left(self._ids, build_id))
             return
         state, name, tenant = wire.build_summary(entry.value or b"")
-        if build_id not in self._entries:
+        if old is None:
             bisect.insort(self._ids, build_id)
         self._entries[build_id] = Entry(state, name, tenant, entry.value or b"")
+        self._counts[tenant, state] += 1
 
     async def caught_up(self) -> bool:
         """Waits until every write made before this call is in the index. A
@@ -131,9 +141,17 @@ class BuildIndex:
         self.start()
         return False
 
-    def count(self, wanted: Wanted) -> int:
-        """How many builds match (a tenant's queued ones, for its quota)."""
-        return sum(1 for e in self._entries.values() if wanted.matches(e.state, e.name, e.tenant))
+    def count(self, tenant: str, state: State) -> int:
+        """How many of the tenant's builds are in the state (its quota's measure)."""
+        return self._counts[tenant, state]
+
+    def tenants(self, *states: State) -> dict[str, int]:
+        """Tenants with builds in any of the states, and how many."""
+        found: Counter[str] = Counter()
+        for (tenant, state), n in self._counts.items():
+            if n > 0 and state in states:
+                found[tenant] += n
+        return dict(found)
 
     def page(self, wanted: Wanted, before: str, size: int) -> tuple[list[Build], str]:
         """Up to size builds, newest first, older than before (the page

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
@@ -29,12 +28,14 @@ from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.ending import Ending
 from kiln_builder.service.job import Job
-from kiln_builder.service.queue import Delivery, JetStreamDelivery
+from kiln_builder.service.queue import Delivery
 from kiln_builder.service.reporter import BuildReporter
+from kiln_builder.service.schedule import Scheduler
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_client.credentials import acting_for
 from kiln_common import jetstream, lifecycle
+from kiln_common.auth.quotas import Quotas
 from kiln_common.builds import (
     Build,
     BuildArtifact,
@@ -61,14 +62,17 @@ class Worker:
         self.ending = Ending(core, settings, self.name)
         self._storage = StorageAccess(settings.storage, settings.storage_retry_seconds)
         self.jobs: dict[str, Job] = {}
+        assert core.index is not None, "a worker schedules from the build index"
+        self.scheduler = Scheduler(
+            core.nats.nc, core.nats.js, core.index, Quotas(settings.quotas), core.nats.policy
+        )
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        js, nc = self.nats.js, self.nats.nc
-        sub = await js.pull_subscribe_bind(queue.CONSUMER, queue.STREAM)
+        nc = self.nats.nc
         cancels = await nc.subscribe(queue.CANCEL_PREFIX + "*", cb=self._on_cancel)
         exhausted = await nc.subscribe(
             queue.MAX_DELIVERIES_ADVISORY, queue=queue.ADVISORY_GROUP, cb=self._on_exhausted
@@ -79,24 +83,23 @@ class Worker:
             while not self._stopping.is_set():
                 await slots.acquire()
                 try:
-                    msgs = await sub.fetch(1, timeout=FETCH_SECONDS)
-                except (TimeoutError, NatsTimeout):
-                    slots.release()
-                    continue
+                    delivery = await self.scheduler.next()
                 except Exception as exc:  # noqa: BLE001 - NATS away: wait for it, keep the loop
                     slots.release()
                     log.warning("cannot take builds now: %s", jetstream.translate(exc) or exc)
                     await asyncio.sleep(FETCH_SECONDS)
                     continue
-                task = asyncio.create_task(self._take(JetStreamDelivery(msgs[0])))
+                if delivery is None:
+                    slots.release()
+                    await self.scheduler.idle()
+                    continue
+                task = asyncio.create_task(self._take(delivery))
                 self._tasks.add(task)
                 task.add_done_callback(self._done(slots))
         finally:
             for sub_ in (cancels, exhausted):
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     def _done(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
@@ -164,6 +167,8 @@ class Worker:
             await self.ending.finish(build_id, Outcome(BuildState.CANCELLED))
             await msg.ack()
             return
+        if not await self.scheduler.admit(msg, build):
+            return  # its tenant is at its quota: back in its queue
         if build_id in self.jobs:
             # Delivered again while this worker runs it (a heartbeat was late):
             # keep running it, acking the newest delivery.
