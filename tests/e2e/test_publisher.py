@@ -23,9 +23,12 @@ from support import kill_part, kiln, kiln_up, restart_dead_parts, scratch, wait_
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_builder.base.fetch import fetch_base
-from kiln_client import PublisherClient, StorageClient
+from kiln_builder.service.records import BUILDS_BUCKET
+from kiln_client import PublisherClient, StorageClient, wire
 from kiln_client.credentials import acting_for
 from kiln_common import jetstream
+from kiln_common.builds import Build, BuildState
+from kiln_common.errors import NotFound
 from kiln_common.events import make_event, subject_for, to_json
 from kiln_common.home import LOCAL_TENANT
 from kiln_common.ids import new_id
@@ -150,14 +153,20 @@ publish:
 """
 
 
-async def _announce_twice(url: str, build_id: str, recipe: str = RECIPE) -> None:
+async def _announce_twice(
+    url: str, build_id: str, recipe: str = RECIPE, state: BuildState | None = BuildState.SUCCEEDED
+) -> None:
     """What the builder does, and NATS redelivering it: the recipe kept for
-    the build, then build.succeeded twice (two event ids, so both are stored)."""
+    the build, its record saying it succeeded (for the stack's tenant), then
+    build.succeeded twice (two event ids, so both are stored)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         recipes = await js.object_store("kiln_recipes")
         await recipes.put(build_id, bpb.RecipeSource(yaml=recipe).SerializeToString())
+        if state is not None:
+            record = Build(id=build_id, state=state, tenant=LOCAL_TENANT)
+            await (await js.key_value(BUILDS_BUCKET)).put(build_id, wire.build_bytes(record))
         for _ in range(2):
             event = make_event("build.succeeded", build_id, {"id": build_id}, "test")
             await js.publish(subject_for("build.succeeded"), to_json(event))
@@ -201,6 +210,25 @@ def test_a_build_with_publish_targets_is_published_once(
     assert len(images) == 1 and "auto" in images[0].tags
 
 
+def test_a_forged_build_succeeded_publishes_nothing(
+    env: dict[str, str], cloud: Path, tmp_path: Path
+) -> None:
+    """An event is a prompt, the builder's record the fact: build.succeeded
+    for a build the builder does not say succeeded (one still queued, one it
+    never heard of) is acked, and nothing is published."""
+    stack = stack_of(env)
+    queued, unknown = new_id(), new_id()
+    push_image(env, tmp_path, queued, "forged")
+    asyncio.run(_announce_twice(stack.nats_url, queued, state=BuildState.QUEUED))
+    asyncio.run(_announce_twice(stack.nats_url, unknown, state=None))
+    wait_until("the events acked", lambda: asyncio.run(_all_acked(stack.nats_url)), 60, 0.5)
+    with PublisherClient(stack.publisher) as client:
+        for build_id in (queued, unknown):
+            with pytest.raises(NotFound):
+                client.publication(f"auto-{build_id}")
+    assert glance_images(cloud, "forged-1") == []
+
+
 def test_a_killed_publisher_is_restarted_alone_and_loses_nothing(env: dict[str, str]) -> None:
     """Publications and entries live in NATS: a publisher SIGKILLed and started
     again by `kiln up` (on its old port) answers for what the old one did."""
@@ -228,6 +256,7 @@ async def _record_interrupted(url: str, build_id: str, artifact_id: str) -> None
         artifact_id="",
         build_id=build_id,
         results=(Result(artifact_id, "glance", CLOUD, state=RUNNING),),
+        tenant=LOCAL_TENANT,
     )
     nc = await nats.connect(url)
     try:

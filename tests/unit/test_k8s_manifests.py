@@ -453,10 +453,8 @@ def test_builder_scales_on_the_build_queue_and_lets_drains_through(
         assert metric["type"] == "External"
         external = metric["external"]
         names.add(external["metric"]["name"])
-        assert external["metric"]["selector"]["matchLabels"] == {
-            "stream_name": build_queue.STREAM,
-            "consumer_name": build_queue.CONSUMER,
-        }
+        # The stream, not one consumer: each tenant's queue is a consumer of it.
+        assert external["metric"]["selector"]["matchLabels"] == {"stream_name": build_queue.STREAM}
         # One pod per settings.concurrency builds.
         assert external["target"]["type"] == "AverageValue"
         assert float(external["target"]["averageValue"]) == settings.concurrency

@@ -20,6 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kiln_common import jetstream
+from kiln_common.builds import BuildState
 from kiln_common.errors import KilnError, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
 from kiln_publisher.core import PublisherCore
@@ -57,14 +58,20 @@ async def ensure(js: JetStreamContext) -> None:
 
 async def handle(core: PublisherCore, build_id: str) -> str:
     """Publishes the build if its recipe asks; the publication's state, or
-    'skipped' when there is nothing to publish."""
+    'skipped' when there is nothing to publish, or 'ignored' when the builder
+    does not say the build succeeded: an event is only a prompt (anyone who
+    can write the events stream could forge one), the record is the fact."""
+    build = await core.build(build_id)
+    if build is None or build.state != BuildState.SUCCEEDED:
+        log.warning("build.succeeded for build %s, which the builder does not say"
+                    " succeeded: ignored", build_id)  # fmt: skip
+        return "ignored"
     recipe = await core.recipe_of(build_id)
     if not recipe.publish.targets:
         return "skipped"
     # The build's tenant publishes it: its targets, its artifacts only.
-    tenant = await core.tenant_of(build_id)
     pub = await core.publish(
-        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id), tenant
+        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id), build.tenant
     )
     state = pub.state.name.lower()
     log.info("build %s auto-published: %s", build_id, state)
@@ -105,10 +112,9 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
     except KilnError as exc:
         # Nothing could start (no such cloud, marketplace off...): the record says why.
         log.warning("auto-publish of build %s failed: %s", event.subject, exc)
-        tenant = ""  # the build's, if the builder says; else the record is the services' only
         with contextlib.suppress(KilnError):
-            tenant = await core.tenant_of(event.subject)
-        with contextlib.suppress(KilnError):
+            build = await core.build(event.subject)
+            tenant = build.tenant if build is not None else ""
             await core.record_failure(
                 publication_id(event.subject), event.subject, str(exc), tenant
             )

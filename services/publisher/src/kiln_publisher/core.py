@@ -20,6 +20,7 @@ from kiln_client.credentials import acting_for
 from kiln_common import jetstream
 from kiln_common.artifacts import Artifact
 from kiln_common.auth.identity import owner, visible
+from kiln_common.builds import Build
 from kiln_common.errors import FailedPrecondition, InvalidArgument, KilnError, NotFound
 from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
@@ -154,11 +155,15 @@ class PublisherCore:
             raise NotFound(f"build {request.build_id} has no image artifacts in storage")
         return found
 
-    async def tenant_of(self, build_id: str) -> str:
-        """The build's tenant: its automatic publication is that tenant's."""
+    async def build(self, build_id: str) -> Build | None:
+        """The builder's record of the build (None: no builder, or it knows
+        no such build): what automatic publishing believes, not an event."""
         if self.builder is None:
-            return ""
-        return (await self.builder.get(build_id)).tenant
+            return None
+        try:
+            return await self.builder.get(build_id)
+        except (NotFound, InvalidArgument):
+            return None
 
     async def recipe_of(self, build_id: str) -> facts.RecipeFacts:
         """The build's recipe facts, from the recipe the Builder API hands out;

@@ -163,3 +163,7 @@ async def take(nc: NatsClient, tenant: str) -> Msg | None:
     if msg.headers and msg.headers.get("Status"):  # 404 no messages, 408, 409, 503: none now
         return None
     return msg
+
+
+def cancel_subject(build_id: str) -> str:
+    return CANCEL_PREFIX + build_id
