@@ -13,6 +13,7 @@ from kiln_common.proc import pid_alive
 
 TOKEN_FILE = "token"  # the stack's admin token, for the CLI (0600)
 SERVICE_TOKEN_FILE = "service-token"  # what the stack's services send each other
+NATS_USERS_FILE = "nats-users.json"  # the stack's NATS users and passwords (0600)
 LOCAL_TENANT = "local"  # the tenant of the stack's admin token (and so of what the CLI makes)
 
 
@@ -40,7 +41,10 @@ class Stack:
     def save(self) -> None:
         target = Stack.path(Path(self.home))
         staged = target.with_suffix(".tmp")
-        staged.write_text(json.dumps(asdict(self), indent=2))
+        # The owner's only: nats_url carries the stack's NATS admin password.
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(asdict(self), indent=2))
         staged.replace(target)  # a reader never sees half a file
 
     @classmethod

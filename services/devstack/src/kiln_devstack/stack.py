@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -19,10 +21,25 @@ import nats
 from kiln_common.auth import Role
 from kiln_common.auth.static import StaticTokens
 from kiln_common.errors import Unauthenticated
-from kiln_common.home import LOCAL_TENANT, SERVICE_TOKEN_FILE, TOKEN_FILE, Stack, kiln_home
+from kiln_common.home import (
+    LOCAL_TENANT,
+    NATS_USERS_FILE,
+    SERVICE_TOKEN_FILE,
+    TOKEN_FILE,
+    Stack,
+    kiln_home,
+)
+from kiln_common.nats_access import ADMIN, SERVICES
 from kiln_common.proc import pid_alive, spawn, stop_pid
 from kiln_common.settings import default_cache_dir
-from kiln_devstack.devservers import ServerError, free_port, port_of, start_nats, wait_grpc_health
+from kiln_devstack.devservers import (
+    ServerError,
+    free_port,
+    port_of,
+    start_nats,
+    user_url,
+    wait_grpc_health,
+)
 
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
 PARTS = ("nats", "storage", "builder", "publisher")  # in start order; stopped in reverse
@@ -106,7 +123,7 @@ def _start(stack: Stack, part: str) -> None:
     logs = home / "logs"
     if part == "nats":
         old = port_of(stack.nats_url) if stack.nats_url else 0
-        nats = start_nats(home / "nats", logs / "nats.log", port=old)
+        nats = start_nats(home / "nats", logs / "nats.log", port=old, users=nats_users(home))
         stack.nats_url, pid = nats.url, nats.pid
         issue_tokens(stack)
     elif part == "storage":
@@ -156,6 +173,26 @@ async def _issue(
         await nc.close()
 
 
+def nats_users(home: Path) -> dict[str, str]:
+    """The stack's NATS users and their passwords (kiln_common.nats_access:
+    the admin's, which `kiln up` and its tests use, and one per service),
+    made once and kept in KILN_HOME (the owner's only)."""
+    path = home / NATS_USERS_FILE
+    wanted = {ADMIN, *SERVICES}
+    if path.is_file():
+        kept: dict[str, str] = json.loads(path.read_text())
+        if set(kept) == wanted:
+            return kept
+    users = {user: secrets.token_urlsafe(24) for user in sorted(wanted)}
+    _keep_secret(path, json.dumps(users))
+    return users
+
+
+def nats_url_of(stack: Stack, user: str) -> str:
+    """The stack's NATS, logged in as user (a service sends its own)."""
+    return user_url(user, nats_users(Path(stack.home))[user], port_of(stack.nats_url))
+
+
 def _keep_secret(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -180,7 +217,7 @@ def start_storage(stack: Stack, log: Path) -> int:
         "KILN_STORAGE_FS_ROOT": str(Path(stack.home) / "storage"),
         "KILN_STORAGE_GRPC_BIND": stack.storage,
         "KILN_STORAGE_HTTP_PORT": str(port_of(stack.storage_http)),
-        "KILN_STORAGE_NATS_URL": stack.nats_url,
+        "KILN_STORAGE_NATS_URL": nats_url_of(stack, "storage"),
         "KILN_STORAGE_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         **identity_env(stack, "KILN_STORAGE_"),
     }
@@ -204,7 +241,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
     the machine's layer cache (shared with `kiln-builder bake`)."""
     env = {
         "KILN_BUILDER_GRPC_BIND": stack.builder,
-        "KILN_BUILDER_NATS_URL": stack.nats_url,
+        "KILN_BUILDER_NATS_URL": nats_url_of(stack, "builder"),
         "KILN_BUILDER_STORAGE": stack.storage,
         "KILN_BUILDER_PUBLISHER": stack.publisher,
         "KILN_BUILDER_WORK_ROOT": str(Path(stack.home) / "work"),
@@ -245,7 +282,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_HTTP_PORT": str(port_of(stack.publisher_http)),
         "KILN_PUBLISHER_STORAGE": stack.storage,
         "KILN_PUBLISHER_BUILDER": stack.builder,
-        "KILN_PUBLISHER_NATS_URL": stack.nats_url,
+        "KILN_PUBLISHER_NATS_URL": nats_url_of(stack, "publisher"),
         "KILN_PUBLISHER_ENDORSER_KEY_DIR": str(home / "endorsers"),
         "KILN_PUBLISHER_KEYRING_DIR": str(home / "keyring"),
         "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,

@@ -15,7 +15,7 @@ from kiln_devstack.devservers.common import (
     wait_grpc_health,
     wait_http,
 )
-from kiln_devstack.devservers.nats import Nats, start_nats
+from kiln_devstack.devservers.nats import Nats, start_nats, user_url
 from kiln_devstack.devservers.openstack import (
     GLANCE_IMPORT_METHODS,
     KEYSTONE_WSGI,
@@ -53,6 +53,7 @@ __all__ = [
     "start_nats",
     "start_seaweed",
     "stopping",
+    "user_url",
     "wait_grpc_health",
     "wait_http",
     "write_clouds_yaml",

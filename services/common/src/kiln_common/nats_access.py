@@ -1,0 +1,91 @@
+"""Who may write what in NATS: one user per Kiln service, and what each may
+not publish because another service owns it. The table is the one place
+that says so: `kiln up` writes its nats-server's users from it, and
+deploy/k8s/nats carries the same lists (tests/unit/test_nats_access.py
+checks they agree).
+
+NATS checks permissions per publish subject. So a user is denied, for each
+stream another service owns, the stream's own subjects (its events, queue,
+KV keys, object chunks) and the JetStream API subjects that change it or
+take from it (update, delete, purge, message delete, consumers, acks). Reading
+(stream info, KV gets) stays open to every service; creating the shared
+streams (KILN_EVENTS, the token bucket) too. A client without a user and
+password is refused by the server, and `admin` (the operator's, and the
+tests') has no limits."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SERVICES = ("builder", "storage", "publisher")
+ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Owned:
+    subjects: tuple[str, ...]  # plain subjects only this service publishes
+    streams: tuple[str, ...]  # JetStream streams only this service changes
+
+
+OWNED: dict[str, Owned] = {
+    "builder": Owned(
+        subjects=(
+            "kiln.events.build.>",  # build.queued/started/step/succeeded/failed/cancelled
+            "kiln.build-queue", "kiln.build-queue.>",
+            "kiln.build-cancel.>",
+            "kiln.build-updates.>",
+            "$KV.kiln_builds.>", "$KV.kiln_build_keys.>",
+            "$O.kiln_recipes.>",
+        ),
+        streams=(
+            "KILN_BUILD_QUEUE", "KILN_BUILD_UPDATES", "KV_kiln_builds", "KV_kiln_build_keys",
+            "OBJ_kiln_recipes",
+        ),
+    ),
+    "storage": Owned(subjects=("kiln.events.artifact.>",), streams=()),
+    "publisher": Owned(
+        subjects=(
+            "kiln.events.image.>", "kiln.events.entry.>",
+            "$KV.KILN_MARKET.>", "$KV.KILN_MARKET_NEWEST.>", "$KV.KILN_MARKET_OWNERS.>",
+            "$KV.KILN_PUBLICATIONS.>",
+        ),
+        streams=(
+            "KV_KILN_MARKET", "KV_KILN_MARKET_NEWEST", "KV_KILN_MARKET_OWNERS",
+            "KV_KILN_PUBLICATIONS",
+        ),
+    ),
+}  # fmt: skip
+
+# What changes a stream, or takes from it, on the JetStream API.
+_STREAM_API = (
+    "$JS.API.STREAM.CREATE.{s}", "$JS.API.STREAM.UPDATE.{s}", "$JS.API.STREAM.DELETE.{s}",
+    "$JS.API.STREAM.PURGE.{s}", "$JS.API.STREAM.MSG.DELETE.{s}",
+    "$JS.API.CONSUMER.CREATE.{s}", "$JS.API.CONSUMER.CREATE.{s}.>",
+    "$JS.API.CONSUMER.DURABLE.CREATE.{s}.>", "$JS.API.CONSUMER.DELETE.{s}.>",
+    "$JS.API.CONSUMER.MSG.NEXT.{s}.>", "$JS.ACK.{s}.>",
+)  # fmt: skip
+
+
+def denied(service: str) -> list[str]:
+    """The subjects the service's user may not publish to: what the others own."""
+    out: list[str] = []
+    for other, owned in OWNED.items():
+        if other == service:
+            continue
+        out.extend(owned.subjects)
+        out.extend(api.format(s=s) for s in owned.streams for api in _STREAM_API)
+    return out
+
+
+def server_config(passwords: dict[str, str]) -> str:
+    """The `authorization` block of a nats-server config: admin and each
+    service, each with its password (given as {user: password})."""
+    users = []
+    for user, password in passwords.items():
+        entry: dict[str, object] = {"user": user, "password": password}
+        if user != ADMIN:
+            entry["permissions"] = {"publish": {"deny": denied(user)}}
+        users.append(entry)
+    # nats-server's config format takes JSON values.
+    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
