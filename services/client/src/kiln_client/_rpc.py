@@ -37,8 +37,12 @@ DEFAULT_POLICY = RetryPolicy(attempts=10)
 
 
 def channel(address: str, token: str = "") -> grpc.aio.Channel:
-    """A channel whose calls carry the bearer token (credentials.token)."""
+    """A channel whose calls carry the bearer token (credentials.token), over
+    TLS that verifies the server when a CA is known (credentials.ca_file)."""
     bearer = credentials.interceptors(credentials.token(token))
+    tls = credentials.channel_credentials()
+    if tls is not None:
+        return grpc.aio.secure_channel(address, tls, options=OPTIONS, interceptors=bearer)
     return grpc.aio.insecure_channel(address, options=OPTIONS, interceptors=bearer)
 
 

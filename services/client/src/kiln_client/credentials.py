@@ -1,5 +1,5 @@
 """The bearer token a client sends: given to the client, else the process's
-(a service sets its own at start: use_token), else KILN_TOKEN, else the token
+(a service sets its own at start: serve_with), else KILN_TOKEN, else the token
 `kiln up` keeps for its stack (KILN_HOME/token); none: calls carry no token,
 which a service with `auth: off` does not ask for."""
 
@@ -19,6 +19,7 @@ from kiln_common.held import Held
 from kiln_common.home import TOKEN_FILE, kiln_home
 
 _process_token = ""
+_process_ca: Path | None = None
 # The tenant a service's calls are made for (a build's, a publication's):
 # read when each call starts, so it follows the task that makes it; else the
 # process's (a bake's, use_tenant).
@@ -49,19 +50,36 @@ def use_token(token: str) -> None:
     _process_token = token
 
 
-def serve_with_token(secret: str | None, held: Held) -> None:
-    """A service's own token (None: none): what every client of its process
-    sends, set before any client is made and taken back when the service
-    stops (several services may run, one after another, in one process)."""
-    if secret is None:
-        return
-    previous = _process_token
-    use_token(secret)
+def serve_with(secret: str | None, ca: Path | None, held: Held) -> None:
+    """A service's own token and the CA it trusts (None: none): what every
+    client of its process sends and verifies servers with, set before any
+    client is made and taken back when the service stops (several services
+    may run, one after another, in one process)."""
+    global _process_token, _process_ca
+    previous = _process_token, _process_ca
+    _process_token = secret if secret is not None else _process_token
+    _process_ca = ca if ca is not None else _process_ca
 
     async def restore() -> None:
-        use_token(previous)
+        global _process_token, _process_ca
+        _process_token, _process_ca = previous
 
     held.close_with(restore)
+
+
+def ca_file() -> Path | None:
+    """The CA servers must chain to: the process's (a service's tls_ca_file),
+    else KILN_CA_FILE; None: plain connections."""
+    if _process_ca is not None:
+        return _process_ca
+    named = os.environ.get("KILN_CA_FILE", "").strip()
+    return Path(named) if named else None
+
+
+def channel_credentials() -> grpc.ChannelCredentials | None:
+    """TLS credentials that trust ca_file() only, or None for plain."""
+    ca = ca_file()
+    return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()) if ca else None
 
 
 def token(explicit: str = "", home: Path | None = None) -> str:

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from kiln_common.held import Held
+from kiln_common.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class GrpcServer:
         service_names: Sequence[str],
         register: Register,
         interceptors: Sequence[Any] = (),  # grpc.aio.ServerInterceptor: the caller's identity
+        tls: ServerTls | None = None,
     ) -> None:
         self._bind = bind
+        self._tls = tls
         self._names = list(service_names)
         self._register = register
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
@@ -51,7 +54,10 @@ class GrpcServer:
     async def start(self) -> int:
         self._register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(self._bind)
+        if self._tls is not None:
+            self.port = self.server.add_secure_port(self._bind, self._tls.grpc())
+        else:
+            self.port = self.server.add_insecure_port(self._bind)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {self._bind}")
         await self.server.start()

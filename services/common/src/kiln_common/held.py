@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -54,14 +55,17 @@ class Held(contextlib.AsyncExitStack):
         self.close_with(stop)
         return tasks
 
-    async def http(self, app: web.Application, host: str, port: int) -> int:
-        """Serves app on host:port (0: a free port) until stop; the bound port."""
+    async def http(
+        self, app: web.Application, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> int:
+        """Serves app on host:port (0: a free port) until stop, over TLS if
+        given a context; the bound port."""
         from aiohttp import web
 
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self.close_with(runner.cleanup)
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
         addresses = runner.addresses  # public API: (host, port, ...) of each socket
         return int(addresses[0][1]) if addresses else port
 

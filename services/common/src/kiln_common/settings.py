@@ -72,6 +72,14 @@ class IdentitySettings(KilnSettings):
     token: SecretStr | None = None
     """The bearer token this service sends when it calls another Kiln service
     (a static token of the service role)."""
+    tls_cert_file: Path | None = None
+    """A PEM certificate (chain): with tls_key_file, this service serves gRPC
+    and HTTP over TLS only."""
+    tls_key_file: Path | None = None
+    """The private key (PEM) of tls_cert_file."""
+    tls_ca_file: Path | None = None
+    """The CA this service trusts when it calls another Kiln service (whose
+    certificate must chain to it); unset: plain connections."""
     quotas: dict[str, Quota] = Field(default_factory=dict)
     """Per tenant, what it may hold at once: `concurrent_builds`,
     `queued_builds` (the builder's) and `stored_bytes` (storage's), e.g.

@@ -17,7 +17,7 @@ import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
-from kiln_client.credentials import serve_with_token
+from kiln_client.credentials import serve_with
 from kiln_common import jetstream
 from kiln_common.auth.serving import guard
 from kiln_common.errors import KilnError, NotFound
@@ -25,6 +25,7 @@ from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
+from kiln_common.tls import ServerTls
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
@@ -167,7 +168,8 @@ async def build(settings: PublisherSettings) -> PublisherApp:
 
 
 async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
-    serve_with_token(settings.token.get_secret_value() if settings.token else None, held)
+    token = settings.token.get_secret_value() if settings.token else None
+    serve_with(token, settings.tls_ca_file, held)
     nc = await jetstream.connect(settings.nats_url, default_source("kiln-publisher"))
     held.close_with(nc.drain)
     js = nc.jetstream()
@@ -209,12 +211,17 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         publisher_pb2_grpc.add_PublisherServicer_to_server(PublisherServicer(core), server)
         identities.register(server)
 
-    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
+    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
+    grpc_server = GrpcServer(
+        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+    )
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.
         http = make_app(market, core.locate)
-        app.http_port = await held.http(http, settings.http_host, settings.http_port)
+        app.http_port = await held.http(
+            http, settings.http_host, settings.http_port, tls.http() if tls else None
+        )
         log.info("marketplace on http://%s:%d/", settings.http_host, app.http_port)
     jobs: list[Coroutine[Any, Any, None]] = [
         _sweeper(core, settings.sweep_interval_seconds, settings.retire_action)

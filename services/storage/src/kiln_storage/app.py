@@ -19,6 +19,7 @@ from kiln_common.events import JetStreamPublisher, NoEvents, Publisher, default_
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
 from kiln_common.retry import RetryPolicy
+from kiln_common.tls import ServerTls
 from kiln_storage.backends import ObjectStore
 from kiln_storage.backends.fs import FilesystemStore
 from kiln_storage.backends.s3 import S3Store, make_http_client
@@ -120,7 +121,10 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
         storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(core), server)
         identities.register(server)
 
-    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
+    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
+    grpc_server = GrpcServer(
+        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+    )
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
         current, previous = settings.url_keys()
@@ -128,8 +132,12 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
             current = SigningKey(load_or_create_key(settings.fs_root / ".url-signing-key"))
         signer = HmacSigner(current, previous=previous)
         http = make_app(core, store, signer)
-        port = await held.http(http, settings.http_host, settings.http_port)
-        signer.base_url = (settings.public_url or f"http://{settings.http_host}:{port}").rstrip("/")
+        port = await held.http(
+            http, settings.http_host, settings.http_port, tls.http() if tls else None
+        )
+        scheme = "https" if tls else "http"
+        own = f"{scheme}://{settings.http_host}:{port}"
+        signer.base_url = (settings.public_url or own).rstrip("/")
         core.signer = signer
         app.http_port = port
         log.info("download HTTP server on %s", signer.base_url)

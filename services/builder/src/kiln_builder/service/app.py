@@ -20,7 +20,7 @@ from kiln_builder.service.reporter import install_log_capture
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
-from kiln_client.credentials import serve_with_token
+from kiln_client.credentials import serve_with
 from kiln_common import jetstream
 from kiln_common.auth.quotas import Quotas
 from kiln_common.auth.serving import guard
@@ -28,6 +28,7 @@ from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
 from kiln_common.grpc_server import GrpcServer
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
+from kiln_common.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ async def build(settings: BuilderSettings) -> BuilderApp:
 
 
 async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
-    serve_with_token(settings.token.get_secret_value() if settings.token else None, held)
+    token = settings.token.get_secret_value() if settings.token else None
+    serve_with(token, settings.tls_ca_file, held)
     nc = await jetstream.connect(settings.nats_url, settings.name())
     held.close_with(nc.drain)  # released last: the others below need it
     policy = QueuePolicy(ack_wait=settings.ack_wait_seconds, max_deliver=settings.max_deliver)
@@ -78,7 +80,10 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
         identities.register(server)
 
-    grpc_server = GrpcServer(settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors)
+    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
+    grpc_server = GrpcServer(
+        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+    )
     app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:
         await _prepare_worker(settings)
