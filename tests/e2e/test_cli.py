@@ -9,10 +9,13 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import REPO, kiln, payload, wait_until
 
 from kiln_common.proc import pid_alive
+from kiln_devstack.local_ca import make_local_tls
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +175,52 @@ def test_tokens_from_the_cli_give_each_role_its_calls_and_a_revoked_one_none(
     assert forged.returncode == 1 and "UNAUTHENTICATED" in forged.stderr
     bad = kiln(env, "token", "create", "--tenant", "Team A", "--role", "viewer", check=False)
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+
+
+def _health(address: str, credentials: grpc.ChannelCredentials | None) -> str:
+    """The gRPC health answer at address over TLS trusting credentials (None: plain)."""
+    opened = (
+        grpc.secure_channel(address, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(address)
+    )
+    with opened as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_kiln_up_tls_serves_every_api_over_tls_from_its_own_ca(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert "clients trust" in kiln(env, "up", "--tls").stdout
+    stack = json.loads((Path(env["KILN_HOME"]) / "stack.json").read_text())
+    ca = Path(stack["tls_ca"])
+    # The CLI finds the stack's CA itself.
+    data = payload(1024 * 1024, seed=7)
+    (tmp_path / "small.img").write_bytes(data)
+    pushed = kiln(env, "artifact", "push", str(tmp_path / "small.img"), "--label", "name=tls")
+    url = kiln(env, "artifact", "url", pushed.stdout.strip()).stdout.strip()
+    assert url.startswith("https://127.0.0.1:")
+    got = tmp_path / "got"
+    curl = ["curl", "-sS", "-o", str(got), "-w", "%{http_code}"]
+    trusted = subprocess.run([*curl, "--cacert", str(ca), url], capture_output=True, text=True)
+    untrusted = subprocess.run([*curl, url], capture_output=True, text=True)
+    assert trusted.stdout == "200" and got.read_bytes() == data
+    assert untrusted.returncode == 60  # curl: the peer's certificate cannot be verified
+    market = subprocess.run(
+        [*curl, "--cacert", str(ca), stack["publisher_http"] + "/"], capture_output=True, text=True
+    )
+    assert market.stdout == "200"
+    # Every gRPC API: our CA gets through; another CA, or none, does not.
+    ours = grpc.ssl_channel_credentials(ca.read_bytes())
+    other = grpc.ssl_channel_credentials(make_local_tls(tmp_path / "other").ca.read_bytes())
+    answers = {
+        part: (_health(stack[part], ours), _health(stack[part], other), _health(stack[part], None))
+        for part in ("storage", "builder", "publisher")
+    }
+    assert answers == {part: ("SERVING", "UNAVAILABLE", "UNAVAILABLE") for part in answers}

@@ -72,12 +72,14 @@ def _client(args: argparse.Namespace) -> StorageClient:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    s = stack.up(stack.kiln_home())
+    s = stack.up(stack.kiln_home(), tls=args.tls)
     print(f"kiln is up (state in {s.home})")
     print(f"  storage  {s.storage}  downloads {s.storage_http}")
     print(f"  builder  {s.builder}")
     print(f"  publisher {s.publisher}  marketplace {s.publisher_http}/")
     print(f"  nats     {public_value(s.nats_url)}")
+    if s.tls_ca:
+        print(f"  tls      clients trust {s.tls_ca}")
     return 0
 
 
@@ -157,9 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kiln", description="Kiln: build, store and publish VM images"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start Kiln on loopback; returns when healthy").set_defaults(
-        fn=cmd_up
+    up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
+    up.add_argument(
+        "--tls", action="store_true", help="serve gRPC and HTTP over TLS (a local CA's certificate)"
     )
+    up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop what `kiln up` started").set_defaults(fn=cmd_down)
 
     art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(

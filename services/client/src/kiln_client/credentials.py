@@ -16,7 +16,7 @@ import grpc
 
 from kiln_common.auth.identity import ACTING_FOR_HEADER
 from kiln_common.held import Held
-from kiln_common.home import TOKEN_FILE, kiln_home
+from kiln_common.home import TOKEN_FILE, Stack, kiln_home
 
 _process_token = ""
 _process_ca: Path | None = None
@@ -69,11 +69,15 @@ def serve_with(secret: str | None, ca: Path | None, held: Held) -> None:
 
 def ca_file() -> Path | None:
     """The CA servers must chain to: the process's (a service's tls_ca_file),
-    else KILN_CA_FILE; None: plain connections."""
+    else KILN_CA_FILE, else that of the `kiln up --tls` stack in KILN_HOME;
+    None: plain connections."""
     if _process_ca is not None:
         return _process_ca
     named = os.environ.get("KILN_CA_FILE", "").strip()
-    return Path(named) if named else None
+    if named:
+        return Path(named)
+    stack = Stack.load(kiln_home())  # a `kiln up --tls` stack's own CA
+    return Path(stack.tls_ca) if stack is not None and stack.tls_ca else None
 
 
 def channel_credentials() -> grpc.ChannelCredentials | None:

@@ -13,6 +13,7 @@ from kiln_common.proc import pid_alive
 
 TOKEN_FILE = "token"  # the stack's admin token, for the CLI (0600)
 SERVICE_TOKEN_FILE = "service-token"  # what the stack's services send each other
+TLS_DIR = "tls"  # a TLS stack's local CA and server certificate
 NATS_USERS_FILE = "nats-users.json"  # the stack's NATS users and passwords (0600)
 LOCAL_TENANT = "local"  # the tenant of the stack's admin token (and so of what the CLI makes)
 
@@ -32,6 +33,7 @@ class Stack:
     builder: str = ""
     publisher: str = ""
     publisher_http: str = ""  # the marketplace's JSON API and catalogue
+    tls_ca: str = ""  # a TLS stack (`kiln up --tls`): the CA its servers' certificate chains to
     pids: dict[str, int] = field(default_factory=dict)
 
     @staticmethod

@@ -25,6 +25,7 @@ from kiln_common.home import (
     LOCAL_TENANT,
     NATS_USERS_FILE,
     SERVICE_TOKEN_FILE,
+    TLS_DIR,
     TOKEN_FILE,
     Stack,
     kiln_home,
@@ -40,6 +41,7 @@ from kiln_devstack.devservers import (
     user_url,
     wait_grpc_health,
 )
+from kiln_devstack.local_ca import make_local_tls
 
 READY_TIMEOUT = 120.0  # the builder may start libvirtd and reclaim dead builds first
 PARTS = ("nats", "storage", "builder", "publisher")  # in start order; stopped in reverse
@@ -60,11 +62,13 @@ class StackError(ServerError):
     """The stack cannot start or be found; printed as it is."""
 
 
-def up(home: Path) -> Stack:
+def up(home: Path, tls: bool = False) -> Stack:
     """Starts nats-server, the storage service and the builder (service and
     one worker); returns once all are healthy. Parts still running are kept
     and dead ones started again in place. A fresh stack that fails half-way
-    is stopped again before the error is raised."""
+    is stopped again before the error is raised. With tls, a fresh stack's
+    servers serve gRPC and HTTP over TLS, with a certificate from a local CA
+    made for it (KILN_HOME/tls; clients find the CA in stack.json)."""
     current = Stack.load(home)
     if current is not None and current.alive():
         return current
@@ -72,21 +76,23 @@ def up(home: Path) -> Stack:
         return restart_dead(current)
     if current is not None:
         down(home)  # an unfinished start: begin again
-    return _fresh(home)
+    return _fresh(home, tls)
 
 
-def _fresh(home: Path) -> Stack:
+def _fresh(home: Path, tls: bool) -> Stack:
     home.mkdir(parents=True, exist_ok=True)
     taken: set[int] = set()
     ports = [_new_port(taken) for _ in range(5)]
+    scheme = "https" if tls else "http"
     stack = Stack(
         home=str(home),
         nats_url="",
         storage=f"127.0.0.1:{ports[0]}",
-        storage_http=f"http://127.0.0.1:{ports[1]}",
+        storage_http=f"{scheme}://127.0.0.1:{ports[1]}",
         builder=f"127.0.0.1:{ports[2]}",
         publisher=f"127.0.0.1:{ports[3]}",
-        publisher_http=f"http://127.0.0.1:{ports[4]}",
+        publisher_http=f"{scheme}://127.0.0.1:{ports[4]}",
+        tls_ca=str(make_local_tls(home / TLS_DIR).ca) if tls else "",
     )
     try:
         for part in PARTS:
@@ -209,6 +215,18 @@ def identity_env(stack: Stack, prefix: str) -> dict[str, str]:
     return {f"{prefix}AUTH": "required", f"{prefix}TOKEN": kept.read_text().strip()}
 
 
+def tls_env(stack: Stack, prefix: str) -> dict[str, str]:
+    """A TLS stack's servers serve its local certificate and trust its CA."""
+    if not stack.tls_ca:
+        return {}
+    where = Path(stack.home) / TLS_DIR
+    return {
+        f"{prefix}TLS_CERT_FILE": str(where / "server.pem"),
+        f"{prefix}TLS_KEY_FILE": str(where / "server.key"),
+        f"{prefix}TLS_CA_FILE": stack.tls_ca,
+    }
+
+
 def start_storage(stack: Stack, log: Path) -> int:
     """Starts the storage service (fs backend under KILN_HOME/storage) at the
     stack's addresses; returns its pid once it is healthy."""
@@ -220,16 +238,18 @@ def start_storage(stack: Stack, log: Path) -> int:
         "KILN_STORAGE_NATS_URL": nats_url_of(stack, "storage"),
         "KILN_STORAGE_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         **identity_env(stack, "KILN_STORAGE_"),
+        **tls_env(stack, "KILN_STORAGE_"),
     }
-    return _healthy(["kiln_storage"], env, stack.storage, log)
+    return _healthy(["kiln_storage"], env, stack, stack.storage, log)
 
 
-def _healthy(module: list[str], env: dict[str, str], address: str, log: Path) -> int:
+def _healthy(module: list[str], env: dict[str, str], stack: Stack, address: str, log: Path) -> int:
     """Starts `python -m <module...>` and returns its pid once its gRPC health
     check at address answers; stops it if it never does."""
     proc = spawn([sys.executable, "-m", *module], log_file=log, env=env)
     try:
-        wait_grpc_health(address, proc.pid, log, READY_TIMEOUT)
+        ca = Path(stack.tls_ca) if stack.tls_ca else None
+        wait_grpc_health(address, proc.pid, log, READY_TIMEOUT, ca=ca)
     except BaseException:
         stop_pid(proc.pid)
         raise
@@ -253,6 +273,7 @@ def builder_env(stack: Stack) -> dict[str, str]:
         "KILN_BUILDER_EGRESS_ALLOW_LOOPBACK": "true",
         "KILN_BUILDER_EGRESS_ALLOW_PRIVATE": "true",
         **identity_env(stack, "KILN_BUILDER_"),
+        **tls_env(stack, "KILN_BUILDER_"),
     }
     # The builder's own settings, given to `kiln up`, pass through.
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_BUILDER_")})
@@ -266,7 +287,7 @@ def start_builder(
     serving at address; returns its pid once it is healthy. `kiln up` starts
     one; tests and benchmarks start more, named by KILN_BUILDER_WORKER_NAME."""
     env = {**builder_env(stack), "KILN_BUILDER_GRPC_BIND": address, **(extra or {})}
-    return _healthy(["kiln_builder", "serve"], env, address, log)
+    return _healthy(["kiln_builder", "serve"], env, stack, address, log)
 
 
 LOCAL_ENDORSER = "kiln@localhost.localdomain"
@@ -288,6 +309,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
         "KILN_PUBLISHER_LOCAL_ENDORSER": LOCAL_ENDORSER,
         "KILN_PUBLISHER_OUTBOX_DIR": str(Path(stack.home) / "outbox"),
         **identity_env(stack, "KILN_PUBLISHER_"),
+        **tls_env(stack, "KILN_PUBLISHER_"),
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("KILN_PUBLISHER_")})
     if os.environ.get("OS_CLIENT_CONFIG_FILE"):  # openstacksdk's own variable
@@ -297,7 +319,7 @@ def publisher_env(stack: Stack) -> dict[str, str]:
 
 def start_publisher(stack: Stack, log: Path) -> int:
     """Starts the publisher at the stack's addresses; its pid once healthy."""
-    return _healthy(["kiln_publisher"], publisher_env(stack), stack.publisher, log)
+    return _healthy(["kiln_publisher"], publisher_env(stack), stack, stack.publisher, log)
 
 
 def down(home: Path) -> bool:

@@ -72,9 +72,17 @@ def wait_http(
     raise ServerError(f"{url} did not answer within {timeout:.0f}s; see {log}")
 
 
-def wait_grpc_health(address: str, proc_pid: int, log: Path, timeout: float = 60.0) -> None:
+def wait_grpc_health(
+    address: str, proc_pid: int, log: Path, timeout: float = 60.0, ca: Path | None = None
+) -> None:
+    """Waits until the server at address says SERVING (over TLS trusting ca, if given)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    if ca is not None:
+        credentials = grpc.ssl_channel_credentials(ca.read_bytes())
+        opened = grpc.secure_channel(address, credentials)
+    else:
+        opened = grpc.insecure_channel(address)
+    with opened as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             with contextlib.suppress(grpc.RpcError):
