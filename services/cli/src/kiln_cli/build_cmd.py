@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from kiln_client import BuilderClient, wire
+from kiln_client import BuilderClient, StorageClient, wire
 from kiln_common import lifecycle
 from kiln_common.builds import (
     Build,
@@ -26,6 +26,7 @@ from kiln_common.builds import (
     StepUpdate,
     TestCommandResult,
 )
+from kiln_common.errors import KilnError
 from kiln_common.lifecycle import STATES, TERMINAL, step_word
 from kiln_common.lifecycle import word as state_word
 from kiln_recipe import RecipeError
@@ -34,6 +35,7 @@ from kiln_recipe.submission import recipe_source
 
 VERBS = ("ls", "show", "logs", "cancel")
 TAIL = 4  # log lines under the progress of a followed build
+URL_SECONDS = 7 * 24 * 3600  # the download URLs a finished build's outputs are printed with
 
 
 class BuildUsageError(Exception):
@@ -116,7 +118,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   file=sys.stderr)  # fmt: skip
             return 130
         final = client.get(build.id)
-    print_outcome(final)
+    print_outcome(final, download_urls(final))
     return STATES[final.state].exit_code if final.state in STATES else 1
 
 
@@ -184,7 +186,20 @@ class Follower:
         self.drawn = len(lines)
 
 
-def print_outcome(build: Build) -> None:
+def download_urls(build: Build) -> dict[str, str]:
+    """A download URL of each artifact, signed now for the caller (build
+    records keep no URL: a signed URL is a credential); none if storage says no."""
+    urls: dict[str, str] = {}
+    try:
+        with StorageClient() as storage:
+            for a in build.artifacts:
+                urls[a.artifact_id] = storage.url(a.artifact_id, URL_SECONDS)
+    except KilnError:
+        pass  # the ids are printed; `kiln artifact url ID` asks again
+    return urls
+
+
+def print_outcome(build: Build, urls: dict[str, str] | None = None) -> None:
     print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
     if build.error is not None:
         where = f" in step {build.error.step}" if build.error.step else ""
@@ -195,7 +210,8 @@ def print_outcome(build: Build) -> None:
         print(f"check {line}", file=sys.stderr)  # the failed and warned rules; show has all
     for a in build.artifacts:
         print(f"{a.artifact_id}  {a.kind:<11} {a.name}  {a.size}  sha256:{a.sha256}")
-        print(f"    {a.url}")
+        if (urls or {}).get(a.artifact_id):
+            print(f"    {(urls or {})[a.artifact_id]}")
 
 
 # ---- ls, show, logs, cancel ----------------------------------------------------------------

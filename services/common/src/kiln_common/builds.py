@@ -66,7 +66,9 @@ class BuildArtifact:
     size: int = 0
     sha256: str = ""
     sha512: str = ""
-    url: str = ""  # download URL when the build ended
+    # Not filled any more: a signed URL is a credential, and a record outlives
+    # it. GetDownloadUrl (`kiln artifact url ID`) signs one for its caller.
+    url: str = ""
 
 
 @dataclass

@@ -15,7 +15,6 @@ from kiln_common.builds import BuildArtifact
 
 KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
-URL_SECONDS = 7 * 24 * 3600  # the longest a download URL may live
 MAX_LABEL_VALUE = 256  # the storage service's limit
 
 
@@ -57,7 +56,6 @@ class BuildArtifacts:
         labels = self._labels(name, version, upload)
         async with self.storage.client() as client:
             stored = await client.push(upload.path, labels, progress=progress, stop=self.stop)
-            url = await client.url(stored.id, URL_SECONDS)
         return BuildArtifact(
             artifact_id=stored.id,
             name=upload.path.name,
@@ -66,7 +64,6 @@ class BuildArtifacts:
             size=stored.size,
             sha256=stored.checksums.sha256,
             sha512=stored.checksums.sha512,
-            url=url,
         )
 
     async def remove(self, *, other_attempts_only: bool = False, attempt_only: bool = False) -> int:

@@ -225,7 +225,7 @@ class BuildArtifact(_message.Message):
     sha256: _builtins.str
     sha512: _builtins.str
     url: _builtins.str
-    """download URL when the build ended"""
+    """no longer filled (a signed URL is a credential): GetDownloadUrl"""
     def __init__(
         self,
         *,
