@@ -41,7 +41,8 @@ def start_nats(
     monitor = monitor or free_port({port})
     config: list[str | Path] = []
     if users:
-        conf = log.parent / "nats-auth.conf"
+        conf = store.parent / f"{store.name}-auth.conf"  # beside the data, not the logs
+        conf.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(server_config(users))
