@@ -107,7 +107,7 @@ def test_no_secret_is_left_in_logs_records_events_artifacts_or_errors(tmp_path: 
         image = built.stdout.split()[0]
         url = kiln(env, "artifact", "url", image).stdout.strip()
         secrets = stack_secrets(home)
-        secrets["a URL's signature"] = parse_qs(urlsplit(url).query)["sig"][0].encode()
+        secrets["a URL's signature"] = parse_qs(urlsplit(url).query)["signature"][0].encode()
         secrets["the bad signing key"] = BAD_KEY.encode()
         nats_password = json.loads((home / "nats-users.json").read_text())["storage"]
         stack = Stack.load(home)
