@@ -279,17 +279,23 @@ def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.Mon
     )
 
 
-def assert_grpc_probes(name: str, bind: str, service_name: str, service_port: int) -> None:
-    """The Deployment's probes ask grpc.health.v1 on the port the service binds,
-    and its Service forwards service_port to it."""
+def assert_grpc_probes(
+    name: str, bind: str, health_bind: str, service_name: str, service_port: int
+) -> None:
+    """The API is on bind (TLS), its Service forwards service_port to it; the
+    probes ask grpc.health.v1 on the plain health port (the kubelet's gRPC
+    probes speak no TLS)."""
     (container,) = pod_spec(find("Deployment", name))["containers"]
-    host, _, port = bind.rpartition(":")
-    # The kubelet probes the pod IP: a loopback bind would never answer.
-    assert host in {"0.0.0.0", "[::]"}, host
-    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
+    ports = {}
+    for what, address in (("grpc", bind), ("health", health_bind)):
+        host, _, port = address.rpartition(":")
+        # The kubelet probes the pod IP: a loopback bind would never answer.
+        assert host in {"0.0.0.0", "[::]"}, host
+        assert {"name": what, "containerPort": int(port)} in container["ports"]
+        ports[what] = int(port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = container[probe]["grpc"]
-        assert grpc["port"] == int(port), probe
+        assert grpc["port"] == ports["health"], probe
         assert grpc.get("service", "") in {"", service_name}, probe
     service = find("Service", name)
     assert {"name": "grpc", "port": service_port, "targetPort": "grpc"}.items() <= next(
@@ -301,7 +307,10 @@ def test_storage_probes_use_grpc_health_on_the_bound_port() -> None:
     deployment = find("Deployment", "storage")
     (container,) = pod_spec(deployment)["containers"]
     env = container_env(deployment, container)
-    assert_grpc_probes("storage", env["KILN_STORAGE_GRPC_BIND"], STORAGE_SERVICE, 50051)
+    assert_grpc_probes(
+        "storage", env["KILN_STORAGE_GRPC_BIND"], env["KILN_STORAGE_HEALTH_BIND"], STORAGE_SERVICE,
+        50051,
+    )  # fmt: skip
 
 
 def test_storage_shuts_down_within_the_grace_period() -> None:
@@ -420,7 +429,7 @@ def test_builder_probes_use_grpc_health_on_the_bound_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = builder_settings(monkeypatch)
-    assert_grpc_probes("builder", settings.grpc_bind, BUILDER_SERVICE, 50052)
+    assert_grpc_probes("builder", settings.grpc_bind, settings.health_bind, BUILDER_SERVICE, 50052)
 
 
 def test_builder_hands_builds_back_within_the_grace_period(
@@ -501,7 +510,10 @@ def test_publisher_probes_use_grpc_health_on_the_bound_port() -> None:
     deployment = find("Deployment", "publisher")
     (container,) = pod_spec(deployment)["containers"]
     env = container_env(deployment, container)
-    assert_grpc_probes("publisher", env["KILN_PUBLISHER_GRPC_BIND"], PUBLISHER_SERVICE, 50053)
+    assert_grpc_probes(
+        "publisher", env["KILN_PUBLISHER_GRPC_BIND"], env["KILN_PUBLISHER_HEALTH_BIND"],
+        PUBLISHER_SERVICE, 50053,
+    )  # fmt: skip
     http = next(p for p in find("Service", "publisher")["spec"]["ports"] if p["name"] == "http")
     assert {"name": "http", "containerPort": int(env["KILN_PUBLISHER_HTTP_PORT"])} in container[
         "ports"
@@ -600,3 +612,20 @@ def test_each_service_requires_identities_and_calls_others_with_the_service_toke
         assert token is None  # storage calls no other service
     else:  # made once by the operator (deploy/k8s/README.md): optional until then
         assert token == {"name": "kiln-service-token", "key": "token", "optional": True}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_serves_tls_from_the_kiln_tls_secret_and_verifies_the_others(
+    service: str,
+) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    prefix = f"KILN_{service.upper()}_"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "kiln-tls" and mount["readOnly"]
+    keys = set(find("Secret", "kiln-tls")["stringData"])
+    for setting, key in (("TLS_CERT_FILE", "tls.crt"), ("TLS_KEY_FILE", "tls.key"),
+                         ("TLS_CA_FILE", "ca.crt")):  # fmt: skip
+        assert env[prefix + setting] == f"{mount['mountPath']}/{key}" and key in keys

@@ -213,7 +213,12 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
 
     tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
     grpc_server = GrpcServer(
-        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+        settings.grpc_bind,
+        [SERVICE_NAME],
+        register,
+        identities.interceptors,
+        tls,
+        settings.health_bind,
     )
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:

@@ -123,7 +123,12 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
 
     tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
     grpc_server = GrpcServer(
-        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+        settings.grpc_bind,
+        [SERVICE_NAME],
+        register,
+        identities.interceptors,
+        tls,
+        settings.health_bind,
     )
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
