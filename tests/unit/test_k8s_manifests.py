@@ -629,3 +629,12 @@ def test_each_service_serves_tls_from_the_kiln_tls_secret_and_verifies_the_other
     for setting, key in (("TLS_CERT_FILE", "tls.crt"), ("TLS_KEY_FILE", "tls.key"),
                          ("TLS_CA_FILE", "ca.crt")):  # fmt: skip
         assert env[prefix + setting] == f"{mount['mountPath']}/{key}" and key in keys
+
+
+def test_the_marketplace_has_a_service_of_its_own_without_the_grpc_api() -> None:
+    """Exposing the catalogue must not expose the Publisher API."""
+    marketplace = find("Service", "marketplace")
+    publisher = find("Deployment", "publisher")
+    labels = publisher["spec"]["template"]["metadata"]["labels"]
+    assert matches(marketplace["spec"]["selector"], labels)
+    assert [p["targetPort"] for p in marketplace["spec"]["ports"]] == ["http"]
