@@ -638,3 +638,13 @@ def test_the_marketplace_has_a_service_of_its_own_without_the_grpc_api() -> None
     labels = publisher["spec"]["template"]["metadata"]["labels"]
     assert matches(marketplace["spec"]["selector"], labels)
     assert [p["targetPort"] for p in marketplace["spec"]["ports"]] == ["http"]
+
+
+def test_a_non_root_pod_can_read_the_secrets_it_mounts() -> None:
+    """Secret files belong to root unless fsGroup gives them to the pod's group."""
+    for workload in workloads():
+        spec = pod_spec(workload)
+        context = spec.get("securityContext", {})
+        mounts_secret = any("secret" in v for v in spec.get("volumes", []))
+        if context.get("runAsNonRoot") and mounts_secret:
+            assert context.get("fsGroup") == context["runAsGroup"], doc_id(workload)
