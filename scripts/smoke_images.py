@@ -198,6 +198,7 @@ def run_args(service: str, ctx: Ctx) -> list[str]:
     if service == "publisher":
         return [*LOCKED, "--network", "host", "--volume", "/var/lib/kiln/publisher",
                 "-e", f"KILN_PUBLISHER_GRPC_BIND=127.0.0.1:{ctx.ports['publisher']}",
+                "-e", "KILN_PUBLISHER_HEALTH_BIND=",  # the host's network: no fixed port
                 "-e", "KILN_PUBLISHER_HTTP_HOST=127.0.0.1",
                 "-e", f"KILN_PUBLISHER_HTTP_PORT={ctx.ports['publisher-http']}",
                 "-e", f"KILN_PUBLISHER_NATS_URL={ctx.nats_url}",
@@ -205,6 +206,7 @@ def run_args(service: str, ctx: Ctx) -> list[str]:
                 "-e", "KILN_PUBLISHER_LOCAL_ENDORSER=smoke@example.org"]  # fmt: skip
     return ["--privileged", "--network", "host",
             "-e", f"KILN_BUILDER_GRPC_BIND=127.0.0.1:{ctx.ports['builder']}",
+            "-e", "KILN_BUILDER_HEALTH_BIND=",  # the host's network: no fixed port
             "-e", f"KILN_BUILDER_NATS_URL={ctx.nats_url}",
             "-e", f"KILN_BUILDER_STORAGE={ctx.storage}"]  # fmt: skip
 

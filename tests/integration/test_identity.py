@@ -328,3 +328,32 @@ async def test_only_a_role_that_may_publish_submits_a_recipe_that_publishes(
         ("builder", True): DENIED, ("builder", False): grpc.StatusCode.OK,
         ("publisher", True): grpc.StatusCode.OK, ("publisher", False): grpc.StatusCode.OK,
     }  # fmt: skip
+
+
+def issue_cli(*args: str) -> Any:
+    """`python -m kiln_common.auth.issue` as an operator runs it."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "kiln_common.auth.issue", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def test_the_first_tokens_of_a_deployment_are_made_straight_in_nats(
+    nats_server: Nats,
+) -> None:
+    """No token exists yet to call the Tokens API with (deploy/k8s/README.md)."""
+    url = nats_server.url
+    done = await asyncio.to_thread(
+        issue_cli, "--tenant", "ops", "--role", "admin", "--expires", "1d", "--nats-url", url
+    )
+    assert done.returncode == 0, done.stderr
+    bearer = done.stdout.strip()
+    async with issued(nats_server.url) as tokens:
+        who = await tokens.authenticate(bearer)
+    assert (who.tenant, who.role) == ("ops", Role.ADMIN)
+    assert bearer not in done.stderr  # printed once, on stdout
+    bad = await asyncio.to_thread(issue_cli, "--tenant", "ops", "--role", "root", "--nats-url", url)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -129,3 +129,48 @@ async def test_only_the_publisher_writes_the_marketplace_and_only_the_builder_it
         )
     assert set(writes.values()) == {"refused"}, writes
     assert kept == (b"signed", b"record")
+
+
+async def test_only_storage_writes_the_token_bucket_and_nobody_deletes_another_consumer(
+    guarded_nats: Nats,
+) -> None:
+    """A service's NATS user must not mint a token (an admin's, a service's),
+    nor take away the publisher's consumer of build.succeeded."""
+    from nats.js.api import ConsumerConfig
+
+    async with as_user(guarded_nats, "storage") as storage:
+        tokens = await storage.jetstream().create_key_value(bucket="kiln_tokens")
+        await tokens.put("t1", b"record")
+    async with as_user(guarded_nats, ADMIN) as admin:
+        await admin.jetstream().add_stream(StreamConfig(name=STREAM, subjects=["kiln.events.>"]))
+    async with as_user(guarded_nats, "publisher") as publisher:
+        await publisher.jetstream().add_consumer(
+            STREAM, ConsumerConfig(durable_name="kiln-publisher-auto")
+        )
+    outcomes = {}
+    for user in ("builder", "publisher"):
+        async with as_user(guarded_nats, user) as nc:
+            kv = await nc.jetstream(timeout=1.0).key_value("kiln_tokens")
+            try:
+                await kv.put("forged", b"admin")
+                outcomes[user, "mint"] = "written"
+            except Exception:  # noqa: BLE001 - dropped: no ack
+                outcomes[user, "mint"] = "refused"
+    for user in ("builder", "storage"):
+        async with as_user(guarded_nats, user) as nc:
+            try:
+                await nc.jetstream(timeout=1.0).delete_consumer(STREAM, "kiln-publisher-auto")
+                outcomes[user, "delete consumer"] = "deleted"
+            except Exception:  # noqa: BLE001
+                outcomes[user, "delete consumer"] = "refused"
+            try:
+                await nc.jetstream(timeout=1.0).purge_stream(STREAM)
+                outcomes[user, "purge events"] = "purged"
+            except Exception:  # noqa: BLE001
+                outcomes[user, "purge events"] = "refused"
+    async with as_user(guarded_nats, ADMIN) as admin:
+        js = admin.jetstream()
+        assert (await js.consumer_info(STREAM, "kiln-publisher-auto")).name
+        with pytest.raises(Exception):  # noqa: B017 - not found: never written
+            await (await js.key_value("kiln_tokens")).get("forged")
+    assert set(outcomes.values()) == {"refused"}, outcomes

@@ -77,3 +77,26 @@ async def test_clients_verify_the_server_and_refuse_a_certificate_of_another_ca(
     assert http["our CA"] == "200"
     assert http["another CA"] == "ClientConnectorCertificateError"
     assert http["plain"] != "200"
+
+
+async def test_a_plain_health_port_answers_health_only_while_the_api_stays_behind_tls(
+    storage_service: Any, tmp_path: Path
+) -> None:
+    """For the kubelet's gRPC probes, which speak no TLS."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from kiln_devstack.devservers import free_port
+
+    ours = make_local_tls(tmp_path / "ours")
+    health = f"127.0.0.1:{free_port()}"
+    settings = {"tls_cert_file": ours.cert, "tls_key_file": ours.key, "health_bind": health}
+    async with storage_service(**settings) as (_, address):
+        async with grpc.aio.insecure_channel(health) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="kiln.storage.v1.Storage"), timeout=5
+            )
+        plain_api = await listed(health, None)
+        plain_tls_port = await listed(address, None)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert plain_api == grpc.StatusCode.UNIMPLEMENTED  # the health port serves nothing else
+    assert plain_tls_port == grpc.StatusCode.UNAVAILABLE

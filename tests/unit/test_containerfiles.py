@@ -72,7 +72,11 @@ def test_default_binds_are_exposed_and_are_the_pods_ports(service: str) -> None:
     steps = final_stage(service)
     exposed = {int(p) for word, rest in steps if word == "EXPOSE" for p in rest.split()}
     env = env_of(steps)
-    binds = {int(v.rsplit(":", 1)[1]) for k, v in env.items() if k.endswith("_GRPC_BIND")}
+    binds = {
+        int(v.rsplit(":", 1)[1])
+        for k, v in env.items()
+        if k.endswith(("_GRPC_BIND", "_HEALTH_BIND"))
+    }
     binds |= {int(v) for k, v in env.items() if k.endswith("_HTTP_PORT")}
     _, container = deployment_container(service)
     ports = {p["containerPort"] for p in container["ports"]}

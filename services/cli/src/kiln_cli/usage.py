@@ -3,10 +3,8 @@ durations such as 90s, 15m, 1h or 30d."""
 
 from __future__ import annotations
 
-import re
-
-_DURATION = re.compile(r"([0-9]{1,9})([smhd]?)")  # ASCII digits: isdigit() takes "²"
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+from kiln_common.durations import parse_seconds
+from kiln_common.errors import InvalidArgument
 
 
 class UsageError(Exception):
@@ -15,7 +13,7 @@ class UsageError(Exception):
 
 def parse_duration(text: str) -> int:
     """Seconds."""
-    found = _DURATION.fullmatch(text)
-    if found is None:
-        raise UsageError(f"{text!r} is not a duration like 90s, 15m, 1h or 7d")
-    return int(found.group(1)) * _UNITS[found.group(2)]
+    try:
+        return parse_seconds(text)
+    except InvalidArgument as exc:
+        raise UsageError(str(exc)) from None

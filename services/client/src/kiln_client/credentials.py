@@ -27,6 +27,11 @@ _acting_for: contextvars.ContextVar[str] = contextvars.ContextVar("kiln_acting_f
 _process_tenant = ""
 
 
+def acting_tenant() -> str:
+    """The tenant calls made here act for ("" for none)."""
+    return _acting_for.get() or _process_tenant
+
+
 def use_tenant(tenant: str) -> None:
     """The tenant every call of this process acts for unless told another."""
     global _process_tenant
@@ -117,7 +122,7 @@ class _Bearer:
 
     def _with_token(self, details: Any) -> Any:
         headers = [self._header]
-        if tenant := _acting_for.get() or _process_tenant:
+        if tenant := acting_tenant():
             headers.append((ACTING_FOR_HEADER, tenant))
         metadata = grpc.aio.Metadata(*(details.metadata or ()), *headers)
         return details._replace(metadata=metadata)

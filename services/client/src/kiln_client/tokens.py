@@ -27,7 +27,7 @@ def record_of(msg: pb.Token) -> TokenRecord:
 
 class AsyncTokensClient:
     def __init__(self, address: str = "", *, token: str = "") -> None:
-        self.address = discovery.address("builder", address)
+        self.address = discovery.address("storage", address)
         self.policy = _rpc.DEFAULT_POLICY
         self._channel = _rpc.channel(self.address, token)
         self._stub = pb_grpc.TokensStub(self._channel)
@@ -66,7 +66,7 @@ class TokensClient:
     """The same, blocking."""
 
     def __init__(self, address: str = "", *, token: str = "") -> None:
-        self.address = discovery.address("builder", address)
+        self.address = discovery.address("storage", address)
         self._loop = LoopThread("kiln-tokens-client")
         self._async = self._loop.run(self._make(token))
 

@@ -42,9 +42,14 @@ class GrpcServer:
         register: Register,
         interceptors: Sequence[Any] = (),  # grpc.aio.ServerInterceptor: the caller's identity
         tls: ServerTls | None = None,
+        health_bind: str = "",
     ) -> None:
         self._bind = bind
         self._tls = tls
+        # A plain server answering only health, for probes that speak no TLS
+        # (the kubelet's gRPC probes): the API itself stays behind TLS.
+        self._health_bind = health_bind
+        self._health_server: grpc.aio.Server | None = None
         self._names = list(service_names)
         self._register = register
         self.server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=interceptors)
@@ -61,15 +66,26 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot bind gRPC to {self._bind}")
         await self.server.start()
+        if self._health_bind:
+            await self._start_health()
         for name in ["", *self._names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("gRPC serving on port %d: %s", self.port, ", ".join(self._names))
         return self.port
 
+    async def _start_health(self) -> None:
+        self._health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+        if self._health_server.add_insecure_port(self._health_bind) == 0:
+            raise OSError(f"cannot bind gRPC health to {self._health_bind}")
+        await self._health_server.start()
+
     async def stop(self, grace: float) -> None:
         # Tell load balancers first, then let in-flight calls finish.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
 
 async def serve_until_signalled(

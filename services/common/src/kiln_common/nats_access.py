@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 
 SERVICES = ("builder", "storage", "publisher")
+AUTO_PUBLISH = "kiln-publisher-auto"  # the publisher's consumer (kiln_publisher.autopublish)
 ADMIN = "admin"
 
 
@@ -43,12 +44,24 @@ OWNED: dict[str, Owned] = {
             "OBJ_kiln_recipes",
         ),
     ),
-    "storage": Owned(subjects=("kiln.events.artifact.>",), streams=()),
+    # Storage alone writes the token bucket (the Tokens API's create and
+    # revoke are storage's): no other service's user can mint a token.
+    "storage": Owned(
+        subjects=("kiln.events.artifact.>", "$KV.kiln_tokens.>"), streams=("KV_kiln_tokens",)
+    ),
     "publisher": Owned(
         subjects=(
             "kiln.events.image.>", "kiln.events.entry.>",
             "$KV.KILN_MARKET.>", "$KV.KILN_MARKET_NEWEST.>", "$KV.KILN_MARKET_OWNERS.>",
             "$KV.KILN_PUBLICATIONS.>",
+            # Its durable consumer of build.succeeded on the shared events stream.
+            *(
+                api.format(s=f"KILN_EVENTS.{AUTO_PUBLISH}")
+                for api in ("$JS.API.CONSUMER.DURABLE.CREATE.{s}", "$JS.API.CONSUMER.DELETE.{s}",
+                            "$JS.API.CONSUMER.CREATE.{s}", "$JS.API.CONSUMER.CREATE.{s}.>",
+                            "$JS.API.CONSUMER.MSG.NEXT.{s}", "$JS.API.CONSUMER.PAUSE.{s}",
+                            "$JS.API.CONSUMER.UNPIN.{s}", "$JS.ACK.{s}.>")
+            ),
         ),
         streams=(
             "KV_KILN_MARKET", "KV_KILN_MARKET_NEWEST", "KV_KILN_MARKET_OWNERS",
@@ -64,12 +77,20 @@ _STREAM_API = (
     "$JS.API.CONSUMER.CREATE.{s}", "$JS.API.CONSUMER.CREATE.{s}.>",
     "$JS.API.CONSUMER.DURABLE.CREATE.{s}.>", "$JS.API.CONSUMER.DELETE.{s}.>",
     "$JS.API.CONSUMER.MSG.NEXT.{s}.>", "$JS.ACK.{s}.>",
+    "$JS.API.CONSUMER.PAUSE.{s}.>", "$JS.API.CONSUMER.UNPIN.{s}.>", "$JS.API.STREAM.RESTORE.{s}",
+)  # fmt: skip
+# The events stream is every service's to write to, and no service's to
+# change, empty or delete from (its creation stays open: any may start first).
+SHARED_STREAMS = ("KILN_EVENTS",)
+_SHARED_API = (
+    "$JS.API.STREAM.UPDATE.{s}", "$JS.API.STREAM.DELETE.{s}", "$JS.API.STREAM.PURGE.{s}",
+    "$JS.API.STREAM.MSG.DELETE.{s}", "$JS.API.STREAM.RESTORE.{s}",
 )  # fmt: skip
 
 
 def denied(service: str) -> list[str]:
     """The subjects the service's user may not publish to: what the others own."""
-    out: list[str] = []
+    out = [api.format(s=s) for s in SHARED_STREAMS for api in _SHARED_API]
     for other, owned in OWNED.items():
         if other == service:
             continue
@@ -78,14 +99,19 @@ def denied(service: str) -> list[str]:
     return out
 
 
-def server_config(passwords: dict[str, str]) -> str:
+def server_config(passwords: dict[str, str], *, variables: bool = False) -> str:
     """The `authorization` block of a nats-server config: admin and each
-    service, each with its password (given as {user: password})."""
-    users = []
+    service, each with its password (given as {user: password}). With
+    variables, the passwords are names of environment variables ("$NAME"),
+    which nats-server reads only unquoted (the Kubernetes deployment's, from
+    a Secret)."""
+    lines = ["authorization {", "  users = ["]
     for user, password in passwords.items():
-        entry: dict[str, object] = {"user": user, "password": password}
+        secret = password if variables else json.dumps(password)
+        entry = f"    {{user: {json.dumps(user)}, password: {secret}"
         if user != ADMIN:
-            entry["permissions"] = {"publish": {"deny": denied(user)}}
-        users.append(entry)
-    # nats-server's config format takes JSON values.
-    return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+            deny = ", ".join(json.dumps(subject) for subject in denied(user))
+            entry += f", permissions: {{publish: {{deny: [{deny}]}}}}"
+        lines.append(entry + "}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"

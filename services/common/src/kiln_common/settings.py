@@ -50,7 +50,8 @@ class KilnSettings(BaseSettings):
 
 
 class IdentitySettings(KilnSettings):
-    """What every service's settings say of identities (kiln_common.auth)."""
+    """What every service's settings say of identities (kiln_common.auth), quotas,
+    TLS and the plain health port."""
 
     auth: Literal["off", "required"] = "off"
     """required: every gRPC call but health needs a bearer token, a static Kiln
@@ -77,6 +78,10 @@ class IdentitySettings(KilnSettings):
     and HTTP over TLS only."""
     tls_key_file: Path | None = None
     """The private key (PEM) of tls_cert_file."""
+    health_bind: str = ""
+    """host:port of a plain gRPC server answering only the health service, for
+    probes that speak no TLS (the kubelet's); empty: none (health is on the API
+    port, as the rest)."""
     tls_ca_file: Path | None = None
     """The CA this service trusts when it calls another Kiln service (whose
     certificate must chain to it); unset: plain connections."""

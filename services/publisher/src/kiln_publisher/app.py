@@ -31,6 +31,7 @@ from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, make_app
+from kiln_publisher.market.http import PUBLIC_ROUTES
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 from kiln_publisher.tenants import TenantPolicy
@@ -213,16 +214,22 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
 
     tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
     grpc_server = GrpcServer(
-        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+        settings.grpc_bind,
+        [SERVICE_NAME],
+        register,
+        identities.interceptors,
+        tls,
+        settings.health_bind,
     )
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.
-        http = make_app(market, core.locate)
+        http = make_app(market, core.locate, identities.http(PUBLIC_ROUTES))
         app.http_port = await held.http(
             http, settings.http_host, settings.http_port, tls.http() if tls else None
         )
-        log.info("marketplace on http://%s:%d/", settings.http_host, app.http_port)
+        scheme = "https" if tls else "http"
+        log.info("marketplace on %s://%s:%d/", scheme, settings.http_host, app.http_port)
     jobs: list[Coroutine[Any, Any, None]] = [
         _sweeper(core, settings.sweep_interval_seconds, settings.retire_action)
     ]

@@ -21,14 +21,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kiln_common import jetstream
 from kiln_common.builds import BuildState
-from kiln_common.errors import KilnError, Unavailable
+from kiln_common.errors import KilnError, Unauthenticated, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
+from kiln_common.nats_access import AUTO_PUBLISH
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.targets import Request
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "kiln-publisher-auto"
+CONSUMER = AUTO_PUBLISH  # the publisher's alone to use (kiln_common.nats_access)
 SUBJECT = subject_for("build.succeeded")
 ACK_WAIT = 60.0  # seconds; a running publication says in_progress well within it
 HEARTBEAT = 15.0
@@ -105,7 +106,9 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
     beat = asyncio.create_task(_heartbeat(msg, core, event.subject, revision))
     try:
         await handle(core, event.subject)
-    except Unavailable as exc:
+    except (Unavailable, Unauthenticated) as exc:
+        # Unauthenticated: this publisher's service token is not (yet) known,
+        # e.g. before an operator made it (deploy/k8s/README.md). Later, not lost.
         log.warning("auto-publish of %s put off: %s", event.subject, exc)
         await msg.nak(delay=10)
         return

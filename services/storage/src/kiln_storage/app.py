@@ -24,7 +24,7 @@ from kiln_storage.backends import ObjectStore
 from kiln_storage.backends.fs import FilesystemStore
 from kiln_storage.backends.s3 import S3Store, make_http_client
 from kiln_storage.core import CoreConfig, StorageCore
-from kiln_storage.http import make_app
+from kiln_storage.http import PUBLIC_ROUTES, make_app
 from kiln_storage.servicer import StorageServicer
 from kiln_storage.settings import StorageSettings
 from kiln_storage.urls import HmacSigner, SigningKey, load_or_create_key
@@ -119,11 +119,16 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
 
     def register(server: grpc.aio.Server) -> None:
         storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(core), server)
-        identities.register(server)
+        identities.register(server, token_writer=True)
 
     tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
     grpc_server = GrpcServer(
-        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+        settings.grpc_bind,
+        [SERVICE_NAME],
+        register,
+        identities.interceptors,
+        tls,
+        settings.health_bind,
     )
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
@@ -131,7 +136,7 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
         if current is None:
             current = SigningKey(load_or_create_key(settings.fs_root / ".url-signing-key"))
         signer = HmacSigner(current, previous=previous)
-        http = make_app(core, store, signer)
+        http = make_app(core, store, signer, identities.http(PUBLIC_ROUTES))
         port = await held.http(
             http, settings.http_host, settings.http_port, tls.http() if tls else None
         )

@@ -8,6 +8,7 @@ import logging
 
 from aiohttp import web
 
+from kiln_common.auth.http import Middleware
 from kiln_common.errors import InvalidArgument, NotFound
 from kiln_common.ids import ID_RE
 from kiln_storage.backends.fs import FilesystemStore
@@ -17,7 +18,15 @@ from kiln_storage.urls import HmacSigner
 log = logging.getLogger(__name__)
 
 
-def make_app(core: StorageCore, store: FilesystemStore, signer: HmacSigner) -> web.Application:
+# Every route is public: a download is allowed by its URL's signature (and
+# its tenant was checked when the URL was signed), health by nature.
+PUBLIC_ROUTES = frozenset({"/artifacts/{id}/{name}", "/healthz"})
+
+
+def make_app(
+    core: StorageCore, store: FilesystemStore, signer: HmacSigner,
+    guard: Middleware | None = None,
+) -> web.Application:  # fmt: skip
     async def artifact(request: web.Request) -> web.StreamResponse:
         artifact_id = request.match_info["id"]
         if not ID_RE.match(artifact_id):
@@ -49,7 +58,7 @@ def make_app(core: StorageCore, store: FilesystemStore, signer: HmacSigner) -> w
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard] if guard else [])
     app.router.add_route("GET", "/artifacts/{id}/{name}", artifact)
     app.router.add_route("HEAD", "/artifacts/{id}/{name}", artifact)
     app.router.add_get("/healthz", healthz)

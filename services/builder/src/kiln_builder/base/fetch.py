@@ -27,7 +27,10 @@ def prune_bases(cache_dir: Path, max_bytes: int) -> list[Path]:
     bases = cache_dir / "bases"
     if not bases.is_dir():
         return []
-    return prune_oldest([p for p in bases.iterdir() if _SHA256.fullmatch(p.name)], max_bytes)
+    # Glance bases are kept per tenant (base.published): those count too.
+    found = [p for p in bases.glob("*") if _SHA256.fullmatch(p.name)]
+    found += [p for p in bases.glob("tenants/*/*") if _SHA256.fullmatch(p.name)]
+    return prune_oldest(found, max_bytes)
 
 
 async def fetch_base(

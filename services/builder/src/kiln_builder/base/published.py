@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from kiln_client import AsyncPublisherClient
+from kiln_client.credentials import acting_tenant
 from kiln_common.digests import Digests
 from kiln_common.errors import FailedPrecondition
 from kiln_common.filelock import file_lock
@@ -68,6 +69,9 @@ async def fetch_published(
     """(path, sha256, source, bytes downloaded) of the base."""
     source = describe(ref)
     publisher = need_publisher(source, publisher)
+    if tenant := acting_tenant():
+        # Another tenant may not be allowed this cloud: its copy is not this one's.
+        cache = cache / "tenants" / tenant
     cache.mkdir(parents=True, exist_ok=True)
     key = _source_key(source)
     async with file_lock(cache / f"source-{key}.lock"):

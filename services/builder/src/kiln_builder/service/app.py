@@ -82,7 +82,12 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
 
     tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
     grpc_server = GrpcServer(
-        settings.grpc_bind, [SERVICE_NAME], register, identities.interceptors, tls
+        settings.grpc_bind,
+        [SERVICE_NAME],
+        register,
+        identities.interceptors,
+        tls,
+        settings.health_bind,
     )
     app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:

@@ -117,7 +117,11 @@ class BuilderCore:
                 f"the recipe's publish: section publishes the image, which the {who.role}"
                 " role may not do (ask a publisher, or leave publish: out)"
             )
-        await self._check_queued(owner())  # nothing is stored past a quota
+        tenant = owner()
+        if key and (earlier := await self.records.bound(tenant, key)):
+            # A retry of a submit that got through: its build, quota or not.
+            return same_recipe(await self._wait_created(earlier), digest)
+        await self._check_queued(tenant)  # nothing is stored past a quota
         build = Build(
             id=new_id(),
             state=BuildState.QUEUED,
@@ -128,7 +132,7 @@ class BuilderCore:
             created=now(),
             no_cache=no_cache,
             skip_boot_test=skip_boot_test,
-            tenant=owner(),
+            tenant=tenant,
         )
         if key:
             existing = await self.records.claim_key(build.tenant, key, build.id)

@@ -56,6 +56,20 @@ def consumer(tenant: str) -> str:
     return f"{CONSUMER}-{tenant}" if tenant else CONSUMER
 
 
+async def waiting(js: JetStreamContext) -> set[str]:
+    """The tenants whose queue holds messages not yet taken."""
+    found = set()
+    for info in await js.consumers_info(STREAM):
+        name = info.name or ""
+        if not info.num_pending:
+            continue
+        if name == CONSUMER:
+            found.add("")
+        elif name.startswith(CONSUMER + "-"):
+            found.add(name.removeprefix(CONSUMER + "-"))
+    return found
+
+
 async def ensure(js: JetStreamContext, policy: QueuePolicy, replicas: int = 1) -> None:
     stream = StreamConfig(
         name=STREAM,

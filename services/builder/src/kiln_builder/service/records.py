@@ -69,12 +69,19 @@ class BuildRecords:
                 continue
         raise FailedPrecondition(f"build {build_id} is changing too fast to update")
 
+    async def bound(self, tenant: str, key: str) -> str | None:
+        """The build a tenant's idempotency key is bound to, if any."""
+        try:
+            entry = await self._keys.get(_key_name(tenant, key))
+        except KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None
+
     async def claim_key(self, tenant: str, key: str, build_id: str) -> str | None:
         """Binds a tenant's idempotency key to build_id; returns the build it
         is already bound to instead, if any. Keys are the tenant's own: one
         tenant's key never finds, or blocks, another's build."""
-        scoped = f"{tenant}\0{key}" if tenant else key  # no tenant: the name it always had
-        name = "k" + hashlib.sha256(scoped.encode()).hexdigest()
+        name = _key_name(tenant, key)
         try:
             await self._keys.create(name, build_id.encode())
             return None
@@ -85,6 +92,11 @@ class BuildRecords:
     async def ids(self) -> list[str]:
         ids = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, BUILDS_BUCKET))
         return sorted(ids, reverse=True)  # ids sort by time
+
+
+def _key_name(tenant: str, key: str) -> str:
+    scoped = f"{tenant}\0{key}" if tenant else key  # no tenant: the name it always had
+    return "k" + hashlib.sha256(scoped.encode()).hexdigest()
 
 
 def missing(build_id: str) -> NotFound:

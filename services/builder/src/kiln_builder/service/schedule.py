@@ -34,6 +34,9 @@ from kiln_common.builds import Build, BuildState
 
 log = logging.getLogger(__name__)
 IDLE_SECONDS = 1.0  # the longest a worker with a free slot waits before looking again
+# How often the queues themselves are asked which hold messages: a message
+# whose build ended while queued (cancelled) is taken then, and dropped.
+WAITING_SECONDS = 30.0
 LIVE = (BuildState.QUEUED, BuildState.RUNNING)
 
 
@@ -56,12 +59,16 @@ class Scheduler:
         self.policy = policy
         self._last_started: dict[str, float] = {}  # this worker's, monotonic
         self._probed: dict[str, float] = {}  # when a full tenant's queue was last looked at
+        self._waiting: set[str] = set()
+        self._waiting_at = 0.0
 
     async def next(self) -> Delivery | None:
         """The next build message to run, or None if no tenant has one now."""
         self.index.wake.clear()  # a write from here on ends idle() at once
         live = self.index.tenants(*LIVE)
         live.setdefault("", 0)  # builds made with identities off
+        for tenant in await self._queues_waiting():
+            live.setdefault(tenant, 0)
         running = self.index.tenants(BuildState.RUNNING)
         for tenant in order(live, running, self._last_started):
             if self._full(tenant, running.get(tenant, 0)) and not self._probe_due(tenant):
@@ -71,6 +78,13 @@ class Scheduler:
                 self._last_started[tenant] = time.monotonic()
                 return JetStreamDelivery(msg)
         return None
+
+    async def _queues_waiting(self) -> set[str]:
+        now = time.monotonic()
+        if now - self._waiting_at >= WAITING_SECONDS:
+            self._waiting_at = now
+            self._waiting = await queue.waiting(self.js)
+        return self._waiting
 
     async def idle(self) -> None:
         """Waits until a build record changes (or IDLE_SECONDS pass)."""

@@ -33,13 +33,21 @@ def token_message(record: TokenRecord) -> pb.Token:
 
 @servicer
 class TokensServicer(pb_grpc.TokensServicer):
-    def __init__(self, tokens: StaticTokens | None) -> None:
+    def __init__(self, tokens: StaticTokens | None, writes: bool) -> None:
         self._tokens = tokens
+        self._writes = writes  # only storage's NATS user may write the bucket
 
     def _store(self) -> StaticTokens:
         if self._tokens is None:
             raise FailedPrecondition("this service keeps no static tokens (it has no NATS)")
         return self._tokens
+
+    def _writer(self) -> StaticTokens:
+        if not self._writes:
+            raise FailedPrecondition(
+                "tokens are made and revoked through the storage service (`kiln token` does)"
+            )
+        return self._store()
 
     async def CreateToken(
         self, request: pb.CreateTokenRequest, context: Context
@@ -56,7 +64,7 @@ class TokensServicer(pb_grpc.TokensServicer):
             raise InvalidArgument("expires_in: a positive duration (or unset: never)")
         if len(request.description) > MAX_DESCRIPTION:
             raise InvalidArgument(f"description: at most {MAX_DESCRIPTION} characters")
-        bearer, record = await self._store().issue(
+        bearer, record = await self._writer().issue(
             check_tenant(request.tenant), role, expires, request.description
         )
         return pb.CreateTokenResponse(token=token_message(record), bearer=bearer)
@@ -69,7 +77,7 @@ class TokensServicer(pb_grpc.TokensServicer):
         return pb.ListTokensResponse(tokens=[token_message(r) for r in wanted])
 
     async def RevokeToken(self, request: pb.RevokeTokenRequest, context: Context) -> pb.Token:
-        return token_message(await self._store().revoke(request.id))
+        return token_message(await self._writer().revoke(request.id))
 
     async def WhoAmI(self, request: pb.WhoAmIRequest, context: Context) -> pb.Identity:
         who = caller()
@@ -78,5 +86,5 @@ class TokensServicer(pb_grpc.TokensServicer):
         return pb.Identity(subject=who.subject, tenant=who.tenant, role=who.role, via=who.via)
 
 
-def add_tokens(server: grpc.aio.Server, tokens: StaticTokens | None) -> None:
-    pb_grpc.add_TokensServicer_to_server(TokensServicer(tokens), server)
+def add_tokens(server: grpc.aio.Server, tokens: StaticTokens | None, writes: bool) -> None:
+    pb_grpc.add_TokensServicer_to_server(TokensServicer(tokens, writes), server)

@@ -4,12 +4,14 @@ installs and the Tokens API it serves (both only when `auth: required`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
 from nats.js import JetStreamContext
 
 from kiln_common.auth.authenticator import Authenticator
+from kiln_common.auth.http import Middleware, http_guard
 from kiln_common.auth.interceptor import AuthInterceptor
 from kiln_common.auth.oidc import OidcConfig, OidcVerifier
 from kiln_common.auth.servicer import add_tokens
@@ -26,9 +28,15 @@ class Guard:
     authenticator: Authenticator | None = None
     interceptors: list[AuthInterceptor] = field(default_factory=list)
 
-    def register(self, server: grpc.aio.Server) -> None:
+    def register(self, server: grpc.aio.Server, *, token_writer: bool = False) -> None:
+        """The Tokens API; token_writer: this service makes and revokes tokens
+        (storage: its NATS user alone may write the bucket)."""
         if self.authenticator is not None:
-            add_tokens(server, self.authenticator.static)
+            add_tokens(server, self.authenticator.static, token_writer)
+
+    def http(self, public: Iterable[str]) -> Middleware:
+        """The aiohttp middleware of this service's HTTP server (kiln_common.auth.http)."""
+        return http_guard(self.authenticator, public)
 
     async def prime(self) -> None:
         """The OIDC issuer's keys, fetched at start if it answers (else on first use)."""

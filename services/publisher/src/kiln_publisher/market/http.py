@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kiln_common.auth.http import Middleware
 from kiln_common.errors import InvalidArgument, KilnError, NotFound, Unavailable
 from kiln_market.entry import Entry
 from kiln_market.signing import SignedEntry
@@ -150,13 +151,23 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2)
 
 
-def make_app(market: Market, locate: Locate | None = None) -> web.Application:
+# The catalogue is public: its reads and /download (which refuses deprecated
+# and expired entries), as the issue of identities says.
+PUBLIC_ROUTES = frozenset({
+    "/", API, API + "/{identifier}", API + "/{identifier}/entry.json",
+    API + "/{identifier}/download",
+})  # fmt: skip
+
+
+def make_app(
+    market: Market, locate: Locate | None = None, guard: Middleware | None = None
+) -> web.Application:
     """The marketplace's HTTP app. Without locate, download links are the
     entries' first locations as signed; with it (the publisher passes one
     that asks the storage service for a fresh URL of entry.artifact_id),
     they go through GET .../{identifier}/download, a 307 to a URL that
     works now."""
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[*([guard] if guard else []), _errors])
     app.on_response_prepare.append(_secure_headers)
     app[_MARKET] = market
     app[_LOCATE] = locate
