@@ -480,6 +480,26 @@ class _CallDetails(
     pass
 
 
+Metadata = tuple[tuple[str, str], ...]
+
+
+def bearer(token: str | None) -> Metadata:
+    """`authorization: Bearer <token>`; none for None (a call without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token is not None else ()
+
+
+class Authed:
+    """An aio stub whose every call carries the metadata (bearer(token), and
+    what else a test sends: kiln-acting-for)."""
+
+    def __init__(self, stub: Any, metadata: Metadata) -> None:
+        self._stub, self._metadata = stub, metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+        return lambda request: method(request, metadata=self._metadata)
+
+
 class _Bearer(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,

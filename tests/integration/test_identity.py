@@ -17,6 +17,7 @@ import grpc
 import nats
 import pytest
 from oidc_support import Issuer, new_key, oidc_issuer
+from support import Authed, bearer
 
 from kiln_api.auth.v1 import auth_pb2 as apb
 from kiln_api.auth.v1 import auth_pb2_grpc as apb_grpc
@@ -57,21 +58,9 @@ async def guarded(storage_service: Any, nats_server: Nats, issuer: Issuer) -> As
 async def stubs(address: str, token: str | None) -> AsyncIterator[tuple[Any, Any]]:
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         yield (
-            _Authed(pb_grpc.StorageStub(channel), token),
-            _Authed(apb_grpc.TokensStub(channel), token),
+            Authed(pb_grpc.StorageStub(channel), bearer(token)),
+            Authed(apb_grpc.TokensStub(channel), bearer(token)),
         )
-
-
-class _Authed:
-    """A stub whose calls carry `authorization: Bearer <token>` (or nothing)."""
-
-    def __init__(self, stub: Any, token: str | None) -> None:
-        self._stub, self._token = stub, token
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        metadata = (("authorization", f"Bearer {self._token}"),) if self._token is not None else ()
-        return lambda request: method(request, metadata=metadata)
 
 
 async def code_of(call: Any) -> grpc.StatusCode:

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import nats
 import pytest
+from support import Authed, bearer
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.builder.v1 import builder_pb2_grpc as bpb_grpc
@@ -47,24 +48,15 @@ class Services:
 
     @asynccontextmanager
     async def stubs(self, who: str) -> AsyncIterator[tuple[Any, Any]]:
-        metadata = (("authorization", f"Bearer {self.tokens[who]}"),)
+        metadata = bearer(self.tokens[who])
         async with (
             grpc.aio.insecure_channel(self.storage, options=CHANNEL_OPTIONS) as s,
             grpc.aio.insecure_channel(self.builder, options=CHANNEL_OPTIONS) as b,
         ):
             yield (
-                _Authed(spb_grpc.StorageStub(s), metadata),
-                _Authed(bpb_grpc.BuilderStub(b), metadata),
+                Authed(spb_grpc.StorageStub(s), metadata),
+                Authed(bpb_grpc.BuilderStub(b), metadata),
             )
-
-
-class _Authed:
-    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._stub, self._metadata = stub, metadata
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        return lambda request: method(request, metadata=self._metadata)
 
 
 @asynccontextmanager

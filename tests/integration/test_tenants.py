@@ -16,6 +16,7 @@ import grpc
 import nats
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from support import Authed, bearer
 
 from kiln_api.builder.v1 import builder_pb2 as bpb
 from kiln_api.builder.v1 import builder_pb2_grpc as bpb_grpc
@@ -51,15 +52,6 @@ class Api:
     publisher: Any
 
 
-class _Authed:
-    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
-        self._stub, self._metadata = stub, metadata
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        return lambda request: method(request, metadata=self._metadata)
-
-
 @dataclass
 class Stack:
     storage: str
@@ -69,14 +61,14 @@ class Stack:
 
     @asynccontextmanager
     async def api(self, who: str, acting_for: str = "") -> AsyncIterator[Api]:
-        metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {self.tokens[who]}"),)
+        metadata = bearer(self.tokens[who])
         if acting_for:
             metadata += ((ACTING_FOR_HEADER, acting_for),)
         addresses = (self.storage, self.builder, self.publisher)
         stubs = (spb_grpc.StorageStub, bpb_grpc.BuilderStub, ppb_grpc.PublisherStub)
         channels = [grpc.aio.insecure_channel(a, options=CHANNEL_OPTIONS) for a in addresses]
         try:
-            yield Api(*(_Authed(s(c), metadata) for s, c in zip(stubs, channels, strict=True)))
+            yield Api(*(Authed(s(c), metadata) for s, c in zip(stubs, channels, strict=True)))
         finally:
             for channel in channels:
                 await channel.close()

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -86,6 +87,32 @@ class GrpcServer:
         await self.server.stop(grace)
         if self._health_server is not None:
             await self._health_server.stop(0)
+
+
+class ServedSettings(Protocol):
+    """What a service's settings say of where and how its gRPC is served."""
+
+    @property
+    def grpc_bind(self) -> str: ...
+    @property
+    def health_bind(self) -> str: ...
+    @property
+    def tls_cert_file(self) -> Path | None: ...
+    @property
+    def tls_key_file(self) -> Path | None: ...
+
+
+def service_server(
+    settings: ServedSettings, names: Sequence[str], register: Register,
+    interceptors: Sequence[Any] = (),
+) -> tuple[GrpcServer, ServerTls | None]:  # fmt: skip
+    """The service's gRPC server as its settings say (TLS, a plain health
+    port), and its TLS, which its HTTP server (if any) serves too."""
+    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
+    server = GrpcServer(
+        settings.grpc_bind, names, register, interceptors, tls, settings.health_bind
+    )
+    return server, tls
 
 
 async def serve_until_signalled(

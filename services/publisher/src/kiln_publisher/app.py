@@ -22,10 +22,9 @@ from kiln_common import jetstream
 from kiln_common.auth.serving import guard
 from kiln_common.errors import KilnError, NotFound
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
-from kiln_common.grpc_server import GrpcServer
+from kiln_common.grpc_server import GrpcServer, service_server
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
-from kiln_common.tls import ServerTls
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
 from kiln_publisher import autopublish
 from kiln_publisher.core import PublisherCore
@@ -212,15 +211,7 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         publisher_pb2_grpc.add_PublisherServicer_to_server(PublisherServicer(core), server)
         identities.register(server)
 
-    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
-    grpc_server = GrpcServer(
-        settings.grpc_bind,
-        [SERVICE_NAME],
-        register,
-        identities.interceptors,
-        tls,
-        settings.health_bind,
-    )
+    grpc_server, tls = service_server(settings, [SERVICE_NAME], register, identities.interceptors)
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.

@@ -16,10 +16,9 @@ from kiln_api.storage.v1 import storage_pb2, storage_pb2_grpc
 from kiln_common.auth.quotas import Quotas
 from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, NoEvents, Publisher, default_source
-from kiln_common.grpc_server import GrpcServer
+from kiln_common.grpc_server import GrpcServer, service_server
 from kiln_common.held import Held
 from kiln_common.retry import RetryPolicy
-from kiln_common.tls import ServerTls
 from kiln_storage.backends import ObjectStore
 from kiln_storage.backends.fs import FilesystemStore
 from kiln_storage.backends.s3 import S3Store, make_http_client
@@ -121,15 +120,7 @@ async def _build(settings: StorageSettings, held: Held) -> StorageApp:
         storage_pb2_grpc.add_StorageServicer_to_server(StorageServicer(core), server)
         identities.register(server, token_writer=True)
 
-    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
-    grpc_server = GrpcServer(
-        settings.grpc_bind,
-        [SERVICE_NAME],
-        register,
-        identities.interceptors,
-        tls,
-        settings.health_bind,
-    )
+    grpc_server, tls = service_server(settings, [SERVICE_NAME], register, identities.interceptors)
     app = StorageApp(settings, core, grpc_server, held)
     if isinstance(store, FilesystemStore):
         current, previous = settings.url_keys()

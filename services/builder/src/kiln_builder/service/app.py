@@ -25,10 +25,9 @@ from kiln_common import jetstream
 from kiln_common.auth.quotas import Quotas
 from kiln_common.auth.serving import guard
 from kiln_common.events import JetStreamPublisher, default_source, ensure_stream
-from kiln_common.grpc_server import GrpcServer
+from kiln_common.grpc_server import GrpcServer, service_server
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
-from kiln_common.tls import ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +79,7 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
         identities.register(server)
 
-    tls = ServerTls.of(settings.tls_cert_file, settings.tls_key_file)
-    grpc_server = GrpcServer(
-        settings.grpc_bind,
-        [SERVICE_NAME],
-        register,
-        identities.interceptors,
-        tls,
-        settings.health_bind,
-    )
+    grpc_server, _ = service_server(settings, [SERVICE_NAME], register, identities.interceptors)
     app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:
         await _prepare_worker(settings)
