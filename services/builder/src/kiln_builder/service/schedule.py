@@ -61,6 +61,21 @@ class Scheduler:
         self._probed: dict[str, float] = {}  # when a full tenant's queue was last looked at
         self._waiting: set[str] = set()
         self._waiting_at = 0.0
+        # The builds this worker took and has not finished, by id: their
+        # tenant. The index learns a build runs only once its record says so,
+        # a moment after it was taken: two slots freed together would both
+        # see the tenant below its limit without this.
+        self._mine: dict[str, str] = {}
+
+    def _running(self, tenant: str, counted: int, but: str = "") -> int:
+        """The tenant's running builds: the index's count, or this worker's
+        own (taken, not finished; but one not counted), whichever is more."""
+        own = sum(1 for b, t in self._mine.items() if t == tenant and b != but)
+        return max(counted, own)
+
+    def finished(self, build_id: str) -> None:
+        """The worker is done with a build it took (ended, handed back, put back)."""
+        self._mine.pop(build_id, None)
 
     async def next(self) -> Delivery | None:
         """The next build message to run, or None if no tenant has one now."""
@@ -70,13 +85,16 @@ class Scheduler:
         for tenant in await self._queues_waiting():
             live.setdefault(tenant, 0)
         running = self.index.tenants(BuildState.RUNNING)
+        running = {t: self._running(t, running.get(t, 0)) for t in live}
         for tenant in order(live, running, self._last_started):
-            if self._full(tenant, running.get(tenant, 0)) and not self._probe_due(tenant):
+            if self._full(tenant, running[tenant]) and not self._probe_due(tenant):
                 continue
             msg = await queue.take(self.nc, tenant)
             if msg is not None:
                 self._last_started[tenant] = time.monotonic()
-                return JetStreamDelivery(msg)
+                delivery = JetStreamDelivery(msg)
+                self._mine[delivery.build_id] = tenant
+                return delivery
         return None
 
     async def _queues_waiting(self) -> set[str]:
@@ -109,7 +127,8 @@ class Scheduler:
         a running one (its worker died) is run again: it holds its place."""
         if build.state != BuildState.QUEUED:
             return True
-        if not self._full(build.tenant, self.index.count(build.tenant, BuildState.RUNNING)):
+        counted = self.index.count(build.tenant, BuildState.RUNNING)
+        if not self._full(build.tenant, self._running(build.tenant, counted, but=build.id)):
             return True
         await queue.enqueue(self.js, build.id, build.tenant, again=time.time_ns())
         await delivery.ack()

@@ -95,15 +95,18 @@ class Worker:
                     continue
                 task = asyncio.create_task(self._take(delivery))
                 self._tasks.add(task)
-                task.add_done_callback(self._done(slots))
+                task.add_done_callback(self._done(slots, delivery.build_id))
         finally:
             for sub_ in (cancels, exhausted):
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
 
-    def _done(self, slots: asyncio.Semaphore) -> Callable[[asyncio.Task[None]], None]:
+    def _done(
+        self, slots: asyncio.Semaphore, build_id: str
+    ) -> Callable[[asyncio.Task[None]], None]:
         def done(task: asyncio.Task[None]) -> None:
             self._tasks.discard(task)
+            self.scheduler.finished(build_id)
             slots.release()
 
         return done
