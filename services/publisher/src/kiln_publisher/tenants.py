@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln_common.auth.identity import ANY_TENANT, per_tenant
 from kiln_common.errors import PermissionDenied
 
-ANY = "*"
+ANY = ANY_TENANT  # also "every cloud", "every endorser" in an entry
 
 
 class TenantTargets(BaseModel):
@@ -40,9 +41,7 @@ class TenantPolicy:
         self.tenants = tenants
 
     def of(self, tenant: str) -> TenantTargets:
-        if not tenant:
-            return EVERY
-        return self.tenants.get(tenant) or self.tenants.get(ANY) or NOTHING
+        return per_tenant(self.tenants, tenant, untenanted=EVERY, unnamed=NOTHING)
 
     def check(self, tenant: str, clouds: list[str], endorser: str | None) -> None:
         """PermissionDenied naming the first target the tenant may not use."""

@@ -16,8 +16,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from kiln_common.errors import PermissionDenied
+
+T = TypeVar("T")
 
 
 class Role(StrEnum):
@@ -113,6 +116,19 @@ def visible(tenant: str) -> bool:
     """Whether an object of this tenant exists for the caller."""
     wanted = scope()
     return wanted is None or tenant == wanted
+
+
+ANY_TENANT = "*"  # in a per-tenant setting: every tenant not named
+
+
+def per_tenant(table: Mapping[str, T], tenant: str, *, untenanted: T, unnamed: T) -> T:
+    """A tenant's entry of a per-tenant setting (quotas, publish targets): its
+    own, else the "*" entry, else unnamed; untenanted for "" (identities off)."""
+    if not tenant:
+        return untenanted
+    if tenant in table:
+        return table[tenant]
+    return table.get(ANY_TENANT, unnamed)
 
 
 def owner() -> str:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kiln_common.auth.identity import per_tenant
 from kiln_common.errors import ResourceExhausted
-
-ANY = "*"
 
 
 class Quota(BaseModel):
@@ -34,9 +33,7 @@ class Quotas:
 
     def of(self, tenant: str) -> Quota:
         """The tenant's limits; the tenant "" (identities off) has none."""
-        if not tenant:
-            return UNLIMITED
-        return self.table.get(tenant) or self.table.get(ANY) or UNLIMITED
+        return per_tenant(self.table, tenant, untenanted=UNLIMITED, unnamed=UNLIMITED)
 
 
 def check(tenant: str, what: str, having: int, adding: int, limit: int | None) -> None:
