@@ -13,6 +13,8 @@ apt_packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
   # vm isolation: the relays to the package mirrors
   socat
+  # the tests' own signed apt repository (fingerprints, mirror changes)
+  apt-utils gpg
   # the marketplace catalogue's browser test: Debian's chromium, driven by
   # Playwright (pip), whose bundled node needs libatomic1
   chromium libatomic1

@@ -357,21 +357,33 @@ CACHE_MAX_GIB = "4"
 
 def bookworm_bootstrap_layer() -> list[Path]:
     """The files of the cached bookworm bootstrap layer (made once if missing),
-    the one every test recipe starts from."""
-    from kiln_builder.bootstrap import bootstrap, spec_for
+    the one every test recipe starts from: under its key of the recipe alone (a
+    Bake given no mirror state) and under the key the builder service gives it,
+    chained with the mirror suite's state as read now (kiln_builder.fingerprint).
+    The same tree: a bootstrap from that mirror, linked under both names."""
+    from kiln_builder.bootstrap import bootstrap, layer_key, spec_for
     from kiln_builder.engine import DEFAULT_EPOCH
+    from kiln_builder.fingerprint import AptSource, release_digest
     from kiln_builder.layers import LayerStore
 
     spec = spec_for("debian", "bookworm", "amd64", None, DEFAULT_EPOCH)
+    source = AptSource(spec.mirror.rstrip("/"), spec.release)
 
-    async def ensure() -> None:
+    async def ensure() -> str:
         store = LayerStore(LAYERS)
         if await store.fetch("bootstrap", spec.key()) is None:
             await bootstrap(spec, store.path("bootstrap", spec.key()))
             await store.adopt("bootstrap", spec.key())
+        return layer_key(spec, ((source.part, await release_digest(source, None)),))
 
-    asyncio.run(ensure())
-    return sorted(LAYERS.glob(f"bootstrap-{spec.key()}.*"))
+    served = asyncio.run(ensure())
+    for suffix in (".tar.zst", ".sha256"):
+        link = LAYERS / f"bootstrap-{served}{suffix}"
+        with contextlib.suppress(FileExistsError):  # another test process linked it
+            os.link(LAYERS / f"bootstrap-{spec.key()}{suffix}", link)
+    return sorted(
+        [*LAYERS.glob(f"bootstrap-{spec.key()}.*"), *LAYERS.glob(f"bootstrap-{served}.*")]
+    )
 
 
 def cache_with(layers: list[Path], cache_dir: Path) -> Path:

@@ -37,7 +37,7 @@ def test_a_redirect_to_https_is_followed() -> None:
 
 
 def test_the_opener_has_no_ftp_file_or_data_handler() -> None:
-    opener = download._http_opener()
+    opener = download.http_opener()
     for url in ("ftp://example.org/x", "file:///etc/hostname", "data:,x"):
         with pytest.raises(urllib.error.URLError, match="unknown url type"):
             opener.open(url, timeout=1)

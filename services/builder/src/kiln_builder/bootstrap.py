@@ -9,7 +9,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kiln_builder import aptsources
+from kiln_builder import aptsources, layers
 from kiln_common.errors import FailedPrecondition
 from kiln_common.proc import run
 
@@ -50,6 +50,15 @@ class BootstrapSpec:
     def key(self) -> str:
         canon = json.dumps({"v": BOOTSTRAP_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def layer_key(spec: BootstrapSpec, apt_state: tuple[tuple[str, str], ...] = ()) -> str:
+    """The bootstrap layer's key: the spec's, chained with the state of the
+    mirror's suite it bootstraps from (kiln_builder.fingerprint) when that was
+    read, so that a mirror that moved on makes a new layer."""
+    if not apt_state:
+        return spec.key()
+    return layers.chain_key(spec.key(), "apt", [list(part) for part in apt_state])
 
 
 def host_mirror(archive: str, apt_dir: Path | None = None) -> str | None:

@@ -201,6 +201,9 @@ def download_urls(build: Build) -> dict[str, str]:
 
 def print_outcome(build: Build, urls: dict[str, str] | None = None) -> None:
     print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
+    if build.cached_from:
+        print(f"the result of build {build.cached_from}, which had the same inputs"
+              " (--no-cache builds anew)", file=sys.stderr)  # fmt: skip
     if build.error is not None:
         where = f" in step {build.error.step}" if build.error.step else ""
         print(f"error{where}: {build.error.message}", file=sys.stderr)
@@ -256,6 +259,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
     print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
+    if b.cached_from:
+        print(f"cached from {b.cached_from} (the same inputs: its artifacts)")
+    if b.fingerprint is not None:
+        print(f"fingerprint {b.fingerprint.digest}")
+        for part in b.fingerprint.parts:
+            print(f"  {part.name:<10} {part.value}")
     if b.base is not None:
         print(
             f"base        {b.base.source}\n            {b.base.description}, sha256 {b.base.sha256}"

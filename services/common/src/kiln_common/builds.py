@@ -116,6 +116,20 @@ class BaseImage:
 
 
 @dataclass
+class FingerprintPart:
+    name: str = ""  # recipe, base, apt <uri> <suite>, builder
+    value: str = ""  # its digest (sha256:...), or the builder's version
+
+
+@dataclass
+class Fingerprint:
+    """Every input of a build, each part digested (kiln_builder.fingerprint)."""
+
+    digest: str = ""  # of all the parts
+    parts: list[FingerprintPart] = field(default_factory=list)
+
+
+@dataclass
 class Build:
     id: str = ""
     state: BuildState = BuildState.UNSPECIFIED
@@ -143,6 +157,8 @@ class Build:
     appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
     isolation_reason: str = ""  # why that isolation: the recipe's, or the builder's setting
     tenant: str = ""  # whose build it is: its submitter's tenant ("" with identities off)
+    fingerprint: Fingerprint | None = None  # its inputs, read before it ran
+    cached_from: str = ""  # the build whose artifacts the result cache gave this one
 
 
 @dataclass

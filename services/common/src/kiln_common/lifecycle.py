@@ -19,6 +19,7 @@ from kiln_common.builds import (
     BuildError,
     BuildState,
     CheckResult,
+    Fingerprint,
     StepState,
     TestCommandResult,
 )
@@ -101,6 +102,14 @@ def held_by(build: Build, worker: str, attempt: int) -> bool:
     return build.state == BuildState.RUNNING and build.worker == worker and build.attempt == attempt
 
 
+def fingerprinted(build: Build, worker: str, attempt: int, fingerprint: Fingerprint) -> bool:
+    """The attempt that holds the build records the inputs it read."""
+    if not held_by(build, worker, attempt):
+        return False
+    build.fingerprint = fingerprint
+    return True
+
+
 def requeue(build: Build, worker: str, attempt: int, error: BuildError | None = None) -> bool:
     """The worker's attempt hands the build back to the queue (shutting down,
     or a failure worth another try). Only the attempt that holds it can."""
@@ -126,6 +135,7 @@ class Outcome:
     isolation: str = ""  # sandbox or vm, once the build ran
     appliance_accel: str = ""  # kvm or tcg, when the vm appliance ran
     isolation_reason: str = ""  # why: the recipe's choice, or the builder's setting
+    cached_from: str = ""  # the build whose artifacts these are (the result cache)
 
 
 def finish(build: Build, outcome: Outcome) -> bool:
@@ -141,6 +151,7 @@ def finish(build: Build, outcome: Outcome) -> bool:
     build.isolation = outcome.isolation
     build.appliance_accel = outcome.appliance_accel
     build.isolation_reason = outcome.isolation_reason
+    build.cached_from = outcome.cached_from
     if outcome.base is not None:
         build.base = outcome.base
     build.test_commands[:] = outcome.test_commands

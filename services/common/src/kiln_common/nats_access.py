@@ -36,12 +36,12 @@ OWNED: dict[str, Owned] = {
             "kiln.build-queue", "kiln.build-queue.>",
             "kiln.build-cancel.>",
             "kiln.build-updates.>",
-            "$KV.kiln_builds.>", "$KV.kiln_build_keys.>",
+            "$KV.kiln_builds.>", "$KV.kiln_build_keys.>", "$KV.kiln_build_results.>",
             "$O.kiln_recipes.>",
         ),
         streams=(
             "KILN_BUILD_QUEUE", "KILN_BUILD_UPDATES", "KV_kiln_builds", "KV_kiln_build_keys",
-            "OBJ_kiln_recipes",
+            "KV_kiln_build_results", "OBJ_kiln_recipes",
         ),
     ),
     # Storage alone writes the token bucket (the Tokens API's create and

@@ -105,7 +105,7 @@ class _ThroughProxy(urllib.request.BaseHandler):
     https_open = http_open
 
 
-def _http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
+def http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
     """urlopen's handlers less ftp:, file: and data:: a base comes over http(s);
     through the egress proxy when there is a route (else the environment's)."""
     opener = urllib.request.OpenerDirector()
@@ -123,7 +123,7 @@ def _http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
     return opener
 
 
-_OPENER = _http_opener()
+_OPENER = http_opener()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 
@@ -197,7 +197,7 @@ async def _fetch_url(
     if route is not None:
         await route.policy.check_url(url)  # before any byte is sent
     partial = cache / f"{pin.sha256}.part"
-    opener = _http_opener(route) if route is not None else _OPENER
+    opener = http_opener(route) if route is not None else _OPENER
     fetched = await _stoppable(_download, url, partial, replace(limits, opener=opener))
     wrong = await asyncio.to_thread(_mismatch, partial, pin)
     if wrong:

@@ -59,9 +59,23 @@ class Ending:
         if retry:
             await self.requeue(job, error)
             return
-        ended = outcome.of_attempt(state, error, stored, log_artifact, job.accel, job.bake)
+        if job.cached is not None and state == BuildState.SUCCEEDED:
+            ended = outcome.of_cached(job.cached, stored, log_artifact)
+        else:
+            ended = outcome.of_attempt(state, error, stored, log_artifact, job.accel, job.bake)
         await self.finish(job.build_id, ended)
+        if state == BuildState.SUCCEEDED and job.inputs and job.cached is None:
+            await self.remember(job)
         await job.msg.ack() if state != BuildState.FAILED else await job.msg.term()
+
+    async def remember(self, job: Job) -> None:
+        """The result cache's answer for this build's inputs from now on; a
+        failure to record it costs a later build its shortcut, nothing else."""
+        assert job.reporter is not None
+        try:
+            await self.core.records.remember(job.reporter.build.tenant, job.inputs, job.build_id)
+        except Exception as exc:  # noqa: BLE001 - the build has succeeded all the same
+            log.warning("build %s: result not recorded for the cache: %s", job.build_id, exc)
 
     async def remove_partial(self, job: Job) -> None:
         """Removes what this failed or stopped attempt stored. Storage may be
@@ -136,6 +150,10 @@ class Ending:
         extra: dict[str, Any] = {"artifacts": [a.artifact_id for a in build.artifacts]}
         if outcome.error is not None:
             extra.update(step=outcome.error.step, error=outcome.error.message)
+        if build.fingerprint is not None:
+            extra["fingerprint"] = build.fingerprint.digest
+        if build.cached_from:
+            extra["cached_from"] = build.cached_from
         info = STATES[build.state]
         await self.core.events.publish(info.event, build.id, event_data(build, **extra))
         log.info("build %s %s", build_id, info.word)

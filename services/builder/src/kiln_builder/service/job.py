@@ -9,7 +9,7 @@ from kiln_builder.engine import Bake, StepRecord
 from kiln_builder.service.artifacts import BuildArtifacts
 from kiln_builder.service.queue import Delivery
 from kiln_builder.service.reporter import BuildReporter
-from kiln_common.builds import BuildArtifact
+from kiln_common.builds import Build, BuildArtifact
 
 
 @dataclass
@@ -24,3 +24,5 @@ class Job:
     steps: list[StepRecord] = field(default_factory=list)
     accel: str = ""  # kvm or tcg, once a boot test ran
     bake: Bake | None = None
+    inputs: str = ""  # the result cache's key: its fingerprint, and what it asked for
+    cached: Build | None = None  # the build whose artifacts the result cache gave it

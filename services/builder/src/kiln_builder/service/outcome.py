@@ -11,6 +11,7 @@ from kiln_builder.checks import CheckReport
 from kiln_builder.engine import Bake
 from kiln_common.builds import (
     BaseImage,
+    Build,
     BuildArtifact,
     BuildError,
     BuildState,
@@ -34,6 +35,18 @@ def of_attempt(
         checks_of(bake), isolation=bake.isolation if bake else "",
         appliance_accel=appliance_accel(bake),
         isolation_reason=bake.isolation_reason if bake else "",
+    )  # fmt: skip
+
+
+def of_cached(earlier: Build, stored: Sequence[BuildArtifact],
+              log_artifact: BuildArtifact | None) -> Outcome:  # fmt: skip
+    """A result-cache hit: the earlier build's artifacts and what its bake found
+    (base, checks, tests, accelerators), so this record reads as that build did."""
+    return Outcome(
+        BuildState.SUCCEEDED, None, tuple(stored), log_artifact, earlier.accel, earlier.base,
+        tuple(earlier.test_commands), tuple(earlier.checks), isolation=earlier.isolation,
+        appliance_accel=earlier.appliance_accel, isolation_reason=earlier.isolation_reason,
+        cached_from=earlier.id,
     )  # fmt: skip
 
 

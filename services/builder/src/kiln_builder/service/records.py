@@ -19,22 +19,27 @@ from kiln_common.ids import check_id
 
 BUILDS_BUCKET = "kiln_builds"
 KEYS_BUCKET = "kiln_build_keys"
+RESULTS_BUCKET = "kiln_build_results"  # the result cache: a tenant's inputs -> the build
 CAS_ATTEMPTS = 20
 
 Mutation = Callable[[Build], bool]  # a lifecycle transition: True if it changed the build
 
 
 class BuildRecords:
-    def __init__(self, js: JetStreamContext, builds: KeyValue, keys: KeyValue) -> None:
+    def __init__(
+        self, js: JetStreamContext, builds: KeyValue, keys: KeyValue, results: KeyValue
+    ) -> None:
         self._js = js
         self.builds = builds  # public: the list index watches this bucket
         self._keys = keys
+        self._results = results
 
     @classmethod
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> BuildRecords:
         builds = await jetstream.key_value(js, BUILDS_BUCKET, replicas=replicas)
         keys = await jetstream.key_value(js, KEYS_BUCKET, replicas=replicas)
-        return cls(js, builds, keys)
+        results = await jetstream.key_value(js, RESULTS_BUCKET, replicas=replicas)
+        return cls(js, builds, keys, results)
 
     async def create(self, build: Build) -> None:
         await self.builds.create(build.id, wire.build_bytes(build))
@@ -89,14 +94,28 @@ class BuildRecords:
             entry = await self._keys.get(name)
             return (entry.value or b"").decode()
 
+    async def result(self, tenant: str, inputs: str) -> str | None:
+        """The newest succeeded build of a tenant's inputs (a fingerprint and
+        what the build was asked for), if one was recorded."""
+        try:
+            entry = await self._results.get(_key_name(tenant, inputs, "r"))
+        except KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None
+
+    async def remember(self, tenant: str, inputs: str, build_id: str) -> None:
+        """build_id succeeded with these inputs: the result cache's answer for
+        them from now on. A tenant's own: another tenant never gets its artifacts."""
+        await self._results.put(_key_name(tenant, inputs, "r"), build_id.encode())
+
     async def ids(self) -> list[str]:
         ids = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, BUILDS_BUCKET))
         return sorted(ids, reverse=True)  # ids sort by time
 
 
-def _key_name(tenant: str, key: str) -> str:
+def _key_name(tenant: str, key: str, prefix: str = "k") -> str:
     scoped = f"{tenant}\0{key}" if tenant else key  # no tenant: the name it always had
-    return "k" + hashlib.sha256(scoped.encode()).hexdigest()
+    return prefix + hashlib.sha256(scoped.encode()).hexdigest()
 
 
 def missing(build_id: str) -> NotFound:

@@ -20,16 +20,20 @@ from pathlib import Path
 
 from nats.aio.msg import Msg
 
+from kiln_builder import fingerprint
+from kiln_builder.egress import Route
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
-from kiln_builder.service import queue
+from kiln_builder.service import queue, results
 from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.ending import Ending
 from kiln_builder.service.job import Job
 from kiln_builder.service.queue import Delivery
 from kiln_builder.service.reporter import BuildReporter
+from kiln_builder.service.results import cached_artifacts
 from kiln_builder.service.schedule import Scheduler
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
@@ -41,12 +45,14 @@ from kiln_common.builds import (
     BuildArtifact,
     BuildError,
     BuildState,
+    Fingerprint,
 )
 from kiln_common.errors import KilnError
 from kiln_common.lifecycle import STATES, TERMINAL, Outcome
 from kiln_common.logs import redact
 from kiln_common.proc import ProcessError
 from kiln_recipe import bundle
+from kiln_recipe.schema import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +284,10 @@ class Worker:
                 log.info(
                     "attempt %d: removed %d artifacts of earlier attempts", job.attempt, removed
                 )
+            boot_test = self.settings.boot_test and not build.skip_boot_test
+            found = await self._fingerprint(job, recipe, build, boot_test)
+            if job.cached is not None:
+                return cached_artifacts(job.cached)
             options = BakeOptions(
                 out_dir=workspace / "out",
                 work_root=workspace,
@@ -287,11 +297,12 @@ class Worker:
                 publisher=self.settings.publisher or None,
                 no_cache=build.no_cache,
                 cache_max_bytes=int(self.settings.cache_max_gib * 1024**3),
-                boot_test=self.settings.boot_test and not build.skip_boot_test,
+                boot_test=boot_test,
                 fix_kvm_device=self.settings.fix_kvm_device,
                 sandbox=self.settings.sandbox_policy(),
                 default_mirror=self.settings.default_mirror,
                 egress=self.settings.egress_policy(),
+                apt_state=fingerprint.apt_state(found),
                 **self.settings.isolation_options(),
             )
             bake = Bake(recipe, options, reporter.step)
@@ -300,6 +311,36 @@ class Worker:
             job.steps = bake.steps
             result = await bake.run()
             return await self._upload(job, build, result)
+
+    async def _fingerprint(
+        self, job: Job, recipe: Recipe, build: Build, boot_test: bool
+    ) -> Fingerprint:
+        """Reads the build's inputs (through an egress proxy of its own: the
+        mirrors are the recipe's), records them, and finds the result cache's
+        build for them unless the build asked for none."""
+        vm = recipe.isolation == "vm" or bool(self.settings.isolation_options().get("force_vm"))
+        async with EgressProxy(self.settings.egress_policy()) as proxy:
+            route = Route(proxy.policy, proxy.url)
+            inputs = fingerprint.Inputs(
+                self.settings.default_mirror, route, self._storage,
+                self.settings.publisher or None, vm,
+            )  # fmt: skip
+            found = await fingerprint.compute(recipe, build.recipe_digest, inputs)
+        assert job.reporter is not None
+        job.reporter.log(f"fingerprint {found.digest}: " +
+                         ", ".join(f"{p.name} {p.value}" for p in found.parts))  # fmt: skip
+        await self.core.records.mutate(
+            job.build_id, lambda b: lifecycle.fingerprinted(b, self.name, job.attempt, found)
+        )
+        # What the build was asked for besides its inputs: a tested result only
+        # answers for a tested build.
+        job.inputs = f"{found.digest} boot-test={boot_test}"
+        if not build.no_cache:
+            job.cached = await results.find(self.core.records, self._storage, build, job.inputs)
+        if job.cached is not None:
+            job.reporter.log(f"result cache: build {job.cached.id} had these inputs; its "
+                             "artifacts are this build's (--no-cache builds anew)")  # fmt: skip
+        return found
 
     async def _upload(self, job: Job, build: Build, result: BakeResult) -> list[BuildArtifact]:
         assert job.reporter is not None and job.artifacts is not None

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 from kiln_builder import layers
-from kiln_builder.bootstrap import BootstrapSpec, bootstrap, spec_for
+from kiln_builder.bootstrap import BootstrapSpec, bootstrap, layer_key, spec_for
 from kiln_builder.stages.model import Stage, StepRecord
 
 if TYPE_CHECKING:
@@ -26,7 +26,8 @@ class Bootstrap(Stage):
             boot.distro, boot.release, boot.arch, boot.mirror,
             bake.opts.epoch, bake.opts.default_mirror,
         )  # fmt: skip
-        self.key = self.spec.key()  # the first layer: not chained from another
+        # The first layer: chained from no other, but from the mirror's state.
+        self.key = layer_key(self.spec, bake.opts.apt_state)
 
     async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
         assert bake.route is not None, "the egress proxy runs while the build does"

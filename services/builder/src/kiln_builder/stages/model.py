@@ -93,6 +93,9 @@ class BakeOptions:
     sandbox: SandboxPolicy = DEFAULT_POLICY  # limits on package and recipe commands
     default_mirror: str = ""  # for a recipe naming none; empty: the host's apt source
     egress: EgressPolicy = STRICT  # what the builder's own fetches may reach
+    # The mirror suites' state the fingerprint read ((part, digest), ...): in
+    # the layer keys. Empty: keys of the recipe alone (a bake that read none).
+    apt_state: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

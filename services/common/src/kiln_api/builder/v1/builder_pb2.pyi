@@ -349,6 +349,8 @@ class Build(_message.Message):
     APPLIANCE_ACCEL_FIELD_NUMBER: _builtins.int
     ISOLATION_REASON_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CACHED_FROM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -375,6 +377,8 @@ class Build(_message.Message):
     """why that isolation: the recipe's, or the builder's setting"""
     tenant: _builtins.str
     """whose build it is (its submitter's tenant)"""
+    cached_from: _builtins.str
+    """the build whose artifacts these are (the result cache)"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
     @_builtins.property
@@ -398,6 +402,10 @@ class Build(_message.Message):
     @_builtins.property
     def base(self) -> Global___BaseImage:
         """a customised build's base image"""
+
+    @_builtins.property
+    def fingerprint(self) -> Global___Fingerprint:
+        """every input, read before the build ran"""
 
     def __init__(
         self,
@@ -428,14 +436,68 @@ class Build(_message.Message):
         appliance_accel: _builtins.str = ...,
         isolation_reason: _builtins.str = ...,
         tenant: _builtins.str = ...,
+        fingerprint: Global___Fingerprint | None = ...,
+        cached_from: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cached_from", b"cached_from", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Build: _TypeAlias = Build  # noqa: Y015
+
+@_typing.final
+class Fingerprint(_message.Message):
+    """What decides a build's image, each part digested: equal fingerprints, equal
+    inputs. The record keeps every part, so two builds show what changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """of all the parts"""
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___FingerprintPart]: ...
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        parts: _abc.Iterable[Global___FingerprintPart] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "parts", b"parts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fingerprint: _TypeAlias = Fingerprint  # noqa: Y015
+
+@_typing.final
+class FingerprintPart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """recipe, base, apt <uri> <suite>, builder"""
+    value: _builtins.str
+    """its digest (sha256:…), or the builder's version"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FingerprintPart: _TypeAlias = FingerprintPart  # noqa: Y015
 
 @_typing.final
 class TestCommandResult(_message.Message):

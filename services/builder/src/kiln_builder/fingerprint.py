@@ -1,0 +1,157 @@
+"""A build's fingerprint: every input that decides its image, each read and
+digested before the build runs, so that two builds with equal fingerprints
+make the same image and the second need not run (the result cache), and a
+schedule can tell that nothing changed without building.
+
+The parts (the record keeps each, so a person sees what changed):
+- `recipe`: the recipe's digest, which covers the contents of its files and
+  scripts (kiln_recipe's Recipe.digest);
+- `base`: a customised build's base image: the pinned SHA-256 of a URL, the
+  stored artifact's, the marketplace entry's; a Glance image by its cloud and
+  id (Glance never changes an active image's data);
+- `apt <uri> <suite>`: for a from-scratch build, the SHA-256 of the suite's
+  InRelease (or Release) file on the mirror it bootstraps from and installs
+  packages from, read through the build's egress route;
+- `builder`: the engine's and bootstrap's versions, and the appliance's key
+  when the recipe's edits run in the vm appliance.
+
+The apt parts also enter the layer keys (stages.bootstrap): a mirror that
+moved on gives new layers, not the cached ones of its old state."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from kiln_builder.base import marketplace
+from kiln_builder.base.download import http_opener
+from kiln_builder.base.published import describe, need_publisher
+from kiln_builder.bootstrap import BOOTSTRAP_VERSION, resolve_mirror
+from kiln_builder.egress import Route
+from kiln_builder.storage import StorageAccess
+from kiln_common.builds import Fingerprint, FingerprintPart
+from kiln_common.errors import FailedPrecondition, Unavailable
+from kiln_recipe.schema import ImageRef, Recipe
+
+ENGINE_VERSION = "kiln-engine-1"  # bump when the same inputs make a different image
+RELEASE_FILES = ("InRelease", "Release")  # apt's order: the signed one first
+MAX_RELEASE_BYTES = 32 << 20  # Debian's InRelease is about 150 KB
+READ_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    suite: str
+
+    @property
+    def part(self) -> str:
+        return f"apt {self.uri} {self.suite}"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Where a fingerprint's parts are read from: the builder's settings."""
+
+    default_mirror: str = ""
+    route: Route | None = None  # the egress route for the mirrors (None: direct)
+    storage: StorageAccess | None = None  # for an artifact base
+    publisher: str | None = None  # for a marketplace base
+    vm: bool = False  # the recipe's edits run in the vm appliance
+
+
+def apt_sources(recipe: Recipe, default_mirror: str = "") -> list[AptSource]:
+    """The apt sources a from-scratch build reads: its bootstrap mirror's suite,
+    which the tree keeps for the packages step."""
+    boot = recipe.from_.bootstrap
+    if boot is None:
+        return []
+    mirror = resolve_mirror(boot.distro, boot.mirror, default_mirror)
+    return [AptSource(mirror.rstrip("/"), boot.release)]
+
+
+async def compute(recipe: Recipe, recipe_digest: str, inputs: Inputs) -> Fingerprint:
+    parts = [FingerprintPart("recipe", f"sha256:{recipe_digest}")]
+    if recipe.from_.image is not None:
+        parts.append(FingerprintPart("base", await base_digest(recipe.from_.image, inputs)))
+    for source in apt_sources(recipe, inputs.default_mirror):
+        parts.append(FingerprintPart(source.part, await release_digest(source, inputs.route)))
+    parts.append(FingerprintPart("builder", builder_version(inputs.vm)))
+    return Fingerprint(digest_of(parts), parts)
+
+
+def digest_of(parts: list[FingerprintPart]) -> str:
+    canon = json.dumps(sorted((p.name, p.value) for p in parts))
+    return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
+
+
+def apt_state(fingerprint: Fingerprint | None) -> tuple[tuple[str, str], ...]:
+    """The apt parts, for the layer keys."""
+    if fingerprint is None:
+        return ()
+    return tuple((p.name, p.value) for p in fingerprint.parts if p.name.startswith("apt "))
+
+
+def builder_version(vm: bool) -> str:
+    version = f"{ENGINE_VERSION} {BOOTSTRAP_VERSION}"
+    if vm:  # the appliance runs the recipe's packages, files and run
+        from kiln_builder.isolation.appliance.image import appliance_key
+
+        version += f" appliance-{appliance_key()[:16]}"
+    return version
+
+
+async def base_digest(ref: ImageRef, inputs: Inputs) -> str:
+    if ref.url is not None:
+        return f"sha256:{ref.sha256}"  # the download is verified against it
+    if ref.artifact is not None:
+        if inputs.storage is None:
+            raise FailedPrecondition(
+                "from.image.artifact needs the storage service: give the builder its address"
+            )
+        async with inputs.storage.client() as client:
+            return f"sha256:{(await client.stat(ref.artifact)).checksums.sha256}"
+    if ref.marketplace is not None:
+        source = f"marketplace:{ref.marketplace}"
+        entry = await marketplace.valid_entry(
+            ref.marketplace, need_publisher(source, inputs.publisher)
+        )
+        return f"sha256:{entry.sha256}"
+    return describe(ref)  # an active Glance image's data never changes
+
+
+async def release_digest(source: AptSource, route: Route | None) -> str:
+    """The SHA-256 of the suite's InRelease, else of its Release file."""
+    for name in RELEASE_FILES:
+        url = f"{source.uri}/dists/{source.suite}/{name}"
+        if route is not None:
+            await route.policy.check_url(url, "the mirror")  # before anything is sent
+        data = await asyncio.to_thread(_read, url, http_opener(route))
+        if data is not None:
+            return "sha256:" + hashlib.sha256(data).hexdigest()
+    raise FailedPrecondition(
+        f"{source.uri} has no dists/{source.suite}/InRelease or Release: is it an apt"
+        f" mirror with the suite {source.suite}?"
+    )
+
+
+def _read(url: str, opener: urllib.request.OpenerDirector) -> bytes | None:
+    """The file's bytes; None if the server has no such file."""
+    try:
+        with opener.open(urllib.request.Request(url), timeout=READ_SECONDS) as response:
+            data: bytes = response.read(MAX_RELEASE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            return None
+        raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise Unavailable(f"cannot read {url}: {reason}") from None
+    if len(data) > MAX_RELEASE_BYTES:
+        raise FailedPrecondition(f"{url} is larger than {MAX_RELEASE_BYTES} bytes")
+    return data
