@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -39,7 +38,7 @@ from kiln_common.proc import ProcessError, ProcessTimeout, run_sync
 from kiln_devstack.devservers import Nats
 
 if TYPE_CHECKING:
-    from conftest import StorageFactory, TestRootfs  # the fixtures' types
+    from conftest import StorageFactory  # the fixtures' types
 
 pytestmark = [
     pytest.mark.integration,
