@@ -69,7 +69,7 @@ def test_a_repeat_returns_the_same_artifacts_at_once_until_one_is_gone(
     recipe.write_text(RECIPE)
     first, built_in = build(env, recipe)
     parts = {p["name"]: p["value"] for p in first["fingerprint"]["parts"]}  # type: ignore[index]
-    assert list(parts)[0] == "recipe" and list(parts)[-1] == "builder"
+    assert next(iter(parts)) == "recipe" and list(parts)[-1] == "builder"
     apt = [name for name in parts if name.startswith("apt ") and name.endswith(" bookworm")]
     assert len(apt) == 1 and parts[apt[0]].startswith("sha256:")
     assert "cached_from" not in first

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from browser_support import headless_chromium
-from support import REPO
+from support import REPO, scratch
 
 from kiln_builder.bootstrap import bootstrap, spec_for
 from kiln_builder.engine import DEFAULT_EPOCH
@@ -151,3 +151,20 @@ async def chromium(tmp_path: Path) -> AsyncIterator[Browser]:
     it) when the test ends, however it ends."""
     async with headless_chromium(tmp_path / "chromium") as browser:
         yield browser
+
+
+@pytest.fixture(scope="module")
+def image_root(test_rootfs: TestRootfs, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A writable copy of the cached root filesystem, loop-mounted (one per
+    test module: the sandbox tests run apt and commands in it)."""
+    with scratch(request, "sandbox") as work:
+        image = work / "rootfs.ext4"
+        run_sync(["cp", "--sparse=always", test_rootfs.image, image], timeout=120)
+        root = work / "root"
+        root.mkdir()
+        run_sync(["mount", "-o", "loop", image, root])
+        try:
+            yield root
+        finally:
+            run_sync(["umount", root], check=False)
+            image.unlink(missing_ok=True)  # 1 GiB, gone even if the loop lingers

@@ -14,13 +14,12 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from support import REPO, await_until, scratch, wait_until
+from support import REPO, await_until, wait_until
 
 from kiln_builder import customize
 from kiln_builder.bootstrap import host_mirror
@@ -39,7 +38,7 @@ from kiln_common.proc import ProcessError, ProcessTimeout, run_sync
 from kiln_devstack.devservers import Nats
 
 if TYPE_CHECKING:
-    from conftest import StorageFactory, TestRootfs  # the fixtures' types
+    from conftest import StorageFactory  # the fixtures' types
 
 pytestmark = [
     pytest.mark.integration,
@@ -53,22 +52,6 @@ CAP_NUMBERS = {
     "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_NET_BIND_SERVICE": 10, "CAP_SYS_CHROOT": 18,
     "CAP_AUDIT_WRITE": 29, "CAP_SETFCAP": 31,
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def image_root(test_rootfs: TestRootfs, request: pytest.FixtureRequest) -> Iterator[Path]:
-    """A writable copy of the cached root filesystem, loop-mounted."""
-    with scratch(request, "sandbox") as work:
-        image = work / "rootfs.ext4"
-        run_sync(["cp", "--sparse=always", test_rootfs.image, image], timeout=120)
-        root = work / "root"
-        root.mkdir()
-        run_sync(["mount", "-o", "loop", image, root])
-        try:
-            yield root
-        finally:
-            run_sync(["umount", root], check=False)
-            image.unlink(missing_ok=True)  # 1 GiB, gone even if the loop lingers
 
 
 def _own_addresses() -> list[str]:

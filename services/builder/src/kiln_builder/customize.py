@@ -27,19 +27,26 @@ def _epoch_env(epoch: int) -> dict[str, str]:
 
 
 async def install_packages(
-    root: Path, packages: Sequence[str], epoch: int, policy: SandboxPolicy = DEFAULT_POLICY
-) -> None:
-    if not packages:
+    root: Path, packages: Sequence[str], epoch: int, policy: SandboxPolicy = DEFAULT_POLICY,
+    repositories: bool = False,
+) -> None:  # fmt: skip
+    """repositories: the recipe's are configured. The package lists are then
+    read even with no package to install, and any error reading them fails
+    the step: apt takes a repository whose signature does not verify as a
+    warning, and the build would fail later with its package "not found"."""
+    if not packages and not repositories:
         return
     env = _epoch_env(epoch)
     with services_held(root):
-        await run_in(root, ["apt-get", "update", "-q"], env=env, policy=policy)
-        await run_in(
-            root,
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-            env=env,
-            policy=policy,
-        )
+        strict = ["--error-on=any"] if repositories else []
+        await run_in(root, ["apt-get", "update", "-q", *strict], env=env, policy=policy)
+        if packages:
+            await run_in(
+                root,
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+                env=env,
+                policy=policy,
+            )
         await run_in(root, ["apt-get", "clean"], env=env, policy=policy)
 
 

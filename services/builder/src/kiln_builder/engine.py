@@ -220,6 +220,12 @@ class Bake:
             raise FailedPrecondition(
                 f"{self.opts.sandbox_refused}; ask for `isolation: vm` in the recipe"
             )
+        if self.recipe.repositories and self.isolation == "vm":
+            # The appliance reaches only the mirrors it relays, by host name.
+            raise FailedPrecondition(
+                "the recipe's repositories are installed from in sandbox isolation only, and"
+                f" this build runs in vm isolation ({self.isolation_reason})"
+            )
         if self.recipe.test.commands and not self.booting():
             # A recipe that asks for test commands never succeeds without running them.
             raise FailedPrecondition(

@@ -11,12 +11,14 @@ The parts (the record keeps each, so a person sees what changed):
   id (Glance never changes an active image's data);
 - `apt <uri> <suite>`: for a from-scratch build, the SHA-256 of the suite's
   InRelease (or Release) file on the mirror it bootstraps from and installs
-  packages from, read through the build's egress route;
+  packages from, and the same for each suite of the recipe's extra
+  repositories (any build), read through the build's egress route;
 - `builder`: the engine's and bootstrap's versions, and the appliance's key
   when the recipe's edits run in the vm appliance.
 
-The apt parts also enter the layer keys (stages.bootstrap): a mirror that
-moved on gives new layers, not the cached ones of its old state."""
+The apt parts also enter the layer keys (the mirror's the bootstrap's, the
+repositories' the packages step's): a source that moved on gives new layers,
+not the cached ones of its old state."""
 
 from __future__ import annotations
 
@@ -66,13 +68,22 @@ class Inputs:
 
 
 def apt_sources(recipe: Recipe, default_mirror: str = "") -> list[AptSource]:
-    """The apt sources a from-scratch build reads: its bootstrap mirror's suite,
-    which the tree keeps for the packages step."""
+    """The apt sources a build reads that the recipe names: a from-scratch
+    build's bootstrap mirror suite (which the tree keeps for the packages
+    step), then each suite of the recipe's extra repositories."""
+    return [*mirror_sources(recipe, default_mirror), *repository_sources(recipe)]
+
+
+def mirror_sources(recipe: Recipe, default_mirror: str = "") -> list[AptSource]:
     boot = recipe.from_.bootstrap
     if boot is None:
         return []
     mirror = resolve_mirror(boot.distro, boot.mirror, default_mirror)
     return [AptSource(mirror.rstrip("/"), boot.release)]
+
+
+def repository_sources(recipe: Recipe) -> list[AptSource]:
+    return [AptSource(repo.uri, suite) for repo in recipe.repositories for suite in repo.suites]
 
 
 async def compute(recipe: Recipe, recipe_digest: str, inputs: Inputs) -> Fingerprint:

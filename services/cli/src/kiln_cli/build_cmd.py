@@ -49,7 +49,11 @@ def add_build_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p = group.add_parser("submit", help="submit a recipe (the default: kiln build RECIPE)")
     p.add_argument("recipe", type=Path)
     p.add_argument("-f", "--follow", action="store_true", help="show progress until it ends")
-    p.add_argument("--no-cache", action="store_true", help="rebuild every layer, and use no earlier build's result")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="rebuild every layer, and use no earlier build's result",
+    )
     p.add_argument("--no-boot-test", action="store_true", help="skip the boot test")
     p.add_argument("--idempotency-key", default="", help="the same key returns the same build")
     p.set_defaults(fn=cmd_submit)

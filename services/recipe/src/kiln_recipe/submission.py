@@ -15,5 +15,6 @@ def recipe_source(path: Path) -> tuple[Recipe, RecipeSource]:
     recipe = load_recipe(path)
     names = [f.source for f in recipe.files if f.source]
     names += [r.script for r in recipe.run if r.script]
+    names += [r.key for r in recipe.repositories]
     files = {name: (recipe.base_dir / name).read_bytes() for name in names}
     return recipe, RecipeSource(yaml=path.read_text(), files=files, filename=path.name)

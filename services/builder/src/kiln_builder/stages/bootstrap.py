@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from kiln_builder import layers
 from kiln_builder.bootstrap import BootstrapSpec, bootstrap, layer_key, spec_for
+from kiln_builder.fingerprint import AptSource
 from kiln_builder.stages.model import Stage, StepRecord
 
 if TYPE_CHECKING:
@@ -26,8 +27,9 @@ class Bootstrap(Stage):
             boot.distro, boot.release, boot.arch, boot.mirror,
             bake.opts.epoch, bake.opts.default_mirror,
         )  # fmt: skip
-        # The first layer: chained from no other, but from the mirror's state.
-        self.key = layer_key(self.spec, bake.opts.apt_state)
+        # The first layer: chained from no other, but from its mirror's state.
+        mine = AptSource(self.spec.mirror.rstrip("/"), self.spec.release).part
+        self.key = layer_key(self.spec, tuple(p for p in bake.opts.apt_state if p[0] == mine))
 
     async def run(self, bake: Bake, record: StepRecord, held: AsyncExitStack) -> None:
         assert bake.route is not None, "the egress proxy runs while the build does"

@@ -50,6 +50,7 @@ from kiln_recipe.schema.publish import (
     Visibility,
 )
 from kiln_recipe.schema.recipe import Recipe
+from kiln_recipe.schema.repositories import Repository
 from kiln_recipe.schema.source import Bootstrap, From, GlanceRef, ImageRef
 
 __all__ = [
@@ -92,6 +93,7 @@ __all__ = [
     "PackageName",
     "Publish",
     "Recipe",
+    "Repository",
     "RetireAction",
     "RunStep",
     "Sysprep",

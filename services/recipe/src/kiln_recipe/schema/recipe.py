@@ -33,6 +33,7 @@ from kiln_recipe.schema.checks import CheckEntry, CheckRequest, CheckSpec
 from kiln_recipe.schema.content import FileSpec, RunStep
 from kiln_recipe.schema.disk import Disk, OutputSpec
 from kiln_recipe.schema.publish import Publish
+from kiln_recipe.schema.repositories import MAX_REPOSITORIES, Repository
 from kiln_recipe.schema.source import From
 
 
@@ -41,6 +42,7 @@ class Recipe(Model):
     version: str
     from_: From = Field(alias="from")
     packages: list[PackageName] = []
+    repositories: list[Repository] = []  # extra apt repositories for the packages step
     files: list[FileSpec] = []
     run: list[RunStep] = []
     disk: Disk = Field(default_factory=lambda: Disk(size=2 * GiB))
@@ -81,6 +83,14 @@ class Recipe(Model):
                 first = paths.index(path)
                 raise Problem(f"{path} is written by files[{first}] too", index, "path")
         return files
+
+    @field_validator("repositories")
+    @classmethod
+    def _few_repositories(cls, value: list[Repository]) -> list[Repository]:
+        if len(value) > MAX_REPOSITORIES:
+            raise ValueError(f"at most {MAX_REPOSITORIES} repositories")
+        _no_repeats([r.uri for r in value], "repository")
+        return value
 
     @field_validator("outputs")
     @classmethod
@@ -162,6 +172,10 @@ class Recipe(Model):
         for index, step in enumerate(self.run):
             if step.script is not None:
                 doc["run"][index]["script_sha256"] = file_sha256(self.base_dir / step.script)
+        for index, repo in enumerate(self.repositories):
+            doc["repositories"][index]["key_sha256"] = file_sha256(self.base_dir / repo.key)
+        if not self.repositories:
+            del doc["repositories"]  # a recipe without any keeps the digest it always had
         canonical = json.dumps(
             {"kiln-recipe": 1, "recipe": doc}, sort_keys=True, separators=(",", ":")
         )
