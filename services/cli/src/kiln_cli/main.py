@@ -14,6 +14,7 @@ from pathlib import Path
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
+from kiln_cli.schedule_cmd import add_schedule_parsers
 from kiln_cli.token_cmd import add_token_parsers
 from kiln_cli.usage import UsageError, parse_duration
 from kiln_client import ClientError, StorageClient, wire
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_parser(sub)
     add_build_parser(sub)
     add_publish_parsers(sub)
+    add_schedule_parsers(sub)
     add_token_parsers(sub)
     return parser
 

@@ -31,6 +31,7 @@ from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_common.artifacts import Artifact
 from kiln_common.builds import Build, BuildState, BuildUpdate
 from kiln_common.publications import BaseHeader, Entry, Publication, PublishRequest
+from kiln_common.schedules import Schedule, ScheduleRun
 from kiln_recipe.source import RecipeSource, Validation
 
 T = TypeVar("T")
@@ -178,6 +179,54 @@ def update_of(msg: pb.BuildUpdate) -> BuildUpdate:
 
 def update_from_bytes(data: bytes) -> BuildUpdate:
     return update_of(pb.BuildUpdate.FromString(data))
+
+
+# ---- schedules -----------------------------------------------------------------------------
+
+
+def schedule_message(schedule: Schedule) -> pb.Schedule:
+    return to_message(schedule, pb.Schedule)
+
+
+def schedule_of(msg: pb.Schedule) -> Schedule:
+    return from_message(msg, Schedule)
+
+
+def schedule_bytes(schedule: Schedule) -> bytes:
+    return schedule_message(schedule).SerializeToString()
+
+
+def schedule_from_bytes(data: bytes) -> Schedule:
+    return schedule_of(pb.Schedule.FromString(data))
+
+
+def run_message(run: ScheduleRun) -> pb.ScheduleRun:
+    return to_message(run, pb.ScheduleRun)
+
+
+def run_of(msg: pb.ScheduleRun) -> ScheduleRun:
+    return from_message(msg, ScheduleRun)
+
+
+def run_bytes(run: ScheduleRun) -> bytes:
+    return run_message(run).SerializeToString()
+
+
+def run_from_bytes(data: bytes) -> ScheduleRun:
+    return run_of(pb.ScheduleRun.FromString(data))
+
+
+def message_json(msg: Message) -> str:
+    """A message as the API's JSON (the CLI's --json)."""
+    return json_format.MessageToJson(msg, preserving_proto_field_name=True)
+
+
+def schedules_json(schedules: list[Schedule]) -> str:
+    return "[" + ",".join(message_json(schedule_message(s)) for s in schedules) + "]"
+
+
+def runs_json(runs: list[ScheduleRun]) -> str:
+    return "[" + ",".join(message_json(run_message(r)) for r in runs) + "]"
 
 
 # ---- recipes -------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ class Build:
     tenant: str = ""  # whose build it is: its submitter's tenant ("" with identities off)
     fingerprint: Fingerprint | None = None  # its inputs, read before it ran
     cached_from: str = ""  # the build whose artifacts the result cache gave this one
+    schedule_id: str = ""  # the schedule whose run submitted it
+    schedule_run: int = 0  # and that run's number
 
 
 @dataclass

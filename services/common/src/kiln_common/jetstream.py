@@ -8,6 +8,7 @@ entry NotFound."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,6 +17,7 @@ import nats
 import nats.errors as nerr
 import nats.js.errors as jerr
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     DeliverPolicy,
@@ -184,3 +186,34 @@ async def object_store(
     return await _open_or_create(
         lambda: js.object_store(name), lambda: js.create_object_store(name, config=config)
     )
+
+
+async def consume(
+    js: JetStreamContext, stream: str, consumer: str, ensure: Callable[[], Awaitable[None]],
+    handle: Callable[[Msg], Awaitable[None]], what: str, wait: float = 5.0,
+) -> None:  # fmt: skip
+    """Takes messages from a durable pull consumer one at a time until
+    cancelled, after ensure() made the consumer. While NATS is away it waits
+    and keeps the loop; handle acks (or leaves a message for redelivery)."""
+    while True:
+        try:
+            await ensure()
+            sub = await js.pull_subscribe_bind(consumer, stream)
+            break
+        except Exception as exc:  # noqa: BLE001 - NATS away: wait for it
+            log.warning("%s waits for NATS: %s", what, translate(exc) or exc)
+            await asyncio.sleep(wait)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1, timeout=wait)
+            except (TimeoutError, nerr.TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - NATS away: keep the loop
+                log.warning("%s cannot fetch: %s", what, translate(exc) or exc)
+                await asyncio.sleep(wait)
+                continue
+            await handle(msgs[0])
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 
 SERVICES = ("builder", "storage", "publisher")
 AUTO_PUBLISH = "kiln-publisher-auto"  # the publisher's consumer (kiln_publisher.autopublish)
+SCHEDULE_OUTCOMES = "kiln-schedule-outcomes"  # the builder's (service.schedules.outcomes)
 ADMIN = "admin"
+
+
+def _events_consumer(name: str) -> tuple[str, ...]:
+    """A service's own durable consumer on the shared events stream: the API
+    subjects that make, delete, pull from and ack it."""
+    return tuple(
+        api.format(s=f"KILN_EVENTS.{name}")
+        for api in ("$JS.API.CONSUMER.DURABLE.CREATE.{s}", "$JS.API.CONSUMER.DELETE.{s}",
+                    "$JS.API.CONSUMER.CREATE.{s}", "$JS.API.CONSUMER.CREATE.{s}.>",
+                    "$JS.API.CONSUMER.MSG.NEXT.{s}", "$JS.API.CONSUMER.PAUSE.{s}",
+                    "$JS.API.CONSUMER.UNPIN.{s}", "$JS.ACK.{s}.>")
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,15 @@ OWNED: dict[str, Owned] = {
             "kiln.build-updates.>",
             "$KV.kiln_builds.>", "$KV.kiln_build_keys.>", "$KV.kiln_build_results.>",
             "$O.kiln_recipes.>",
+            # Schedules: their clocks and ticks, records, runs, recipes, events.
+            "kiln.schedules.>", "kiln.events.schedule.>",
+            "$KV.kiln_schedules.>", "$KV.kiln_schedule_runs.>", "$O.kiln_schedule_recipes.>",
+            *_events_consumer(SCHEDULE_OUTCOMES),
         ),
         streams=(
             "KILN_BUILD_QUEUE", "KILN_BUILD_UPDATES", "KV_kiln_builds", "KV_kiln_build_keys",
-            "KV_kiln_build_results", "OBJ_kiln_recipes",
+            "KV_kiln_build_results", "OBJ_kiln_recipes", "KILN_SCHEDULES", "KV_kiln_schedules",
+            "KV_kiln_schedule_runs", "OBJ_kiln_schedule_recipes",
         ),
     ),
     # Storage alone writes the token bucket (the Tokens API's create and
@@ -55,13 +73,7 @@ OWNED: dict[str, Owned] = {
             "$KV.KILN_MARKET.>", "$KV.KILN_MARKET_NEWEST.>", "$KV.KILN_MARKET_OWNERS.>",
             "$KV.KILN_PUBLICATIONS.>",
             # Its durable consumer of build.succeeded on the shared events stream.
-            *(
-                api.format(s=f"KILN_EVENTS.{AUTO_PUBLISH}")
-                for api in ("$JS.API.CONSUMER.DURABLE.CREATE.{s}", "$JS.API.CONSUMER.DELETE.{s}",
-                            "$JS.API.CONSUMER.CREATE.{s}", "$JS.API.CONSUMER.CREATE.{s}.>",
-                            "$JS.API.CONSUMER.MSG.NEXT.{s}", "$JS.API.CONSUMER.PAUSE.{s}",
-                            "$JS.API.CONSUMER.UNPIN.{s}", "$JS.ACK.{s}.>")
-            ),
+            *_events_consumer(AUTO_PUBLISH),
         ),
         streams=(
             "KV_KILN_MARKET", "KV_KILN_MARKET_NEWEST", "KV_KILN_MARKET_OWNERS",

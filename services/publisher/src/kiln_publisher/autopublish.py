@@ -15,7 +15,6 @@ import os
 import socket
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -134,25 +133,9 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
 
 async def run(core: PublisherCore, js: JetStreamContext) -> None:
     """Takes build.succeeded events one at a time until cancelled."""
-    while True:
-        try:
-            await ensure(js)
-            sub = await js.pull_subscribe_bind(CONSUMER, STREAM)
-            break
-        except Exception as exc:  # noqa: BLE001 - NATS away: wait for it
-            log.warning("auto-publish waits for NATS: %s", jetstream.translate(exc) or exc)
-            await asyncio.sleep(FETCH_SECONDS)
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(1, timeout=FETCH_SECONDS)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:  # noqa: BLE001 - NATS away: keep the loop
-                log.warning("auto-publish cannot fetch: %s", jetstream.translate(exc) or exc)
-                await asyncio.sleep(FETCH_SECONDS)
-                continue
-            await _one(core, msgs[0])
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+
+    async def one(msg: Msg) -> None:
+        await _one(core, msg)
+
+    await jetstream.consume(js, STREAM, CONSUMER, lambda: ensure(js), one, "auto-publish",
+                            FETCH_SECONDS)  # fmt: skip

@@ -17,9 +17,16 @@ from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.queue import QueuePolicy
 from kiln_builder.service.records import BUILDS_BUCKET
 from kiln_builder.service.reporter import install_log_capture
+from kiln_builder.service.schedules import clock
+from kiln_builder.service.schedules.core import ScheduleCore
+from kiln_builder.service.schedules.outcomes import Outcomes
+from kiln_builder.service.schedules.runner import Runner
+from kiln_builder.service.schedules.servicer import SchedulesServicer
+from kiln_builder.service.schedules.store import ScheduleStore
 from kiln_builder.service.servicer import BuilderServicer
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.service.worker import Worker
+from kiln_builder.storage import StorageAccess
 from kiln_client.credentials import serve_with
 from kiln_common import jetstream
 from kiln_common.auth.quotas import Quotas
@@ -32,6 +39,7 @@ from kiln_common.outbox import Outbox
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
+SCHEDULES_NAME = builder_pb2.DESCRIPTOR.services_by_name["Schedules"].full_name
 
 
 @dataclass
@@ -71,15 +79,18 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     index.start()
     held.close_with(index.stop)
     core = BuilderCore(shared, events, index, Quotas(settings.quotas))
+    schedules = await _schedules(settings, shared, events, core, held)
 
     identities = guard(settings, shared.js)
     await identities.prime()
 
     def register(server: grpc.aio.Server) -> None:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
+        builder_pb2_grpc.add_SchedulesServicer_to_server(SchedulesServicer(schedules), server)
         identities.register(server)
 
-    grpc_server, _ = service_server(settings, [SERVICE_NAME], register, identities.interceptors)
+    names = [SERVICE_NAME, SCHEDULES_NAME]
+    grpc_server, _ = service_server(settings, names, register, identities.interceptors)
     app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:
         await _prepare_worker(settings)
@@ -87,6 +98,23 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
         held.run(app.worker.run())
         held.close_with(app.worker.shutdown)  # before the task is cancelled: builds go back
     return app
+
+
+async def _schedules(
+    settings: BuilderSettings, shared: Nats, events: JetStreamPublisher, core: BuilderCore,
+    held: Held,
+) -> ScheduleCore:  # fmt: skip
+    """The Schedules core; with settings.schedules, this pod also takes ticks
+    and settles scheduled builds' ends."""
+    await clock.ensure(shared.js, settings.ack_wait_seconds, settings.nats_replicas)
+    store = await ScheduleStore.open(shared.js, settings.nats_replicas)
+    schedules = ScheduleCore(shared.js, store, events)
+    if settings.schedules:
+        outcomes = Outcomes(schedules, core, settings.ack_wait_seconds)
+        storage = StorageAccess(settings.storage, settings.storage_retry_seconds)
+        runner = Runner(schedules, core, outcomes, settings, storage)
+        held.run(runner.run(), outcomes.run())
+    return schedules
 
 
 async def _prepare_worker(settings: BuilderSettings) -> None:

@@ -29,6 +29,7 @@ from kiln_common.events import Publisher
 from kiln_common.ids import check_id, new_id
 from kiln_common.lifecycle import STATES, TERMINAL, now
 from kiln_recipe import RecipeError, bundle
+from kiln_recipe.schema import Recipe
 from kiln_recipe.source import RecipeSource, Validation
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ def event_data(build: Build, **extra: Any) -> dict[str, Any]:
         "state": lifecycle.word(build.state),
         **extra,
     }
+
+
+def may_publish(recipe: Recipe) -> None:
+    """A recipe with a publish: section publishes its image once built (the
+    publisher does so on its own): only a caller who may publish submits it."""
+    who = caller()
+    if recipe.publish.targets and who is not None and not allowed(who, Verb.PUBLISH):
+        raise PermissionDenied(
+            f"the recipe's publish: section publishes the image, which the {who.role}"
+            " role may not do (ask a publisher, or leave publish: out)"
+        )
 
 
 @dataclass
@@ -105,18 +117,13 @@ class BuilderCore:
 
     async def submit(
         self, source: RecipeSource, key: str = "", *, no_cache: bool = False,
-        skip_boot_test: bool = False,
+        skip_boot_test: bool = False, schedule: tuple[str, int] | None = None,
     ) -> Build:  # fmt: skip
+        """schedule: the schedule and run number that submit it, if one does."""
         if key and not _KEY_RE.match(key):
             raise InvalidArgument("idempotency_key: 1 to 128 printable ASCII characters")
         recipe, digest = bundle.check(source)  # RecipeError: INVALID_ARGUMENT
-        who = caller()
-        if recipe.publish.targets and who is not None and not allowed(who, Verb.PUBLISH):
-            # The publisher publishes a succeeded build's recipe targets on its own.
-            raise PermissionDenied(
-                f"the recipe's publish: section publishes the image, which the {who.role}"
-                " role may not do (ask a publisher, or leave publish: out)"
-            )
+        may_publish(recipe)
         tenant = owner()
         if key and (earlier := await self.records.bound(tenant, key)):
             # A retry of a submit that got through: its build, quota or not.
@@ -133,6 +140,8 @@ class BuilderCore:
             no_cache=no_cache,
             skip_boot_test=skip_boot_test,
             tenant=tenant,
+            schedule_id=schedule[0] if schedule else "",
+            schedule_run=schedule[1] if schedule else 0,
         )
         if key:
             existing = await self.records.claim_key(build.tenant, key, build.id)

@@ -27,7 +27,7 @@ class BuilderServicer(pb_grpc.BuilderServicer):
 
     async def SubmitBuild(self, request: pb.SubmitBuildRequest, context: Context) -> pb.Build:
         build = await self.core.submit(
-            _recipe(request.recipe), request.idempotency_key, no_cache=request.no_cache,
+            recipe_source(request.recipe), request.idempotency_key, no_cache=request.no_cache,
             skip_boot_test=request.skip_boot_test,
         )  # fmt: skip
         return wire.build_message(build)
@@ -62,10 +62,10 @@ class BuilderServicer(pb_grpc.BuilderServicer):
     async def ValidateRecipe(
         self, request: pb.ValidateRecipeRequest, context: Context
     ) -> pb.ValidateRecipeResponse:
-        return wire.validation_message(self.core.validate(_recipe(request.recipe)))
+        return wire.validation_message(self.core.validate(recipe_source(request.recipe)))
 
 
-def _recipe(message: pb.RecipeSource) -> RecipeSource:
+def recipe_source(message: pb.RecipeSource) -> RecipeSource:
     try:
         return wire.recipe_of(message)
     except ValueError as exc:  # a structure holding NaN or infinity

@@ -44,6 +44,9 @@ class BuilderSettings(IdentitySettings):
 
     worker: bool = True
     """Run builds here (false: this pod only answers the API)."""
+    schedules: bool = True
+    """Take the schedules' ticks and settle scheduled builds' ends here (any
+    number of pods may: each tick and each end goes to one of them)."""
     concurrency: int = Field(default=1, ge=1, le=64)
     """Builds this pod runs at the same time."""
     worker_name: str = ""

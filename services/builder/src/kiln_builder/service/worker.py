@@ -21,12 +21,10 @@ from pathlib import Path
 from nats.aio.msg import Msg
 
 from kiln_builder import fingerprint
-from kiln_builder.egress import Route
-from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
-from kiln_builder.service import queue, results
+from kiln_builder.service import inputs, queue, results
 from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.ending import Ending
@@ -315,17 +313,9 @@ class Worker:
     async def _fingerprint(
         self, job: Job, recipe: Recipe, build: Build, boot_test: bool
     ) -> Fingerprint:
-        """Reads the build's inputs (through an egress proxy of its own: the
-        mirrors are the recipe's), records them, and finds the result cache's
-        build for them unless the build asked for none."""
-        vm = recipe.isolation == "vm" or bool(self.settings.isolation_options().get("force_vm"))
-        async with EgressProxy(self.settings.egress_policy()) as proxy:
-            route = Route(proxy.policy, proxy.url)
-            inputs = fingerprint.Inputs(
-                self.settings.default_mirror, route, self._storage,
-                self.settings.publisher or None, vm,
-            )  # fmt: skip
-            found = await fingerprint.compute(recipe, build.recipe_digest, inputs)
+        """Reads the build's inputs (service.inputs), records them, and finds
+        the result cache's build for them unless the build asked for none."""
+        found = await inputs.read(self.settings, self._storage, recipe, build.recipe_digest)
         assert job.reporter is not None
         job.reporter.log(f"fingerprint {found.digest}: " +
                          ", ".join(f"{p.name} {p.value}" for p in found.parts))  # fmt: skip

@@ -11,6 +11,7 @@ from kiln_common.auth.identity import Verb
 OPEN: Final = "open"
 
 _BUILDER = "/kiln.builder.v1.Builder/"
+_SCHEDULES = "/kiln.builder.v1.Schedules/"
 _STORAGE = "/kiln.storage.v1.Storage/"
 _PUBLISHER = "/kiln.publisher.v1.Publisher/"
 _TOKENS = "/kiln.auth.v1.Tokens/"
@@ -21,6 +22,10 @@ _STORAGE_WRITES = (
     "AbortUpload",
 )  # fmt: skip
 
+_SCHEDULE_CHANGES = (
+    "AddSchedule", "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "RunSchedule",
+)  # fmt: skip
+
 METHODS: dict[str, Verb | str] = {
     _HEALTH + "Check": OPEN,
     _HEALTH + "Watch": OPEN,
@@ -29,6 +34,8 @@ METHODS: dict[str, Verb | str] = {
         _BUILDER + m: Verb.READ
         for m in ("GetBuild", "ListBuilds", "WatchBuild", "ValidateRecipe", "GetBuildRecipe")
     },
+    **{_SCHEDULES + m: Verb.BUILD for m in _SCHEDULE_CHANGES},
+    **{_SCHEDULES + m: Verb.READ for m in ("GetSchedule", "ListSchedules", "ListScheduleRuns")},
     **{_STORAGE + m: Verb.WRITE for m in _STORAGE_WRITES},
     _STORAGE + "DeleteArtifact": Verb.DELETE,
     **{

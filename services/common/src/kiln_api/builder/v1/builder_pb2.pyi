@@ -70,6 +70,234 @@ STEP_STATE_CANCELLED: StepState.ValueType  # 5
 Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
 @_typing.final
+class AddScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPE_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    PAUSE_AFTER_FIELD_NUMBER: _builtins.int
+    cron: _builtins.str
+    """5 or 6 fields (seconds first when 6), or @daily, @hourly, ..."""
+    time_zone: _builtins.str
+    """an IANA zone for cron (default UTC)"""
+    every: _builtins.str
+    """instead of cron: an interval, 1s to 366d (30m, 12h, 1d)"""
+    pause_after: _builtins.int
+    """failed runs in a row that pause it (default 3)"""
+    @_builtins.property
+    def recipe(self) -> Global___RecipeSource: ...
+    def __init__(
+        self,
+        *,
+        recipe: Global___RecipeSource | None = ...,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        every: _builtins.str = ...,
+        pause_after: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recipe", b"recipe"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cron", b"cron", "every", b"every", "pause_after", b"pause_after", "recipe", b"recipe", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddScheduleRequest: _TypeAlias = AddScheduleRequest  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    EVERY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    PAUSE_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    RECIPE_DIGEST_FIELD_NUMBER: _builtins.int
+    LAST_BUILD_FIELD_NUMBER: _builtins.int
+    LAST_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    LAST_RUN_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    """the recipe's name"""
+    tenant: _builtins.str
+    cron: _builtins.str
+    time_zone: _builtins.str
+    every: _builtins.str
+    state: _builtins.str
+    """active | paused"""
+    paused_reason: _builtins.str
+    failures: _builtins.int
+    """failed runs in a row"""
+    pause_after: _builtins.int
+    recipe_digest: _builtins.str
+    last_build: _builtins.str
+    """its last successful build"""
+    last_fingerprint: _builtins.str
+    """and that build's fingerprint digest"""
+    role: _builtins.str
+    """its maker's role: its builds are submitted with it"""
+    @_builtins.property
+    def created(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_run(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        cron: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        every: _builtins.str = ...,
+        state: _builtins.str = ...,
+        paused_reason: _builtins.str = ...,
+        failures: _builtins.int = ...,
+        pause_after: _builtins.int = ...,
+        created: _timestamp_pb2.Timestamp | None = ...,
+        recipe_digest: _builtins.str = ...,
+        last_build: _builtins.str = ...,
+        last_fingerprint: _builtins.str = ...,
+        last_run: _timestamp_pb2.Timestamp | None = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "last_run", b"last_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "cron", b"cron", "every", b"every", "failures", b"failures", "id", b"id", "last_build", b"last_build", "last_fingerprint", b"last_fingerprint", "last_run", b"last_run", "name", b"name", "pause_after", b"pause_after", "paused_reason", b"paused_reason", "recipe_digest", b"recipe_digest", "role", b"role", "state", b"state", "tenant", b"tenant", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015
+
+@_typing.final
+class ScheduleRun(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    MANUAL_FIELD_NUMBER: _builtins.int
+    schedule_id: _builtins.str
+    number: _builtins.int
+    """the clock's tick (stream sequence): one run per tick"""
+    outcome: _builtins.str
+    """running | built | unchanged | failed"""
+    build_id: _builtins.str
+    fingerprint: _builtins.str
+    error: _builtins.str
+    manual: _builtins.bool
+    """RunSchedule, not the clock"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when it fired"""
+
+    def __init__(
+        self,
+        *,
+        schedule_id: _builtins.str = ...,
+        number: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        build_id: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        error: _builtins.str = ...,
+        manual: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "error", b"error", "fingerprint", b"fingerprint", "manual", b"manual", "number", b"number", "outcome", b"outcome", "schedule_id", b"schedule_id", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRun: _TypeAlias = ScheduleRun  # noqa: Y015
+
+@_typing.final
+class ScheduleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleRequest: _TypeAlias = ScheduleRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesRequest: _TypeAlias = ListSchedulesRequest  # noqa: Y015
+
+@_typing.final
+class ListSchedulesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEDULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schedules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Schedule]: ...
+    def __init__(
+        self,
+        *,
+        schedules: _abc.Iterable[Global___Schedule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schedules", b"schedules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSchedulesResponse: _TypeAlias = ListSchedulesResponse  # noqa: Y015
+
+@_typing.final
+class ListScheduleRunsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScheduleRun]: ...
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___ScheduleRun] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListScheduleRunsResponse: _TypeAlias = ListScheduleRunsResponse  # noqa: Y015
+
+@_typing.final
 class RecipeSource(_message.Message):
     """A recipe and the files it names by relative path (files[].source,
     run[].script), keyed by that path.
@@ -351,6 +579,8 @@ class Build(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     CACHED_FROM_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULE_RUN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -379,6 +609,10 @@ class Build(_message.Message):
     """whose build it is (its submitter's tenant)"""
     cached_from: _builtins.str
     """the build whose artifacts these are (the result cache)"""
+    schedule_id: _builtins.str
+    """the schedule whose run submitted it, if one did"""
+    schedule_run: _builtins.int
+    """and that run's number"""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
     @_builtins.property
@@ -438,10 +672,12 @@ class Build(_message.Message):
         tenant: _builtins.str = ...,
         fingerprint: Global___Fingerprint | None = ...,
         cached_from: _builtins.str = ...,
+        schedule_id: _builtins.str = ...,
+        schedule_run: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cached_from", b"cached_from", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cached_from", b"cached_from", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "schedule_id", b"schedule_id", "schedule_run", b"schedule_run", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

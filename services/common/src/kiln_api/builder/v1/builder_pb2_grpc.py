@@ -366,3 +366,393 @@ class Builder:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SchedulesStub:
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AddSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/AddSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.AddScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/GetSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/ListSchedules',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/DeleteSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/PauseSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/ResumeSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.RunSchedule = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/RunSchedule',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+                _registered_method=True)
+        self.ListScheduleRuns = channel.unary_unary(
+                '/kiln.builder.v1.Schedules/ListScheduleRuns',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListScheduleRunsResponse.FromString,
+                _registered_method=True)
+
+
+class SchedulesServicer:
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    def AddSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSchedule(self, request, context):
+        """Fires the schedule now (its clock is unchanged).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListScheduleRuns(self, request, context):
+        """Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SchedulesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AddSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.AddScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'RunSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSchedule,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.SerializeToString,
+            ),
+            'ListScheduleRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListScheduleRuns,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListScheduleRunsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kiln.builder.v1.Schedules', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kiln.builder.v1.Schedules', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Schedules:
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    @staticmethod
+    def AddSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/AddSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.AddScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/GetSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/ListSchedules',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/DeleteSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/PauseSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/ResumeSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/RunSchedule',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Schedule.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListScheduleRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Schedules/ListScheduleRuns',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ScheduleRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListScheduleRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -154,3 +154,115 @@ class BuilderServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_BuilderServicer_to_server(servicer: BuilderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SchedulesStub:
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SchedulesAsyncStub: ...
+    AddSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.AddScheduleRequest, _builder_pb2.Schedule]
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ListSchedulesRequest, _builder_pb2.ListSchedulesResponse]
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]
+    RunSchedule: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]
+    """Fires the schedule now (its clock is unchanged)."""
+    ListScheduleRuns: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.ListScheduleRunsResponse]
+    """Newest first."""
+
+@_typing.type_check_only
+class SchedulesAsyncStub(SchedulesStub):
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    AddSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.AddScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_builder_pb2.ListSchedulesRequest, _builder_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    RunSchedule: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.Schedule]  # type: ignore[assignment]
+    """Fires the schedule now (its clock is unchanged)."""
+    ListScheduleRuns: _aio.UnaryUnaryMultiCallable[_builder_pb2.ScheduleRequest, _builder_pb2.ListScheduleRunsResponse]  # type: ignore[assignment]
+    """Newest first."""
+
+class SchedulesServicer(metaclass=_abc_1.ABCMeta):
+    """Schedules: a recipe rebuilt on a clock (cron, with a time zone, or an
+    interval), only when its inputs changed since its last successful build.
+    Every schedule belongs to its maker's tenant. The clock is JetStream's
+    message scheduler (stream KILN_SCHEDULES): it fires once per due time
+    whatever the number of builder pods, and once for a time missed while down.
+    """
+
+    @_abc_1.abstractmethod
+    def AddSchedule(
+        self,
+        request: _builder_pb2.AddScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _builder_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.ListSchedulesResponse, _abc.Awaitable[_builder_pb2.ListSchedulesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]: ...
+
+    @_abc_1.abstractmethod
+    def RunSchedule(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Schedule, _abc.Awaitable[_builder_pb2.Schedule]]:
+        """Fires the schedule now (its clock is unchanged)."""
+
+    @_abc_1.abstractmethod
+    def ListScheduleRuns(
+        self,
+        request: _builder_pb2.ScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.ListScheduleRunsResponse, _abc.Awaitable[_builder_pb2.ListScheduleRunsResponse]]:
+        """Newest first."""
+
+def add_SchedulesServicer_to_server(servicer: SchedulesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
