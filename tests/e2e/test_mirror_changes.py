@@ -1,22 +1,29 @@
-"""A recipe's own apt repository moving on, for real: `kiln up`, a signed
-repository of the test's own (dpkg-deb, apt-ftparchive, gpg) served from a
-network namespace the test makes, a recipe installing its package. Unchanged,
-a repeat is the cached result; once a newer version is published, the next
-build's fingerprint differs in that repository's part alone, the build runs
-(its bootstrap layer cached, its packages step not), and its image holds the
-new version."""
+"""A scheduled recipe whose apt repository moves on, for real: `kiln up` with
+the session's Keystone and Glance, a signed repository of the test's own
+(dpkg-deb, apt-ftparchive, gpg) served from a network namespace the test
+makes, a schedule of a recipe that installs its package and publishes to
+Glance with `keep: 2`. Unchanged, a run is `unchanged` (no build, an event
+build.skipped); after a newer version is published, the run is `built`, its
+fingerprint differs in that repository's part alone, its image holds the new
+version (its SBOM says so), and Glance keeps the newest two images of the
+name, the older hidden."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import nats
 import pytest
 from apt_repo import AptRepo
 from netns_http import served_from_namespace
-from support import kiln, kiln_up
+from support import glance_images, kiln, kiln_up, wait_until
+
+from kiln_common.events import STREAM, from_json, subject_for
+from kiln_common.ids import new_id
+from kiln_devstack.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
@@ -28,13 +35,15 @@ from:
 repositories:
   - {uri: URI, suites: [stable], key: repo.asc}
 packages: [kiln-probe]
-outputs: [tar.zst]
+test: {boot: false}
+publish:
+  glance: {cloud: kiln-a, name: NAME, keep: 2}
 """
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    with kiln_up(tmp_path) as environ:
+def env(tmp_path: Path, clouds_yaml: Path, glance: object) -> Iterator[dict[str, str]]:
+    with kiln_up(tmp_path / "stack", OS_CLIENT_CONFIG_FILE=str(clouds_yaml)) as environ:
         yield environ
 
 
@@ -46,47 +55,108 @@ def served(tmp_path: Path) -> Iterator[tuple[AptRepo, str]]:
         yield repo, url
 
 
-def build(env: dict[str, str], recipe: Path) -> dict[str, object]:
-    done = kiln(env, "build", str(recipe), "--follow", "--no-boot-test", timeout=900)
-    build_id = done.stderr.split()[1]
-    assert f"build {build_id} succeeded" in done.stderr, done.stderr
-    return json.loads(kiln(env, "build", "show", build_id, "--json").stdout)
+def run_now(env: dict[str, str], schedule_id: str) -> dict[str, object]:
+    """Fires the schedule and waits for that run to end; the run."""
+    before = len(json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout))
+    kiln(env, "schedule", "run", schedule_id)
+
+    def ended() -> dict[str, object] | None:
+        found = json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout)
+        newest = found[0] if len(found) > before else None
+        return newest if newest and newest["outcome"] != "running" else None
+
+    run = wait_until("the run to end", ended, timeout=900, interval=2)
+    assert run is not None
+    return run
 
 
-def parts(record: dict[str, object]) -> dict[str, str]:
-    return {p["name"]: p["value"] for p in record["fingerprint"]["parts"]}  # type: ignore[index]
+def record(env: dict[str, str], build_id: object) -> dict[str, object]:
+    return json.loads(kiln(env, "build", "show", str(build_id), "--json").stdout)
 
 
-def probe_version(env: dict[str, str], record: dict[str, object], where: Path) -> str:
-    image = next(a for a in record["artifacts"] if a["kind"] == "image")  # type: ignore[attr-defined]
-    tar = where / f"{record['id']}.tar.zst"
-    kiln(env, "artifact", "get", image["artifact_id"], "-o", str(tar))
-    found = subprocess.run(["tar", "--zstd", "-xOf", tar, "./usr/share/kiln-probe/version"],
-                           capture_output=True, check=True)  # fmt: skip
-    return found.stdout.decode().strip()
+def parts(build: dict[str, object]) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in build["fingerprint"]["parts"]}  # type: ignore[index]
 
 
-def test_a_new_package_in_the_recipes_repository_rebuilds_and_otherwise_not(
-    env: dict[str, str], served: tuple[AptRepo, str], tmp_path: Path
+def probe_version(env: dict[str, str], build: dict[str, object], where: Path) -> str:
+    """kiln-probe's version in the image, as its SPDX SBOM lists it."""
+    sbom = next(a for a in build["artifacts"] if a["kind"] == "sbom")  # type: ignore[attr-defined]
+    path = where / f"{build['id']}.spdx.json"
+    kiln(env, "artifact", "get", sbom["artifact_id"], "-o", str(path))
+    packages = json.loads(path.read_text())["packages"]
+    return next(p["versionInfo"] for p in packages if p["name"] == "kiln-probe")
+
+
+def image_of(build: dict[str, object]) -> str:
+    return next(a["artifact_id"] for a in build["artifacts"] if a["kind"] == "image")  # type: ignore[attr-defined]
+
+
+async def skipped(url: str, schedule_id: str) -> list[dict[str, object]]:
+    nc = await nats.connect(url)
+    try:
+        sub = await nc.jetstream().subscribe(subject_for("build.skipped"), stream=STREAM,
+                                             ordered_consumer=True)  # fmt: skip
+        found = []
+        try:
+            while True:
+                event = from_json((await sub.next_msg(timeout=2)).data)
+                if event.subject == schedule_id:
+                    found.append(dict(event.data))
+        except nats.errors.TimeoutError:
+            return found
+        finally:
+            await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
+    env: dict[str, str], served: tuple[AptRepo, str], clouds_yaml: Path, tmp_path: Path
 ) -> None:
     repo, url = served
+    name = f"kiln-mirrored-{new_id()}"
     recipe = tmp_path / "recipe" / "recipe.yaml"
     recipe.parent.mkdir()
     (recipe.parent / "repo.asc").write_bytes(repo.key.read_bytes())
-    recipe.write_text(RECIPE.replace("URI", url))
+    recipe.write_text(RECIPE.replace("URI", url).replace("NAME", name))
+    schedule_id = kiln(env, "schedule", "add", str(recipe), "--every", "1d").stdout.strip()
 
-    first = build(env, recipe)
+    first_run = run_now(env, schedule_id)
+    assert first_run["outcome"] == "built", first_run
+    first = record(env, first_run["build_id"])
+    assert first["schedule_id"] == schedule_id
+    assert first_run["fingerprint"] == first["fingerprint"]["digest"]  # type: ignore[index]
     assert parts(first)[f"apt {url} stable"].startswith("sha256:")
     assert probe_version(env, first, tmp_path) == "1.0"
 
-    unchanged = build(env, recipe)
-    assert unchanged["cached_from"] == first["id"]
+    unchanged = run_now(env, schedule_id)
+    assert unchanged["outcome"] == "unchanged" and not unchanged.get("build_id")
+    assert unchanged["fingerprint"] == first["fingerprint"]["digest"]  # type: ignore[index]
+    stack = Stack.load(Path(env["KILN_HOME"]))
+    assert stack is not None
+    events = asyncio.run(skipped(stack.nats_url, schedule_id))
+    assert [e["last_build"] for e in events] == [first["id"]]
 
-    repo.add("kiln-probe", "1.1")
-    moved = build(env, recipe)
-    assert "cached_from" not in moved
-    changed = [name for name in parts(first) if parts(first)[name] != parts(moved)[name]]
-    assert changed == [f"apt {url} stable"]
-    steps = {s["name"]: s.get("cached", False) for s in moved["steps"]}  # type: ignore[attr-defined]
-    assert steps["bootstrap"] and not steps["packages"]
-    assert probe_version(env, moved, tmp_path) == "1.1"
+    builds = [first]
+    for version in ("1.1", "1.2"):
+        repo.add("kiln-probe", version)
+        run = run_now(env, schedule_id)
+        assert run["outcome"] == "built", run
+        build = record(env, run["build_id"])
+        changed = [k for k in parts(first) if parts(builds[-1])[k] != parts(build)[k]]
+        assert changed == [f"apt {url} stable"]
+        steps = {s["name"]: s.get("cached", False) for s in build["steps"]}  # type: ignore[attr-defined]
+        assert steps["bootstrap"] and not steps["packages"]
+        assert probe_version(env, build, tmp_path) == version
+        builds.append(build)
+
+    def rotated() -> list[dict[str, object]] | None:
+        images = glance_images(clouds_yaml, name, cloud="kiln-a")
+        hidden = [i for i in images if i.get("os_hidden")]
+        return images if len(images) == 3 and len(hidden) == 1 else None
+
+    images = wait_until("Glance to keep two images of the name", rotated, timeout=300, interval=2)
+    assert images is not None
+    by_artifact = {i["kiln_artifact_id"]: i for i in images}
+    hidden = [by_artifact[image_of(b)]["os_hidden"] for b in builds]
+    assert hidden == [True, False, False]  # the oldest retired
