@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from support import REPO, ImageServer, loops_under, mounts_under
 
-from kiln_builder.base.download import BaseDigestMismatch, FetchLimits, fetch_url
+from kiln_builder.base.download import BaseDigestMismatch, FetchLimits, Pin, fetch_url
 from kiln_builder.base.fetch import prune_bases
 from kiln_builder.egress import LOCAL
 from kiln_builder.engine import Bake, BakeOptions
@@ -52,8 +52,8 @@ def test_a_url_base_is_downloaded_once_and_then_read_from_the_cache(
     (server.root / "base.img").write_bytes(os.urandom(3 * MiB))
     digest = sha256(server.root / "base.img")
     cache = tmp_path / "cache"
-    first = asyncio.run(fetch_url(f"{server.url}/base.img", digest, cache, FetchLimits()))
-    second = asyncio.run(fetch_url(f"{server.url}/base.img", digest, cache, FetchLimits()))
+    first = asyncio.run(fetch_url(f"{server.url}/base.img", Pin(digest), cache, FetchLimits()))
+    second = asyncio.run(fetch_url(f"{server.url}/base.img", Pin(digest), cache, FetchLimits()))
     assert (first.downloaded, second.downloaded) == (3 * MiB, 0)
     assert first.path == second.path == cache / digest and sha256(second.path) == digest
     assert len(server.gets("base.img")) == 1
@@ -63,7 +63,7 @@ def test_a_cut_download_resumes_where_it_stopped(server: ImageServer, tmp_path: 
     (server.root / "base.img").write_bytes(os.urandom(5 * MiB))
     digest = sha256(server.root / "base.img")
     server.cut_first_after = 2 * MiB
-    base = asyncio.run(fetch_url(f"{server.url}/base.img", digest, tmp_path, FetchLimits()))
+    base = asyncio.run(fetch_url(f"{server.url}/base.img", Pin(digest), tmp_path, FetchLimits()))
     assert sha256(base.path) == digest
     ranges = [r["range"] for r in server.gets("base.img")]
     assert ranges[0] == "" and ranges[-1] == f"bytes={2 * MiB}-"
@@ -73,7 +73,7 @@ def test_a_digest_mismatch_fails_and_caches_nothing(server: ImageServer, tmp_pat
     (server.root / "base.img").write_bytes(os.urandom(MiB))
     cache = tmp_path / "cache"
     with pytest.raises(BaseDigestMismatch, match="does not have the SHA-256"):
-        asyncio.run(fetch_url(f"{server.url}/base.img", "0" * 64, cache, FetchLimits()))
+        asyncio.run(fetch_url(f"{server.url}/base.img", Pin("0" * 64), cache, FetchLimits()))
     assert [p.name for p in cache.iterdir()] == ["0" * 64 + ".lock"]  # no base, no part
 
 
@@ -81,13 +81,13 @@ def test_a_base_beyond_the_size_limit_is_refused(server: ImageServer, tmp_path: 
     (server.root / "base.img").write_bytes(os.urandom(2 * MiB))
     with pytest.raises(InvalidArgument, match="more than the limit"):
         asyncio.run(
-            fetch_url(f"{server.url}/base.img", "0" * 64, tmp_path, FetchLimits(max_bytes=MiB))
+            fetch_url(f"{server.url}/base.img", Pin("0" * 64), tmp_path, FetchLimits(max_bytes=MiB))
         )
 
 
 def test_a_missing_url_is_a_clear_error(server: ImageServer, tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="answered 404"):
-        asyncio.run(fetch_url(f"{server.url}/nothing.img", "0" * 64, tmp_path, FetchLimits()))
+        asyncio.run(fetch_url(f"{server.url}/nothing.img", Pin("0" * 64), tmp_path, FetchLimits()))
 
 
 # ---- whole customised builds ----------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import ImageServer
 
-from kiln_builder.base.download import FetchLimits, fetch_url
+from kiln_builder.base.download import FetchLimits, Pin, fetch_url
 from kiln_builder.egress import EgressPolicy, EgressRefused, Route
 from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.engine import Bake, BakeOptions
@@ -42,7 +42,7 @@ async def test_an_allowed_base_comes_through_the_proxy(
     # urllib's own proxy handling would let this bypass the proxy; the route's does not.
     monkeypatch.setenv("no_proxy", "*")
     async with EgressProxy(POLICY) as proxy:
-        base = await fetch_url(f"{allowed.url}/here.img", SHA256, tmp_path / "cache",
+        base = await fetch_url(f"{allowed.url}/here.img", Pin(SHA256), tmp_path / "cache",
                                FetchLimits(), Route(POLICY, proxy.url))  # fmt: skip
     assert base.path.read_bytes() == BASE
     assert proxy.served == 2  # the redirect, then the image: both through the proxy
@@ -56,9 +56,11 @@ async def test_a_denied_loopback_address_is_refused_directly_and_through_a_redir
     async with EgressProxy(POLICY) as proxy:
         route = Route(POLICY, proxy.url)
         with pytest.raises(EgressRefused, match=r"127\.0\.0\.2 is in a network"):
-            await fetch_url(f"{denied.url}/base.img", SHA256, tmp_path / "c", FetchLimits(), route)
+            await fetch_url(
+                f"{denied.url}/base.img", Pin(SHA256), tmp_path / "c", FetchLimits(), route
+            )
         with pytest.raises(EgressRefused, match="redirected to"):
-            await fetch_url(f"{allowed.url}/elsewhere.img", SHA256, tmp_path / "c",
+            await fetch_url(f"{allowed.url}/elsewhere.img", Pin(SHA256), tmp_path / "c",
                             FetchLimits(), route)  # fmt: skip
     assert denied.connections == 0
     assert allowed.gets("elsewhere.img")  # asked, and its answer was not followed

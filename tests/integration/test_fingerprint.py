@@ -20,7 +20,7 @@ from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressRefused, Rout
 from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.fingerprint import AptSource, Inputs
 from kiln_common.errors import FailedPrecondition
-from kiln_recipe import load_recipe
+from kiln_recipe import Recipe, load_recipe
 
 RECIPE = """\
 name: fp
@@ -137,3 +137,72 @@ async def test_the_bootstrap_layer_key_follows_the_mirror_state(
     apt.add("kiln-probe", "2.0")
     after = layer_key(spec, ((source.part, await fingerprint.release_digest(source, local)),))
     assert after != before
+
+
+# ---- a base that follows its release's checksum file --------------------------------------
+
+FOLLOWING = """\
+name: follows
+version: "1.0"
+from:
+  image: {url: IMAGE, checksums: SUMS}
+outputs: [qcow2]
+"""
+
+
+def release(root: Path, data: bytes, style: str = "gnu") -> None:
+    """An image and its SHA512SUMS, as a distribution publishes them."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "debian-12-genericcloud-amd64.qcow2").write_bytes(data)
+    digest = hashlib.sha512(data).hexdigest()
+    line = (f"SHA512 (debian-12-genericcloud-amd64.qcow2) = {digest}" if style == "bsd"
+            else f"{digest}  debian-12-genericcloud-amd64.qcow2")  # fmt: skip
+    other = hashlib.sha512(b"another file").hexdigest()
+    (root / "SHA512SUMS").write_text(f"{other}  debian-12-nocloud-amd64.qcow2\n{line}\n")
+
+
+async def test_a_followed_base_is_the_digest_its_release_lists_now_and_verified_by_it(
+    tmp_path: Path, local: Route
+) -> None:
+    from kiln_builder.base.download import BaseDigestMismatch
+    from kiln_builder.base.fetch import fetch_base
+
+    served = tmp_path / "cloud"
+    release(served, b"release one" * 1000)
+    with ImageServer(served) as server:
+        text = FOLLOWING.replace("IMAGE", f"{server.url}/debian-12-genericcloud-amd64.qcow2")
+        text = text.replace("SUMS", f"{server.url}/SHA512SUMS")
+        (tmp_path / "r").mkdir()
+        recipe = load_recipe_text(text, tmp_path / "r")
+        ref = recipe.from_.image
+        assert ref is not None
+        inputs = Inputs(route=local)
+        first = await fingerprint.base_digest(ref, inputs)
+        assert first == "sha512:" + hashlib.sha512(b"release one" * 1000).hexdigest()
+
+        cache = tmp_path / "cache"
+        base = await fetch_base(ref, cache, tmp_path, storage=None, route=local, followed=first)
+        assert base.sha256 == hashlib.sha256(b"release one" * 1000).hexdigest()
+        assert base.downloaded == 11000
+        again = await fetch_base(ref, cache, tmp_path, storage=None, route=local)
+        assert (again.path, again.downloaded) == (base.path, 0)  # cached, by its SHA-512
+        gets = len(server.gets("debian-12-genericcloud-amd64.qcow2"))
+
+        release(served, b"release two" * 1000, style="bsd")  # the release moved on
+        moved = await fingerprint.base_digest(ref, inputs)
+        assert moved == "sha512:" + hashlib.sha512(b"release two" * 1000).hexdigest()
+        with pytest.raises(BaseDigestMismatch, match="SHA-512"):  # verified by what was read
+            await fetch_base(ref, tmp_path / "c2", tmp_path, storage=None, route=local,
+                             followed=first)  # fmt: skip
+        assert not list((tmp_path / "c2/bases").glob("*.part"))
+        assert len(server.gets("debian-12-genericcloud-amd64.qcow2")) == gets + 1
+
+        (served / "SHA512SUMS").write_text("garbage\n")
+        with pytest.raises(FailedPrecondition, match="lists no SHA-256 or SHA-512"):
+            await fingerprint.base_digest(ref, inputs)
+
+
+def load_recipe_text(text: str, where: Path) -> Recipe:
+    from kiln_recipe import parse_recipe
+
+    return parse_recipe(text, where)

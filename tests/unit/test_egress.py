@@ -14,7 +14,7 @@ import pytest
 
 from kiln_builder import egress, egress_proxy
 from kiln_builder.base import download
-from kiln_builder.base.download import FetchLimits, fetch_url
+from kiln_builder.base.download import FetchLimits, Pin, fetch_url
 from kiln_builder.egress import LOCAL, STRICT, EgressPolicy, EgressRefused, Route
 from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.isolation.appliance.network import netdev_args, relays
@@ -131,7 +131,7 @@ async def test_a_refused_base_url_is_never_requested(
     route = Route(STRICT, "http://127.0.0.1:9")  # the proxy is never reached either
     for url in ("http://169.254.169.254/base.qcow2", "http://127.0.0.1:4222/x", "http://[::1]/x"):
         with pytest.raises(EgressRefused, match=r"from\.image\.url"):
-            await fetch_url(url, "0" * 64, tmp_path, FetchLimits(), route)
+            await fetch_url(url, Pin("0" * 64), tmp_path, FetchLimits(), route)
 
 
 async def test_a_connection_is_kept_alive_for_one_host_only(tmp_path: Path) -> None:

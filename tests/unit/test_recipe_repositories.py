@@ -137,3 +137,51 @@ def test_a_recipe_with_repositories_is_refused_in_vm_isolation(tmp_path: Path) -
     options = BakeOptions(tmp_path / "o", tmp_path / "w", tmp_path / "c", "b")
     with pytest.raises(FailedPrecondition, match="sandbox isolation only"):
         Bake(parse_recipe(text, where), options)._refuse_early()
+
+
+# ---- from.image.checksums: a base that follows its release -----------------------------------
+
+BASE = """\
+name: follows
+version: "1.0"
+from:
+  image: IMAGE
+outputs: [qcow2]
+"""
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        ("{url: 'https://cloud.test/d.qcow2'}", "give one with url"),
+        ("{url: 'https://cloud.test/d.qcow2', sha256: " + "a" * 64 + ", checksums: "
+         "'https://cloud.test/SHA512SUMS'}", "give one with url"),
+        ("{artifact: 01m977rgacr941tmd098h65w8t, checksums: 'https://cloud.test/S'}",
+         "only for url"),
+        ("{url: 'https://cloud.test/d.qcow2', checksums: 'file:///etc/shadow'}", "http"),
+    ],
+)  # fmt: skip
+def test_a_base_url_takes_a_sha256_or_its_releases_checksum_file(
+    tmp_path: Path, image: str, words: str
+) -> None:
+    with pytest.raises(RecipeError) as refused:
+        parse_recipe(BASE.replace("IMAGE", image), tmp_path)
+    assert words in str(refused.value)
+    ok = "{url: 'https://cloud.test/d.qcow2', checksums: 'https://cloud.test/SHA512SUMS'}"
+    assert parse_recipe(BASE.replace("IMAGE", ok), tmp_path).from_.image.checksums  # type: ignore[union-attr]
+
+
+def test_a_checksum_file_lists_digests_in_gnu_binary_and_bsd_styles() -> None:
+    from kiln_builder.base import checksums
+
+    a, b, c = "a" * 64, "B" * 128, "c" * 128
+    text = f"{a}  one.qcow2\n{b} *two.raw\nSHA512 (three.img) = {c}\nnot a line\n{a}  ./four\n"
+    assert checksums.listed(text) == {
+        "one.qcow2": f"sha256:{a}", "two.raw": f"sha512:{b.lower()}",
+        "three.img": f"sha512:{c}", "four": f"sha256:{a}",
+    }  # fmt: skip
+    assert checksums.file_name("https://x.test/a/debian%2012.qcow2?x") == "debian 12.qcow2"
+    assert (
+        checksums.pin_of(f"sha512:{c}").sha512 == c and not checksums.pin_of(f"sha512:{c}").sha256
+    )
+    assert checksums.pin_of(f"sha256:{a}").sha256 == a

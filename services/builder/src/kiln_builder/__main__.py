@@ -139,7 +139,9 @@ async def _bake(args: argparse.Namespace) -> int:
     )
     found = await _fingerprint(recipe, options)
     print(f"fingerprint {found.digest}", file=sys.stderr)
-    options = dataclasses.replace(options, apt_state=fingerprint.apt_state(found))
+    options = dataclasses.replace(
+        options, apt_state=fingerprint.apt_state(found), base_digest=fingerprint.base_part(found)
+    )
     bake = Bake(recipe, options, _progress)
     try:
         result = await bake.run()

@@ -6,9 +6,10 @@ schedule can tell that nothing changed without building.
 The parts (the record keeps each, so a person sees what changed):
 - `recipe`: the recipe's digest, which covers the contents of its files and
   scripts (kiln_recipe's Recipe.digest);
-- `base`: a customised build's base image: the pinned SHA-256 of a URL, the
-  stored artifact's, the marketplace entry's; a Glance image by its cloud and
-  id (Glance never changes an active image's data);
+- `base`: a customised build's base image: the pinned SHA-256 of a URL (or
+  the digest its release's checksum file lists for it now), the stored
+  artifact's, the marketplace entry's; a Glance image by its cloud and id
+  (Glance never changes an active image's data);
 - `apt <uri> <suite>`: for a from-scratch build, the SHA-256 of the suite's
   InRelease (or Release) file on the mirror it bootstraps from and installs
   packages from, and the same for each suite of the recipe's extra
@@ -24,26 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import http.client
 import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
-from kiln_builder.base import marketplace
-from kiln_builder.base.download import http_opener
+from kiln_builder.base import checksums, marketplace
+from kiln_builder.base.download import http_opener, read_small
 from kiln_builder.base.published import describe, need_publisher
 from kiln_builder.bootstrap import BOOTSTRAP_VERSION, resolve_mirror
 from kiln_builder.egress import Route
 from kiln_builder.storage import StorageAccess
 from kiln_common.builds import Fingerprint, FingerprintPart
-from kiln_common.errors import FailedPrecondition, Unavailable
+from kiln_common.errors import FailedPrecondition
 from kiln_recipe.schema import ImageRef, Recipe
 
 ENGINE_VERSION = "kiln-engine-1"  # bump when the same inputs make a different image
 RELEASE_FILES = ("InRelease", "Release")  # apt's order: the signed one first
 MAX_RELEASE_BYTES = 32 << 20  # Debian's InRelease is about 150 KB
-READ_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +98,13 @@ def digest_of(parts: list[FingerprintPart]) -> str:
     return "sha256:" + hashlib.sha256(canon.encode()).hexdigest()
 
 
+def base_part(fingerprint: Fingerprint | None) -> str:
+    """The base part's value ("" without one): the digest a followed release's
+    download is verified against, as the fingerprint read it."""
+    parts = fingerprint.parts if fingerprint is not None else []
+    return next((p.value for p in parts if p.name == "base"), "")
+
+
 def apt_state(fingerprint: Fingerprint | None) -> tuple[tuple[str, str], ...]:
     """The apt parts, for the layer keys."""
     if fingerprint is None:
@@ -118,6 +122,9 @@ def builder_version(vm: bool) -> str:
 
 
 async def base_digest(ref: ImageRef, inputs: Inputs) -> str:
+    if ref.url is not None and ref.checksums is not None:
+        # The release's current image: the download is verified against it.
+        return await checksums.pinned_digest(ref.url, ref.checksums, inputs.route)
     if ref.url is not None:
         return f"sha256:{ref.sha256}"  # the download is verified against it
     if ref.artifact is not None:
@@ -142,27 +149,10 @@ async def release_digest(source: AptSource, route: Route | None) -> str:
         url = f"{source.uri}/dists/{source.suite}/{name}"
         if route is not None:
             await route.policy.check_url(url, "the mirror")  # before anything is sent
-        data = await asyncio.to_thread(_read, url, http_opener(route))
+        data = await asyncio.to_thread(read_small, url, http_opener(route), MAX_RELEASE_BYTES)
         if data is not None:
             return "sha256:" + hashlib.sha256(data).hexdigest()
     raise FailedPrecondition(
         f"{source.uri} has no dists/{source.suite}/InRelease or Release: is it an apt"
         f" mirror with the suite {source.suite}?"
     )
-
-
-def _read(url: str, opener: urllib.request.OpenerDirector) -> bytes | None:
-    """The file's bytes; None if the server has no such file."""
-    try:
-        with opener.open(urllib.request.Request(url), timeout=READ_SECONDS) as response:
-            data: bytes = response.read(MAX_RELEASE_BYTES + 1)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            return None
-        raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise Unavailable(f"cannot read {url}: {reason}") from None
-    if len(data) > MAX_RELEASE_BYTES:
-        raise FailedPrecondition(f"{url} is larger than {MAX_RELEASE_BYTES} bytes")
-    return data

@@ -65,6 +65,13 @@ class Pin:
     sha256: str
     sha512: str = ""
 
+    @property
+    def key(self) -> str:
+        """What names its lock and partial file: the SHA-256, else the SHA-512's head.
+        (A SHA-512-only pin, from a release's SHA512SUMS, learns its SHA-256 on
+        download; an index file beside the cache maps one to the other.)"""
+        return self.sha256 or f"sha512-{self.sha512[:64]}"
+
 
 class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http and https URLs only (urllib's own also
@@ -124,6 +131,27 @@ def http_opener(route: Route | None = None) -> urllib.request.OpenerDirector:
 
 
 _OPENER = http_opener()
+READ_SECONDS = 30.0  # a small file (a Release, a checksum file) answers within this
+
+
+def read_small(url: str, opener: urllib.request.OpenerDirector, max_bytes: int) -> bytes | None:
+    """A small file's bytes (blocking: call it in a thread); None if the
+    server has no such file (404, 410). Larger than max_bytes is refused."""
+    try:
+        with opener.open(urllib.request.Request(url), timeout=READ_SECONDS) as response:
+            data: bytes = response.read(max_bytes + 1)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (404, 410):
+            return None
+        raise FailedPrecondition(f"{url} answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise Unavailable(f"cannot read {url}: {reason}") from None
+    if len(data) > max_bytes:
+        raise FailedPrecondition(f"{url} is larger than {max_bytes} bytes")
+    return data
+
+
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
 
 
@@ -140,15 +168,16 @@ class NoGoodLocation(FailedPrecondition):
 
 
 async def fetch_url(
-    url: str, sha256: str, cache: Path, limits: FetchLimits, route: Route | None = None
+    url: str, pin: Pin, cache: Path, limits: FetchLimits, route: Route | None = None
 ) -> Base:
-    """A from.image.url base: the recipe's URL, pinned by the recipe's SHA-256,
-    fetched under the build's egress route (its URL and each redirect checked)."""
+    """A from.image.url base: the recipe's URL, pinned by the recipe's SHA-256
+    (or its release's checksum file), fetched under the build's egress route
+    (its URL and each redirect checked)."""
     cache.mkdir(parents=True, exist_ok=True)
     # Two builds of the same base would otherwise append to one .part file together.
-    async with file_lock(cache / f"{sha256}.lock"):
+    async with file_lock(cache / f"{pin.key}.lock"):
         try:
-            return await _fetch_url(url, Pin(sha256), cache, limits, route)
+            return await _fetch_url(url, pin, cache, limits, route)
         except KilnError as exc:
             raise type(exc)(f"from.image.url: {exc}") from None
 
@@ -163,7 +192,7 @@ async def fetch_first(
     cache.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     deadline = time.monotonic() + limits.timeout  # one time limit for all the URLs
-    async with file_lock(cache / f"{pin.sha256}.lock"):
+    async with file_lock(cache / f"{pin.key}.lock"):
         for number, url in enumerate(urls, 1):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -175,7 +204,7 @@ async def fetch_first(
             try:
                 return await _fetch_url(url, pin, cache, tries)
             except KilnError as exc:
-                (cache / f"{pin.sha256}.part").unlink(missing_ok=True)
+                (cache / f"{pin.key}.part").unlink(missing_ok=True)
                 log.warning("%s: location %d of %d failed: %s", field, number, len(urls), exc)
                 failures.append(f"({number}) {exc}")
     raise NoGoodLocation(
@@ -186,25 +215,30 @@ async def fetch_first(
 async def _fetch_url(
     url: str, pin: Pin, cache: Path, limits: FetchLimits, route: Route | None = None
 ) -> Base:
-    final = cache / pin.sha256
-    if final.is_file():
+    index = cache / f"{pin.key}.sha256"  # a SHA-512 pin's file, once known
+    known = pin.sha256 or (index.read_text().strip() if index.is_file() else "")
+    final = cache / known if known else None
+    if final is not None and final.is_file():
         # Named by its digest and renamed only once verified: no need to read it again.
         os.utime(final)  # the cache's pruning keeps recently used bases
-        log.info("base image %s is cached (%s)", pin.sha256[:12], final)
-        return Base(final, pin.sha256, url, 0)
+        log.info("base image %s is cached (%s)", known[:12], final)
+        return Base(final, known, url, 0)
     if urlsplit(url).scheme not in ("http", "https"):
         raise InvalidArgument(f"{url} is not an http or https URL")
     if route is not None:
         await route.policy.check_url(url)  # before any byte is sent
-    partial = cache / f"{pin.sha256}.part"
+    partial = cache / f"{pin.key}.part"
     opener = http_opener(route) if route is not None else _OPENER
     fetched = await _stoppable(_download, url, partial, replace(limits, opener=opener))
-    wrong = await asyncio.to_thread(_mismatch, partial, pin)
+    wrong, sha256 = await asyncio.to_thread(_mismatch, partial, pin)
     if wrong:
         partial.unlink(missing_ok=True)
         raise BaseDigestMismatch(f"{url} does not have the {wrong}; nothing was cached")
+    final = cache / sha256
     os.replace(partial, final)
-    return Base(final, pin.sha256, url, fetched)
+    if not pin.sha256:
+        index.write_text(sha256 + "\n")
+    return Base(final, sha256, url, fetched)
 
 
 async def _stoppable(
@@ -224,14 +258,16 @@ async def _stoppable(
         raise
 
 
-def _mismatch(path: Path, pin: Pin) -> str:
-    """Which pinned digest the file does not have ('' if none); one read for both."""
+def _mismatch(path: Path, pin: Pin) -> tuple[str, str]:
+    """Which pinned digest the file does not have ('' if none), and its
+    SHA-256; one read for both."""
     found = file_digests(path, "sha256", *(("sha512",) if pin.sha512 else ()))
-    if found.hexdigest("sha256") != pin.sha256:
-        return f"SHA-256 {pin.sha256}"
+    sha256 = found.hexdigest("sha256")
+    if pin.sha256 and sha256 != pin.sha256:
+        return f"SHA-256 {pin.sha256}", sha256
     if pin.sha512 and found.hexdigest("sha512") != pin.sha512:
-        return f"SHA-512 {pin.sha512[:16]}…"
-    return ""
+        return f"SHA-512 {pin.sha512[:16]}…", sha256
+    return "", sha256
 
 
 def _download(url: str, partial: Path, limits: FetchLimits, stop: threading.Event) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kiln_builder.base import marketplace, published
-from kiln_builder.base.download import Base, FetchLimits, fetch_url
+from kiln_builder.base import checksums, marketplace, published
+from kiln_builder.base.download import Base, FetchLimits, Pin, fetch_url
 from kiln_builder.egress import Route
 from kiln_builder.layers import prune_oldest
 from kiln_builder.storage import StorageAccess
@@ -42,13 +42,21 @@ async def fetch_base(
     publisher: str | None = None,
     limits: FetchLimits = DEFAULT_LIMITS,
     route: Route | None = None,
+    followed: str = "",
 ) -> Base:
     """route: the build's egress policy and proxy, for the recipe's own URL.
     The other sources are Kiln's own services, or a marketplace entry's
-    locations, which its endorser signed."""
+    locations, which its endorser signed. followed: for a URL that follows
+    its release's checksum file, the digest the build's fingerprint read
+    there ("sha512:HEX"); read now if not given."""
     if ref.url is not None:
-        assert ref.sha256 is not None  # the schema requires the pin
-        return await fetch_url(ref.url, ref.sha256, cache_dir / "bases", limits, route)
+        if ref.checksums is not None:
+            digest = followed or await checksums.pinned_digest(ref.url, ref.checksums, route)
+            pin = checksums.pin_of(digest)
+        else:
+            assert ref.sha256 is not None  # the schema requires one of the two
+            pin = Pin(ref.sha256)
+        return await fetch_url(ref.url, pin, cache_dir / "bases", limits, route)
     if ref.artifact is not None:
         return await fetch_artifact(ref.artifact, work, storage)
     if ref.marketplace is not None:

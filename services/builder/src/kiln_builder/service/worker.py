@@ -301,6 +301,7 @@ class Worker:
                 default_mirror=self.settings.default_mirror,
                 egress=self.settings.egress_policy(),
                 apt_state=fingerprint.apt_state(found),
+                base_digest=fingerprint.base_part(found),
                 **self.settings.isolation_options(),
             )
             bake = Bake(recipe, options, reporter.step)

@@ -61,6 +61,7 @@ class Base(Stage):
             storage=bake.opts.storage,
             publisher=bake.opts.publisher,
             route=bake.route,
+            followed=bake.opts.base_digest,
         )
         record.cached = base.downloaded == 0
         inspected = await asyncio.to_thread(

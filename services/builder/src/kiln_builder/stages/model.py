@@ -96,6 +96,9 @@ class BakeOptions:
     # The mirror suites' state the fingerprint read ((part, digest), ...): in
     # the layer keys. Empty: keys of the recipe alone (a bake that read none).
     apt_state: tuple[tuple[str, str], ...] = ()
+    # The base's digest as the fingerprint read it: what a base that follows
+    # its release's checksum file is verified against ("" : read it then).
+    base_digest: str = ""
 
 
 @dataclass(frozen=True)

@@ -70,13 +70,16 @@ class GlanceRef(Model):
 class ImageRef(Model):
     url: str | None = None
     sha256: str | None = None
+    # Instead of sha256: the URL of a checksum file (SHA256SUMS, SHA512SUMS) as a
+    # distribution publishes beside its images, so the base follows its release.
+    checksums: str | None = None
     artifact: str | None = None
     marketplace: str | None = None
     glance: GlanceRef | None = None
 
     SOURCES: ClassVar[tuple[str, ...]] = ("url", "artifact", "marketplace", "glance")
 
-    @field_validator("url")
+    @field_validator("url", "checksums")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
@@ -106,10 +109,15 @@ class ImageRef(Model):
     def _one_source(self) -> Self:
         _exactly_one(self, self.SOURCES)
         # Only a URL needs a pin: the other sources carry their own checksums.
-        if self.url is not None and self.sha256 is None:
-            raise Problem("required with url, so the download is verified", "sha256")
-        if self.url is None and self.sha256 is not None:
-            raise Problem("only for url: other sources carry their own checksums", "sha256")
+        if self.url is not None and (self.sha256 is None) == (self.checksums is None):
+            raise Problem(
+                "give one with url, so the download is verified: sha256 (a fixed image),"
+                " or checksums (the URL of a SHA256SUMS or SHA512SUMS file: the release's)",
+                "sha256",
+            )
+        for pin in ("sha256", "checksums"):
+            if self.url is None and getattr(self, pin) is not None:
+                raise Problem("only for url: other sources carry their own checksums", pin)
         return self
 
 
