@@ -294,6 +294,12 @@ def build_events(url: str, build_id: str) -> list[dict[str, Any]]:
     return asyncio.run(events_about(url, build_id))
 
 
+def event_data(url: str, type_: str, subject: str) -> list[dict[str, Any]]:
+    """The data of every event of type_ about subject, in stream order."""
+    events = asyncio.run(events_about(url, subject))
+    return [dict(e.get("data") or {}) for e in events if e.get("type") == type_]
+
+
 def event_types(events: list[dict[str, Any]]) -> list[str]:
     return [str(e["type"]) for e in events]
 

@@ -10,18 +10,15 @@ name, the older hidden."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import nats
 import pytest
 from apt_repo import AptRepo
 from netns_http import served_from_namespace
-from support import glance_images, kiln, kiln_up, wait_until
+from support import event_data, glance_images, kiln, kiln_up, wait_until
 
-from kiln_common.events import STREAM, from_json, subject_for
 from kiln_common.ids import new_id
 from kiln_devstack.stack import Stack
 
@@ -91,25 +88,6 @@ def image_of(build: dict[str, object]) -> str:
     return next(a["artifact_id"] for a in build["artifacts"] if a["kind"] == "image")  # type: ignore[attr-defined]
 
 
-async def skipped(url: str, schedule_id: str) -> list[dict[str, object]]:
-    nc = await nats.connect(url)
-    try:
-        sub = await nc.jetstream().subscribe(subject_for("build.skipped"), stream=STREAM,
-                                             ordered_consumer=True)  # fmt: skip
-        found = []
-        try:
-            while True:
-                event = from_json((await sub.next_msg(timeout=2)).data)
-                if event.subject == schedule_id:
-                    found.append(dict(event.data))
-        except nats.errors.TimeoutError:
-            return found
-        finally:
-            await sub.unsubscribe()
-    finally:
-        await nc.close()
-
-
 def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
     env: dict[str, str], served: tuple[AptRepo, str], clouds_yaml: Path, tmp_path: Path
 ) -> None:
@@ -134,7 +112,7 @@ def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
     assert unchanged["fingerprint"] == first["fingerprint"]["digest"]  # type: ignore[index]
     stack = Stack.load(Path(env["KILN_HOME"]))
     assert stack is not None
-    events = asyncio.run(skipped(stack.nats_url, schedule_id))
+    events = event_data(stack.nats_url, "build.skipped", schedule_id)
     assert [e["last_build"] for e in events] == [first["id"]]
 
     builds = [first]

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import nats
 import pytest
-from support import kill_part, kiln, kiln_up, restart_dead_parts, wait_until
+from support import event_data, kill_part, kiln, kiln_up, restart_dead_parts, wait_until
 
-from kiln_common.events import STREAM, from_json, subject_for
 from kiln_common.ids import new_id
 from kiln_common.proc import pid_alive, stop_pid
 from kiln_devstack.devservers import free_port
@@ -104,28 +103,6 @@ async def next_due(url: str, schedule_id: str) -> float:
         await nc.close()
 
 
-async def paused_events(url: str, schedule_id: str) -> list[dict[str, object]]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        sub = await js.subscribe(
-            subject_for("schedule.paused"), stream=STREAM, ordered_consumer=True
-        )
-        found = []
-        try:
-            while True:
-                msg = await sub.next_msg(timeout=2)
-                event = from_json(msg.data)
-                if event.subject == schedule_id:
-                    found.append(dict(event.data))
-        except nats.errors.TimeoutError:
-            return found
-        finally:
-            await sub.unsubscribe()
-    finally:
-        await nc.close()
-
-
 def test_two_builders_fire_once_per_due_time_also_when_one_is_killed_at_a_firing(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -193,7 +170,7 @@ def test_a_failing_schedule_pauses_itself_says_why_and_fires_again_once_resumed(
     assert shown["failures"] == 3
     assert shown["paused_reason"].startswith("3 runs in a row failed; the last: its inputs")
     assert len(runs(env, schedule_id)) == 3
-    events = asyncio.run(paused_events(stack.nats_url, schedule_id))
+    events = event_data(stack.nats_url, "schedule.paused", schedule_id)
     assert [e["reason"] for e in events] == [shown["paused_reason"]]
     refused = kiln(env, "schedule", "run", schedule_id, check=False)
     assert refused.returncode == 1 and "is paused" in refused.stderr
