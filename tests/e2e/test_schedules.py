@@ -45,7 +45,8 @@ outputs: [qcow2]
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    with kiln_up(tmp_path, KILN_BUILDER_ACK_WAIT_SECONDS=ACK_WAIT) as environ:
+    with kiln_up(tmp_path, KILN_BUILDER_ACK_WAIT_SECONDS=ACK_WAIT,
+                 KILN_BUILDER_SCHEDULE_MIN_SECONDS="1") as environ:  # fmt: skip
         yield environ
 
 

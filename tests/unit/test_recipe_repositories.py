@@ -19,6 +19,8 @@ version: "1.0"
 from:
   bootstrap: {distro: debian, release: bookworm, mirror: "http://mirror.test/debian"}
 """
+# ...and of a recipe customising a pinned URL, before a base could follow its release.
+DIGEST_OF_A_PINNED_BASE = "0614abf123e93f06e385696e76383870c4db1798f8bed172b1f544ef3084ff71"
 DIGEST_BEFORE_REPOSITORIES = "1e4198ddd8ef7319bfb891d640b290528627bda4794f618931b9ad9f38680de6"
 
 
@@ -70,6 +72,11 @@ def test_the_key_is_in_the_digest_and_a_recipe_without_repositories_keeps_its_di
     # The digest this recipe had before recipes could name repositories: the
     # layer keys and result cache entries of every existing recipe stay valid.
     assert parse_recipe(HEAD, where).digest() == DIGEST_BEFORE_REPOSITORIES
+    pinned = (
+        'name: img\nversion: "1.0"\nfrom:\n  image: {url: "https://cloud.test/d.qcow2", '
+        f'sha256: "{"a" * 64}"}}\n'
+    )
+    assert parse_recipe(pinned, where).digest() == DIGEST_OF_A_PINNED_BASE
 
 
 @pytest.mark.parametrize(
@@ -79,7 +86,9 @@ def test_the_key_is_in_the_digest_and_a_recipe_without_repositories_keeps_its_di
         ("{uri: 'http://apt.test/x?a=b', suites: [s], key: keys/repo.asc}", "uri", "query"),
         ('{uri: "http://apt.test/x\\nURIs: http://evil.test", suites: [s], key: keys/repo.asc}',
          "uri", "control"),
-        ("{uri: 'http://apt.test/x', suites: [], key: keys/repo.asc}", "suites", "at least one"),
+        ("{uri: 'http://apt.test/x', suites: [], key: keys/repo.asc}", "suites", "1 to 8 suites"),
+        ("{uri: 'http://apt.test/x', suites: [a,b,c,d,e,f,g,h,i], key: keys/repo.asc}", "suites",
+         "1 to 8 suites"),
         ("{uri: 'http://apt.test/x', suites: ['a b'], key: keys/repo.asc}", "suites", "suite"),
         ("{uri: 'http://apt.test/x', suites: [../x], key: keys/repo.asc}", "suites", "suite"),
         ("{uri: 'http://apt.test/x', suites: [s], components: [Main!], key: keys/repo.asc}",

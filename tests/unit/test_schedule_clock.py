@@ -18,6 +18,7 @@ from kiln_common.schedules import Schedule
         ("30 0 3 * * mon-fri", "Europe/Amsterdam", "", "30 0 3 * * mon-fri"),
         ("@daily", "UTC", "", "@daily"),
         ("", "", "90s", "@every 90s"),
+        ("15 0 3 * * *", "", "", "15 0 3 * * *"),
         ("", "", "1d", "@every 86400s"),
     ],
 )
@@ -37,8 +38,10 @@ def test_a_clock_becomes_the_servers_pattern(
         ("0 3 * * $(reboot)", "", "", "is not a cron expression"),
         ("0 3 * * *", "Mars/Olympus", "", "is not a known time zone"),
         ("", "UTC", "1h", "for cron schedules only"),
-        ("", "", "0s", "between 1s and 366d"),
-        ("", "", "400d", "between 1s and 366d"),
+        ("", "", "30s", "between 60s and 366d"),  # the builder's schedule_min_seconds
+        ("", "", "400d", "between 60s and 366d"),
+        ("* 3 * * * *", "", "", "must be one second"),
+        ("*/5 3 * * * *", "", "", "must be one second"),
         ("", "", "soon", "is not a duration"),
     ],
 )

@@ -15,7 +15,10 @@ The parts (the record keeps each, so a person sees what changed):
   packages from, and the same for each suite of the recipe's extra
   repositories (any build), read through the build's egress route;
 - `builder`: the engine's and bootstrap's versions, and the appliance's key
-  when the recipe's edits run in the vm appliance.
+  when the recipe's edits run in the vm appliance;
+- `unpinned`: a customised build that installs packages reads the base
+  image's own apt sources, which cannot be read before the image is open:
+  a value of its own each time, so no two such builds count as the same.
 
 The apt parts also enter the layer keys (the mirror's the bootstrap's, the
 repositories' the packages step's): a source that moved on gives new layers,
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 
 from kiln_builder.base import checksums, marketplace
@@ -89,6 +93,12 @@ async def compute(recipe: Recipe, recipe_digest: str, inputs: Inputs) -> Fingerp
         parts.append(FingerprintPart("base", await base_digest(recipe.from_.image, inputs)))
     for source in apt_sources(recipe, inputs.default_mirror):
         parts.append(FingerprintPart(source.part, await release_digest(source, inputs.route)))
+    if recipe.from_.image is not None and recipe.packages:
+        # Its packages come from the base image's own apt sources, which are
+        # known only once the image is open: such a build is never "the same
+        # inputs" as another (no result cache, no unchanged schedule run).
+        unread = f"the base image's apt sources, read at build time ({secrets.token_hex(6)})"
+        parts.append(FingerprintPart("unpinned", unread))
     parts.append(FingerprintPart("builder", builder_version(inputs.vm)))
     return Fingerprint(digest_of(parts), parts)
 

@@ -34,8 +34,8 @@ def add_schedule_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     when.add_argument("--cron", help="5 fields (or 6, seconds first), or @daily, @hourly...")
     when.add_argument("--every", help="an interval: 30m, 12h, 1d")
     p.add_argument("--tz", default="", help="the cron's time zone (default UTC)")
-    p.add_argument("--pause-after", type=int, default=0,
-                   help="failed runs in a row that pause it (default 3)")  # fmt: skip
+    p.add_argument("--pause-after", type=_pause_after, default=0,
+                   help="failed runs in a row that pause it, 1 to 100 (default 3)")  # fmt: skip
     p.set_defaults(fn=cmd_add)
     for verb, fn, what in (
         ("show", cmd_show, "one schedule"),
@@ -51,6 +51,12 @@ def add_schedule_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     verbs.add_parser("ls", help="the schedules").set_defaults(fn=cmd_ls)
     for p in verbs.choices.values():
         p.add_argument("--json", action="store_true", help="the API's record as JSON")
+
+
+def _pause_after(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number from 1 to 100")
+    return int(text)
 
 
 def _when(value: datetime | None) -> str:

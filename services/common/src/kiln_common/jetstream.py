@@ -213,7 +213,10 @@ async def consume(
                 log.warning("%s cannot fetch: %s", what, translate(exc) or exc)
                 await asyncio.sleep(wait)
                 continue
-            await handle(msgs[0])
+            try:
+                await handle(msgs[0])
+            except Exception:  # the loop outlives one message (unacked: redelivered)
+                log.exception("%s: a message was not handled", what)
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()

@@ -147,13 +147,17 @@ class PublisherCore:
         if not request.build_id:
             raise InvalidArgument("name an artifact id or a build id to publish")
         check_id(request.build_id, "build id")
-        found = [
-            a
-            async for a in self.storage.list({"build-id": request.build_id, KIND_LABEL: IMAGE_KIND})
-        ]
+        labelled = await self._labelled(request.build_id)
+        found = [a async for a in self.storage.list({"build-id": labelled, KIND_LABEL: IMAGE_KIND})]
         if not found:
             raise NotFound(f"build {request.build_id} has no image artifacts in storage")
         return found
+
+    async def _labelled(self, build_id: str) -> str:
+        """The build id its artifacts carry: a result-cache hit's are the
+        artifacts of the build it was cached from (its record's cached_from)."""
+        record = await self.build(build_id)
+        return record.cached_from if record is not None and record.cached_from else build_id
 
     async def build(self, build_id: str) -> Build | None:
         """The builder's record of the build (None: no builder, or it knows
@@ -184,7 +188,8 @@ class PublisherCore:
     async def _sbom_sha256(self, build_id: str) -> str:
         if not build_id:
             return ""
-        async for sbom in self.storage.list({"build-id": build_id, KIND_LABEL: "sbom"}):
+        labelled = await self._labelled(build_id)
+        async for sbom in self.storage.list({"build-id": labelled, KIND_LABEL: "sbom"}):
             return str(sbom.checksums.sha256)
         return ""
 

@@ -136,10 +136,18 @@ READ_SECONDS = 30.0  # a small file (a Release, a checksum file) answers within 
 
 def read_small(url: str, opener: urllib.request.OpenerDirector, max_bytes: int) -> bytes | None:
     """A small file's bytes (blocking: call it in a thread); None if the
-    server has no such file (404, 410). Larger than max_bytes is refused."""
+    server has no such file (404, 410). Larger than max_bytes, or slower than
+    READ_SECONDS in all (a server trickling bytes), is refused."""
+    deadline = time.monotonic() + READ_SECONDS
     try:
         with opener.open(urllib.request.Request(url), timeout=READ_SECONDS) as response:
-            data: bytes = response.read(max_bytes + 1)
+            data = bytearray()
+            while block := response.read1(CHUNK):
+                data += block
+                if len(data) > max_bytes:
+                    raise FailedPrecondition(f"{url} is larger than {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"{url} took longer than {READ_SECONDS:.0f} s to read")
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             return None
@@ -147,9 +155,7 @@ def read_small(url: str, opener: urllib.request.OpenerDirector, max_bytes: int) 
     except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         raise Unavailable(f"cannot read {url}: {reason}") from None
-    if len(data) > max_bytes:
-        raise FailedPrecondition(f"{url} is larger than {max_bytes} bytes")
-    return data
+    return bytes(data)
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")

@@ -108,7 +108,7 @@ async def _schedules(
     and settles scheduled builds' ends."""
     await clock.ensure(shared.js, settings.ack_wait_seconds, settings.nats_replicas)
     store = await ScheduleStore.open(shared.js, settings.nats_replicas)
-    schedules = ScheduleCore(shared.js, store, events)
+    schedules = ScheduleCore(shared.js, store, events, settings.schedule_min_seconds)
     if settings.schedules:
         outcomes = Outcomes(schedules, core, settings.ack_wait_seconds)
         storage = StorageAccess(settings.storage, settings.storage_retry_seconds)

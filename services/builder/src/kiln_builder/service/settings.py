@@ -47,6 +47,9 @@ class BuilderSettings(IdentitySettings):
     schedules: bool = True
     """Take the schedules' ticks and settle scheduled builds' ends here (any
     number of pods may: each tick and each end goes to one of them)."""
+    schedule_min_seconds: int = Field(default=60, ge=1)
+    """The shortest interval a schedule may fire at (`--every`); a cron fires
+    once a minute at most. Each firing reads the recipe's sources."""
     concurrency: int = Field(default=1, ge=1, le=64)
     """Builds this pod runs at the same time."""
     worker_name: str = ""

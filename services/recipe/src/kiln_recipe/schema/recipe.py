@@ -174,8 +174,14 @@ class Recipe(Model):
                 doc["run"][index]["script_sha256"] = file_sha256(self.base_dir / step.script)
         for index, repo in enumerate(self.repositories):
             doc["repositories"][index]["key_sha256"] = file_sha256(self.base_dir / repo.key)
+        # Fields added since a recipe's digest was first kept are left out while
+        # unset: such a recipe keeps the digest (and idempotency keys, layer
+        # keys, Glance recipe_sha256) it always had.
         if not self.repositories:
-            del doc["repositories"]  # a recipe without any keeps the digest it always had
+            del doc["repositories"]
+        image = doc["from"].get("image")
+        if image is not None and image.get("checksums") is None:
+            del image["checksums"]
         canonical = json.dumps(
             {"kiln-recipe": 1, "recipe": doc}, sort_keys=True, separators=(",", ":")
         )

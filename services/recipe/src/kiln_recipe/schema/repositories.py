@@ -15,6 +15,8 @@ from kiln_recipe.schema.base import Model, _beside_recipe, _http_url, _no_repeat
 _SUITE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,63}")
 _COMPONENT_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_REPOSITORIES = 8
+MAX_SUITES = 8  # each is a Release file the fingerprint reads before the build
+MAX_COMPONENTS = 16
 
 
 class Repository(Model):
@@ -35,8 +37,8 @@ class Repository(Model):
     @field_validator("suites")
     @classmethod
     def _suites(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("name at least one suite, such as bookworm")
+        if not value or len(value) > MAX_SUITES:
+            raise ValueError(f"name 1 to {MAX_SUITES} suites, such as bookworm")
         for suite in value:
             if not _SUITE_RE.fullmatch(suite) or ".." in suite.split("/"):
                 raise ValueError(f"{suite[:64]!r} is not a suite name such as bookworm")
@@ -46,8 +48,8 @@ class Repository(Model):
     @field_validator("components")
     @classmethod
     def _components(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("name at least one component, such as main")
+        if not value or len(value) > MAX_COMPONENTS:
+            raise ValueError(f"name 1 to {MAX_COMPONENTS} components, such as main")
         for component in value:
             if not _COMPONENT_RE.fullmatch(component):
                 raise ValueError(f"{component[:64]!r} is not a component name such as main")

@@ -36,7 +36,9 @@ FIRE_PREFIX = "kiln.schedules.fire."
 NOW_PREFIX = "kiln.schedules.now."  # RunSchedule's ticks
 CONSUMER = "schedulers"
 TICK_TTL = "168h"  # a tick not taken in a week is dropped
-MIN_EVERY, MAX_EVERY = 1, 366 * 86400
+MAX_DELIVER = 10  # a tick whose handling never ends (NATS away each time) is dropped
+MAX_EVERY = 366 * 86400
+_SECOND = re.compile(r"[0-9]|[1-5][0-9]")  # a cron's seconds: one second a minute at most
 _PREDEFINED = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,-]{1,64}")
 
@@ -51,22 +53,24 @@ async def ensure(js: JetStreamContext, ack_wait: float, replicas: int = 1) -> No
     consumer = ConsumerConfig(
         durable_name=CONSUMER, filter_subjects=[FIRE_PREFIX + ">", NOW_PREFIX + ">"],
         ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, deliver_policy=DeliverPolicy.ALL,
-        max_ack_pending=64,
+        max_ack_pending=64, max_deliver=MAX_DELIVER,
     )  # fmt: skip
     await js.add_consumer(STREAM, consumer)
 
 
-def pattern(cron: str, time_zone: str, every: str) -> tuple[str, str]:
+def pattern(cron: str, time_zone: str, every: str, min_every: int = 60) -> tuple[str, str]:
     """The Nats-Schedule pattern and time zone of a schedule's clock; an
-    InvalidArgument names what is wrong."""
+    InvalidArgument names what is wrong. A clock fires at most every
+    min_every seconds (an interval), or once a minute (a cron): each firing
+    reads the recipe's sources, and records a run."""
     if bool(cron) == bool(every):
         raise InvalidArgument("give exactly one of cron (with time_zone) and every")
     if every:
         if time_zone:
             raise InvalidArgument("time_zone: for cron schedules only")
         seconds = parse_seconds(every)
-        if not MIN_EVERY <= seconds <= MAX_EVERY:
-            raise InvalidArgument(f"every: {every} is not between 1s and 366d")
+        if not min_every <= seconds <= MAX_EVERY:
+            raise InvalidArgument(f"every: {every} is not between {min_every}s and 366d")
         return f"@every {seconds}s", ""
     if time_zone:
         try:
@@ -83,11 +87,13 @@ def pattern(cron: str, time_zone: str, every: str) -> tuple[str, str]:
             f"cron: {cron[:100]!r} is not a cron expression (5 fields: minute hour day month"
             " weekday, or 6 with seconds first, or @daily, @hourly, @weekly, @monthly, @yearly)"
         )
+    if len(fields) == 6 and not _SECOND.fullmatch(fields[0]):
+        raise InvalidArgument(f"cron: the seconds field {fields[0]!r} must be one second, 0-59")
     return " ".join(["0", *fields] if len(fields) == 5 else fields), time_zone
 
 
 def clock_headers(schedule: Schedule) -> dict[str, str]:
-    when, zone = pattern(schedule.cron, schedule.time_zone, schedule.every)
+    when, zone = pattern(schedule.cron, schedule.time_zone, schedule.every, 0)
     headers = {
         "Nats-Schedule": when, "Nats-Schedule-Target": FIRE_PREFIX + schedule.id,
         "Nats-Schedule-TTL": TICK_TTL, "Nats-Rollup": "sub",

@@ -8,6 +8,7 @@ import builtins
 import logging
 from typing import Any
 
+import nats.js.errors as jerr
 from nats.js import JetStreamContext
 
 from kiln_builder.service.core import may_publish
@@ -33,10 +34,13 @@ def schedule_data(schedule: Schedule, **extra: Any) -> dict[str, Any]:
 
 
 class ScheduleCore:
-    def __init__(self, js: JetStreamContext, store: ScheduleStore, events: Publisher) -> None:
+    def __init__(
+        self, js: JetStreamContext, store: ScheduleStore, events: Publisher, min_every: int = 60
+    ) -> None:
         self.js = js
         self.store = store
         self.events = events
+        self.min_every = min_every  # seconds: the shortest interval a schedule may fire at
 
     async def add(
         self, source: RecipeSource, cron: str = "", time_zone: str = "", every: str = "",
@@ -44,7 +48,7 @@ class ScheduleCore:
     ) -> Schedule:  # fmt: skip
         recipe, digest = bundle.check(source)  # RecipeError: INVALID_ARGUMENT
         may_publish(recipe)  # its builds will be submitted with its maker's role
-        clock.pattern(cron, time_zone, every)  # InvalidArgument before anything is kept
+        clock.pattern(cron, time_zone, every, self.min_every)  # before anything is kept
         if pause_after > MAX_PAUSE_AFTER:
             raise InvalidArgument(f"pause_after: at most {MAX_PAUSE_AFTER}")
         who = caller()
@@ -53,8 +57,15 @@ class ScheduleCore:
             every=every, state=ACTIVE, pause_after=pause_after or DEFAULT_PAUSE_AFTER,
             created=now(), recipe_digest=digest, role=str(who.role) if who else "",
         )  # fmt: skip
-        await self.store.create(schedule, bundle.normalised(source))
-        await clock.start(self.js, schedule)
+        try:  # the clock first: the server has the last word on a cron
+            await clock.start(self.js, schedule)
+        except jerr.BadRequestError as exc:
+            raise InvalidArgument(f"the scheduler refuses the clock: {exc.description}") from None
+        try:
+            await self.store.create(schedule, bundle.normalised(source))
+        except BaseException:
+            await clock.stop(self.js, schedule.id)  # no clock without its schedule
+            raise
         await self.events.publish("schedule.added", schedule.id, schedule_data(schedule))
         log.info("schedule %s added: %s %s", schedule.id, recipe.name, cron or f"every {every}")
         return schedule

@@ -54,44 +54,62 @@ class Outcomes:
                 await self.settle(build)
         except NotFound:
             pass  # no such build: nothing to settle
-        except Unavailable as exc:
-            log.warning("a scheduled build's end put off: %s", exc)
-            return  # comes back
-        except Exception:
+        except Exception as exc:
+            if isinstance(jetstream.translate(exc) or exc, Unavailable):
+                log.warning("a scheduled build's end put off: %s", exc)
+                return  # comes back
             log.exception("a scheduled build's end was not settled")
         await msg.ack()
 
     async def settle(self, build: Build) -> None:
         if build.state not in lifecycle.TERMINAL:
             return
-        try:
-            run = await self.store.run(build.schedule_id, build.schedule_run)
-        except NotFound:
-            return  # the schedule was deleted
-        if run.outcome != RUNNING:
-            return  # settled before (an event taken twice)
         if build.state != BuildState.SUCCEEDED:
             error = build.error.message if build.error else ""
             why = f"build {build.id} {lifecycle.word(build.state)}" + (
                 f": {error}" if error else ""
             )
-            await self.failed(build.schedule_id, run, why)
+            await self.failed(build.schedule_id, build.schedule_run, why, build.id)
             return
-        run.outcome, run.build_id = BUILT, build.id
-        if build.fingerprint is not None:
-            run.fingerprint = build.fingerprint.digest  # as the worker read it
-        await self.store.save_run(run)
+        # As the worker read the inputs: what the next run compares with.
+        digest = build.fingerprint.digest if build.fingerprint is not None else ""
+
+        def built(run: ScheduleRun) -> bool:
+            if run.outcome != RUNNING:
+                return False  # settled before (an event taken twice)
+            run.outcome, run.build_id, run.fingerprint = BUILT, build.id, digest
+            return True
+
+        try:
+            _, changed = await self.store.settle_run(build.schedule_id, build.schedule_run, built)
+        except NotFound:
+            return  # the schedule was deleted
+        if not changed:
+            return
 
         def succeeded(s: Schedule) -> bool:
-            s.last_build, s.last_fingerprint, s.failures = build.id, run.fingerprint, 0
+            s.last_build, s.last_fingerprint, s.failures = build.id, digest, 0
             return True
 
         await self.store.mutate(build.schedule_id, succeeded)
 
-    async def failed(self, schedule_id: str, run: ScheduleRun, why: str) -> None:
-        """The run failed: counted, and the schedule paused at its limit."""
-        run.outcome, run.error = FAILED, why
-        await self.store.save_run(run)
+    async def failed(self, schedule_id: str, number: int, why: str, build_id: str = "") -> None:
+        """The run failed: counted once (the move out of running), and the
+        schedule paused at its limit."""
+
+        def failed(run: ScheduleRun) -> bool:
+            if run.outcome != RUNNING:
+                return False
+            run.outcome, run.error = FAILED, why
+            run.build_id = build_id or run.build_id
+            return True
+
+        try:
+            _, changed = await self.store.settle_run(schedule_id, number, failed)
+        except NotFound:
+            return
+        if not changed:
+            return
 
         def counted(s: Schedule) -> bool:
             s.failures += 1
@@ -99,7 +117,7 @@ class Outcomes:
 
         schedule, _ = await self.store.mutate(schedule_id, counted)
         log.warning("schedule %s run %d failed (%d in a row): %s",
-                    schedule_id, run.number, schedule.failures, why)  # fmt: skip
+                    schedule_id, number, schedule.failures, why)  # fmt: skip
         if schedule.state == ACTIVE and schedule.failures >= schedule.pause_after:
             reason = f"{schedule.failures} runs in a row failed; the last: {why}"
             await self.core.stop(schedule_id, reason)

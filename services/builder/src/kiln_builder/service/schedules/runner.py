@@ -14,6 +14,7 @@ settles the run (outcomes)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
@@ -41,6 +42,8 @@ from kiln_recipe import RecipeError, bundle
 from kiln_recipe.source import RecipeSource
 
 log = logging.getLogger(__name__)
+
+INPUTS_SECONDS = 120.0  # reading a run's inputs (Release files, a base's digest) at most
 
 
 @contextlib.contextmanager
@@ -81,10 +84,11 @@ class Runner:
     async def take(self, msg: Msg) -> None:
         try:
             await self.fire(msg)
-        except Unavailable as exc:  # NATS or storage away: the tick comes back
-            log.warning("schedule tick %s put off: %s", msg.subject, exc)
-            return
-        except Exception:
+        except Exception as exc:
+            if isinstance(jetstream.translate(exc) or exc, Unavailable):
+                # NATS away: the tick comes back (MAX_DELIVER times at most).
+                log.warning("schedule tick %s put off: %s", msg.subject, exc)
+                return
             # Unexpected: acked all the same, so one bad tick does not loop; the
             # next due time fires again.
             log.exception("schedule tick %s failed", msg.subject)
@@ -117,17 +121,20 @@ class Runner:
             await self.decide(schedule, run)
 
     async def decide(self, schedule: Schedule, run: ScheduleRun) -> None:
+        source = await self.store.recipe(schedule.id)
         try:
-            source = await self.store.recipe(schedule.id)
-            found = await self._inputs(schedule, source)
-        except Unavailable:
-            raise
-        except (KilnError, RecipeError, OSError) as exc:
-            await self.outcomes.failed(schedule.id, run, f"its inputs could not be read: {exc}")
+            # The recipe's sources answering late or not at all fail the run
+            # (the next due time tries again): they never hold the clock up.
+            async with asyncio.timeout(INPUTS_SECONDS):
+                found = await self._inputs(schedule, source)
+        except (KilnError, RecipeError, OSError, TimeoutError) as exc:
+            why = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            await self.outcomes.failed(
+                schedule.id, run.number, f"its inputs could not be read: {why}"
+            )
             return
-        run.fingerprint = found.digest
         if schedule.last_fingerprint == found.digest:
-            await self.unchanged(schedule, run)
+            await self.unchanged(schedule, run, found.digest)
             return
         try:
             build = await self.builder.submit(
@@ -136,10 +143,16 @@ class Runner:
         except Unavailable:
             raise
         except KilnError as exc:  # a quota, a role that may no longer publish
-            await self.outcomes.failed(schedule.id, run, f"its build was refused: {exc}")
+            await self.outcomes.failed(schedule.id, run.number, f"its build was refused: {exc}")
             return
-        run.build_id = build.id
-        await self.store.save_run(run)
+
+        def submitted(r: ScheduleRun) -> bool:
+            if r.outcome != RUNNING or r.build_id:
+                return False  # its build ended first (a cached result): settled
+            r.build_id, r.fingerprint = build.id, found.digest
+            return True
+
+        await self.store.settle_run(schedule.id, run.number, submitted)
         log.info("schedule %s run %d: build %s", schedule.id, run.number, build.id)
 
     async def _inputs(self, schedule: Schedule, source: RecipeSource) -> Fingerprint:
@@ -147,16 +160,23 @@ class Runner:
             recipe = bundle.load(source, Path(scratch))
             return await inputs.read(self.settings, self.storage, recipe, schedule.recipe_digest)
 
-    async def unchanged(self, schedule: Schedule, run: ScheduleRun) -> None:
-        run.outcome, run.build_id = UNCHANGED, ""
-        await self.store.save_run(run)
+    async def unchanged(self, schedule: Schedule, run: ScheduleRun, digest: str) -> None:
+        def unchanged(r: ScheduleRun) -> bool:
+            if r.outcome != RUNNING:
+                return False
+            r.outcome, r.build_id, r.fingerprint = UNCHANGED, "", digest
+            return True
+
+        _, changed = await self.store.settle_run(schedule.id, run.number, unchanged)
+        if not changed:
+            return
 
         def succeeded(s: Schedule) -> bool:
             s.failures = 0  # an unchanged run did not fail
             return True
 
         await self.store.mutate(schedule.id, succeeded)
-        data = schedule_data(schedule, run=run.number, fingerprint=run.fingerprint,
+        data = schedule_data(schedule, run=run.number, fingerprint=digest,
                              last_build=schedule.last_build)  # fmt: skip
         await self.core.events.publish("build.skipped", schedule.id, data)
         log.info("schedule %s run %d: inputs unchanged since build %s",

@@ -135,8 +135,26 @@ class ScheduleStore:
             raise NotFound(f"schedule {schedule_id} has no run {number}") from None
         return wire.run_from_bytes(entry.value or b"")
 
-    async def save_run(self, run: ScheduleRun) -> None:
-        await self._runs.put(_run_key(run.schedule_id, run.number), wire.run_bytes(run))
+    async def settle_run(
+        self, schedule_id: str, number: int, change: Callable[[ScheduleRun], bool]
+    ) -> tuple[ScheduleRun, bool]:
+        """Applies change to the run, stored if nothing changed it meanwhile
+        (else read again): a run moves out of `running` once, whoever tries."""
+        key = _run_key(schedule_id, number)
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                entry = await self._runs.get(key)
+            except KeyNotFoundError:
+                raise NotFound(f"schedule {schedule_id} has no run {number}") from None
+            run = wire.run_from_bytes(entry.value or b"")
+            if not change(run):
+                return run, False
+            try:
+                await self._runs.update(key, wire.run_bytes(run), last=int(entry.revision or 0))
+                return run, True
+            except KeyWrongLastSequenceError:
+                continue
+        raise FailedPrecondition(f"run {number} of schedule {schedule_id} is changing too fast")
 
     async def _run_keys(self, schedule_id: str) -> list[str]:
         keys = await jetstream.mapped(lambda: jetstream.kv_keys(self._js, RUNS_BUCKET))
