@@ -84,6 +84,13 @@ def test_a_repeat_returns_the_same_artifacts_at_once_until_one_is_gone(
     assert f"cached from {first['id']}" in shown and first["fingerprint"]["digest"] in shown  # type: ignore[index]
     event = asyncio.run(last_succeeded(Stack.load(Path(env["KILN_HOME"])).nats_url))  # type: ignore[union-attr]
     assert event["id"] == repeat["id"] and event["cached_from"] == first["id"]
+    # The repeat is published as any build is: its artifacts are its origin's.
+    published = json.loads(
+        kiln(env, "publish", str(repeat["id"]), "--marketplace", "--json").stdout
+    )
+    assert published["state"] == "STATE_DONE", published
+    sent = {r["artifact_id"] for r in published["results"]}
+    assert sent and sent <= results(first)
 
     sbom = next(a["artifact_id"] for a in first["artifacts"] if a["kind"] == "sbom")  # type: ignore[index, union-attr]
     kiln(env, "artifact", "rm", str(sbom))
