@@ -20,17 +20,15 @@ from pathlib import Path
 from kiln_builder import fingerprint
 from kiln_builder.checks import CheckReport
 from kiln_builder.cleanup import reclaim_all
-from kiln_builder.egress import EgressPolicy, Route
-from kiln_builder.egress_proxy import EgressProxy
+from kiln_builder.egress import EgressPolicy
 from kiln_builder.engine import Bake, BakeOptions, StepRecord, summary
 from kiln_builder.storage import StorageAccess
-from kiln_common.builds import Fingerprint
 from kiln_common.errors import InvalidArgument, KilnError
 from kiln_common.ids import new_id
 from kiln_common.logs import setup_logging
 from kiln_common.proc import ProcessError
 from kiln_common.settings import default_cache_dir
-from kiln_recipe import Recipe, RecipeError, load_recipe
+from kiln_recipe import RecipeError, load_recipe
 
 WORK_ROOT = Path("/var/tmp/kiln")
 
@@ -137,7 +135,11 @@ async def _bake(args: argparse.Namespace) -> int:
         force_vm_why="asked for with --vm",
         egress=_egress(args),
     )
-    found = await _fingerprint(recipe, options)
+    # The bake's inputs: the mirror's state enters its layer keys, as a builder service's does.
+    found = await fingerprint.read(
+        recipe, recipe.digest(), options.egress, default_mirror=options.default_mirror,
+        storage=options.storage, vm=options.force_vm or recipe.isolation == "vm",
+    )  # fmt: skip
     print(f"fingerprint {found.digest}", file=sys.stderr)
     options = dataclasses.replace(
         options, apt_state=fingerprint.apt_state(found), base_digest=fingerprint.base_part(found)
@@ -164,17 +166,6 @@ async def _bake(args: argparse.Namespace) -> int:
         print(f"{result.tests}  (boot test commands)")
     _print_tests(result.tests)
     return 0
-
-
-async def _fingerprint(recipe: Recipe, options: BakeOptions) -> Fingerprint:
-    """The bake's inputs (kiln_builder.fingerprint): the mirror's state enters
-    its layer keys, as it does a builder service's."""
-    async with EgressProxy(options.egress) as proxy:
-        inputs = fingerprint.Inputs(
-            options.default_mirror, Route(options.egress, proxy.url), options.storage,
-            vm=options.force_vm or recipe.isolation == "vm",
-        )  # fmt: skip
-        return await fingerprint.compute(recipe, recipe.digest(), inputs)
 
 
 def _print_checks(report: CheckReport | None) -> None:

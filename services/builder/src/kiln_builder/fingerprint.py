@@ -36,7 +36,8 @@ from kiln_builder.base import checksums, marketplace
 from kiln_builder.base.download import http_opener, read_small
 from kiln_builder.base.published import describe, need_publisher
 from kiln_builder.bootstrap import BOOTSTRAP_VERSION, resolve_mirror
-from kiln_builder.egress import Route
+from kiln_builder.egress import EgressPolicy, Route
+from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.storage import StorageAccess
 from kiln_common.builds import Fingerprint, FingerprintPart
 from kiln_common.errors import FailedPrecondition
@@ -101,6 +102,19 @@ async def compute(recipe: Recipe, recipe_digest: str, inputs: Inputs) -> Fingerp
         parts.append(FingerprintPart("unpinned", unread))
     parts.append(FingerprintPart("builder", builder_version(inputs.vm)))
     return Fingerprint(digest_of(parts), parts)
+
+
+async def read(
+    recipe: Recipe, recipe_digest: str, policy: EgressPolicy, *, default_mirror: str = "",
+    storage: StorageAccess | None = None, publisher: str | None = None, vm: bool = False,
+) -> Fingerprint:  # fmt: skip
+    """compute(), its sources reached through an egress proxy of its own under
+    policy (the mirrors and checksum files are the recipe's): how a worker, a
+    schedule's run and `kiln-builder bake` read a build's inputs."""
+    async with EgressProxy(policy) as proxy:
+        route = Route(policy, proxy.url)
+        inputs = Inputs(default_mirror, route, storage, publisher, vm)
+        return await compute(recipe, recipe_digest, inputs)
 
 
 def digest_of(parts: list[FingerprintPart]) -> str:

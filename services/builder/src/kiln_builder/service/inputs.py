@@ -7,8 +7,6 @@ build; a schedule's run before it decides whether to build."""
 from __future__ import annotations
 
 from kiln_builder import fingerprint
-from kiln_builder.egress import Route
-from kiln_builder.egress_proxy import EgressProxy
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_common.builds import Fingerprint
@@ -19,9 +17,7 @@ async def read(
     settings: BuilderSettings, storage: StorageAccess, recipe: Recipe, recipe_digest: str
 ) -> Fingerprint:
     vm = recipe.isolation == "vm" or bool(settings.isolation_options().get("force_vm"))
-    async with EgressProxy(settings.egress_policy()) as proxy:
-        inputs = fingerprint.Inputs(
-            settings.default_mirror, Route(proxy.policy, proxy.url), storage,
-            settings.publisher or None, vm,
-        )  # fmt: skip
-        return await fingerprint.compute(recipe, recipe_digest, inputs)
+    return await fingerprint.read(
+        recipe, recipe_digest, settings.egress_policy(), default_mirror=settings.default_mirror,
+        storage=storage, publisher=settings.publisher or None, vm=vm,
+    )  # fmt: skip
