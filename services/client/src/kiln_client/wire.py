@@ -30,6 +30,7 @@ from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_api.storage.v1 import storage_pb2 as spb
 from kiln_common.artifacts import Artifact
 from kiln_common.builds import Build, BuildState, BuildUpdate
+from kiln_common.channels import Channel
 from kiln_common.publications import BaseHeader, Entry, Publication, PublishRequest
 from kiln_common.schedules import Schedule, ScheduleRun
 from kiln_recipe.source import RecipeSource, Validation
@@ -214,6 +215,21 @@ def run_bytes(run: ScheduleRun) -> bytes:
 
 def run_from_bytes(data: bytes) -> ScheduleRun:
     return run_of(pb.ScheduleRun.FromString(data))
+
+
+# ---- channels ------------------------------------------------------------------------------
+
+
+def channel_message(channel: Channel) -> pb.Channel:
+    return to_message(channel, pb.Channel)
+
+
+def channel_of(msg: pb.Channel) -> Channel:
+    return from_message(msg, Channel)
+
+
+def channels_json(channels: list[Channel]) -> str:
+    return "[" + ",".join(message_json(channel_message(c)) for c in channels) + "]"
 
 
 def message_json(msg: Message) -> str:

@@ -4,13 +4,16 @@ published when the build succeeds."""
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import (
     Field,
     field_validator,
+    model_validator,
 )
 
+from kiln_common.channels import check_channel
+from kiln_common.errors import InvalidArgument
 from kiln_recipe.issues import Problem, describe
 from kiln_recipe.schema.base import Model, cloud_name
 
@@ -35,8 +38,25 @@ class GlancePublish(Model):
     min_ram: int = Field(default=0, ge=0)
     keep: int = Field(default=0, ge=0, le=1000)
     retire: RetireAction = "hide"
+    # Follow a channel: the image under `name` is always the build the
+    # channel points at, published when the channel moves, not on success.
+    channel: str | None = None
 
     _cloud = field_validator("cloud")(cloud_name)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        try:
+            return None if value is None else check_channel(value)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        if self.channel is not None and self.name is None:
+            raise Problem("a channel-following target needs a name: the one it keeps", "name")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -11,6 +11,8 @@ from pydantic import (
     model_validator,
 )
 
+from kiln_common.channels import check_channel, check_name
+from kiln_common.errors import InvalidArgument
 from kiln_common.ids import ID_RE
 from kiln_recipe.issues import Problem
 from kiln_recipe.schema.base import (
@@ -76,8 +78,10 @@ class ImageRef(Model):
     artifact: str | None = None
     marketplace: str | None = None
     glance: GlanceRef | None = None
+    # NAME/CHANNEL: the build another recipe's channel points at (the tenant's own).
+    channel: str | None = None
 
-    SOURCES: ClassVar[tuple[str, ...]] = ("url", "artifact", "marketplace", "glance")
+    SOURCES: ClassVar[tuple[str, ...]] = ("url", "artifact", "marketplace", "glance", "channel")
 
     @field_validator("url", "checksums")
     @classmethod
@@ -104,6 +108,27 @@ class ImageRef(Model):
         if value is not None and not _MARKETPLACE_RE.fullmatch(value):
             raise ValueError("expected a marketplace identifier (27 characters of base64url)")
         return value
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name, slash, channel = value.partition("/")
+        if not slash:
+            raise ValueError("expected NAME/CHANNEL: a recipe's name and one of its channels")
+        try:
+            check_name(name)
+            check_channel(channel)
+        except InvalidArgument as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def channel_ref(self) -> tuple[str, str]:
+        """(recipe name, channel) of a channel base."""
+        assert self.channel is not None
+        name, _, channel = self.channel.partition("/")
+        return name, channel
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:

@@ -70,6 +70,282 @@ STEP_STATE_CANCELLED: StepState.ValueType  # 5
 Global___StepState: _TypeAlias = StepState  # noqa: Y015
 
 @_typing.final
+class ChannelRequirement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    channel: _builtins.str
+    """the build must have sat in this channel"""
+    seconds: _builtins.int
+    """for at least this long"""
+    def __init__(
+        self,
+        *,
+        channel: _builtins.str = ...,
+        seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "seconds", b"seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelRequirement: _TypeAlias = ChannelRequirement  # noqa: Y015
+
+@_typing.final
+class ChannelMove(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    build_id: _builtins.str
+    """"" when the channel was left empty"""
+    version: _builtins.str
+    action: _builtins.str
+    """latest | set | fallback | revoked"""
+    by: _builtins.str
+    """who moved it (a token's subject), or kiln"""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        build_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        action: _builtins.str = ...,
+        by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "build_id", b"build_id", "by", b"by", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelMove: _TypeAlias = ChannelMove  # noqa: Y015
+
+@_typing.final
+class Channel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    BUILD_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """the recipe's name"""
+    channel: _builtins.str
+    build_id: _builtins.str
+    """the build it points at ("" none)"""
+    version: _builtins.str
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def requires(self) -> Global___ChannelRequirement: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChannelMove]:
+        """oldest first (the newest 200)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        build_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        requires: Global___ChannelRequirement | None = ...,
+        history: _abc.Iterable[Global___ChannelMove] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requires", b"requires", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build_id", b"build_id", "channel", b"channel", "history", b"history", "name", b"name", "requires", b"requires", "since", b"since", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Channel: _TypeAlias = Channel  # noqa: Y015
+
+@_typing.final
+class SetChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    channel: _builtins.str
+    target: _builtins.str
+    """a build id, or an image version (1.2-7)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "name", b"name", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelRequest: _TypeAlias = SetChannelRequest  # noqa: Y015
+
+@_typing.final
+class ChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    channel: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChannelRequest: _TypeAlias = ChannelRequest  # noqa: Y015
+
+@_typing.final
+class ListChannelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelsRequest: _TypeAlias = ListChannelsRequest  # noqa: Y015
+
+@_typing.final
+class ListChannelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Channel]: ...
+    def __init__(
+        self,
+        *,
+        channels: _abc.Iterable[Global___Channel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChannelsResponse: _TypeAlias = ListChannelsResponse  # noqa: Y015
+
+@_typing.final
+class SetChannelPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    channel: _builtins.str
+    @_builtins.property
+    def requires(self) -> Global___ChannelRequirement:
+        """unset: the channel requires nothing"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        requires: Global___ChannelRequirement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["requires", b"requires"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "name", b"name", "requires", b"requires"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChannelPolicyRequest: _TypeAlias = SetChannelPolicyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCENDANTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    """an image version, or a build id"""
+    descendants: _builtins.bool
+    """also every build made from it, at any depth"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        descendants: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["descendants", b"descendants", "name", b"name", "reason", b"reason", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeVersionRequest: _TypeAlias = RevokeVersionRequest  # noqa: Y015
+
+@_typing.final
+class RevokeVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUILDS_FIELD_NUMBER: _builtins.int
+    CHANNELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def builds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the builds revoked now"""
+
+    @_builtins.property
+    def channels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Channel]:
+        """the channels that moved"""
+
+    def __init__(
+        self,
+        *,
+        builds: _abc.Iterable[_builtins.str] | None = ...,
+        channels: _abc.Iterable[Global___Channel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["builds", b"builds", "channels", b"channels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeVersionResponse: _TypeAlias = RevokeVersionResponse  # noqa: Y015
+
+@_typing.final
 class AddScheduleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -581,6 +857,11 @@ class Build(_message.Message):
     CACHED_FROM_FIELD_NUMBER: _builtins.int
     SCHEDULE_ID_FIELD_NUMBER: _builtins.int
     SCHEDULE_RUN_FIELD_NUMBER: _builtins.int
+    BUILD_NUMBER_FIELD_NUMBER: _builtins.int
+    IMAGE_VERSION_FIELD_NUMBER: _builtins.int
+    ANCESTRY_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REVOKED_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___BuildState.ValueType
     name: _builtins.str
@@ -613,6 +894,11 @@ class Build(_message.Message):
     """the schedule whose run submitted it, if one did"""
     schedule_run: _builtins.int
     """and that run's number"""
+    build_number: _builtins.int
+    """the recipe name's succeeded builds so far, counting this one"""
+    image_version: _builtins.str
+    """the recipe's version and build number: 1.2-7 (orders by the number)"""
+    revoked_reason: _builtins.str
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
     @_builtins.property
@@ -640,6 +926,14 @@ class Build(_message.Message):
     @_builtins.property
     def fingerprint(self) -> Global___Fingerprint:
         """every input, read before the build ran"""
+
+    @_builtins.property
+    def ancestry(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the build its base came from, that build's base's, ..."""
+
+    @_builtins.property
+    def revoked(self) -> _timestamp_pb2.Timestamp:
+        """when its version was revoked (unset: not revoked)"""
 
     def __init__(
         self,
@@ -674,10 +968,15 @@ class Build(_message.Message):
         cached_from: _builtins.str = ...,
         schedule_id: _builtins.str = ...,
         schedule_run: _builtins.int = ...,
+        build_number: _builtins.int = ...,
+        image_version: _builtins.str = ...,
+        ancestry: _abc.Iterable[_builtins.str] | None = ...,
+        revoked: _timestamp_pb2.Timestamp | None = ...,
+        revoked_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "revoked", b"revoked", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "cached_from", b"cached_from", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "schedule_id", b"schedule_id", "schedule_run", b"schedule_run", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accel", b"accel", "ancestry", b"ancestry", "appliance_accel", b"appliance_accel", "artifacts", b"artifacts", "attempt", b"attempt", "base", b"base", "build_number", b"build_number", "cached_from", b"cached_from", "cancel_requested", b"cancel_requested", "checks", b"checks", "created", b"created", "error", b"error", "fingerprint", b"fingerprint", "finished", b"finished", "id", b"id", "idempotency_key", b"idempotency_key", "image_version", b"image_version", "isolation", b"isolation", "isolation_reason", b"isolation_reason", "log_artifact_id", b"log_artifact_id", "name", b"name", "no_cache", b"no_cache", "recipe_digest", b"recipe_digest", "revoked", b"revoked", "revoked_reason", b"revoked_reason", "schedule_id", b"schedule_id", "schedule_run", b"schedule_run", "skip_boot_test", b"skip_boot_test", "started", b"started", "state", b"state", "steps", b"steps", "tenant", b"tenant", "test_commands", b"test_commands", "version", b"version", "worker", b"worker"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -756,3 +756,263 @@ class Schedules:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ChannelsStub:
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.SetChannel = channel.unary_unary(
+                '/kiln.builder.v1.Channels/SetChannel',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+                _registered_method=True)
+        self.GetChannel = channel.unary_unary(
+                '/kiln.builder.v1.Channels/GetChannel',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ChannelRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+                _registered_method=True)
+        self.ListChannels = channel.unary_unary(
+                '/kiln.builder.v1.Channels/ListChannels',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsResponse.FromString,
+                _registered_method=True)
+        self.SetChannelPolicy = channel.unary_unary(
+                '/kiln.builder.v1.Channels/SetChannelPolicy',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelPolicyRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+                _registered_method=True)
+        self.RevokeVersion = channel.unary_unary(
+                '/kiln.builder.v1.Channels/RevokeVersion',
+                request_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionRequest.SerializeToString,
+                response_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionResponse.FromString,
+                _registered_method=True)
+
+
+class ChannelsServicer:
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    def SetChannel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChannel(self, request, context):
+        """The channel with its history (oldest move first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChannels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChannelPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeVersion(self, request, context):
+        """The version leaves every channel (each falls back to its previous build),
+        its builds are marked revoked (the result cache stops serving them, the
+        publisher hides their Glance images and deprecates their entries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ChannelsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'SetChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannel,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.SerializeToString,
+            ),
+            'GetChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChannel,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ChannelRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.SerializeToString,
+            ),
+            'ListChannels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChannels,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsResponse.SerializeToString,
+            ),
+            'SetChannelPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChannelPolicy,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelPolicyRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.SerializeToString,
+            ),
+            'RevokeVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeVersion,
+                    request_deserializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionRequest.FromString,
+                    response_serializer=kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'kiln.builder.v1.Channels', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('kiln.builder.v1.Channels', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Channels:
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    @staticmethod
+    def SetChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Channels/SetChannel',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Channels/GetChannel',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ChannelRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChannels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Channels/ListChannels',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.ListChannelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChannelPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Channels/SetChannelPolicy',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.SetChannelPolicyRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.Channel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kiln.builder.v1.Channels/RevokeVersion',
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionRequest.SerializeToString,
+            kiln__api_dot_builder_dot_v1_dot_builder__pb2.RevokeVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

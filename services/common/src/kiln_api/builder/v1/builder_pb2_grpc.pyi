@@ -266,3 +266,94 @@ class SchedulesServicer(metaclass=_abc_1.ABCMeta):
         """Newest first."""
 
 def add_SchedulesServicer_to_server(servicer: SchedulesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ChannelsStub:
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ChannelsAsyncStub: ...
+    SetChannel: _grpc.UnaryUnaryMultiCallable[_builder_pb2.SetChannelRequest, _builder_pb2.Channel]
+    GetChannel: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ChannelRequest, _builder_pb2.Channel]
+    """The channel with its history (oldest move first)."""
+    ListChannels: _grpc.UnaryUnaryMultiCallable[_builder_pb2.ListChannelsRequest, _builder_pb2.ListChannelsResponse]
+    SetChannelPolicy: _grpc.UnaryUnaryMultiCallable[_builder_pb2.SetChannelPolicyRequest, _builder_pb2.Channel]
+    RevokeVersion: _grpc.UnaryUnaryMultiCallable[_builder_pb2.RevokeVersionRequest, _builder_pb2.RevokeVersionResponse]
+    """The version leaves every channel (each falls back to its previous build),
+    its builds are marked revoked (the result cache stops serving them, the
+    publisher hides their Glance images and deprecates their entries).
+    """
+
+@_typing.type_check_only
+class ChannelsAsyncStub(ChannelsStub):
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    SetChannel: _aio.UnaryUnaryMultiCallable[_builder_pb2.SetChannelRequest, _builder_pb2.Channel]  # type: ignore[assignment]
+    GetChannel: _aio.UnaryUnaryMultiCallable[_builder_pb2.ChannelRequest, _builder_pb2.Channel]  # type: ignore[assignment]
+    """The channel with its history (oldest move first)."""
+    ListChannels: _aio.UnaryUnaryMultiCallable[_builder_pb2.ListChannelsRequest, _builder_pb2.ListChannelsResponse]  # type: ignore[assignment]
+    SetChannelPolicy: _aio.UnaryUnaryMultiCallable[_builder_pb2.SetChannelPolicyRequest, _builder_pb2.Channel]  # type: ignore[assignment]
+    RevokeVersion: _aio.UnaryUnaryMultiCallable[_builder_pb2.RevokeVersionRequest, _builder_pb2.RevokeVersionResponse]  # type: ignore[assignment]
+    """The version leaves every channel (each falls back to its previous build),
+    its builds are marked revoked (the result cache stops serving them, the
+    publisher hides their Glance images and deprecates their entries).
+    """
+
+class ChannelsServicer(metaclass=_abc_1.ABCMeta):
+    """Channels: a named pointer per recipe name (and tenant) to one of its
+    succeeded builds. `latest` moves by itself on every new build; any other
+    channel moves only when asked, and only to a build whose checks and test
+    commands passed, and that sat in the channel it requires for long enough.
+    """
+
+    @_abc_1.abstractmethod
+    def SetChannel(
+        self,
+        request: _builder_pb2.SetChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Channel, _abc.Awaitable[_builder_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def GetChannel(
+        self,
+        request: _builder_pb2.ChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Channel, _abc.Awaitable[_builder_pb2.Channel]]:
+        """The channel with its history (oldest move first)."""
+
+    @_abc_1.abstractmethod
+    def ListChannels(
+        self,
+        request: _builder_pb2.ListChannelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.ListChannelsResponse, _abc.Awaitable[_builder_pb2.ListChannelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetChannelPolicy(
+        self,
+        request: _builder_pb2.SetChannelPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.Channel, _abc.Awaitable[_builder_pb2.Channel]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeVersion(
+        self,
+        request: _builder_pb2.RevokeVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_builder_pb2.RevokeVersionResponse, _abc.Awaitable[_builder_pb2.RevokeVersionResponse]]:
+        """The version leaves every channel (each falls back to its previous build),
+        its builds are marked revoked (the result cache stops serving them, the
+        publisher hides their Glance images and deprecates their entries).
+        """
+
+def add_ChannelsServicer_to_server(servicer: ChannelsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
