@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from kiln_builder.base import checksums, marketplace
 from kiln_builder.base.download import http_opener, read_small
+from kiln_builder.base.fetch import CHANNEL_NEEDS_SERVICE
 from kiln_builder.base.published import describe, need_publisher
 from kiln_builder.bootstrap import BOOTSTRAP_VERSION, resolve_mirror
 from kiln_builder.egress import EgressPolicy, Route
@@ -146,6 +147,8 @@ def builder_version(vm: bool) -> str:
 
 
 async def base_digest(ref: ImageRef, inputs: Inputs) -> str:
+    if ref.channel is not None:
+        raise FailedPrecondition(CHANNEL_NEEDS_SERVICE)
     if ref.url is not None and ref.checksums is not None:
         # The release's current image: the download is verified against it.
         return await checksums.pinned_digest(ref.url, ref.checksums, inputs.route)

@@ -251,6 +251,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ancestor(client: BuilderClient, build_id: str) -> str:
+    """A base's build as `id (name version)`, or its id alone once it is gone."""
+    try:
+        base = client.get(build_id)
+    except KilnError:
+        return build_id
+    return f"{build_id} ({base.name} {base.image_version or base.version})"
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.get(args.id)
@@ -263,8 +272,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     print(f"digest      {b.recipe_digest}\ncreated     {_when(b)}\ntook        {_took(b)}")
     print(f"worker      {b.worker or '-'} (attempt {b.attempt})")
+    if b.image_version:
+        print(f"version     {b.image_version} (build {b.build_number} of {b.name})")
+    if b.revoked is not None:
+        print(f"revoked     {b.revoked.astimezone(UTC):%Y-%m-%d %H:%M:%S}: {b.revoked_reason}")
     if b.cached_from:
         print(f"cached from {b.cached_from} (the same inputs: its artifacts)")
+    if b.ancestry:
+        with _client() as client:
+            print("ancestry    " + " <- ".join(_ancestor(client, i) for i in b.ancestry))
     if b.fingerprint is not None:
         print(f"fingerprint {b.fingerprint.digest}")
         for part in b.fingerprint.parts:

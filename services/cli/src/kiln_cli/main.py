@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
+from kiln_cli.channel_cmd import add_channel_parsers
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.schedule_cmd import add_schedule_parsers
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_parser(sub)
     add_publish_parsers(sub)
     add_schedule_parsers(sub)
+    add_channel_parsers(sub)
     add_token_parsers(sub)
     return parser
 

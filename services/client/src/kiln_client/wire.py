@@ -228,6 +228,15 @@ def channel_of(msg: pb.Channel) -> Channel:
     return from_message(msg, Channel)
 
 
+def channels_bytes(channels: list[Channel]) -> bytes:
+    reply = pb.ListChannelsResponse(channels=[channel_message(c) for c in channels])
+    return reply.SerializeToString()
+
+
+def channels_from_bytes(data: bytes) -> list[Channel]:
+    return [channel_of(c) for c in pb.ListChannelsResponse.FromString(data).channels]
+
+
 def channels_json(channels: list[Channel]) -> str:
     return "[" + ",".join(message_json(channel_message(c)) for c in channels) + "]"
 

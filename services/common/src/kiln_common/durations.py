@@ -15,3 +15,15 @@ def parse_seconds(text: str) -> int:
     if found is None:
         raise InvalidArgument(f"{text!r} is not a duration like 90s, 15m, 1h or 7d")
     return int(found.group(1)) * _UNITS[found.group(2)]
+
+
+def describe(seconds: int) -> str:
+    """Seconds written back the way people write them: 90s, 15m, 1h30m, 2d."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts[:2])  # the two largest units say enough

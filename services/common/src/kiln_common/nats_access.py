@@ -55,11 +55,13 @@ OWNED: dict[str, Owned] = {
             "kiln.schedules.>", "kiln.events.schedule.>",
             "$KV.kiln_schedules.>", "$KV.kiln_schedule_runs.>", "$O.kiln_schedule_recipes.>",
             *_events_consumer(SCHEDULE_OUTCOMES),
+            # Channels: their pointers and build numbers, and their moves.
+            "$KV.kiln_channels.>", "kiln.events.channel.>",
         ),
         streams=(
             "KILN_BUILD_QUEUE", "KILN_BUILD_UPDATES", "KV_kiln_builds", "KV_kiln_build_keys",
             "KV_kiln_build_results", "OBJ_kiln_recipes", "KILN_SCHEDULES", "KV_kiln_schedules",
-            "KV_kiln_schedule_runs", "OBJ_kiln_schedule_recipes",
+            "KV_kiln_schedule_runs", "OBJ_kiln_schedule_recipes", "KV_kiln_channels",
         ),
     ),
     # Storage alone writes the token bucket (the Tokens API's create and

@@ -19,6 +19,11 @@ from kiln_recipe.schema import ImageRef
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_LIMITS = FetchLimits()
+# The builder service makes a channel base its build's artifact before a bake.
+CHANNEL_NEEDS_SERVICE = (
+    "from.image.channel names another recipe's channel, which only the builder service"
+    " knows: build it with `kiln build`"
+)
 
 
 def prune_bases(cache_dir: Path, max_bytes: int) -> list[Path]:
@@ -49,6 +54,8 @@ async def fetch_base(
     locations, which its endorser signed. followed: for a URL that follows
     its release's checksum file, the digest the build's fingerprint read
     there ("sha512:HEX"); read now if not given."""
+    if ref.channel is not None:
+        raise FailedPrecondition(CHANNEL_NEEDS_SERVICE)
     if ref.url is not None:
         if ref.checksums is not None:
             digest = followed or await checksums.pinned_digest(ref.url, ref.checksums, route)

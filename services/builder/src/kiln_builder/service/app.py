@@ -12,6 +12,9 @@ import grpc
 
 from kiln_api.builder.v1 import builder_pb2, builder_pb2_grpc
 from kiln_builder.cleanup import reclaim_all
+from kiln_builder.service.channels.core import ChannelCore
+from kiln_builder.service.channels.servicer import ChannelsServicer
+from kiln_builder.service.channels.store import ChannelStore
 from kiln_builder.service.core import BuilderCore, Nats
 from kiln_builder.service.index import BuildIndex
 from kiln_builder.service.queue import QueuePolicy
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = builder_pb2.DESCRIPTOR.services_by_name["Builder"].full_name
 SCHEDULES_NAME = builder_pb2.DESCRIPTOR.services_by_name["Schedules"].full_name
+CHANNELS_NAME = builder_pb2.DESCRIPTOR.services_by_name["Channels"].full_name
 
 
 @dataclass
@@ -79,6 +83,8 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     index.start()
     held.close_with(index.stop)
     core = BuilderCore(shared, events, index, Quotas(settings.quotas))
+    channels = ChannelCore(core, await ChannelStore.open(shared.js, settings.nats_replicas), events)
+    core.channels = channels  # the worker numbers builds, moves latest, resolves channel bases
     schedules = await _schedules(settings, shared, events, core, held)
 
     identities = guard(settings, shared.js)
@@ -87,9 +93,10 @@ async def _build(settings: BuilderSettings, held: Held) -> BuilderApp:
     def register(server: grpc.aio.Server) -> None:
         builder_pb2_grpc.add_BuilderServicer_to_server(BuilderServicer(core), server)
         builder_pb2_grpc.add_SchedulesServicer_to_server(SchedulesServicer(schedules), server)
+        builder_pb2_grpc.add_ChannelsServicer_to_server(ChannelsServicer(channels), server)
         identities.register(server)
 
-    names = [SERVICE_NAME, SCHEDULES_NAME]
+    names = [SERVICE_NAME, SCHEDULES_NAME, CHANNELS_NAME]
     grpc_server, _ = service_server(settings, names, register, identities.interceptors)
     app = BuilderApp(settings, core, grpc_server, held)
     if settings.worker:

@@ -9,7 +9,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
@@ -17,6 +17,9 @@ from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from kiln_builder.service import queue, updates
+
+if TYPE_CHECKING:
+    from kiln_builder.service.channels.core import ChannelCore
 from kiln_builder.service.index import BuildIndex, Wanted
 from kiln_builder.service.records import BuildRecords, missing, same_recipe
 from kiln_client import wire
@@ -95,6 +98,7 @@ class BuilderCore:
         self.index = index
         self.quotas = quotas or Quotas({})
         self._queues: set[str] = set()  # tenants whose queue this pod has made sure of
+        self.channels: ChannelCore | None = None  # set by the app: versions and channels
 
     # ---- recipes ---------------------------------------------------------------------
 

@@ -64,8 +64,10 @@ class Ending:
         else:
             ended = outcome.of_attempt(state, error, stored, log_artifact, job.accel, job.bake)
         await self.finish(job.build_id, ended)
-        if state == BuildState.SUCCEEDED and job.inputs and job.cached is None:
-            await self.remember(job)
+        if state == BuildState.SUCCEEDED and job.cached is None:
+            if job.inputs:
+                await self.remember(job)
+            await self.follow(job)
         await job.msg.ack() if state != BuildState.FAILED else await job.msg.term()
 
     async def remember(self, job: Job) -> None:
@@ -76,6 +78,16 @@ class Ending:
             await self.core.records.remember(job.reporter.build.tenant, job.inputs, job.build_id)
         except Exception as exc:  # noqa: BLE001 - the build has succeeded all the same
             log.warning("build %s: result not recorded for the cache: %s", job.build_id, exc)
+
+    async def follow(self, job: Job) -> None:
+        """`latest` moves to the new build; a failure to move it leaves the
+        build succeeded all the same (latest moves on with the next one)."""
+        if self.core.channels is None:
+            return
+        try:
+            await self.core.channels.follow(await self.core.records.get(job.build_id))
+        except Exception as exc:  # noqa: BLE001 - the build has succeeded all the same
+            log.warning("build %s: latest not moved: %s", job.build_id, exc)
 
     async def remove_partial(self, job: Job) -> None:
         """Removes what this failed or stopped attempt stored. Storage may be

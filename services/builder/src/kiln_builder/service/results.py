@@ -3,8 +3,8 @@ succeeded build's ends at once, as its own record pointing to that build's
 artifacts (no copy), `cached_from` naming it. Per tenant, like the artifacts.
 
 A recorded result is served only while it is still whole: its build
-succeeded and every one of its artifacts is still stored (one deleted, and
-the next build of those inputs builds anew)."""
+succeeded, was not revoked, and every one of its artifacts is still stored
+(one deleted, and the next build of those inputs builds anew)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ async def find(
     except NotFound:
         return None
     if earlier.state != BuildState.SUCCEEDED or earlier.tenant != build.tenant:
+        return None
+    if earlier.revoked is not None:
+        log.info("result of build %s not used: it was revoked", earlier.id)
         return None
     async with storage.client() as client:
         for artifact in cached_artifacts(earlier):

@@ -25,7 +25,7 @@ from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import inputs, queue, results
-from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
+from kiln_builder.service.artifacts import VERSION_LABEL, BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.ending import Ending
 from kiln_builder.service.job import Job
@@ -283,8 +283,10 @@ class Worker:
                     "attempt %d: removed %d artifacts of earlier attempts", job.attempt, removed
                 )
             boot_test = self.settings.boot_test and not build.skip_boot_test
+            recipe = await self._based(job, recipe, build)
             found = await self._fingerprint(job, recipe, build, boot_test)
             if job.cached is not None:
+                await self._numbered(job, job.cached.build_number, job.cached.image_version)
                 return cached_artifacts(job.cached)
             options = BakeOptions(
                 out_dir=workspace / "out",
@@ -310,6 +312,50 @@ class Worker:
             job.steps = bake.steps
             result = await bake.run()
             return await self._upload(job, build, result)
+
+    async def _based(self, job: Job, recipe: Recipe, build: Build) -> Recipe:
+        """The recipe with a channel base made the build it points at now, and
+        the chain of builds under its base recorded as the build's ancestry."""
+        based = await inputs.resolve_base(recipe, build.tenant, self.core.channels, self._storage)
+        if based.ancestry:
+            assert job.reporter is not None
+            job.reporter.log("base: built by " + " <- ".join(based.ancestry))
+
+            def record(b: Build) -> bool:
+                if not lifecycle.held_by(b, self.name, job.attempt):
+                    return False
+                b.ancestry = list(based.ancestry)
+                return True
+
+            await self.core.records.mutate(job.build_id, record)
+        return based.recipe
+
+    async def _numbered(self, job: Job, number: int, version: str) -> None:
+        """Records the build's number and image version, and labels its artifacts with it."""
+        assert job.artifacts is not None
+
+        def record(b: Build) -> bool:
+            if not lifecycle.held_by(b, self.name, job.attempt):
+                return False
+            b.build_number, b.image_version = number, version
+            return True
+
+        await self.core.records.mutate(job.build_id, record)
+        job.artifacts.labels[VERSION_LABEL] = version
+
+    async def _number(self, job: Job, build: Build) -> None:
+        """A build that made its image gets the name's next number (an earlier
+        attempt's, if one got one) before its artifacts are stored."""
+        if self.core.channels is None:
+            return
+        current = await self.core.records.get(job.build_id)
+        if current.build_number:
+            number, version = current.build_number, current.image_version
+        else:
+            number, version = await self.core.channels.number(build)
+        await self._numbered(job, number, version)
+        assert job.reporter is not None
+        job.reporter.log(f"version {version} (build {number} of {build.name})")
 
     async def _fingerprint(
         self, job: Job, recipe: Recipe, build: Build, boot_test: bool
@@ -337,6 +383,7 @@ class Worker:
         assert job.reporter is not None and job.artifacts is not None
         if result.base is not None:
             job.artifacts.labels.update(base_labels(result.base))
+        await self._number(job, build)
         files = [Upload(o.path, "image", _spec(o)) for o in result.outputs]
         files.append(Upload(result.sbom, "sbom", "spdx.json"))
         if result.checks is not None and result.checks.path is not None:

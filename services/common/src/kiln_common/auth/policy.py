@@ -12,6 +12,7 @@ OPEN: Final = "open"
 
 _BUILDER = "/kiln.builder.v1.Builder/"
 _SCHEDULES = "/kiln.builder.v1.Schedules/"
+_CHANNELS = "/kiln.builder.v1.Channels/"
 _STORAGE = "/kiln.storage.v1.Storage/"
 _PUBLISHER = "/kiln.publisher.v1.Publisher/"
 _TOKENS = "/kiln.auth.v1.Tokens/"
@@ -36,6 +37,9 @@ METHODS: dict[str, Verb | str] = {
     },
     **{_SCHEDULES + m: Verb.BUILD for m in _SCHEDULE_CHANGES},
     **{_SCHEDULES + m: Verb.READ for m in ("GetSchedule", "ListSchedules", "ListScheduleRuns")},
+    # Moving a channel publishes (its followers are published); revoking unpublishes.
+    **{_CHANNELS + m: Verb.PUBLISH for m in ("SetChannel", "SetChannelPolicy", "RevokeVersion")},
+    **{_CHANNELS + m: Verb.READ for m in ("GetChannel", "ListChannels")},
     **{_STORAGE + m: Verb.WRITE for m in _STORAGE_WRITES},
     _STORAGE + "DeleteArtifact": Verb.DELETE,
     **{

@@ -180,8 +180,12 @@ class Recipe(Model):
         if not self.repositories:
             del doc["repositories"]
         image = doc["from"].get("image")
-        if image is not None and image.get("checksums") is None:
-            del image["checksums"]
+        for added in ("checksums", "channel"):
+            if image is not None and image.get(added) is None:
+                del image[added]
+        for target in (doc.get("publish") or {}).get("glance") or []:
+            if target.get("channel") is None:
+                del target["channel"]
         canonical = json.dumps(
             {"kiln-recipe": 1, "recipe": doc}, sort_keys=True, separators=(",", ":")
         )

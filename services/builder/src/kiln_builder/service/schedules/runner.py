@@ -158,7 +158,13 @@ class Runner:
     async def _inputs(self, schedule: Schedule, source: RecipeSource) -> Fingerprint:
         with tempfile.TemporaryDirectory(prefix="kiln-schedule-") as scratch:
             recipe = bundle.load(source, Path(scratch))
-            return await inputs.read(self.settings, self.storage, recipe, schedule.recipe_digest)
+            # A channel base is read as the build its channel points at now.
+            based = await inputs.resolve_base(
+                recipe, schedule.tenant, self.builder.channels, self.storage
+            )
+            return await inputs.read(
+                self.settings, self.storage, based.recipe, schedule.recipe_digest
+            )
 
     async def unchanged(self, schedule: Schedule, run: ScheduleRun, digest: str) -> None:
         def unchanged(r: ScheduleRun) -> bool:
