@@ -40,7 +40,7 @@ class ChannelStore:
 
     async def _entry(self, tenant: str, name: str) -> tuple[list[Channel], int | None]:
         try:
-            entry = await jetstream.mapped(lambda: self._kv.get(_key("c", tenant, name)))
+            entry = await self._kv.get(_key("c", tenant, name))
         except KeyNotFoundError:
             return [], None
         return wire.channels_from_bytes(entry.value or b""), int(entry.revision or 0)
