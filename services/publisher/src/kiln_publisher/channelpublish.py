@@ -76,7 +76,7 @@ async def handle(core: PublisherCore, build_id: str, data: dict[str, Any]) -> st
 
 async def _one(core: PublisherCore, msg: Msg) -> None:
     event = from_json(msg.data)
-    data = consumers.data_of(event)
+    data = consumers.data_of(msg.data)
     try:
         publication = channel_publication_id(event.subject, str(data.get("channel", "")))
     except KilnError as exc:  # not a build id or channel: no event of the builder's

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import json_format
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from kiln_api.events.v1 import events_pb2
 from kiln_common import jetstream
 from kiln_common.events import STREAM
 
@@ -55,6 +54,8 @@ async def in_hand(msg: Msg) -> AsyncIterator[None]:
         beat.cancel()
 
 
-def data_of(event: events_pb2.Event) -> dict[str, Any]:
-    """The event's data as plain values ({} if it has none)."""
-    return json_format.MessageToDict(event.data) if event.HasField("data") else {}
+def data_of(raw: bytes) -> dict[str, Any]:
+    """An event's data as plain JSON values ({} if it has none), read from its
+    JSON envelope (protobuf stays at the edges: kiln_common.events parses it)."""
+    data = json.loads(raw).get("data")
+    return data if isinstance(data, dict) else {}

@@ -11,9 +11,10 @@ import pytest
 
 from kiln_common.builds import Build, BuildState
 from kiln_common.errors import InvalidArgument
+from kiln_common.events import from_json, make_event, to_json
 from kiln_common.ids import new_id
 from kiln_common.publications import Publication
-from kiln_publisher import autopublish, facts
+from kiln_publisher import autopublish, consumers, facts
 from kiln_publisher.model import channel_publication_id, record_key
 from kiln_publisher.targets import Request, following, on_success, revoke_how
 from kiln_recipe.schema import Publish
@@ -95,3 +96,10 @@ async def test_a_recipe_with_only_channel_targets_is_skipped_on_success() -> Non
     core = FakeCore(only)
     assert await autopublish.handle(core, new_id()) == "skipped"  # type: ignore[arg-type]
     assert core.published == []
+
+
+def test_a_channel_moved_events_data_is_read_from_its_envelope() -> None:
+    build = new_id()
+    data = {"name": "web", "channel": "stable", "version": "1.2-7", "previous": "", "tenant": "t"}
+    raw = to_json(make_event("channel.moved", build, data, "kiln-builder"))
+    assert from_json(raw).subject == build and consumers.data_of(raw) == data
