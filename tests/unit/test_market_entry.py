@@ -3,6 +3,7 @@ field checks a document from outside goes through."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 
@@ -77,6 +78,23 @@ def test_a_malformed_entry_is_refused(change: dict[str, object], complaint: str)
     data = {**new_entry(facts_for(b"image"), ENDORSER, NOW, timedelta(days=1)).to_dict(), **change}
     with pytest.raises(InvalidArgument, match=complaint):
         Entry.from_dict(data)
+
+
+def test_an_entry_with_no_version_leaves_it_out_of_its_document() -> None:
+    entry = new_entry(facts_for(b"image"), ENDORSER, NOW, timedelta(days=1))
+    # As entries signed before versions existed: no key at all, so their
+    # canonical bytes, and so their signatures, are what they were.
+    assert entry.version is None and "version" not in entry.to_dict()
+    assert Entry.from_dict(entry.to_dict()) == entry
+
+
+def test_an_image_version_is_kept_and_round_trips() -> None:
+    facts = dataclasses.replace(facts_for(b"image"), version="1.2-7")
+    entry = new_entry(facts, ENDORSER, NOW, timedelta(days=1))
+    assert entry.version == "1.2-7" and entry.to_dict()["version"] == "1.2-7"
+    assert Entry.from_dict(entry.to_dict()) == entry
+    with pytest.raises(InvalidArgument, match="version must be a string"):
+        Entry.from_dict({**entry.to_dict(), "version": 7})
 
 
 def test_a_missing_field_is_refused() -> None:

@@ -4,6 +4,7 @@ each reason a verifier refuses one."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import stat
 from datetime import UTC, datetime, timedelta
@@ -51,6 +52,29 @@ def test_a_signed_entry_verifies_offline_with_the_public_key_only(tmp_path: Path
     ring = endorser_ring(tmp_path)
     signed = signed_entry(ring)
     assert verify(signed.document, public_only(ring)) == signed.entry
+
+
+def test_an_entry_signed_before_versions_existed_still_verifies(tmp_path: Path) -> None:
+    ring = endorser_ring(tmp_path)
+    signer = ring.signer(ENDORSER)
+    entry = new_entry(facts_for(b"image"), Endorser(signer.email, signer.kid), NOW,
+                      timedelta(days=1))  # fmt: skip
+    old = entry.to_dict()
+    assert "version" not in old  # signed without the field, as old documents were
+    assert verify(sign(entry, signer).document, public_only(ring)).version is None
+
+
+def test_a_signed_version_cannot_be_changed_or_removed(tmp_path: Path) -> None:
+    ring = endorser_ring(tmp_path)
+    signer = ring.signer(ENDORSER)
+    facts = dataclasses.replace(facts_for(b"image"), version="1.2-7")
+    entry = new_entry(facts, Endorser(signer.email, signer.kid), NOW, timedelta(days=1))
+    document = sign(entry, signer).document
+    assert verify(document, public_only(ring)).version == "1.2-7"
+    assert rejected(edited(document, version="1.2-8"), ring) == "bad-signature"
+    outer = json.loads(document)
+    del outer["entry"]["version"]
+    assert rejected(json.dumps(outer).encode(), ring) == "bad-signature"
 
 
 def test_the_document_is_plain_json_with_a_detached_jws_over_canonical_json(tmp_path: Path) -> None:

@@ -65,6 +65,15 @@ def test_an_image_source_carries_glance_and_kiln_properties() -> None:
     assert props["kiln_build_id"] == "b1" and props["kiln_artifact_id"] == "a1"
     assert props["kiln_recipe_sha256"] == "e" * 64 and props["kiln_sbom_sha256"] == "9" * 64
     assert props["kiln_base_sha256"] == "f" * 64
+    assert "kiln_version" not in props  # an artifact stored before versions has no label
+
+
+def test_the_image_version_label_becomes_kiln_version_and_the_entrys_version() -> None:
+    labelled = artifact(**{"kiln-version": "2-7"})
+    source = facts.image_source(labelled, "http://x", nothing, recipe())
+    assert source.properties["kiln_version"] == "2-7"
+    assert facts.image_facts(labelled, (), recipe(), "ops@example.org").version == "2-7"
+    assert facts.image_facts(artifact(), (), recipe(), "ops@example.org").version == ""
 
 
 def test_glance_takes_only_disk_images() -> None:

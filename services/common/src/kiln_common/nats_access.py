@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 SERVICES = ("builder", "storage", "publisher")
 AUTO_PUBLISH = "kiln-publisher-auto"  # the publisher's consumer (kiln_publisher.autopublish)
+CHANNEL_PUBLISH = "kiln-publisher-channels"  # the publisher's (kiln_publisher.channelpublish)
+REVOKE = "kiln-publisher-revoke"  # the publisher's (kiln_publisher.revoke)
 SCHEDULE_OUTCOMES = "kiln-schedule-outcomes"  # the builder's (service.schedules.outcomes)
 ADMIN = "admin"
 
@@ -74,8 +76,11 @@ OWNED: dict[str, Owned] = {
             "kiln.events.image.>", "kiln.events.entry.>",
             "$KV.KILN_MARKET.>", "$KV.KILN_MARKET_NEWEST.>", "$KV.KILN_MARKET_OWNERS.>",
             "$KV.KILN_PUBLICATIONS.>",
-            # Its durable consumer of build.succeeded on the shared events stream.
+            # Its durable consumers on the shared events stream: build.succeeded,
+            # channel.moved, build.revoked.
             *_events_consumer(AUTO_PUBLISH),
+            *_events_consumer(CHANNEL_PUBLISH),
+            *_events_consumer(REVOKE),
         ),
         streams=(
             "KV_KILN_MARKET", "KV_KILN_MARKET_NEWEST", "KV_KILN_MARKET_OWNERS",

@@ -35,6 +35,9 @@ _TEXT_FIELDS = (
     "valid_until",
     "sbom_sha256",
 )
+# Text fields an entry may leave out: entries signed before they existed
+# have none, and their signed bytes (canonical JSON of to_dict) must not change.
+_OPTIONAL_TEXT_FIELDS = ("version",)
 _HEX = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 
 
@@ -102,6 +105,7 @@ class ImageFacts:
     creator: str
     locations: tuple[str, ...]
     sbom_sha256: str
+    version: str = ""  # the image version (the build's kiln-version, e.g. 1.2-7), if known
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class Entry:
     locations: tuple[str, ...]
     sbom_sha256: str
     schema: str = SCHEMA
+    # Optional (None: not in the document, as in entries signed before it existed).
+    version: str | None = None
 
     def status(self, now: datetime | None = None) -> str:
         if self.deprecated:
@@ -162,6 +168,9 @@ class Entry:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["locations"] = list(self.locations)
+        for name in _OPTIONAL_TEXT_FIELDS:
+            if data[name] is None:
+                del data[name]  # absent, not null: an old entry re-canonicalises byte for byte
         return data
 
     @classmethod
@@ -191,6 +200,9 @@ class Entry:
                 raise InvalidArgument(f"entry field {name} must be true or false")
         for name in _TEXT_FIELDS:
             if not isinstance(getattr(self, name), str):
+                raise InvalidArgument(f"entry field {name} must be a string")
+        for name in _OPTIONAL_TEXT_FIELDS:
+            if not isinstance(getattr(self, name), str | None):
                 raise InvalidArgument(f"entry field {name} must be a string")
         for name, length in _HEX.items():
             value = getattr(self.checksums, name)
@@ -236,6 +248,7 @@ def new_entry(facts: ImageFacts, endorser: Endorser, now: datetime, valid_for: t
         expired=False,
         locations=tuple(facts.locations),
         sbom_sha256=facts.sbom_sha256,
+        version=facts.version or None,
     )
     entry.check()
     return entry

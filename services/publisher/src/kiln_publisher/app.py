@@ -1,6 +1,7 @@
 """Assembles the publisher from its settings: NATS (publications, entries,
-events, the build.succeeded consumer), storage, Glance from clouds.yaml, the
-marketplace with its keyring and HTTP app, the expiry sweep and gRPC."""
+events, the build.succeeded, channel.moved and build.revoked consumers),
+storage, Glance from clouds.yaml, the marketplace with its keyring and HTTP
+app, the expiry sweep and gRPC."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import grpc
 
 from kiln_api.publisher.v1 import publisher_pb2, publisher_pb2_grpc
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_client.channels import AsyncChannelsClient
 from kiln_client.credentials import serve_with
 from kiln_common import jetstream
 from kiln_common.auth.serving import guard
@@ -26,7 +28,7 @@ from kiln_common.grpc_server import GrpcServer, service_server
 from kiln_common.held import Held
 from kiln_common.outbox import Outbox
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
-from kiln_publisher import autopublish
+from kiln_publisher import autopublish, channelpublish, revoke
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, make_app
@@ -180,8 +182,11 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     storage = AsyncStorageClient(settings.storage)
     held.close_with(storage.close)
     builder = AsyncBuilderClient(settings.builder) if settings.builder else None
-    if builder is not None:
+    # The builder serves the Channels API on its own address, to the same token.
+    channels = AsyncChannelsClient(settings.builder) if settings.builder else None
+    if builder is not None and channels is not None:
         held.close_with(builder.close)
+        held.close_with(channels.close)
     else:
         log.warning("no builder address (KILN_PUBLISHER_BUILDER): builds' recipes are unknown")
     if settings.local_endorser:
@@ -198,6 +203,7 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         glance_publisher(settings.clouds_file()),
         market,
         builder=builder,
+        channels=channels,
         default_endorser=default_endorser(settings, keys),
         url_seconds=settings.url_seconds,
         replicas=settings.nats_replicas,
@@ -226,6 +232,9 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     ]
     if settings.auto_publish:
         jobs.append(autopublish.run(core, js))
+        jobs.append(channelpublish.run(core, js))
+    # Revocation is not optional: a revoked build's images must not stay in use.
+    jobs.append(revoke.run(core, js))
     if market is not None and settings.keyring_reload_seconds:
         jobs.append(_keyring_watcher(settings, core, market, seen))
     held.run(*jobs)

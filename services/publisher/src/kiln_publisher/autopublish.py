@@ -24,7 +24,8 @@ from kiln_common.errors import KilnError, Unauthenticated, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
 from kiln_common.nats_access import AUTO_PUBLISH
 from kiln_publisher.core import PublisherCore
-from kiln_publisher.targets import Request
+from kiln_publisher.model import AUTO_PREFIX
+from kiln_publisher.targets import Request, on_success
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def publication_id(build_id: str) -> str:
-    return f"auto-{build_id}"
+    return f"{AUTO_PREFIX}{build_id}"
 
 
 async def ensure(js: JetStreamContext) -> None:
@@ -67,11 +68,13 @@ async def handle(core: PublisherCore, build_id: str) -> str:
                     " succeeded: ignored", build_id)  # fmt: skip
         return "ignored"
     recipe = await core.recipe_of(build_id)
-    if not recipe.publish.targets:
+    # Channel-following Glance targets wait for their channel (channelpublish).
+    publish = on_success(recipe.publish)
+    if not publish.targets:
         return "skipped"
     # The build's tenant publishes it: its targets, its artifacts only.
     pub = await core.publish(
-        Request(build_id=build_id, publish=recipe.publish), publication_id(build_id), build.tenant
+        Request(build_id=build_id, publish=publish), publication_id(build_id), build.tenant
     )
     state = pub.state.name.lower()
     log.info("build %s auto-published: %s", build_id, state)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from kiln_client import AsyncBuilderClient, AsyncStorageClient
+from kiln_client.channels import AsyncChannelsClient
 from kiln_client.credentials import acting_for
 from kiln_common import jetstream
 from kiln_common.artifacts import Artifact
@@ -33,7 +34,7 @@ from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.glance.api import where
 from kiln_publisher.market import Market, Query
 from kiln_publisher.model import DONE, FAILED, RUNNING, Result, record_bytes, record_key, record_of
-from kiln_publisher.targets import Request, glance_target, publish_for, target_name
+from kiln_publisher.targets import Request, glance_target, publish_for, revoke_how, target_name
 from kiln_publisher.tenants import ANY, EVERY, TenantPolicy
 from kiln_recipe import RecipeError, bundle
 from kiln_recipe.schema import GlancePublish, MarketplacePublish, Publish
@@ -47,6 +48,16 @@ FRESH_LOCATION_SECONDS = 3.0
 KIND_LABEL = "kiln-kind"
 
 
+@dataclass
+class Revocation:
+    """What revoking a build did: Glance images (id, how) retired, entries
+    deprecated, and what failed (retried with the event)."""
+
+    images: list[tuple[str, str]] = field(default_factory=list)
+    entries: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
 class PublisherCore:
     def __init__(
         self,
@@ -57,6 +68,7 @@ class PublisherCore:
         market: Market | None,
         *,
         builder: AsyncBuilderClient | None = None,
+        channels: AsyncChannelsClient | None = None,
         default_endorser: str = "",
         url_seconds: int = 7 * 24 * 3600,
         replicas: int = 1,
@@ -64,6 +76,7 @@ class PublisherCore:
     ) -> None:
         self.storage = storage
         self.builder = builder
+        self.channels = channels
         self.js = js
         self.events = events
         self.glance = glance
@@ -185,6 +198,18 @@ class PublisherCore:
             digest = ""
         return facts.recipe_facts(facts.recipe_document(source), digest)
 
+    async def channel_points_at(self, name: str, channel: str, build_id: str, tenant: str) -> bool:
+        """Whether the builder says the tenant's channel of the recipe name
+        points at build_id now (False: it moved on, or no builder was named)."""
+        if self.channels is None or not build_id:
+            return False
+        try:
+            with acting_for(tenant):  # channels are per tenant: ask as the build's
+                found = await self.channels.get(name, channel)
+        except (NotFound, InvalidArgument):
+            return False
+        return found.build_id == build_id
+
     async def _sbom_sha256(self, build_id: str) -> str:
         if not build_id:
             return ""
@@ -214,21 +239,30 @@ class PublisherCore:
             raise FailedPrecondition("the marketplace is turned off on this publisher")
 
     async def publish(
-        self, request: Request, publication_id: str = "", tenant: str | None = None
+        self,
+        request: Request,
+        publication_id: str = "",
+        tenant: str | None = None,
+        *,
+        again: bool = False,
     ) -> Publication:
         """Publishes every artifact of the request to every target, for the
         tenant (the caller's unless given: automatic publishing gives the
         build's). With a publication id that exists already, the targets it
         finished are kept and only the rest are done (a redelivered
-        build.succeeded)."""
+        build.succeeded); with again, finished targets are done again too (a
+        channel that moved back to a build: its image must be the one shown
+        under the name again, and Glance publishing is idempotent per artifact)."""
         tenant = owner() if tenant is None else tenant
         self._check(request.publish, tenant)
         # What it reads from storage and the builder, it reads as the tenant:
         # another tenant's artifact or build is not found.
         with acting_for(tenant):
-            return await self._publish(request, publication_id, tenant)
+            return await self._publish(request, publication_id, tenant, again)
 
-    async def _publish(self, request: Request, publication_id: str, tenant: str) -> Publication:
+    async def _publish(
+        self, request: Request, publication_id: str, tenant: str, again: bool
+    ) -> Publication:
         artifacts = await self._artifacts(request)
         pub = await self._find(publication_id) if publication_id else None
         if pub is None:
@@ -241,7 +275,7 @@ class PublisherCore:
         plan = [(a, p) for a in artifacts if (p := publish_for(request, a)).targets]
         pub = await self._planned(pub, plan)
         for artifact, publish in plan:
-            pub = await self._publish_artifact(pub, artifact, publish)
+            pub = await self._publish_artifact(pub, artifact, publish, again)
         if not pub.results:
             raise FailedPrecondition(
                 f"build {request.build_id} has no qcow2, raw or vmdk image for Glance"
@@ -273,18 +307,18 @@ class PublisherCore:
         return pub
 
     async def _publish_artifact(
-        self, pub: Publication, artifact: Artifact, publish: Publish
+        self, pub: Publication, artifact: Artifact, publish: Publish, again: bool
     ) -> Publication:
         build_id = artifact.labels.get("build-id", "") or pub.build_id
         recipe = await self.recipe_of(build_id)
         sbom = await self._sbom_sha256(build_id)
         url = await self.storage.url(artifact.id, self.url_seconds)
-        done = {r.key for r in pub.results if r.state == DONE}
+        done = set() if again else {r.key for r in pub.results if r.state == DONE}
         for result, target in self._targets(artifact, publish):
             if result.key in done:
                 continue
             if isinstance(target, GlancePublish):
-                work = self._to_glance(artifact, url, recipe, sbom, target)
+                work = self._to_glance(artifact, url, recipe, sbom, target, again)
             else:
                 work = self._to_market(
                     artifact, url, recipe, sbom, target, result.target, pub.tenant
@@ -321,10 +355,11 @@ class PublisherCore:
         recipe: facts.RecipeFacts,
         sbom: str,
         target: GlancePublish,
+        reveal: bool = False,
     ) -> AsyncIterator[Result]:
         assert self.glance is not None  # _check made sure
         source = facts.image_source(artifact, url, lambda: self._stream(artifact.id), recipe, sbom)
-        image = await self.glance.publish(source, glance_target(target))
+        image = await self.glance.publish(source, glance_target(target, reveal))
         where = target_name(image.cloud, image.region)
         yield Result(
             artifact.id,
@@ -378,6 +413,83 @@ class PublisherCore:
     async def _stream(self, artifact_id: str) -> AsyncIterator[bytes]:
         async for chunk in self.storage.stream(artifact_id):
             yield chunk
+
+    # ---- revocation ----------------------------------------------------------------
+
+    async def revoke_build(self, build_id: str) -> Revocation:
+        """Retires what was published of a build its record says is revoked
+        (FailedPrecondition when it does not: an event is only a prompt)."""
+        check_id(build_id, "build id")
+        build = await self.build(build_id)
+        if build is None or build.revoked is None:
+            raise FailedPrecondition(f"the builder does not say build {build_id} is revoked")
+        recipe = await self.recipe_of(build_id)
+        return await self.revoke_publications(
+            build_id, build.tenant, recipe.publish, build.revoked_reason
+        )
+
+    async def revoke_publications(
+        self, build_id: str, tenant: str, publish: Publish, reason: str = ""
+    ) -> Revocation:
+        """Hides or deactivates (as revoke_how says of the recipe target's
+        retire) every Glance image the tenant's publications of the build
+        made, and deprecates their marketplace entries. Idempotent: what is
+        retired already is retired again harmlessly; one failure does not
+        keep the rest from being done."""
+        hows = {
+            target_name(t.cloud, t.region, t.name): revoke_how(t.retire) for t in publish.glance
+        }
+        done = Revocation()
+        for pub in await self.list_publications(build_id=build_id):
+            if pub.tenant != tenant:
+                continue  # another tenant's publication naming this id is not this build's
+            for r in pub.results:
+                if r.state != DONE:
+                    continue
+                if r.kind == "glance" and r.image_id:
+                    how = hows.get(r.target, "hide")
+                    await self._revoke_image(r, how, build_id, reason, done)
+                elif r.kind == "marketplace" and r.entry_identifier:
+                    await self._revoke_entry(r, done)
+        return done
+
+    async def _revoke_image(
+        self, r: Result, how: str, build_id: str, reason: str, done: Revocation
+    ) -> None:
+        if self.glance is None:
+            done.failed.append(f"image {r.image_id}: Glance is not configured here")
+            return
+        try:
+            await self.glance.retire(r.cloud, r.region or None, r.image_id, how)
+        except NotFound:
+            return  # gone already (rotation deleted it): nothing left to show
+        except KilnError as exc:
+            log.warning("revoking image %s in %s failed: %s", r.image_id, r.cloud, exc)
+            done.failed.append(f"image {r.image_id} in {r.cloud}: {exc}")
+            return
+        done.images.append((r.image_id, how))
+        await self.events.publish(
+            "image.revoked",
+            r.image_id,
+            {"image_id": r.image_id, "cloud": r.cloud, "region": r.region,
+             "name": r.image_name, "how": how, "why": "build revoked",
+             "build_id": build_id, "reason": reason},
+        )  # fmt: skip
+
+    async def _revoke_entry(self, r: Result, done: Revocation) -> None:
+        if self.market is None:
+            done.failed.append(f"entry {r.entry_identifier}: the marketplace is off here")
+            return
+        try:
+            # Market.deprecate announces entry.deprecated itself, once.
+            await self.market.deprecate(r.entry_identifier, r.target or None)
+        except NotFound:
+            return
+        except KilnError as exc:
+            log.warning("deprecating entry %s failed: %s", r.entry_identifier, exc)
+            done.failed.append(f"entry {r.entry_identifier}: {exc}")
+            return
+        done.entries.append(r.entry_identifier)
 
     # ---- marketplace ---------------------------------------------------------------
 

@@ -23,6 +23,8 @@ GLANCE_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "i386": "i686"}
 COMPRESSIONS = ("gz", "bz2", "xz", "zst")
 # Formats Glance takes as they are (a compressed file is not a disk image).
 GLANCE_FORMATS = {"qcow2", "qcow2c", "raw", "vmdk"}
+# The image version the builder labels each artifact of a build with (1.2-7).
+VERSION_LABEL = "kiln-version"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def glance_properties(artifact: Artifact, recipe: RecipeFacts, sbom_sha256: str)
         "kiln_recipe_sha256": recipe.recipe_sha256,
         "kiln_sbom_sha256": sbom_sha256,
         "kiln_base_sha256": artifact.labels.get("base-sha256", ""),
+        "kiln_version": artifact.labels.get(VERSION_LABEL, ""),
     }
     props.update({k: v for k, v in optional.items() if v})
     return props
@@ -172,4 +175,5 @@ def image_facts(
         creator=creator,
         locations=locations,
         sbom_sha256=sbom_sha256,
+        version=artifact.labels.get(VERSION_LABEL, ""),
     )

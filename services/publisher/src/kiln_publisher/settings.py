@@ -87,7 +87,8 @@ class PublisherSettings(IdentitySettings):
     retire_action: Literal["none", "hide", "deactivate"] = "hide"
     """What happens to the Glance images of an expired entry."""
     auto_publish: bool = True
-    """Publish builds whose recipe has publish targets when build.succeeded arrives."""
+    """Publish builds whose recipe has publish targets when build.succeeded arrives,
+    and channel-following Glance targets when their channel moves (channel.moved)."""
     url_seconds: int = 7 * 24 * 3600
     """Lifetime of the storage download URLs put into entries and given to Glance."""
     tenants: dict[str, TenantTargets] = Field(default_factory=lambda: {ANY: EVERY})

@@ -27,7 +27,27 @@ def publish_for(request: Request, artifact: Artifact) -> Publish:
     return request.publish
 
 
-def glance_target(t: GlancePublish) -> GlanceTarget:
+def on_success(publish: Publish) -> Publish:
+    """The targets a build's success publishes: all but the Glance targets
+    that follow a channel (those are published when their channel moves)."""
+    return publish.model_copy(update={"glance": [t for t in publish.glance if t.channel is None]})
+
+
+def following(publish: Publish, channel: str) -> Publish:
+    """The Glance targets that follow channel, alone (the marketplace entry
+    was made when the build succeeded)."""
+    chosen = [t for t in publish.glance if t.channel == channel]
+    return publish.model_copy(update={"glance": chosen, "marketplace": None})
+
+
+def revoke_how(retire: str) -> str:
+    """How a revoked build's image is retired where the target retires with
+    `retire`: hidden or deactivated, never deleted (people may need to
+    inspect what was revoked)."""
+    return "deactivate" if retire in ("deactivate", "delete") else "hide"
+
+
+def glance_target(t: GlancePublish, reveal: bool = False) -> GlanceTarget:
     return GlanceTarget(
         cloud=t.cloud,
         region=t.region,
@@ -39,6 +59,7 @@ def glance_target(t: GlancePublish) -> GlanceTarget:
         min_ram=t.min_ram,
         keep=t.keep,
         retire=t.retire,
+        reveal=reveal,
     )
 
 

@@ -37,6 +37,9 @@ class GlanceTarget:
     min_ram: int = 0
     keep: int = 0  # rotation: keep the newest N images of the name (0: no rotation)
     retire: str = "hide"  # hide (os_hidden) | deactivate | delete
+    # Show the artifact's image again if it is there but hidden: a channel that
+    # moved back to a build whose image rotation hid must show that image.
+    reveal: bool = False
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,8 @@ class GlancePublisher:
             log.info(
                 "%s: artifact %s is image %s already", glance.where, source.artifact_id, image_id
             )
+            if target.reveal:
+                await asyncio.to_thread(_reveal, glance, image_id)
             named = await asyncio.to_thread(_named, glance, project, name)
         else:
             image_id, method = await self._upload(glance, source, target, name)
@@ -361,6 +363,13 @@ def _retire(glance: GlanceApi, image: Mapping[str, Any], how: str) -> None:
     else:
         glance.delete(image_id)
     log.info("%s: image %s retired (%s)", glance.where, image_id, how)
+
+
+def _reveal(glance: GlanceApi, image_id: str) -> None:
+    """Un-hides the image if rotation (or an expiry) hid it."""
+    if glance.get(image_id).get("os_hidden"):
+        glance.set_properties(image_id, {"os_hidden": False})
+        log.info("%s: image %s shown again", glance.where, image_id)
 
 
 async def _start_web_download(glance: GlanceApi, image_id: str, url: str) -> None:
