@@ -21,14 +21,17 @@ test command must fail: a boot costs a minute under TCG."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import kiln, kiln_up, scratch, wait_until
+from support import glance_images, kiln, kiln_up, scratch, wait_until
 
+from kiln_client import PublisherClient
 from kiln_common.ids import new_id
 from kiln_devstack.devservers import Glance
+from kiln_devstack.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.build]
 
@@ -43,6 +46,29 @@ run:
   - inline: "echo NAME > /etc/kiln-channel"
 outputs: [qcow2]
 test: {boot: false}
+"""
+
+FAILING = """\
+name: NAME
+version: "1.0"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+outputs: [qcow2]
+test: {commands: ["false"]}
+"""
+
+PUBLISHED = """\
+name: NAME
+version: "VERSION"
+from:
+  bootstrap: {distro: debian, release: bookworm}
+run:
+  - inline: "echo NAME VERSION > /etc/kiln-channel"
+outputs: [qcow2]
+test: {boot: false}
+publish:
+  glance: [{cloud: CLOUD, name: NAME-stable, channel: stable, keep: 1, retire: hide}]
+  marketplace: true
 """
 
 ON_CHANNEL = """\
@@ -113,6 +139,101 @@ def run_now(env: dict[str, str], schedule_id: str) -> dict[str, object]:
     run = wait_until("the run to end", ended, timeout=900, interval=2)
     assert run is not None
     return run
+
+
+def images_named(clouds_yaml: Path, name: str) -> dict[str, dict[str, object]]:
+    """Glance's images of the name (hidden ones too), by the build that made them."""
+    return {str(i.get("kiln_build_id")): i for i in glance_images(clouds_yaml, name, cloud=CLOUD)}
+
+
+def entry_of(env: dict[str, str], build_id: object) -> str:
+    """The marketplace entry the build's automatic publication made."""
+    stack = Stack.load(Path(env["KILN_HOME"]))
+    assert stack is not None
+
+    def entry() -> str | None:
+        with PublisherClient(stack.publisher) as client:
+            try:
+                pub = client.publication(f"auto-{build_id}")
+            except Exception:  # noqa: BLE001 - not recorded yet
+                return None
+        return next((r.entry_identifier for r in pub.results if r.entry_identifier), None)
+
+    found = wait_until("the build's marketplace entry", entry, timeout=120, interval=1)
+    assert found is not None
+    return found
+
+
+def promote(env: dict[str, str], name: str, version: str, wait: float) -> None:
+    """candidate, then stable once the required time in candidate has passed."""
+    kiln(env, "channel", "set", name, "candidate", version)
+    early = refused(env, "set", name, "stable", version)
+    assert "stable requires a build to sit in candidate for 3s first" in early, early
+    time.sleep(wait)
+    kiln(env, "channel", "set", name, "stable", version)
+
+
+def test_channels_take_tested_builds_after_their_wait_publish_their_follower_and_revoke(
+    env: dict[str, str], clouds_yaml: Path, tmp_path: Path
+) -> None:
+    tag = new_id()[-6:].lower()
+    bad, web = f"chan-bad-{tag}", f"chan-web-{tag}"
+    failed = build(env, write(tmp_path, bad, FAILING.replace("NAME", bad)))
+    assert failed["state"] == "BUILD_STATE_FAILED", failed
+    why = refused(env, "set", bad, "candidate", str(failed["id"]))
+    assert f"build {failed['id']}'s test command `false` exited 1" in why, why
+
+    recipe = tmp_path / f"{web}.yaml"
+
+    def web_build(version: str) -> dict[str, object]:
+        recipe.write_text(PUBLISHED.replace("NAME", web).replace("VERSION", version)
+                          .replace("CLOUD", CLOUD))  # fmt: skip
+        made = build(env, recipe)
+        assert made["state"] == "BUILD_STATE_SUCCEEDED", made
+        return made
+
+    first = web_build("1.0")
+    assert first["image_version"] == "1.0-1"
+    first_entry = entry_of(env, first["id"])  # published on success; stable follows its channel
+    assert not images_named(clouds_yaml, f"{web}-stable")
+    kiln(env, "channel", "policy", web, "stable", "--requires", "candidate", "--for", "3s")
+    never = refused(env, "set", web, "stable", "1.0-1")
+    assert f"build {first['id']} was never there" in never, never
+    promote(env, web, "1.0-1", 3.5)
+
+    def shown(build_id: object) -> dict[str, object] | None:
+        image = images_named(clouds_yaml, f"{web}-stable").get(str(build_id))
+        return image if image is not None and not image.get("os_hidden") else None
+
+    image_1 = wait_until("stable's image in Glance", lambda: shown(first["id"]), 180, 1)
+    assert image_1 is not None and image_1["kiln_version"] == "1.0-1"
+
+    second = web_build("1.1")
+    assert second["image_version"] == "1.1-2"
+    second_entry = entry_of(env, second["id"])
+    promote(env, web, "1.1-2", 3.5)
+    wait_until("stable's new image in Glance", lambda: shown(second["id"]), 180, 1)
+    wait_until("the old one hidden", lambda: not shown(first["id"]), 60, 1)
+    history = json.loads(kiln(env, "channel", "history", web, "stable", "--json").stdout)
+    assert [m["version"] for m in history["history"]] == ["1.0-1", "1.1-2"]
+
+    done = kiln(env, "channel", "revoke", web, "1.1-2", "--reason", "CVE-2026-0001").stdout
+    assert f"revoked 1 build(s): {second['id']}" in done, done
+    assert {c: str(v.get("build_id")) for c, v in channels(env, web).items()} == {
+        "latest": first["id"],
+        "candidate": first["id"],
+        "stable": first["id"],
+    }
+    wait_until("the revoked image hidden", lambda: not shown(second["id"]), 120, 1)
+    wait_until("stable's image shown again", lambda: shown(first["id"]), 180, 1)
+    status = lambda: kiln(env, "market", "show", second_entry).stdout  # noqa: E731
+    wait_until("the revoked entry deprecated", lambda: "deprecated" in status(), 120, 1)
+    assert "status       valid" in kiln(env, "market", "show", first_entry).stdout
+    shown_record = kiln(env, "build", "show", str(second["id"])).stdout
+    assert "revoked" in shown_record and "CVE-2026-0001" in shown_record
+
+    again = build(env, recipe)  # the revoked build's inputs: the cache does not serve it
+    assert "cached_from" not in again and again["image_version"] == "1.1-3", again
 
 
 def base_part(build: dict[str, object]) -> str:
