@@ -5,7 +5,9 @@ entry per tenant and name counts its builds."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
@@ -25,6 +27,13 @@ Change = Callable[[list[Channel]], bool]  # True if it changed the channels
 def _key(prefix: str, tenant: str, name: str) -> str:
     # KV keys take a narrow alphabet; tenants and names are hashed into it.
     return prefix + hashlib.sha256(f"{tenant}\0{name}".encode()).hexdigest()
+
+
+async def _back_off(attempt: int) -> None:
+    """Before a compare-and-set is tried again: a random pause that grows,
+    so pods that lost a race to each other do not lose it again in step."""
+    if attempt:
+        await asyncio.sleep(random.uniform(0, min(0.5, 0.005 * 2**attempt)))
 
 
 class ChannelStore:
@@ -49,7 +58,8 @@ class ChannelStore:
         """change applied to the newest channels of the name, stored if no one
         changed them meanwhile (else read again); whether this call changed them."""
         key = _key("c", tenant, name)
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            await _back_off(attempt)
             channels, revision = await self._entry(tenant, name)
             if not change(channels):
                 return channels, False
@@ -68,7 +78,8 @@ class ChannelStore:
         """The name's next build number: one more than the last handed out,
         never twice the same (a compare-and-set counter)."""
         key = _key("n", tenant, name)
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
+            await _back_off(attempt)
             try:
                 entry = await self._kv.get(key)
             except KeyNotFoundError:
