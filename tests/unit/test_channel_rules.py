@@ -42,10 +42,12 @@ def test_a_failed_check_refuses_and_an_advisory_one_does_not() -> None:
     assert "tycoon.ssh-enabled" in (rules.refusal(passed(checks=[hard]), True) or "")
 
 
-def test_a_skipped_boot_test_refuses_only_when_the_recipe_asks_for_one() -> None:
+def test_a_build_not_boot_tested_is_refused_only_when_its_recipe_asks_for_a_boot_test() -> None:
     skipped = passed(skip_boot_test=True, accel="")
-    assert "skipped the boot test" in (rules.refusal(skipped, recipe_tests=True) or "")
+    assert "was not boot-tested" in (rules.refusal(skipped, recipe_tests=True) or "")
     assert rules.refusal(skipped, recipe_tests=False) is None
+    builder_off = passed(accel="")  # the builder's boot test setting off: no test ran either
+    assert "was not boot-tested" in (rules.refusal(builder_off, recipe_tests=True) or "")
 
 
 def test_a_revoked_or_unfinished_build_is_refused() -> None:
@@ -76,6 +78,31 @@ def test_a_required_wait_refuses_until_it_is_served() -> None:
     assert "was never there" in never
     assert rules.wait_refusal(channels, stable, "b1", at(3600)) is None
     assert rules.wait_refusal(channels, candidate, "b9", at(0)) is None  # no rule
+    no_time = Channel("web", "stable", requires=ChannelRequirement("candidate", 0))
+    assert "never there" in (rules.wait_refusal(channels, no_time, "b2", at(0)) or "")
+    assert rules.wait_refusal(channels, no_time, "b1", at(0)) is None  # it was there
+
+
+def test_a_policy_that_closes_a_loop_is_found() -> None:
+    channels = [Channel("web", "candidate", requires=ChannelRequirement("stable", 60))]
+    assert rules.cycle(channels, "stable", ChannelRequirement("candidate", 60)) == [
+        "stable",
+        "candidate",
+        "stable",
+    ]
+    assert rules.cycle(channels, "stable", ChannelRequirement("stable", 60)) == ["stable", "stable"]
+    assert rules.cycle(channels, "prod", ChannelRequirement("candidate", 60)) == []
+    assert rules.cycle(channels, "stable", None) == []
+
+
+def test_a_version_ends_with_its_build_number() -> None:
+    assert [rules.number_of(v) for v in ("1.2-7", "1.0-rc1-12", "9", "", "1.0-x")] == [
+        7,
+        12,
+        9,
+        0,
+        0,
+    ]
 
 
 def test_a_move_is_kept_in_history_and_a_move_to_the_same_build_is_none() -> None:

@@ -81,6 +81,9 @@ class FakeCore:
         self.published.append(request.publish)
         return Publication(id=publication_id)
 
+    async def settle_revoked(self, build_id: str) -> None:
+        return None
+
 
 async def test_automatic_publishing_leaves_channel_targets_to_their_channel() -> None:
     core = FakeCore(PUBLISH)

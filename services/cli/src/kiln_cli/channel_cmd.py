@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime
 
 from kiln_client import wire
@@ -53,7 +54,7 @@ def add_channel_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     rule = p.add_mutually_exclusive_group(required=True)
     rule.add_argument("--requires", metavar="OTHER", help="it must have sat in OTHER first")
     rule.add_argument("--none", action="store_true", help="it requires nothing")
-    p.add_argument("--for", dest="for_", type=_seconds, default=0,
+    p.add_argument("--for", dest="for_", type=_seconds, default=None,
                    help="how long in OTHER: 30m, 24h, 7d")  # fmt: skip
     p.set_defaults(fn=cmd_policy)
     p = verbs.add_parser("revoke", help="a version leaves every channel; its images are hidden")
@@ -126,6 +127,10 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     requires = None
     if args.requires:
+        if args.for_ is None:
+            print("kiln: --requires needs --for: how long a build must sit there"
+                  " (0s: only that it was there)", file=sys.stderr)  # fmt: skip
+            return 2
         requires = ChannelRequirement(args.requires, args.for_)
     with ChannelsClient() as client:
         _print_channel(client.policy_set(args.name, args.channel, requires), args.json)

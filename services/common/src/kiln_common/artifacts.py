@@ -7,6 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# A build's image version (1.2-7) on every artifact of it: the builder writes
+# it, the publisher puts it in Glance properties and marketplace entries.
+VERSION_LABEL = "kiln-version"
+
 
 @dataclass(frozen=True)
 class Checksums:
@@ -21,7 +25,7 @@ class Artifact:
     id: str = ""
     size: int = 0
     checksums: Checksums = field(default_factory=Checksums)
-    # Well-known keys: name, version, format, build-id; any other key is free.
+    # Well-known keys: name, version, format, build-id, kiln-version; any other key is free.
     labels: dict[str, str] = field(default_factory=dict)
     created_at: datetime | None = None
     tenant: str = ""  # whose artifact it is ("" with identities off)

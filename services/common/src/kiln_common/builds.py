@@ -161,7 +161,7 @@ class Build:
     cached_from: str = ""  # the build whose artifacts the result cache gave this one
     schedule_id: str = ""  # the schedule whose run submitted it
     schedule_run: int = 0  # and that run's number
-    build_number: int = 0  # the recipe name's succeeded builds so far, counting this one
+    build_number: int = 0  # taken when its image is made: orders the name's builds (gaps possible)
     image_version: str = ""  # the recipe's version and the build number: 1.2-7
     ancestry: list[str] = field(default_factory=list)  # its base's build, that one's base's, ...
     revoked: datetime | None = None  # when its version was revoked

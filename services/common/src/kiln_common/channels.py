@@ -15,7 +15,8 @@ from kiln_common.errors import InvalidArgument
 LATEST = "latest"  # the channel that follows every new build by itself
 KILN = "kiln"  # the mover of a channel that moved by itself (latest, fallback)
 _CHANNEL_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
-_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")  # a recipe's name (kiln_recipe)
+NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")  # a recipe's name (kiln_recipe checks it)
+# A recipe's version (64 at most), a dash and a build number.
 _VERSION_RE = re.compile(r"[A-Za-z0-9._+-]{1,80}")
 
 
@@ -54,7 +55,7 @@ def check_channel(value: str) -> str:
 
 
 def check_name(value: str) -> str:
-    if not _NAME_RE.fullmatch(value or ""):
+    if not NAME_RE.fullmatch(value or ""):
         raise InvalidArgument(f"{value[:70]!r} is not a recipe name (a-z first, then a-z 0-9 -)")
     return value
 

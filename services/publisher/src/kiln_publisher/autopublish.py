@@ -8,7 +8,6 @@ artifact, so the half-done one gives the same image)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -16,13 +15,13 @@ import socket
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from kiln_common import jetstream
 from kiln_common.builds import BuildState
 from kiln_common.errors import KilnError, Unauthenticated, Unavailable
 from kiln_common.events import STREAM, from_json, subject_for
 from kiln_common.nats_access import AUTO_PUBLISH
+from kiln_publisher import consumers
 from kiln_publisher.core import PublisherCore
 from kiln_publisher.model import AUTO_PREFIX
 from kiln_publisher.targets import Request, on_success
@@ -31,12 +30,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER = AUTO_PUBLISH  # the publisher's alone to use (kiln_common.nats_access)
 SUBJECT = subject_for("build.succeeded")
-ACK_WAIT = 60.0  # seconds; a running publication says in_progress well within it
-HEARTBEAT = 15.0
-MAX_DELIVER = 20
-FETCH_SECONDS = 5.0
-# A claim not renewed for this long belongs to a replica that died.
-CLAIM_TTL = 4 * HEARTBEAT
+CLAIM_TTL = 4 * consumers.HEARTBEAT
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -45,16 +39,7 @@ def publication_id(build_id: str) -> str:
 
 
 async def ensure(js: JetStreamContext) -> None:
-    config = ConsumerConfig(
-        durable_name=CONSUMER,
-        ack_policy=AckPolicy.EXPLICIT,
-        # New builds only: a publisher added to an old stack does not publish history.
-        deliver_policy=DeliverPolicy.NEW,
-        ack_wait=ACK_WAIT,
-        max_deliver=MAX_DELIVER,
-        filter_subject=SUBJECT,
-    )
-    await jetstream.mapped(lambda: js.add_consumer(STREAM, config))
+    await consumers.ensure(js, CONSUMER, SUBJECT)
 
 
 async def handle(core: PublisherCore, build_id: str) -> str:
@@ -67,6 +52,9 @@ async def handle(core: PublisherCore, build_id: str) -> str:
         log.warning("build.succeeded for build %s, which the builder does not say"
                     " succeeded: ignored", build_id)  # fmt: skip
         return "ignored"
+    if build.revoked is not None:  # revoked before this event was handled
+        log.info("build %s was revoked: not published", build_id)
+        return "ignored"
     recipe = await core.recipe_of(build_id)
     # Channel-following Glance targets wait for their channel (channelpublish).
     publish = on_success(recipe.publish)
@@ -78,17 +66,8 @@ async def handle(core: PublisherCore, build_id: str) -> str:
     )
     state = pub.state.name.lower()
     log.info("build %s auto-published: %s", build_id, state)
+    await core.settle_revoked(build_id)  # revoked while it was being published
     return state
-
-
-async def _heartbeat(msg: Msg, core: PublisherCore, build_id: str, revision: int) -> None:
-    """Keeps the event from being redelivered and the claim from going stale."""
-    while True:
-        await asyncio.sleep(HEARTBEAT)
-        with contextlib.suppress(Exception):
-            await msg.in_progress()
-        with contextlib.suppress(KilnError):
-            revision = await core.claims.renew(publication_id(build_id), OWNER, revision)
 
 
 async def _one(core: PublisherCore, msg: Msg) -> None:
@@ -105,9 +84,16 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         log.info("auto-publish of build %s is under way elsewhere: put off", event.subject)
         await msg.nak(delay=CLAIM_TTL / 2)
         return
-    beat = asyncio.create_task(_heartbeat(msg, core, event.subject, revision))
+
+    held = revision
+
+    async def renew() -> None:
+        nonlocal held
+        held = await core.claims.renew(publication_id(event.subject), OWNER, held)
+
     try:
-        await handle(core, event.subject)
+        async with consumers.in_hand(msg, renew):
+            await handle(core, event.subject)
     except (Unavailable, Unauthenticated) as exc:
         # Unauthenticated: this publisher's service token is not (yet) known,
         # e.g. before an operator made it (deploy/k8s/README.md). Later, not lost.
@@ -128,7 +114,6 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         # error gets here. It is acked so it does not loop; the log says why.
         log.exception("auto-publish of build %s failed", event.subject)
     finally:
-        beat.cancel()
         with contextlib.suppress(KilnError):
             await core.claims.release(publication_id(event.subject))
     await msg.ack()
@@ -141,4 +126,4 @@ async def run(core: PublisherCore, js: JetStreamContext) -> None:
         await _one(core, msg)
 
     await jetstream.consume(js, STREAM, CONSUMER, lambda: ensure(js), one, "auto-publish",
-                            FETCH_SECONDS)  # fmt: skip
+                            consumers.FETCH_SECONDS)  # fmt: skip

@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 
 CONSUMER = CHANNEL_PUBLISH  # the publisher's alone to use (kiln_common.nats_access)
 SUBJECT = subject_for("channel.moved")
+MAX_CATCH_UP = 3  # publishes of a channel's newer build after one that it left
 CLAIM_TTL = 4 * consumers.HEARTBEAT  # a claim not renewed this long: its replica died
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def handle(core: PublisherCore, build_id: str, data: dict[str, Any]) -> str:
+async def handle(core: PublisherCore, build_id: str, data: dict[str, Any], depth: int = 0) -> str:
     """Publishes build_id to the recipe's targets following the event's
     channel; the publication's state, or 'ignored' (the records do not bear
     the event out), 'moved-on' (the channel points elsewhere now) or
@@ -57,7 +58,7 @@ async def handle(core: PublisherCore, build_id: str, data: dict[str, Any]) -> st
         log.warning("channel.moved to build %s, which the builder does not bear out:"
                     " ignored", build_id)  # fmt: skip
         return "ignored"
-    if not await core.channel_points_at(name, channel, build_id, build.tenant):
+    if await core.channel_build(name, channel, build.tenant) != build_id:
         log.info("channel %s of %s moved on from build %s: nothing to do", channel, name, build_id)
         return "moved-on"
     publish = following((await core.recipe_of(build_id)).publish, channel)
@@ -71,6 +72,12 @@ async def handle(core: PublisherCore, build_id: str, data: dict[str, Any]) -> st
     )
     state = pub.state.name.lower()
     log.info("channel %s of %s: build %s published, %s", channel, name, build_id, state)
+    await core.settle_revoked(build_id)  # revoked while it was being published
+    # The channel moved on while this ran, and another replica may have
+    # published the newer build first: the name must end showing the channel's.
+    now_at = await core.channel_build(name, channel, build.tenant)
+    if now_at and now_at != build_id and depth < MAX_CATCH_UP:
+        return await handle(core, now_at, data, depth + 1)
     return state
 
 
@@ -88,17 +95,23 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         claimed = await core.claims.claim(publication, OWNER, CLAIM_TTL)
     except KilnError as exc:
         log.warning("channel publishing of %s put off: %s", publication, exc)
-        await msg.nak(delay=consumers.RETRY_SECONDS)
+        await msg.nak(delay=consumers.retry_delay(msg))
         return
     if claimed is None:
         await msg.nak(delay=CLAIM_TTL / 2)
         return
+
+    async def renew() -> None:
+        nonlocal claimed
+        assert claimed is not None
+        claimed = await core.claims.renew(publication, OWNER, claimed)
+
     try:
-        async with consumers.in_hand(msg):
+        async with consumers.in_hand(msg, renew):
             await handle(core, event.subject, data)
     except (Unavailable, Unauthenticated) as exc:
         log.warning("channel publishing of %s put off: %s", publication, exc)
-        await msg.nak(delay=consumers.RETRY_SECONDS)
+        await msg.nak(delay=consumers.retry_delay(msg))
         return
     except KilnError as exc:
         log.warning("channel publishing of %s failed: %s", publication, exc)

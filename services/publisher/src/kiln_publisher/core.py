@@ -33,7 +33,16 @@ from kiln_publisher.claims import CLAIM_PREFIX, Claims
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.glance.api import where
 from kiln_publisher.market import Market, Query
-from kiln_publisher.model import DONE, FAILED, RUNNING, Result, record_bytes, record_key, record_of
+from kiln_publisher.model import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    Result,
+    record_bytes,
+    record_key,
+    record_of,
+)
 from kiln_publisher.targets import Request, glance_target, publish_for, revoke_how, target_name
 from kiln_publisher.tenants import ANY, EVERY, TenantPolicy
 from kiln_recipe import RecipeError, bundle
@@ -160,6 +169,11 @@ class PublisherCore:
         if not request.build_id:
             raise InvalidArgument("name an artifact id or a build id to publish")
         check_id(request.build_id, "build id")
+        record = await self.build(request.build_id)
+        if record is not None and record.revoked is not None:
+            raise FailedPrecondition(
+                f"build {request.build_id} was revoked ({record.revoked_reason}): not published"
+            )
         labelled = await self._labelled(request.build_id)
         found = [a async for a in self.storage.list({"build-id": labelled, KIND_LABEL: IMAGE_KIND})]
         if not found:
@@ -198,17 +212,16 @@ class PublisherCore:
             digest = ""
         return facts.recipe_facts(facts.recipe_document(source), digest)
 
-    async def channel_points_at(self, name: str, channel: str, build_id: str, tenant: str) -> bool:
-        """Whether the builder says the tenant's channel of the recipe name
-        points at build_id now (False: it moved on, or no builder was named)."""
-        if self.channels is None or not build_id:
-            return False
+    async def channel_build(self, name: str, channel: str, tenant: str) -> str:
+        """The build the tenant's channel of the recipe name points at now,
+        as the builder says ("": none, or no builder was named)."""
+        if self.channels is None:
+            return ""
         try:
             with acting_for(tenant):  # channels are per tenant: ask as the build's
-                found = await self.channels.get(name, channel)
+                return (await self.channels.get(name, channel)).build_id
         except (NotFound, InvalidArgument):
-            return False
-        return found.build_id == build_id
+            return ""
 
     async def _sbom_sha256(self, build_id: str) -> str:
         if not build_id:
@@ -416,6 +429,14 @@ class PublisherCore:
 
     # ---- revocation ----------------------------------------------------------------
 
+    async def settle_revoked(self, build_id: str) -> None:
+        """After publishing a build: if it was revoked meanwhile (its
+        build.revoked may have been handled before this publication ended),
+        what was just published is retired too."""
+        build = await self.build(build_id)
+        if build is not None and build.revoked is not None:
+            await self.revoke_build(build_id)
+
     async def revoke_build(self, build_id: str) -> Revocation:
         """Retires what was published of a build its record says is revoked
         (FailedPrecondition when it does not: an event is only a prompt)."""
@@ -444,6 +465,11 @@ class PublisherCore:
             if pub.tenant != tenant:
                 continue  # another tenant's publication naming this id is not this build's
             for r in pub.results:
+                if r.state in (PENDING, RUNNING):
+                    # Still being published: tried again once it ended, so
+                    # what it makes does not stay in use.
+                    done.failed.append(f"publication {pub.id} is still publishing {r.target}")
+                    continue
                 if r.state != DONE:
                     continue
                 if r.kind == "glance" and r.image_id:

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kiln_common.artifacts import Artifact
+from kiln_common.artifacts import VERSION_LABEL, Artifact
 from kiln_common.errors import FailedPrecondition, InvalidArgument
 from kiln_market import ImageFacts
 from kiln_publisher.glance import ImageSource
@@ -24,7 +24,6 @@ COMPRESSIONS = ("gz", "bz2", "xz", "zst")
 # Formats Glance takes as they are (a compressed file is not a disk image).
 GLANCE_FORMATS = {"qcow2", "qcow2c", "raw", "vmdk"}
 # The image version the builder labels each artifact of a build with (1.2-7).
-VERSION_LABEL = "kiln-version"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ or two replicas given a duplicate, are fine."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -18,8 +19,6 @@ from kiln_common.errors import (
     FailedPrecondition,
     InvalidArgument,
     KilnError,
-    Unauthenticated,
-    Unavailable,
 )
 from kiln_common.events import STREAM, from_json, subject_for
 from kiln_common.nats_access import REVOKE
@@ -38,20 +37,22 @@ async def _one(core: PublisherCore, msg: Msg) -> None:
         async with consumers.in_hand(msg):
             done = await core.revoke_build(build_id)
     except (FailedPrecondition, InvalidArgument) as exc:
+        # Not revoked (a forged or stray event) or not a build id: nothing to do.
         log.warning("build.revoked for %s ignored: %s", build_id, exc)
-    except (Unavailable, Unauthenticated) as exc:
-        log.warning("revoking build %s put off: %s", build_id, exc)
-        await msg.nak(delay=consumers.RETRY_SECONDS)
-        return
     except KilnError as exc:
-        log.warning("revoking build %s failed: %s", build_id, exc)
+        # Anything else (a service away, a refusal that may pass) is tried
+        # again, later each time and never given up: a revoked build's images
+        # must not stay in use.
+        log.warning("revoking build %s put off: %s", build_id, exc)
+        await msg.nak(delay=consumers.retry_delay(msg))
+        return
     else:
         log.info("build %s revoked: %d images retired, %d entries deprecated",
                  build_id, len(done.images), len(done.entries))  # fmt: skip
         if done.failed:
             # Each step is idempotent: the redelivery does again what is done.
             log.warning("revoking build %s left: %s", build_id, "; ".join(done.failed))
-            await msg.nak(delay=consumers.RETRY_SECONDS)
+            await msg.nak(delay=consumers.retry_delay(msg))
             return
     await msg.ack()
 
@@ -62,5 +63,8 @@ async def run(core: PublisherCore, js: JetStreamContext) -> None:
     async def one(msg: Msg) -> None:
         await _one(core, msg)
 
-    await jetstream.consume(js, STREAM, CONSUMER, lambda: consumers.ensure(js, CONSUMER, SUBJECT),
-                            one, "revocation", consumers.FETCH_SECONDS)  # fmt: skip
+    def ensure() -> Awaitable[None]:
+        return consumers.ensure(js, CONSUMER, SUBJECT, max_deliver=-1)  # never given up
+
+    await jetstream.consume(js, STREAM, CONSUMER, ensure, one, "revocation",
+                            consumers.FETCH_SECONDS)  # fmt: skip

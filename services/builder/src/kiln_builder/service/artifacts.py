@@ -15,7 +15,6 @@ from kiln_common.builds import BuildArtifact
 
 KIND_LABEL = "kiln-kind"  # image | sbom | checks | console-log | tests | build-log
 ATTEMPT_LABEL = "kiln-attempt"
-VERSION_LABEL = "kiln-version"  # the build's image version (1.2-7), once it has one
 MAX_LABEL_VALUE = 256  # the storage service's limit
 
 

@@ -6,6 +6,7 @@ build; a schedule's run before it decides whether to build."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,12 +14,13 @@ from kiln_builder import fingerprint
 from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_common.builds import Build, Fingerprint
-from kiln_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from kiln_common.errors import FailedPrecondition, KilnError
 from kiln_recipe.schema import ImageRef, Recipe
 
 if TYPE_CHECKING:
     from kiln_builder.service.channels.core import ChannelCore
 
+log = logging.getLogger(__name__)
 BASE_FORMATS = ("qcow2", "qcow2c", "raw", "vmdk")  # what a customised build opens
 
 
@@ -75,14 +77,17 @@ def image_artifact(build: Build) -> str:
 async def _artifact_ancestry(
     artifact_id: str, tenant: str, channels: ChannelCore | None, storage: StorageAccess | None
 ) -> list[str]:
-    """The chain under an artifact base that a build of the tenant's made."""
+    """The chain under an artifact base that a build of the tenant's made:
+    a record of what it came from, so a failure to read it costs the build
+    its ancestry, not its run."""
     if channels is None or storage is None:
         return []
     try:
         async with storage.client() as client:
             made_by = (await client.stat(artifact_id)).labels.get("build-id", "")
-        build = await channels.builds.records.get(made_by) if made_by else None
-    except (NotFound, InvalidArgument):
+        build = await channels.record(made_by) if made_by else None
+    except KilnError as exc:
+        log.warning("the ancestry of artifact %s is unknown: %s", artifact_id, exc)
         return []
     if build is None or build.tenant != tenant:
         return []

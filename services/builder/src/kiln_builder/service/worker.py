@@ -25,7 +25,7 @@ from kiln_builder.engine import Bake, BakeOptions, BakeResult, StepRecord
 from kiln_builder.outputs import OutputFile
 from kiln_builder.resources import claim
 from kiln_builder.service import inputs, queue, results
-from kiln_builder.service.artifacts import VERSION_LABEL, BuildArtifacts, Upload, base_labels
+from kiln_builder.service.artifacts import BuildArtifacts, Upload, base_labels
 from kiln_builder.service.core import BuilderCore, event_data
 from kiln_builder.service.ending import Ending
 from kiln_builder.service.job import Job
@@ -37,6 +37,7 @@ from kiln_builder.service.settings import BuilderSettings
 from kiln_builder.storage import StorageAccess
 from kiln_client.credentials import acting_for
 from kiln_common import jetstream, lifecycle
+from kiln_common.artifacts import VERSION_LABEL
 from kiln_common.auth.quotas import Quotas
 from kiln_common.builds import (
     Build,

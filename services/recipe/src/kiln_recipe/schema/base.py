@@ -20,6 +20,7 @@ from pydantic import (
     ValidationInfo,
 )
 
+from kiln_common.channels import NAME_RE
 from kiln_common.urls import http_target
 from kiln_recipe.issues import Problem, describe
 
@@ -54,7 +55,7 @@ CHECK_PROFILES: tuple[str, ...] = get_args(CheckProfile)
 # tools from reading them in place.
 INTERNALLY_COMPRESSED = frozenset({"qcow2", "qcow2c", "vmdk"})
 
-_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
+_NAME_RE = NAME_RE  # a recipe's name: channels are kept by it too
 _VERSION_RE = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 _RELEASE_RE = re.compile(r"[a-z][a-z0-9.-]{0,63}")
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1

@@ -8,6 +8,7 @@ which the publisher follows for channel-following Glance targets."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 from collections.abc import Set as AbstractSet
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_REQUIRE_SECONDS = 366 * 86400
 Ids = AbstractSet[str]  # (`set` is a method's name below)
 PAGE = 500
+MAX_REASON = 500  # characters: the reason goes into every revoked record and event
 
 
 class ChannelCore:
@@ -88,8 +90,14 @@ class ChannelCore:
         if refused:
             raise FailedPrecondition(refused[0])
         moved = rules.channel_of(channels, name, channel)
-        if changed:
-            await self._announce(tenant, moved, build, by)
+        if not changed:
+            return moved
+        if (await self.builds.records.get(build.id)).revoked is not None:
+            # Revoked while it was being set: the revocation's fall-back may
+            # have run before this move, so it is done again here.
+            await self._fall_back(tenant, name, {build.id})
+            raise FailedPrecondition(f"build {build.id} was revoked meanwhile")
+        await self._announce(tenant, moved, build, by)
         return moved
 
     async def set_policy(
@@ -107,32 +115,36 @@ class ChannelCore:
         if wanted is not None and channel == LATEST:
             raise InvalidArgument("latest follows every new build: it cannot require a wait")
 
+        cycle: builtins.list[str] = []
+
         def change(channels: builtins.list[Channel]) -> bool:
             ch = rules.channel_of(channels, name, channel)
             if ch.requires == wanted:
+                return False
+            cycle[:] = rules.cycle(channels, channel, wanted)
+            if cycle:
                 return False
             ch.requires = wanted
             return True
 
         channels, _ = await self.store.mutate(owner(), name, change)
+        if cycle:
+            raise FailedPrecondition("no build could ever enter: " + " requires ".join(cycle))
         return rules.channel_of(channels, name, channel)
 
     async def follow(self, build: Build) -> None:
         """`latest` moves to a new succeeded build of the name (not a result-
         cache hit: its image is one latest had). It only moves forward: a
-        build that ends after a newer one does not take latest back."""
+        build that ends after a newer one does not take latest back (checked
+        inside the compare-and-set, so two builds ending at once agree)."""
         if build.cached_from or not build.build_number:
             return
-        current = next((c for c in await self.store.channels(build.tenant, build.name)
-                        if c.channel == LATEST), None)  # fmt: skip
-        if current is not None and current.build_id:
-            with_number = await self._record(current.build_id)
-            if with_number is not None and with_number.build_number > build.build_number:
-                return
         moment = now()
 
         def change(channels: builtins.list[Channel]) -> bool:
             ch = rules.channel_of(channels, build.name, LATEST)
+            if rules.number_of(ch.version) > build.build_number:
+                return False
             return rules.move(ch, build, LATEST, KILN, moment)
 
         channels, changed = await self.store.mutate(build.tenant, build.name, change)
@@ -153,7 +165,7 @@ class ChannelCore:
                       if c.channel == channel), None)  # fmt: skip
         if found is None or not found.build_id:
             raise FailedPrecondition(f"from.image.channel: {name}/{channel} points at no build")
-        build = await self._record(found.build_id)
+        build = await self.record(found.build_id)
         if build is None or build.tenant != tenant or build.revoked is not None:
             raise FailedPrecondition(f"from.image.channel: {name}/{channel}'s build "
                                      f"{found.build_id} is gone or revoked")  # fmt: skip
@@ -169,13 +181,14 @@ class ChannelCore:
         them at any depth; each channel holding one falls back. Returns the
         builds revoked by this call and the channels that moved."""
         check_name(name)
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason: at most {MAX_REASON} characters")
         tenant = owner()
-        origins = [b for b in await self._succeeded(tenant) if b.name == name
-                   and version in (b.image_version, b.id)]  # fmt: skip
-        if not origins:
-            check_version(version)
-            raise NotFound(f"{name} has no succeeded build with version or id {version}")
-        chosen = {b.id for b in origins}
+        version = await self._version_of(name, version)
+        builds = await self._succeeded(tenant, name)
+        chosen = {b.id for b in builds if b.image_version == version}
+        if not chosen:
+            raise NotFound(f"{name} has no succeeded build with version {version}")
         if descendants:
             chosen |= {b.id for b in await self._succeeded(tenant)
                        if chosen & set(b.ancestry)}  # fmt: skip
@@ -188,7 +201,20 @@ class ChannelCore:
             moved += await self._fall_back(tenant, each, chosen)
         return revoked, moved
 
+    async def _version_of(self, name: str, target: str) -> str:
+        """A version as given, or a build id's version: revoking a build
+        revokes its version, so its result-cache copies (the same image) too."""
+        if not ID_RE.fullmatch(target):
+            return check_version(target)
+        build = await self.builds.get(target)  # NOT_FOUND for another tenant's
+        if build.name != name or not build.image_version:
+            raise InvalidArgument(f"build {target} is not a versioned build of {name}")
+        return build.image_version
+
     async def _mark(self, ids: builtins.list[str], reason: str) -> builtins.list[str]:
+        """Marks the builds revoked; returns those this call marked. build.revoked
+        is sent for every one, marked now or before: a revocation whose event
+        was lost (the pod died after the mark) is finished by revoking again."""
         moment, newly = now(), []
         for build_id in ids:
 
@@ -201,11 +227,11 @@ class ChannelCore:
             build, changed = await self.builds.records.mutate(build_id, mark)
             if changed:
                 newly.append(build_id)
-                await self.events.publish("build.revoked", build_id, {
-                    "id": build_id, "name": build.name, "version": build.version,
-                    "image_version": build.image_version, "reason": reason,
-                    "tenant": build.tenant, "cached_from": build.cached_from,
-                })  # fmt: skip
+            await self.events.publish("build.revoked", build_id, {
+                "id": build_id, "name": build.name, "version": build.version,
+                "image_version": build.image_version, "reason": build.revoked_reason,
+                "tenant": build.tenant, "cached_from": build.cached_from,
+            })  # fmt: skip
         return newly
 
     async def _fall_back(self, tenant: str, name: str, revoked: Ids) -> builtins.list[Channel]:
@@ -240,7 +266,7 @@ class ChannelCore:
 
     async def _first_whole(self, ids: builtins.list[str]) -> Build | None:
         for build_id in ids:
-            build = await self._record(build_id)
+            build = await self.record(build_id)
             if build is not None and build.state == BuildState.SUCCEEDED and not build.revoked:
                 return build
         return None
@@ -256,8 +282,7 @@ class ChannelCore:
                 raise InvalidArgument(f"build {target} is of {build.name}, not {name}")
             return build
         check_version(target)
-        found = [b for b in await self._succeeded(owner()) if b.name == name
-                 and b.image_version == target]  # fmt: skip
+        found = [b for b in await self._succeeded(owner(), name) if b.image_version == target]
         if not found:
             raise NotFound(f"{name} has no succeeded build with version {target}")
         return min(found, key=lambda b: (bool(b.cached_from), b.id))
@@ -265,29 +290,32 @@ class ChannelCore:
     async def _recipe_tests(self, build: Build) -> bool:
         """Whether the build's recipe asks for a boot test (its commands run in it)."""
         try:
-            recipe, _ = bundle.check(await self.builds.recipe_of(build.id))
+            source = await self.builds.recipe_of(build.id)
+            recipe, _ = await asyncio.to_thread(bundle.check, source)
         except (NotFound, RecipeError):
             return True  # not kept: assume it asked, so only a tested build enters
         return recipe.test.boot is not None
 
-    async def _succeeded(self, tenant: str) -> builtins.list[Build]:
-        """Every succeeded build of the tenant (ListBuilds' index, page by page)."""
+    async def _succeeded(self, tenant: str, name: str = "") -> builtins.list[Build]:
+        """Every succeeded build of the tenant, of one recipe name unless ""
+        (ListBuilds' index, page by page)."""
         found: builtins.list[Build] = []
         token = ""
         while True:
-            page, token = await self.builds.list(BuildState.SUCCEEDED, "", PAGE, token)
+            page, token = await self.builds.list(BuildState.SUCCEEDED, name, PAGE, token)
             found += [b for b in page if b.tenant == tenant]
             if not token:
                 return found
 
-    async def _record(self, build_id: str) -> Build | None:
+    async def record(self, build_id: str) -> Build | None:
+        """Any tenant's build record (None: no such build): the caller checks whose."""
         try:
             return await self.builds.records.get(build_id)
         except NotFound:
             return None
 
     async def _records(self, ids: Ids) -> builtins.list[Build]:
-        return [b for i in sorted(ids) if (b := await self._record(i)) is not None]
+        return [b for i in sorted(ids) if (b := await self.record(i)) is not None]
 
     async def _announce(self, tenant: str, ch: Channel, build: Build, by: str) -> None:
         previous = next((m.build_id for m in reversed(ch.history[:-1]) if m.build_id), "")

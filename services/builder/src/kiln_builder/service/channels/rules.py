@@ -9,7 +9,7 @@ from datetime import datetime
 
 from kiln_common import lifecycle
 from kiln_common.builds import Build, BuildState
-from kiln_common.channels import LATEST, Channel, ChannelMove
+from kiln_common.channels import LATEST, Channel, ChannelMove, ChannelRequirement
 from kiln_common.durations import describe
 
 HISTORY = 200  # moves kept per channel
@@ -29,8 +29,8 @@ def channel_of(channels: list[Channel], name: str, channel: str) -> Channel:
 def refusal(build: Build, recipe_tests: bool) -> str | None:
     """Why the build may not enter a channel other than latest (None: it may).
     Only a build whose checks and test commands passed: a failed one, one
-    revoked, and one whose recipe's boot test and commands were skipped
-    (recipe_tests: its recipe asks for them) are refused."""
+    revoked, and one that was not boot-tested though its recipe asks for a
+    boot test (recipe_tests), so its test commands never ran, are refused."""
     if build.revoked is not None:
         return f"build {build.id} was revoked ({build.revoked_reason or 'no reason given'})"
     failed_tests = [t for t in build.test_commands if not t.passed]
@@ -43,8 +43,8 @@ def refusal(build: Build, recipe_tests: bool) -> str | None:
         return f"build {build.id} failed its checks: {', '.join(failed_checks)}"
     if build.state != BuildState.SUCCEEDED:
         return f"build {build.id} {lifecycle.word(build.state)}: it has no tested image"
-    if recipe_tests and build.skip_boot_test:
-        return f"build {build.id} skipped the boot test and test commands its recipe asks for"
+    if recipe_tests and not build.accel:  # no boot test ran (--no-boot-test, or the builder's)
+        return f"build {build.id} was not boot-tested, which its recipe asks for"
     return None
 
 
@@ -68,10 +68,12 @@ def wait_refusal(
     if need is None or not need.channel:
         return None
     there = next((c for c in channels if c.channel == need.channel), None)
-    sat = sat_for(there.history, build_id, now) if there is not None else 0.0
-    if sat >= need.seconds:
+    history = there.history if there is not None else []
+    entered = any(m.build_id == build_id for m in history)
+    sat = sat_for(history, build_id, now)
+    if entered and sat >= need.seconds:
         return None
-    if sat == 0:
+    if not entered:
         return (f"{target.channel} requires a build to sit in {need.channel} for "
                 f"{describe(need.seconds)} first; build {build_id} was never there")  # fmt: skip
     return (f"{target.channel} requires a build to sit in {need.channel} for "
@@ -90,6 +92,27 @@ def move(ch: Channel, build: Build | None, action: str, by: str, now: datetime) 
     ch.history.append(ChannelMove(now, build_id, ch.version, action, by))
     del ch.history[:-HISTORY]
     return True
+
+
+def number_of(version: str) -> int:
+    """The build number an image version ends with (0 for none: "")."""
+    tail = version.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def cycle(channels: list[Channel], channel: str, wanted: ChannelRequirement | None) -> list[str]:
+    """The channels, in order, of the loop that channel requiring wanted
+    would close ([] if none): a loop no build could ever enter."""
+    path, seen = [channel], {channel}
+    need = wanted
+    while need is not None and need.channel:
+        path.append(need.channel)
+        if need.channel in seen:
+            return path
+        seen.add(need.channel)
+        nxt = next((c for c in channels if c.channel == need.channel), None)
+        need = nxt.requires if nxt is not None else None
+    return []
 
 
 def fallback_ids(ch: Channel, revoked: Collection[str]) -> list[str]:

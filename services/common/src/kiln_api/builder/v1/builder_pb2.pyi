@@ -895,7 +895,7 @@ class Build(_message.Message):
     schedule_run: _builtins.int
     """and that run's number"""
     build_number: _builtins.int
-    """the recipe name's succeeded builds so far, counting this one"""
+    """taken once its image is made: orders the name's builds (a result-cache hit has its origin's)"""
     image_version: _builtins.str
     """the recipe's version and build number: 1.2-7 (orders by the number)"""
     revoked_reason: _builtins.str
