@@ -192,6 +192,22 @@ def kiln(
     return done
 
 
+def schedule_run_now(env: dict[str, str], schedule_id: str) -> dict[str, object]:
+    """`kiln schedule run`, then waits for that run to end; the run as
+    `kiln schedule runs --json` lists it."""
+    before = len(json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout))
+    kiln(env, "schedule", "run", schedule_id)
+
+    def ended() -> dict[str, object] | None:
+        found = json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout)
+        newest = found[0] if len(found) > before else None
+        return newest if newest and newest["outcome"] != "running" else None
+
+    run = wait_until("the run to end", ended, timeout=900, interval=2)
+    assert run is not None
+    return run
+
+
 @contextlib.contextmanager
 def stack_token(home: Path) -> Iterator[str]:
     """A `kiln up` stack requires identities: while this holds, this process's

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import glance_images, kiln, kiln_up, scratch, wait_until
+from support import glance_images, kiln, kiln_up, schedule_run_now, scratch, wait_until
 
 from kiln_client import PublisherClient
 from kiln_common.ids import new_id
@@ -125,20 +125,6 @@ def refused(env: dict[str, str], *args: str) -> str:
     done = kiln(env, "channel", *args, check=False)
     assert done.returncode != 0, done.stdout
     return done.stderr
-
-
-def run_now(env: dict[str, str], schedule_id: str) -> dict[str, object]:
-    before = len(json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout))
-    kiln(env, "schedule", "run", schedule_id)
-
-    def ended() -> dict[str, object] | None:
-        found = json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout)
-        newest = found[0] if len(found) > before else None
-        return newest if newest and newest["outcome"] != "running" else None
-
-    run = wait_until("the run to end", ended, timeout=900, interval=2)
-    assert run is not None
-    return run
 
 
 def images_named(clouds_yaml: Path, name: str) -> dict[str, dict[str, object]]:
@@ -256,11 +242,11 @@ def test_a_channel_base_rebuilds_when_its_channel_moves_and_revoke_reaches_a_gra
     child_recipe = write(tmp_path, child, ON_CHANNEL.replace("NAME", child)
                          .replace("BASE", base).replace("CHANNEL", "stable"))  # fmt: skip
     schedule_id = kiln(env, "schedule", "add", str(child_recipe), "--every", "1d").stdout.strip()
-    built = run_now(env, schedule_id)
+    built = schedule_run_now(env, schedule_id)
     assert built["outcome"] == "built", built
     child_1 = record(env, built["build_id"])
     assert child_1["ancestry"] == [first["id"]] and child_1["image_version"] == "2.0-1"
-    unchanged = run_now(env, schedule_id)  # the base channel did not move
+    unchanged = schedule_run_now(env, schedule_id)  # the base channel did not move
     assert unchanged["outcome"] == "unchanged", unchanged
 
     grand_recipe = write(tmp_path, grand, ON_CHANNEL.replace("NAME", grand)
@@ -277,7 +263,7 @@ def test_a_channel_base_rebuilds_when_its_channel_moves_and_revoke_reaches_a_gra
     assert second["image_version"] == "1.1-2" and pointed(env, base, "latest") == second["id"]
     assert pointed(env, base, "stable") == first["id"]  # stable moves only when asked
     kiln(env, "channel", "set", base, "stable", str(second["id"]))
-    rebuilt = run_now(env, schedule_id)
+    rebuilt = schedule_run_now(env, schedule_id)
     assert rebuilt["outcome"] == "built", rebuilt
     child_2 = record(env, rebuilt["build_id"])
     assert child_2["ancestry"] == [second["id"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from apt_repo import AptRepo
 from netns_http import served_from_namespace
-from support import event_data, glance_images, kiln, kiln_up, wait_until
+from support import event_data, glance_images, kiln, kiln_up, schedule_run_now, wait_until
 
 from kiln_common.ids import new_id
 from kiln_devstack.stack import Stack
@@ -52,21 +52,6 @@ def served(tmp_path: Path) -> Iterator[tuple[AptRepo, str]]:
         yield repo, url
 
 
-def run_now(env: dict[str, str], schedule_id: str) -> dict[str, object]:
-    """Fires the schedule and waits for that run to end; the run."""
-    before = len(json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout))
-    kiln(env, "schedule", "run", schedule_id)
-
-    def ended() -> dict[str, object] | None:
-        found = json.loads(kiln(env, "schedule", "runs", schedule_id, "--json").stdout)
-        newest = found[0] if len(found) > before else None
-        return newest if newest and newest["outcome"] != "running" else None
-
-    run = wait_until("the run to end", ended, timeout=900, interval=2)
-    assert run is not None
-    return run
-
-
 def record(env: dict[str, str], build_id: object) -> dict[str, object]:
     return json.loads(kiln(env, "build", "show", str(build_id), "--json").stdout)
 
@@ -99,7 +84,7 @@ def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
     recipe.write_text(RECIPE.replace("URI", url).replace("NAME", name))
     schedule_id = kiln(env, "schedule", "add", str(recipe), "--every", "1d").stdout.strip()
 
-    first_run = run_now(env, schedule_id)
+    first_run = schedule_run_now(env, schedule_id)
     assert first_run["outcome"] == "built", first_run
     first = record(env, first_run["build_id"])
     assert first["schedule_id"] == schedule_id
@@ -107,7 +92,7 @@ def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
     assert parts(first)[f"apt {url} stable"].startswith("sha256:")
     assert probe_version(env, first, tmp_path) == "1.0"
 
-    unchanged = run_now(env, schedule_id)
+    unchanged = schedule_run_now(env, schedule_id)
     assert unchanged["outcome"] == "unchanged" and not unchanged.get("build_id")
     assert unchanged["fingerprint"] == first["fingerprint"]["digest"]  # type: ignore[index]
     stack = Stack.load(Path(env["KILN_HOME"]))
@@ -118,7 +103,7 @@ def test_a_scheduled_recipe_rebuilds_when_its_repository_moves_and_only_then(
     builds = [first]
     for version in ("1.1", "1.2"):
         repo.add("kiln-probe", version)
-        run = run_now(env, schedule_id)
+        run = schedule_run_now(env, schedule_id)
         assert run["outcome"] == "built", run
         build = record(env, run["build_id"])
         changed = [k for k in parts(first) if parts(builds[-1])[k] != parts(build)[k]]
