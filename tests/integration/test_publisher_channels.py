@@ -81,11 +81,14 @@ async def test_a_published_image_and_entry_carry_the_image_version(
         assert (await publisher.core.get_entry(entry)).entry.version == "1-1"
 
 
-async def test_a_channel_moved_back_shows_its_builds_image_again_and_rotation_hides_the_other(
-    tmp_path: Path, nats_server: Nats, storage_service: Any, glance: Glance, clouds_yaml: Path
-) -> None:
+@pytest.mark.parametrize("retire", ["hide", "deactivate"])
+async def test_a_channel_moved_back_shows_its_builds_image_again_and_rotation_retires_the_other(
+    tmp_path: Path, nats_server: Nats, storage_service: Any, glance: Glance, clouds_yaml: Path,
+    retire: str,
+) -> None:  # fmt: skip
     name = f"web-stable-{new_id()[-6:]}"
-    follows = Publish(glance=[GlancePublish(cloud="kiln-a", name=name, channel="stable", keep=1)])
+    target = GlancePublish(cloud="kiln-a", name=name, channel="stable", keep=1, retire=retire)
+    follows = Publish(glance=[target])
     async with publisher_with_builds(
         tmp_path, nats_server.url, storage_service, clouds_yaml, "chan", 2
     ) as (publisher, (first, second)):
@@ -104,7 +107,11 @@ async def test_a_channel_moved_back_shows_its_builds_image_again_and_rotation_hi
         images = {i["id"]: i for i in glance_images(clouds_yaml, name, "kiln-a")}
     assert again == one and set(images) == {one, two}
     assert images[one]["os_hidden"] is False and images[one]["kiln_version"] == "1-1"
-    assert images[two]["os_hidden"] is True
+    assert images[one]["status"] == "active"
+    if retire == "hide":
+        assert images[two]["os_hidden"] is True
+    else:
+        assert images[two]["status"] == "deactivated" and images[two]["os_hidden"] is False
 
 
 @pytest.mark.parametrize(("retire", "how"), [("hide", "hide"), ("delete", "deactivate")])

@@ -151,6 +151,9 @@ class GlanceApi:
     def deactivate(self, image_id: str) -> None:
         self._call("POST", f"/images/{image_id}/actions/deactivate", (204,))
 
+    def reactivate(self, image_id: str) -> None:
+        self._call("POST", f"/images/{image_id}/actions/reactivate", (204,))
+
     def delete(self, image_id: str) -> None:
         """Deletes the image; one already gone is fine."""
         self._call("DELETE", f"/images/{image_id}", (204, 404))

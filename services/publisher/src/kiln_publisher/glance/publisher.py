@@ -93,7 +93,9 @@ class GlancePublisher:
     ) -> GlanceImage:
         project = await asyncio.to_thread(glance.project_id)
         named = await asyncio.to_thread(_named, glance, project, name)
-        found = [str(i["id"]) for i in named if _is_copy_of(i, source)]
+        # Revealing: a copy rotation deactivated is the image to show again.
+        shown = ("active", "deactivated") if target.reveal else ("active",)
+        found = [str(i["id"]) for i in named if _is_copy_of(i, source, shown)]
         adopted = await self._settle_leftovers(glance, source, named, adopt=not found)
         existing = found[0] if found else adopted
         if existing is not None:
@@ -314,8 +316,10 @@ def _named(glance: GlanceApi, project: str, name: str) -> list[dict[str, Any]]:
     return glance.list(**query) + glance.list(**query, os_hidden="true")
 
 
-def _is_copy_of(image: dict[str, Any], source: ImageSource) -> bool:
-    return image.get(KILN_MARK) == source.artifact_id and image["status"] == "active"
+def _is_copy_of(
+    image: dict[str, Any], source: ImageSource, statuses: tuple[str, ...] = ("active",)
+) -> bool:
+    return image.get(KILN_MARK) == source.artifact_id and image["status"] in statuses
 
 
 def _in_flight(image: Mapping[str, Any]) -> bool:
@@ -366,8 +370,13 @@ def _retire(glance: GlanceApi, image: Mapping[str, Any], how: str) -> None:
 
 
 def _reveal(glance: GlanceApi, image_id: str) -> None:
-    """Un-hides the image if rotation (or an expiry) hid it."""
-    if glance.get(image_id).get("os_hidden"):
+    """Shows the image again if rotation (or an expiry) hid or deactivated it
+    (a revoked build is never published, so never revealed)."""
+    image = glance.get(image_id)
+    if image.get("status") == "deactivated":
+        glance.reactivate(image_id)
+        log.info("%s: image %s reactivated", glance.where, image_id)
+    if image.get("os_hidden"):
         glance.set_properties(image_id, {"os_hidden": False})
         log.info("%s: image %s shown again", glance.where, image_id)
 
