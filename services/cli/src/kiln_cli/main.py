@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -207,11 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BROKEN_PIPE = 141  # what a shell reports for a tool that SIGPIPE ended (128 + 13)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`kiln build show ID | head`): end quietly, as
+        # Unix tools do. stdout goes to /dev/null so the flush at exit does
+        # not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
     args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
+    except BrokenPipeError:
+        raise  # main() ends it quietly: not an OSError to report
     except (ClientError, NotRunning) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 1
