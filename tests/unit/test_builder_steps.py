@@ -194,3 +194,26 @@ def test_test_commands_cannot_be_skipped_with_the_boot_test(tmp_path: Path) -> N
     with pytest.raises(FailedPrecondition, match=r"test\.commands run in the boot test"):
         asyncio.run(Bake(recipe, options).run())
     assert not (tmp_path / "w").exists()  # refused before any work
+
+
+def test_a_failed_step_records_the_time_it_took(tmp_path: Path) -> None:
+    import asyncio
+
+    from kiln_builder.engine import Bake, BakeOptions
+    from kiln_common.errors import FailedPrecondition
+    from kiln_recipe.loader import parse_recipe
+
+    text = 'name: a\nversion: "1"\nfrom:\n  bootstrap: {distro: debian, release: bookworm}\n'
+    options = BakeOptions(out_dir=tmp_path / "o", work_root=tmp_path / "w",
+                          cache_dir=tmp_path / "c", build_id="b")  # fmt: skip
+    bake = Bake(parse_recipe(text, tmp_path), options)
+
+    async def boot_that_fails() -> None:
+        async with bake.step("boot-test"):
+            await asyncio.sleep(0.2)
+            raise FailedPrecondition("no login prompt")
+
+    with pytest.raises(FailedPrecondition):
+        asyncio.run(boot_that_fails())
+    (record,) = bake.steps
+    assert record.name == "boot-test" and record.seconds >= 0.2

@@ -178,7 +178,10 @@ class Bake:
             yield record
         except (KilnError, ProcessError) as exc:
             raise in_step(name, exc) from exc
-        record.seconds = round(time.monotonic() - started, 2)
+        finally:
+            # A failed or cancelled step took its time too (a boot test that
+            # failed after 40 s is not 0.0 s in the record).
+            record.seconds = round(time.monotonic() - started, 2)
         self.progress(record, "done")
 
     async def run_stage(self, stage: Stage, held: contextlib.AsyncExitStack) -> StepRecord:
