@@ -648,3 +648,22 @@ def test_a_non_root_pod_can_read_the_secrets_it_mounts() -> None:
         mounts_secret = any("secret" in v for v in spec.get("volumes", []))
         if context.get("runAsNonRoot") and mounts_secret:
             assert context.get("fsGroup") == context["runAsGroup"], doc_id(workload)
+
+
+def test_the_secret_keys_the_comments_tell_you_to_create_are_the_placeholders_keys() -> None:
+    """An operator follows a Secret's comment (`kubectl create secret ...
+    --from-file=KEY`): each KEY named there is one the placeholder (and so
+    the pods' mounts and settings) has."""
+    for path in sorted(K8S_DIR.rglob("*.yaml")):
+        text = path.read_text()
+        comments = " ".join(line.lstrip("# ") for line in text.splitlines() if line.startswith("#"))
+        named = set(re.findall(r"--from-file=([A-Za-z0-9._-]+?)(?==|`|,|\s|$)", comments))
+        if not named:
+            continue
+        keys = {
+            key
+            for doc in yaml.safe_load_all(text)
+            if doc and doc.get("kind") == "Secret"
+            for key in {**doc.get("stringData", {}), **doc.get("data", {})}
+        }
+        assert named <= keys, f"{path.relative_to(REPO)}: {sorted(named - keys)} not in {keys}"
