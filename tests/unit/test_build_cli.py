@@ -152,3 +152,12 @@ def test_show_lists_each_boot_test_command_and_json_has_them(
     shown = json.loads(capsys.readouterr().out)
     assert [t["command"] for t in shown["test_commands"]] == ["cat /etc/os-release", "exit 3",
                                                                "sleep 999"]  # fmt: skip
+
+
+def test_kiln_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"kiln {importlib.metadata.version('kiln-cli')}\n"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -157,10 +158,19 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed kiln-cli package's version."""
+    try:
+        return importlib.metadata.version("kiln-cli")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Kiln: build, store and publish VM images"
     )
+    parser.add_argument("--version", action="version", version=f"kiln {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
     up.add_argument(
