@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import nats
 import openstack
@@ -122,6 +124,15 @@ def test_publish_a_build_to_glance_and_the_marketplace(
     verified = json.loads(kiln(env, "market", "verify", "--file", str(entry_file), "--json").stdout)
     assert verified["valid"] and verified["identifier"] == identifier
     document = json.loads(shown)
+    # Its first location is the marketplace's stable link, which outlives the
+    # storage URL signed beside it: followed, it gives the image.
+    stable, signed_url = document["entry"]["locations"]
+    endorser = document["entry"]["endorser"]["email"]
+    assert stable == (f"{stack_of(env).publisher_http}/api/v1/entries/{identifier}/download"
+                      f"?endorser={quote(endorser)}")  # fmt: skip
+    assert signed_url != stable
+    with urllib.request.urlopen(stable, timeout=30) as reply:  # a 307 to storage, followed
+        assert reply.read() == (tmp_path / "pubtest.qcow2").read_bytes()
     document["entry"]["size"] += 1
     entry_file.write_text(json.dumps(document))
     bad = kiln(env, "market", "verify", "--file", str(entry_file), check=False)

@@ -169,6 +169,19 @@ async def build(settings: PublisherSettings) -> PublisherApp:
         return await _build(settings, held)
 
 
+def public_url(settings: PublisherSettings, scheme: str, port: int) -> str:
+    """Where readers reach the marketplace: the setting, else the address it
+    serves on ("" when that is a wildcard: no reader can use it)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        log.warning("KILN_PUBLISHER_PUBLIC_URL is not set and the marketplace listens on %s:"
+                    " entries carry storage URLs alone, which expire", host or "*")  # fmt: skip
+        return ""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
 async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     token = settings.token.get_secret_value() if settings.token else None
     serve_with(token, settings.tls_ca_file, held)
@@ -227,6 +240,7 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
         )
         scheme = "https" if tls else "http"
         log.info("marketplace on %s://%s:%d/", scheme, settings.http_host, app.http_port)
+        core.download_base = public_url(settings, scheme, app.http_port)
     jobs: list[Coroutine[Any, Any, None]] = [
         _sweeper(core, settings.sweep_interval_seconds, settings.retire_action)
     ]

@@ -28,11 +28,13 @@ from kiln_common.ids import check_id, new_id
 from kiln_common.logs import redact
 from kiln_common.publications import Publication
 from kiln_market import Entry, SignedEntry
+from kiln_market.entry import identifier_for
 from kiln_publisher import facts
 from kiln_publisher.claims import CLAIM_PREFIX, Claims
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.glance.api import where
 from kiln_publisher.market import Market, Query
+from kiln_publisher.market.links import download_path
 from kiln_publisher.model import (
     DONE,
     FAILED,
@@ -86,6 +88,8 @@ class PublisherCore:
         self.storage = storage
         self.builder = builder
         self.channels = channels
+        # The marketplace's address as readers reach it (set once it serves): "" for none.
+        self.download_base = ""
         self.js = js
         self.events = events
         self.glance = glance
@@ -417,11 +421,21 @@ class PublisherCore:
         if not endorser:
             raise InvalidArgument("name an endorser (the publisher has no default endorser)")
         image = facts.image_facts(
-            artifact, (url,), recipe, endorser, sbom, market.title, market.description
-        )
+            artifact, self._locations(artifact, endorser, url), recipe, endorser, sbom,
+            market.title, market.description,
+        )  # fmt: skip
         valid_for = timedelta(seconds=market.valid_for) if market.valid_for else None
         signed = await self.market.publish(image, endorser, valid_for, tenant=tenant)
         yield Result(artifact.id, "marketplace", endorser, entry_identifier=signed.identifier)
+
+    def _locations(self, artifact: Artifact, endorser: str, url: str) -> tuple[str, ...]:
+        """An entry's locations: its stable download link on this marketplace
+        first (it redirects to a URL signed when followed, so it lives as long
+        as the entry), then the storage URL signed now (it dies in url_seconds)."""
+        if not self.download_base or not artifact.checksums.sha1:
+            return (url,)
+        identifier = identifier_for(artifact.checksums.sha1)
+        return (self.download_base + download_path(identifier, endorser), url)
 
     async def _stream(self, artifact_id: str) -> AsyncIterator[bytes]:
         async for chunk in self.storage.stream(artifact_id):

@@ -46,6 +46,11 @@ class PublisherSettings(IdentitySettings):
     """Address the marketplace's JSON API and HTML catalogue bind to."""
     http_port: int = 8083
     """Port of the marketplace HTTP server (0 picks a free one)."""
+    public_url: str = ""
+    """The marketplace's address as its readers reach it (https://market.example.org):
+    each entry's first location is its stable download link there, which outlives
+    the storage URLs signed beside it. Empty: the address it serves on, unless
+    that is a wildcard (0.0.0.0, ::), when entries carry the storage URL alone."""
     storage: str = "127.0.0.1:50051"
     """host:port of the storage service."""
     builder: str = ""

@@ -20,7 +20,7 @@ from kiln_common.errors import InvalidArgument, KilnError, NotFound, Unavailable
 from kiln_market.entry import Entry
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market.catalogue import render_catalogue
-from kiln_publisher.market.links import API, links
+from kiln_publisher.market.links import API, is_download_link, links
 from kiln_publisher.market.query import Query
 from kiln_publisher.market.store import Market
 
@@ -106,8 +106,8 @@ async def _download(request: web.Request) -> web.Response:
     locate = request.app[_LOCATE]
     if locate is not None:
         url = await locate(signed.entry)
-    elif signed.entry.locations:
-        url = signed.entry.locations[0]
+    elif others := [u for u in signed.entry.locations if not is_download_link(u)]:
+        url = others[0]  # not its own stable link: that is this very redirect
     else:
         raise NotFound(f"entry {signed.identifier} has no download location")
     raise web.HTTPTemporaryRedirect(url)

@@ -9,6 +9,16 @@ from kiln_market.entry import Entry
 API = "/api/v1/entries"
 
 
+def download_path(identifier: str, endorser: str) -> str:
+    """The path of an entry's stable download link (a redirect to a URL
+    signed when it is followed)."""
+    return f"{API}/{identifier}/download?endorser={quote(endorser)}"
+
+
+def is_download_link(url: str) -> bool:
+    return f"{API}/" in url and "/download?" in url
+
+
 def links(entry: Entry, redirect: bool) -> dict[str, str | None]:
     """The entry's links; with redirect, download goes through this app,
     which sends the browser on to a freshly signed URL."""
@@ -18,5 +28,5 @@ def links(entry: Entry, redirect: bool) -> dict[str, str | None]:
     return {
         "self": base + by,
         "document": f"{base}/entry.json{by}",
-        "download": f"{base}/download{by}" if redirect else first,
+        "download": download_path(entry.identifier, entry.endorser.email) if redirect else first,
     }
