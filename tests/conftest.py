@@ -146,3 +146,13 @@ def storage_service(tmp_path: Path) -> StorageFactory:
             await app.stop()
 
     return start
+
+
+@pytest.fixture(scope="session")
+def glance_noauth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Glance]:
+    """A Glance without Keystone, as standalone Glance set-ups run it: every
+    caller is its one project (kiln_devstack.devservers.glance_noauth)."""
+    base = tmp_path_factory.mktemp("glance-noauth")
+    server = start_glance(base, base / "gunicorn.log", None, schema_cache=OPENSTACK_SCHEMAS)
+    with stopping(server.pid):
+        yield server

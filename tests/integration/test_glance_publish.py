@@ -27,6 +27,7 @@ from kiln_devstack.devservers import (
     free_port,
     register_image_endpoint,
     write_clouds_yaml,
+    write_noauth_clouds_yaml,
 )
 from kiln_publisher.glance import GlancePublisher, GlanceTarget, ImageSource
 from kiln_publisher.glance.api import GlanceApi, config
@@ -296,3 +297,26 @@ async def test_projects_cannot_see_each_others_private_images(
     theirs = await publisher.publish(art, GlanceTarget("kiln-b"))  # not kiln-a's "existing"
     assert theirs.method != "existing" and theirs.image_id != mine.image_id
     assert [i["id"] for i in glance_images(clouds_yaml, art.name, "kiln-a")] == [mine.image_id]
+
+
+async def test_a_glance_without_keystone_gets_one_image_per_artifact_and_rotates(
+    glance_noauth: Glance, images: ImageServer, tmp_path: Path
+) -> None:
+    """clouds.yaml `auth_type: none`: no project to ask for, so the look-up
+    for an artifact's image and rotation by name must not filter on one
+    (they asked for owner None, and publishing twice made two images)."""
+    clouds = write_noauth_clouds_yaml(tmp_path / "clouds.yaml", "standalone", glance_noauth)
+    publisher = GlancePublisher(clouds, QUICK, poll=0.1)
+    name = f"standalone-{secrets.token_hex(4)}"
+    target = GlanceTarget("standalone", name=name, keep=1, retire="hide")
+    art = source(images, 16, url="")
+    first = await publisher.publish(art, target)
+    again = await publisher.publish(art, target)
+    assert (again.image_id, again.method) == (first.image_id, "existing")
+    await asyncio.sleep(1.0)  # created_at has one-second resolution
+    newer = await publisher.publish(source(images, 32, url=""), target)
+    assert newer.retired == (first.image_id,)
+    api = GlanceApi(config(clouds), "standalone", None)
+    listed = api.list(name=name) + api.list(name=name, os_hidden="true")
+    state = {i["id"]: i["os_hidden"] for i in listed}
+    assert state == {first.image_id: True, newer.image_id: False}

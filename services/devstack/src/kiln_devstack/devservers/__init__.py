@@ -27,6 +27,7 @@ from kiln_devstack.devservers.openstack import (
     start_glance,
     start_keystone,
     write_clouds_yaml,
+    write_noauth_clouds_yaml,
 )
 from kiln_devstack.devservers.seaweed import SEAWEED_PORTS, SEAWEED_VOLUMES, Seaweed, start_seaweed
 
@@ -57,4 +58,5 @@ __all__ = [
     "wait_grpc_health",
     "wait_http",
     "write_clouds_yaml",
+    "write_noauth_clouds_yaml",
 ]

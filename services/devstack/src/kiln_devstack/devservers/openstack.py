@@ -285,10 +285,24 @@ def glance_paste_ini() -> Path:
     raise ServerError("glance-api-paste.ini not found: run the set-up command in README.md")
 
 
+def _noauth_paste_ini(data: Path) -> Path:
+    """The stock pipeline with Keystone's authtoken replaced by
+    glance_noauth's filter: Glance without Keystone, as standalone set-ups run it."""
+    stock = glance_paste_ini().read_text()
+    text = stock.replace("osprofiler authtoken context", "osprofiler kiln_identity context")
+    text += (
+        "\n[filter:kiln_identity]\n"
+        "paste.filter_factory = kiln_devstack.devservers.glance_noauth:filter_factory\n"
+    )
+    path = data / "glance-api-paste.ini"
+    path.write_text(text)
+    return path
+
+
 def start_glance(
     data: Path,
     log: Path,
-    keystone: Keystone,
+    keystone: Keystone | None,
     region: str = "RegionOne",
     import_methods: tuple[str, ...] = GLANCE_IMPORT_METHODS,
     schema_cache: Path | None = None,
@@ -298,13 +312,14 @@ def start_glance(
     the legacy upload). web-download may fetch from 127.0.0.1 (only), on
     any port, so tests can serve images from loopback. Its endpoint
     is registered in Keystone under region (one Glance per region).
+    keystone None: no Keystone at all (clouds.yaml `auth_type: none` and the
+    endpoint), every caller the one project (glance_noauth).
     schema_cache: as for start_keystone."""
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     for sub in ("images", "staging", "tasks", "cache"):
         (data / sub).mkdir(exist_ok=True)
-    auth = keystone.url.rsplit("/v3", 1)[0]
     (data / "glance-api.conf").write_text(
         _ini(
             {
@@ -320,17 +335,7 @@ def start_glance(
                 "fs": {"filesystem_store_datadir": str(data / "images")},
                 "os_glance_staging_store": {"filesystem_store_datadir": str(data / "staging")},
                 "os_glance_tasks_store": {"filesystem_store_datadir": str(data / "tasks")},
-                "paste_deploy": {"flavor": "keystone", "config_file": str(glance_paste_ini())},
-                "keystone_authtoken": {
-                    "www_authenticate_uri": auth,
-                    "auth_url": auth,
-                    "auth_type": "password",
-                    "username": "admin",
-                    "password": keystone.admin_password,
-                    "project_name": "admin",
-                    "user_domain_id": "default",
-                    "project_domain_id": "default",
-                },
+                **_auth_sections(data, keystone),
                 # web-download refuses loopback and ports other than 80 and
                 # 443 by default; tests serve images on 127.0.0.1's free ports.
                 "import_filtering_opts": {"allowed_ports": "[]", "allowed_hosts": "[127.0.0.1]"},
@@ -345,16 +350,46 @@ def start_glance(
         "db_sync",
     ]
     _migrated(data / "glance.db", "glance", schema_cache, manage)
-    register_image_endpoint(keystone, region, url)
+    if keystone is not None:
+        register_image_endpoint(keystone, region, url)
     env = {"OS_GLANCE_CONFIG_DIR": str(data)}
     pid = _gunicorn("glance.wsgi.api:application", port, data, log, env)
     try:
-        # Unauthenticated /v2/images is 401 once the app (and its auth) is loaded.
-        wait_http(f"{url}/v2/images", pid, log, timeout=120, ok=(401,))
+        # /v2/images answers once the app is loaded: 401 (unauthenticated) with
+        # Keystone, 200 without.
+        ready = (401,) if keystone is not None else (200,)
+        wait_http(f"{url}/v2/images", pid, log, timeout=120, ok=ready)
     except BaseException:
         stop_pid(pid)
         raise
     return Glance(url, region, import_methods, data, pid)
+
+
+def _auth_sections(data: Path, keystone: Keystone | None) -> dict[str, dict[str, str]]:
+    """glance-api.conf's paste pipeline and, with Keystone, its authtoken settings."""
+    if keystone is None:
+        return {"paste_deploy": {"flavor": "keystone", "config_file": str(_noauth_paste_ini(data))}}
+    auth = keystone.url.rsplit("/v3", 1)[0]
+    return {
+        "paste_deploy": {"flavor": "keystone", "config_file": str(glance_paste_ini())},
+        "keystone_authtoken": {
+            "www_authenticate_uri": auth,
+            "auth_url": auth,
+            "auth_type": "password",
+            "username": "admin",
+            "password": keystone.admin_password,
+            "project_name": "admin",
+            "user_domain_id": "default",
+            "project_domain_id": "default",
+        },
+    }
+
+
+def write_noauth_clouds_yaml(path: Path, cloud: str, glance: Glance) -> Path:
+    """A clouds.yaml naming a Glance without Keystone (`auth_type: none`)."""
+    clouds = {cloud: {"auth_type": "none", "image_endpoint_override": glance.url}}
+    path.write_text(json.dumps({"clouds": clouds}, indent=2) + "\n")
+    return path
 
 
 def write_clouds_yaml(path: Path, keystone: Keystone, regions: tuple[str, ...]) -> Path:

@@ -104,10 +104,13 @@ class GlanceApi:
         return reply
 
     def project_id(self) -> str:
+        """The project the session acts in; "" for a Glance without Keystone
+        (clouds.yaml `auth_type: none`), which has no project to name."""
         try:
-            return str(self.conn.current_project_id)
+            project = self.conn.current_project_id
         except Exception as exc:
             raise translate(exc, f"authenticating to {self.where}") from exc
+        return str(project) if project else ""
 
     def import_methods(self) -> tuple[str, ...]:
         info = self._call("GET", "/info/import", (200,)).json()

@@ -311,8 +311,10 @@ def _create_body(source: ImageSource, target: GlanceTarget, name: str) -> dict[s
 
 def _named(glance: GlanceApi, project: str, name: str) -> list[dict[str, Any]]:
     """This project's images of the name, hidden ones included (a listing
-    leaves them out unless asked)."""
-    query = {"name": name, "owner": project}
+    leaves them out unless asked). Without a project (a Glance without
+    Keystone) every image of the name that the session sees: asking for an
+    owner "None" found none, and each publish made another copy."""
+    query = {"name": name, "owner": project} if project else {"name": name}
     return glance.list(**query) + glance.list(**query, os_hidden="true")
 
 
