@@ -81,7 +81,7 @@ def test_the_storage_commands_from_the_issue(env: dict[str, str], tmp_path: Path
 
     assert f"deleted {artifact_id}" in kiln(env, "artifact", "rm", artifact_id).stdout
     gone = kiln(env, "artifact", "rm", artifact_id, check=False)
-    assert gone.returncode == 1 and gone.stderr.startswith("kiln: NOT_FOUND")
+    assert gone.returncode == 4 and gone.stderr.startswith("kiln: NOT_FOUND")
 
     assert "kiln is down" in kiln(env, "down").stdout
     assert not any(pid_alive(pid) for pid in stack["pids"].values())
@@ -89,7 +89,7 @@ def test_the_storage_commands_from_the_issue(env: dict[str, str], tmp_path: Path
 
 def test_user_errors_are_one_line_never_a_traceback(env: dict[str, str], tmp_path: Path) -> None:
     down = kiln(env, "artifact", "ls", check=False)
-    assert down.returncode == 1 and "kiln up" in down.stderr
+    assert down.returncode == 5 and "kiln up" in down.stderr
     kiln(env, "up")
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
@@ -101,7 +101,7 @@ def test_user_errors_are_one_line_never_a_traceback(env: dict[str, str], tmp_pat
     )
     assert badlabel.returncode == 2 and "KEY=VALUE" in badlabel.stderr
     badid = kiln(env, "artifact", "url", "../../etc/passwd", check=False)
-    assert badid.returncode == 1 and "INVALID_ARGUMENT" in badid.stderr
+    assert badid.returncode == 2 and "INVALID_ARGUMENT" in badid.stderr
     for result in (down, missing, badlabel, badid):
         assert len(result.stderr.strip().splitlines()) == 1
     recipe = tmp_path / "bad.yaml"
@@ -109,7 +109,7 @@ def test_user_errors_are_one_line_never_a_traceback(env: dict[str, str], tmp_pat
     bad = kiln(env, "build", str(recipe), "--follow", check=False)
     assert bad.returncode == 2 and f"{recipe}:4: from.bootstrap.release" in bad.stderr
     unknown = kiln(env, "build", "show", "0" * 26, check=False)
-    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    assert unknown.returncode == 4 and "NOT_FOUND" in unknown.stderr
 
 
 @pytest.mark.build
@@ -155,9 +155,9 @@ def test_tokens_from_the_cli_give_each_role_its_calls_and_a_revoked_one_none(
     src = tmp_path / "f"
     src.write_bytes(b"x")
     refused = kiln(viewer, "artifact", "push", str(src), check=False)
-    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    assert refused.returncode == 6 and "PERMISSION_DENIED" in refused.stderr
     refused = kiln(viewer, "token", "ls", check=False)
-    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
+    assert refused.returncode == 6 and "PERMISSION_DENIED" in refused.stderr
 
     assert f"revoked {token_id}" in kiln(env, "token", "revoke", token_id).stdout
     # Storage sees the revocation within its token cache's 2 s (the builder, at once).
@@ -172,9 +172,9 @@ def test_tokens_from_the_cli_give_each_role_its_calls_and_a_revoked_one_none(
     assert "UNAUTHENTICATED" in refused.stderr
     forged = kiln({**env, "KILN_TOKEN": "kiln_" + "0" * 26 + "_" + "A" * 43}, "artifact", "ls",
                   check=False)  # fmt: skip
-    assert forged.returncode == 1 and "UNAUTHENTICATED" in forged.stderr
+    assert forged.returncode == 6 and "UNAUTHENTICATED" in forged.stderr
     bad = kiln(env, "token", "create", "--tenant", "Team A", "--role", "viewer", check=False)
-    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    assert bad.returncode == 2 and "INVALID_ARGUMENT" in bad.stderr
 
 
 def _health(address: str, credentials: grpc.ChannelCredentials | None) -> str:

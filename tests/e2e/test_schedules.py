@@ -190,7 +190,7 @@ def test_a_failing_schedule_pauses_itself_says_why_and_fires_again_once_resumed(
     assert [s["id"] for s in listed] == [schedule_id]
     kiln(env, "schedule", "rm", schedule_id)
     gone = kiln(env, "schedule", "show", schedule_id, check=False)
-    assert gone.returncode == 1 and f"schedule {schedule_id} does not exist" in gone.stderr
+    assert gone.returncode == 4 and f"schedule {schedule_id} does not exist" in gone.stderr
 
 
 def test_another_tenants_schedule_is_not_there(env: dict[str, str], tmp_path: Path) -> None:
@@ -202,7 +202,7 @@ def test_another_tenants_schedule_is_not_there(env: dict[str, str], tmp_path: Pa
     for verb in ("show", "runs", "pause", "resume", "run", "rm"):
         theirs = kiln(stranger, "schedule", verb, schedule_id, check=False)
         none = kiln(stranger, "schedule", verb, unknown, check=False)
-        assert theirs.returncode == none.returncode == 1
+        assert theirs.returncode == none.returncode == 4
         assert theirs.stderr.replace(schedule_id, unknown) == none.stderr
     assert json.loads(kiln(stranger, "schedule", "ls", "--json").stdout) == []
     shown = json.loads(kiln(env, "schedule", "show", schedule_id, "--json").stdout)
@@ -210,4 +210,4 @@ def test_another_tenants_schedule_is_not_there(env: dict[str, str], tmp_path: Pa
                                                                    "Europe/Amsterdam")  # fmt: skip
     bad = kiln(env, "schedule", "add", str(tmp_path / "r/recipe.yaml"), "--cron", "0 3 * *",
                check=False)  # fmt: skip
-    assert bad.returncode == 1 and "is not a cron expression" in bad.stderr
+    assert bad.returncode == 2 and "is not a cron expression" in bad.stderr

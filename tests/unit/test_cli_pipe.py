@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kiln_cli.main import BROKEN_PIPE
+from kiln_cli.exits import BROKEN_PIPE
 
 RECIPE = Path(__file__).parents[1] / "data" / "recipes" / "minimal.yaml"
 # The CLI as it runs, its output flushed at each line (as a long output is

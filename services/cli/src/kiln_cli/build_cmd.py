@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from kiln_cli import exits
 from kiln_client import BuilderClient, StorageClient, wire
 from kiln_common import lifecycle
 from kiln_common.builds import (
@@ -120,7 +121,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print(f"\nkiln: stopped following; the build goes on (kiln build cancel {build.id})",
                   file=sys.stderr)  # fmt: skip
-            return 130
+            return exits.INTERRUPTED
         final = client.get(build.id)
     print_outcome(final, download_urls(final))
     return STATES[final.state].exit_code if final.state in STATES else 1

@@ -17,6 +17,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from kiln_cli import exits
 from kiln_client import wire
 from kiln_client.channels import ChannelsClient
 from kiln_common.channels import Channel, ChannelRequirement
@@ -130,7 +131,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if args.for_ is None:
             print("kiln: --requires needs --for: how long a build must sit there"
                   " (0s: only that it was there)", file=sys.stderr)  # fmt: skip
-            return 2
+            return exits.BAD_INPUT
         requires = ChannelRequirement(args.requires, args.for_)
     with ChannelsClient() as client:
         _print_channel(client.policy_set(args.name, args.channel, requires), args.json)

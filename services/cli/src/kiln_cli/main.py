@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from kiln_cli import exits
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.channel_cmd import add_channel_parsers
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
@@ -218,9 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-BROKEN_PIPE = 141  # what a shell reports for a tool that SIGPIPE ended (128 + 13)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         # not raise again.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return BROKEN_PIPE
+        return exits.BROKEN_PIPE
 
 
 def _main(argv: list[str] | None) -> int:
@@ -242,23 +240,19 @@ def _main(argv: list[str] | None) -> int:
         raise  # main() ends it quietly: not an OSError to report
     except (ClientError, NotRunning) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
-        return 1
+        return exits.for_error(exc)
     except KilnError as exc:  # a service's answer: its status and message
         print(f"kiln: {code_name(exc)}: {exc}", file=sys.stderr)
-        return 1
-    except (
-        UsageError,
-        BuildUsageError,
-        PublishUsageError,
-        ServerError,
-        ProcessError,
-        OSError,
-    ) as exc:
+        return exits.for_error(exc)
+    except (UsageError, BuildUsageError, PublishUsageError) as exc:
         print(f"kiln: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, (UsageError, BuildUsageError, PublishUsageError)) else 1
+        return exits.BAD_INPUT
+    except (ServerError, ProcessError, OSError) as exc:
+        print(f"kiln: {exc}", file=sys.stderr)
+        return exits.FAILED
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":
