@@ -8,6 +8,7 @@ show one, print or follow its log, cancel it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from kiln_cli import exits
+from kiln_cli import exits, output
 from kiln_client import BuilderClient, StorageClient, wire
 from kiln_common import lifecycle
 from kiln_common.builds import (
@@ -112,6 +113,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             no_cache=args.no_cache,
             skip_boot_test=args.no_boot_test,
         )
+        if args.json and not args.follow:
+            output.emit(output.build(build))
+            return 0
+        if args.json:
+            return _follow_json(client, build.id)
         print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
         if not args.follow:
             print(build.id)
@@ -125,6 +131,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         final = client.get(build.id)
     print_outcome(final, download_urls(final))
     return STATES[final.state].exit_code if final.state in STATES else 1
+
+
+def _follow_json(client: BuilderClient, build_id: str) -> int:
+    """`kiln build RECIPE --follow --json`: one JSON line per update (as the
+    API's BuildUpdate), then one with the final record ({"build": ...})."""
+    for update in client.watch(build_id):
+        output.line(output.update(update))
+    final = client.get(build_id)
+    output.line({"build": output.build(final)})
+    return STATES[final.state].exit_code if final.state in STATES else exits.FAILED
 
 
 class Follower:
@@ -239,6 +255,11 @@ def _took(build: Build) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.json:
+        with _client() as client:
+            found = client.list(lifecycle.state_of(args.state or ""), args.name, args.limit)
+            output.emit(output.builds(itertools.islice(found, max(args.limit, 0))))
+        return 0
     print(f"{'ID':<26}  {'STATE':<9}  {'NAME':<24}  {'VERSION':<10}  {'CREATED':<19}  TOOK")
     if args.limit <= 0:
         return 0
@@ -332,7 +353,12 @@ def test_word(result: TestCommandResult) -> str:
 def cmd_logs(args: argparse.Namespace) -> int:
     with _client() as client:
         for update in client.watch(args.id, stored_only=not args.follow):
-            if update.log is not None:
+            if update.log is None:
+                continue
+            if args.json:  # one JSON line per log line: its text, level and time
+                output.line({"text": update.log.text, "level": update.log.level,
+                             "time": wire.timestamp_text(update.time)})  # fmt: skip
+            else:
                 print(update.log.text, flush=True)
     return 0
 
@@ -340,6 +366,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client() as client:
         b = client.cancel(args.id)
+    if args.json:
+        output.emit(output.build(b))
+        return 0
     done = b.state == BuildState.CANCELLED
     print(f"build {b.id} {'cancelled' if done else 'cancel requested (the worker is stopping it)'}")
     return 0

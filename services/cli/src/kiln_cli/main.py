@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln_cli import exits
+from kiln_cli import exits, output
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.channel_cmd import add_channel_parsers
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
@@ -78,6 +78,13 @@ def _client(args: argparse.Namespace) -> StorageClient:
 
 def cmd_up(args: argparse.Namespace) -> int:
     s = stack.up(stack.kiln_home(), tls=args.tls)
+    if args.json:
+        output.emit({
+            "home": str(s.home), "storage": s.storage, "storage_http": s.storage_http,
+            "builder": s.builder, "publisher": s.publisher, "publisher_http": s.publisher_http,
+            "nats": public_value(s.nats_url), "tls_ca": str(s.tls_ca or ""),
+        })  # fmt: skip
+        return 0
     print(f"kiln is up (state in {s.home})")
     print(f"  storage  {s.storage}  downloads {s.storage_http}")
     print(f"  builder  {s.builder}")
@@ -89,7 +96,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    print("kiln is down" if stack.down(stack.kiln_home()) else "kiln was not running")
+    stopped = stack.down(stack.kiln_home())
+    if args.json:
+        output.emit({"stopped": stopped})
+        return 0
+    print("kiln is down" if stopped else "kiln was not running")
     return 0
 
 
@@ -108,6 +119,9 @@ def cmd_push(args: argparse.Namespace) -> int:
             )
         finally:
             finish()
+    if args.json:
+        output.emit(output.artifact(artifact))
+        return 0
     print(artifact.id)
     return 0
 
@@ -115,6 +129,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with _client(args) as client:
         rows = list(client.list(parse_labels(args.label)))
+    if args.json:
+        output.emit([output.artifact(a) for a in rows])
+        return 0
     for a in rows:
         stored = a.created_at or datetime.fromtimestamp(0, UTC)
         created = stored.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -126,6 +143,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         a = client.stat(args.id)
+    if args.json:
+        output.emit(output.artifact(a))
+        return 0
     created = wire.timestamp_text(a.created_at)
     print(f"id        {a.id}\nsize      {a.size}\ncreated   {created}")
     for alg in ("sha256", "sha512", "sha1", "md5"):
@@ -136,8 +156,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_url(args: argparse.Namespace) -> int:
+    seconds = parse_duration(args.expires)
     with _client(args) as client:
-        print(client.url(args.id, parse_duration(args.expires)))
+        url = client.url(args.id, seconds)
+    if args.json:
+        output.emit({"artifact_id": args.id, "url": url, "expires_seconds": seconds})
+        return 0
+    print(url)
     return 0
 
 
@@ -145,17 +170,24 @@ def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
         update, finish = progress_bar(client.stat(args.id).size, "get")
         try:
-            client.get(args.id, Path(args.output), progress=update)
+            got = client.get(args.id, Path(args.output), progress=update)
         finally:
             finish()
+    if args.json:
+        output.emit({"artifact": output.artifact(got), "path": str(Path(args.output))})
     return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    deleted = []
     with _client(args) as client:
         for artifact_id in args.id:
             client.delete(artifact_id)
-            print(f"deleted {artifact_id}")
+            deleted.append(artifact_id)
+            if not args.json:
+                print(f"deleted {artifact_id}")
+    if args.json:
+        output.emit({"deleted": deleted})
     return 0
 
 
@@ -216,7 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_parsers(sub)
     add_channel_parsers(sub)
     add_token_parsers(sub)
+    _every_verb_takes_json(parser)
     return parser
+
+
+def _every_verb_takes_json(parser: argparse.ArgumentParser) -> None:
+    """--json on each verb that has not its own (the record as JSON on stdout,
+    errors as one JSON object on stderr: docs/cli.md)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if not any("--json" in a.option_strings for a in parser._actions):
+            parser.add_argument("--json", action="store_true", help="the result as JSON")
+        return
+    for verb in subs[0].choices.values():
+        _every_verb_takes_json(verb)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,25 +279,34 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
     args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
+    as_json = bool(getattr(args, "json", False))
     try:
         return int(args.fn(args))
     except BrokenPipeError:
         raise  # main() ends it quietly: not an OSError to report
     except (ClientError, NotRunning) as exc:
-        print(f"kiln: {exc}", file=sys.stderr)
-        return exits.for_error(exc)
+        # No stack running (and no address given): the services are unavailable.
+        code = "UNAVAILABLE" if isinstance(exc, NotRunning) else code_name(exc)
+        return _failed(as_json, code, exits.for_error(exc), f"kiln: {exc}")
     except KilnError as exc:  # a service's answer: its status and message
-        print(f"kiln: {code_name(exc)}: {exc}", file=sys.stderr)
-        return exits.for_error(exc)
+        code = code_name(exc)
+        return _failed(as_json, code, exits.for_error(exc), f"kiln: {code}: {exc}")
     except (UsageError, BuildUsageError, PublishUsageError) as exc:
-        print(f"kiln: {exc}", file=sys.stderr)
-        return exits.BAD_INPUT
+        return _failed(as_json, "INVALID_ARGUMENT", exits.BAD_INPUT, f"kiln: {exc}")
     except (ServerError, ProcessError, OSError) as exc:
-        print(f"kiln: {exc}", file=sys.stderr)
-        return exits.FAILED
+        return _failed(as_json, "FAILED", exits.FAILED, f"kiln: {exc}")
     except KeyboardInterrupt:
-        print("kiln: interrupted", file=sys.stderr)
-        return exits.INTERRUPTED
+        return _failed(as_json, "INTERRUPTED", exits.INTERRUPTED, "kiln: interrupted")
+
+
+def _failed(as_json: bool, code: str, exit_code: int, text: str) -> int:
+    """Says why the command failed, as one line (or one JSON object with
+    --json) on stderr; its exit code."""
+    if as_json:
+        output.error(code, exit_code, text.removeprefix("kiln: "))
+    else:
+        print(text, file=sys.stderr)
+    return exit_code
 
 
 if __name__ == "__main__":

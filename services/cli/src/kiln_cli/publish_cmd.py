@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from kiln_cli import exits
 from kiln_client import PublisherClient, wire
 from kiln_client.discovery import NotRunning
 from kiln_common import publications as api
@@ -256,6 +257,17 @@ def fetch_current(entry: Entry) -> bytes | None:
 
 
 def cmd_verify(args: argparse.Namespace, fetch: Fetch = fetch_current) -> int:
+    try:
+        return _verify(args, fetch)
+    except Rejected as exc:
+        if not args.json:
+            raise
+        # A rejection is the verification's answer: on stdout, like a pass.
+        _print_json({"valid": False, "reason": exc.reason, "message": str(exc)})
+        return exits.FAILED
+
+
+def _verify(args: argparse.Namespace, fetch: Fetch) -> int:
     if bool(args.file) == bool(args.identifier):
         raise PublishUsageError("kiln market verify: give an IDENTIFIER or --file ENTRY.json")
     if args.newest and not args.file:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kiln_cli import output
 from kiln_recipe import RecipeError, load_recipe
 
 
@@ -24,14 +25,23 @@ def add_recipe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     """0 if every recipe is valid, 1 if any has a problem."""
-    status = 0
+    as_json = getattr(args, "json", False)  # (a Namespace made by hand has none)
+    status, found = 0, []
     for name in args.recipe:
         try:
             recipe = load_recipe(Path(name))
         except RecipeError as exc:
             status = 1
-            for issue in exc.issues:
-                print(issue.render(name))
+            found.append({"file": name, "valid": False,
+                          "problems": [i.render(name) for i in exc.issues]})  # fmt: skip
+            if not as_json:
+                for issue in exc.issues:
+                    print(issue.render(name))
             continue
-        print(f"{name}: OK ({recipe.name} {recipe.version})")
+        found.append({"file": name, "valid": True, "name": recipe.name,
+                      "version": recipe.version, "problems": []})  # fmt: skip
+        if not as_json:
+            print(f"{name}: OK ({recipe.name} {recipe.version})")
+    if as_json:
+        output.emit(found)
     return status

@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import timedelta
+from typing import Any
 
+from kiln_cli import output
 from kiln_cli.usage import parse_duration
 from kiln_client.tokens import TokensClient
 from kiln_common.auth import Role
-from kiln_common.auth.static import expires_text
+from kiln_common.auth.static import TokenRecord, expires_text
 
 ROLES = [r.value for r in Role if r is not Role.SERVICE]
 
@@ -40,10 +42,20 @@ def add_token_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     sub.add_parser("whoami", help="the identity your token gives").set_defaults(fn=cmd_whoami)
 
 
+def _record(record: TokenRecord) -> dict[str, Any]:
+    """A token's record as JSON, without the digest of its secret."""
+    shown: dict[str, Any] = output.plain(record)
+    shown.pop("sha256", None)
+    return shown
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     expires = timedelta(seconds=parse_duration(args.expires)) if args.expires else None
     with TokensClient() as client:
         bearer, record = client.create(args.tenant, args.role, expires, args.description)
+    if args.json:  # the secret, once, with its record
+        output.emit({"token": bearer, "record": _record(record)})
+        return 0
     print(f"token {record.id}: {record.role} of {record.tenant}, expires {expires_text(record)}",
           file=sys.stderr)  # fmt: skip
     print(bearer)
@@ -53,6 +65,9 @@ def cmd_create(args: argparse.Namespace) -> int:
 def cmd_ls(args: argparse.Namespace) -> int:
     with TokensClient() as client:
         found = client.list(args.tenant)
+    if args.json:
+        output.emit([_record(r) for r in found])
+        return 0
     for r in found:
         state = "revoked" if r.revoked_at is not None else f"expires {expires_text(r)}"
         print(f"{r.id}  {r.tenant:<20} {r.role:<9}  {state}  {r.description}")
@@ -62,6 +77,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     with TokensClient() as client:
         record = client.revoke(args.id)
+    if args.json:
+        output.emit(_record(record))
+        return 0
     print(f"revoked {record.id} ({record.role} of {record.tenant})")
     return 0
 
@@ -69,5 +87,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 def cmd_whoami(args: argparse.Namespace) -> int:
     with TokensClient() as client:
         who = client.whoami()
+    if args.json:
+        output.emit(output.plain(who))
+        return 0
     print(f"{who.subject}: {who.role} of tenant {who.tenant} ({who.via} token)")
     return 0
