@@ -60,7 +60,10 @@ secret=()
 for name in "${services[@]}"; do
   version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "services/$name/pyproject.toml")
   start=$SECONDS
-  podman build --layers -f "services/$name/Containerfile" --build-arg BASE="$base" "${secret[@]}" \
+  # HEALTHCHECK is Docker-format: podman's default OCI format would drop it.
+  podman build --layers --format docker -f "services/$name/Containerfile" \
+    --build-arg BASE="$base" --build-arg VERSION="$version" \
+    --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" "${secret[@]}" \
     -t "kiln/$name:$version" .
   size=$(podman image inspect --format '{{.Size}}' "kiln/$name:$version")
   echo "build-images: kiln/$name:$version built in $((SECONDS - start))s, $((size / 1000000)) MB"

@@ -7,10 +7,11 @@ A real nats-server runs on the host (loopback, a free port). storage runs on the
 default network with its ports published on 127.0.0.1; publisher and builder,
 which reach that NATS and storage on the host's loopback, share the host's
 network and bind 127.0.0.1. Per image it checks the user its process runs as,
-gRPC health (SERVING), its own check (storage: an upload downloaded over HTTP;
-publisher: that upload published to the marketplace and listed on the HTML
-catalogue page, HTTP 200; builder: its tools and its libvirtd), a graceful stop
-on SIGTERM (exit status 0), and prints the image's size. Exit status 0 when all pass.
+gRPC health (SERVING), the image's HEALTHCHECK and OCI version label, its own
+check (storage: an upload downloaded over HTTP; publisher: that upload
+published to the marketplace and listed on the HTML catalogue page, HTTP 200;
+builder: its tools and its libvirtd), a graceful stop on SIGTERM (exit status
+0), and prints the image's size. Exit status 0 when all pass.
 """
 
 from __future__ import annotations
@@ -226,7 +227,12 @@ def smoke(service: str, ctx: Ctx, stack: contextlib.ExitStack) -> str:
     name = f"kiln-smoke-{service}-{secrets.token_hex(3)}"
     stack.enter_context(container(name, image, run_args(service, ctx)))
     healthy = wait_healthy(name, f"127.0.0.1:{ctx.ports[service]}")
-    notes = [f"{size / 1e6:.0f} MB", f"SERVING in {healthy:.1f}s", *CHECKS[service](name, ctx)]
+    # The image's own HEALTHCHECK (kiln_common.health_probe), run as podman runs it.
+    podman("healthcheck", "run", name)
+    labels = podman("image", "inspect", "--format",
+                    '{{index .Labels "org.opencontainers.image.version"}}', image)  # fmt: skip
+    notes = [f"{size / 1e6:.0f} MB", f"SERVING in {healthy:.1f}s", "HEALTHCHECK healthy",
+             f"labelled {labels}", *CHECKS[service](name, ctx)]  # fmt: skip
     print(f"smoke {image}: " + "; ".join(notes), flush=True)
     return name
 

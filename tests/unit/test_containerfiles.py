@@ -92,3 +92,39 @@ def test_runtime_stage_carries_no_compiler_or_package_cache(service: str) -> Non
     assert "rm -rf /var/lib/apt/lists/*" in runs
     for tool in ("gcc", "python3-dev", "python3-venv", "libvirt-dev", "pkg-config"):
         assert tool not in runs, f"{service}: {tool} in the runtime stage"
+
+
+OCI_LABELS = ("title", "description", "version", "revision")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_image_checks_its_grpc_health_and_carries_oci_labels(service: str) -> None:
+    steps = final_stage(service)
+    checks = [rest for word, rest in steps if word == "HEALTHCHECK"]
+    assert len(checks) == 1, f"{service}: one HEALTHCHECK in the runtime stage"
+    probe = re.search(r'"kiln_common\.health_probe", "127\.0\.0\.1:(\d+)"', checks[0])
+    assert probe is not None, checks[0]
+    health_bind = env_of(steps)[f"KILN_{service.upper()}_HEALTH_BIND"]
+    assert health_bind.rsplit(":", 1)[1] == probe.group(1)  # the port its health serves on
+    labels = " ".join(rest for word, rest in steps if word == "LABEL")
+    for key in OCI_LABELS:
+        assert f"org.opencontainers.image.{key}=" in labels, f"{service}: no {key} label"
+
+
+def test_the_health_probe_says_serving_only_for_a_serving_service() -> None:
+    import asyncio
+
+    from kiln_common.grpc_server import GrpcServer
+    from kiln_common.health_probe import serving
+
+    async def probe() -> tuple[bool, bool]:
+        server = GrpcServer("127.0.0.1:0", ["kiln.test"], lambda _: None)
+        port = await server.start()
+        try:
+            up = await asyncio.to_thread(serving, f"127.0.0.1:{port}", 2.0)
+        finally:
+            await server.stop(0)
+        down = await asyncio.to_thread(serving, f"127.0.0.1:{port}", 1.0)
+        return up, down
+
+    assert asyncio.run(probe()) == (True, False)

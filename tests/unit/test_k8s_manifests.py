@@ -667,3 +667,57 @@ def test_the_secret_keys_the_comments_tell_you_to_create_are_the_placeholders_ke
             for key in {**doc.get("stringData", {}), **doc.get("data", {})}
         }
         assert named <= keys, f"{path.relative_to(REPO)}: {sorted(named - keys)} not in {keys}"
+
+
+def _container_ports(workload: Doc) -> set[int]:
+    return {
+        int(p["containerPort"])
+        for c in pod_spec(workload)["containers"]
+        for p in c.get("ports", [])
+    }
+
+
+def _selects(policy: Doc, labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def test_each_workload_has_its_own_service_account_without_a_token() -> None:
+    accounts = {d["metadata"]["name"]: d for d in DOCS if d["kind"] == "ServiceAccount"}
+    for workload in workloads():
+        spec = pod_spec(workload)
+        name = spec.get("serviceAccountName", "")
+        assert name == workload["metadata"]["name"], doc_id(workload)
+        assert accounts[name]["automountServiceAccountToken"] is False
+        assert spec["automountServiceAccountToken"] is False
+
+
+def test_the_namespace_enforces_pod_security_and_holds_the_rest_to_restricted() -> None:
+    labels = find("Namespace", "kiln")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"  # the builder
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+
+
+def test_network_policies_deny_by_default_and_open_only_each_workloads_ports() -> None:
+    policies = [d for d in DOCS if d["kind"] == "NetworkPolicy"]
+    deny = find("NetworkPolicy", "default-deny")["spec"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny  # nothing comes in unless a workload's policy says so
+    by_name = {w["metadata"]["name"]: w for w in workloads()}
+    for name, workload in by_name.items():
+        labels = pod_spec(workload) and workload["spec"]["template"]["metadata"]["labels"]
+        own = [p for p in policies if p["spec"]["podSelector"] and _selects(p, labels)]
+        assert own, f"{name}: no NetworkPolicy selects it"
+        opened = {int(port["port"]) for p in own for rule in p["spec"].get("ingress", [])
+                  for port in rule.get("ports", [])}  # fmt: skip
+        assert opened <= _container_ports(workload), f"{name}: opens ports it does not serve"
+        # Every in-namespace destination's port is one that workload serves.
+        for p in own:
+            for rule in p["spec"].get("egress", []):
+                for peer in rule.get("to", []):
+                    target = peer.get("podSelector", {}).get("matchLabels", {})
+                    if "app.kubernetes.io/name" in target:
+                        served = _container_ports(by_name[target["app.kubernetes.io/name"]])
+                        ports = {int(x["port"]) for x in rule["ports"]}
+                        assert ports <= served, f"{name} -> {target}: {ports - served}"
