@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kiln_cli import exits
+from kiln_cli.key_cmd import add_key_parsers
 from kiln_client import PublisherClient, wire
 from kiln_client.discovery import NotRunning
 from kiln_common import publications as api
@@ -85,6 +86,7 @@ def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
                    help="keyring file or directory (default: the local stack's)")  # fmt: skip
     m.add_argument("--json", action="store_true")
     m.set_defaults(fn=cmd_verify)
+    add_key_parsers(market)
     m = market.add_parser("deprecate", help="re-sign an entry as deprecated")
     m.add_argument("identifier")
     m.add_argument("--endorser", default="")
