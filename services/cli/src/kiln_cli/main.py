@@ -16,6 +16,7 @@ from pathlib import Path
 from kiln_cli import exits, output
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.channel_cmd import add_channel_parsers
+from kiln_cli.examples import add_examples
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.schedule_cmd import add_schedule_parsers
@@ -248,8 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_parsers(sub)
     add_channel_parsers(sub)
     add_token_parsers(sub)
+    completion = sub.add_parser("completion", help="a shell completion script: bash or zsh")
+    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion.set_defaults(fn=cmd_completion)
     _every_verb_takes_json(parser)
+    add_examples(parser)
     return parser
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Prints the completion script shtab makes from this very parser."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def _every_verb_takes_json(parser: argparse.ArgumentParser) -> None:
@@ -257,6 +270,8 @@ def _every_verb_takes_json(parser: argparse.ArgumentParser) -> None:
     errors as one JSON object on stderr: docs/cli.md)."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
+        if parser.get_default("fn") is cmd_completion:
+            return  # a shell script, not a record
         if not any("--json" in a.option_strings for a in parser._actions):
             parser.add_argument("--json", action="store_true", help="the result as JSON")
         return
