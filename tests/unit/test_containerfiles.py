@@ -11,6 +11,8 @@ import pytest
 import yaml
 from support import REPO
 
+from kiln_common.health_probe import service_address
+
 SERVICES = ("storage", "builder", "publisher")
 # The uid each image runs as: the builder is root by design (loop devices, mounts).
 UIDS = {"storage": 10001, "publisher": 10001, "builder": 0}
@@ -97,15 +99,25 @@ def test_runtime_stage_carries_no_compiler_or_package_cache(service: str) -> Non
 OCI_LABELS = ("title", "description", "version", "revision")
 
 
+def test_the_health_probe_finds_the_address_the_service_was_told() -> None:
+    env = {"KILN_PUBLISHER_HEALTH_BIND": "", "KILN_PUBLISHER_GRPC_BIND": "127.0.0.1:6001"}
+    assert service_address("publisher", env) == "127.0.0.1:6001"  # host network: its own bind
+    assert service_address("builder", {"KILN_BUILDER_HEALTH_BIND": "0.0.0.0:8086"}) == (
+        "127.0.0.1:8086"
+    )
+    assert service_address("storage", {}) == "127.0.0.1:50051"
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_the_image_checks_its_grpc_health_and_carries_oci_labels(service: str) -> None:
     steps = final_stage(service)
     checks = [rest for word, rest in steps if word == "HEALTHCHECK"]
     assert len(checks) == 1, f"{service}: one HEALTHCHECK in the runtime stage"
-    probe = re.search(r'"kiln_common\.health_probe", "127\.0\.0\.1:(\d+)"', checks[0])
-    assert probe is not None, checks[0]
+    assert f'"kiln_common.health_probe", "--service", "{service}"' in checks[0], checks[0]
+    # Probed where the image's settings say its health serves.
     health_bind = env_of(steps)[f"KILN_{service.upper()}_HEALTH_BIND"]
-    assert health_bind.rsplit(":", 1)[1] == probe.group(1)  # the port its health serves on
+    port = health_bind.rsplit(":", 1)[1]
+    assert service_address(service, env_of(steps)) == f"127.0.0.1:{port}"
     labels = " ".join(rest for word, rest in steps if word == "LABEL")
     for key in OCI_LABELS:
         assert f"org.opencontainers.image.{key}=" in labels, f"{service}: no {key} label"
