@@ -44,6 +44,8 @@ EXAMPLES: dict[str, str] = {
     "token ls": "kiln token ls --tenant team-a",
     "token revoke": "kiln token revoke 01K0ZQ7Y3M4N5P6Q7R8S9T0V1W",
     "whoami": "kiln whoami",
+    "config show": "kiln config show",
+    "config use-context": "kiln config use-context prod",
     "completion": "kiln completion bash > /etc/bash_completion.d/kiln",
 }
 

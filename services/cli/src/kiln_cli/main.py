@@ -16,13 +16,14 @@ from pathlib import Path
 from kiln_cli import exits, output
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.channel_cmd import add_channel_parsers
+from kiln_cli.config_cmd import add_config_parsers
 from kiln_cli.examples import add_examples
 from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.schedule_cmd import add_schedule_parsers
 from kiln_cli.token_cmd import add_token_parsers
 from kiln_cli.usage import UsageError, parse_duration
-from kiln_client import ClientError, StorageClient, wire
+from kiln_client import ClientError, StorageClient, config, wire
 from kiln_client.discovery import NotRunning
 from kiln_client.transfer import Progress
 from kiln_common.digests import file_sha256
@@ -205,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kiln", description="Kiln: build, store and publish VM images"
     )
     parser.add_argument("--version", action="version", version=f"kiln {_version()}")
+    parser.add_argument("--context", default="",
+                        help="a context of the configuration file (kiln config show)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
     up.add_argument(
@@ -249,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_schedule_parsers(sub)
     add_channel_parsers(sub)
     add_token_parsers(sub)
+    add_config_parsers(sub)
     completion = sub.add_parser("completion", help="a shell completion script: bash or zsh")
     completion.add_argument("shell", choices=("bash", "zsh"))
     completion.set_defaults(fn=cmd_completion)
@@ -294,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
     args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
+    if args.context:  # the flag over KILN_CONTEXT, for this command and its clients
+        os.environ["KILN_CONTEXT"] = args.context
+    try:
+        if hasattr(args, "json") and not args.json and config.value("output") == "json":
+            args.json = True  # the context's default output
+    except KilnError as exc:
+        return _failed(False, code_name(exc), exits.for_error(exc), f"kiln: {exc}")
     as_json = bool(getattr(args, "json", False))
     try:
         return int(args.fn(args))

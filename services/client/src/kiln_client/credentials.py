@@ -1,6 +1,7 @@
 """The bearer token a client sends: given to the client, else the process's
-(a service sets its own at start: serve_with), else KILN_TOKEN, else the token
-`kiln up` keeps for its stack (KILN_HOME/token); none: calls carry no token,
+(a service sets its own at start: serve_with), else KILN_TOKEN, else the
+configuration file's context (kiln_client.config), else the token `kiln up`
+keeps for its stack (KILN_HOME/token); none: calls carry no token,
 which a service with `auth: off` does not ask for."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from kiln_client import config
 from kiln_common.auth.identity import ACTING_FOR_HEADER
 from kiln_common.held import Held
 from kiln_common.home import TOKEN_FILE, Stack, kiln_home
@@ -78,7 +80,7 @@ def ca_file() -> Path | None:
     None: plain connections."""
     if _process_ca is not None:
         return _process_ca
-    named = os.environ.get("KILN_CA_FILE", "").strip()
+    named = os.environ.get("KILN_CA_FILE", "").strip() or config.value("ca_file")
     if named:
         return Path(named)
     stack = Stack.load(kiln_home())  # a `kiln up --tls` stack's own CA
@@ -98,6 +100,9 @@ def token(explicit: str = "", home: Path | None = None) -> str:
         return _process_token
     if os.environ.get("KILN_TOKEN"):
         return os.environ["KILN_TOKEN"].strip()
+    configured = config.value("token")
+    if configured:
+        return configured
     kept = (home or kiln_home()) / TOKEN_FILE
     return kept.read_text().strip() if kept.is_file() else ""
 

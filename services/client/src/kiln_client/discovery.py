@@ -1,12 +1,14 @@
 """Where the Kiln services are: an address given by the caller, else the
-KILN_<SERVICE> variable (host:port), else the local stack that `kiln up`
-started (its stack.json under KILN_HOME, default ~/.kiln)."""
+KILN_<SERVICE> variable (host:port), else the configuration file's context
+(kiln_client.config), else the local stack that `kiln up` started (its
+stack.json under KILN_HOME, default ~/.kiln)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from kiln_client import config
 from kiln_common.errors import FailedPrecondition
 from kiln_common.home import Stack, kiln_home
 
@@ -24,6 +26,9 @@ def address(service: str, explicit: str = "", home: Path | None = None) -> str:
     variable = f"KILN_{service.upper()}"
     if os.environ.get(variable):
         return os.environ[variable]
+    configured = config.value(service)
+    if configured:
+        return configured
     stack = Stack.load(home or kiln_home())
     if stack is None or not getattr(stack, service, ""):
         raise NotRunning(f"Kiln is not running: start it with `kiln up` (or set {variable})")
