@@ -30,9 +30,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kiln_api.publisher.v1 import publisher_pb2 as ppb
 from kiln_client import ClientError, PublisherClient, StorageClient
 from kiln_common.proc import ProcessError, run_sync
+from kiln_common.publications import MarketplaceTarget, PublicationState, PublishRequest
 from kiln_devstack.devservers import ServerError, free_port, start_nats, stopping
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,18 +146,18 @@ def check_storage(name: str, ctx: Ctx) -> list[str]:
 def publish_entry(ctx: Ctx, timeout: float = 60) -> str:
     """Publishes storage's artifact to the marketplace (signed by the local endorser,
     whose key the publisher made on its volume); returns the entry's identifier."""
-    request = ppb.PublishRequest(
-        artifact_id=ctx.artifacts[0], marketplace=ppb.MarketplaceTarget(title="Kiln smoke")
+    request = PublishRequest(
+        artifact_id=ctx.artifacts[0], marketplace=MarketplaceTarget(title="Kiln smoke")
     )
     deadline = time.monotonic() + timeout
     with PublisherClient(f"127.0.0.1:{ctx.ports['publisher']}") as client:
         pub = client.publish(request)
-        while pub.state not in (ppb.STATE_DONE, ppb.STATE_FAILED):
+        while pub.state not in (PublicationState.DONE, PublicationState.FAILED):
             if time.monotonic() > deadline:
                 raise SmokeError(f"publication {pub.id} not finished within {timeout:.0f}s")
             time.sleep(0.5)
             pub = client.publication(pub.id)
-    if pub.state != ppb.STATE_DONE or not pub.results:
+    if pub.state != PublicationState.DONE or not pub.results:
         raise SmokeError(f"publication {pub.id} failed: {[r.error for r in pub.results]}")
     return str(pub.results[0].entry_identifier)
 
