@@ -42,6 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
     # `kiln up` stack running there (a corrupted layer came back from it, cached).
     os.environ["KILN_HOME"] = tempfile.mkdtemp(prefix="kiln-test-home-")
     os.environ.pop("KILN_STORAGE", None)
+    # Nor the user's kiln configuration file (a context would aim the tests'
+    # `kiln` calls elsewhere); tests of the file name their own.
+    os.environ["KILN_CONFIG"] = os.devnull
+    for name in ("KILN_CONTEXT", "KILN_BUILDER", "KILN_PUBLISHER", "KILN_TOKEN", "KILN_CA_FILE"):
+        os.environ.pop(name, None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -58,3 +58,18 @@ def test_create_o_yaml_prints_the_publishers_secret_and_writes_nothing(
 
 def test_a_bad_email_is_bad_input(tmp_path: Path) -> None:
     assert main(["market", "key", "create", "not an email", "--keyring", str(tmp_path)]) == 2
+
+
+def test_a_json_keyring_file_is_made_as_a_file_and_rotate_adds_a_second_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ring = tmp_path / "ring.json"
+    run(capsys, "create", EMAIL, "--keyring", str(ring))
+    assert ring.is_file()
+    first = Keyring.load(ring).signer(EMAIL).kid
+    run(capsys, "create", EMAIL, "--keyring", str(ring))  # it has one: the same
+    assert len(Keyring.load(ring).keys) == 1
+    run(capsys, "create", EMAIL, "--keyring", str(ring), "--rotate")
+    keys = Keyring.load(ring).keys
+    assert len(keys) == 2 and first in keys
+    assert main(["market", "key", "create", EMAIL, "-o", "yaml", "--json"]) == 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from joserfc.jwk import OKPKey
 from kiln_cli import output
 from kiln_common.errors import InvalidArgument, NotFound
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
-from kiln_market.keys import CURVE
+from kiln_market.keys import CURVE, EndorserKey
 
 SECRET = "publisher-endorsers"  # deploy/k8s/publisher/secret.yaml
 EXAMPLE = """\
@@ -43,6 +44,9 @@ def add_key_parsers(market: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("email")
     p.add_argument("-o", "--output", choices=("yaml",), default=None,
                    help="print a Kubernetes Secret holding the key; write nothing")  # fmt: skip
+    p.add_argument("--rotate", action="store_true",
+                   help="a new key even if the endorser has one (the old one still verifies"
+                        " until revoked)")  # fmt: skip
     p.set_defaults(fn=cmd_create)
     p = verbs.add_parser("ls", help="the keyring's keys: kid, endorser, signing or not, revoked")
     p.set_defaults(fn=cmd_ls)
@@ -69,12 +73,18 @@ def _check_email(email: str) -> str:
 def cmd_create(args: argparse.Namespace) -> int:
     email = _check_email(args.email)
     if args.output == "yaml":
+        if args.json:
+            raise InvalidArgument("-o yaml prints a Secret: it takes no --json")
+        if args.keyring is None:
+            # Applied, it replaces the Secret's keyring.json: say what is kept.
+            print("kiln: the Secret holds only the new key (replacing keyring.json, so"
+                  " give --keyring with the keys to keep)", file=sys.stderr)  # fmt: skip
         print(yaml.dump(_secret(email, args.keyring), Dumper=_Blocks, sort_keys=False), end="")
         return 0
     path = _path(args)
-    if not path.exists():
+    if not path.exists() and path.suffix != ".json":
         path.mkdir(parents=True)  # a keyring directory, as the publisher's
-    made = generate_endorser(path, email)
+    made = _rotate(path, email) if args.rotate else generate_endorser(path, email)
     if args.json:
         output.emit({"kid": made.kid, "email": made.email, "keyring": str(path)})
     else:
@@ -92,6 +102,17 @@ _Blocks.add_representer(
         "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None
     ),
 )
+
+
+def _rotate(path: Path, email: str) -> EndorserKey:
+    """A new signing key for email, beside its others, in the keyring file
+    (a directory: the endorser's own file in it)."""
+    if path.is_dir():
+        path = path / f"{email.lower().replace('@', '_at_').replace('/', '_')}.json"
+    ring = Keyring.load(path) if path.exists() else Keyring()
+    made = ring.add(email, OKPKey.generate_key(CURVE))
+    write_keyring(path, ring, private=True)
+    return made
 
 
 def _secret(email: str, keyring: Path | None) -> dict[str, Any]:

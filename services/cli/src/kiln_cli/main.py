@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kiln {_version()}")
     parser.add_argument("--context", default="",
                         help="a context of the configuration file (kiln config show)")  # fmt: skip
+    for option, what in (("--storage", "storage"), ("--builder", "builder"),
+                         ("--publisher", "publisher")):  # fmt: skip
+        parser.add_argument(option, default="", metavar="HOST:PORT",
+                            help=f"the {what} service (over KILN_{what.upper()})")  # fmt: skip
+    parser.add_argument("--token", default="", help="the bearer token (over KILN_TOKEN)")
+    parser.add_argument("--ca-file", default="", metavar="PEM",
+                        help="the CA the services' TLS chains to (over KILN_CA_FILE)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
     up.add_argument(
@@ -295,16 +302,33 @@ def main(argv: list[str] | None = None) -> int:
         return exits.BROKEN_PIPE
 
 
+# Options before the command, for every verb; each sets its KILN_* variable
+# for this process, so it overrides the variable and the configuration file.
+GLOBAL_OPTIONS = {
+    "--context": "KILN_CONTEXT",
+    "--storage": "KILN_STORAGE",
+    "--builder": "KILN_BUILDER",
+    "--publisher": "KILN_PUBLISHER",
+    "--token": "KILN_TOKEN",
+    "--ca-file": "KILN_CA_FILE",
+}
+
+
 def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
-    args = build_parser().parse_args(route(sys.argv[1:] if argv is None else argv))
-    if args.context:  # the flag over KILN_CONTEXT, for this command and its clients
-        os.environ["KILN_CONTEXT"] = args.context
+    words = sys.argv[1:] if argv is None else argv
+    head, rest = _global_options(words)
+    args = build_parser().parse_args([*head, *route(rest)])
+    for option, variable in GLOBAL_OPTIONS.items():
+        given = getattr(args, option.removeprefix("--").replace("-", "_"))
+        if given:
+            os.environ[variable] = given
+    config.enable()  # the configuration file is the command's, not the services'
     try:
         if hasattr(args, "json") and not args.json and config.value("output") == "json":
             args.json = True  # the context's default output
     except KilnError as exc:
-        return _failed(False, code_name(exc), exits.for_error(exc), f"kiln: {exc}")
+        return _failed(False, code_name(exc), exits.for_error(exc), str(exc))
     as_json = bool(getattr(args, "json", False))
     try:
         return int(args.fn(args))
@@ -313,25 +337,37 @@ def _main(argv: list[str] | None) -> int:
     except (ClientError, NotRunning) as exc:
         # No stack running (and no address given): the services are unavailable.
         code = "UNAVAILABLE" if isinstance(exc, NotRunning) else code_name(exc)
-        return _failed(as_json, code, exits.for_error(exc), f"kiln: {exc}")
+        return _failed(as_json, code, exits.for_error(exc), str(exc))
     except KilnError as exc:  # a service's answer: its status and message
         code = code_name(exc)
-        return _failed(as_json, code, exits.for_error(exc), f"kiln: {code}: {exc}")
+        return _failed(as_json, code, exits.for_error(exc), str(exc), with_code=True)
     except (UsageError, BuildUsageError, PublishUsageError) as exc:
-        return _failed(as_json, "INVALID_ARGUMENT", exits.BAD_INPUT, f"kiln: {exc}")
+        return _failed(as_json, "INVALID_ARGUMENT", exits.BAD_INPUT, str(exc))
     except (ServerError, ProcessError, OSError) as exc:
-        return _failed(as_json, "FAILED", exits.FAILED, f"kiln: {exc}")
+        return _failed(as_json, "FAILED", exits.FAILED, str(exc))
     except KeyboardInterrupt:
-        return _failed(as_json, "INTERRUPTED", exits.INTERRUPTED, "kiln: interrupted")
+        return _failed(as_json, "INTERRUPTED", exits.INTERRUPTED, "interrupted")
 
 
-def _failed(as_json: bool, code: str, exit_code: int, text: str) -> int:
-    """Says why the command failed, as one line (or one JSON object with
-    --json) on stderr; its exit code."""
+def _global_options(words: list[str]) -> tuple[list[str], list[str]]:
+    """The leading global options (with their values), and the command after them."""
+    at = 0
+    while at < len(words):
+        word = words[at]
+        if word.split("=", 1)[0] in GLOBAL_OPTIONS:
+            at += 1 if "=" in word else 2
+        else:
+            break
+    return words[:at], words[at:]
+
+
+def _failed(as_json: bool, code: str, exit_code: int, message: str, with_code: bool = False) -> int:
+    """Says why the command failed, as one line `kiln: [CODE: ]message` (or
+    one JSON object with --json) on stderr; its exit code."""
     if as_json:
-        output.error(code, exit_code, text.removeprefix("kiln: "))
+        output.error(code, exit_code, message)
     else:
-        print(text, file=sys.stderr)
+        print(f"kiln: {code}: {message}" if with_code else f"kiln: {message}", file=sys.stderr)
     return exit_code
 
 

@@ -17,7 +17,13 @@ defaults, so one person can work with several Kilns:
 Every value is the fallback of its KILN_* variable (KILN_STORAGE, KILN_BUILDER,
 KILN_PUBLISHER, KILN_TOKEN, KILN_CA_FILE), which overrides it; KILN_CONTEXT
 (or the CLI's --context) picks a context other than current-context. Where
-neither says, a local `kiln up` stack answers, as before."""
+neither says, a local `kiln up` stack answers, as before; but while a context
+is current, the stack's token and CA are never sent anywhere (a context's
+remote address must not get the local admin token).
+
+Only the `kiln` command reads the file (it calls enable()): the services
+use kiln_client too, and a person's file must not change where a service
+connects or which token it sends."""
 
 from __future__ import annotations
 
@@ -40,6 +46,15 @@ ENV = {
 }
 
 
+_enabled = False
+
+
+def enable() -> None:
+    """The `kiln` command's opt-in: from now on this process reads the file."""
+    global _enabled
+    _enabled = True
+
+
 def path() -> Path:
     named = os.environ.get("KILN_CONFIG", "").strip()
     if named:
@@ -59,16 +74,26 @@ class Context:
 
 
 def read() -> dict[str, Any]:
-    """The file's document ({} when there is none)."""
+    """The file's document ({} when there is none, or the process did not enable it)."""
     file = path()
-    if not file.is_file():
+    if not _enabled or not file.is_file():
         return {}
     try:
         document = yaml.safe_load(file.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise InvalidArgument(f"{file}: cannot read the kiln configuration: {exc}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("contexts", {}), dict):
-        raise InvalidArgument(f"{file}: expected `contexts:` (a mapping of names) at the top")
+    except yaml.YAMLError as exc:
+        # Where, not what: the line may hold a token.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidArgument(f"{file}: not valid YAML{at}") from None
+    contexts = document.get("contexts", {}) if isinstance(document, dict) else None
+    if not isinstance(contexts, dict) or not all(
+        isinstance(body, dict) or body is None for body in contexts.values()
+    ):
+        raise InvalidArgument(
+            f"{file}: expected `contexts:`, a mapping of names to mappings, at the top"
+        )
     return document
 
 
@@ -114,8 +139,13 @@ def use(name: str) -> Path:
         known = ", ".join(sorted(contexts)) or "none"
         raise InvalidArgument(f"no context {name!r} in {path()} (contexts: {known})")
     document["current-context"] = name
-    file = path()
+    # Through a symlink to the real file, keeping its mode (it may hold tokens).
+    file = path().resolve()
+    mode = file.stat().st_mode & 0o777
     temporary = file.with_name(f".{file.name}.tmp")
-    temporary.write_text(yaml.safe_dump(document, sort_keys=False))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), mode)
+        out.write(yaml.safe_dump(document, sort_keys=False))
     os.replace(temporary, file)
     return file

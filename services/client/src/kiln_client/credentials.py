@@ -83,6 +83,8 @@ def ca_file() -> Path | None:
     named = os.environ.get("KILN_CA_FILE", "").strip() or config.value("ca_file")
     if named:
         return Path(named)
+    if config.current().name:
+        return None  # a context is current: never the local stack's CA
     stack = Stack.load(kiln_home())  # a `kiln up --tls` stack's own CA
     return Path(stack.tls_ca) if stack is not None and stack.tls_ca else None
 
@@ -101,8 +103,8 @@ def token(explicit: str = "", home: Path | None = None) -> str:
     if os.environ.get("KILN_TOKEN"):
         return os.environ["KILN_TOKEN"].strip()
     configured = config.value("token")
-    if configured:
-        return configured
+    if configured or config.current().name:
+        return configured  # a context is current: never the local stack's admin token
     kept = (home or kiln_home()) / TOKEN_FILE
     return kept.read_text().strip() if kept.is_file() else ""
 

@@ -32,6 +32,9 @@ def serving(address: str, timeout: float = TIMEOUT_SECONDS) -> bool:
 def service_address(service: str, env: Mapping[str, str]) -> str:
     """Where the service's health answers, on this host, from its settings' env."""
     prefix = f"KILN_{service.upper()}_"
+    if not env.get(prefix + "HEALTH_BIND") and env.get(prefix + "TLS_CERT_FILE"):
+        # Its gRPC port speaks TLS only; the plain health port is what a probe asks.
+        raise ValueError(f"{prefix}HEALTH_BIND is empty and the API serves TLS: set it")
     bind = env.get(prefix + "HEALTH_BIND") or env.get(prefix + "GRPC_BIND") or ""
     if not bind:
         bind = f"127.0.0.1:{DEFAULT_PORTS.get(service, 0)}"
@@ -43,7 +46,11 @@ def service_address(service: str, env: Mapping[str, str]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--service":
-        address = service_address(argv[1], os.environ)
+        try:
+            address = service_address(argv[1], os.environ)
+        except ValueError as exc:
+            print(f"unhealthy: {exc}")
+            return 1
     elif len(argv) == 1:
         address = argv[0]
     else:

@@ -46,8 +46,8 @@ class PublisherSettings(IdentitySettings):
     """Address the marketplace's JSON API and HTML catalogue bind to."""
     http_port: int = 8083
     """Port of the marketplace HTTP server (0 picks a free one)."""
-    public_url: str = ""
-    """The marketplace's address as its readers reach it (https://market.example.org):
+    public_url: str = Field(default="", pattern=r"^(https?://[^/\s?#]+)?$")
+    """The marketplace's address as its readers reach it (https://market.example.org, no path):
     each entry's first location is its stable download link there, which outlives
     the storage URLs signed beside it. Empty: the address it serves on, unless
     that is a wildcard (0.0.0.0, ::), when entries carry the storage URL alone."""

@@ -405,8 +405,12 @@ class Worker:
             job.reporter.progress("upload", sent / total, f"{sent >> 20} of {total >> 20} MiB")  # type: ignore[union-attr]
 
         started = asyncio.get_running_loop().time()
-        stored = [await job.artifacts.upload(f, build.name, build.version, progress) for f in files]
-        record.seconds = round(asyncio.get_running_loop().time() - started, 2)
+        try:
+            stored = [
+                await job.artifacts.upload(f, build.name, build.version, progress) for f in files
+            ]
+        finally:  # a failed upload took its time too
+            record.seconds = round(asyncio.get_running_loop().time() - started, 2)
         job.reporter.step(record, "done")
         if result.boot is not None:
             job.accel = result.boot.accel.kind

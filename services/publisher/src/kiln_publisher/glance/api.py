@@ -91,6 +91,7 @@ class GlanceApi:
         except sdk.ConfigException as exc:
             raise InvalidArgument(f"{self.where}: not in clouds.yaml ({exc})") from exc
         self.conn = openstack.connection.Connection(config=region_cfg)
+        self.auth_type = str(region_cfg.config.get("auth_type") or "")
 
     def _call(self, method: str, path: str, ok: Iterable[int], **kw: Any) -> requests.Response:
         what = f"{method} {path} on {self.where}"
@@ -105,12 +106,21 @@ class GlanceApi:
 
     def project_id(self) -> str:
         """The project the session acts in; "" for a Glance without Keystone
-        (clouds.yaml `auth_type: none`), which has no project to name."""
+        (clouds.yaml `auth_type: none`), which has no project to name. Any
+        other session without one (domain- or system-scoped credentials) is
+        refused: Kiln would see, rotate and retire other projects' images."""
         try:
             project = self.conn.current_project_id
         except Exception as exc:
             raise translate(exc, f"authenticating to {self.where}") from exc
-        return str(project) if project else ""
+        if project:
+            return str(project)
+        if self.auth_type == "none":
+            return ""
+        raise FailedPrecondition(
+            f"{self.where}: its credentials name no project: give clouds.yaml a project"
+            " (project_name or project_id) for this cloud"
+        )
 
     def import_methods(self) -> tuple[str, ...]:
         info = self._call("GET", "/info/import", (200,)).json()
