@@ -324,8 +324,9 @@ async def test_publishing_again_keeps_a_valid_entry_and_renews_an_expired_one(
 
 
 async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
-    tmp_path: Path, nats_server: Nats, storage_service: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    tmp_path: Path, nats_server: Nats, storage_service: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     keys = endorser_ring(tmp_path / "keys")
     async with storage_service() as (_, address), market(nats_server.url, keys) as one:
         first = await one.publish(facts_for(b"image"), ENDORSER)
@@ -348,12 +349,18 @@ async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
             saved = tmp_path / "entry.json"
             saved.write_bytes(first.document)
             args = argparse.Namespace(
-                identifier="", file=saved, newest=None, keyring=[tmp_path / "keys"], json=True
+                identifier="", file=saved, newest=None, keyring=[tmp_path / "keys"], json=False
             )
             # The CLI's client blocks: it runs beside this loop, which serves it.
             with pytest.raises(Rejected) as caught:
                 await asyncio.to_thread(cmd_verify, args)
             assert caught.value.reason == "stale"
+            # With --json the rejection is the command's answer, on stdout, exit 1.
+            args.json = True
+            capsys.readouterr()
+            assert await asyncio.to_thread(cmd_verify, args) == 1
+            answer = json.loads(capsys.readouterr().out)
+            assert (answer["valid"], answer["reason"]) == (False, "stale")
             saved.write_bytes(deprecated.document)
             assert await asyncio.to_thread(cmd_verify, args) == 0
         finally:

@@ -25,7 +25,7 @@ from joserfc.jwk import OKPKey
 from kiln_cli import output
 from kiln_common.errors import InvalidArgument, NotFound
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
-from kiln_market.keys import CURVE, EndorserKey
+from kiln_market.keys import CURVE, EndorserKey, endorser_file
 
 SECRET = "publisher-endorsers"  # deploy/k8s/publisher/secret.yaml
 EXAMPLE = """\
@@ -108,7 +108,7 @@ def _rotate(path: Path, email: str) -> EndorserKey:
     """A new signing key for email, beside its others, in the keyring file
     (a directory: the endorser's own file in it)."""
     if path.is_dir():
-        path = path / f"{email.lower().replace('@', '_at_').replace('/', '_')}.json"
+        path = endorser_file(path, email)
     ring = Keyring.load(path) if path.exists() else Keyring()
     made = ring.add(email, OKPKey.generate_key(CURVE))
     write_keyring(path, ring, private=True)

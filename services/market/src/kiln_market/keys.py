@@ -145,6 +145,11 @@ def write_keyring(path: Path, ring: Keyring, private: bool = False) -> None:
     os.replace(temporary, path)
 
 
+def endorser_file(directory: Path, email: str) -> Path:
+    """The file of a keyring directory that holds email's own keys."""
+    return directory / f"{email.lower().replace('@', '_at_').replace('/', '_')}.json"
+
+
 def generate_endorser(path: Path, email: str) -> EndorserKey:
     """The signing key of email in the keyring file at path, generated and
     written there (mode 0600) if the file has none: `kiln up`'s local endorser
@@ -152,7 +157,7 @@ def generate_endorser(path: Path, email: str) -> EndorserKey:
     the key in a file of its own, named for email."""
     if path.is_dir():
         ring = Keyring.load(path)
-        path = path / f"{email.lower().replace('@', '_at_').replace('/', '_')}.json"
+        path = endorser_file(path, email)
     else:
         ring = Keyring.load(path) if path.exists() else Keyring()
     try:
