@@ -27,7 +27,6 @@ EXAMPLES: dict[str, str] = {
     "market key create": "kiln market key create ops@example.org -o yaml | kubectl apply -f -",
     "market key ls": "kiln market key ls --json",
     "market key revoke": "kiln market key revoke RQQbDMEembAI-YEa7fyzzRrBQnKKwMKIBVsRIHTPwu8",
-    "schedule add": "kiln schedule add web.yaml --cron '0 3 * * *' --tz Europe/Amsterdam",
     "schedule ls": "kiln schedule ls --json",
     "schedule show": "kiln schedule show 01K0ZQ7Y3M4N5P6Q7R8S9T0V1W",
     "schedule rm": "kiln schedule rm 01K0ZQ7Y3M4N5P6Q7R8S9T0V1W",

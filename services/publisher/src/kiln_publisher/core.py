@@ -178,17 +178,14 @@ class PublisherCore:
             raise FailedPrecondition(
                 f"build {request.build_id} was revoked ({record.revoked_reason}): not published"
             )
-        labelled = await self._labelled(request.build_id)
+        labelled = labelled_id(request.build_id, record)  # the record read once
         found = [a async for a in self.storage.list({"build-id": labelled, KIND_LABEL: IMAGE_KIND})]
         if not found:
             raise NotFound(f"build {request.build_id} has no image artifacts in storage")
         return found
 
     async def _labelled(self, build_id: str) -> str:
-        """The build id its artifacts carry: a result-cache hit's are the
-        artifacts of the build it was cached from (its record's cached_from)."""
-        record = await self.build(build_id)
-        return record.cached_from if record is not None and record.cached_from else build_id
+        return labelled_id(build_id, await self.build(build_id))
 
     async def build(self, build_id: str) -> Build | None:
         """The builder's record of the build (None: no builder, or it knows
@@ -576,3 +573,9 @@ class PublisherCore:
             # A cloud the tenant may not publish to holds nothing for it.
             raise NotFound(f"{where(cloud, region)}: image {image_id} not found")
         return await self.glance.open_image(cloud, region, image_id)
+
+
+def labelled_id(build_id: str, record: Build | None) -> str:
+    """The build id its artifacts carry: a result-cache hit's are the
+    artifacts of the build it was cached from (its record's cached_from)."""
+    return record.cached_from if record is not None and record.cached_from else build_id

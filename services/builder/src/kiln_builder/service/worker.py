@@ -349,9 +349,8 @@ class Worker:
         attempt's, if one got one) before its artifacts are stored."""
         if self.core.channels is None:
             return
-        current = await self.core.records.get(job.build_id)
-        if current.build_number:
-            number, version = current.build_number, current.image_version
+        if build.build_number:  # the record this attempt started from keeps an earlier one's
+            number, version = build.build_number, build.image_version
         else:
             number, version = await self.core.channels.number(build)
         await self._numbered(job, number, version)

@@ -185,13 +185,13 @@ class ChannelCore:
             raise InvalidArgument(f"reason: at most {MAX_REASON} characters")
         tenant = owner()
         version = await self._version_of(name, version)
-        builds = await self._succeeded(tenant, name)
-        chosen = {b.id for b in builds if b.image_version == version}
+        # Every name's builds only when descendants are wanted (one listing either way).
+        builds = await self._succeeded(tenant, "" if descendants else name)
+        chosen = {b.id for b in builds if b.name == name and b.image_version == version}
         if not chosen:
             raise NotFound(f"{name} has no succeeded build with version {version}")
         if descendants:
-            chosen |= {b.id for b in await self._succeeded(tenant)
-                       if chosen & set(b.ancestry)}  # fmt: skip
+            chosen |= {b.id for b in builds if chosen & set(b.ancestry)}
         why = reason or f"{name} {version} revoked" + (
             " with its descendants" if descendants else ""
         )
