@@ -77,7 +77,8 @@ def test_the_catalogue_escapes_every_value_and_links_the_first_location(tmp_path
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'class="download" href="https://storage.example.org/a?x=1&amp;sig=2"' in page
     assert 'value="&lt;b&gt;"' in page
-    assert hostile.checksums.sha512 in page and 'class="status status-valid"' in page
+    assert 'class="status status-valid"' in page
+    assert f'href="/entries/{hostile.identifier}?endorser=ops%40example.org"' in page
 
 
 def test_a_location_that_is_not_a_web_url_gets_no_link(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from kiln_publisher.core import PublisherCore
 from kiln_publisher.glance import GlancePublisher
 from kiln_publisher.market import Market, make_app
 from kiln_publisher.market.http import PUBLIC_ROUTES
+from kiln_publisher.market.sbom import StoredSboms
 from kiln_publisher.servicer import PublisherServicer
 from kiln_publisher.settings import PublisherSettings
 from kiln_publisher.tenants import TenantPolicy
@@ -234,7 +235,8 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     app = PublisherApp(settings, core, grpc_server, held)
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.
-        http = make_app(market, core.locate, identities.http(PUBLIC_ROUTES))
+        sboms = StoredSboms(storage)  # an entry's page lists its signed SBOM's packages
+        http = make_app(market, core.locate, identities.http(PUBLIC_ROUTES), sboms)
         app.http_port = await held.http(
             http, settings.http_host, settings.http_port, tls.http() if tls else None
         )

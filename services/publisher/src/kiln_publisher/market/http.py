@@ -19,9 +19,12 @@ from kiln_common.auth.http import Middleware
 from kiln_common.errors import InvalidArgument, KilnError, NotFound, Unavailable
 from kiln_market.entry import Entry
 from kiln_market.signing import SignedEntry
+from kiln_publisher.market import page
 from kiln_publisher.market.catalogue import render_catalogue
+from kiln_publisher.market.entry_page import EntryView, render_entry
 from kiln_publisher.market.links import API, is_download_link, links
 from kiln_publisher.market.query import Query
+from kiln_publisher.market.sbom import SbomOf, packages
 from kiln_publisher.market.store import Market
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ Locate = Callable[[Entry], Awaitable[str]]
 
 _MARKET: web.AppKey[Market] = web.AppKey("market", Market)
 _LOCATE: web.AppKey[Locate | None] = web.AppKey("locate")
+_SBOM: web.AppKey[SbomOf | None] = web.AppKey("sbom")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -131,14 +135,53 @@ async def _catalogue(request: web.Request) -> web.Response:
     return web.Response(text=page, content_type="text/html", charset="utf-8")
 
 
-# The catalogue is server-rendered HTML with its own inline style and a GET
-# form: nothing else may load, run or frame it.
+async def _sbom_of(request: web.Request, entry: Entry) -> bytes | None:
+    """The entry's signed SBOM; None when there is none, or it cannot be read
+    now (its page still shows the rest)."""
+    sbom = request.app[_SBOM]
+    if sbom is None:
+        return None
+    try:
+        return await sbom(entry)
+    except KilnError as exc:
+        log.warning("the SBOM of entry %s is not shown: %s", entry.identifier, exc)
+        return None
+
+
+async def _entry_page(request: web.Request) -> web.Response:
+    signed = await _entry(request)
+    history = await request.app[_MARKET].history(signed.identifier, signed.entry.endorser.email)
+    document = await _sbom_of(request, signed.entry)
+    view = EntryView(
+        signed,
+        history,
+        packages(document) if document is not None else None,
+        origin=str(request.url.origin()),
+        redirect=request.app[_LOCATE] is not None,
+    )
+    page_text = render_entry(view, datetime.now(UTC))
+    return web.Response(text=page_text, content_type="text/html", charset="utf-8")
+
+
+async def _sbom(request: web.Request) -> web.Response:
+    """The SPDX document whose SHA-256 the entry signs, as a download: it is
+    a stranger's JSON, never rendered here."""
+    signed = await _entry(request)
+    document = await _sbom_of(request, signed.entry)
+    if document is None:
+        raise NotFound(f"entry {signed.identifier} has no SBOM stored")
+    return web.Response(
+        body=document,
+        content_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{signed.identifier}.spdx.json"'},
+    )
+
+
+# The pages are server-rendered HTML with their own hashed style and a GET
+# form: nothing else may load, run or frame them.
 _HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self';"
-        " base-uri 'none'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": page.CSP,
     "Referrer-Policy": "no-referrer",
 }
 
@@ -154,26 +197,34 @@ def _dumps(value: Any) -> str:
 # The catalogue is public: its reads and /download (which refuses deprecated
 # and expired entries), as the issue of identities says.
 PUBLIC_ROUTES = frozenset({
-    "/", API, API + "/{identifier}", API + "/{identifier}/entry.json",
+    "/", page.ENTRY_PAGE + "/{identifier}", API, API + "/{identifier}",
+    API + "/{identifier}/entry.json", API + "/{identifier}/sbom.spdx.json",
     API + "/{identifier}/download",
 })  # fmt: skip
 
 
 def make_app(
-    market: Market, locate: Locate | None = None, guard: Middleware | None = None
+    market: Market,
+    locate: Locate | None = None,
+    guard: Middleware | None = None,
+    sbom: SbomOf | None = None,
 ) -> web.Application:
     """The marketplace's HTTP app. Without locate, download links are the
     entries' first locations as signed; with it (the publisher passes one
     that asks the storage service for a fresh URL of entry.artifact_id),
     they go through GET .../{identifier}/download, a 307 to a URL that
-    works now."""
+    works now. With sbom (the publisher passes StoredSboms), an entry's
+    page lists its SBOM's packages and links the document."""
     app = web.Application(middlewares=[*([guard] if guard else []), _errors])
     app.on_response_prepare.append(_secure_headers)
     app[_MARKET] = market
     app[_LOCATE] = locate
+    app[_SBOM] = sbom
     app.router.add_get("/", _catalogue)
+    app.router.add_get(page.ENTRY_PAGE + "/{identifier}", _entry_page)
     app.router.add_get(API, _list)
     app.router.add_get(API + "/{identifier}", _show)
     app.router.add_get(API + "/{identifier}/entry.json", _document)
     app.router.add_get(API + "/{identifier}/download", _download)
+    app.router.add_get(API + "/{identifier}/sbom.spdx.json", _sbom)
     return app

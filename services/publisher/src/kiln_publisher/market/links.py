@@ -15,6 +15,11 @@ def download_path(identifier: str, endorser: str) -> str:
     return f"{API}/{identifier}/download?endorser={quote(endorser)}"
 
 
+def sbom_path(entry: Entry) -> str:
+    """The path of the entry's SBOM (the SPDX document its sbom_sha256 signs)."""
+    return f"{API}/{entry.identifier}/sbom.spdx.json?endorser={quote(entry.endorser.email)}"
+
+
 def is_download_link(url: str) -> bool:
     return f"{API}/" in url and "/download?" in url
 

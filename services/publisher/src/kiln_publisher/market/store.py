@@ -33,6 +33,7 @@ from kiln_market.entry import (
 )
 from kiln_market.keys import Keyring
 from kiln_market.signing import Rejected, SignedEntry, sign, verify
+from kiln_publisher.market.history import HISTORY, Step, keep_history, statements, steps
 from kiln_publisher.market.marks import Head, Mark
 from kiln_publisher.market.owners import OWNERS_SUFFIX, Owners
 from kiln_publisher.market.query import Query
@@ -127,14 +128,17 @@ class Market:
         self.signatures_checked = 0  # how many documents were verified (the cache's measure)
         self.owners = Owners(lambda: self._bucket_named(self._bucket + OWNERS_SUFFIX))
 
-    async def _bucket_named(self, name: str) -> KeyValue:
+    async def _bucket_named(self, name: str, history: int = 1) -> KeyValue:
         return await jetstream.mapped(
-            lambda: jetstream.key_value(self._js, name, replicas=self._replicas)
+            lambda: jetstream.key_value(self._js, name, history=history, replicas=self._replicas)
         )
 
     async def _store(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await self._bucket_named(self._bucket)
+            # The entries' bucket keeps their older statements too: an entry's history.
+            kv = await self._bucket_named(self._bucket, HISTORY)
+            await keep_history(self._js, self._bucket)
+            self._kv = kv
         return self._kv
 
     async def _newest(self) -> KeyValue:
@@ -316,6 +320,22 @@ class Market:
         if not found:
             raise _no_entry(identifier, endorser)
         return max(found, key=lambda s: s.entry.created)
+
+    async def history(self, identifier: str, endorser: str | None = None) -> list[Step]:
+        """The endorser's statements about the image still kept, oldest first,
+        each verified again (one no longer trusted, its key revoked since, is
+        left out); NotFound as get()."""
+        current = await self.get(identifier, endorser)
+        await self._store()
+        key = _key(identifier, current.entry.endorser.email)
+        documents = await jetstream.mapped(lambda: statements(self._js, self._bucket, key))
+        trusted = []
+        for document in documents:
+            try:
+                trusted.append(verify(document, self.keys))
+            except Rejected as exc:
+                log.info("a past statement of %s is not trusted, left out: %s", key, exc)
+        return steps(trusted)
 
     async def search(self, query: Query, now: datetime | None = None) -> list[SignedEntry]:
         """Matching entries, newest first."""
