@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import nats
@@ -66,19 +67,33 @@ def public_only(ring: Keyring) -> Keyring:
     return public
 
 
-async def stored_image(address: str, data: bytes) -> ImageFacts:
-    """Uploads data to the storage service: facts whose location is its real download URL."""
+IMAGE_LABELS = {"name": "web", "version": "1.0", "format": "qcow2"}
+
+
+async def store(address: str, data: bytes, labels: dict[str, str]) -> pb.Artifact:
+    """Uploads data to the storage service with these labels."""
     async with storage_stub(address) as stub:
 
         async def requests() -> AsyncIterator[pb.UploadRequest]:
-            labels = {"name": "web", "version": "1.0", "format": "qcow2"}
             yield pb.UploadRequest(header=pb.UploadHeader(labels=labels))
             yield pb.UploadRequest(chunk=data)
 
-        artifact = await stub.Upload(requests())
+        artifact: pb.Artifact = await stub.Upload(requests())
+        return artifact
+
+
+async def stored_image(
+    address: str, data: bytes, labels: dict[str, str] | None = None, sbom: bytes = b""
+) -> ImageFacts:
+    """Uploads data to the storage service: facts whose location is its real
+    download URL (and whose sbom_sha256 is sbom's, when given)."""
+    artifact = await store(address, data, labels or IMAGE_LABELS)
+    async with storage_stub(address) as stub:
         week = Duration(seconds=7 * 24 * 3600)
         reply = await stub.GetDownloadUrl(pb.GetDownloadUrlRequest(id=artifact.id, expires_in=week))
     facts = facts_for(data, locations=(reply.url,), artifact_id=artifact.id)
+    if sbom:
+        facts = replace(facts, sbom_sha256=hashlib.sha256(sbom).hexdigest())
     sums = artifact.checksums
     assert (facts.sha256, facts.sha1, facts.md5) == (sums.sha256, sums.sha1, sums.md5)
     return facts

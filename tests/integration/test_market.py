@@ -474,3 +474,38 @@ async def test_a_search_checks_each_stored_statement_once_until_the_keyring_chan
         one.keys = Keyring.load(tmp_path / "keys")  # a reloaded keyring checks afresh
         assert [s.identifier for s in await one.search(query)] == [signed.identifier]
         assert one.signatures_checked > checked
+
+
+async def test_an_entrys_history_holds_its_statements_and_an_old_bucket_starts_keeping_them(
+    tmp_path: Path, nats_server: Nats
+) -> None:
+    """A bucket made when the store kept one statement per key is raised to
+    HISTORY on first use; from then on each statement stays, verified again
+    and told apart when read back."""
+    from kiln_common.events import NoEvents
+    from kiln_common.jetstream import key_value
+    from kiln_publisher.market import Market
+    from kiln_publisher.market.history import HISTORY
+
+    keys = endorser_ring(tmp_path / "keys")
+    bucket = f"OLD_MARKET_{time.time_ns()}"
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await key_value(js, bucket, history=1)  # as the store made it before
+        one = Market(js, keys, NoEvents(), bucket=bucket)
+        facts = facts_for(f"history {time.time_ns()}".encode())
+        past = datetime.now(UTC) - timedelta(days=2)
+        await one.publish(facts, ENDORSER, valid_for=timedelta(days=1), now=past)
+        assert (await js.stream_info(f"KV_{bucket}")).config.max_msgs_per_subject == HISTORY
+        renewed = await one.publish(facts, ENDORSER)
+        await one.deprecate(renewed.identifier)
+        steps = await one.history(renewed.identifier)
+    finally:
+        await nc.close()
+    assert [(s.entry.sequence, s.what) for s in steps] == [
+        (1, "published"),
+        (2, "endorsed again, superseding #1"),
+        (3, "deprecated"),
+    ]
+    assert steps[0].entry.created < steps[1].entry.created <= steps[2].entry.created

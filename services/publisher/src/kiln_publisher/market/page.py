@@ -17,13 +17,14 @@ from kiln_publisher.market import humane
 STYLE = """
 * { box-sizing: border-box; }
 body { font-family: system-ui, sans-serif; margin: 0 auto; padding: 1em; max-width: 80em;
-  line-height: 1.4; overflow-wrap: anywhere; }
+  line-height: 1.4; overflow-wrap: break-word; }
 h1 { font-size: 1.6em; margin: .2em 0 .5em; } h1 a { color: inherit; text-decoration: none; }
 form { display: flex; flex-wrap: wrap; gap: .5em; align-items: end; margin-bottom: 1em; }
 label { display: flex; flex-direction: column; font-size: .85em; }
 input, select, button { font-size: 1em; max-width: 12em; }
 table { border-collapse: collapse; width: 100%; }
 th, td { border-bottom: 1px solid #ccc; padding: .4em; text-align: left; vertical-align: top; }
+td small { display: inline-block; }
 code, pre { font-size: .85em; word-break: break-all; white-space: pre-wrap; }
 pre { background: #f4f4f4; padding: .6em; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .3em 1em; }
