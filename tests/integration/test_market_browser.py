@@ -4,11 +4,14 @@ builder labels them) and the publisher's marketplace app: human sizes and
 times, an entry's own page (fields, the signed SBOM's packages, the verify
 command lines, its history), a filter kept in the URL across a reload, and a
 phone-width layout that never scrolls sideways. Screenshots go to
-.cache/screenshots (docs/images/ holds copies)."""
+.cache/screenshots (docs/images/ holds copies). And the publisher as it runs
+serves the entry page, whose verify command lines the CLI accepts."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import html
 import json
 import re
 import shlex
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from market_support import (
@@ -35,12 +39,15 @@ from playwright.async_api import Browser, BrowserContext, Page
 from support import REPO, payload
 
 from kiln_builder.sbom import Package, spdx_document
+from kiln_cli.main import main
 from kiln_client.storage import AsyncStorageClient
 from kiln_devstack.devservers import Nats, free_port
 from kiln_market import Entry, Keyring, verify
 from kiln_market.signing import SignedEntry
+from kiln_publisher.app import build
 from kiln_publisher.market import make_app
 from kiln_publisher.market.sbom import StoredSboms
+from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +209,50 @@ async def test_chromium_reads_sizes_times_an_entrys_page_a_kept_filter_and_a_pho
             await phone.goto(f"{base}/entries/{debian.identifier}")
             assert await fits(phone)
             assert trouble == []
+
+
+async def test_the_running_publishers_entry_page_lists_the_sbom_and_its_verify_lines_verify(
+    tmp_path: Path, nats_server: Nats, storage_service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The publisher as it runs (its own storage client reading the SBOM):
+    the entry page's command lines, run through the CLI, accept the entry."""
+    keys = endorser_ring(tmp_path / "keys")
+    sbom = json.dumps(spdx_document(DEBS, name="web", namespace_seed=BUILD, created_epoch=0))
+    monkeypatch.setenv("KILN_CONFIG", str(tmp_path / "no-config.yaml"))
+    async with storage_service() as (_, address), market(nats_server.url, keys) as one:
+        debian, _ = await publish_both(one, address, sbom.encode())
+        settings = PublisherSettings(
+            grpc_bind="127.0.0.1:0",
+            http_port=0,
+            storage=address,
+            nats_url=nats_server.url,
+            keyring_dir=tmp_path / "keys",
+            endorser_key_dir=tmp_path / "no-keys",
+            clouds_yaml=tmp_path / "no-clouds.yaml",
+            auto_publish=False,
+            shutdown_grace=1.0,
+        )
+        publisher = await build(settings)
+        try:
+            port = await publisher.grpc.start()
+            base = f"http://127.0.0.1:{publisher.http_port}"
+            async with aiohttp.ClientSession(base) as http:
+                async with http.get(f"/entries/{debian.identifier}") as r:
+                    assert r.status == 200
+                    text = await r.text()
+                pre = re.search(r'<pre class="verify">(.*?)</pre>', text, re.DOTALL)
+                assert pre is not None and text.count('<tr class="package">') == len(DEBS)
+                online, _, fetch, offline = html.unescape(pre[1]).splitlines()
+                url = shlex.split(fetch)[-1]
+                async with http.get(url) as r:
+                    (tmp_path / f"{debian.identifier}.json").write_bytes(await r.read())
+            monkeypatch.chdir(tmp_path)  # where the curl line saved it
+            for line in (online, offline):
+                words = shlex.split(line)
+                assert words[:3] == ["kiln", "market", "verify"]
+                argv = ["--publisher", f"127.0.0.1:{port}", *words[1:]]
+                argv += ["--keyring", str(tmp_path / "keys"), "--json"]
+                # The CLI's client blocks: it runs beside this loop, which serves it.
+                assert await asyncio.to_thread(main, argv) == 0, line
+        finally:
+            await publisher.stop()
