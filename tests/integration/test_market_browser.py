@@ -246,6 +246,14 @@ async def test_the_running_publishers_entry_page_lists_the_sbom_and_its_verify_l
                 url = shlex.split(fetch)[-1]
                 async with http.get(url) as r:
                     (tmp_path / f"{debian.identifier}.json").write_bytes(await r.read())
+                # A page's errors are pages too, escaped as the rest.
+                for path, status, words in (
+                    ("/entries/" + "A" * 27, 404, "no marketplace entry"),
+                    ("/?status=<sideways>", 400, "not &#x27;&lt;sideways&gt;&#x27;"),
+                ):
+                    async with http.get(path) as r:
+                        assert (r.status, r.content_type) == (status, "text/html")
+                        assert words in await r.text()
             monkeypatch.chdir(tmp_path)  # where the curl line saved it
             for line in (online, offline):
                 words = shlex.split(line)

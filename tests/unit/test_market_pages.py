@@ -134,3 +134,18 @@ def test_the_content_security_policy_allows_the_pages_own_style_alone() -> None:
     assert f"style-src 'sha256-{page.STYLE_HASH}'" in page.CSP
     html = page.document("t", "")
     assert f"<style>{page.STYLE}</style>" in html and 'name="viewport"' in html
+
+
+def test_each_statement_in_a_history_says_what_it_did(tmp_path: Path) -> None:
+    first = signed_entry(tmp_path).entry
+    later = NOW + timedelta(days=40)
+    expired = first.successor(later, expired=True)
+    again = expired.successor(later, expired=False, valid_until="2027-12-07T00:00:00.000000Z")
+    gone = again.successor(later, deprecated=True)
+    listed = steps([gone, first, again, expired])  # any order in, oldest first out
+    assert [(s.entry.sequence, s.what) for s in listed] == [
+        (1, "published"),
+        (2, "expired"),
+        (3, "endorsed again, superseding #2"),
+        (4, "deprecated"),
+    ]

@@ -55,7 +55,7 @@ def _row(signed: SignedEntry, now: datetime, redirect: bool) -> str:
         ("Arch", escape(e.arch)),
         ("Format", f"{escape(e.format)}{compression}, {page.size(e.size)}"),
         ("Endorser", escape(e.endorser.email)),
-        ("Published", page.when(e.created)),
+        ("Signed", page.when(e.created)),  # its newest statement: a deprecation is one
         ("Status", f"{page.status(status)}<br><small>until {page.when(e.valid_until)}</small>"),
         ("", download_link(signed, redirect)),
     ]  # fmt: skip
@@ -66,7 +66,7 @@ def _row(signed: SignedEntry, now: datetime, redirect: bool) -> str:
     return f'<tr class="entry" id="{escape(e.identifier)}">{tds}</tr>'
 
 
-HEADS = ("Image", "OS", "Arch", "Format", "Endorser", "Published", "Status", "Links")
+HEADS = ("Image", "OS", "Arch", "Format", "Endorser", "Signed", "Status", "Links")
 
 
 def render_catalogue(

@@ -32,7 +32,8 @@ class EntryView:
 def _fields(view: EntryView, now: datetime) -> str:
     e = view.signed.entry
     rows: list[tuple[str, str]] = [
-        ("Status", f"{page.status(e.status(now))}, valid until {page.when(e.valid_until)}"),
+        ("Status", page.status(e.status(now))),
+        ("Valid until", page.when(e.valid_until)),
         ("Identifier", f'<code class="identifier">{escape(e.identifier)}</code>'),
         ("Description", escape(e.description) or '<span class="muted">none</span>'),
         ("Image version", escape(e.version or "") or '<span class="muted">not given</span>'),

@@ -127,12 +127,29 @@ async def _document(request: web.Request) -> web.Response:
     )
 
 
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
+
+
+def _html_errors(handler: Handler) -> Handler:
+    """A page's own errors as a page (a reader followed a link), not JSON."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except (InvalidArgument, NotFound) as exc:
+            status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+            return _html(page.error(str(exc)), status)
+
+    return wrapped
+
+
+@_html_errors
 async def _catalogue(request: web.Request) -> web.Response:
     now = datetime.now(UTC)
     query = _query(request)
     found = await request.app[_MARKET].search(query, now)
-    page = render_catalogue(found, query, now, redirect=request.app[_LOCATE] is not None)
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
+    return _html(render_catalogue(found, query, now, redirect=request.app[_LOCATE] is not None))
 
 
 async def _sbom_of(request: web.Request, entry: Entry) -> bytes | None:
@@ -148,6 +165,7 @@ async def _sbom_of(request: web.Request, entry: Entry) -> bytes | None:
         return None
 
 
+@_html_errors
 async def _entry_page(request: web.Request) -> web.Response:
     signed = await _entry(request)
     history = await request.app[_MARKET].history(signed.identifier, signed.entry.endorser.email)
@@ -159,8 +177,7 @@ async def _entry_page(request: web.Request) -> web.Response:
         origin=str(request.url.origin()),
         redirect=request.app[_LOCATE] is not None,
     )
-    page_text = render_entry(view, datetime.now(UTC))
-    return web.Response(text=page_text, content_type="text/html", charset="utf-8")
+    return _html(render_entry(view, datetime.now(UTC)))
 
 
 async def _sbom(request: web.Request) -> web.Response:

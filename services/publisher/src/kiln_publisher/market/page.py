@@ -58,6 +58,12 @@ def document(title: str, body: str) -> str:
     )
 
 
+def error(message: str) -> str:
+    """A page saying what is wrong (a bad filter, an unknown entry)."""
+    body = f'<p class="error">{escape(message)}</p><p><a href="/">All entries</a></p>'
+    return document("Kiln marketplace", body)
+
+
 def entry_path(entry: Entry) -> str:
     """The entry's page: stable for as long as the endorser's entry exists
     (the identifier is the image's, the endorser picks whose statement)."""
