@@ -1017,6 +1017,8 @@ def test_dev_runs_without_tls(service: str) -> None:
     assert not [k for k in env if k.startswith(f"KILN_{service.upper()}_TLS_")]
     assert all(v["name"] != "tls" for v in pod_spec(deployment)["volumes"])
     assert all(m["name"] != "tls" for m in container["volumeMounts"])
+    service = DEV.find("Service", service, namespace_of(deployment))
+    assert {p["appProtocol"] for p in service["spec"]["ports"]} <= {"kubernetes.io/h2c", "http"}
 
 
 # ---- what each overlay promises -----------------------------------------------------------
