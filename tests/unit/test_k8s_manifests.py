@@ -1021,6 +1021,24 @@ def test_dev_runs_without_tls(service: str) -> None:
     assert {p["appProtocol"] for p in service["spec"]["ports"]} <= {"kubernetes.io/h2c", "http"}
 
 
+def test_services_dial_each_other_by_the_names_their_certificates_carry(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TLS client checks the name it dialled: every address one service has
+    of another is <service>.<namespace>.svc, the names docs/deploy.md tells the
+    operator to put in the certificates."""
+    builder = builder_settings(monkeypatch, tree)
+    publisher = pod_settings(monkeypatch, tree, "publisher", PublisherSettings, "KILN_PUBLISHER_")
+    assert publisher.builder is not None
+    docs = (REPO / "docs/deploy.md").read_text()
+    for address in (builder.storage, builder.publisher, publisher.storage, publisher.builder):
+        host, _, _ = address.rpartition(":")
+        name, namespace, svc = host.split(".")
+        assert svc == "svc" and namespace in {NAMESPACE, BUILDERS_NAMESPACE}, address
+        assert tree.find("Service", name, namespace)
+        assert f"`{host}`" in docs, f"docs/deploy.md does not say the certificate names {host}"
+
+
 # ---- what each overlay promises -----------------------------------------------------------
 
 
