@@ -1,4 +1,5 @@
-"""docs/deploy.md's commands make the Secrets the manifests use.
+"""docs/deploy.md's examples work: its commands make the Secrets the manifests
+use, and its site kustomization renders on top of the production overlay.
 
 Every shell block of the guide that creates a Secret runs in bash, as written,
 with `kubectl` standing for the pinned kubectl run offline: `create secret`
@@ -15,12 +16,17 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
-from k8s_support import KUBECTL
+from k8s_support import KUBECTL, render
 from support import REPO
-from test_k8s_manifests import OPERATOR_SECRETS
+from test_k8s_manifests import OPERATOR_SECRETS, PRODUCTION, Tree, doc_id, pod_settings
 
+from kiln_builder.service.settings import BuilderSettings
+from kiln_common.nats_access import SERVICES
 from kiln_common.proc import run_sync
+from kiln_publisher.settings import PublisherSettings
+from kiln_storage.settings import StorageSettings
 
 DOC = REPO / "docs/deploy.md"
 # kubectl for the guide's blocks: Secrets go to $OUT, nothing reaches a cluster.
@@ -69,3 +75,28 @@ def test_the_guides_secret_commands_make_the_secrets_the_manifests_use(tmp_path:
         key = (doc["metadata"]["namespace"], doc["metadata"]["name"])
         made.setdefault(key, set()).update({**doc.get("data", {}), **doc.get("stringData", {})})
     assert made == OPERATOR_SECRETS
+
+
+def test_the_guides_site_kustomization_renders_on_top_of_production(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `my-site/kustomization.yaml` of the guide, beside a clone of Kiln,
+    renders with the real kustomize; its images and settings reach the pods."""
+    (site,) = [b for b in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+               if "overlays/production" in b]  # fmt: skip
+    (tmp_path / "kiln").symlink_to(REPO)
+    (tmp_path / "my-site").mkdir()
+    (tmp_path / "my-site/kustomization.yaml").write_text(site)
+    tree = Tree("my-site", render(tmp_path / "my-site"))
+    production = {doc_id(d) for d in PRODUCTION.docs}
+    assert {doc_id(d) for d in tree.docs} == production
+    for service in SERVICES:
+        (workload,) = [w for w in tree.workloads() if w["metadata"]["name"] == service]
+        (container,) = workload["spec"]["template"]["spec"]["containers"]
+        assert container["image"].startswith(f"registry.example.org/kiln/{service}:")
+    storage = pod_settings(monkeypatch, tree, "storage", StorageSettings, "KILN_STORAGE_")
+    assert (storage.s3_endpoint, storage.s3_secure) == ("s3.example.org:443", True)
+    builder = pod_settings(monkeypatch, tree, "builder", BuilderSettings, "KILN_BUILDER_")
+    assert builder.cluster_networks is not None and builder.force_vm
+    publisher = pod_settings(monkeypatch, tree, "publisher", PublisherSettings, "KILN_PUBLISHER_")
+    assert publisher.public_url == "https://market.example.org"
