@@ -10,10 +10,14 @@ import re
 import pytest
 
 from kiln_cli import progress
+from kiln_cli.build_cmd import print_outcome
+from kiln_cli.main import _global_options, build_parser
 from kiln_cli.progress import Plain, Quiet, choose
 from kiln_cli.progress_rich import KilnConsole, Rich, RichBuild
 from kiln_common.builds import (
     Build,
+    BuildArtifact,
+    BuildError,
     BuildState,
     BuildUpdate,
     LogLine,
@@ -194,3 +198,23 @@ def test_the_display_is_chosen_from_the_terminal_quiet_and_json(
     assert isinstance(choose(quiet=False, as_json=True, stream=io.StringIO()), Quiet)
     monkeypatch.setenv("TERM", "dumb")
     assert isinstance(choose(quiet=False, as_json=False, stream=Tty()), Plain)
+
+
+def test_quiet_is_taken_before_the_command_and_after_the_verb() -> None:
+    head, rest = _global_options(["-q", "--storage", "h:1", "artifact", "ls"])
+    assert head == ["-q", "--storage", "h:1"] and rest == ["artifact", "ls"]
+    assert build_parser().parse_args([*head, *rest]).quiet
+    assert build_parser().parse_args(["artifact", "ls", "--quiet"]).quiet
+    assert not build_parser().parse_args(["artifact", "ls"]).quiet
+
+
+def test_a_quiet_build_outcome_is_its_artifacts_and_why_it_failed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    artifact = BuildArtifact(artifact_id="a1", kind="qcow2", name="web.qcow2", size=3)
+    print_outcome(Build(id="b1", state=BuildState.SUCCEEDED, artifacts=[artifact]), quiet=True)
+    shown = capsys.readouterr()
+    assert shown.out.startswith("a1  qcow2") and shown.err == ""
+    failed = Build(id="b2", state=BuildState.FAILED, error=BuildError(step="run", message="exit 3"))
+    print_outcome(failed, quiet=True)
+    assert capsys.readouterr().err.splitlines() == ["build b2 failed", "error in step run: exit 3"]

@@ -166,7 +166,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kiln", description="Kiln: build, store and publish VM images"
+        prog="kiln",
+        description="Kiln: build, store and publish VM images. Results go to stdout;"
+        " progress (a bar on a terminal, plain lines otherwise) and notes to stderr.",
     )
     parser.add_argument("--version", action="version", version=f"kiln {_version()}")
     parser.add_argument("--context", default="",
@@ -190,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(
         dest="verb", required=True
     )
-    p = art.add_parser("push", help="upload a file; prints the artifact id")
+    p = art.add_parser(
+        "push", help="upload a file, with its progress on stderr; prints the artifact id"
+    )
     p.add_argument("file")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
     p.add_argument("--part-size", type=int, default=16, metavar="MiB")
@@ -210,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--expires", default="1h", help="lifetime, e.g. 15m, 1h, 7d")
     p.set_defaults(fn=cmd_url)
-    p = art.add_parser("get", help="download (resumes a partial download)")
+    p = art.add_parser(
+        "get", help="download, with its progress on stderr (resumes a partial download)"
+    )
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(fn=cmd_get)

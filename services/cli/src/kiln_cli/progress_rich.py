@@ -82,7 +82,7 @@ class Rich:
         self.clock = clock
 
     def note(self, text: str) -> None:
-        self.console.print(Text(text))
+        self.console.print(Text(text), soft_wrap=True)  # the terminal wraps it: copied whole
 
     @contextmanager
     def transfer(self, what: str, total: int) -> Iterator[transfer.Progress | None]:
