@@ -2,7 +2,8 @@
 against a real `kiln up` stack: in a terminal (a pseudo-terminal with a set
 window size), a bar with the rate and the time left or taken, no line wider
 than the window; with stderr a pipe, plain lines and no escape codes; with
---quiet, the result alone. Progress is on stderr: stdout holds the id only."""
+--quiet, the result alone; Ctrl-C stops the bar and shows the cursor again.
+Progress is on stderr: stdout holds the id only."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import pty
 import re
 import select
+import signal
 import struct
 import subprocess
 import termios
@@ -63,38 +65,43 @@ class Run:
         return [ln for ln in re.split(r"[\r\n]", CSI.sub("", self.screen)) if ln]
 
 
-def in_terminal(env: dict[str, str], *args: str, stdout_pipe: bool = False) -> Run:
+def in_terminal(
+    env: dict[str, str], *args: str, stdout_pipe: bool = False, ctrl_c_at: str = ""
+) -> Run:
     """kiln with a pseudo-terminal of COLUMNS x 24 as its stdin and stderr,
-    and its stdout unless stdout_pipe."""
+    and its stdout unless stdout_pipe; Ctrl-C (SIGINT) once the terminal shows
+    ctrl_c_at, if given."""
     control, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, COLUMNS, 0, 0))
     out = subprocess.PIPE if stdout_pipe else terminal
     proc = subprocess.Popen([KILN, *args], stdin=terminal, stdout=out, stderr=terminal, env=env)
-    os.close(terminal)
+    # The terminal's side stays open here until kiln has ended and all it
+    # wrote is read: once no process holds it, Linux may drop what is unread.
     screen = bytearray()
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            if select.select([control], [], [], 1)[0]:
-                try:
-                    chunk = os.read(control, 65536)
-                except OSError:  # EIO: every copy of the terminal's side is closed
-                    break
-                if not chunk:
-                    break
-                screen += chunk
+            if select.select([control], [], [], 0.1)[0]:
+                screen += os.read(control, 65536)
+                if ctrl_c_at and ctrl_c_at.encode() in screen:
+                    proc.send_signal(signal.SIGINT)
+                    ctrl_c_at = ""
+            elif proc.poll() is not None:
+                break  # ended, and nothing of it left to read
+        else:
+            raise AssertionError(f"kiln {' '.join(args)} still running after 60s: {screen!r}")
         stdout = proc.stdout.read().decode() if proc.stdout else ""
-        returncode = proc.wait(timeout=10)
     finally:
         os.close(control)
+        os.close(terminal)
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
         if proc.stdout:
             proc.stdout.close()
     text = screen.decode()
     assert "Traceback" not in text
-    return Run(returncode, text, stdout)
+    return Run(proc.returncode, text, stdout)
 
 
 def test_a_push_in_a_terminal_shows_its_rate_and_time_within_the_width(
@@ -144,3 +151,15 @@ def test_quiet_prints_the_id_alone_before_or_after_the_verb(
     assert ID.match(before.screen.strip()), before.screen  # no bar, no escape codes
     after = kiln(env, "artifact", "push", str(image), "-q", "--label", "q=1")
     assert ID.match(after.stdout.strip()) and after.stderr == ""
+
+
+def test_ctrl_c_during_a_push_in_a_terminal_leaves_it_sane(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    big = tmp_path / "big.img"
+    big.write_bytes(payload(96 * 1024 * 1024, seed=21))
+    run = in_terminal(env, "artifact", "push", str(big), "--part-size", "5", ctrl_c_at="push big")
+    assert run.returncode == 130, run.screen
+    assert run.lines()[-1] == "kiln: interrupted", repr(run.screen)
+    # The bar hid the cursor while it drew and showed it again when stopped.
+    assert run.screen.rindex("\x1b[?25h") > run.screen.rindex("\x1b[?25l")

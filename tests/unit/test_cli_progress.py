@@ -13,7 +13,7 @@ from kiln_cli import progress
 from kiln_cli.build_cmd import print_outcome
 from kiln_cli.main import _global_options, build_parser
 from kiln_cli.progress import Plain, Quiet, choose
-from kiln_cli.progress_rich import KilnConsole, Rich, RichBuild
+from kiln_cli.progress_rich import KilnConsole, Rich, RichBuild, running
 from kiln_common.builds import (
     Build,
     BuildArtifact,
@@ -92,6 +92,17 @@ def test_a_followed_builds_bar_and_log_tail_fit_the_terminal(width: int) -> None
         assert tail.rstrip() == f"  | {LONG_LOG}".rstrip()
 
 
+def test_a_log_lines_escape_codes_cannot_move_the_cursor_or_clear_the_screen() -> None:
+    out, console = terminal(80)
+    with Rich(out, console).build() as view:
+        view.show(BuildUpdate(log=LogLine(text="\x1b[2J\x1b[H\x1b[31mE: \x1b[0mno such package")))
+        assert isinstance(view, RichBuild)
+        view.live.refresh()
+    written = out.getvalue()
+    assert "\x1b[2J" not in written and "\x1b[H" not in written
+    assert "  | E: no such package" in screen_lines(written)
+
+
 def test_a_followed_build_on_a_terminal_keeps_the_ended_steps_and_clears_the_bar() -> None:
     out, console = terminal(80)
     follow_on(Rich(out, console))
@@ -110,6 +121,26 @@ def test_a_live_build_display_is_stopped_by_ctrl_c() -> None:
         view.show(STEPS[1])
         raise KeyboardInterrupt
     assert cursor_shown_at_the_end(out.getvalue())
+
+
+class InterruptedWhileStarting:
+    """A live display that Ctrl-C interrupts after its first frame, before its
+    redraw thread starts."""
+
+    stopped = False
+
+    def start(self) -> None:
+        raise KeyboardInterrupt
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_a_display_interrupted_while_it_starts_is_stopped() -> None:
+    drawn = InterruptedWhileStarting()
+    with pytest.raises(KeyboardInterrupt), running(drawn):
+        pass
+    assert drawn.stopped
 
 
 @pytest.mark.parametrize("width", [60, 200])

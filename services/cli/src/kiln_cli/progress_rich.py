@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -34,6 +34,26 @@ from kiln_common.builds import BuildUpdate, StepState, StepUpdate
 
 TAIL = 4  # log lines under the bar of a followed build
 REFRESH = 8  # redraws a second
+
+
+class Drawn(Protocol):
+    """A rich Live, or a Progress (which draws through one)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def running(drawn: Drawn) -> Iterator[None]:
+    """Draws while the with block runs. Unlike `with live:`, start() is
+    inside the try: a Ctrl-C that lands while it starts (after the first
+    frame, before the redraw thread) still stops it, or the redraw thread
+    would go on drawing over the error with the cursor hidden."""
+    try:
+        drawn.start()
+        yield
+    finally:
+        drawn.stop()
 
 
 class KilnConsole(Console):
@@ -69,6 +89,13 @@ class WordsColumn(TextColumn):
         # Asked at each redraw, so a resized terminal is followed.
         widest = max(8, int(self.console.width * self.share))
         return Column(no_wrap=True, overflow="ellipsis", max_width=widest)
+
+
+def _log_line(text: str) -> Text:
+    """A build's log line under the bar: a tool's colours kept, its other
+    escape codes (cursor moves, clearing the screen) dropped, so it cannot
+    break the redrawn block; cut to the width."""
+    return Text.from_ansi(f"  | {text}", no_wrap=True, overflow="ellipsis", style="dim")
 
 
 class Rich:
@@ -107,13 +134,13 @@ class Rich:
             else:
                 bars.advance(task, n)
 
-        with bars:
+        with running(bars):
             yield moved
 
     @contextmanager
     def build(self) -> Iterator[BuildView]:
         view = RichBuild(self.console, self.clock)
-        with view.live:
+        with running(view.live):
             yield view
 
 
@@ -145,10 +172,7 @@ class RichBuild:
         )
 
     def render(self) -> RenderableType:
-        lines = [
-            Text(f"  | {t}", no_wrap=True, overflow="ellipsis", style="dim") for t in self.tail
-        ]
-        return Group(self.bar.make_tasks_table(self.bar.tasks), *lines)
+        return Group(self.bar.make_tasks_table(self.bar.tasks), *map(_log_line, self.tail))
 
     def show(self, update: BuildUpdate) -> None:
         if update.step is not None:
