@@ -58,7 +58,9 @@ def running(drawn: Drawn) -> Iterator[None]:
 
 class KilnConsole(Console):
     def on_broken_pipe(self) -> None:
-        # rich's own answer is exit 1; the command's is exits.BROKEN_PIPE (main()).
+        # rich's own answer is exit 1; the command's is exits.BROKEN_PIPE
+        # (main()). Nothing more is written to the closed stream meanwhile.
+        self.quiet = True
         raise BrokenPipeError
 
 
