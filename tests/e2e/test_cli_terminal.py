@@ -1,9 +1,10 @@
-"""What `kiln artifact push` and `get` show as they go, run as a user would
-against a real `kiln up` stack: in a terminal (a pseudo-terminal with a set
-window size), a bar with the rate and the time left or taken, no line wider
-than the window; with stderr a pipe, plain lines and no escape codes; with
---quiet, the result alone; Ctrl-C stops the bar and shows the cursor again.
-Progress is on stderr: stdout holds the id only."""
+"""What the kiln command shows as it goes, run as a user would against a
+real `kiln up` stack. In a terminal (a pseudo-terminal with a set window
+size): `artifact push` and `get` draw a bar with the rate and the time left
+or taken, and a followed build its state lines and a log tail, no line wider
+than the window; Ctrl-C stops the bar and shows the cursor again. With
+stderr a pipe: plain lines, no escape codes. With --quiet: the result alone.
+Progress is on stderr: stdout holds the result only."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from support import KILN, kiln, payload
+
+from kiln_common.ids import new_id
 
 pytestmark = pytest.mark.e2e
 
@@ -163,3 +166,25 @@ def test_ctrl_c_during_a_push_in_a_terminal_leaves_it_sane(
     assert run.lines()[-1] == "kiln: interrupted", repr(run.screen)
     # The bar hid the cursor while it drew and showed it again when stopped.
     assert run.screen.rindex("\x1b[?25h") > run.screen.rindex("\x1b[?25l")
+
+
+def test_a_followed_build_in_a_terminal_fits_its_log_tail_to_the_width(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A build that fails at once (its base is stored nowhere): no image is built."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f'name: gone\nversion: "1"\nfrom:\n  image: {{artifact: {new_id()}}}\n'
+                      "outputs: [qcow2]\n")  # fmt: skip
+    run = in_terminal(env, "build", str(recipe), "--follow", stdout_pipe=True)
+    assert run.returncode == 1, run.screen
+    lines = run.lines()
+    assert "build running on " in run.screen and "build failed" in lines
+    ended = re.compile(r"build [0-9a-z]{26} failed")  # the outcome, after the live display
+    outcome = next(i for i, line in enumerate(lines) if ended.fullmatch(line))
+    drawn = lines[:outcome]  # the live display; the outcome after it is printed whole
+    tail = [line for line in drawn if line.startswith("  | ")]
+    assert tail and max(len(line) for line in drawn) <= COLUMNS, drawn
+    assert any(line.endswith("…") for line in tail)  # a long log line, cut to the window
+    assert "error: artifact " in lines[outcome + 1]
+    assert run.screen.rindex("\x1b[?25h") > run.screen.rindex("\x1b[?25l")
+    assert "gone-1.build.log" in run.stdout and "gone-1.build.log" not in run.screen
