@@ -178,9 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(option, default="", metavar="HOST:PORT",
                             help=f"the {what} service (over KILN_{what.upper()})")  # fmt: skip
     parser.add_argument("--token", default="", help="the bearer token (over KILN_TOKEN)")
-    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     parser.add_argument("--ca-file", default="", metavar="PEM",
                         help="the CA the services' TLS chains to (over KILN_CA_FILE)")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
     up.add_argument(
