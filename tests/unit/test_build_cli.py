@@ -1,28 +1,22 @@
-"""`kiln build` on the command line: routing RECIPE to submit, and how a
-followed build is shown when stderr is not a terminal."""
+"""`kiln build` on the command line: routing RECIPE to submit, and what
+show prints (how a followed build is shown: test_cli_progress)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from types import TracebackType
 
 import pytest
 
 from kiln_cli import build_cmd
-from kiln_cli.build_cmd import Follower, route
+from kiln_cli.build_cmd import route
 from kiln_cli.main import main
 from kiln_common.builds import (
     Build,
     BuildError,
     BuildState,
-    BuildUpdate,
     CheckResult,
-    LogLine,
-    Progress,
-    StepState,
-    StepUpdate,
     TestCommandResult,
 )
 
@@ -32,38 +26,6 @@ def test_a_recipe_argument_means_submit() -> None:
     assert route(["build", "ls"]) == ["build", "ls"]
     assert route(["build", "logs", "ID", "-f"]) == ["build", "logs", "ID", "-f"]
     assert route(["artifact", "ls"]) == ["artifact", "ls"]
-
-
-def test_a_followed_build_prints_steps_and_state_without_redrawing() -> None:
-    out = io.StringIO()
-    follower = Follower(out)
-    running = BuildUpdate(state=BuildState.RUNNING, build=Build(worker="w1"))
-    follower.show(running)
-    follower.show(
-        BuildUpdate(step=StepUpdate(name="bootstrap", state=StepState.RUNNING, index=1, total=3))
-    )
-    follower.show(BuildUpdate(log=LogLine(text="apt says hello")))
-    follower.show(BuildUpdate(progress=Progress(step="upload", fraction=0.5)))
-    follower.show(
-        BuildUpdate(
-            step=StepUpdate(
-                name="bootstrap",
-                state=StepState.DONE,
-                cached=True,
-                seconds=1.25,
-                index=1,
-                total=3,
-            )
-        )
-    )
-    follower.show(BuildUpdate(state=BuildState.SUCCEEDED))
-    assert out.getvalue().splitlines() == [
-        "build running on w1",
-        "[1/3] bootstrap ...",
-        "[1/3] bootstrap done in 1.2s (cached)",
-        "build succeeded",
-    ]
-    assert "\x1b" not in out.getvalue()
 
 
 class OneBuild:

@@ -14,18 +14,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
-from kiln_cli import exits, output
+from kiln_cli import exits, output, progress
 from kiln_client import BuilderClient, StorageClient, wire
 from kiln_common import lifecycle
 from kiln_common.builds import (
     Build,
     BuildState,
-    BuildUpdate,
     CheckResult,
-    StepState,
-    StepUpdate,
     TestCommandResult,
 )
 from kiln_common.errors import KilnError
@@ -36,7 +32,6 @@ from kiln_recipe.source import RecipeSource
 from kiln_recipe.submission import recipe_source
 
 VERBS = ("ls", "show", "logs", "cancel")
-TAIL = 4  # log lines under the progress of a followed build
 URL_SECONDS = 7 * 24 * 3600  # the download URLs a finished build's outputs are printed with
 
 
@@ -118,18 +113,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return 0
         if args.json:
             return _follow_json(client, build.id)
-        print(f"build {build.id} queued ({build.name} {build.version})", file=sys.stderr)
+        display = progress.of(args)
+        display.note(f"build {build.id} queued ({build.name} {build.version})")
         if not args.follow:
             print(build.id)
             return 0
         try:
-            Follower(sys.stderr).follow(client, build.id)
+            follow(display, client, build.id)
         except KeyboardInterrupt:
             print(f"\nkiln: stopped following; the build goes on (kiln build cancel {build.id})",
                   file=sys.stderr)  # fmt: skip
             return exits.INTERRUPTED
         final = client.get(build.id)
-    print_outcome(final, download_urls(final))
+    print_outcome(final, download_urls(final), quiet=bool(getattr(args, "quiet", False)))
     return STATES[final.state].exit_code if final.state in STATES else 1
 
 
@@ -143,68 +139,12 @@ def _follow_json(client: BuilderClient, build_id: str) -> int:
     return STATES[final.state].exit_code if final.state in STATES else exits.FAILED
 
 
-class Follower:
-    """Steps as they start and end, a progress bar for the running step and,
-    on a terminal, the last log lines under it (redrawn in place)."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.tail: list[str] = []
-        self.bar = ""
-        self.drawn = 0  # lines of the redrawn block now on screen
-
-    def follow(self, client: BuilderClient, build_id: str) -> None:
-        """Until the build ends; the client resumes the watch where it broke
-        off when the builder or NATS is away for a while."""
+def follow(display: progress.Display, client: BuilderClient, build_id: str) -> None:
+    """Shows the build's updates until it ends; the client resumes the watch
+    where it broke off when the builder or NATS is away for a while."""
+    with display.build() as view:
         for update in client.watch(build_id):
-            self.show(update)
-        self._clear()
-
-    def show(self, update: BuildUpdate) -> None:
-        if update.step is not None:
-            self._step(update.step)
-        elif (p := update.progress) is not None:
-            self.bar = f"{p.step} [{'#' * int(p.fraction * 30):<30}] {p.fraction:4.0%} {p.detail}"
-            if not self.tty:
-                return
-        elif update.log is not None:
-            self.tail = (self.tail + update.log.text.splitlines())[-TAIL:]
-        elif update.state is not None:
-            worker = update.build.worker if update.build else ""
-            where = f" on {worker}" if update.state == BuildState.RUNNING and worker else ""
-            self._print(f"build {state_word(update.state)}{where}")
-        self._redraw()
-
-    def _step(self, step: StepUpdate) -> None:
-        where = f"[{step.index}/{step.total}]" if step.total else "[-]"
-        if step.state == StepState.RUNNING:
-            self.bar = f"{step.name} running"
-            self._print(f"{where} {step.name} ...")
-            return
-        self.bar = ""
-        how = step_word(step.state)
-        note = " (cached)" if step.cached else ""
-        self._print(f"{where} {step.name} {how} in {step.seconds:.1f}s{note}")
-
-    def _print(self, line: str) -> None:
-        self._clear()
-        print(line, file=self.out, flush=True)
-
-    def _clear(self) -> None:
-        if self.tty and self.drawn:
-            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
-            self.drawn = 0
-
-    def _redraw(self) -> None:
-        if not self.tty:
-            return
-        self._clear()
-        lines = ([self.bar] if self.bar else []) + [f"  | {t[:150]}" for t in self.tail]
-        for line in lines:
-            self.out.write(line + "\n")
-        self.out.flush()
-        self.drawn = len(lines)
+            view.show(update)
 
 
 def download_urls(build: Build) -> dict[str, str]:
@@ -220,9 +160,13 @@ def download_urls(build: Build) -> dict[str, str]:
     return urls
 
 
-def print_outcome(build: Build, urls: dict[str, str] | None = None) -> None:
-    print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
-    if build.cached_from:
+def print_outcome(build: Build, urls: dict[str, str] | None = None, quiet: bool = False) -> None:
+    """The artifacts on stdout; on stderr how the build ended and, if it
+    failed, why (--quiet: only why a build that did not succeed did not)."""
+    succeeded = build.state == BuildState.SUCCEEDED
+    if not (quiet and succeeded):
+        print(f"build {build.id} {state_word(build.state)}", file=sys.stderr)
+    if build.cached_from and not quiet:
         print(f"the result of build {build.cached_from}, which had the same inputs"
               " (--no-cache builds anew)", file=sys.stderr)  # fmt: skip
     if build.error is not None:
@@ -230,7 +174,9 @@ def print_outcome(build: Build, urls: dict[str, str] | None = None) -> None:
         print(f"error{where}: {build.error.message}", file=sys.stderr)
         for line in build.error.log_tail[-10:]:
             print(f"  | {line}", file=sys.stderr)
-    for line in check_lines([c for c in build.checks if not c.passed]):
+    for line in check_lines(
+        [c for c in build.checks if not c.passed and not (quiet and succeeded)]
+    ):
         print(f"check {line}", file=sys.stderr)  # the failed and warned rules; show has all
     for a in build.artifacts:
         print(f"{a.artifact_id}  {a.kind:<11} {a.name}  {a.size}  sha256:{a.sha256}")

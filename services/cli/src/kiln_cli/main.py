@@ -8,12 +8,10 @@ import importlib.metadata
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kiln_cli import exits, output
+from kiln_cli import exits, output, progress
 from kiln_cli.build_cmd import BuildUsageError, add_build_parser, route
 from kiln_cli.channel_cmd import add_channel_parsers
 from kiln_cli.config_cmd import add_config_parsers
@@ -25,7 +23,6 @@ from kiln_cli.token_cmd import add_token_parsers
 from kiln_cli.usage import UsageError, parse_duration
 from kiln_client import ClientError, StorageClient, config, wire
 from kiln_client.discovery import NotRunning
-from kiln_client.transfer import Progress
 from kiln_common.digests import file_sha256
 from kiln_common.errors import KilnError
 from kiln_common.grpc_errors import code_name
@@ -43,35 +40,6 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--label {item!r}: expected KEY=VALUE")
         labels[key] = value
     return labels
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def progress_bar(total: int, what: str) -> tuple[Progress | None, Callable[[], None]]:
-    """A one-line progress meter on stderr, only when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None, lambda: None
-    done = [0]
-    start = time.monotonic()
-
-    def update(n: int) -> None:
-        done[0] += n
-        rate = done[0] / max(time.monotonic() - start, 1e-6)
-        pct = 100 * done[0] / total if total else 100
-        print(
-            f"\r{what} {pct:5.1f}% {human(done[0])}/{human(total)} {human(rate)}/s",
-            end="",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return update, lambda: print(file=sys.stderr)
 
 
 def _client(args: argparse.Namespace) -> StorageClient:
@@ -113,14 +81,11 @@ def cmd_push(args: argparse.Namespace) -> int:
     labels = parse_labels(args.label)
     labels.setdefault("name", path.name)
     sha256 = "" if args.no_verify else file_sha256(path)
-    update, finish = progress_bar(path.stat().st_size, "push")
-    with _client(args) as client:
-        try:
-            artifact = client.push(
-                path, labels, sha256=sha256, progress=update, part_size=args.part_size << 20
-            )
-        finally:
-            finish()
+    shown = progress.of(args).transfer(f"push {path.name}", path.stat().st_size)
+    with _client(args) as client, shown as moved:
+        artifact = client.push(
+            path, labels, sha256=sha256, progress=moved, part_size=args.part_size << 20
+        )
     if args.json:
         output.emit(output.artifact(artifact))
         return 0
@@ -170,11 +135,9 @@ def cmd_url(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        update, finish = progress_bar(client.stat(args.id).size, "get")
-        try:
-            got = client.get(args.id, Path(args.output), progress=update)
-        finally:
-            finish()
+        size = client.stat(args.id).size
+        with progress.of(args).transfer(f"get {Path(args.output).name}", size) as moved:
+            got = client.get(args.id, Path(args.output), progress=moved)
     if args.json:
         output.emit({"artifact": output.artifact(got), "path": str(Path(args.output))})
     return 0
@@ -203,7 +166,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kiln", description="Kiln: build, store and publish VM images"
+        prog="kiln",
+        description="Kiln: build, store and publish VM images. Results go to stdout;"
+        " progress (a bar on a terminal, plain lines otherwise) and notes to stderr.",
     )
     parser.add_argument("--version", action="version", version=f"kiln {_version()}")
     parser.add_argument("--context", default="",
@@ -215,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default="", help="the bearer token (over KILN_TOKEN)")
     parser.add_argument("--ca-file", default="", metavar="PEM",
                         help="the CA the services' TLS chains to (over KILN_CA_FILE)")  # fmt: skip
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Kiln on loopback; returns when healthy")
     up.add_argument(
@@ -226,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     art = sub.add_parser("artifact", help="stored artifacts").add_subparsers(
         dest="verb", required=True
     )
-    p = art.add_parser("push", help="upload a file; prints the artifact id")
+    p = art.add_parser(
+        "push", help="upload a file, with its progress on stderr; prints the artifact id"
+    )
     p.add_argument("file")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
     p.add_argument("--part-size", type=int, default=16, metavar="MiB")
@@ -246,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--expires", default="1h", help="lifetime, e.g. 15m, 1h, 7d")
     p.set_defaults(fn=cmd_url)
-    p = art.add_parser("get", help="download (resumes a partial download)")
+    p = art.add_parser(
+        "get", help="download, with its progress on stderr (resumes a partial download)"
+    )
     p.add_argument("id")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(fn=cmd_get)
@@ -264,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     completion.add_argument("shell", choices=("bash", "zsh"))
     completion.set_defaults(fn=cmd_completion)
     _every_verb_takes_json(parser)
+    _every_verb_takes_quiet(parser)
     add_examples(parser)
     return parser
 
@@ -290,6 +261,20 @@ def _every_verb_takes_json(parser: argparse.ArgumentParser) -> None:
         _every_verb_takes_json(verb)
 
 
+QUIET_HELP = "no progress and no notes on stderr: only the result and errors"
+
+
+def _every_verb_takes_quiet(parser: argparse.ArgumentParser) -> None:
+    """-q/--quiet after the verb too. Its default is to set nothing, so the
+    verb's parser keeps a --quiet given before the command."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for verb in subs[0].choices.values() if subs else ():
+        _every_verb_takes_quiet(verb)
+    if not subs and parser.get_default("fn") is not cmd_completion:
+        parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                            help=QUIET_HELP)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -312,6 +297,7 @@ GLOBAL_OPTIONS = {
     "--token": "KILN_TOKEN",
     "--ca-file": "KILN_CA_FILE",
 }
+GLOBAL_FLAGS = ("-q", "--quiet")  # before the command, taking no value
 
 
 def _main(argv: list[str] | None) -> int:
@@ -354,7 +340,9 @@ def _global_options(words: list[str]) -> tuple[list[str], list[str]]:
     at = 0
     while at < len(words):
         word = words[at]
-        if word.split("=", 1)[0] in GLOBAL_OPTIONS:
+        if word in GLOBAL_FLAGS:
+            at += 1
+        elif word.split("=", 1)[0] in GLOBAL_OPTIONS:
             at += 1 if "=" in word else 2
         else:
             break

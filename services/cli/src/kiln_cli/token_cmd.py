@@ -10,11 +10,10 @@ and who the caller's token says it is.
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import timedelta
 from typing import Any
 
-from kiln_cli import output
+from kiln_cli import output, progress
 from kiln_cli.usage import parse_duration
 from kiln_client.tokens import TokensClient
 from kiln_common.auth import Role
@@ -56,8 +55,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.json:  # the secret, once, with its record
         output.emit({"token": bearer, "record": _record(record)})
         return 0
-    print(f"token {record.id}: {record.role} of {record.tenant}, expires {expires_text(record)}",
-          file=sys.stderr)  # fmt: skip
+    shown = f"token {record.id}: {record.role} of {record.tenant}, expires {expires_text(record)}"
+    progress.of(args).note(shown)
     print(bearer)
     return 0
 
