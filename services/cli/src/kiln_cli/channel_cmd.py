@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 
-from kiln_cli import exits
+from kiln_cli.usage import UsageError
 from kiln_client import wire
 from kiln_client.channels import ChannelsClient
 from kiln_common.channels import Channel, ChannelRequirement
@@ -129,9 +128,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     requires = None
     if args.requires:
         if args.for_ is None:
-            print("kiln: --requires needs --for: how long a build must sit there"
-                  " (0s: only that it was there)", file=sys.stderr)  # fmt: skip
-            return exits.BAD_INPUT
+            raise UsageError("--requires needs --for: how long a build must sit there"
+                             " (0s: only that it was there)")  # fmt: skip
         requires = ChannelRequirement(args.requires, args.for_)
     with ChannelsClient() as client:
         _print_channel(client.policy_set(args.name, args.channel, requires), args.json)
