@@ -20,7 +20,7 @@ from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.schedule_cmd import add_schedule_parsers
 from kiln_cli.token_cmd import add_token_parsers
-from kiln_cli.usage import UsageError, parse_duration
+from kiln_cli.usage import KilnParser, UsageError, parse_duration
 from kiln_client import ClientError, StorageClient, config, wire
 from kiln_client.discovery import NotRunning
 from kiln_common.digests import file_sha256
@@ -165,7 +165,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = KilnParser(
         prog="kiln",
         description="Kiln: build, store and publish VM images. Results go to stdout;"
         " progress (a bar on a terminal, plain lines otherwise) and notes to stderr.",
@@ -304,7 +304,10 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.WARNING, format="kiln: %(message)s")
     words = sys.argv[1:] if argv is None else argv
     head, rest = _global_options(words)
-    args = build_parser().parse_args([*head, *route(rest)])
+    try:
+        args = build_parser().parse_args([*head, *route(rest)])
+    except UsageError as exc:  # before the options are read: --json as typed
+        return _failed("--json" in words, "INVALID_ARGUMENT", exits.BAD_INPUT, str(exc))
     for option, variable in GLOBAL_OPTIONS.items():
         given = getattr(args, option.removeprefix("--").replace("-", "_"))
         if given:
