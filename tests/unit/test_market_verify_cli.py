@@ -120,3 +120,13 @@ def test_an_entry_the_publisher_does_not_hold_is_checked_and_noted(tmp_path: Pat
     first, _ = statements(ring)
     newest, note = newest_for(first.entry, ring, None, lambda _: None)
     assert newest is None and "holds no entry" in note
+
+
+@pytest.mark.parametrize("which", ["file", "newest"])
+def test_a_document_it_cannot_read_is_a_usage_error(tmp_path: Path, which: str) -> None:
+    ring = endorser_ring(tmp_path / "keys")
+    first, deprecated = statements(ring)
+    args = args_for(tmp_path, first.document, deprecated.document)
+    setattr(args, which, tmp_path / "missing.json")
+    with pytest.raises(PublishUsageError, match=r"missing\.json: No such file"):
+        cmd_verify(args, lambda entry: None)

@@ -276,9 +276,9 @@ def _verify(args: argparse.Namespace, fetch: Fetch) -> int:
         raise PublishUsageError("kiln market verify: --newest goes with --file")
     keys = _keyring(args)
     if args.file:
-        document = args.file.read_bytes()
+        document = _read(args.file)
         entry = verify(document, keys)
-        newer = args.newest.read_bytes() if args.newest else None
+        newer = _read(args.newest) if args.newest else None
         newest, note = newest_for(entry, keys, newer, fetch)
         if note:
             print(f"kiln market verify: {note}", file=sys.stderr)
@@ -294,6 +294,14 @@ def _verify(args: argparse.Namespace, fetch: Fetch) -> int:
         print(f"{entry.identifier}: signature good, endorsed by {entry.endorser.email} "
               f"({entry.status()})")  # fmt: skip
     return 0
+
+
+def _read(path: Path) -> bytes:
+    """A document the command line names: one it cannot read is bad input (2)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise PublishUsageError(f"kiln market verify: {path}: {exc.strerror}") from None
 
 
 def cmd_deprecate(args: argparse.Namespace) -> int:
