@@ -19,6 +19,8 @@ REFUSED = {
     "a missing verb": (["schedule"], "required: verb"),
     "a bad choice": (["build", "ls", "--state", "nope"], "invalid choice: 'nope'"),
     "a bad type": (["build", "ls", "-n", "ten"], "invalid int value: 'ten'"),
+    "a part size of 0": (["artifact", "push", "disk.img", "--part-size", "0"],
+                         "'0': a whole number from 1 up"),
     "a bad duration": (["channel", "policy", "a", "b", "--none", "--for", "3x"], "'3x'"),
     "an unknown option": (["token", "ls", "--bogus"], "unrecognized arguments"),
     "exclusive options": (["channel", "policy", "a", "b", "--none", "--requires", "c"],

@@ -20,7 +20,7 @@ from kiln_cli.publish_cmd import PublishUsageError, add_publish_parsers
 from kiln_cli.recipe_cmd import add_recipe_parser
 from kiln_cli.schedule_cmd import add_schedule_parsers
 from kiln_cli.token_cmd import add_token_parsers
-from kiln_cli.usage import KilnParser, UsageError, parse_duration
+from kiln_cli.usage import KilnParser, UsageError, parse_duration, positive_int
 from kiln_client import ClientError, StorageClient, config, wire
 from kiln_client.discovery import NotRunning
 from kiln_common.digests import file_sha256
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file")
     p.add_argument("--label", action="append", metavar="KEY=VALUE")
-    p.add_argument("--part-size", type=int, default=16, metavar="MiB")
+    p.add_argument("--part-size", type=positive_int, default=16, metavar="MiB")
     p.add_argument(
         "--no-verify", action="store_true", help="do not declare the file's SHA-256 first"
     )

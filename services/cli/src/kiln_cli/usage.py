@@ -27,6 +27,13 @@ class KilnParser(argparse.ArgumentParser):
         raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number from 1 up."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 1 up")
+    return int(text)
+
+
 def parse_duration(text: str) -> int:
     """Seconds."""
     try:
