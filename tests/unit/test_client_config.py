@@ -40,6 +40,9 @@ def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KILN_CONFIG", str(path))
     monkeypatch.setenv("KILN_HOME", str(tmp_path / "home"))  # no `kiln up` stack
     monkeypatch.setenv("HOME", str(tmp_path))
+    # Only the kiln command reads the file: as main() would (the tests ran in
+    # an order where another test's main() had done it).
+    monkeypatch.setattr(config, "_enabled", True)
     return path
 
 
@@ -94,3 +97,13 @@ def test_use_context_switches_and_a_contexts_output_default_applies(
     assert main(["--context", "prod", "config", "show"]) == 0
     assert capsys.readouterr().out.startswith("file ")
     assert main(["config", "use-context", "nope"]) == 2
+
+
+def test_a_context_named_where_there_is_no_configuration_file_is_refused(
+    configured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A typo or a missing file must not send the command to the local stack.
+    configured.unlink()
+    monkeypatch.setenv("KILN_CONTEXT", "prod")
+    with pytest.raises(InvalidArgument, match="no context 'prod'"):
+        discovery.address("builder")

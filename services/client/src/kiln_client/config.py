@@ -100,10 +100,13 @@ def read() -> dict[str, Any]:
 def current() -> Context:
     """The context in effect: KILN_CONTEXT's, else the file's current-context."""
     document = read()
+    named = os.environ.get("KILN_CONTEXT", "").strip()
     if not document:
+        if named and _enabled:  # a context asked for by name: never the local stack instead
+            raise InvalidArgument(f"{path()}: no context {named!r} (no configuration there)")
         return Context()
     contexts: dict[str, Any] = document.get("contexts") or {}
-    name = os.environ.get("KILN_CONTEXT", "").strip() or str(document.get("current-context") or "")
+    name = named or str(document.get("current-context") or "")
     if not name:
         return Context(source=str(path()))
     if name not in contexts:
