@@ -107,3 +107,14 @@ def test_a_context_named_where_there_is_no_configuration_file_is_refused(
     monkeypatch.setenv("KILN_CONTEXT", "prod")
     with pytest.raises(InvalidArgument, match="no context 'prod'"):
         discovery.address("builder")
+
+
+def test_a_ca_file_that_is_not_there_is_bad_input(
+    configured: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_CA_FILE", str(configured.parent / "missing.pem"))
+    with pytest.raises(InvalidArgument, match=r"missing\.pem: No such file"):
+        credentials.channel_credentials()
+    monkeypatch.delenv("KILN_CA_FILE")  # the context's ~/prod-ca.pem, not there either
+    with pytest.raises(InvalidArgument, match=r"prod-ca\.pem: No such file"):
+        credentials.channel_credentials()

@@ -17,6 +17,7 @@ import grpc
 
 from kiln_client import config
 from kiln_common.auth.identity import ACTING_FOR_HEADER
+from kiln_common.errors import InvalidArgument
 from kiln_common.held import Held
 from kiln_common.home import TOKEN_FILE, Stack, kiln_home
 
@@ -92,7 +93,17 @@ def ca_file() -> Path | None:
 def channel_credentials() -> grpc.ChannelCredentials | None:
     """TLS credentials that trust ca_file() only, or None for plain."""
     ca = ca_file()
-    return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()) if ca else None
+    if ca is None:
+        return None
+    try:
+        pem = ca.read_bytes()
+    except OSError as exc:
+        if _process_ca is not None:
+            raise  # a service's own setting: not its caller's bad input
+        # The user's (--ca-file, KILN_CA_FILE, a context's ca_file): bad input,
+        # said as such rather than as an errno.
+        raise InvalidArgument(f"the CA file {ca}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(root_certificates=pem)
 
 
 def token(explicit: str = "", home: Path | None = None) -> str:
