@@ -68,6 +68,8 @@ CASES: dict[str, Case] = {
     "artifact ls": case("--storage", "{dead}", "artifact", "ls", exit=DOWN, code="UNAVAILABLE"),
     "artifact ls (no stack running)": case("artifact", "ls", exit=DOWN, code="UNAVAILABLE",
                                            env={"KILN_HOME": "{tmp}/no-stack"}),
+    "artifact ls (a CA file that is not there)": case("--ca-file", "{tmp}/no-ca.pem", "artifact",
+                                                      "ls", exit=BAD, code="INVALID_ARGUMENT"),
     "artifact show": case("artifact", "show", ID, exit=GONE, code="NOT_FOUND"),
     "artifact url": case("artifact", "url", "../etc/passwd", exit=BAD, code="INVALID_ARGUMENT"),
     "artifact get": case("artifact", "get", ID, "-o", "{tmp}/got", exit=GONE, code="NOT_FOUND"),
