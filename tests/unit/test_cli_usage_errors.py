@@ -72,3 +72,9 @@ def test_help_and_version_still_exit_0(capsys: pytest.CaptureFixture[str]) -> No
             main(argv)
         assert ended.value.code == 0
     assert "usage: kiln build ls" in capsys.readouterr().out
+
+
+def test_a_url_that_expires_at_once_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    # (refused before any service is asked: no stack runs here)
+    assert main(["artifact", "url", "01K0ZQ7Y3M4N5P6Q7R8S9T0V1W", "--expires", "0s"]) == BAD_INPUT
+    assert "--expires 0s: a URL lives at least 1s" in capsys.readouterr().err

@@ -124,6 +124,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_url(args: argparse.Namespace) -> int:
     seconds = parse_duration(args.expires)
+    if seconds < 1:  # 0 would be the service's default lifetime, not the one printed
+        raise UsageError(f"--expires {args.expires}: a URL lives at least 1s")
     with _client(args) as client:
         url = client.url(args.id, seconds)
     if args.json:
