@@ -206,16 +206,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
             found = client.list(lifecycle.state_of(args.state or ""), args.name, args.limit)
             output.emit(output.builds(itertools.islice(found, max(args.limit, 0))))
         return 0
-    print(f"{'ID':<26}  {'STATE':<9}  {'NAME':<24}  {'VERSION':<10}  {'CREATED':<19}  TOOK")
+    header = f"{'ID':<26}  {'STATE':<9}  {'NAME':<24}  {'VERSION':<10}  {'CREATED':<19}  TOOK"
     if args.limit <= 0:
+        print(header)
         return 0
     with _client() as client:
-        builds = client.list(lifecycle.state_of(args.state or ""), args.name, args.limit)
-        for shown, b in enumerate(builds, 1):
+        found = client.list(lifecycle.state_of(args.state or ""), args.name, args.limit)
+        builds = itertools.islice(found, args.limit)
+        # The first row is the first call to the builder: when it fails, stdout holds
+        # nothing (not a header over an error).
+        first = next(builds, None)
+        print(header)
+        for b in itertools.chain([first] if first is not None else [], builds):
             state = state_word(b.state)
             print(f"{b.id:<26}  {state:<9}  {b.name:<24}  {b.version:<10}  {_when(b)}  {_took(b)}")
-            if shown >= args.limit:
-                break
     return 0
 
 
