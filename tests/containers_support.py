@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker
+import docker  # type: ignore[import-untyped]  # docker-py ships no types
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from images_support import podman_env
@@ -200,6 +200,10 @@ class ImageFacts:
     size: int
     labels: dict[str, str]
     healthcheck: list[str]
+
+
+def image_id(tag: str) -> str:
+    return podman("image", "inspect", "--format", "{{.Id}}", tag).strip()
 
 
 def image_facts(tag: str) -> ImageFacts:

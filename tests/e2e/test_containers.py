@@ -41,12 +41,13 @@ from containers_support import (
     KilnContainer,
     healthcheck,
     image_facts,
+    image_id,
     podman_api,
     stop_with_sigterm,
     wait_serving,
     writable_by,
 )
-from images_support import ensure_images, version
+from images_support import ensure_images, image, version
 from support import REPO, bookworm_bootstrap_layer, build_events, wait_until
 
 from kiln_builder.service import queue
@@ -77,7 +78,9 @@ RECIPE = REPO / "tests/data/recipes/minimal.yaml"
 
 @pytest.fixture(scope="module")
 def images() -> dict[str, str]:
-    return ensure_images()
+    """Each service's image by id, taken as soon as it is built: its tag may
+    move meanwhile (another checkout on this machine building its own)."""
+    return {service: image_id(ref) for service, ref in ensure_images().items()}
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +89,13 @@ def docker_host(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         yield url
 
 
-def report(service: str, tag: str, figures: str) -> None:
-    print(f"\n[images] {tag}: {figures}", flush=True)
+def report(service: str, image_id: str, figures: str) -> None:
+    print(f"\n[images] {image(service)} ({image_id[:12]}): {figures}", flush=True)
 
 
-def check_image(service: str, tag: str) -> int:
+def check_image(service: str, ref: str) -> int:
     """The image's labels and HEALTHCHECK; returns its size in bytes."""
-    facts = image_facts(tag)
+    facts = image_facts(ref)
     labels = facts.labels
     assert labels["org.opencontainers.image.title"] == f"kiln-{service}"
     assert labels["org.opencontainers.image.version"] == version(service)
@@ -119,14 +122,14 @@ def started(container: KilnContainer, address: str) -> Iterator[Started]:
 
 
 @contextlib.contextmanager
-def storage(tag: str, where: Path) -> Iterator[tuple[Started, str]]:
+def storage(ref: str, where: Path) -> Iterator[tuple[Started, str]]:
     """The storage container, locked down, its ports on 127.0.0.1; yields it
     and its HTTP base URL."""
     grpc_port = free_port()
     http_port = free_port({grpc_port})
     http = f"http://127.0.0.1:{http_port}"
     container = (
-        KilnContainer(tag)
+        KilnContainer(ref)
         .publish_on_loopback(50051, grpc_port)
         .publish_on_loopback(8081, http_port)
         .with_env("KILN_STORAGE_PUBLIC_URL", http)
@@ -158,9 +161,9 @@ def upload(address: str, where: Path, size: int = 256 * 1024) -> tuple[str, str,
 def test_storage_image_serves_stores_and_stops_on_sigterm(
     images: dict[str, str], docker_host: str, tmp_path: Path
 ) -> None:
-    tag = images["storage"]
-    size = check_image("storage", tag)
-    with storage(tag, tmp_path) as (running, _http):
+    ref = images["storage"]
+    size = check_image("storage", ref)
+    with storage(ref, tmp_path) as (running, _http):
         container = running.container
         assert container.process_uid() == KILN_UID
         assert healthcheck(container) == "healthy"
@@ -169,7 +172,7 @@ def test_storage_image_serves_stores_and_stops_on_sigterm(
         assert http_get(url) == (200, data)
         stopped = stop_with_sigterm(container, GRACE)
         assert stopped.status == 0, container.tail()
-    report("storage", tag, f"{size / 1e6:.0f} MB, SERVING {running.serving_after:.1f}s after "
+    report("storage", ref, f"{size / 1e6:.0f} MB, SERVING {running.serving_after:.1f}s after "
            f"start, stopped on SIGTERM in {stopped.seconds:.1f}s")  # fmt: skip
 
 
@@ -194,13 +197,13 @@ def publish_entry(publisher: str, artifact_id: str, timeout: float = 60) -> str:
 def test_publisher_image_publishes_an_entry_and_stops_on_sigterm(
     images: dict[str, str], docker_host: str, nats_server: Nats, tmp_path: Path
 ) -> None:
-    tag = images["publisher"]
-    size = check_image("publisher", tag)
+    ref = images["publisher"]
+    size = check_image("publisher", ref)
     grpc_port = free_port()
     http_port = free_port({grpc_port})
     with storage(images["storage"], tmp_path) as (store, _http):
         container = (
-            KilnContainer(tag)
+            KilnContainer(ref)
             .with_envs(
                 KILN_PUBLISHER_GRPC_BIND=f"127.0.0.1:{grpc_port}",
                 KILN_PUBLISHER_HEALTH_BIND="",  # the host's network: no fixed port
@@ -226,7 +229,7 @@ def test_publisher_image_publishes_an_entry_and_stops_on_sigterm(
             assert identifier.encode() in page, "the catalogue page does not list the entry"
             stopped = stop_with_sigterm(container, GRACE)
             assert stopped.status == 0, container.tail()
-    report("publisher", tag, f"{size / 1e6:.0f} MB, SERVING {running.serving_after:.1f}s after "
+    report("publisher", ref, f"{size / 1e6:.0f} MB, SERVING {running.serving_after:.1f}s after "
            f"start, stopped on SIGTERM in {stopped.seconds:.1f}s")  # fmt: skip
 
 
@@ -245,7 +248,7 @@ def seeded_builder_cache() -> Path:
 
 
 def builder(
-    tag: str, name: str, address: str, nats_url: str, storage: str, where: Path
+    ref: str, name: str, address: str, nats_url: str, storage: str, where: Path
 ) -> KilnContainer:
     """A builder container as deploy/k8s/builder runs one: privileged, the
     host's /dev (loop devices appear there) and /dev/kvm, its work dir, /tmp and
@@ -254,7 +257,7 @@ def builder(
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     return (
-        KilnContainer(tag)
+        KilnContainer(ref)
         .with_envs(
             KILN_BUILDER_GRPC_BIND=address,
             KILN_BUILDER_HEALTH_BIND="",  # the host's network: no fixed port
@@ -298,13 +301,13 @@ def record(nats_url: str, build_id: str) -> tuple[Build, int]:
 def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishes_it(
     images: dict[str, str], docker_host: str, nats_server: Nats, tmp_path: Path
 ) -> None:
-    tag = images["builder"]
-    size = check_image("builder", tag)
+    ref = images["builder"]
+    size = check_image("builder", ref)
     seeded_builder_cache()
     ports = {name: free_port() for name in ("one", "two")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     with storage(images["storage"], tmp_path) as (store, _http):
-        one = builder(tag, "one", addresses["one"], nats_server.url, store.address, tmp_path)
+        one = builder(ref, "one", addresses["one"], nats_server.url, store.address, tmp_path)
         with started(one, addresses["one"]) as first:
             assert one.process_uid() == 0  # root and privileged by design
             assert healthcheck(one) == "healthy"
@@ -333,7 +336,7 @@ def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishe
         assert handed_back.attempt == 1 and not handed_back.worker and handed_back.error is None
         assert waiting == 1  # its message, not acked: back in the queue
 
-        two = builder(tag, "two", addresses["two"], nats_server.url, store.address, tmp_path)
+        two = builder(ref, "two", addresses["two"], nats_server.url, store.address, tmp_path)
         built_at = time.monotonic()
         with started(two, addresses["two"]) as second, BuilderClient(second.address) as client:
 
@@ -363,6 +366,6 @@ def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishe
                 assert stored[artifact.artifact_id].size > 1_000_000  # a bootable disk, not a stub
             assert record(nats_server.url, build_id)[1] == 0  # acked: gone from the queue
             assert stop_with_sigterm(two, BUILDER_GRACE).status == 0, two.tail()
-    report("builder", tag, f"{size / 1e6:.0f} MB, SERVING {first.serving_after:.1f}s after start; "
+    report("builder", ref, f"{size / 1e6:.0f} MB, SERVING {first.serving_after:.1f}s after start; "
            f"SIGTERM mid-build: exit 0 in {stopped.seconds:.1f}s, build handed back; "
            f"builder two finished it (attempt {final.attempt}) in {took:.0f}s")  # fmt: skip
