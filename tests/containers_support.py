@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,9 +215,6 @@ def image_facts(tag: str) -> ImageFacts:
         dict(found.labels),
         list((native.get("Healthcheck") or {}).get("Test") or []),
     )
-
-
-COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 def writable_by(path: Path, uid: int) -> Path:
