@@ -52,7 +52,7 @@ from support import REPO, bookworm_bootstrap_layer, build_events, wait_until
 from kiln_builder.service import queue
 from kiln_builder.service.records import BuildRecords
 from kiln_client import BuilderClient, PublisherClient, StorageClient
-from kiln_common.builds import Build, BuildState
+from kiln_common.builds import Build, BuildState, StepState
 from kiln_common.proc import run_sync
 from kiln_common.publications import (
     MarketplaceTarget,
@@ -325,14 +325,15 @@ def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishe
             with BuilderClient(first.address) as client:
                 build_id = client.submit(recipe_source(RECIPE)[1], skip_boot_test=True).id
 
-                def runs() -> Build | None:
+                def working() -> Build | None:
                     found = client.get(build_id)
-                    return found if found.state == BuildState.RUNNING else None
+                    busy = any(s.state == StepState.RUNNING for s in found.steps)
+                    return found if found.state == BuildState.RUNNING and busy else None
 
-                running = wait_until(
-                    "builder one to run the build", runs, timeout=120, interval=0.2
-                )
+                running = wait_until("builder one to run a step of the build", working,
+                                     timeout=120, interval=0.2)  # fmt: skip
                 assert running.worker.startswith("one") and running.attempt == 1
+                step = next(s.name for s in running.steps if s.state == StepState.RUNNING)
             stopped = stop_with_sigterm(one, BUILDER_GRACE)
             assert stopped.status == 0, one.tail()
 
@@ -363,6 +364,9 @@ def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishe
                       if e["type"] == "build.started"]  # fmt: skip
             assert starts[0] == (1, "one") and starts[-1] == (final.attempt, "two"), starts
             assert final.attempt >= 2 and final.worker.startswith("two")
+            # Its base from the persistent layer cache, not bootstrapped again.
+            bootstrap = [s for s in final.steps if s.name == "bootstrap"]
+            assert bootstrap and bootstrap[0].cached, final.steps
             images_built = [a for a in final.artifacts if a.kind == "image" and a.format == "qcow2"]
             assert images_built, final.artifacts
             with StorageClient(store.address) as storage_client:
@@ -373,5 +377,5 @@ def test_builder_image_hands_a_running_build_back_on_sigterm_and_another_finishe
             assert record(nats_server.url, build_id)[1] == 0  # acked: gone from the queue
             assert stop_with_sigterm(two, BUILDER_GRACE).status == 0, two.tail()
     report("builder", ref, f"{size / 1e6:.0f} MB, SERVING {first.serving_after:.1f}s after start; "
-           f"SIGTERM mid-build: exit 0 in {stopped.seconds:.1f}s, build handed back; "
+           f"SIGTERM in step {step}: exit 0 in {stopped.seconds:.1f}s, build handed back; "
            f"builder two finished it (attempt {final.attempt}) in {took:.0f}s")  # fmt: skip
