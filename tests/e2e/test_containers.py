@@ -94,8 +94,8 @@ def docker_host(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         yield url
 
 
-def report(service: str, image_id: str, figures: str) -> None:
-    print(f"\n[images] {image(service)} ({image_id[:12]}): {figures}", flush=True)
+def report(service: str, ref: str, figures: str) -> None:
+    print(f"\n[images] {image(service)} ({ref[:12]}): {figures}", flush=True)
 
 
 def check_image(service: str, ref: str) -> int:
