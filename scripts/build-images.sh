@@ -4,9 +4,11 @@
 #   podman + runc (installed if missing) -> a local Debian base, made once with mmdebstrap
 #   from this host's apt sources and imported as localhost/debian:bookworm -> the images.
 # Usage: scripts/build-images.sh [storage|builder|publisher]...   (default: all three)
+# The OCI labels come last in each Containerfile, so a new commit rebuilds no layer;
+# SOURCE=URL names the source repository when git has no remote "origin".
 # Podman's configuration is left alone; only where a container cannot start with it
 # (crun, or rlimits conmon refuses) is a Kiln-local containers.conf used, through
-# CONTAINERS_CONF, written under .cache/images/ (scripts/smoke_images.py uses it too).
+# CONTAINERS_CONF, written under .cache/images/ (tests/images_support.py uses it too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -52,6 +54,12 @@ if [ -z "${CONTAINERS_CONF:-}" ] && ! podman run --rm --network none "$base" tru
   podman run --rm --network none "$base" true
 fi
 
+# The OCI labels: the commit, and where the source lives (org.opencontainers.image.source):
+# SOURCE if set, else the git remote "origin", else "unknown" (no repository URL is known).
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+source=${SOURCE:-$(git remote get-url origin 2>/dev/null | sed "s#://[^/@]*@#://#" || true)}
+source=${source:-unknown}  # never credentials a remote URL may carry
+
 # Behind a TLS-inspecting proxy pip needs the proxy's CA: the one this host's pip uses.
 cert=${PIP_CERT:-$(.venv/bin/pip config get global.cert 2>/dev/null || true)}
 secret=()
@@ -60,10 +68,15 @@ secret=()
 for name in "${services[@]}"; do
   version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "services/$name/pyproject.toml")
   start=$SECONDS
-  # HEALTHCHECK is Docker-format: podman's default OCI format would drop it.
+  # HEALTHCHECK is Docker-format: podman's default OCI format would drop it. The
+  # changing labels also go as --label: podman 4.3's layer cache ignores build-arg
+  # values, so the LABEL layer of an earlier commit would be reused with its revision.
   podman build --layers --format docker -f "services/$name/Containerfile" \
     --build-arg BASE="$base" --build-arg VERSION="$version" \
-    --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" "${secret[@]}" \
+    --build-arg REVISION="$revision" --build-arg SOURCE="$source" "${secret[@]}" \
+    --label org.opencontainers.image.version="$version" \
+    --label org.opencontainers.image.revision="$revision" \
+    --label org.opencontainers.image.source="$source" \
     -t "kiln/$name:$version" .
   size=$(podman image inspect --format '{{.Size}}' "kiln/$name:$version")
   echo "build-images: kiln/$name:$version built in $((SECONDS - start))s, $((size / 1000000)) MB"

@@ -13,6 +13,9 @@ apt_packages=(
   qemu-utils qemu-system-x86 libvirt-daemon-system libvirt-dev zstd xz-utils bzip2
   # vm isolation: the relays to the package mirrors
   socat
+  # the service images and their tests (testcontainers through podman's Docker API;
+  # runc: crun fails on hosts like these, scripts/build-images.sh)
+  podman runc
   # the tests' own signed apt repository (fingerprints, mirror changes)
   apt-utils gpg
   # the marketplace catalogue's browser test: Debian's chromium, driven by

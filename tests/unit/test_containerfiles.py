@@ -1,7 +1,7 @@
 """Offline checks of services/*/Containerfile against the repository and deploy/k8s:
 what each COPY names exists, the image's user is the one the pod runs as, the
 ports it binds by default are the ones it exposes and the manifests name. Building
-and running the images is scripts/build-images.sh and scripts/smoke_images.py."""
+and running the images is scripts/build-images.sh and tests/e2e/test_containers.py."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from kiln_common.errors import InvalidArgument, NotFound
 from kiln_market import Keyring, generate_endorser, keyring_files, write_keyring
 from kiln_market.keys import CURVE, EndorserKey, endorser_file
 
-SECRET = "publisher-endorsers"  # deploy/k8s/publisher/secret.yaml
+SECRET = "publisher-endorsers"  # mounted by deploy/k8s/base/publisher/deployment.yaml
 EXAMPLE = """\
 example:
   kiln market key create ops@example.org

@@ -1,7 +1,7 @@
 """Who may write what in NATS: one user per Kiln service, and what each may
 not publish because another service owns it. The table is the one place
 that says so: `kiln up` writes its nats-server's users from it, and
-deploy/k8s/nats carries the same lists (tests/unit/test_nats_access.py
+deploy/k8s/base/nats carries the same lists (tests/unit/test_nats_access.py
 checks they agree).
 
 NATS checks permissions per publish subject. So a user is denied, for each
