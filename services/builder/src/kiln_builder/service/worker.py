@@ -87,6 +87,12 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 await slots.acquire()
+                # shutdown() frees slots as it stops jobs: a message taken now (the
+                # one just handed back, say) would sit unacked in a worker on its
+                # way out until ack_wait, instead of going to one that stays.
+                if self._stopping.is_set():
+                    slots.release()
+                    break
                 try:
                     delivery = await self.scheduler.next()
                 except Exception as exc:  # noqa: BLE001 - NATS away: wait for it, keep the loop
@@ -98,6 +104,11 @@ class Worker:
                     slots.release()
                     await self.scheduler.idle()
                     continue
+                if self._stopping.is_set():  # taken while shutdown began: give it back
+                    self.scheduler.finished(delivery.build_id)
+                    slots.release()
+                    await delivery.nak(0)
+                    break
                 task = asyncio.create_task(self._take(delivery))
                 self._tasks.add(task)
                 task.add_done_callback(self._done(slots, delivery.build_id))
