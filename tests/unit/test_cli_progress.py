@@ -8,6 +8,7 @@ import io
 import re
 
 import pytest
+from rich.live import Live
 
 from kiln_cli import progress
 from kiln_cli.build_cmd import print_outcome
@@ -141,6 +142,22 @@ def test_a_display_interrupted_while_it_starts_is_stopped() -> None:
     with pytest.raises(KeyboardInterrupt), running(drawn):
         pass
     assert drawn.stopped
+
+
+class CursorInterrupted(KilnConsole):
+    """A terminal where Ctrl-C lands as the live display hides the cursor, before
+    rich has pushed its render hook."""
+
+    def show_cursor(self, show: bool = True) -> bool:
+        if not show:
+            raise KeyboardInterrupt
+        return super().show_cursor(show)
+
+
+def test_a_real_live_display_interrupted_while_it_starts_raises_the_interrupt() -> None:
+    console = CursorInterrupted(file=io.StringIO(), width=60, force_terminal=True)
+    with pytest.raises(KeyboardInterrupt), running(Live(console=console)):
+        pass
 
 
 @pytest.mark.parametrize("width", [60, 200])

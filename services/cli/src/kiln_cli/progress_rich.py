@@ -6,6 +6,7 @@ the end, an error, Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,8 +53,13 @@ def running(drawn: Drawn) -> Iterator[None]:
     try:
         drawn.start()
         yield
-    finally:
-        drawn.stop()
+    except BaseException:
+        # After a start() that failed part-way, stop() may fail too (rich pops a
+        # render hook it never pushed): the error that stopped us is the one to show.
+        with contextlib.suppress(Exception):
+            drawn.stop()
+        raise
+    drawn.stop()
 
 
 class KilnConsole(Console):

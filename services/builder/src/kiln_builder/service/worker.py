@@ -107,7 +107,7 @@ class Worker:
                 if self._stopping.is_set():  # taken while shutdown began: give it back
                     self.scheduler.finished(delivery.build_id)
                     slots.release()
-                    await delivery.nak(0)
+                    await self._give_back(delivery)
                     break
                 task = asyncio.create_task(self._take(delivery))
                 self._tasks.add(task)
@@ -116,6 +116,14 @@ class Worker:
             for sub_ in (cancels, exhausted):
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Hands an untouched delivery back at once (it counts as a delivery). If
+        NATS is away the message comes back after ack_wait anyway: only log it."""
+        try:
+            await delivery.nak(0)
+        except Exception as exc:  # noqa: BLE001 - shutting down: nothing else to do with it
+            log.warning("build %s not handed back: %s", delivery.build_id, exc)
 
     def _done(
         self, slots: asyncio.Semaphore, build_id: str
