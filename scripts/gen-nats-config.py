@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrites the `authorization` block of deploy/k8s/nats/configmap.yaml from
+"""Rewrites the `authorization` block of deploy/k8s/base/nats/configmap.yaml from
 kiln_common.nats_access (its passwords: environment variables the StatefulSet
 sets from the nats-users Secret). tests/unit/test_k8s_manifests.py fails while
 the two differ; run this after changing the table."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kiln_common.nats_access import ADMIN, SERVICES, server_config
 
-CONFIGMAP = Path(__file__).resolve().parent.parent / "deploy/k8s/nats/configmap.yaml"
+CONFIGMAP = Path(__file__).resolve().parent.parent / "deploy/k8s/base/nats/configmap.yaml"
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ def final_stage(service: str) -> list[tuple[str, str]]:
 
 
 def deployment_container(service: str) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    doc = yaml.safe_load((REPO / "deploy/k8s" / service / "deployment.yaml").read_text())
+    doc = yaml.safe_load((REPO / "deploy/k8s/base" / service / "deployment.yaml").read_text())
     spec = doc["spec"]["template"]["spec"]
     return spec, spec["containers"][0]
 
