@@ -9,6 +9,7 @@ package version as their tag, so every test runs what this tree would ship.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from support import REPO
@@ -43,10 +44,14 @@ def podman_env() -> dict[str, str]:
 def ensure_images() -> dict[str, str]:
     """Builds (or finds in podman's layer cache) the three images once per test run;
     returns each service's image tag."""
+    # The CA pip in the build needs behind a TLS-inspecting proxy: build-images.sh
+    # reads PIP_CERT (else pip's own configuration, which a scrubbed environment
+    # may not reach), and run_sync scrubs the environment.
+    cert = {"PIP_CERT": os.environ["PIP_CERT"]} if os.environ.get("PIP_CERT") else {}
     run_sync(
         [str(REPO / "scripts/build-images.sh"), *SERVICES],
         cwd=Path(REPO),
         timeout=BUILD_TIMEOUT,
-        env=podman_env(),
+        env={**podman_env(), **cert},
     )
     return {service: image(service) for service in SERVICES}

@@ -226,8 +226,16 @@ def wait_healthy(
 
 
 def finished(cli: dict[str, str], build_id: str) -> Callable[[], dict[str, Any] | None]:
+    """The build's record once it ended. A `kiln build show` that fails is
+    printed (the log of a failed run shows it) and asked again: the build is
+    what is tested, through its terminal state."""
+
     def check() -> dict[str, Any] | None:
-        record: dict[str, Any] = json.loads(kiln(cli, "build", "show", build_id, "--json").stdout)
+        shown = kiln(cli, "build", "show", build_id, "--json", check=False)
+        if shown.returncode != 0:
+            print(f"kiln build show exited {shown.returncode}: {shown.stderr.strip()}")
+            return None
+        record: dict[str, Any] = json.loads(shown.stdout)
         state = str(record.get("state", "")).lower()
         return record if state.endswith(("succeeded", "failed", "cancelled")) else None
 
