@@ -264,3 +264,29 @@ def test_what_cannot_be_carried_over_is_refused() -> None:
     ]
     with pytest.raises(UnplayableError, match="two different ConfigMaps named app-config"):
         plan(clash, addresses=iter(f"10.1.0.{n}" for n in range(10, 20)), node_ip="10.1.0.1")
+
+
+def test_the_dev_overlay_converts_whole() -> None:
+    """The render the e2e test plays: every workload becomes a pod, nothing is
+    refused, and no $(VAR) is left for podman (which would pass it on as it is)."""
+    from k8s_support import OVERLAYS, render
+
+    setup = plan(
+        render(OVERLAYS / "dev"),
+        addresses=iter(f"10.1.0.{n}" for n in range(10, 40)),
+        node_ip="10.1.0.1",
+    )
+    assert {w.name for w in setup.workloads} == {
+        "nats",
+        "seaweedfs",
+        "storage",
+        "builder",
+        "publisher",
+    }
+    assert set(setup.converted) == {"StatefulSet", "Secret", "Service"}
+    for workload in setup.workloads:
+        text = yaml.safe_dump_all(workload.docs)
+        assert "$(" not in text, workload.name
+        assert "status.hostIP" not in text, workload.name
+    names = {s.name for s in setup.secrets}
+    assert {"nats-users", "storage-credentials", "publisher-endorsers"} <= names
