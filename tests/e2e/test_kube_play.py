@@ -7,6 +7,7 @@ tests/kube_play_support.py converts: docs/deploy-podman.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -75,6 +76,14 @@ def local_images(docs: list[dict[str, Any]], env: dict[str, str]) -> dict[str, s
     return images
 
 
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def health_ports(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str, int]]:
     """Kiln workloads: (container, gRPC service its readiness probe asks for,
     probe port) from the rendered probes."""
@@ -129,6 +138,14 @@ def test_dev_overlay_plays_under_podman_and_builds(tmp_path: Path) -> None:
         publish[(workload, f"{container}/{port}")] = free_port(set(publish.values()))
         publish[(workload, f"{container}/grpc")] = free_port(set(publish.values()))
         assert grpc_port(grpc_container)
+    # docs/deploy.md, "Apply an overlay": downloads from outside the cluster
+    # reach S3 at another address, set in storage-config (here: SeaweedFS's S3
+    # port, published on loopback).
+    s3_port = free_port(set(publish.values()))
+    publish[("seaweedfs", "seaweedfs/s3")] = s3_port
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "storage-config":
+            doc["data"]["KILN_STORAGE_S3_PUBLIC_ENDPOINT"] = f"127.0.0.1:{s3_port}"
     BUILDER_CACHE.mkdir(parents=True, exist_ok=True)
     host_dirs = {
         ("builder", "cache"): BUILDER_CACHE,
@@ -205,6 +222,10 @@ def test_dev_overlay_plays_under_podman_and_builds(tmp_path: Path) -> None:
                 )
                 assert int(shown["size"]) == int(artifact["size"]) > 0, (shown, artifact)
                 assert shown["checksums"]["sha256"] == artifact["sha256"], (shown, artifact)
+                copy = tmp_path / artifact["name"]  # the bytes, through a presigned S3 URL
+                kiln(cli, "artifact", "get", artifact["artifact_id"], "-o", str(copy))
+                assert sha256_of(copy) == artifact["sha256"]
+                copy.unlink()
             report = (
                 f"kube play -> all SERVING: {ready - started:.0f}s; "
                 f"-> build {build_id} succeeded: {built - started:.0f}s "
