@@ -3,7 +3,7 @@
 `plan()` turns the documents `kubectl kustomize` renders into what podman 4.3
 plays, keeping each container's own image, command, args, env, ports and volumes
 (read from the rendered YAML, never written again here). What podman 4.3 does
-with each kind, as tried on this machine (docs/deploy-podman.md says the same):
+with each kind, as tried on this machine (docs/deploy.md, section 9, says the same):
 
 - played as they are: Pod, Deployment (one replica), ConfigMap, PersistentVolumeClaim;
 - StatefulSet: not played. Each replica becomes a Pod named `<name>-<ordinal>` with

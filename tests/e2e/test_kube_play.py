@@ -2,7 +2,7 @@
 (podman 4.3): NATS, SeaweedFS, storage, the builder and the publisher as their
 manifests say, then one build through the played services, from the real
 `kiln` CLI on published loopback ports. What podman plays as it is and what
-tests/kube_play_support.py converts: docs/deploy-podman.md.
+tests/kube_play_support.py converts: docs/deploy.md, section 9.
 """
 
 from __future__ import annotations
@@ -95,10 +95,6 @@ def health_ports(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str, int]]:
     return found
 
 
-def grpc_port(container: dict[str, Any]) -> int:
-    return next(int(p["containerPort"]) for p in container["ports"] if p.get("name") == "grpc")
-
-
 def serving(port: int, service: str) -> Callable[[], bool]:
     def check() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -134,10 +130,8 @@ def test_dev_overlay_plays_under_podman_and_builds(tmp_path: Path) -> None:
     probes = health_ports(docs)
     publish: dict[tuple[str, str], int] = {}
     for workload, (container, _service, port) in probes.items():
-        grpc_container = dict(containers(docs))[workload]
         publish[(workload, f"{container}/{port}")] = free_port(set(publish.values()))
         publish[(workload, f"{container}/grpc")] = free_port(set(publish.values()))
-        assert grpc_port(grpc_container)
     # docs/deploy.md, "Apply an overlay": downloads from outside the cluster
     # reach S3 at another address, set in storage-config (here: SeaweedFS's S3
     # port, published on loopback).
