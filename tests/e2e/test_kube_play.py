@@ -220,6 +220,10 @@ def test_dev_overlay_plays_under_podman_and_builds(tmp_path: Path) -> None:
                 kiln(cli, "artifact", "get", artifact["artifact_id"], "-o", str(copy))
                 assert sha256_of(copy) == artifact["sha256"]
                 copy.unlink()
+            # Every container ran through without a restart (an OOM kill at a
+            # manifest's memory limit, say, which podman's restart would hide).
+            restarts = restarted(played, env)
+            assert not restarts, f"containers restarted (name, restarts, OOM-killed): {restarts}"
             report = (
                 f"kube play -> all SERVING: {ready - started:.0f}s; "
                 f"-> build {build_id} succeeded: {built - started:.0f}s "
@@ -230,6 +234,25 @@ def test_dev_overlay_plays_under_podman_and_builds(tmp_path: Path) -> None:
         except BaseException:
             print(logs_of(played, env))
             raise
+
+
+def restarted(workloads: list[Workload], env: dict[str, str]) -> list[str]:
+    found = []
+    template = "{{range .Containers}}{{.Name}} {{end}}"
+    for workload in workloads:
+        names = podman("pod", "inspect", workload.pod_name, "--format", template, env=env)
+        for name in names.split():
+            state = podman(
+                "container",
+                "inspect",
+                name,
+                "--format",
+                "{{.RestartCount}} {{.State.OOMKilled}}",
+                env=env,
+            ).split()
+            if state[-2:] != ["0", "false"]:
+                found.append(f"{name}: {' '.join(state[-2:])}")
+    return found
 
 
 def wait_healthy(
