@@ -563,9 +563,13 @@ def _podman_secrets(secrets: list[Doc], pods: list[Doc]) -> list[PodmanSecret]:
 
 
 def podman(
-    *args: str, env: Mapping[str, str], check: bool = True, timeout: float = PODMAN_TIMEOUT
+    *args: str,
+    env: Mapping[str, str],
+    check: bool = True,
+    timeout: float = PODMAN_TIMEOUT,
+    cwd: Path | None = None,
 ) -> str:
-    return run_sync(["podman", *args], env=env, check=check, timeout=timeout).stdout
+    return run_sync(["podman", *args], env=env, check=check, timeout=timeout, cwd=cwd).stdout
 
 
 @dataclass(frozen=True)
@@ -626,6 +630,8 @@ def write_play_file(workload: Workload, directory: Path) -> Path:
 def play(workload: Workload, directory: Path, net: Network, env: Mapping[str, str]) -> Path:
     """`podman kube play` of one workload's file, on the network at its address."""
     path = write_play_file(workload, directory)
+    # In the play files' directory: conmon writes an empty `oom` file into its
+    # working directory when a container is OOM-killed.
     podman(
         "kube",
         "play",
@@ -636,6 +642,7 @@ def play(workload: Workload, directory: Path, net: Network, env: Mapping[str, st
         workload.ip,
         str(path),
         env=env,
+        cwd=directory,
     )
     return path
 
