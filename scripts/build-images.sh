@@ -18,11 +18,14 @@ services=("$@")
 [ ${#services[@]} -gt 0 ] || services=(storage builder publisher)
 mkdir -p "$cache"
 
-if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v mmdebstrap >/dev/null; then
-  [ "$(id -u)" -eq 0 ] || { echo "build-images: need root to install podman, runc, mmdebstrap" >&2; exit 1; }
+# catatonit: podman builds a pod's infra (pause) image with it (`podman kube play`,
+# tests/e2e/test_kube_play.py); podman only recommends it.
+if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v mmdebstrap >/dev/null \
+  || ! command -v catatonit >/dev/null; then
+  [ "$(id -u)" -eq 0 ] || { echo "build-images: need root to install podman, runc, mmdebstrap, catatonit" >&2; exit 1; }
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    podman runc mmdebstrap
+    podman runc mmdebstrap catatonit
 fi
 
 # The base: minbase bookworm with this host's apt sources (so builds reach the same mirror).

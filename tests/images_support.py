@@ -44,8 +44,9 @@ def podman_env() -> dict[str, str]:
 def ensure_images() -> dict[str, str]:
     """Builds (or finds in podman's layer cache) the three images once per test run;
     returns each service's image tag."""
-    # Behind a TLS-inspecting proxy the images' pip installs need the proxy's CA,
-    # which the script finds in PIP_CERT (the scrubbed environment would drop it).
+    # The CA pip in the build needs behind a TLS-inspecting proxy: build-images.sh
+    # reads PIP_CERT (else pip's own configuration, which a scrubbed environment
+    # may not reach), and run_sync scrubs the environment.
     cert = {"PIP_CERT": os.environ["PIP_CERT"]} if os.environ.get("PIP_CERT") else {}
     run_sync(
         [str(REPO / "scripts/build-images.sh"), *SERVICES],
