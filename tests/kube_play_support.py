@@ -606,6 +606,9 @@ def network(name: str, env: Mapping[str, str]) -> Iterator[Network]:
 
 
 def create_secret(secret: PodmanSecret, directory: Path, env: Mapping[str, str]) -> None:
+    # The manifests fix the names: a run killed before its teardown left its own
+    # secrets behind, and podman refuses a name in use.
+    remove_secret(secret, env)
     path = directory / f"secret-{secret.name}"
     path.write_bytes(secret.content)
     path.chmod(0o600)
@@ -630,6 +633,11 @@ def write_play_file(workload: Workload, directory: Path) -> Path:
 def play(workload: Workload, directory: Path, net: Network, env: Mapping[str, str]) -> Path:
     """`podman kube play` of one workload's file, on the network at its address."""
     path = write_play_file(workload, directory)
+    # The manifests fix the pod's and its claims' names: a run killed before its
+    # teardown left them behind (and a claim's old JetStream store would be reused).
+    podman("pod", "rm", "-f", "--ignore", workload.pod_name, env=env, check=False, timeout=120)
+    for volume in workload.volumes:
+        podman("volume", "rm", volume, env=env, check=False)
     # In the play files' directory: conmon writes an empty `oom` file into its
     # working directory when a container is OOM-killed.
     podman(
