@@ -14,6 +14,8 @@ from market_support import ENDORSER, endorser_ring, facts_for
 
 from kiln_builder.sbom import Package as DebPackage
 from kiln_builder.sbom import spdx_document
+from kiln_cli.progress import human
+from kiln_common import humane as sizes
 from kiln_market import Endorser, new_entry, sign
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market import humane, page
@@ -35,10 +37,13 @@ NOW = datetime(2026, 12, 7, 9, 41, 27, 123456, tzinfo=UTC)
         (12 * 2**30 + 2**29, "12 GiB"),
         (3 * 2**50, "3 PiB"),
         (5000 * 2**50, "5000 PiB"),
+        (2.0 * 2**20, "2 MiB"),  # a transfer's rate, a float: the CLI says it the same way
+        (1.55 * 2**20, "1.6 MiB"),
     ],
 )
-def test_sizes_read_in_binary_units(count: int, text: str) -> None:
-    assert humane.size(count) == text
+def test_sizes_read_in_binary_units(count: float, text: str) -> None:
+    assert sizes.size(count) == text
+    assert human(count) == text  # the CLI's transfer lines: the one formatter
 
 
 def test_times_read_to_the_minute_in_utc_and_keep_the_exact_value() -> None:
