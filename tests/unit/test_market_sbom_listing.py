@@ -77,16 +77,24 @@ async def test_an_sbom_is_read_and_parsed_once_for_every_reader(tmp_path: Path) 
     assert [p.name for p in later.packages] == ["bash"]
 
 
-async def test_the_cache_keeps_the_newest_few(tmp_path: Path) -> None:
+async def test_the_cache_keeps_the_last_few_read_and_no_misses(tmp_path: Path) -> None:
     storage = Storage()
     sboms = StoredSboms(storage)  # type: ignore[arg-type]
     entry = entry_for(tmp_path)
     await sboms.listing(entry)
-    for i in range(PAGE_CACHE):
-        await sboms.listing(replace(entry, sbom_sha256=f"{i:064x}"))  # listed as none: not kept
+    for i in range(PAGE_CACHE):  # SBOMs storage does not hold: misses, not kept
+        await sboms.listing(replace(entry, sbom_sha256=f"{i:064x}"))
     await sboms.listing(entry)
-    assert storage.reads == 1  # misses are not kept, so the read one stays
-    assert len(sboms._listed) == 1
+    assert storage.reads == 1
+    for i in range(PAGE_CACHE):  # as many others read: the first is the oldest, and goes
+        storage.document = DOCUMENT + b" " * (i + 1)
+        await sboms.listing(
+            replace(entry, sbom_sha256=hashlib.sha256(storage.document).hexdigest())
+        )
+    assert storage.reads == 1 + PAGE_CACHE
+    storage.document = DOCUMENT
+    await sboms.listing(entry)
+    assert storage.reads == 2 + PAGE_CACHE and len(sboms._listed) == PAGE_CACHE
 
 
 async def test_a_large_sbom_is_linked_not_read(tmp_path: Path) -> None:
