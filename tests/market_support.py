@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import nats
 from google.protobuf.duration_pb2 import Duration
@@ -17,6 +18,7 @@ from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_common.events import JetStreamPublisher
 from kiln_market import ImageFacts, Keyring, generate_endorser
 from kiln_publisher.market import Market
+from kiln_publisher.settings import PublisherSettings
 
 ENDORSER = "ops@example.org"
 
@@ -109,3 +111,22 @@ async def market(url: str, keys: Keyring, name: str = "publisher-1") -> AsyncIte
     finally:
         await events.close()
         await nc.close()
+
+
+def publisher_settings(
+    tmp: Path, storage: str, nats_url: str, **overrides: Any
+) -> PublisherSettings:
+    """A publisher on free ports with the keyring under tmp/keys, no endorser
+    keys, no clouds and no auto-publish; overrides name the rest."""
+    fields: dict[str, Any] = {
+        "grpc_bind": "127.0.0.1:0",
+        "http_port": 0,
+        "storage": storage,
+        "nats_url": nats_url,
+        "keyring_dir": tmp / "keys",
+        "endorser_key_dir": tmp / "no-keys",
+        "clouds_yaml": tmp / "no-clouds.yaml",
+        "auto_publish": False,
+        "shutdown_grace": 1.0,
+    }
+    return PublisherSettings(**{**fields, **overrides})

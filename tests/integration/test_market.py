@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,15 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
-from market_support import ENDORSER, endorser_ring, facts_for, market, public_only, stored_image
+from market_support import (
+    ENDORSER,
+    endorser_ring,
+    facts_for,
+    market,
+    public_only,
+    publisher_settings,
+    stored_image,
+)
 from playwright.async_api import Browser
 from support import await_until, events_about, payload, storage_stub
 
@@ -28,12 +37,13 @@ from kiln_api.storage.v1 import storage_pb2 as pb
 from kiln_cli.publish_cmd import cmd_verify
 from kiln_client.storage import AsyncStorageClient
 from kiln_common.errors import FailedPrecondition, NotFound
+from kiln_common.events import NoEvents
 from kiln_common.jetstream import kv_keys
 from kiln_devstack.devservers import Nats, free_port, port_of, start_nats, stopping
 from kiln_market import Entry, ImageFacts, Rejected, verify
 from kiln_publisher.app import build
-from kiln_publisher.market import Query, make_app
-from kiln_publisher.settings import PublisherSettings
+from kiln_publisher.market import Market, Query, make_app
+from kiln_publisher.market.sbom import PAGE_WAIT, StoredSboms
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +162,47 @@ async def test_the_json_api_filters_shows_and_serves_the_signed_document(
                 assert r.status == 404 and (await r.json())["error"] == "NotFound"
             async with http.get("/api/v1/entries", params={"status": "sideways"}) as r:
                 assert r.status == 400 and "status is one of" in (await r.json())["message"]
+
+
+async def test_pages_answer_with_storage_away_and_are_html_pages_with_nats_away(
+    tmp_path: Path,
+) -> None:
+    """An entry's page does not wait out the storage client's retries when
+    storage is away: it says the SBOM is not available and shows the rest.
+    With NATS away too, the pages are 503 pages; the JSON API stays JSON."""
+    keys = endorser_ring(tmp_path / "keys")
+    server = start_nats(tmp_path / "nats", tmp_path / "nats.log")
+    # A storage service that is not there: nothing listens on its port.
+    away = AsyncStorageClient(f"127.0.0.1:{free_port()}")
+    nc = await nats.connect(server.url)
+    one = Market(nc.jetstream(), keys, NoEvents())  # no outbox to flush into a NATS gone
+    try:
+        async with (
+            serving(make_app(one, sbom=StoredSboms(away))) as base,
+            aiohttp.ClientSession(base) as http,
+        ):
+            with stopping(server.pid):
+                signed = await one.publish(facts_for(b"storage away"), ENDORSER)
+                assert signed.entry.sbom_sha256  # it has one to list
+                page = f"/entries/{signed.identifier}"
+                start = time.monotonic()
+                async with http.get(page) as r:
+                    assert r.status == 200
+                    text = await r.text()
+                assert time.monotonic() - start < PAGE_WAIT + 2
+                assert "The SBOM is not available right now" in text and "Verify it" in text
+            # NATS is gone now.
+            for path in ("/", page):
+                async with http.get(path) as r:
+                    assert (r.status, r.content_type) == (503, "text/html"), path
+                    assert "<!doctype html>" in (await r.text()).lower()
+            async with http.get(f"/api/v1/entries/{signed.identifier}") as r:
+                assert r.status == 503 and (await r.json())["error"] == "Unavailable"
+    finally:
+        # nats.py's close of a connection whose server is gone raises from its transport.
+        with contextlib.suppress(ConnectionError):
+            await nc.close()
+        await away.close()
 
 
 async def first_bytes(storage: AsyncStorageClient, artifact_id: str, count: int) -> bytes:
@@ -331,17 +382,7 @@ async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
     async with storage_service() as (_, address), market(nats_server.url, keys) as one:
         first = await one.publish(facts_for(b"image"), ENDORSER)
         deprecated = await one.deprecate(first.identifier)
-        settings = PublisherSettings(
-            grpc_bind="127.0.0.1:0",
-            http_port=0,
-            storage=address,
-            nats_url=nats_server.url,
-            keyring_dir=tmp_path / "keys",
-            endorser_key_dir=tmp_path / "no-keys",
-            clouds_yaml=tmp_path / "no-clouds.yaml",
-            auto_publish=False,
-            shutdown_grace=1.0,
-        )
+        settings = publisher_settings(tmp_path, address, nats_server.url)
         publisher = await build(settings)
         try:
             port = await publisher.grpc.start()
@@ -349,7 +390,12 @@ async def test_verify_file_holds_an_entry_against_the_running_publishers_newest(
             saved = tmp_path / "entry.json"
             saved.write_bytes(first.document)
             args = argparse.Namespace(
-                identifier="", file=saved, newest=None, keyring=[tmp_path / "keys"], json=False
+                identifier="",
+                file=saved,
+                newest=None,
+                keyring=[tmp_path / "keys"],
+                json=False,
+                endorser="",
             )
             # The CLI's client blocks: it runs beside this loop, which serves it.
             with pytest.raises(Rejected) as caught:
@@ -387,16 +433,12 @@ async def test_a_revocation_added_to_the_mounted_keyring_is_used_without_a_resta
     keyring = tmp_path / "keyring"
     swap_secret(keyring, "trusted.json", public_only(signers).to_document())
     async with storage_service() as (_, address):
-        settings = PublisherSettings(
-            grpc_bind="127.0.0.1:0",
-            http_port=0,
-            storage=address,
-            nats_url=nats_server.url,
+        settings = publisher_settings(
+            tmp_path,
+            address,
+            nats_server.url,
             keyring_dir=keyring,
             endorser_key_dir=tmp_path / "signers",
-            clouds_yaml=tmp_path / "no-clouds.yaml",
-            auto_publish=False,
-            shutdown_grace=1.0,
             keyring_reload_seconds=0.2,
         )
         publisher = await build(settings)
@@ -500,7 +542,10 @@ async def test_an_entrys_history_holds_its_statements_and_an_old_bucket_starts_k
         assert (await js.stream_info(f"KV_{bucket}")).config.max_msgs_per_subject == HISTORY
         renewed = await one.publish(facts, ENDORSER)
         await one.deprecate(renewed.identifier)
-        steps = await one.history(renewed.identifier)
+        current = await one.get(renewed.identifier)
+        steps = await one.history(current)
+        # Read once per newest statement: a page read again asks NATS for no consumer.
+        assert await one.history(current) is steps
     finally:
         await nc.close()
     assert [(s.entry.sequence, s.what) for s in steps] == [

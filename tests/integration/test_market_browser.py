@@ -32,6 +32,7 @@ from market_support import (
     facts_for,
     market,
     public_only,
+    publisher_settings,
     store,
     stored_image,
 )
@@ -47,7 +48,6 @@ from kiln_market.signing import SignedEntry
 from kiln_publisher.app import build
 from kiln_publisher.market import make_app
 from kiln_publisher.market.sbom import StoredSboms
-from kiln_publisher.settings import PublisherSettings
 
 pytestmark = pytest.mark.integration
 
@@ -162,7 +162,7 @@ async def check_entry_page(page: Page, debian: SignedEntry, sbom: bytes, keys: K
     steps = await page.locator("tbody.history tr").all_inner_texts()
     assert len(steps) == 2 and "published" in steps[0] and "superseding #1" in steps[1]
     commands = (await page.locator("pre.verify").inner_text()).splitlines()
-    assert commands[0] == f"kiln market verify {e.identifier}"
+    assert commands[0] == f"kiln market verify {e.identifier} --endorser {e.endorser.email}"
     # The offline line's URL serves the signed document, which verifies.
     url = shlex.split(commands[2])[-1]
     got = await page.context.request.get(url)
@@ -221,29 +221,28 @@ async def test_the_running_publishers_entry_page_lists_the_sbom_and_its_verify_l
     monkeypatch.setenv("KILN_CONFIG", str(tmp_path / "no-config.yaml"))
     async with storage_service() as (_, address), market(nats_server.url, keys) as one:
         debian, _ = await publish_both(one, address, sbom.encode())
-        settings = PublisherSettings(
-            grpc_bind="127.0.0.1:0",
-            http_port=0,
-            storage=address,
-            nats_url=nats_server.url,
-            keyring_dir=tmp_path / "keys",
-            endorser_key_dir=tmp_path / "no-keys",
-            clouds_yaml=tmp_path / "no-clouds.yaml",
-            auto_publish=False,
-            shutdown_grace=1.0,
+        # Readers reach it by its public URL (another name of this host
+        # here): the command lines name that, not the Host a client sent.
+        http_port = free_port()
+        public = f"http://localhost:{http_port}"
+        settings = publisher_settings(
+            tmp_path, address, nats_server.url, http_port=http_port, public_url=public
         )
         publisher = await build(settings)
         try:
             port = await publisher.grpc.start()
             base = f"http://127.0.0.1:{publisher.http_port}"
             async with aiohttp.ClientSession(base) as http:
-                async with http.get(f"/entries/{debian.identifier}") as r:
+                page = f"/entries/{debian.identifier}"
+                async with http.get(page, headers={"Host": "evil.example"}) as r:
                     assert r.status == 200
                     text = await r.text()
                 pre = re.search(r'<pre class="verify">(.*?)</pre>', text, re.DOTALL)
                 assert pre is not None and text.count('<tr class="package">') == len(DEBS)
                 online, _, fetch, offline = html.unescape(pre[1]).splitlines()
                 url = shlex.split(fetch)[-1]
+                assert url.startswith(public + "/api/v1/entries/") and "evil" not in text
+                assert shlex.split(online)[-2:] == ["--endorser", ENDORSER]
                 async with http.get(url) as r:
                     (tmp_path / f"{debian.identifier}.json").write_bytes(await r.read())
                 # A page's errors are pages too, escaped as the rest.

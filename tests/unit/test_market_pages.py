@@ -14,12 +14,14 @@ from market_support import ENDORSER, endorser_ring, facts_for
 
 from kiln_builder.sbom import Package as DebPackage
 from kiln_builder.sbom import spdx_document
+from kiln_cli.progress import human
+from kiln_common import humane as sizes
 from kiln_market import Endorser, new_entry, sign
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market import humane, page
-from kiln_publisher.market.entry_page import EntryView, render_entry, verify_commands
+from kiln_publisher.market.entry_page import MAX_ROWS, EntryView, render_entry, verify_commands
 from kiln_publisher.market.history import steps
-from kiln_publisher.market.sbom import Package, packages
+from kiln_publisher.market.sbom import NO_SBOM, UNAVAILABLE, Listing, Package, packages
 
 NOW = datetime(2026, 12, 7, 9, 41, 27, 123456, tzinfo=UTC)
 
@@ -35,10 +37,13 @@ NOW = datetime(2026, 12, 7, 9, 41, 27, 123456, tzinfo=UTC)
         (12 * 2**30 + 2**29, "12 GiB"),
         (3 * 2**50, "3 PiB"),
         (5000 * 2**50, "5000 PiB"),
+        (2.0 * 2**20, "2 MiB"),  # a transfer's rate, a float: the CLI says it the same way
+        (1.55 * 2**20, "1.6 MiB"),
     ],
 )
-def test_sizes_read_in_binary_units(count: int, text: str) -> None:
-    assert humane.size(count) == text
+def test_sizes_read_in_binary_units(count: float, text: str) -> None:
+    assert sizes.size(count) == text
+    assert human(count) == text  # the CLI's transfer lines: the one formatter
 
 
 def test_times_read_to_the_minute_in_utc_and_keep_the_exact_value() -> None:
@@ -69,7 +74,9 @@ def test_an_entry_page_escapes_every_value_and_shows_fields_packages_and_history
     )
     later = signed.entry.successor(NOW + timedelta(days=1), deprecated=True)
     hostile = Package("<b>bash</b>", "5.2&1", "amd64")
-    view = EntryView(signed, steps([later, signed.entry]), [hostile], "http://127.0.0.1:1")
+    view = EntryView(
+        signed, steps([later, signed.entry]), Listing("listed", (hostile,)), "http://127.0.0.1:1"
+    )
     html = render_entry(view, NOW + timedelta(days=1))
     assert "<script>" not in html and "<img" not in html and "<b>bash" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;bash&lt;/b&gt;" in html
@@ -85,19 +92,46 @@ def test_the_verify_commands_name_the_identifier_and_the_signed_documents_url(
     tmp_path: Path,
 ) -> None:
     signed = signed_entry(tmp_path)
-    view = EntryView(signed, [], None, "http://127.0.0.1:8080")
+    view = EntryView(signed, [], NO_SBOM, "http://127.0.0.1:8080")
     lines = verify_commands(view).splitlines()
     document = (
         f"http://127.0.0.1:8080/api/v1/entries/{signed.identifier}/entry.json"
         "?endorser=ops%40example.org"
     )
     assert lines == [
-        f"kiln market verify {signed.identifier}",
+        # This endorser's statement: not whichever endorser's is newest.
+        f"kiln market verify {signed.identifier} --endorser ops@example.org",
         "# or offline, from the signed document:",
         f"curl -fsSL -o {signed.identifier}.json '{document}'",  # ? would glob
         f"kiln market verify --file {signed.identifier}.json",
     ]
     assert "No SBOM is stored" in render_entry(view, NOW)
+
+
+def test_a_page_lists_at_most_max_rows_packages_and_links_the_rest(tmp_path: Path) -> None:
+    signed = signed_entry(tmp_path)
+    many = tuple(Package(f"p{i:05}", "1", "amd64") for i in range(MAX_ROWS + 3))
+    html = render_entry(EntryView(signed, [], Listing("listed", many), "http://h"), NOW)
+    assert html.count('<tr class="package">') == MAX_ROWS
+    assert f"{MAX_ROWS + 3} packages" in html and "3 more packages are not listed here" in html
+    assert f"/api/v1/entries/{signed.identifier}/sbom.spdx.json?endorser=" in html
+
+
+def test_a_page_links_an_sbom_too_large_to_list_and_says_so(tmp_path: Path) -> None:
+    signed = signed_entry(tmp_path)
+    html = render_entry(EntryView(signed, [], Listing("large", size=40 << 20), "http://h"), NOW)
+    assert '<tr class="package">' not in html
+    assert "The SBOM (40 MiB) is larger than this page lists (16 MiB)" in html
+    assert "download the SBOM" in html
+
+
+def test_a_page_whose_sbom_cannot_be_read_now_says_so_and_shows_the_rest(
+    tmp_path: Path,
+) -> None:
+    signed = signed_entry(tmp_path)
+    html = render_entry(EntryView(signed, [], UNAVAILABLE, "http://h"), NOW)
+    assert "The SBOM is not available right now" in html
+    assert signed.entry.checksums.sha512 in html and "Verify it" in html
 
 
 def test_an_sbom_lists_its_packages_without_the_image_itself() -> None:

@@ -1,20 +1,24 @@
 """`kiln market verify --file`: which newest statement an entry is held
 against (the publisher's current one, a --newest file, or none when the
-publisher is unreachable, said on stderr), decided without any server."""
+publisher is unreachable, said on stderr), decided without any server; and
+`kiln market verify ID --endorser EMAIL`: that endorser's entry, not the
+newest of any endorser's."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from market_support import ENDORSER, endorser_ring, facts_for
 
+from kiln_cli.main import build_parser
 from kiln_cli.publish_cmd import PublishUsageError, cmd_verify, newest_for
 from kiln_client.discovery import NotRunning
-from kiln_common.errors import Unavailable
+from kiln_common.errors import NotFound, Unavailable
 from kiln_market import Endorser, Entry, Keyring, Rejected, SignedEntry, new_entry, sign
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -38,6 +42,7 @@ def args_for(tmp: Path, document: bytes, newest: bytes | None = None) -> argpars
         newest=tmp / "newest.json" if newest is not None else None,
         keyring=[tmp / "keys"],
         json=False,
+        endorser="",
     )
 
 
@@ -129,4 +134,37 @@ def test_a_document_it_cannot_read_is_a_usage_error(tmp_path: Path, which: str) 
     args = args_for(tmp_path, first.document, deprecated.document)
     setattr(args, which, tmp_path / "missing.json")
     with pytest.raises(PublishUsageError, match=r"missing\.json: No such file"):
+        cmd_verify(args, lambda entry: None)
+
+
+def test_an_identifier_with_an_endorser_checks_that_endorsers_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ring = endorser_ring(tmp_path / "keys", ENDORSER, "other@example.org")
+    mine, _ = statements(ring)
+    signer = ring.signer("other@example.org")
+    theirs = sign(replace(mine.entry, endorser=Endorser(signer.email, signer.kid)), signer)
+    by = {ENDORSER: mine.document, "other@example.org": theirs.document, "": theirs.document}
+    asked: list[tuple[str, str]] = []
+
+    def lookup(identifier: str, endorser: str) -> bytes:
+        asked.append((identifier, endorser))
+        return by[endorser]
+
+    argv = ["market", "verify", mine.identifier, "--endorser", ENDORSER, "--keyring"]
+    args = build_parser().parse_args([*argv, str(tmp_path / "keys")])
+    assert cmd_verify(args, lookup=lookup) == 0
+    assert asked == [(mine.identifier, ENDORSER)]
+    assert f"endorsed by {ENDORSER}" in capsys.readouterr().out
+
+    # A publisher that answers with another endorser's statement passes nothing.
+    with pytest.raises(NotFound, match=f"endorsed by {ENDORSER}"):
+        cmd_verify(args, lookup=lambda identifier, endorser: theirs.document)
+
+
+def test_an_endorser_with_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    endorser_ring(tmp_path / "keys")
+    args = args_for(tmp_path, b"{}")
+    args.endorser = ENDORSER
+    with pytest.raises(PublishUsageError, match="--endorser goes with IDENTIFIER"):
         cmd_verify(args, lambda entry: None)

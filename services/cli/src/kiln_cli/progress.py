@@ -25,6 +25,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol, TextIO
 
 from kiln_client.transfer import Progress
+from kiln_common import humane
 from kiln_common.builds import BuildState, BuildUpdate, StepState, StepUpdate
 from kiln_common.lifecycle import step_word
 from kiln_common.lifecycle import word as state_word
@@ -73,12 +74,8 @@ def of(args: argparse.Namespace) -> Display:
 
 
 def human(n: float) -> str:
-    """A byte count in binary units: 512 B, 1.5 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    """A byte count in binary units (512 B, 1.5 MiB), as the marketplace pages say it."""
+    return humane.size(n)
 
 
 def where(step: StepUpdate) -> str:

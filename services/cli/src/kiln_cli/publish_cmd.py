@@ -3,7 +3,8 @@
   kiln publish ARTIFACT|BUILD [--glance CLOUD]... [--name N] [--visibility private]
                               [--marketplace --endorser EMAIL]
   kiln market search [TEXT] [--os debian] [--status valid]
-  kiln market show ID | verify ID | verify --file ENTRY.json [--newest NEWER.json]
+  kiln market show ID | verify ID [--endorser EMAIL]
+                     | verify --file ENTRY.json [--newest NEWER.json]
   kiln market deprecate ID
 
 Every verb takes --json.
@@ -79,6 +80,9 @@ def add_publish_parsers(subparsers: argparse._SubParsersAction[argparse.Argument
     m.add_argument("--file", type=Path,
                    help="a signed entry document (checked against the publisher's newest "
                         "statement when it is reachable)")  # fmt: skip
+    m.add_argument("--endorser", default="", metavar="EMAIL",
+                   help="with IDENTIFIER: check this endorser's entry (default: the newest "
+                        "statement about the image by any endorser)")  # fmt: skip
     m.add_argument("--newest", type=Path, metavar="FILE",
                    help="with --file: the newest statement known for the same image and "
                         "endorser; checks fully offline")  # fmt: skip
@@ -258,9 +262,27 @@ def fetch_current(entry: Entry) -> bytes | None:
     return next((e.document for e in found if e.identifier == entry.identifier), None)
 
 
-def cmd_verify(args: argparse.Namespace, fetch: Fetch = fetch_current) -> int:
+# The publisher's current document for an image (identifier, endorser): the
+# endorser's, or with endorser "" the newest statement by any endorser.
+Lookup = Callable[[str, str], bytes]
+
+
+def lookup_current(identifier: str, endorser: str) -> bytes:
+    with PublisherClient() as client:
+        if not endorser:
+            return client.entry(identifier).document
+        found = client.search(text=identifier, endorser=endorser)
+    for e in found:
+        if e.identifier == identifier:
+            return e.document
+    raise NotFound(f"no marketplace entry {identifier} endorsed by {endorser}")
+
+
+def cmd_verify(
+    args: argparse.Namespace, fetch: Fetch = fetch_current, lookup: Lookup = lookup_current
+) -> int:
     try:
-        return _verify(args, fetch)
+        return _verify(args, fetch, lookup)
     except Rejected as exc:
         if not args.json:
             raise
@@ -269,11 +291,14 @@ def cmd_verify(args: argparse.Namespace, fetch: Fetch = fetch_current) -> int:
         return exits.FAILED
 
 
-def _verify(args: argparse.Namespace, fetch: Fetch) -> int:
+def _verify(args: argparse.Namespace, fetch: Fetch, lookup: Lookup) -> int:
     if bool(args.file) == bool(args.identifier):
         raise PublishUsageError("kiln market verify: give an IDENTIFIER or --file ENTRY.json")
     if args.newest and not args.file:
         raise PublishUsageError("kiln market verify: --newest goes with --file")
+    if args.endorser and args.file:
+        # The file names its endorser; its newest is looked up for that one.
+        raise PublishUsageError("kiln market verify: --endorser goes with IDENTIFIER")
     keys = _keyring(args)
     if args.file:
         document = _read(args.file)
@@ -284,9 +309,10 @@ def _verify(args: argparse.Namespace, fetch: Fetch) -> int:
             print(f"kiln market verify: {note}", file=sys.stderr)
         entry = verify(document, keys, newest=newest)
     else:
-        with PublisherClient() as client:
-            document = client.entry(args.identifier).document
-        entry = verify(document, keys)
+        entry = verify(lookup(args.identifier, args.endorser), keys)
+        if args.endorser and entry.endorser.email.lower() != args.endorser.lower():
+            # Whatever the publisher answered, a pass is about the endorser asked for.
+            raise NotFound(f"no marketplace entry {args.identifier} endorsed by {args.endorser}")
     if args.json:
         _print_json({"valid": True, "identifier": entry.identifier,
                      "endorser": entry.endorser.email, "status": entry.status()})  # fmt: skip

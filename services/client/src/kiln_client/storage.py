@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -49,6 +50,14 @@ class AsyncStorageClient:
         self.state_dir = state_dir  # where interrupted pushes remember their session
         self._channel = _rpc.channel(self.address, token)
         self._stub = pb_grpc.StorageStub(self._channel)
+
+    def with_policy(self, policy: RetryPolicy) -> AsyncStorageClient:
+        """This client's channel under another retry policy, for a caller
+        that must answer soon (a web page) where others may wait; closing
+        either closes the channel."""
+        other = copy.copy(self)
+        other.policy = policy
+        return other
 
     async def close(self) -> None:
         await self._channel.close(None)

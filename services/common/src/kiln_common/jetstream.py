@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import nats
@@ -146,7 +146,34 @@ async def key_value(
 
 
 _KV_REMOVED = ("DEL", "PURGE")  # a deleted or purged key's KV-Operation header
-_KV_KEYS_WAIT = 10.0  # seconds for the next key: longer is NATS away (Unavailable)
+_KV_WAIT = 10.0  # seconds for the next message: longer is NATS away (Unavailable)
+
+
+def _kv_removed(msg: Msg) -> bool:
+    return (msg.headers or {}).get("KV-Operation") in _KV_REMOVED
+
+
+async def _kv_messages(
+    js: JetStreamContext, bucket: str, subject: str, deliver: DeliverPolicy, headers_only: bool
+) -> AsyncIterator[Msg]:
+    """The bucket's messages on subject as the stream holds them now, through
+    an ordered consumer, ending with the one after which nothing is pending
+    (the caller knows there is at least one: else this waits, then times out)."""
+    sub = await js.subscribe(
+        subject,
+        stream=f"KV_{bucket}",
+        ordered_consumer=True,
+        deliver_policy=deliver,
+        headers_only=headers_only,
+    )
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=_KV_WAIT)
+            yield msg
+            if msg.metadata.num_pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
 
 
 async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
@@ -157,26 +184,25 @@ async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
     empty (nats-io/nats.py#842; a restarted publisher found no marketplace
     entries). Here an empty bucket is told by its stream's message count, and
     the end by the message after which nothing is pending."""
-    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
-    if not (await js.stream_info(stream)).state.messages:
+    prefix = f"$KV.{bucket}."
+    if not (await js.stream_info(f"KV_{bucket}")).state.messages:
         return []
-    sub = await js.subscribe(
-        f"{prefix}>",
-        stream=stream,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        headers_only=True,
-    )
-    keys = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=_KV_KEYS_WAIT)
-            if (msg.headers or {}).get("KV-Operation") not in _KV_REMOVED:
-                keys.append(msg.subject.removeprefix(prefix))
-            if msg.metadata.num_pending == 0:
-                return keys
-    finally:
-        await sub.unsubscribe()
+    messages = _kv_messages(js, bucket, f"{prefix}>", DeliverPolicy.LAST_PER_SUBJECT, True)
+    return [m.subject.removeprefix(prefix) async for m in messages if not _kv_removed(m)]
+
+
+async def kv_history(js: JetStreamContext, bucket: str, key: str) -> list[bytes]:
+    """Every value the bucket still holds under key, oldest first, from its
+    last delete or purge on (the caller knows the key holds one: else this
+    waits, then times out). Not KeyValue.history(): it is built on the same
+    watcher as keys() (see kv_keys)."""
+    values: list[bytes] = []
+    async for msg in _kv_messages(js, bucket, f"$KV.{bucket}.{key}", DeliverPolicy.ALL, False):
+        if _kv_removed(msg):
+            values.clear()  # a value before a delete is no longer the key's
+        else:
+            values.append(msg.data)
+    return values
 
 
 async def object_store(

@@ -236,7 +236,9 @@ async def _build(settings: PublisherSettings, held: Held) -> PublisherApp:
     if market is not None:
         # Entries outlive storage's URLs: the catalogue's links get a fresh one.
         sboms = StoredSboms(storage)  # an entry's page lists its signed SBOM's packages
-        http = make_app(market, core.locate, identities.http(PUBLIC_ROUTES), sboms)
+        http = make_app(
+            market, core.locate, identities.http(PUBLIC_ROUTES), sboms, settings.public_url
+        )
         app.http_port = await held.http(
             http, settings.http_host, settings.http_port, tls.http() if tls else None
         )

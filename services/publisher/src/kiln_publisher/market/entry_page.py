@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 
+from kiln_common.humane import size as human_size
 from kiln_market.signing import SignedEntry
 from kiln_publisher.market import page
 from kiln_publisher.market.catalogue import download_link
 from kiln_publisher.market.history import Step
 from kiln_publisher.market.links import links, sbom_path
-from kiln_publisher.market.sbom import Package
+from kiln_publisher.market.sbom import PAGE_SBOM, Listing
+
+MAX_ROWS = 5000  # packages listed on a page; the SBOM download has them all
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,8 @@ class EntryView:
 
     signed: SignedEntry
     history: Sequence[Step]
-    packages: Sequence[Package] | None  # None: no SBOM to read
-    origin: str  # scheme://host[:port] the reader came to, for the command lines
+    sbom: Listing
+    origin: str  # the public URL (scheme://host[:port]) for the command lines
     redirect: bool = False
 
 
@@ -64,7 +67,7 @@ def _links(view: EntryView) -> str:
     document = links(view.signed.entry, view.redirect)["document"] or ""
     sbom = (
         f' · <a class="sbom" href="{escape(sbom_path(view.signed.entry))}">SBOM (SPDX JSON)</a>'
-        if view.packages is not None
+        if view.sbom.state != "none"
         else ""
     )
     return (
@@ -75,30 +78,54 @@ def _links(view: EntryView) -> str:
 
 def verify_commands(view: EntryView) -> str:
     """The commands that check the entry's signature: against the publisher
-    the CLI is set up for, or offline from the signed document."""
+    the CLI is set up for (this endorser's statement, not the newest of any
+    endorser's), or offline from the signed document."""
     e = view.signed.entry
     saved = f"{e.identifier}.json"
     document = view.origin + (links(e, False)["document"] or "")
     return "\n".join((
-        f"kiln market verify {e.identifier}",
+        f"kiln market verify {e.identifier} --endorser {shlex.quote(e.endorser.email)}",
         "# or offline, from the signed document:",
         f"curl -fsSL -o {saved} {shlex.quote(document)}",
         f"kiln market verify --file {saved}",
     ))  # fmt: skip
 
 
+def _download(view: EntryView) -> str:
+    path = escape(sbom_path(view.signed.entry))
+    return f'<a class="sbom" href="{path}">download the SBOM (SPDX JSON)</a>'
+
+
 def _packages(view: EntryView) -> str:
-    if view.packages is None:
+    sbom = view.sbom
+    if sbom.state == "none":
         return '<p class="muted">No SBOM is stored for this image.</p>'
+    if sbom.state == "unavailable":
+        return (
+            '<p class="muted unavailable">The SBOM is not available right now;'
+            f" try again later, or {_download(view)}.</p>"
+        )
+    if sbom.state == "large":
+        return (
+            f'<p class="muted large">The SBOM ({human_size(sbom.size)}) is larger than'
+            f" this page lists ({human_size(PAGE_SBOM)}): {_download(view)}.</p>"
+        )
+    shown = sbom.packages[:MAX_ROWS]
     rows = "".join(
         f'<tr class="package"><td>{escape(p.name)}</td><td data-label="Version">'
         f'{escape(p.version)}</td><td data-label="Arch">{escape(p.arch)}</td></tr>'
-        for p in view.packages
+        for p in shown
+    )
+    more = len(sbom.packages) - len(shown)
+    rest = (
+        f'<p class="more">{more} more packages are not listed here: {_download(view)}.</p>'
+        if more > 0
+        else ""
     )
     return (
-        f"<p>{len(view.packages)} packages, from the SBOM whose SHA-256 the entry signs.</p>"
+        f"<p>{len(sbom.packages)} packages, from the SBOM whose SHA-256 the entry signs.</p>"
         "<table><thead><tr><th>Package</th><th>Version</th><th>Arch</th></tr></thead>"
-        f'<tbody class="packages">{rows}</tbody></table>'
+        f'<tbody class="packages">{rows}</tbody></table>{rest}'
     )
 
 

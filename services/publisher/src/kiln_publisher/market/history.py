@@ -7,14 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, StreamConfig
+from nats.js.api import StreamConfig
 
 from kiln_common import jetstream
 from kiln_market.entry import Entry
 
 HISTORY = 64  # statements kept per key: the most a NATS key-value bucket keeps
-_REMOVED = ("DEL", "PURGE")
-_WAIT = 10.0  # seconds for the next statement: longer is NATS away
 
 
 @dataclass(frozen=True)
@@ -39,29 +37,6 @@ def steps(entries: list[Entry]) -> list[Step]:
     """Each statement with what it did, oldest first."""
     ordered = sorted(entries, key=lambda e: e.sequence)
     return [Step(e, what_it_did(e, ordered[i - 1] if i else None)) for i, e in enumerate(ordered)]
-
-
-async def statements(js: JetStreamContext, bucket: str, key: str) -> list[bytes]:
-    """Every document the bucket still holds under key, oldest first (the
-    caller knows the key holds one: else this waits for none to come)."""
-    sub = await js.subscribe(
-        f"$KV.{bucket}.{key}",
-        stream=f"KV_{bucket}",
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-    )
-    documents: list[bytes] = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=_WAIT)
-            if (msg.headers or {}).get("KV-Operation") in _REMOVED:
-                documents.clear()  # a statement before a delete is no longer the entry's
-            else:
-                documents.append(msg.data)
-            if msg.metadata.num_pending == 0:
-                return documents
-    finally:
-        await sub.unsubscribe()
 
 
 async def keep_history(js: JetStreamContext, bucket: str) -> None:

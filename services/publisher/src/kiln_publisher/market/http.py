@@ -7,6 +7,7 @@ trust, and only the publisher holds their private keys."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from kiln_publisher.market.catalogue import render_catalogue
 from kiln_publisher.market.entry_page import EntryView, render_entry
 from kiln_publisher.market.links import API, is_download_link, links
 from kiln_publisher.market.query import Query
-from kiln_publisher.market.sbom import SbomOf, packages
+from kiln_publisher.market.sbom import NO_SBOM, StoredSboms
 from kiln_publisher.market.store import Market
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ Locate = Callable[[Entry], Awaitable[str]]
 
 _MARKET: web.AppKey[Market] = web.AppKey("market", Market)
 _LOCATE: web.AppKey[Locate | None] = web.AppKey("locate")
-_SBOM: web.AppKey[SbomOf | None] = web.AppKey("sbom")
+_SBOM: web.AppKey[StoredSboms | None] = web.AppKey("sbom")
+_PUBLIC_URL: web.AppKey[str] = web.AppKey("public_url", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,6 +63,10 @@ def _query(request: web.Request) -> Query:
     return Query(**values)
 
 
+def _status(exc: KilnError) -> int:
+    return next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 409)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Kiln errors as JSON with their HTTP status; never a traceback."""
@@ -69,8 +75,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except KilnError as exc:
-        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 409)
-        return web.json_response({"error": type(exc).__name__, "message": str(exc)}, status=status)
+        body = {"error": type(exc).__name__, "message": str(exc)}
+        return web.json_response(body, status=_status(exc))
     except Exception:
         log.exception("marketplace request %s failed", request.path)
         return web.json_response({"error": "Internal", "message": "internal error"}, status=500)
@@ -132,14 +138,20 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 
 def _html_errors(handler: Handler) -> Handler:
-    """A page's own errors as a page (a reader followed a link), not JSON."""
+    """A page's errors as a page (a reader followed a link), not JSON: every
+    Kiln error with its status (NATS away is a 503 page), anything else a 500
+    page that says no more than that."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
-        except (InvalidArgument, NotFound) as exc:
-            status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
-            return _html(page.error(str(exc)), status)
+        except web.HTTPException:
+            raise
+        except KilnError as exc:
+            return _html(page.error(str(exc)), _status(exc))
+        except Exception:
+            log.exception("marketplace page %s failed", request.path)
+            return _html(page.error("internal error"), 500)
 
     return wrapped
 
@@ -153,31 +165,31 @@ async def _catalogue(request: web.Request) -> web.Response:
 
 
 async def _sbom_of(request: web.Request, entry: Entry) -> bytes | None:
-    """The entry's signed SBOM; None when there is none, or it cannot be read
-    now (its page still shows the rest)."""
+    """The entry's signed SBOM; None when there is none, or it cannot be read now."""
     sbom = request.app[_SBOM]
     if sbom is None:
         return None
     try:
         return await sbom(entry)
     except KilnError as exc:
-        log.warning("the SBOM of entry %s is not shown: %s", entry.identifier, exc)
+        log.warning("the SBOM of entry %s is not served: %s", entry.identifier, exc)
         return None
 
 
 @_html_errors
 async def _entry_page(request: web.Request) -> web.Response:
     signed = await _entry(request)
-    history = await request.app[_MARKET].history(signed.identifier, signed.entry.endorser.email)
-    document = await _sbom_of(request, signed.entry)
+    market, sbom = request.app[_MARKET], request.app[_SBOM]
+    history = await market.history(signed)
     view = EntryView(
         signed,
         history,
-        packages(document) if document is not None else None,
-        origin=str(request.url.origin()),
+        await sbom.listing(signed.entry) if sbom is not None else NO_SBOM,
+        origin=request.app[_PUBLIC_URL] or str(request.url.origin()),
         redirect=request.app[_LOCATE] is not None,
     )
-    return _html(render_entry(view, datetime.now(UTC)))
+    # Thousands of escaped rows: built off the event loop the gRPC server shares.
+    return _html(await asyncio.to_thread(render_entry, view, datetime.now(UTC)))
 
 
 async def _sbom(request: web.Request) -> web.Response:
@@ -224,19 +236,23 @@ def make_app(
     market: Market,
     locate: Locate | None = None,
     guard: Middleware | None = None,
-    sbom: SbomOf | None = None,
+    sbom: StoredSboms | None = None,
+    public_url: str = "",
 ) -> web.Application:
     """The marketplace's HTTP app. Without locate, download links are the
     entries' first locations as signed; with it (the publisher passes one
     that asks the storage service for a fresh URL of entry.artifact_id),
     they go through GET .../{identifier}/download, a 307 to a URL that
     works now. With sbom (the publisher passes StoredSboms), an entry's
-    page lists its SBOM's packages and links the document."""
+    page lists its SBOM's packages and links the document. public_url
+    (KILN_PUBLISHER_PUBLIC_URL) is the origin the pages' command lines
+    name; without it, the one the request came to (its Host header)."""
     app = web.Application(middlewares=[*([guard] if guard else []), _errors])
     app.on_response_prepare.append(_secure_headers)
     app[_MARKET] = market
     app[_LOCATE] = locate
     app[_SBOM] = sbom
+    app[_PUBLIC_URL] = public_url.rstrip("/")
     app.router.add_get("/", _catalogue)
     app.router.add_get(page.ENTRY_PAGE + "/{identifier}", _entry_page)
     app.router.add_get(API, _list)

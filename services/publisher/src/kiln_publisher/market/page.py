@@ -9,6 +9,7 @@ import hashlib
 from html import escape
 from urllib.parse import urlencode, urlparse
 
+from kiln_common import humane as sizes
 from kiln_market.entry import Entry
 from kiln_publisher.market import humane
 
@@ -77,7 +78,7 @@ def when(stamp: str) -> str:
 
 
 def size(count: int) -> str:
-    return f'<span class="size" title="{count} bytes">{humane.size(count)}</span>'
+    return f'<span class="size" title="{count} bytes">{sizes.size(count)}</span>'
 
 
 def status(entry_status: str) -> str:

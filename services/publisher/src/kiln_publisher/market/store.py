@@ -33,7 +33,7 @@ from kiln_market.entry import (
 )
 from kiln_market.keys import Keyring
 from kiln_market.signing import Rejected, SignedEntry, sign, verify
-from kiln_publisher.market.history import HISTORY, Step, keep_history, statements, steps
+from kiln_publisher.market.history import HISTORY, Step, keep_history, steps
 from kiln_publisher.market.marks import Head, Mark
 from kiln_publisher.market.owners import OWNERS_SUFFIX, Owners
 from kiln_publisher.market.query import Query
@@ -125,6 +125,9 @@ class Market:
         # revision's bytes never change, so a search does not check every
         # signature again each time; a reloaded keyring checks them afresh.
         self._verified: dict[str, tuple[int, Keyring, Entry]] = {}
+        # Each key's history as read for its newest statement's sequence
+        # with a keyring (see history()).
+        self._histories: dict[str, tuple[int, Keyring, list[Step]]] = {}
         self.signatures_checked = 0  # how many documents were verified (the cache's measure)
         self.owners = Owners(lambda: self._bucket_named(self._bucket + OWNERS_SUFFIX))
 
@@ -321,21 +324,30 @@ class Market:
             raise _no_entry(identifier, endorser)
         return max(found, key=lambda s: s.entry.created)
 
-    async def history(self, identifier: str, endorser: str | None = None) -> list[Step]:
-        """The endorser's statements about the image still kept, oldest first,
-        each verified again (one no longer trusted, its key revoked since, is
-        left out); NotFound as get()."""
-        current = await self.get(identifier, endorser)
+    async def history(self, current: SignedEntry) -> list[Step]:
+        """The statements about current's image by its endorser still kept,
+        oldest first, each verified again (one no longer trusted, its key
+        revoked since, is left out). current is the entry as get() returned
+        it: the page has it already, and asks NATS once, not twice. The
+        steps are kept while current is the key's newest statement and the
+        keyring the same: a key's past statements change only with a new one."""
+        key = _key(current.identifier, current.entry.endorser.email)
+        kept = self._histories.get(key)
+        if kept is not None and kept[:2] == (current.entry.sequence, self.keys):
+            return kept[2]
         await self._store()
-        key = _key(identifier, current.entry.endorser.email)
-        documents = await jetstream.mapped(lambda: statements(self._js, self._bucket, key))
+        documents = await jetstream.mapped(
+            lambda: jetstream.kv_history(self._js, self._bucket, key)
+        )
         trusted = []
         for document in documents:
             try:
                 trusted.append(verify(document, self.keys))
             except Rejected as exc:
                 log.info("a past statement of %s is not trusted, left out: %s", key, exc)
-        return steps(trusted)
+        found = steps(trusted)
+        self._histories[key] = (current.entry.sequence, self.keys, found)
+        return found
 
     async def search(self, query: Query, now: datetime | None = None) -> list[SignedEntry]:
         """Matching entries, newest first."""
