@@ -21,6 +21,9 @@ SERVICES = ("storage", "builder", "publisher")
 # container here (crun, or rlimits conmon refuses); every podman call must use it.
 CONTAINERS_CONF = REPO / ".cache/images/containers.conf"
 BUILD_TIMEOUT = 40 * 60  # a clean machine: the base, apt installs and pip installs
+# pytest-timeout's limit for a test that may be the first to ask for the images
+# (the build runs in its fixture, which the limit covers): the build and the test.
+TEST_TIMEOUT = BUILD_TIMEOUT + 10 * 60
 
 
 def version(service: str) -> str:

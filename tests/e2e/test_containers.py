@@ -46,7 +46,7 @@ from containers_support import (
     wait_serving,
     writable_by,
 )
-from images_support import ensure_images, image, version
+from images_support import TEST_TIMEOUT, ensure_images, image, version
 from support import REPO, bookworm_bootstrap_layer, build_events, wait_until
 
 from kiln_builder.service import queue
@@ -63,7 +63,7 @@ from kiln_common.publications import (
 from kiln_devstack.devservers import Nats, free_port
 from kiln_recipe.submission import recipe_source
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(TEST_TIMEOUT)]
 
 KILN_UID = 10001  # storage and publisher (their Containerfiles)
 # Settings as deploy/k8s gives storage and publisher: non-root, read-only root,

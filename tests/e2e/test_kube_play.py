@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from images_support import ensure_images, podman_env
+from images_support import TEST_TIMEOUT, ensure_images, podman_env
 from k8s_support import OVERLAYS, render
 from kube_play_support import (
     Plan,
@@ -38,7 +38,7 @@ from support import REPO, kiln, wait_until
 
 from kiln_devstack.devservers.common import find_binary, free_port
 
-pytestmark = [pytest.mark.e2e, pytest.mark.build]
+pytestmark = [pytest.mark.e2e, pytest.mark.build, pytest.mark.timeout(TEST_TIMEOUT)]
 
 RECIPE = REPO / "tests/data/recipes/minimal.yaml"  # bootstrap only: the cheapest build
 # The builder's layer cache, kept between runs in place of its emptyDir: the
