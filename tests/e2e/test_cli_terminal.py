@@ -19,12 +19,14 @@ import subprocess
 import termios
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support import KILN, kiln, payload
 
+from kiln_common.home import Stack
 from kiln_common.ids import new_id
 
 pytestmark = pytest.mark.e2e
@@ -156,12 +158,27 @@ def test_quiet_prints_the_id_alone_before_or_after_the_verb(
     assert ID.match(after.stdout.strip()) and after.stderr == ""
 
 
+@contextmanager
+def storage_held(env: dict[str, str]) -> Iterator[None]:
+    """The stack's storage service stopped (SIGSTOP) for the with block: a push's
+    first call then waits, its bar drawn, until the block ends (SIGCONT)."""
+    stack = Stack.load(Path(env["KILN_HOME"]))
+    assert stack is not None
+    pid = stack.pids["storage"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def test_ctrl_c_during_a_push_in_a_terminal_leaves_it_sane(
-    env: dict[str, str], tmp_path: Path
+    env: dict[str, str], image: Path
 ) -> None:
-    big = tmp_path / "big.img"
-    big.write_bytes(payload(96 * 1024 * 1024, seed=21))
-    run = in_terminal(env, "artifact", "push", str(big), "--part-size", "5", ctrl_c_at="push big")
+    # Storage held still, so the interrupt lands while the push waits under its
+    # bar (a loopback push of megabytes can end before a signal is sent).
+    with storage_held(env):
+        run = in_terminal(env, "artifact", "push", str(image), ctrl_c_at="push disk")
     assert run.returncode == 130, run.screen
     assert run.lines()[-1] == "kiln: interrupted", repr(run.screen)
     # The bar hid the cursor while it drew and showed it again when stopped.
