@@ -79,7 +79,16 @@ def in_terminal(
     control, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, COLUMNS, 0, 0))
     out = subprocess.PIPE if stdout_pipe else terminal
-    proc = subprocess.Popen([KILN, *args], stdin=terminal, stdout=out, stderr=terminal, env=env)
+    proc = subprocess.Popen(
+        [KILN, *args],
+        stdin=terminal,
+        stdout=out,
+        stderr=terminal,
+        env=env,
+        # A test run in the background inherits SIGINT ignored; kiln must hear it
+        # as it does from a terminal (as test_bake's bake does).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # The terminal's side stays open here until kiln has ended and all it
     # wrote is read: once no process holds it, Linux may drop what is unread.
     screen = bytearray()
