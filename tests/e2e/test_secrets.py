@@ -44,7 +44,9 @@ def stack_secrets(home: Path) -> dict[str, bytes]:
     for name in ("token", "service-token"):
         token = (home / name).read_text().strip()
         found[name] = token.encode()
-        found[f"{name}'s secret part"] = token.rsplit("_", 1)[1].encode()
+        # kiln_<id>_<secret>: the secret is URL-safe base64 and may hold "_" itself
+        # (splitting at the last one took a fragment that any log could contain).
+        found[f"{name}'s secret part"] = token.split("_", 2)[2].encode()
     for user, password in json.loads((home / "nats-users.json").read_text()).items():
         found[f"NATS password of {user}"] = password.encode()
     key = (home / "storage" / ".url-signing-key").read_bytes()
