@@ -14,7 +14,7 @@ from market_support import ENDORSER, endorser_ring, facts_for
 
 from kiln_builder.sbom import Package as DebPackage
 from kiln_builder.sbom import spdx_document
-from kiln_cli.progress import human
+from kiln_cli import progress
 from kiln_common import humane as sizes
 from kiln_market import Endorser, new_entry, sign
 from kiln_market.signing import SignedEntry
@@ -43,7 +43,7 @@ NOW = datetime(2026, 12, 7, 9, 41, 27, 123456, tzinfo=UTC)
 )
 def test_sizes_read_in_binary_units(count: float, text: str) -> None:
     assert sizes.size(count) == text
-    assert human(count) == text  # the CLI's transfer lines: the one formatter
+    assert progress.humane.size(count) == text  # the CLI's transfer lines: the one formatter
 
 
 def test_times_read_to_the_minute_in_utc_and_keep_the_exact_value() -> None:

@@ -73,11 +73,6 @@ def of(args: argparse.Namespace) -> Display:
 # ---- the words, shared by both displays ---------------------------------------------------
 
 
-def human(n: float) -> str:
-    """A byte count in binary units (512 B, 1.5 MiB), as the marketplace pages say it."""
-    return humane.size(n)
-
-
 def where(step: StepUpdate) -> str:
     """`[2/5]`: the step's place among the build's steps."""
     return f"[{step.index}/{step.total}]" if step.total else "[-]"
@@ -145,16 +140,18 @@ class PlainTransfer:
             quarters = 4 * self.done // self.total if self.total else 4
             if self.quarters < quarters < 4:
                 self.quarters = quarters
-                self._line(f"{100 * self.done // self.total}% ({human(self.done)} of "
-                           f"{human(self.total)}){self._rate(', ')}")  # fmt: skip
+                self._line(f"{100 * self.done // self.total}% ({humane.size(self.done)} of "
+                           f"{humane.size(self.total)}){self._rate(', ')}")  # fmt: skip
 
     def finish(self) -> None:
-        self._line(f"{human(self.done)} in {self.clock() - self.start:.1f}s{self._rate(', ')}")
+        self._line(
+            f"{humane.size(self.done)} in {self.clock() - self.start:.1f}s{self._rate(', ')}"
+        )
 
     def _rate(self, before: str) -> str:
         moved = self.done - (self.resumed or 0)
         took = self.clock() - self.start
-        return f"{before}{human(moved / took)}/s" if moved > 0 and took > 0 else ""
+        return f"{before}{humane.size(moved / took)}/s" if moved > 0 and took > 0 else ""
 
     def _line(self, text: str) -> None:
         print(f"{self.what}: {text}", file=self.out, flush=True)

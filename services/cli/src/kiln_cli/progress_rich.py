@@ -29,8 +29,9 @@ from rich.progress import (
 from rich.table import Column
 from rich.text import Text
 
-from kiln_cli.progress import BuildView, human, state_line, step_line, where
+from kiln_cli.progress import BuildView, state_line, step_line, where
 from kiln_client import transfer
+from kiln_common import humane
 from kiln_common.builds import BuildUpdate, StepState, StepUpdate
 
 TAIL = 4  # log lines under the bar of a followed build
@@ -80,7 +81,7 @@ class RateColumn(ProgressColumn):
         moved = task.completed - task.fields.get("resumed", 0)
         if speed is None and task.elapsed and moved > 0:
             speed = moved / task.elapsed
-        text = "?" if speed is None else f"{human(speed)}/s"
+        text = "?" if speed is None else f"{humane.size(speed)}/s"
         return Text(text, style="progress.data.speed")
 
 
